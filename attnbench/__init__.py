@@ -1,0 +1,3 @@
+"""attnbench: honest benchmarks of attention mechanisms for vision models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,309 @@
+"""The mechanism registry: one decorated class per mechanism, a plain dict, small query functions.
+
+A mechanism module does::
+
+    @register_mechanism("rala_eager", family="rala", backend="torch", ...)
+    class RalaEager(Mechanism):
+        def op(self, q, k, v, *, grid): ...
+        def mixer(self, dim, num_heads, **options): ...
+        def flops(self, s, *, level, pass_): ...
+        def bytes(self, s, *, level, dtype): ...
+
+`get(name)` returns the (single) instance; its decorator fields are attributes. Calling `op` or
+`mixer` of a mechanism that is unavailable raises `MechanismUnavailable(reason)`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from attnbench.errors import MechanismUnavailable, PluginError, UnknownMechanism
+
+__all__ = [
+    "Mechanism",
+    "MechanismUnavailable",
+    "Shape",
+    "get",
+    "load_builtin",
+    "load_plugins",
+    "names",
+    "register_mechanism",
+    "DTYPES",
+    "LEVELS",
+]
+
+DTYPES = ("fp32", "fp16", "bf16")
+LEVELS = ("op", "mixer", "model")
+PASSES = ("fwd", "fwd_bwd")
+DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp64": 8}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The shape of one case. `dim` = heads * head_dim at op level; mixer channels at mixer level."""
+
+    batch: int
+    heads: int
+    height: int
+    width: int
+    head_dim: int
+    dim: int
+
+    @property
+    def tokens(self) -> int:
+        return self.height * self.width
+
+
+class Mechanism:
+    """Base class. Subclasses implement what they support; the rest raises NotImplementedError.
+
+    Attributes set by `register_mechanism`: name, family, backend, reference, requires, devices,
+    dtypes, head_dims, has_backward, cite, levels (derived: which of op/mixer are implemented).
+    """
+
+    name: str = ""
+    family: str = ""
+    backend: str = ""
+    reference: str | None = None
+    requires: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    dtypes: tuple[str, ...] = DTYPES
+    head_dims: tuple[int, ...] | None = None
+    has_backward: bool = True
+    cite: str = ""
+
+    # -- the interface (DESIGN.md) ---------------------------------------------------------------
+    def op(self, q, k, v, *, grid):  # (B, h, N, d) x3 -> (B, h, N, d); grid = (H, W), N = H*W
+        raise NotImplementedError(f"{self.name} has no parameter-free operator (mixer level only)")
+
+    def mixer(self, dim: int, num_heads: int, **options):  # -> nn.Module: forward(x, rope)
+        raise NotImplementedError(f"{self.name} has no mixer")
+
+    def flops(self, s: Shape, *, level: str, pass_: str) -> float:
+        raise NotImplementedError(f"{self.name} has no analytic FLOP count")
+
+    def bytes(self, s: Shape, *, level: str, dtype: str) -> float:
+        raise NotImplementedError(f"{self.name} has no analytic byte count")
+
+    def check(self, device: str | None) -> str | None:
+        """None if usable on `device` (None: device-independent checks only), else the reason."""
+        return None
+
+    # -- derived ---------------------------------------------------------------------------------
+    @property
+    def levels(self) -> tuple[str, ...]:
+        out = []
+        for level in ("op", "mixer"):
+            if _implements(type(self), level):
+                out.append(level)
+        return tuple(out)
+
+    def supports(self, level: str) -> bool:
+        return level in self.levels
+
+    def available(self, device: str | None = "cpu") -> tuple[bool, str]:
+        """(True, "") when usable on `device`, else (False, reason). Cached per device."""
+        cache = self.__dict__.setdefault("_avail_cache", {})
+        if device not in cache:
+            cache[device] = self._availability(device)
+        return cache[device]
+
+    def _availability(self, device: str | None) -> tuple[bool, str]:
+        for module in self.requires:
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                return False, f"python package '{module}' is not installed (pip install {_pip_name(module)})"
+        if device is not None:
+            dev = str(device).split(":")[0]
+            if dev not in self.devices:
+                return False, f"runs on {'/'.join(self.devices)} only, not {dev}"
+            if dev == "cuda":
+                import torch
+
+                if not torch.cuda.is_available():
+                    return False, "CUDA is not available on this machine"
+        try:
+            reason = self.check(device)
+        except Exception as exc:  # a check that crashes is a reason, not a crash of the caller
+            reason = f"availability check failed: {type(exc).__name__}: {exc}"
+        if reason:
+            return False, str(reason)
+        return True, ""
+
+    def __repr__(self) -> str:
+        return f"<Mechanism {self.name} family={self.family} backend={self.backend}>"
+
+
+_PIP_NAMES = {"flash_attn": "flash-attn", "flash_attn_interface": "flash-attn (FA3 build)"}
+
+
+def _pip_name(module: str) -> str:
+    return _PIP_NAMES.get(module, module)
+
+
+def _implements(cls: type, method: str) -> bool:
+    return getattr(cls, method) is not getattr(Mechanism, method) and not getattr(
+        getattr(cls, method), "_attnbench_unimplemented", False
+    )
+
+
+_REGISTRY: dict[str, Mechanism] = {}
+
+
+def _guarded(method: Callable, kind: str) -> Callable:
+    @functools.wraps(method)
+    def wrapper(self: Mechanism, *args: Any, **kwargs: Any):
+        if kind == "op":
+            tensor = args[0] if args else kwargs.get("q")
+            device = getattr(getattr(tensor, "device", None), "type", None)
+        else:
+            device = None
+        ok, reason = self.available(device)
+        if not ok:
+            raise MechanismUnavailable(f"{self.name} is unavailable: {reason}")
+        return method(self, *args, **kwargs)
+
+    wrapper._attnbench_guarded = True  # type: ignore[attr-defined]
+    return wrapper
+
+
+def register_mechanism(
+    name: str,
+    *,
+    family: str,
+    backend: str = "torch",
+    reference: str | None = None,
+    requires: Iterable[str] = (),
+    devices: Iterable[str] = ("cpu", "cuda"),
+    dtypes: Iterable[str] = DTYPES,
+    head_dims: Iterable[int] | None = None,
+    has_backward: bool = True,
+    cite: str = "",
+) -> Callable[[type], type]:
+    """Class decorator: instantiate the mechanism once and register it under `name`."""
+
+    def decorate(cls: type) -> type:
+        if not (isinstance(cls, type) and issubclass(cls, Mechanism)):
+            raise TypeError(f"@register_mechanism({name!r}) must decorate a Mechanism subclass")
+        if name in _REGISTRY:
+            raise ValueError(
+                f"mechanism name {name!r} is already registered by {type(_REGISTRY[name]).__module__}; "
+                "choose another name"
+            )
+        bad = set(dtypes) - set(DTYPES)
+        if bad:
+            raise ValueError(f"{name}: unknown dtypes {sorted(bad)} (use {DTYPES})")
+        for method in ("op", "mixer"):
+            impl = cls.__dict__.get(method)
+            if impl is not None and not getattr(impl, "_attnbench_guarded", False):
+                setattr(cls, method, _guarded(impl, method))
+        inst = cls()
+        inst.name = name
+        inst.family = family
+        inst.backend = backend
+        inst.reference = reference
+        inst.requires = tuple(requires)
+        inst.devices = tuple(devices)
+        inst.dtypes = tuple(dtypes)
+        inst.head_dims = tuple(head_dims) if head_dims is not None else None
+        inst.has_backward = has_backward
+        inst.cite = cite
+        _REGISTRY[name] = inst
+        return cls
+
+    return decorate
+
+
+def unregister(name: str) -> None:
+    """Remove a registration (tests and interactive use)."""
+    _REGISTRY.pop(name, None)
+
+
+def get(name: str) -> Mechanism:
+    """The registered mechanism `name`; unknown names raise UnknownMechanism naming close matches."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise UnknownMechanism(
+            f"unknown mechanism {name!r}{hint} (`python -m attnbench list` shows all)"
+        ) from None
+
+
+def names(family: str | None = None) -> list[str]:
+    """Registered names, sorted; only those of `family` when given."""
+    return sorted(n for n, m in _REGISTRY.items() if family is None or m.family == family)
+
+
+def families() -> list[str]:
+    return sorted({m.family for m in _REGISTRY.values()})
+
+
+_BUILTIN_LOADED = False
+
+
+def load_builtin() -> None:
+    """Import the `mechanisms` package once (registers every built-in mechanism)."""
+    global _BUILTIN_LOADED
+    if not _BUILTIN_LOADED:
+        importlib.import_module("mechanisms")
+        _BUILTIN_LOADED = True
+
+
+_LOADED_PLUGIN_FILES: dict[str, str] = {}
+
+
+def load_plugins(plugins: Iterable[str], base_dir: str | Path | None = None) -> list[str]:
+    """Import plugin modules (dotted names) or .py files (paths, relative to `base_dir`).
+
+    Loading the same module or file twice is a no-op. Returns the module names imported.
+    """
+    loaded = []
+    for plugin in plugins:
+        plugin = str(plugin)
+        if plugin.endswith(".py") or "/" in plugin or "\\" in plugin:
+            path = Path(plugin).expanduser()
+            if not path.is_absolute() and base_dir is not None:
+                path = Path(base_dir) / path
+            path = path.resolve()
+            if not path.is_file():
+                raise PluginError(f"plugin file {plugin!r} not found (looked at {path})")
+            key = str(path)
+            if key in _LOADED_PLUGIN_FILES:
+                loaded.append(_LOADED_PLUGIN_FILES[key])
+                continue
+            mod_name = f"attnbench_plugin_{abs(hash(key)):x}_{path.stem}"
+            spec = importlib.util.spec_from_file_location(mod_name, path)
+            if spec is None or spec.loader is None:
+                raise PluginError(f"plugin file {plugin!r} cannot be imported as a Python module")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[mod_name] = module
+            try:
+                spec.loader.exec_module(module)
+            except Exception as exc:
+                sys.modules.pop(mod_name, None)
+                raise PluginError(f"plugin {plugin!r} failed to import: {type(exc).__name__}: {exc}") from exc
+            _LOADED_PLUGIN_FILES[key] = mod_name
+            loaded.append(mod_name)
+        else:
+            try:
+                importlib.import_module(plugin)
+            except ImportError as exc:
+                raise PluginError(
+                    f"plugin module {plugin!r} cannot be imported ({exc}); check the name or PYTHONPATH"
+                ) from exc
+            except Exception as exc:
+                raise PluginError(f"plugin {plugin!r} failed to import: {type(exc).__name__}: {exc}") from exc
+            loaded.append(plugin)
+    return loaded
