@@ -1,0 +1,220 @@
+"""Command line: run | list | report | compare | gate | env. rich output lives here and in report.
+
+User errors (AttnbenchError) print one line and exit non-zero (2) without a traceback;
+`--debug` shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table as RichTable
+
+from attnbench.errors import AttnbenchError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+# -- rendering --------------------------------------------------------------------------------------
+def render_table(title: str, frame, index_name: str = "mechanism") -> RichTable:
+    table = RichTable(title=f"[bold]{title}[/]", title_justify="left", header_style="bold", min_width=len(title))
+    table.add_column(index_name, style="cyan", no_wrap=True)
+    for col in frame.columns:
+        table.add_column(str(col), justify="right")
+    for idx, row in frame.iterrows():
+        table.add_row(str(idx), *[str(v) for v in row.tolist()])
+    return table
+
+
+def print_report(df, out: Console = console) -> None:
+    from attnbench import report
+
+    for t in report.summary_tables(df):
+        out.print(render_table(t.title, t.frame))
+    single = ("params", "macs", "flops", "flops_counted", "top1", "top5", "kv_rank", "kv_erank", "out_rank",
+              "out_erank")  # fmt: skip
+    model_or_rank = df[df["level"].eq("model") | df["metric"].isin(("kv_erank", "out_erank"))]
+    for t in report.metric_tables(model_or_rank, single):
+        out.print(render_table(t.title, t.frame, index_name="mechanism [model]"))
+    probs = report.problems(df)
+    if len(probs):
+        table = RichTable(title="cases that did not run", title_justify="left", header_style="bold")
+        for col in probs.columns:
+            table.add_column(col, overflow="fold")
+        for _, row in probs.iterrows():
+            table.add_row(*[str(v) for v in row.tolist()])
+        out.print(table)
+    counts = report.status_counts(df)
+    out.print("cases: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+
+
+class RichProgress:
+    """Live progress: done/total, current case, elapsed and ETA."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+            disable=not enabled,
+        )
+        self.task = None
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.__exit__(*exc)
+
+    def start(self, total: int, resumed: int) -> None:
+        self.task = self.bar.add_task("starting", total=total, completed=resumed)
+        if resumed:
+            self.bar.console.print(f"resuming: {resumed} of {total} cases already have rows")
+
+    def case_start(self, index: int, case) -> None:
+        self.bar.update(self.task, description=case.label())
+
+    def case_end(self, index: int, case, status: str, rows: list[dict[str, Any]]) -> None:
+        self.bar.advance(self.task)
+        if status not in ("ok", "skipped"):
+            msg = rows[0].get("message", "") if rows else ""
+            self.bar.console.print(f"[yellow]{status}[/]: {case.label()}: {msg}")
+        if not self.enabled:
+            return
+
+
+# -- commands ---------------------------------------------------------------------------------------
+def cmd_run(args) -> int:
+    from attnbench import results
+    from attnbench.runner import default_out, run_suite
+    from attnbench.suite import load_suite
+
+    suite = load_suite(args.suite, args.set or [])
+    out = Path(args.out) if args.out else default_out(suite)
+    if args.resume and not args.out:
+        raise AttnbenchError("--resume needs --out FILE.csv naming the run to continue")
+    console.print(f"suite [bold]{suite.name}[/] on {suite.device} -> {out}")
+    t0 = time.perf_counter()
+    with RichProgress(enabled=not args.no_progress) as progress:
+        try:
+            summary = run_suite(suite, out, resume=args.resume, progress=progress, debug=args.debug)
+        except KeyboardInterrupt:
+            err_console.print(f"interrupted: rows measured so far are in {out}; continue with --resume --out {out}")
+            return 130
+    console.print(f"{summary.total} cases in {time.perf_counter() - t0:.1f} s; rows in {out}")
+    print_report(results.load(out))
+    return 0
+
+
+def cmd_list(args) -> int:
+    from attnbench import registry
+    from attnbench.suite import resolve_device
+
+    registry.load_builtin()
+    if args.plugin:
+        registry.load_plugins(args.plugin)
+    device = resolve_device(args.device)
+    names = registry.names(family=args.family)
+    if args.family and not names:
+        raise AttnbenchError(f"no mechanisms in family {args.family!r} (families: {', '.join(registry.families())})")
+    table = RichTable(title=f"mechanisms (availability on {device})", title_justify="left", header_style="bold")
+    for col in ("name", "family", "backend", "levels", "dtypes", "available / reason"):
+        table.add_column(col, overflow="fold")
+    n_ok = 0
+    for name in names:
+        mech = registry.get(name)
+        ok, reason = mech.available(device)
+        n_ok += ok
+        table.add_row(name, mech.family, mech.backend, ",".join(mech.levels), ",".join(mech.dtypes),
+                      "[green]yes[/]" if ok else f"[red]no[/]: {reason}")  # fmt: skip
+    console.print(table)
+    console.print(f"{n_ok} of {len(names)} available on {device}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    import pandas as pd
+
+    from attnbench import results
+
+    frames = [results.load(p) for p in args.files]
+    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if df.empty:
+        raise AttnbenchError(f"{', '.join(args.files)} has no rows yet")
+    print_report(df)
+    return 0
+
+
+def cmd_env(args) -> int:
+    from attnbench.measure.env import env_id, fingerprint
+    from attnbench.suite import resolve_device
+
+    device = resolve_device(args.device)
+    fp = fingerprint(device)
+    if args.probe:
+        raise AttnbenchError("env --probe is not implemented yet (measured peaks arrive with issue 7)")
+    console.print_json(json.dumps({"env_id": env_id(fp), **fp}, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="attnbench", description="Benchmark attention mechanisms for vision models.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a suite: sweep, live progress, summary; rows appended to a CSV")
+    r.add_argument("suite", help="suite YAML file (see suites/)")
+    r.add_argument("--out", help="results CSV (default results/<suite>-<UTC timestamp>.csv)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a suite key (value is YAML)")
+    r.add_argument("--resume", action="store_true", help="skip cases that already have rows in --out")
+    r.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    r.set_defaults(func=cmd_run)
+
+    ls = sub.add_parser("list", help="list mechanisms with availability and the reason when unavailable")
+    ls.add_argument("--family", help="only this family (softmax, rala, linear, ...)")
+    ls.add_argument("--device", default="auto", help="device to check availability on (auto, cpu, cuda)")
+    ls.add_argument("--plugin", action="append", help="also load this plugin module or .py file")
+    ls.set_defaults(func=cmd_list)
+
+    rep = sub.add_parser("report", help="tables from saved results CSVs")
+    rep.add_argument("files", nargs="+", help="results CSV files")
+    rep.set_defaults(func=cmd_report)
+
+    e = sub.add_parser("env", help="print the environment fingerprint recorded with every row")
+    e.add_argument("--device", default="auto")
+    e.add_argument("--probe", action="store_true", help="measure copy bandwidth and matmul peaks")
+    e.set_defaults(func=cmd_env)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except AttnbenchError as exc:
+        if args.debug:
+            raise
+        err_console.print(f"attnbench: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

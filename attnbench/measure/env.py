@@ -1,0 +1,109 @@
+"""Environment fingerprint recorded with every row (through env_id) and in FILE.env.json."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+BACKENDS = ("torch", "triton", "flash-attn", "flash_attn_3", "xformers", "numpy", "pandas")
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _mem_total() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def git_state(root: Path = PROJECT_ROOT) -> dict[str, Any]:
+    """Commit and dirty flag of the project checkout (None where it is not a git checkout)."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout
+        return {"git_commit": commit or None, "git_dirty": bool(status.strip()) if commit else None}
+    except (OSError, subprocess.SubprocessError):
+        return {"git_commit": None, "git_dirty": None}
+
+
+def fingerprint(device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
+    """What the numbers depend on: hardware, software versions, settings, project commit."""
+    fp: dict[str, Any] = {
+        "device": device,
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "memory_bytes": _mem_total(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch_threads": threads if threads is not None else torch.get_num_threads(),
+        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+        "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "triton_interpret": os.environ.get("TRITON_INTERPRET", ""),
+        "versions": {name: _version(name) for name in BACKENDS},
+        "cuda_version": torch.version.cuda,
+    }
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        idx = torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(idx)
+        fp.update(
+            gpu_name=props.name,
+            gpu_memory_bytes=int(props.total_memory),
+            gpu_sm_count=int(props.multi_processor_count),
+            gpu_capability=f"{props.major}.{props.minor}",
+            cudnn_version=torch.backends.cudnn.version(),
+            driver=_nvidia_smi("driver_version"),
+        )
+    fp.update(git_state())
+    return fp
+
+
+def _nvidia_smi(field: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+        )
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+def env_id(fp: dict[str, Any]) -> str:
+    """Short stable hash of a fingerprint."""
+    blob = json.dumps(fp, sort_keys=True, default=str).encode()
+    return hashlib.sha1(blob).hexdigest()[:10]

@@ -1,0 +1,114 @@
+"""Timing: warm-up outside the timed region, adaptive repeats, robust statistics.
+
+CPU: time.perf_counter around synchronous calls. CUDA: a pair of CUDA events per repeat with the
+device synchronised before reading them; optionally an L2 flush (writing a buffer larger than L2)
+before every repeat, outside the events, so op-level numbers are cold-cache.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+
+class CaseTimeout(Exception):
+    """A case ran past its timeout_s."""
+
+
+@dataclass(frozen=True)
+class RepeatPolicy:
+    min: int = 5
+    max: int = 100
+    min_time_s: float = 0.5
+
+
+def summarize(samples: list[float]) -> dict[str, float]:
+    """median, mean, min, p20, p80, std (sample std; 0 for one sample), n."""
+    xs = sorted(samples)
+    n = len(xs)
+    if n == 0:
+        raise ValueError("no samples")
+
+    def pct(p: float) -> float:  # linear interpolation between closest ranks (numpy's default)
+        pos = (n - 1) * p
+        lo, hi = math.floor(pos), math.ceil(pos)
+        return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+    return {
+        "median": statistics.median(xs),
+        "mean": statistics.fmean(xs),
+        "min": xs[0],
+        "p20": pct(0.2),
+        "p80": pct(0.8),
+        "std": statistics.stdev(xs) if n > 1 else 0.0,
+        "n": float(n),
+    }
+
+
+def synchronize(device: str) -> None:
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+class L2Flusher:
+    """Writes a buffer larger than the GPU's L2 cache (256 MiB covers H100/H200's 50-60 MB)."""
+
+    def __init__(self, device: str, nbytes: int = 256 * 2**20):
+        self.buf = torch.empty(nbytes // 4, dtype=torch.int32, device=device)
+
+    def __call__(self) -> None:
+        self.buf.zero_()
+
+
+def time_fn(
+    fn: Callable[[], Any],
+    *,
+    device: str = "cpu",
+    warmup: int = 3,
+    policy: RepeatPolicy = RepeatPolicy(),
+    timeout_s: float | None = None,
+    flush_l2: bool = False,
+) -> list[float]:
+    """Run `fn` `warmup` times untimed, then time repeats; returns per-call seconds.
+
+    Repeats continue until at least `policy.min` samples and `policy.min_time_s` of timed work, or
+    `policy.max` samples. Raises CaseTimeout once the wall time since the start passes timeout_s
+    (checked between calls: an in-process call cannot be interrupted; process isolation can).
+    """
+    start = time.perf_counter()
+
+    def check_timeout() -> None:
+        if timeout_s is not None and time.perf_counter() - start > timeout_s:
+            raise CaseTimeout(f"ran past timeout_s={timeout_s:g}")
+
+    for _ in range(warmup):
+        fn()
+        synchronize(device)
+        check_timeout()
+    cuda = str(device).startswith("cuda")
+    flusher = L2Flusher(device) if (cuda and flush_l2) else None
+    samples: list[float] = []
+    total = 0.0
+    while len(samples) < policy.max and (len(samples) < policy.min or total < policy.min_time_s):
+        if cuda:
+            if flusher is not None:
+                flusher()
+            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            begin.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            dt = begin.elapsed_time(end) / 1e3
+        else:
+            t0 = time.perf_counter()
+            fn()
+            dt = time.perf_counter() - t0
+        samples.append(dt)
+        total += dt
+        check_timeout()
+    return samples

@@ -1,0 +1,136 @@
+"""Suite -> cases: the cartesian product of the sweep axes, with skips and their reasons.
+
+Pure planning: nothing here touches a device. A case that cannot run (mechanism unavailable,
+level not implemented, dtype or head dim unsupported, impossible shape) is still a case: it
+becomes `skipped` rows with the reason in `message`, so a table shows why a cell is empty.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from attnbench import registry
+from attnbench.suite import Suite, expand_mechanisms
+
+
+@dataclass(frozen=True)
+class Case:
+    suite: str
+    mechanism: str
+    family: str
+    backend: str
+    level: str
+    variant: str  # model name at level model, else ""
+    pass_: str
+    device: str
+    dtype: str
+    batch: int
+    height: int  # token grid (op/mixer) or image size (model)
+    width: int
+    heads: int | None
+    head_dim: int | None
+    dim: int | None
+    options: tuple[tuple[str, Any], ...] = ()
+    skip: str | None = field(default=None, compare=False)
+
+    @property
+    def tokens(self) -> int:
+        return self.height * self.width
+
+    @property
+    def options_dict(self) -> dict[str, Any]:
+        return dict(self.options)
+
+    @property
+    def case_id(self) -> str:
+        """Short stable hash of the defining fields (not the suite name: the same case in two
+        suites is the same measurement)."""
+        keys = ("mechanism", "level", "variant", "pass_", "device", "dtype", "batch", "height", "width",
+                "heads", "head_dim", "dim")  # fmt: skip
+        blob = {k: getattr(self, k) for k in keys}
+        blob["options"] = list(self.options)
+        return hashlib.sha1(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+    def label(self) -> str:
+        shape = f"{self.variant}@{self.height}x{self.width}" if self.level == "model" else (
+            f"{self.height}x{self.width} h{self.heads} d{self.head_dim}")
+        return f"{self.mechanism} {self.level} {self.pass_} {self.dtype} B{self.batch} {shape}"
+
+    def row_fields(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["pass"] = d.pop("pass_")
+        d.pop("options")
+        d.pop("skip")
+        d["tokens"] = self.tokens
+        d["case_id"] = self.case_id
+        return d
+
+
+def _freeze(options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted((k, json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v)
+                        for k, v in options.items()))  # fmt: skip
+
+
+def skip_reason(mech: registry.Mechanism, *, level: str, device: str, dtype: str, pass_: str,
+                heads: int | None, dim: int | None) -> str | None:  # fmt: skip
+    """Why `mech` cannot run this case, or None."""
+    ok, reason = mech.available(device)
+    if not ok:
+        return f"unavailable: {reason}"
+    if level in ("op", "mixer") and not mech.supports(level):
+        return f"unsupported: {mech.name} has no {level}-level implementation"
+    if level == "model" and not mech.supports("mixer"):
+        return f"unsupported: {mech.name} has no mixer to put in a model"
+    if dtype not in mech.dtypes:
+        return f"unsupported dtype {dtype} (supports {', '.join(mech.dtypes)})"
+    if pass_ == "fwd_bwd" and not mech.has_backward:
+        return "unsupported: no backward pass"
+    if level in ("op", "mixer"):
+        if dim % heads:
+            return f"impossible shape: dim {dim} is not divisible by heads {heads}"
+        head_dim = dim // heads
+        if mech.head_dims is not None and head_dim not in mech.head_dims:
+            return f"unsupported head_dim {head_dim} (supports {', '.join(map(str, mech.head_dims))})"
+        if head_dim % 4 and (level == "mixer" or mech.family == "rala"):
+            return f"impossible shape: 2D RoPE needs head_dim divisible by 4, got {head_dim}"
+    return None
+
+
+def plan(suite: Suite) -> list[Case]:
+    """All cases of the suite, in a stable order (mechanism-major within each level)."""
+    cases: list[Case] = []
+    mechs = [registry.get(n) for n in expand_mechanisms(suite.mechanisms)]
+    for level in suite.level:
+        for mech in mechs:
+            opts = _freeze(suite.options.get(mech.name, {}))
+            for pass_ in suite.pass_:
+                for dtype in suite.dtype:
+                    if level == "model":
+                        for model in suite.models:
+                            model_opts = dict(opts)
+                            model_opts.update(_freeze(suite.options.get(model, {})))
+                            for size in suite.resolution:
+                                for batch in suite.batch:
+                                    reason = skip_reason(mech, level=level, device=suite.device, dtype=dtype,
+                                                         pass_=pass_, heads=None, dim=None)  # fmt: skip
+                                    if reason is None and size % 32:
+                                        reason = f"impossible shape: RAVLT needs an image size divisible by 32, got {size}"
+                                    cases.append(Case(suite.name, mech.name, mech.family, mech.backend, level,
+                                                      model, pass_, suite.device, dtype, batch, size, size,
+                                                      None, None, None, tuple(sorted(model_opts.items())),
+                                                      reason))  # fmt: skip
+                        continue
+                    for dim in suite.dim:
+                        for heads in suite.heads:
+                            for height, width in suite.grids:
+                                for batch in suite.batch:
+                                    reason = skip_reason(mech, level=level, device=suite.device, dtype=dtype,
+                                                         pass_=pass_, heads=heads, dim=dim)  # fmt: skip
+                                    head_dim = dim // heads if dim % heads == 0 else None
+                                    cases.append(Case(suite.name, mech.name, mech.family, mech.backend, level, "",
+                                                      pass_, suite.device, dtype, batch, height, width, heads,
+                                                      head_dim, dim, opts, reason))  # fmt: skip
+    return cases

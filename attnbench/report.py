@@ -1,0 +1,142 @@
+"""Reports from result rows: pivot tables as plain DataFrames (rendering lives in the CLI).
+
+`summary_tables(df)` gives, per (level, pass, dtype, device, batch) group, a mechanism x grid
+table of median latency (ms) with its p20-p80 spread, and one of peak memory (MiB); cells of
+cases that did not run show their status. `status_counts(df)` counts cases per status.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+GROUP_KEYS = ["level", "pass", "dtype", "device", "batch"]
+
+
+@dataclass
+class Table:
+    title: str
+    frame: pd.DataFrame  # index: mechanism; columns: shape labels; cells: formatted strings
+
+
+def _shape_label(row: pd.Series) -> str:
+    if row["level"] == "model":
+        return f"{row['variant']}@{row['height']}"
+    h, w = int(row["height"]), int(row["width"])
+    return f"{h}x{w}" if h != w else f"{h}²"
+
+
+def case_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """One line per case: identity, status, message and the headline numbers."""
+    if df.empty:
+        return pd.DataFrame()
+    ident = ["case_id", "mechanism", "family", "level", "variant", "pass", "device", "dtype", "batch", "height",
+             "width", "tokens", "heads", "head_dim", "dim"]  # fmt: skip
+    first = df.groupby("case_id", sort=False).first().reset_index()[ident]
+    status = df.groupby("case_id", sort=False).apply(_case_status, include_groups=False).rename("status")
+    message = df[df["status"] != "ok"].groupby("case_id", sort=False)["message"].first().rename("message")
+    out = first.merge(status, on="case_id", how="left").merge(message, on="case_id", how="left")
+    out["message"] = out["message"].fillna("")
+
+    def pick(metric: str, stat: str, name: str, note: str | None = None) -> None:
+        sel = df[(df["metric"] == metric) & (df["stat"] == stat) & (df["status"] == "ok")]
+        if note is not None:
+            sel = sel[sel["note"] == note]
+        vals = sel.groupby("case_id")["value"].first().rename(name)
+        nonlocal out
+        out = out.merge(vals, on="case_id", how="left")
+
+    pick("latency", "median", "latency_ms")
+    pick("latency", "p20", "latency_p20")
+    pick("latency", "p80", "latency_p80")
+    pick("peak_memory", "value", "peak_memory_b")
+    pick("flops", "value", "flops")
+    pick("achieved_gbps", "median", "gbps")
+    out["shape"] = out.apply(_shape_label, axis=1)
+    return out
+
+
+def _case_status(rows: pd.DataFrame) -> str:
+    statuses = set(rows["status"])
+    for s in ("crash", "oom", "timeout", "error", "skipped"):
+        if s in statuses:
+            return s
+    return "ok"
+
+
+def _fmt_latency(row: pd.Series) -> str:
+    if row["status"] != "ok" or pd.isna(row.get("latency_ms")):
+        return row["status"] if row["status"] != "ok" else "-"
+    med, lo, hi = row["latency_ms"], row.get("latency_p20"), row.get("latency_p80")
+    txt = f"{med:.3g}" if med < 100 else f"{med:.0f}"
+    if pd.notna(lo) and pd.notna(hi) and med > 0:
+        spread = max(hi - med, med - lo) / med * 100
+        txt += f" ±{spread:.0f}%"
+    return txt
+
+
+def _fmt_mem(row: pd.Series) -> str:
+    if row["status"] != "ok" or pd.isna(row.get("peak_memory_b")):
+        return row["status"] if row["status"] != "ok" else "-"
+    return f"{row['peak_memory_b'] / 2**20:.1f}"
+
+
+def summary_tables(df: pd.DataFrame) -> list[Table]:
+    """Latency (median ms, ±spread = larger of p80/p20 distance) and peak memory (MiB) pivots."""
+    cases = case_frame(df)
+    if cases.empty:
+        return []
+    tables = []
+    for key, group in cases.groupby(GROUP_KEYS, sort=False, dropna=False):
+        level, pass_, dtype, device, batch = key
+        order = list(dict.fromkeys(group.sort_values(["tokens", "height"])["shape"]))
+        mechs = list(dict.fromkeys(group["mechanism"]))
+        suffix = f"{level} {pass_} {dtype} {device} batch {batch}"
+        for name, fmt in (("latency ms (median ±spread)", _fmt_latency), ("peak memory MiB", _fmt_mem)):
+            if name.startswith("peak") and group["peak_memory_b"].isna().all():
+                continue
+            if name.startswith("latency") and group["latency_ms"].isna().all() and (group["status"] == "ok").all():
+                continue
+            cells = group.assign(cell=group.apply(fmt, axis=1))
+            frame = cells.pivot_table(index="mechanism", columns="shape", values="cell", aggfunc="first")
+            frame = frame.reindex(index=mechs, columns=order).fillna("")
+            tables.append(Table(f"{name} — {suffix}", frame))
+    return tables
+
+
+def metric_tables(df: pd.DataFrame, metrics: tuple[str, ...]) -> list[Table]:
+    """Single-valued metrics (params, macs, ranks, accuracy, ...) as mechanism/variant x metric tables."""
+    sel = df[df["metric"].isin(metrics) & (df["status"] == "ok")]
+    if sel.empty:
+        return []
+    sel = sel.assign(
+        who=sel["mechanism"] + sel["variant"].map(lambda v: f" [{v}]" if v else ""),
+        col=sel["metric"] + sel["note"].map(lambda n: f" ({n})" if n else "") + sel["source"].map(
+            lambda s: " reported" if s == "reported" else ""),
+        shape=sel.apply(_shape_label, axis=1),
+    )
+    tables = []
+    for (level, shape), group in sel.groupby(["level", "shape"], sort=False):
+        frame = group.pivot_table(index="who", columns="col", values="value", aggfunc="first")
+        frame = frame.map(lambda v: "" if pd.isna(v) else f"{v:.4g}")
+        tables.append(Table(f"{level} metrics — {shape}", frame))
+    return tables
+
+
+def status_counts(df: pd.DataFrame) -> dict[str, int]:
+    cases = case_frame(df)
+    if cases.empty:
+        return {}
+    return {k: int(v) for k, v in cases["status"].value_counts().items()}
+
+
+def problems(df: pd.DataFrame) -> pd.DataFrame:
+    """Cases that did not run cleanly, grouped by (mechanism, status, message) with a case count."""
+    cases = case_frame(df)
+    if cases.empty:
+        return cases
+    bad = cases[cases["status"] != "ok"]
+    grouped = bad.groupby(["mechanism", "status", "message"], sort=False)
+    out = grouped.agg(cases=("case_id", "size"), shapes=("shape", lambda s: ", ".join(dict.fromkeys(s))))
+    return out.reset_index()[["mechanism", "status", "cases", "shapes", "message"]]

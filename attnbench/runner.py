@@ -1,0 +1,308 @@
+"""Execute cases, turn every outcome (measurement or fault) into rows, append them durably.
+
+A failing case never kills the sweep: exceptions become rows with status error / oom / timeout
+and a one-line message; unavailable mechanisms and unsupported shapes become skipped rows.
+`resume=True` skips cases whose case_id already has rows in the output file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import gc
+import traceback
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from attnbench import registry
+from attnbench.errors import AttnbenchError, MechanismUnavailable
+from attnbench.measure.env import env_id as make_env_id
+from attnbench.measure.env import fingerprint
+from attnbench.measure.memory import peak_memory
+from attnbench.measure.timing import CaseTimeout, RepeatPolicy, summarize, time_fn
+from attnbench.plan import Case, plan
+from attnbench.registry import Shape
+from attnbench.results import SCHEMA_VERSION, ResultsWriter, done_case_ids
+from attnbench.suite import Suite
+from attnbench.workload import StaticRow, Workload, mixer_workload, op_workload
+
+STAT_ORDER = ("median", "mean", "min", "p20", "p80", "std", "n")
+
+
+class Progress(Protocol):
+    def start(self, total: int, resumed: int) -> None: ...
+    def case_start(self, index: int, case: Case) -> None: ...
+    def case_end(self, index: int, case: Case, status: str, rows: list[dict[str, Any]]) -> None: ...
+
+
+@dataclass
+class RunSummary:
+    out: Path
+    run_id: str
+    total: int
+    resumed: int
+    statuses: Counter = field(default_factory=Counter)
+
+
+def default_out(suite: Suite, results_dir: str | Path = "results") -> Path:
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return Path(results_dir) / f"{suite.name}-{stamp}.csv"
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def primary_metric(suite: Suite) -> str:
+    """The metric a skipped/failed case's status row is filed under."""
+    for metric, row_metric in (("latency", "latency"), ("rank", "out_erank"), ("accuracy", "top1")):
+        if metric in suite.metrics:
+            return row_metric
+    return suite.metrics[0]
+
+
+def classify_exception(exc: BaseException) -> tuple[str, str]:
+    """(status, one-line message) for an exception raised by a case."""
+    if isinstance(exc, MechanismUnavailable):
+        return "skipped", f"unavailable: {exc}"
+    if isinstance(exc, CaseTimeout):
+        return "timeout", str(exc)
+    text = f"{type(exc).__name__}: {exc}".strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), MemoryError) if t is not None)
+    if isinstance(exc, oom_types) or "out of memory" in text.lower():
+        return "oom", first[:300]
+    return "error", first[:500]
+
+
+class Runner:
+    def __init__(self, suite: Suite, out: str | Path, *, resume: bool = False, progress: Progress | None = None,
+                 debug: bool = False):  # fmt: skip
+        self.suite = suite
+        self.out = Path(out)
+        self.resume = resume
+        self.progress = progress
+        self.debug = debug
+        self.run_id = uuid.uuid4().hex[:10]
+        self._oom_at: dict[tuple, int] = {}
+
+    # -- the sweep ---------------------------------------------------------------------------------
+    def run(self) -> RunSummary:
+        suite = self.suite
+        if suite.isolation == "process":
+            raise AttnbenchError(
+                "isolation: process is not implemented yet; use `isolation: inprocess` (or --set isolation=inprocess)"
+            )
+        if suite.threads is not None:
+            torch.set_num_threads(suite.threads)
+        cases = plan(suite)
+        done = done_case_ids(self.out) if self.resume else set()
+        if not self.resume and self.out.exists() and self.out.stat().st_size > 0:
+            raise AttnbenchError(f"{self.out} already exists; pass --resume to continue it or choose another --out")
+        writer = ResultsWriter(self.out)
+        fp = fingerprint(suite.device, suite.threads)
+        self.env_id = make_env_id(fp)
+        writer.write_env(self.env_id, fp)
+        writer.write_suite(suite.to_yaml())
+        summary = RunSummary(self.out, self.run_id, len(cases), resumed=sum(c.case_id in done for c in cases))
+        if self.progress:
+            self.progress.start(len(cases), summary.resumed)
+        try:
+            for index, case in enumerate(cases):
+                if case.case_id in done:
+                    continue
+                if self.progress:
+                    self.progress.case_start(index, case)
+                rows, samples = self.run_case(case)
+                writer.write_rows(rows)
+                for metric, values in samples.items():
+                    writer.write_samples(case.case_id, metric, values)
+                status = rows[0]["status"] if rows else "error"
+                summary.statuses[status] += 1
+                if self.progress:
+                    self.progress.case_end(index, case, status, rows)
+        finally:
+            writer.close()
+        return summary
+
+    # -- one case ----------------------------------------------------------------------------------
+    def _row(self, case: Case, started: str, metric: str, value: float | None, unit: str, stat: str = "value",
+             status: str = "ok", message: str = "", note: str = "", source: str = "measured") -> dict[str, Any]:  # fmt: skip
+        row = case.row_fields()
+        row.update(schema_version=SCHEMA_VERSION, run_id=self.run_id, metric=metric, value=value, unit=unit,
+                   stat=stat, status=status, message=message, source=source, note=note, env_id=self.env_id,
+                   started_at=started)  # fmt: skip
+        return row
+
+    def status_row(self, case: Case, started: str, status: str, message: str) -> dict[str, Any]:
+        return self._row(case, started, primary_metric(self.suite), None, "", status=status, message=message)
+
+    def _oom_key(self, case: Case) -> tuple:
+        return (case.mechanism, case.level, case.variant, case.pass_, case.dtype, case.height, case.width,
+                case.heads, case.dim)  # fmt: skip
+
+    def run_case(self, case: Case) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
+        started = _now()
+        if case.skip:
+            return [self.status_row(case, started, "skipped", case.skip)], {}
+        oom_batch = self._oom_at.get(self._oom_key(case))
+        if oom_batch is not None and case.batch > oom_batch:
+            return [self.status_row(case, started, "skipped", f"oom_predicted: batch {oom_batch} ran out of memory")], {}
+        try:
+            rows, samples = self._measure(case, started)
+        except Exception as exc:  # a failing case becomes rows; the sweep goes on
+            if self.debug:
+                traceback.print_exc()
+            status, message = classify_exception(exc)
+            if isinstance(exc, _Partial):
+                rows = [self.status_row(case, started, "skipped", message)]
+                rows += [self._row(case, started, r.metric, r.value, r.unit, note=r.note, source=r.source)
+                         for r in exc.rows]  # fmt: skip
+                return rows, {}
+            if status == "oom":
+                key = self._oom_key(case)
+                self._oom_at[key] = min(case.batch, self._oom_at.get(key, case.batch))
+            rows, samples = [self.status_row(case, started, status, message)], {}
+        finally:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        return rows, samples
+
+    def build_workload(self, case: Case) -> Workload:
+        mech = registry.get(case.mechanism)
+        common = dict(batch=case.batch, dtype=case.dtype, device=case.device, pass_=case.pass_)
+        if case.level == "op":
+            return op_workload(mech, heads=case.heads, height=case.height, width=case.width,
+                               head_dim=case.head_dim, **common)  # fmt: skip
+        if case.level == "mixer":
+            return mixer_workload(mech, heads=case.heads, height=case.height, width=case.width, dim=case.dim,
+                                  options=case.options_dict, **common)  # fmt: skip
+        from attnbench.models.workload import build_model_workload
+
+        return build_model_workload(case.variant, case.mechanism, height=case.height, width=case.width,
+                                    options=case.options_dict, **common)  # fmt: skip
+
+    def _measure(self, case: Case, started: str) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
+        suite = self.suite
+        rows: list[dict[str, Any]] = []
+        samples: dict[str, list[float]] = {}
+
+        def add(metric, value, unit, stat="value", note="", source="measured"):
+            rows.append(self._row(case, started, metric, value, unit, stat=stat, note=note, source=source))
+
+        static: list[StaticRow] = []
+        if "rank" in suite.metrics:
+            static += self._rank_rows(case)
+        if "accuracy" in suite.metrics:
+            static += self._accuracy_rows(case)
+        timing = {"latency", "memory", "flops"} & set(suite.metrics)
+        median_s = None
+        if timing:
+            work = self.build_workload(case)
+            static = list(work.static) + static
+            if "latency" in suite.metrics:
+                policy = RepeatPolicy(suite.repeats.min, suite.repeats.max, suite.repeats.min_time_s)
+                secs = time_fn(work.fn, device=case.device, warmup=suite.warmup, policy=policy,
+                               timeout_s=suite.timeout_s, flush_l2=suite.flush_l2 and case.level == "op")  # fmt: skip
+                stats = summarize([s * 1e3 for s in secs])
+                samples["latency"] = [s * 1e3 for s in secs]
+                for stat in STAT_ORDER:
+                    add("latency", stats[stat], "count" if stat == "n" else "ms", stat=stat)
+                median_s = stats["median"] / 1e3
+                add("throughput", work.items / median_s, "items/s", stat="median")
+                add("tokens_per_s", work.tokens / median_s, "tokens/s", stat="median")
+            if "memory" in suite.metrics:
+                peak, note = peak_memory(work.fn, case.device)
+                add("peak_memory", float(peak), "B", note=note)
+            if "flops" in suite.metrics and case.level in ("op", "mixer"):
+                self._cost_rows(case, work, median_s, add)
+            del work
+        for s in static:
+            add(s.metric, s.value, s.unit, note=s.note, source=s.source)
+            if s.metric == "flops" and median_s and s.source == "measured":
+                add("achieved_tflops", s.value / median_s / 1e12, "TFLOP/s", stat="median", note=s.note)
+        if not rows:
+            raise AttnbenchError(f"no metric produced rows for metrics {list(suite.metrics)}")
+        return rows, samples
+
+    def _cost_rows(self, case: Case, work: Workload, median_s: float | None, add) -> None:
+        mech = registry.get(case.mechanism)
+        shape = Shape(case.batch, case.heads, case.height, case.width, case.head_dim, case.dim)
+        try:
+            flops = float(mech.flops(shape, level=case.level, pass_=case.pass_))
+        except NotImplementedError:
+            flops = None
+        if flops is not None:
+            add("flops", flops, "FLOP", note="analytic")
+            if median_s:
+                add("achieved_tflops", flops / median_s / 1e12, "TFLOP/s", stat="median", note="analytic")
+        if case.pass_ == "fwd":
+            try:
+                nbytes = float(mech.bytes(shape, level=case.level, dtype=case.dtype))
+            except NotImplementedError:
+                nbytes = None
+            if nbytes is not None:
+                add("bytes", nbytes, "B", note="analytic minimum traffic")
+                if median_s:
+                    add("achieved_gbps", nbytes / median_s / 1e9, "GB/s", stat="median", note="analytic bytes")
+        counted = _count_flops(work.fn)
+        if counted is not None:
+            add("flops_counted", float(counted), "FLOP", note="flopcountermode")
+
+    def _rank_rows(self, case: Case) -> list[StaticRow]:
+        from attnbench.measure.rank import rank_rows
+
+        mech = registry.get(case.mechanism)
+        weights = case.options_dict.get("weights", "random")
+        return rank_rows(mech, level=case.level, batch=case.batch, heads=case.heads, height=case.height,
+                         width=case.width, dim=case.dim, dtype=case.dtype, device=case.device,
+                         options={k: v for k, v in case.options_dict.items() if k != "weights"},
+                         weights=weights)  # fmt: skip
+
+    def _accuracy_rows(self, case: Case) -> list[StaticRow]:
+        from attnbench.models.reported import reported_rows
+
+        rows = list(reported_rows(case.variant))
+        spec = self.suite.checkpoints.get(case.variant)
+        if self.suite.data is None or spec is None:
+            missing = "data:" if self.suite.data is None else f"checkpoints.{case.variant}"
+            raise _Partial(rows, f"no measured accuracy: set `{missing}` in the suite to evaluate")
+        from attnbench.models.imagenet import accuracy_rows
+
+        try:
+            rows += accuracy_rows(case.variant, data=self.suite.data, checkpoint=spec["path"], ema=spec.get("ema", False),
+                                  image_size=case.height, batch_size=case.batch, device=case.device,
+                                  dtype=case.dtype, num_workers=2)  # fmt: skip
+        except AttnbenchError as exc:
+            raise _Partial(rows, str(exc)) from None
+        return rows
+
+
+class _Partial(AttnbenchError):
+    """Some rows could be produced (e.g. reported accuracy) but the measurement could not."""
+
+    def __init__(self, rows: list[StaticRow], message: str):
+        super().__init__(message)
+        self.rows = rows
+
+
+def _count_flops(fn) -> float | None:
+    try:
+        from attnbench.measure.flops import count_flops
+    except ImportError:
+        return None
+    try:
+        return count_flops(fn)
+    except Exception:  # counting is best effort: an op FlopCounterMode cannot trace is simply not counted
+        return None
+
+
+def run_suite(suite: Suite, out: str | Path | None = None, *, resume: bool = False,
+              progress: Progress | None = None, debug: bool = False) -> RunSummary:  # fmt: skip
+    """Run every case of `suite`, appending rows to `out` (default results/<suite>-<UTC>.csv)."""
+    return Runner(suite, out or default_out(suite), resume=resume, progress=progress, debug=debug).run()
