@@ -160,6 +160,27 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_gate(args) -> int:
+    from attnbench.gate import format_rows, gate
+
+    result = gate(args.baseline, args.new, threshold=args.threshold, alpha=args.alpha, metric=args.metric)
+    rows = format_rows(result)
+    colours = {"regression": "red", "improvement": "green", "too_few_samples": "yellow"}
+    table = RichTable(title=f"[bold]gate: {args.metric}, threshold {result.threshold:.1%}, alpha {result.alpha:g} "
+                      "(Mann-Whitney U, Holm-corrected)[/]", title_justify="left", header_style="bold")  # fmt: skip
+    if rows:
+        for col in rows[0]:
+            table.add_column(col, overflow="fold")
+        for row in rows:
+            style = colours.get(row.get("verdict", ""))
+            table.add_row(*[str(v) for v in row.values()], style=style)
+        console.print(table)
+    for note in result.notes:
+        console.print(f"note: {note}")
+    console.print(result.summary())
+    return result.exit_code
+
+
 def cmd_env(args) -> int:
     from attnbench.measure.env import env_id, fingerprint
     from attnbench.suite import resolve_device
@@ -194,6 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="tables from saved results CSVs")
     rep.add_argument("files", nargs="+", help="results CSV files")
     rep.set_defaults(func=cmd_report)
+
+    g = sub.add_parser("gate", help="fail (exit 1) when NEW is significantly slower than BASELINE")
+    g.add_argument("baseline", help="results CSV (with its .samples.csv) or pytest-benchmark JSON (--benchmark-save-data)")
+    g.add_argument("new", help="the same kind of file for the new run")
+    g.add_argument("--threshold", default="5%", help="slowdown that matters, e.g. 5%% or 0.05 (default 5%%)")
+    g.add_argument("--alpha", type=float, default=0.05, help="family-wise significance level (Holm)")
+    g.add_argument("--metric", default="latency", help="metric to compare (default latency)")
+    g.set_defaults(func=cmd_gate)
 
     e = sub.add_parser("env", help="print the environment fingerprint recorded with every row")
     e.add_argument("--device", default="auto")

@@ -204,8 +204,8 @@ def register_mechanism(
         if bad:
             raise ValueError(f"{name}: unknown dtypes {sorted(bad)} (use {DTYPES})")
         for method in ("op", "mixer"):
-            impl = cls.__dict__.get(method)
-            if impl is not None and not getattr(impl, "_attnbench_guarded", False):
+            impl = getattr(cls, method)
+            if impl is not getattr(Mechanism, method) and not getattr(impl, "_attnbench_guarded", False):
                 setattr(cls, method, _guarded(impl, method))
         inst = cls()
         inst.name = name

@@ -75,8 +75,8 @@ class _Appender:
 def _cell(value: Any) -> Any:
     if value is None:
         return ""
-    if isinstance(value, float):
-        return repr(value)
+    if isinstance(value, float):  # np.float64 too: repr(float) keeps full precision and stays plain
+        return repr(float(value))
     return value
 
 

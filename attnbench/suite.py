@@ -177,7 +177,7 @@ def _coerce(kind: str, key: str, value: Any, where: Callable[[str], str]) -> Any
         want = str if kind == "strlist" else int
         for item in items:
             if isinstance(item, bool) or not isinstance(item, want):
-                raise bad(f"a {'string' if want is str else 'integer'} or a list of them")
+                raise bad(f"{'a string' if want is str else 'an integer'} or a list of them")
         if want is int and any(item <= 0 for item in items):
             raise _fail(where, key, f"`{key}` values must be positive, got {value!r}")
         return tuple(items)

@@ -10,8 +10,10 @@ nothing left over from earlier cases, unlike process RSS.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import tempfile
 from typing import Any, Callable
 
@@ -32,12 +34,32 @@ def peak_memory(fn: Callable[[], Any], device: str = "cpu") -> tuple[int, str]:
     return _cpu_peak(fn), "cpu_profiler_allocated"
 
 
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the profiler's native start/stop log lines (written to fd 2 by C++ code)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _cpu_peak(fn: Callable[[], Any]) -> int:
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        out = fn()
-        del out  # frees of the output count as after-peak events, not before
+    with _quiet_stderr():
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            out = fn()
+            del out  # frees of the output count as after-peak events, not before
     fd, path = tempfile.mkstemp(suffix=".json")
     os.close(fd)
     try:

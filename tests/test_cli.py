@@ -1,0 +1,169 @@
+"""End to end through the CLI: files and schema, faults as rows, interrupt + resume, user errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from attnbench import results
+from attnbench.cli import main
+from attnbench.plan import plan
+from attnbench.suite import load_suite
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGIN = REPO / "tests" / "plugins" / "faulty.py"
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "attnbench", *args], capture_output=True, text=True, cwd=REPO,
+                          env=full_env, timeout=300)  # fmt: skip
+
+
+def write_suite(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "suite.yaml"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def test_smoke_suite_writes_four_files_with_schema(tmp_path):
+    out = tmp_path / "smoke.csv"
+    proc = run_cli("run", "suites/smoke.yaml", "--out", str(out), "--no-progress", "--set", "device=cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert "latency ms" in proc.stdout and "cases:" in proc.stdout
+    for kind in ("env.json", "suite.yaml", "samples.csv"):
+        assert results.companion(out, kind).exists(), kind
+    df = results.load(out)
+    assert list(df.columns) == results.COLUMNS
+    assert set(df["status"]) <= set(results.STATUSES) and "ok" in set(df["status"])
+    assert df["value"].dtype == "float64" and str(df["batch"].dtype) == "Int64"
+    assert (df["schema_version"] == 1).all()
+    ok_lat = df[(df.metric == "latency") & (df.stat == "median") & (df.status == "ok")]
+    assert (ok_lat["value"] > 0).all() and set(ok_lat["unit"]) == {"ms"}
+    flash = df[df.mechanism == "softmax_flash"]
+    assert (flash.status == "skipped").all() and flash.message.str.contains("flash").all()
+    envs = json.loads(results.companion(out, "env.json").read_text())
+    assert set(df["env_id"]) == set(envs) and "torch" in next(iter(envs.values()))["versions"]
+    samples = results.load_samples(out)
+    assert set(samples["case_id"]) == set(ok_lat["case_id"])
+    # the resolved suite reloads to the same plan
+    again = load_suite(results.companion(out, "suite.yaml"))
+    assert [c.case_id for c in plan(again)] == list(dict.fromkeys(df["case_id"]))
+    # report prints the same tables from the saved file
+    rep = run_cli("report", str(out))
+    assert rep.returncode == 0 and "latency ms" in rep.stdout
+
+
+def test_faults_become_rows_and_interrupt_resumes_exactly_once(tmp_path):
+    suite = write_suite(tmp_path, f"""\
+        name: faults
+        plugins: [{PLUGIN}]
+        mechanisms: [softmax_eager, test_raises, test_interrupt, softmax_sdpa]
+        level: op
+        dim: 16
+        heads: 1
+        resolution: [2, 3, 4]
+        device: cpu
+        warmup: 0
+        repeats: {{min: 2, max: 2, min_time_s: 0}}
+        metrics: [latency]
+        """)
+    out = tmp_path / "faults.csv"
+    marker = tmp_path / "interrupt-now"
+    marker.write_text("x")
+    first = run_cli("run", str(suite), "--out", str(out), "--no-progress", env={"ATTNBENCH_TEST_INTERRUPT": str(marker)})
+    assert first.returncode == 130, first.stderr
+    assert "--resume" in first.stderr and "Traceback" not in first.stderr
+    partial = results.load(out)
+    assert 0 < partial["case_id"].nunique() < 12
+    second = run_cli("run", str(suite), "--out", str(out), "--resume", "--no-progress",
+                     env={"ATTNBENCH_TEST_INTERRUPT": str(marker)})  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    df = results.load(out, dedupe=False)
+    status_rows = df[(df.metric == "latency") & (df.stat.isin(["median", "value"]))]
+    assert len(status_rows) == 12 and status_rows["case_id"].is_unique  # every case exactly once
+    errors = status_rows[status_rows.mechanism == "test_raises"]
+    assert (errors.status == "error").all() and errors.message.str.contains("deliberate failure").all()
+    assert (status_rows[status_rows.mechanism != "test_raises"].status == "ok").all()
+
+
+def test_cpu_peak_memory_is_per_case(tmp_path):
+    """A 100 MiB case right after a 400 MiB one must report ~100 MiB, not the process high-water mark."""
+    suite = write_suite(tmp_path, f"""\
+        name: mem
+        plugins: [{PLUGIN}]
+        mechanisms: [test_alloc]
+        level: mixer
+        dim: 8
+        heads: 2
+        resolution: 2
+        device: cpu
+        warmup: 0
+        repeats: {{min: 1, max: 1, min_time_s: 0}}
+        metrics: [memory]
+        """)
+    out_big, out = tmp_path / "big.csv", tmp_path / "small.csv"
+    assert main(["run", str(suite), "--out", str(out_big), "--no-progress", "--set", "options={test_alloc: {mb: 400}}"]) == 0
+    assert main(["run", str(suite), "--out", str(out), "--no-progress", "--set", "options={test_alloc: {mb: 100}}"]) == 0
+    big = results.load(out_big).query("metric == 'peak_memory'")["value"].item()
+    small = results.load(out).query("metric == 'peak_memory'")
+    assert small["note"].item() == "cpu_profiler_allocated"
+    assert abs(big / 2**20 - 400) < 5
+    assert abs(small["value"].item() / 2**20 - 100) < 5
+
+
+@pytest.mark.parametrize(
+    "args,pattern",
+    [
+        (["run", "suites/nope.yaml"], "suite file not found"),
+        (["run", "suites/smoke.yaml", "--set", "mechanisms=[nonexistent]"], "unknown mechanism 'nonexistent'"),
+        (["report", "does-not-exist.csv"], "not found"),
+        (["list", "--family", "nofamily"], "no mechanisms in family"),
+        (["run", "suites/smoke.yaml", "--resume"], "--resume needs --out"),
+    ],
+)
+def test_user_errors_exit_2_one_line(args, pattern):
+    proc = run_cli(*args)
+    assert proc.returncode == 2
+    assert pattern in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_existing_out_needs_resume(tmp_path, capsys):
+    out = tmp_path / "x.csv"
+    out.write_text(",".join(results.COLUMNS) + "\n")
+    out.write_text(out.read_text() + "1,r,c,s,m,f,b,op,,fwd,cpu,fp32,1,1,1,1,1,4,4,latency,1.0,ms,median,ok,,measured,,e,t\n")
+    assert main(["run", "suites/smoke.yaml", "--out", str(out), "--no-progress"]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_list_shows_reasons():
+    proc = run_cli("list")
+    assert proc.returncode == 0
+    assert "softmax_flash" in proc.stdout and "flash" in proc.stdout and "available on" in proc.stdout
+
+
+def test_torn_last_line_is_dropped_with_warning(tmp_path):
+    out = tmp_path / "torn.csv"
+    w = results.ResultsWriter(out)
+    row = {c: "" for c in results.COLUMNS} | {"case_id": "a", "metric": "latency", "value": 1.5, "stat": "median",
+                                             "status": "ok", "schema_version": 1}  # fmt: skip
+    w.write_rows([row])
+    w.close()
+    with open(out, "a") as fh:
+        fh.write("1,run,b,suite,mech")  # a writer killed mid-line
+    with pytest.warns(UserWarning, match="torn"):
+        df = results.load(out)
+    assert list(df["case_id"]) == ["a"]
+    with pytest.warns(UserWarning, match="torn"):
+        w2 = results.ResultsWriter(out)  # appending repairs the tail first
+    w2.write_rows([row | {"case_id": "c"}])
+    w2.close()
+    assert list(pd.read_csv(out)["case_id"]) == ["a", "c"]
