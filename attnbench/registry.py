@@ -78,6 +78,9 @@ class Mechanism:
     head_dims: tuple[int, ...] | None = None
     has_backward: bool = True
     cite: str = ""
+    # Memory layout the op prefers its (B, h, N, d) inputs in: "bhnd" (contiguous) or "bnhd" (a
+    # (B, N, h, d) tensor viewed as (B, h, N, d)); workloads build inputs in it, outside the timed call.
+    layout: str = "bhnd"
 
     # -- the interface (DESIGN.md) ---------------------------------------------------------------
     def op(self, q, k, v, *, grid):  # (B, h, N, d) x3 -> (B, h, N, d); grid = (H, W), N = H*W

@@ -80,10 +80,18 @@ def op_workload(mech: Mechanism, *, batch, heads, height, width, head_dim, dtype
     tdtype = TORCH_DTYPES[dtype]
     n = height * width
     need_grad = pass_ == "fwd_bwd"
-    q, k, v = (
-        seeded_randn((batch, heads, n, head_dim), dtype=tdtype, device=device, seed=seed + i, requires_grad=need_grad)
-        for i in range(3)
-    )  # (B, h, N, d) each
+    if mech.layout == "bnhd":  # (B, N, h, d) storage viewed as (B, h, N, d): the op's transpose is free
+        q, k, v = (
+            seeded_randn((batch, n, heads, head_dim), dtype=tdtype, device=device, seed=seed + i)
+            .transpose(1, 2).requires_grad_(need_grad)
+            for i in range(3)
+        )  # fmt: skip
+    else:
+        q, k, v = (
+            seeded_randn((batch, heads, n, head_dim), dtype=tdtype, device=device, seed=seed + i,
+                         requires_grad=need_grad)  # fmt: skip
+            for i in range(3)
+        )  # (B, h, N, d) each
 
     def forward():
         return mech.op(q, k, v, grid=(height, width))
