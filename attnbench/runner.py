@@ -74,29 +74,30 @@ def classify_exception(exc: BaseException) -> tuple[str, str]:
     text = f"{type(exc).__name__}: {exc}".strip()
     first = text.splitlines()[0] if text else type(exc).__name__
     oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), MemoryError) if t is not None)
-    if isinstance(exc, oom_types) or "out of memory" in text.lower():
+    lowered = text.lower()
+    if isinstance(exc, oom_types) or any(m in lowered for m in ("out of memory", "can't allocate memory",
+                                                                 "cannot allocate memory")):  # fmt: skip
         return "oom", first[:300]
     return "error", first[:500]
 
 
 class Runner:
     def __init__(self, suite: Suite, out: str | Path, *, resume: bool = False, progress: Progress | None = None,
-                 debug: bool = False):  # fmt: skip
+                 debug: bool = False, in_worker: bool = False):  # fmt: skip
         self.suite = suite
         self.out = Path(out)
         self.resume = resume
         self.progress = progress
         self.debug = debug
+        self.in_worker = in_worker
         self.run_id = uuid.uuid4().hex[:10]
+        self.env_id = ""
         self._oom_at: dict[tuple, int] = {}
+        self.pool = None
 
     # -- the sweep ---------------------------------------------------------------------------------
     def run(self) -> RunSummary:
         suite = self.suite
-        if suite.isolation == "process":
-            raise AttnbenchError(
-                "isolation: process is not implemented yet; use `isolation: inprocess` (or --set isolation=inprocess)"
-            )
         if suite.threads is not None:
             torch.set_num_threads(suite.threads)
         cases = plan(suite)
@@ -111,6 +112,10 @@ class Runner:
         summary = RunSummary(self.out, self.run_id, len(cases), resumed=sum(c.case_id in done for c in cases))
         if self.progress:
             self.progress.start(len(cases), summary.resumed)
+        if isolation_mode(suite) == "process":
+            from attnbench.isolation import WorkerPool
+
+            self.pool = WorkerPool(suite, self.run_id, self.env_id, suite.memory_limit_gb)
         try:
             for index, case in enumerate(cases):
                 if case.case_id in done:
@@ -127,6 +132,8 @@ class Runner:
                     self.progress.case_end(index, case, status, rows)
         finally:
             writer.close()
+            if self.pool is not None:
+                self.pool.close()
         return summary
 
     # -- one case ----------------------------------------------------------------------------------
@@ -146,12 +153,33 @@ class Runner:
                 case.heads, case.dim)  # fmt: skip
 
     def run_case(self, case: Case) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
+        """Rows of one case: planned skips, predicted OOMs and prunes here; the rest measured
+        in-process or in the worker."""
         started = _now()
         if case.skip:
             return [self.status_row(case, started, "skipped", case.skip)], {}
         oom_batch = self._oom_at.get(self._oom_key(case))
         if oom_batch is not None and case.batch > oom_batch:
             return [self.status_row(case, started, "skipped", f"oom_predicted: batch {oom_batch} ran out of memory")], {}
+        pruned = prune_reason(case, self.suite)
+        if pruned:
+            return [self.status_row(case, started, "skipped", pruned)], {}
+        if self.pool is not None:
+            tag, payload = self.pool.run(case, self.suite.timeout_s, self.suite.timeout_s * 1.1 + WORKER_MARGIN_S)
+            if tag == "done":
+                rows, samples = payload
+            else:
+                rows, samples = [self.status_row(case, started, tag, payload)], {}
+        else:
+            rows, samples = self.measure_case(case, started)
+        if rows and rows[0]["status"] == "oom":
+            key = self._oom_key(case)
+            self._oom_at[key] = min(case.batch, self._oom_at.get(key, case.batch))
+        return rows, samples
+
+    def measure_case(self, case: Case, started: str | None = None) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
+        """Measure one case; any exception becomes a status row (the sweep goes on)."""
+        started = started or _now()
         try:
             rows, samples = self._measure(case, started)
         except Exception as exc:  # a failing case becomes rows; the sweep goes on
@@ -163,9 +191,6 @@ class Runner:
                 rows += [self._row(case, started, r.metric, r.value, r.unit, note=r.note, source=r.source)
                          for r in exc.rows]  # fmt: skip
                 return rows, {}
-            if status == "oom":
-                key = self._oom_key(case)
-                self._oom_at[key] = min(case.batch, self._oom_at.get(key, case.batch))
             rows, samples = [self.status_row(case, started, status, message)], {}
         finally:
             gc.collect()
@@ -202,13 +227,27 @@ class Runner:
             static += self._accuracy_rows(case)
         timing = {"latency", "memory", "flops"} & set(suite.metrics)
         median_s = None
+        if timing and suite.verify and case.level in ("op", "mixer"):
+            verdict = self._verify(case)
+            if verdict is not None:
+                status = "ok" if verdict.ok else "error"
+                message = "" if verdict.ok else verdict.message()
+                rows.append(self._row(case, started, "rel_err", verdict.rel_err, "", status=status, message=message,
+                                      note=f"output {verdict.note}; tolerance {verdict.tolerance:.3g}"))  # fmt: skip
+                if verdict.grad_rel_err is not None:
+                    rows.append(self._row(case, started, "rel_err", verdict.grad_rel_err, "", status=status,
+                                          message=message, note=f"grads {verdict.note}"))  # fmt: skip
+                if not verdict.ok:  # a wrong result's timing means nothing: report the error, skip timing
+                    return [self.status_row(case, started, "error", message)] + rows, samples
         if timing:
             work = self.build_workload(case)
             static = list(work.static) + static
             if "latency" in suite.metrics:
-                policy = RepeatPolicy(suite.repeats.min, suite.repeats.max, suite.repeats.min_time_s)
+                policy = RepeatPolicy(suite.repeats.min, suite.repeats.max, suite.repeats.min_time_s,
+                                      suite.repeats.target_ci)  # fmt: skip
                 secs = time_fn(work.fn, device=case.device, warmup=suite.warmup, policy=policy,
-                               timeout_s=suite.timeout_s, flush_l2=suite.flush_l2 and case.level == "op")  # fmt: skip
+                               timeout_s=suite.timeout_s, flush_l2=suite.flush_l2 and case.level == "op",
+                               cuda_graph=suite.cuda_graphs)  # fmt: skip
                 stats = summarize([s * 1e3 for s in secs])
                 samples["latency"] = [s * 1e3 for s in secs]
                 for stat in STAT_ORDER:
@@ -229,6 +268,16 @@ class Runner:
         if not rows:
             raise AttnbenchError(f"no metric produced rows for metrics {list(suite.metrics)}")
         return rows, samples
+
+    def _verify(self, case: Case):
+        from attnbench import verify
+
+        mech = registry.get(case.mechanism)
+        common = dict(batch=case.batch, heads=case.heads, height=case.height, width=case.width, dtype=case.dtype,
+                      device=case.device, pass_=case.pass_)  # fmt: skip
+        if case.level == "op":
+            return verify.verify_op(mech, head_dim=case.head_dim, **common)
+        return verify.verify_mixer(mech, dim=case.dim, options=case.options_dict, **common)
 
     def _cost_rows(self, case: Case, work: Workload, median_s: float | None, add) -> None:
         mech = registry.get(case.mechanism)
@@ -289,6 +338,64 @@ class _Partial(AttnbenchError):
     def __init__(self, rows: list[StaticRow], message: str):
         super().__init__(message)
         self.rows = rows
+
+
+WORKER_MARGIN_S = 2.0  # the worker checks timeout_s between calls; the parent kills a call that hangs
+PRUNE_FRACTION = 0.9
+
+
+def isolation_mode(suite: Suite) -> str:
+    """`auto` = process on GPU (a fault there can poison the context), inprocess on CPU."""
+    if suite.isolation == "auto":
+        return "process" if suite.device == "cuda" else "inprocess"
+    return suite.isolation
+
+
+def available_memory(suite: Suite) -> int | None:
+    """Bytes a case may use: GPU total memory, or CPU available memory (capped by memory_limit_gb)."""
+    if suite.device == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.mem_get_info()[1])
+    avail = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable"):
+                avail = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if suite.memory_limit_gb:
+        limit = int(suite.memory_limit_gb * 2**30)
+        avail = min(avail, limit) if avail else limit
+    return avail
+
+
+def predicted_bytes(case: Case) -> float | None:
+    """Analytic memory need: minimum traffic (inputs + outputs), x3 for fwd_bwd (grads and saved
+    activations), plus the mechanism's `workspace_bytes` (e.g. materialised N x N scores) if declared."""
+    if case.level == "model":
+        return None
+    mech = registry.get(case.mechanism)
+    shape = Shape(case.batch, case.heads, case.height, case.width, case.head_dim, case.dim)
+    try:
+        need = float(mech.bytes(shape, level=case.level, dtype=case.dtype))
+    except NotImplementedError:
+        return None
+    if case.pass_ == "fwd_bwd":
+        need *= 3
+    workspace = getattr(mech, "workspace_bytes", None)
+    if workspace is not None:
+        need += float(workspace(shape, level=case.level, dtype=case.dtype, pass_=case.pass_))
+    return need
+
+
+def prune_reason(case: Case, suite: Suite) -> str | None:
+    need = predicted_bytes(case)
+    if need is None:
+        return None
+    avail = available_memory(suite)
+    if avail and need > PRUNE_FRACTION * avail:
+        return (f"pruned: predicted {need / 2**30:.1f} GiB > {PRUNE_FRACTION:.0%} of {avail / 2**30:.1f} GiB "
+                "available")  # fmt: skip
+    return None
 
 
 def _count_flops(fn) -> float | None:

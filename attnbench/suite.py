@@ -21,7 +21,7 @@ from attnbench.registry import DTYPES, LEVELS, PASSES
 
 METRICS = ("latency", "memory", "flops", "rank", "accuracy")
 DEFAULT_METRICS = ("latency", "memory", "flops")
-ISOLATIONS = ("inprocess", "process")
+ISOLATIONS = ("auto", "inprocess", "process")
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ class Repeats:
     min: int = 5
     max: int = 100
     min_time_s: float = 0.5
+    target_ci: float | None = None  # stop early once the median's 95% CI half-width / median < this
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class Suite:
     warmup: int = 3
     repeats: Repeats = Repeats()
     timeout_s: float = 120.0
-    isolation: str = "inprocess"
+    isolation: str = "auto"
     verify: bool = True
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     plugins: tuple[str, ...] = ()
@@ -57,6 +58,8 @@ class Suite:
     data: str | None = None
     checkpoints: dict[str, dict[str, Any]] = field(default_factory=dict)
     flush_l2: bool = True
+    cuda_graphs: bool = False
+    memory_limit_gb: float | None = None
     path: str = ""
     resolved: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -102,10 +105,12 @@ _KEYS: dict[str, str] = {
     "data": "str?",
     "checkpoints": "mapping",
     "flush_l2": "bool",
+    "cuda_graphs": "bool",
+    "memory_limit_gb": "float?",
 }
 _ALLOWED = {"level": LEVELS, "dtype": DTYPES, "pass": PASSES, "isolation": ISOLATIONS, "metrics": METRICS,
             "device": ("auto", "cpu", "cuda")}  # fmt: skip
-_REPEAT_KEYS = {"min": "int", "max": "int", "min_time_s": "float"}
+_REPEAT_KEYS = {"min": "int", "max": "int", "min_time_s": "float", "target_ci": "float?"}
 
 
 class _Locator:
@@ -156,7 +161,9 @@ def _coerce(kind: str, key: str, value: Any, where: Callable[[str], str]) -> Any
         if isinstance(value, bool) or not isinstance(value, int):
             raise bad("an integer")
         return value
-    if kind == "float":
+    if kind in ("float", "float?"):
+        if value is None and kind == "float?":
+            return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad("a number")
         return float(value)
@@ -324,6 +331,9 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             checkpoints[model] = {"path": spec, "ema": False}
         elif not isinstance(spec, dict) or "path" not in spec or set(spec) - {"path", "ema"}:
             raise _fail(where, f"checkpoints.{model}", "each checkpoint needs `path:` (and optionally `ema:`)")
+    limit = values.get("memory_limit_gb")
+    if limit is not None and limit <= 0:
+        raise _fail(where, "memory_limit_gb", "`memory_limit_gb` must be positive or null")
     threads = values.get("threads")
     if threads is not None and threads < 1:
         raise _fail(where, "threads", "`threads` must be >= 1 or null")
@@ -345,7 +355,7 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         warmup=values.get("warmup", 3),
         repeats=repeats,
         timeout_s=values.get("timeout_s", 120.0),
-        isolation=values.get("isolation", "inprocess"),
+        isolation=values.get("isolation", "auto"),
         verify=values.get("verify", True),
         options={k: dict(v) for k, v in options.items()},
         plugins=values.get("plugins", ()),
@@ -353,6 +363,8 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         data=values.get("data"),
         checkpoints=checkpoints,
         flush_l2=values.get("flush_l2", True),
+        cuda_graphs=values.get("cuda_graphs", False),
+        memory_limit_gb=values.get("memory_limit_gb"),
         path=str(path),
         resolved=_jsonable(merged),
     )

@@ -25,6 +25,30 @@ class RepeatPolicy:
     min: int = 5
     max: int = 100
     min_time_s: float = 0.5
+    target_ci: float | None = None  # relative half-width of the median's 95% CI to reach (then stop)
+
+
+def median_ci_halfwidth(samples: list[float]) -> float:
+    """Relative half-width of a distribution-free 95% CI of the median (binomial order statistics:
+    ranks n/2 -/+ 1.96 sqrt(n)/2); inf below 6 samples, where the interval is the whole range."""
+    n = len(samples)
+    if n < 6:
+        return math.inf
+    xs = sorted(samples)
+    half = 1.96 * math.sqrt(n) / 2
+    lo = max(0, math.floor(n / 2 - half))
+    hi = min(n - 1, math.ceil(n / 2 + half) - 1)
+    med = statistics.median(xs)
+    return (xs[hi] - xs[lo]) / 2 / med if med > 0 else math.inf
+
+
+def _need_more(samples: list[float], total: float, policy: RepeatPolicy) -> bool:
+    n = len(samples)
+    if n >= policy.max:
+        return False
+    if n < policy.min or total < policy.min_time_s:
+        return True
+    return policy.target_ci is not None and median_ci_halfwidth(samples) > policy.target_ci
 
 
 def summarize(samples: list[float]) -> dict[str, float]:
@@ -73,11 +97,14 @@ def time_fn(
     policy: RepeatPolicy = RepeatPolicy(),
     timeout_s: float | None = None,
     flush_l2: bool = False,
+    cuda_graph: bool = False,
 ) -> list[float]:
     """Run `fn` `warmup` times untimed, then time repeats; returns per-call seconds.
 
-    Repeats continue until at least `policy.min` samples and `policy.min_time_s` of timed work, or
-    `policy.max` samples. Raises CaseTimeout once the wall time since the start passes timeout_s
+    Repeats continue until at least `policy.min` samples and `policy.min_time_s` of timed work (and,
+    with `policy.target_ci`, until the median's 95% CI is that tight), or `policy.max` samples.
+    cuda_graph: capture one call into a CUDA graph after warm-up and time its replays (removes
+    launch overhead; the closure must be capturable). Raises CaseTimeout once the wall time since the start passes timeout_s
     (checked between calls: an in-process call cannot be interrupted; process isolation can).
     """
     start = time.perf_counter()
@@ -91,10 +118,20 @@ def time_fn(
         synchronize(device)
         check_timeout()
     cuda = str(device).startswith("cuda")
+    if cuda and cuda_graph:
+        graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            fn()  # one more warm-up on the side stream, as torch's docs require before capture
+        torch.cuda.current_stream().wait_stream(stream)
+        with torch.cuda.graph(graph):
+            fn()
+        fn = graph.replay
     flusher = L2Flusher(device) if (cuda and flush_l2) else None
     samples: list[float] = []
     total = 0.0
-    while len(samples) < policy.max and (len(samples) < policy.min or total < policy.min_time_s):
+    while _need_more(samples, total, policy):
         if cuda:
             if flusher is not None:
                 flusher()

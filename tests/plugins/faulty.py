@@ -45,3 +45,48 @@ class _Alloc(torch.nn.Module):
 class Alloc(Mechanism):
     def mixer(self, dim, num_heads, mb: int = 100):
         return _Alloc(mb)
+
+
+# -- faults for process isolation (each only ever runs inside a worker) --------------------------
+@register_mechanism("test_abort", family="test")
+class Abort(Mechanism):
+    def op(self, q, k, v, *, grid):
+        os.abort()
+
+
+@register_mechanism("test_segfault", family="test")
+class Segfault(Mechanism):
+    def op(self, q, k, v, *, grid):
+        import ctypes
+
+        ctypes.string_at(0)  # read address 0: SIGSEGV
+
+
+@register_mechanism("test_hang", family="test")
+class Hang(Mechanism):
+    def op(self, q, k, v, *, grid):
+        import time
+
+        time.sleep(3600)
+
+
+@register_mechanism("test_oom", family="test")
+class RaisesOom(Mechanism):
+    def op(self, q, k, v, *, grid):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB (simulated)")
+
+
+@register_mechanism("test_unbounded", family="test")
+class Unbounded(Mechanism):
+    def op(self, q, k, v, *, grid):
+        hoard = []
+        while True:  # grows until the worker's memory limit stops it
+            hoard.append(torch.ones(64 * 2**20))
+
+
+@register_mechanism("test_wrong", family="test", reference="softmax_eager")
+class Wrong(Mechanism):
+    """Claims to be softmax attention but forgets the 1/sqrt(d) scale: verify must catch it."""
+
+    def op(self, q, k, v, *, grid):
+        return torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v

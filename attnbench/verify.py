@@ -1,0 +1,141 @@
+"""Verified outputs: each case's output (and gradients for fwd_bwd) against the registered reference.
+
+Rule (FlashAttention's, see STYLE.md): on the same inputs, the candidate's relative RMS error
+against the reference mechanism run in float64 may be at most
+    2 * (the reference mechanism's own error in the case dtype) + 16 * eps(dtype)
+where the eps term is a floor for cases where the reference is (nearly) exact. A mechanism with
+no registered reference is checked against itself in float64 (catches dtype-dependent bugs:
+overflow, bad accumulation). Large cases are verified at a reduced shape (batch 1, grid capped at
+32 x 32) - the note says so. Model-level cases are not verified here (their mixers are, at mixer
+level; the model is checked against the published outputs in the test suite).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from attnbench import registry
+from attnbench.layers import Rope2d
+from attnbench.workload import TORCH_DTYPES, seeded_randn
+
+EPS = {"fp32": torch.finfo(torch.float32).eps, "fp16": torch.finfo(torch.float16).eps,
+       "bf16": torch.finfo(torch.bfloat16).eps}  # fmt: skip
+MAX_TOKENS = 32 * 32
+MAX_BATCH_HEADS_TOKENS = 1 << 18
+
+
+@dataclass(frozen=True)
+class Verdict:
+    rel_err: float  # candidate (case dtype) vs reference (float64)
+    grad_rel_err: float | None  # gradients, fwd_bwd only
+    tolerance: float
+    reference: str
+    note: str
+
+    @property
+    def ok(self) -> bool:
+        errs = [self.rel_err] + ([self.grad_rel_err] if self.grad_rel_err is not None else [])
+        return all(e == e and e <= self.tolerance for e in errs)  # NaN fails
+
+    def message(self) -> str:
+        grad = f", grads {self.grad_rel_err:.3g}" if self.grad_rel_err is not None else ""
+        return (f"verify failed: rel_err {self.rel_err:.3g}{grad} vs {self.reference} exceeds tolerance "
+                f"{self.tolerance:.3g}")  # fmt: skip
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    ref = ref.double()
+    denom = ref.norm().item()
+    diff = (x.double() - ref).norm().item()
+    return diff / denom if denom > 0 else diff
+
+
+def _flat(tensors) -> torch.Tensor:
+    return torch.cat([t.reshape(-1).double() for t in tensors if t is not None])
+
+
+def _reduced(batch: int, height: int, width: int, heads: int, head_dim: int) -> tuple[int, int, int, str]:
+    if height * width <= MAX_TOKENS and batch * heads * height * width <= MAX_BATCH_HEADS_TOKENS:
+        return batch, height, width, ""
+    b, h, w = 1, min(height, 32), min(width, 32)
+    return b, h, w, f"verified at reduced shape B{b} {h}x{w}"
+
+
+def _run_op(mech, q, k, v, grid, g):
+    q, k, v = (t.detach().clone().requires_grad_(g is not None) for t in (q, k, v))
+    if g is None:
+        with torch.no_grad():
+            return mech.op(q, k, v, grid=grid), None
+    out = mech.op(q, k, v, grid=grid)
+    grads = torch.autograd.grad(out, [q, k, v], g.to(out.dtype))
+    return out.detach(), grads
+
+
+def verify_op(mech, *, batch, heads, height, width, head_dim, dtype, device, pass_, seed=123) -> Verdict:
+    ref_mech = registry.get(mech.reference) if mech.reference else mech
+    batch, height, width, note = _reduced(batch, height, width, heads, head_dim)
+    tdtype = TORCH_DTYPES[dtype]
+    n = height * width
+    inputs = [seeded_randn((batch, heads, n, head_dim), dtype=tdtype, device=device, seed=seed + i) for i in range(3)]
+    g = seeded_randn((batch, heads, n, head_dim), dtype=torch.float64, device=device, seed=seed + 9) \
+        if pass_ == "fwd_bwd" else None  # fmt: skip
+    grid = (height, width)
+    out, grads = _run_op(mech, *inputs, grid, g)
+    ref64, ref_grads64 = _run_op(ref_mech, *(t.double() for t in inputs), grid, g)
+    ref_lo, ref_grads_lo = _run_op(ref_mech, *inputs, grid, g) if ref_mech is not mech else (out, grads)
+    return _verdict(out, grads, ref64, ref_grads64, ref_lo, ref_grads_lo, dtype, ref_mech, mech, note)
+
+
+def verify_mixer(mech, *, batch, heads, height, width, dim, dtype, device, pass_, options=None, seed=123) -> Verdict:
+    ref_mech = registry.get(mech.reference) if mech.reference else mech
+    batch, height, width, note = _reduced(batch, height, width, heads, dim // heads)
+    tdtype = TORCH_DTYPES[dtype]
+    torch.manual_seed(seed)
+    cand = mech.mixer(dim, heads, **(options or {}))
+    ref = ref_mech.mixer(dim, heads, **(options or {})) if ref_mech is not mech else None
+    if ref is not None:
+        missing, unexpected = ref.load_state_dict(cand.state_dict(), strict=False)
+        if missing or unexpected:
+            return Verdict(float("nan"), None, 0.0, ref_mech.name,
+                           f"not comparable: parameters differ from {ref_mech.name} ({len(missing)} missing, "
+                           f"{len(unexpected)} unexpected)")  # fmt: skip
+    x = seeded_randn((batch, dim, height, width), dtype=torch.float32, device="cpu", seed=seed + 20)
+    g = seeded_randn((batch, dim, height, width), dtype=torch.float64, device=device, seed=seed + 21) \
+        if pass_ == "fwd_bwd" else None  # fmt: skip
+
+    def run(module, dt):
+        module = module.to(device=device, dtype=dt).eval()
+        rope = Rope2d(dim // heads).to(device=device, dtype=dt)((height, width))
+        xi = x.to(device=device, dtype=dt).requires_grad_(g is not None)
+        if g is None:
+            with torch.no_grad():
+                return module(xi, rope), None
+        out = module(xi, rope)
+        params = [p for p in module.parameters()]
+        grads = torch.autograd.grad(out, [xi, *params], g.to(out.dtype), allow_unused=True)
+        return out.detach(), grads
+
+    base = ref if ref is not None else cand
+    import copy
+
+    ref64, ref_grads64 = run(copy.deepcopy(base), torch.float64)
+    ref_lo, ref_grads_lo = run(copy.deepcopy(base), tdtype) if ref is not None else (None, None)
+    out, grads = run(cand, tdtype)
+    if ref is None:
+        ref_lo, ref_grads_lo = out, grads
+    return _verdict(out, grads, ref64, ref_grads64, ref_lo, ref_grads_lo, dtype, ref_mech, mech, note)
+
+
+def _verdict(out, grads, ref64, ref_grads64, ref_lo, ref_grads_lo, dtype, ref_mech, mech, note) -> Verdict:
+    err = rel_err(out, ref64)
+    base_err = rel_err(ref_lo, ref64) if ref_mech is not mech else 0.0
+    grad_err = None
+    if grads is not None:
+        grad_err = rel_err(_flat(grads), _flat(ref_grads64))
+        if ref_mech is not mech:
+            base_err = max(base_err, rel_err(_flat(ref_grads_lo), _flat(ref_grads64)))
+    tol = 2 * base_err + 16 * EPS[dtype]
+    label = f"vs {ref_mech.name} in float64" + (f"; {note}" if note else "")
+    return Verdict(err, grad_err, tol, ref_mech.name, label)

@@ -1,0 +1,175 @@
+"""Faults as rows: process isolation, timeouts, memory limits, OOM prediction, verify, SIGKILL + resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from attnbench import results
+from attnbench.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+PLUGIN = REPO / "tests" / "plugins" / "faulty.py"
+
+
+def write_suite(tmp_path: Path, body: str, name: str = "suite.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def case_status(df):
+    rows = df[df.metric.eq("latency") & df.stat.isin(["median", "value"])]
+    return rows
+
+
+@pytest.mark.slow
+def test_fault_injected_sweep_in_workers(tmp_path):
+    suite = write_suite(tmp_path, f"""\
+        name: faults
+        plugins: [{PLUGIN}]
+        mechanisms: [softmax_eager, test_abort, test_segfault, test_hang, test_oom, test_unbounded, softmax_sdpa]
+        level: op
+        dim: 16
+        heads: 1
+        resolution: [4]
+        batch: [1, 2]
+        device: cpu
+        isolation: process
+        memory_limit_gb: 4
+        timeout_s: 10
+        warmup: 0
+        verify: false
+        repeats: {{min: 2, max: 2, min_time_s: 0}}
+        metrics: [latency]
+        """)
+    out = tmp_path / "faults.csv"
+    assert main(["run", str(suite), "--out", str(out), "--no-progress"]) == 0
+    rows = case_status(results.load(out))
+    by = {(r.mechanism, r.batch): (r.status, r.message) for r in rows.itertuples()}
+    assert len(rows) == 14
+    for mech in ("softmax_eager", "softmax_sdpa"):
+        assert by[(mech, 1)][0] == by[(mech, 2)][0] == "ok"
+    assert by[("test_abort", 1)][0] == "crash" and "SIGABRT" in by[("test_abort", 1)][1]
+    assert by[("test_segfault", 1)][0] == "crash" and "SIGSEGV" in by[("test_segfault", 1)][1]
+    assert by[("test_hang", 1)][0] == "timeout"
+    assert by[("test_oom", 1)][0] == "oom"
+    assert by[("test_unbounded", 1)][0] == "oom"
+    # after an OOM at batch 1, batch 2 of the same mechanism and shape is predicted, not run
+    for mech in ("test_oom", "test_unbounded"):
+        status, message = by[(mech, 2)]
+        assert status == "skipped" and message.startswith("oom_predicted")
+    ok = results.load(out).query("mechanism == 'softmax_eager' and metric == 'latency' and stat == 'median'")
+    assert (ok["value"] > 0).all()
+
+
+def test_verify_catches_wrong_mechanism(tmp_path):
+    suite = write_suite(tmp_path, f"""\
+        name: verify
+        plugins: [{PLUGIN}]
+        mechanisms: [test_wrong, softmax_sdpa]
+        level: op
+        dim: 32
+        heads: 2
+        resolution: 5
+        device: cpu
+        isolation: inprocess
+        warmup: 0
+        repeats: {{min: 2, max: 2, min_time_s: 0}}
+        """)
+    out = tmp_path / "verify.csv"
+    assert main(["run", str(suite), "--out", str(out), "--no-progress"]) == 0
+    df = results.load(out)
+    wrong = df[df.mechanism == "test_wrong"]
+    status = case_status(wrong)
+    assert status.status.item() == "error" and "verify failed: rel_err" in status.message.item()
+    err = wrong[wrong.metric == "rel_err"]
+    assert err.value.item() > 1e-2 and err.status.item() == "error"
+    good = df[(df.mechanism == "softmax_sdpa") & (df.metric == "rel_err")]
+    assert good.status.item() == "ok" and good.value.item() < 1e-5
+
+
+def test_inprocess_timeout_and_error_rows(tmp_path):
+    suite = write_suite(tmp_path, f"""\
+        name: t
+        plugins: [{PLUGIN}]
+        mechanisms: [test_raises, test_oom, softmax_eager]
+        level: op
+        dim: 16
+        resolution: 3
+        device: cpu
+        isolation: inprocess
+        verify: false
+        warmup: 0
+        repeats: {{min: 2, max: 2, min_time_s: 0}}
+        """)
+    out = tmp_path / "t.csv"
+    assert main(["run", str(suite), "--out", str(out), "--no-progress"]) == 0
+    st = {r.mechanism: r.status for r in case_status(results.load(out)).itertuples()}
+    assert st == {"test_raises": "error", "test_oom": "oom", "softmax_eager": "ok"}
+
+
+def test_pruned_cases_become_skipped_rows(tmp_path):
+    suite = write_suite(tmp_path, """\
+        name: prune
+        mechanisms: [softmax_sdpa]
+        level: op
+        dim: 64
+        heads: 1
+        resolution: [4, 8192]
+        batch: 64
+        device: cpu
+        memory_limit_gb: 1
+        warmup: 0
+        repeats: {min: 1, max: 1, min_time_s: 0}
+        """)
+    out = tmp_path / "p.csv"
+    assert main(["run", str(suite), "--out", str(out), "--no-progress", "--set", "verify=false"]) == 0
+    rows = case_status(results.load(out))
+    big = rows[rows.height == 8192]
+    assert big.status.item() == "skipped" and big.message.item().startswith("pruned: predicted")
+    assert rows[rows.height == 4].status.item() == "ok"
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_each_case_once(tmp_path):
+    suite = write_suite(tmp_path, """\
+        name: kill
+        mechanisms: [softmax_eager, softmax_sdpa, rala_eager]
+        level: [op, mixer]
+        dim: 16
+        heads: 1
+        resolution: [2, 3, 4, 5, 6, 7, 8]
+        device: cpu
+        isolation: inprocess
+        verify: false
+        warmup: 0
+        repeats: {min: 30, max: 30, min_time_s: 0}
+        metrics: [latency]
+        """)
+    out = tmp_path / "kill.csv"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "attnbench", "run", str(suite), "--out", str(out), "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if out.exists() and out.read_text().count("\n") > 60:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = results.load(out)
+    n_partial = partial.case_id.nunique()
+    assert 0 < n_partial < 42, "the kill should land mid-sweep"
+    done = subprocess.run(cmd + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = case_status(results.load(out, dedupe=False))
+    assert len(rows) == 42 and rows.case_id.is_unique
+    assert (rows.status == "ok").all()
