@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import gc
+import os
 import traceback
 import uuid
 from collections import Counter
@@ -203,7 +204,7 @@ class Runner:
         common = dict(batch=case.batch, dtype=case.dtype, device=case.device, pass_=case.pass_)
         if case.level == "op":
             return op_workload(mech, heads=case.heads, height=case.height, width=case.width,
-                               head_dim=case.head_dim, **common)  # fmt: skip
+                               head_dim=case.head_dim, options=case.options_dict, **common)  # fmt: skip
         if case.level == "mixer":
             return mixer_workload(mech, heads=case.heads, height=case.height, width=case.width, dim=case.dim,
                                   options=case.options_dict, **common)  # fmt: skip
@@ -276,14 +277,15 @@ class Runner:
         common = dict(batch=case.batch, heads=case.heads, height=case.height, width=case.width, dtype=case.dtype,
                       device=case.device, pass_=case.pass_)  # fmt: skip
         if case.level == "op":
-            return verify.verify_op(mech, head_dim=case.head_dim, **common)
+            return verify.verify_op(mech, head_dim=case.head_dim, options=case.options_dict, **common)
         return verify.verify_mixer(mech, dim=case.dim, options=case.options_dict, **common)
 
     def _cost_rows(self, case: Case, work: Workload, median_s: float | None, add) -> None:
         mech = registry.get(case.mechanism)
         shape = Shape(case.batch, case.heads, case.height, case.width, case.head_dim, case.dim)
+        opts = case.options_dict  # mechanisms with hyper-parameters take them as keywords in their costs too
         try:
-            flops = float(mech.flops(shape, level=case.level, pass_=case.pass_))
+            flops = float(mech.flops(shape, level=case.level, pass_=case.pass_, **opts))
         except NotImplementedError:
             flops = None
         if flops is not None:
@@ -292,7 +294,7 @@ class Runner:
                 add("achieved_tflops", flops / median_s / 1e12, "TFLOP/s", stat="median", note="analytic")
         if case.pass_ == "fwd":
             try:
-                nbytes = float(mech.bytes(shape, level=case.level, dtype=case.dtype))
+                nbytes = float(mech.bytes(shape, level=case.level, dtype=case.dtype, **opts))
             except NotImplementedError:
                 nbytes = None
             if nbytes is not None:
@@ -318,15 +320,15 @@ class Runner:
 
         rows = list(reported_rows(case.variant))
         spec = self.suite.checkpoints.get(case.variant)
-        if self.suite.data is None or spec is None:
-            missing = "data:" if self.suite.data is None else f"checkpoints.{case.variant}"
+        if self.suite.data is None or not spec or not spec.get("path"):
+            missing = "data:" if self.suite.data is None else f"checkpoints.{case.variant}.path"
             raise _Partial(rows, f"no measured accuracy: set `{missing}` in the suite to evaluate")
         from attnbench.models.imagenet import accuracy_rows
 
         try:
             rows += accuracy_rows(case.variant, data=self.suite.data, checkpoint=spec["path"], ema=spec.get("ema", False),
                                   image_size=case.height, batch_size=case.batch, device=case.device,
-                                  dtype=case.dtype, num_workers=2)  # fmt: skip
+                                  dtype=case.dtype, num_workers=min(4, os.cpu_count() or 1))  # fmt: skip
         except AttnbenchError as exc:
             raise _Partial(rows, str(exc)) from None
         return rows

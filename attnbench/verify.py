@@ -63,17 +63,20 @@ def _reduced(batch: int, height: int, width: int, heads: int, head_dim: int) -> 
     return b, h, w, f"verified at reduced shape B{b} {h}x{w}"
 
 
-def _run_op(mech, q, k, v, grid, g):
+def _run_op(mech, q, k, v, grid, g, options=None):
     q, k, v = (t.detach().clone().requires_grad_(g is not None) for t in (q, k, v))
+    options = options or {}
     if g is None:
         with torch.no_grad():
-            return mech.op(q, k, v, grid=grid), None
-    out = mech.op(q, k, v, grid=grid)
+            return mech.op(q, k, v, grid=grid, **options), None
+    out = mech.op(q, k, v, grid=grid, **options)
     grads = torch.autograd.grad(out, [q, k, v], g.to(out.dtype))
     return out.detach(), grads
 
 
-def verify_op(mech, *, batch, heads, height, width, head_dim, dtype, device, pass_, seed=123) -> Verdict:
+def verify_op(mech, *, batch, heads, height, width, head_dim, dtype, device, pass_, options=None,
+              seed=123) -> Verdict:  # fmt: skip
+    """Options configure the candidate (and the reference only when it is the candidate itself)."""
     ref_mech = registry.get(mech.reference) if mech.reference else mech
     batch, height, width, note = _reduced(batch, height, width, heads, head_dim)
     tdtype = TORCH_DTYPES[dtype]
@@ -82,8 +85,9 @@ def verify_op(mech, *, batch, heads, height, width, head_dim, dtype, device, pas
     g = seeded_randn((batch, heads, n, head_dim), dtype=torch.float64, device=device, seed=seed + 9) \
         if pass_ == "fwd_bwd" else None  # fmt: skip
     grid = (height, width)
-    out, grads = _run_op(mech, *inputs, grid, g)
-    ref64, ref_grads64 = _run_op(ref_mech, *(t.double() for t in inputs), grid, g)
+    ref_opts = options if ref_mech is mech else None
+    out, grads = _run_op(mech, *inputs, grid, g, options)
+    ref64, ref_grads64 = _run_op(ref_mech, *(t.double() for t in inputs), grid, g, ref_opts)
     ref_lo, ref_grads_lo = _run_op(ref_mech, *inputs, grid, g) if ref_mech is not mech else (out, grads)
     return _verdict(out, grads, ref64, ref_grads64, ref_lo, ref_grads_lo, dtype, ref_mech, mech, note)
 
@@ -94,7 +98,7 @@ def verify_mixer(mech, *, batch, heads, height, width, dim, dtype, device, pass_
     tdtype = TORCH_DTYPES[dtype]
     torch.manual_seed(seed)
     cand = mech.mixer(dim, heads, **(options or {}))
-    ref = ref_mech.mixer(dim, heads, **(options or {})) if ref_mech is not mech else None
+    ref = ref_mech.mixer(dim, heads) if ref_mech is not mech else None
     if ref is not None:
         missing, unexpected = ref.load_state_dict(cand.state_dict(), strict=False)
         if missing or unexpected:

@@ -75,8 +75,12 @@ def timed_call(forward: Callable[[], torch.Tensor], inputs: list[torch.Tensor], 
     return fwd_bwd
 
 
-def op_workload(mech: Mechanism, *, batch, heads, height, width, head_dim, dtype, device, pass_, seed=0):
-    """Op level: q, k, v (B, h, N, d) random normal; fn = mech.op(q, k, v, grid=(H, W))."""
+def op_workload(mech: Mechanism, *, batch, heads, height, width, head_dim, dtype, device, pass_, options=None, seed=0):
+    """Op level: q, k, v (B, h, N, d) random normal; fn = mech.op(q, k, v, grid=(H, W), **options).
+
+    Options (the suite's `options: {mechanism: {...}}`) reach the op as keywords, so an op with
+    hyper-parameters (performer features, Nystrom landmarks) is timed as configured."""
+    options = dict(options or {})
     tdtype = TORCH_DTYPES[dtype]
     n = height * width
     need_grad = pass_ == "fwd_bwd"
@@ -94,7 +98,7 @@ def op_workload(mech: Mechanism, *, batch, heads, height, width, head_dim, dtype
         )  # (B, h, N, d) each
 
     def forward():
-        return mech.op(q, k, v, grid=(height, width))
+        return mech.op(q, k, v, grid=(height, width), **options)
 
     return Workload(
         fn=timed_call(forward, [q, k, v], pass_),
