@@ -99,6 +99,20 @@ class RichProgress:
 
 
 # -- commands ---------------------------------------------------------------------------------------
+def _warn_if_busy(device: str) -> None:
+    """CPU timings on a loaded machine are dominated by contention (OpenMP threads wait for cores)."""
+    import os
+
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return
+    cores = os.cpu_count() or 1
+    if device == "cpu" and load > 0.5 * cores:
+        err_console.print(f"warning: load average {load:.1f} on {cores} cores: CPU timings will include contention "
+                          "(recorded as load_average_1m in the env file)")  # fmt: skip
+
+
 def cmd_run(args) -> int:
     from attnbench import results
     from attnbench.runner import default_out, run_suite
@@ -109,6 +123,7 @@ def cmd_run(args) -> int:
     if args.resume and not args.out:
         raise AttnbenchError("--resume needs --out FILE.csv naming the run to continue")
     console.print(f"suite [bold]{suite.name}[/] on {suite.device} -> {out}")
+    _warn_if_busy(suite.device)
     t0 = time.perf_counter()
     with RichProgress(enabled=not args.no_progress) as progress:
         try:
@@ -147,16 +162,62 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
+def _load_many(paths: list[str]):
     import pandas as pd
 
     from attnbench import results
 
-    frames = [results.load(p) for p in args.files]
+    frames, samples = [], []
+    for path in paths:
+        frames.append(results.load(path))
+        if results.companion(path, "samples.csv").exists():
+            samples.append(results.load_samples(path))
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     if df.empty:
-        raise AttnbenchError(f"{', '.join(args.files)} has no rows yet")
-    print_report(df)
+        raise AttnbenchError(f"{', '.join(paths)} has no rows yet")
+    return df, (pd.concat(samples, ignore_index=True) if samples else None)
+
+
+def cmd_report(args) -> int:
+    from attnbench import export
+
+    df, samples = _load_many(args.files)
+    crossover = tuple(args.crossover) if args.crossover else None
+    extra = export.report_tables(df, baseline=args.baseline, crossover=crossover, samples=samples,
+                                 min_tokens=args.min_tokens)  # fmt: skip
+    if args.format == "term":
+        from attnbench.analysis import PivotTable
+
+        print_report(df)  # latency/memory pivots with status cells, model metrics, problems
+        for t in extra:
+            if isinstance(t, PivotTable) and t.metric in ("latency", "peak_memory"):
+                continue  # already shown by print_report
+            t = export.as_table(t)
+            console.print(render_table(t.title, t.frame, index_name=t.frame.index.name or ""))
+    elif args.format == "md":
+        print("\n\n".join(export.to_markdown(t) for t in extra))
+    elif args.format == "latex":
+        print("\n\n".join(export.to_latex(t) for t in extra))
+    else:
+        sys.stdout.write(export.to_csv(extra))
+    if args.plot:
+        paths = export.write_plots(df, args.plot, baseline=args.baseline, samples=samples, min_tokens=args.min_tokens)
+        err_console.print(f"wrote {len(paths)} plot files to {args.plot}")
+        for path in paths:
+            err_console.print(f"  {path}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from attnbench import compare, export
+
+    frame, meta = compare.compare_runs(args.a, args.b, metric=args.metric)
+    for t in compare.comparison_tables(frame, meta):
+        t = export.as_table(t)
+        console.print(render_table(t.title, t.frame, index_name=t.frame.index.name or ""))
+    console.print(meta.summary())
+    for note in meta.notes:
+        console.print(f"note: {note}")
     return 0
 
 
@@ -214,7 +275,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="tables from saved results CSVs")
     rep.add_argument("files", nargs="+", help="results CSV files")
+    rep.add_argument("--format", choices=("term", "md", "latex", "csv"), default="term",
+                     help="terminal tables (default), Markdown, LaTeX (booktabs) or tidy CSV on stdout")
+    rep.add_argument("--plot", metavar="DIR", help="also write PNG and PDF plots (latency/memory/speedup vs tokens)")
+    rep.add_argument("--baseline", metavar="MECH", help="add speedup tables vs this mechanism")
+    rep.add_argument("--crossover", nargs=2, metavar=("A", "B"), help="token count where A and B cross")
+    rep.add_argument("--min-tokens", type=int, help="fit scaling exponents only at or above this token count")
     rep.set_defaults(func=cmd_report)
+
+    cmp_ = sub.add_parser("compare", help="align two runs (two GPUs, two commits) and show ratios B/A")
+    cmp_.add_argument("a", help="results CSV of run A")
+    cmp_.add_argument("b", help="results CSV of run B")
+    cmp_.add_argument("--metric", default="latency")
+    cmp_.set_defaults(func=cmd_compare)
 
     g = sub.add_parser("gate", help="fail (exit 1) when NEW is significantly slower than BASELINE")
     g.add_argument("baseline", help="results CSV (with its .samples.csv) or pytest-benchmark JSON (--benchmark-save-data)")

@@ -90,6 +90,10 @@ def fingerprint(device: str = "cpu", threads: int | None = None) -> dict[str, An
             driver=_nvidia_smi("driver_version"),
         )
     fp.update(git_state())
+    try:
+        fp["load_average_1m"] = os.getloadavg()[0]  # volatile: recorded, not part of env_id
+    except OSError:
+        pass
     return fp
 
 
@@ -103,7 +107,11 @@ def _nvidia_smi(field: str) -> str | None:
         return None
 
 
+VOLATILE = ("load_average_1m",)
+
+
 def env_id(fp: dict[str, Any]) -> str:
-    """Short stable hash of a fingerprint."""
-    blob = json.dumps(fp, sort_keys=True, default=str).encode()
+    """Short stable hash of a fingerprint (volatile readings such as the load average excluded)."""
+    stable = {k: v for k, v in fp.items() if k not in VOLATILE}
+    blob = json.dumps(stable, sort_keys=True, default=str).encode()
     return hashlib.sha1(blob).hexdigest()[:10]
