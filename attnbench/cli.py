@@ -248,9 +248,21 @@ def cmd_env(args) -> int:
 
     device = resolve_device(args.device)
     fp = fingerprint(device)
-    if args.probe:
-        raise AttnbenchError("env --probe is not implemented yet (measured peaks arrive with issue 7)")
     console.print_json(json.dumps({"env_id": env_id(fp), **fp}, default=str))
+    if args.probe:
+        from attnbench.measure import peaks
+
+        console.print(f"probing {device} peaks (copy bandwidth, dense matmul per dtype)...")
+        result = peaks.get_or_probe(device, quick=args.quick, refresh=True)
+        table = RichTable(title=f"[bold]measured peaks on {device}[/] (cached: {peaks.cache_path(result['fingerprint'])})",
+                          title_justify="left", header_style="bold")  # fmt: skip
+        rows = peaks.table_rows(result)
+        for col in rows[0]:
+            table.add_column(col, overflow="fold")
+        for row in rows:
+            table.add_row(*["" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row.values()])
+        console.print(table)
+        console.print("runs on this environment now add frac_bandwidth / frac_flops rows")
     return 0
 
 
@@ -299,7 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("env", help="print the environment fingerprint recorded with every row")
     e.add_argument("--device", default="auto")
-    e.add_argument("--probe", action="store_true", help="measure copy bandwidth and matmul peaks")
+    e.add_argument("--probe", action="store_true", help="measure copy bandwidth and matmul peaks (cached per env)")
+    e.add_argument("--quick", action="store_true", help="smaller, faster probe")
     e.set_defaults(func=cmd_env)
     return p
 

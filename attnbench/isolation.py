@@ -41,6 +41,10 @@ def _worker_main(conn, suite, run_id: str, env_id: str, memory_limit_bytes: int 
         torch.set_num_threads(suite.threads)
     runner = Runner(suite, out=os.devnull, in_worker=True)
     runner.run_id, runner.env_id = run_id, env_id
+    from attnbench.measure.env import fingerprint
+    from attnbench.runner import _cached_peaks
+
+    runner.peaks = _cached_peaks(suite.device, fingerprint(suite.device, suite.threads))
     conn.send(("ready", None))
     while True:
         try:

@@ -95,6 +95,7 @@ class Runner:
         self.env_id = ""
         self._oom_at: dict[tuple, int] = {}
         self.pool = None
+        self.peaks: dict[str, Any] | None = None  # measured peaks (env --probe), for frac_* rows
 
     # -- the sweep ---------------------------------------------------------------------------------
     def run(self) -> RunSummary:
@@ -109,6 +110,7 @@ class Runner:
         fp = fingerprint(suite.device, suite.threads)
         self.env_id = make_env_id(fp)
         writer.write_env(self.env_id, fp)
+        self.peaks = _cached_peaks(suite.device, fp)
         writer.write_suite(suite.to_yaml())
         summary = RunSummary(self.out, self.run_id, len(cases), resumed=sum(c.case_id in done for c in cases))
         if self.progress:
@@ -292,6 +294,7 @@ class Runner:
             add("flops", flops, "FLOP", note="analytic")
             if median_s:
                 add("achieved_tflops", flops / median_s / 1e12, "TFLOP/s", stat="median", note="analytic")
+                self._fraction_rows(add, case, achieved_tflops=flops / median_s / 1e12)
         if case.pass_ == "fwd":
             try:
                 nbytes = float(mech.bytes(shape, level=case.level, dtype=case.dtype, **opts))
@@ -301,9 +304,21 @@ class Runner:
                 add("bytes", nbytes, "B", note="analytic minimum traffic")
                 if median_s:
                     add("achieved_gbps", nbytes / median_s / 1e9, "GB/s", stat="median", note="analytic bytes")
+                    self._fraction_rows(add, case, achieved_gbps=nbytes / median_s / 1e9)
         counted = _count_flops(work.fn)
         if counted is not None:
             add("flops_counted", float(counted), "FLOP", note="flopcountermode")
+
+    def _fraction_rows(self, add, case: Case, **achieved: float) -> None:
+        """frac_bandwidth / frac_flops against the peaks measured by `attnbench env --probe`."""
+        if not self.peaks:
+            return
+        from attnbench.measure.peaks import fractions
+
+        key = self.peaks.get("key", "")
+        for metric, value in fractions(self.peaks, dtype=case.dtype, **achieved).items():
+            what = "copy bandwidth" if metric == "frac_bandwidth" else f"{case.dtype} matmul peak"
+            add(metric, value, "fraction", stat="median", note=f"vs measured {what} (peaks {key})")
 
     def _rank_rows(self, case: Case) -> list[StaticRow]:
         from attnbench.measure.rank import rank_rows
@@ -340,6 +355,15 @@ class _Partial(AttnbenchError):
     def __init__(self, rows: list[StaticRow], message: str):
         super().__init__(message)
         self.rows = rows
+
+
+def _cached_peaks(device: str, fp: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        from attnbench.measure.peaks import load_peaks
+
+        return load_peaks(device, fp=fp)
+    except Exception:  # a corrupt cache must not stop a run; the rows just lack frac_*
+        return None
 
 
 WORKER_MARGIN_S = 2.0  # the worker checks timeout_s between calls; the parent kills a call that hangs

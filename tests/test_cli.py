@@ -167,3 +167,23 @@ def test_torn_last_line_is_dropped_with_warning(tmp_path):
     w2.write_rows([row | {"case_id": "c"}])
     w2.close()
     assert list(pd.read_csv(out)["case_id"]) == ["a", "c"]
+
+
+def test_fraction_rows_use_cached_peaks(tmp_path, monkeypatch):
+    """With peaks cached for this environment, rows gain frac_bandwidth = achieved_gbps / copy GB/s."""
+    from attnbench.measure import peaks
+    from attnbench.measure.env import fingerprint
+
+    monkeypatch.setenv("ATTNBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    fp = fingerprint("cpu")
+    peaks.save_peaks({"schema_version": peaks.SCHEMA_VERSION, "fingerprint": fp, "key": peaks.peaks_key(fp),
+                      "copy": {"value": 10.0, "unit": "GB/s"},
+                      "matmul": {"fp32": {"value": 0.5, "unit": "TFLOP/s"}}})  # fmt: skip
+    out = tmp_path / "f.csv"
+    assert main(["run", "suites/smoke.yaml", "--out", str(out), "--no-progress", "--set", "device=cpu",
+                 "--set", "mechanisms=[softmax_sdpa]", "--set", "level=op", "--set", "pass=fwd"]) == 0  # fmt: skip
+    df = results.load(out)
+    for case_id, rows in df.groupby("case_id"):
+        value = dict(zip(rows.metric, rows.value))
+        assert value["frac_bandwidth"] == pytest.approx(value["achieved_gbps"] / 10.0)
+        assert value["frac_flops"] == pytest.approx(value["achieved_tflops"] / 0.5)
