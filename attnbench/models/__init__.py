@@ -1,0 +1,17 @@
+"""RAVLT backbone, checkpoint loading, counting and model-level workloads.
+
+Imports nothing from `mechanisms`: mixers are found through the registry when a model is built.
+"""
+
+from attnbench.models.checkpoint import CheckpointInfo, load_checkpoint
+from attnbench.models.ravlt import RAVLT, RAVLT_CONFIGS, RavltConfig, create_ravlt, ravlt_config
+
+__all__ = [
+    "RAVLT",
+    "RAVLT_CONFIGS",
+    "CheckpointInfo",
+    "RavltConfig",
+    "create_ravlt",
+    "load_checkpoint",
+    "ravlt_config",
+]

@@ -1,0 +1,112 @@
+"""Model-level workloads: a whole RAVLT timed as inference or as a training step.
+
+fwd: eval mode, `model(x)` under torch.no_grad(). fwd_bwd: train mode (BatchNorm batch statistics,
+drop-path on), cross-entropy on fixed random labels, gradients of every parameter through
+torch.autograd.grad (fresh tensors each call: nothing accumulates across repeats; no optimizer
+step). The model, the input batch, the labels and any checkpoint are built and loaded here,
+outside the timed closure. Weights and activations are in the case dtype (`model.to(dtype)`, no
+autocast), as at op and mixer level.
+
+Static rows, all per batch of the case (`batch` images at height x width):
+  params          count  "model parameters"
+  macs            MAC    "macs_no_attn; ..."    conv + norm MACs, attention matmuls left out (forward)
+  macs            MAC    "macs_with_attn; ..."  the same + attention matmuls, fvcore-style (forward)
+  flops_counted   FLOP   "flopcountermode; ..." torch FlopCounterMode on one call of the timed closure
+  flops           FLOP   "analytic; ..."        2 x conv/matmul MACs of the case's pass
+The label (first `;`-separated field of `note`) names the convention; counting.py defines them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from attnbench.errors import AttnbenchError
+from attnbench.measure.flops import count_flops
+from attnbench.models.checkpoint import load_checkpoint
+from attnbench.models.counting import analytic_counts, count_params, model_flops, stage_grids
+from attnbench.models.ravlt import MixerSpec, create_ravlt
+from attnbench.workload import TORCH_DTYPES, StaticRow, Workload, seeded_randn, timed_call
+
+MODEL_OPTIONS = ("mixer_late", "checkpoint", "ema")
+
+
+def _analytic_rows(
+    model_name: str, mixer: MixerSpec, mixer_late: MixerSpec, *, batch: int, height: int, width: int, pass_: str
+) -> list[StaticRow]:
+    per = f"per batch of {batch}"
+    try:
+        counts = analytic_counts(model_name, height, width, batch=batch, mixer=mixer, mixer_late=mixer_late)
+        flops = model_flops(model_name, height, width, batch=batch, mixer=mixer, mixer_late=mixer_late, pass_=pass_)
+    except NotImplementedError:  # a mechanism without a mixer-level flops(): no analytic rows
+        return []
+    backward = "fwd_bwd = 3x fwd (softmax cores 3.5x)" if pass_ == "fwd_bwd" else "forward"
+    return [
+        StaticRow("macs", counts.macs_no_attn, "MAC",
+                  note=f"macs_no_attn; convs + norms (fvcore inference), attention matmuls excluded; forward, {per}"),
+        StaticRow("macs", counts.macs_with_attn, "MAC",
+                  note=f"macs_with_attn; fvcore-style, attention matmuls included; forward, {per}"),
+        StaticRow("flops", flops, "FLOP",
+                  note=f"analytic; 2 per conv/matmul MAC (FlopCounterMode convention), {backward}, {per}"),
+    ]  # fmt: skip
+
+
+def build_model_workload(
+    model_name: str,
+    mixer: MixerSpec,
+    *,
+    batch: int,
+    height: int,
+    width: int,
+    dtype: str,
+    device: str | torch.device,
+    pass_: str,
+    options: Mapping[str, Any] | None = None,
+    seed: int = 0,
+) -> Workload:
+    """A RAVLT variant with `mixer` in stages 1-2, timed as inference (fwd) or a training step (fwd_bwd).
+
+    options: `mixer_late` (stages 3-4; default softmax_eager as published), `checkpoint` (path,
+    loaded with `load_checkpoint`), `ema` (bool: take `model_ema` from the checkpoint).
+    `tokens` of the Workload counts stage-1 tokens (batch * H/4 * W/4).
+    """
+    opts = dict(options or {})
+    unknown = sorted(set(opts) - set(MODEL_OPTIONS))
+    if unknown:
+        raise AttnbenchError(f"unknown model-level options {unknown} (known: {', '.join(MODEL_OPTIONS)})")
+    if pass_ not in ("fwd", "fwd_bwd"):
+        raise ValueError(f"unknown pass {pass_!r} (fwd | fwd_bwd)")
+    mixer_late = opts.get("mixer_late")
+    tdtype = TORCH_DTYPES[dtype]
+
+    torch.manual_seed(seed)  # model init
+    model = create_ravlt(model_name, mixer=mixer, mixer_late=mixer_late)
+    if opts.get("checkpoint"):
+        load_checkpoint(model, opts["checkpoint"], ema=bool(opts.get("ema", False)))
+    model.to(device=device, dtype=tdtype)
+    model.train(pass_ == "fwd_bwd")
+    x = seeded_randn((batch, 3, height, width), dtype=tdtype, device=device, seed=seed + 10)  # (B, 3, H, W)
+
+    def forward() -> torch.Tensor:
+        return model(x)  # (B, classes)
+
+    if pass_ == "fwd":
+        fn = timed_call(forward, [], "fwd")
+    else:
+        gen = torch.Generator().manual_seed(seed + 20)
+        labels = torch.randint(0, model.num_classes, (batch,), generator=gen).to(device)  # (B,)
+        params = [p for p in model.parameters() if p.requires_grad]
+
+        def fn():
+            loss = F.cross_entropy(model(x).float(), labels)
+            return torch.autograd.grad(loss, params)
+
+    static = [StaticRow("params", float(count_params(model)), "count", note="model parameters")]
+    static += _analytic_rows(model_name, mixer, mixer_late, batch=batch, height=height, width=width, pass_=pass_)
+    step = "one training step (forward + backward)" if pass_ == "fwd_bwd" else "forward"
+    static.append(StaticRow("flops_counted", float(count_flops(fn)), "FLOP",
+                            note=f"flopcountermode; {step}, per batch of {batch}"))  # fmt: skip
+    h1, w1 = stage_grids(height, width)[0]
+    return Workload(fn=fn, items=batch, tokens=batch * h1 * w1, module=model, forward=forward, static=static)

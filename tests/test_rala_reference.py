@@ -1,0 +1,172 @@
+"""RALA against independent truths: the authors' outputs, a float64 statement of the spec, the fused form.
+
+- fixtures: outputs of the published code (shared/fixtures) for three mixers and a small RAVLT;
+- `spec_rala_fp64` below: spec/rala.md section 1 steps 4-9 written out in float64 here, with RoPE
+  as a complex rotation per channel pair (not the code's rotate-pairs form);
+- the fused (online-softmax) form must equal that definition to ~1e-12 for every block size;
+- rala_compiled vs rala_eager: the FlashAttention-test rule (STYLE.md): the compiled operator's
+  error against the fp64 truth may be at most 2x the eager fp32 operator's error + a small floor.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from attnbench.layers import Rope2d
+from attnbench.models import RAVLT
+from attnbench.registry import get, load_builtin
+
+load_builtin()
+
+from mechanisms.rala.eager import rala_op  # noqa: E402
+from mechanisms.rala.fused_form import fused_rala, fused_state  # noqa: E402
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+# ---------------------------------------------------------------------------------------------
+# the spec in float64, independent of the code under test
+def spec_angle(d: int) -> torch.Tensor:
+    base = [1.0 / 10000 ** (i / (d // 4 - 1)) if d // 4 > 1 else 1.0 for i in range(d // 4)]
+    return torch.tensor([a for a in base for _ in (0, 1)], dtype=torch.float64)  # (d/2,) a0 a0 a1 a1 ...
+
+
+def spec_theta(height: int, width: int, d: int) -> torch.Tensor:
+    angle = spec_angle(d)
+    theta = torch.empty(height * width, d, dtype=torch.float64)
+    for row in range(height):
+        for col in range(width):
+            theta[row * width + col] = torch.cat([row * angle, col * angle])
+    return theta  # (N, d)
+
+
+def spec_rotate(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """R(x): each channel pair (a, b) as a + ib times exp(i * theta of that pair)."""
+    pairs = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2).contiguous())  # (..., N, d/2)
+    turn = torch.polar(torch.ones_like(theta[:, ::2]), theta[:, ::2])  # (N, d/2)
+    return torch.view_as_real(pairs * turn).flatten(-2)
+
+
+def spec_kv_ksum(q, k, v, grid):
+    """(KV (B,h,d,d), mean of reweighted k (B,h,d)) by the two-pass definition, float64."""
+    q, k, v = (t.double() for t in (q, k, v))
+    n, d = q.shape[-2:]
+    phi_q, phi_k = torch.nn.functional.elu(q) + 1, torch.nn.functional.elu(k) + 1
+    qbar = phi_q.mean(dim=-2)  # (B, h, d)
+    alpha = torch.softmax(torch.einsum("bhd,bhnd->bhn", qbar, phi_k) / math.sqrt(d), dim=-1)  # (B, h, N)
+    k_tilde = phi_k * alpha[..., None] * n
+    kr = spec_rotate(k_tilde, spec_theta(*grid, d))
+    kv = torch.einsum("bhnd,bhne->bhde", kr, v) / n  # mean over tokens of kr_m v_m^T
+    return kv, k_tilde.mean(dim=-2), phi_q
+
+
+def spec_rala_fp64(q, k, v, grid):
+    kv, ksum, phi_q = spec_kv_ksum(q, k, v, grid)
+    z = 1.0 / (torch.einsum("bhnd,bhd->bhn", phi_q, ksum) + 1e-6)  # un-rotated q
+    qr = spec_rotate(phi_q, spec_theta(*grid, q.shape[-1]))
+    return torch.einsum("bhnd,bhde->bhne", qr, kv) * z[..., None]
+
+
+def qkv(batch, heads, n, d, *, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, heads, n, d, generator=g, dtype=torch.float64).to(dtype) for _ in range(3)]
+
+
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["rala_64x1", "rala_192x2", "softmax_128x2"])
+def test_mixer_matches_published(rala_fixtures, name):
+    case = rala_fixtures["mixers"][name]
+    mech = get("softmax_eager" if name.startswith("softmax") else "rala_eager")
+    mixer = mech.mixer(case["dim"], case["heads"]).eval()
+    mixer.load_state_dict(case["state_dict"], strict=True)
+    rope = Rope2d(case["dim"] // case["heads"])
+    rope.load_state_dict({"angle": case["angle"]})
+    with torch.no_grad():
+        y = mixer(case["x"], rope(tuple(case["x"].shape[-2:])))
+    assert y.shape == case["y"].shape
+    assert rel_err(y, case["y"]) <= 1e-5
+
+
+def test_ravlt_small_matches_published(rala_fixtures):
+    case = rala_fixtures["ravlt_small"]
+    model = RAVLT(**case["config"]).eval()
+    assert list(model.state_dict()) == list(case["state_dict"])  # same keys, same order
+    model.load_state_dict(case["state_dict"], strict=True)
+    with torch.no_grad():
+        logits = model(case["x"])
+    assert logits.shape == case["logits"].shape == (2, 10)
+    assert rel_err(logits, case["logits"]) <= 1e-5
+
+
+def spec_rope(height: int, width: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    theta = spec_theta(height, width, d)
+    return torch.sin(theta), torch.cos(theta)  # (N, d) each, float64
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 7, 9, 16), (1, 3, 5, 4, 64), (2, 2, 6, 6, 96)])
+def test_rala_op_matches_spec_fp64(shape):
+    batch, heads, height, width, d = shape
+    q, k, v = qkv(batch, heads, height * width, d, dtype=torch.float64)
+    truth = spec_rala_fp64(q, k, v, (height, width))
+    rope = spec_rope(height, width, d)
+    assert rel_err(rala_op(q, k, v, grid=(height, width), rope=rope), truth) <= 1e-12
+    # default tables: the spec's angle is a float32 buffer, so theta carries float32 rounding (~1e-7)
+    assert rel_err(rala_op(q, k, v, grid=(height, width)), truth) <= 1e-6
+    q32, k32, v32 = (t.float() for t in (q, k, v))
+    assert rel_err(rala_op(q32, k32, v32, grid=(height, width)), truth) <= 1e-5  # fp32: ~100 x machine eps
+
+
+@pytest.mark.parametrize("block", [1, 5, 16, 63, 64, 200])
+def test_fused_form_equals_definition(block):
+    height, width, d = 7, 9, 16  # N = 63
+    q, k, v = qkv(2, 2, height * width, d, seed=3, dtype=torch.float64)
+    rope = spec_rope(height, width, d)
+    kv_ref, ksum_ref, _ = spec_kv_ksum(q, k, v, (height, width))
+    kv, ksum = fused_state(q, k, v, grid=(height, width), block=block, rope=rope)
+    assert rel_err(kv, kv_ref) <= 1e-12
+    assert rel_err(ksum, ksum_ref) <= 1e-12
+    out = fused_rala(q, k, v, grid=(height, width), block=block, rope=rope)
+    assert rel_err(out, spec_rala_fp64(q, k, v, (height, width))) <= 1e-12
+
+
+def test_fused_form_survives_large_scores():
+    """Scores of several hundred: a one-pass sum without the running max would overflow exp()."""
+    q, k, v = qkv(1, 1, 48, 16, seed=4, dtype=torch.float64)
+    q, k = q * 30, k * 30
+    out = fused_rala(q, k, v, grid=(6, 8), block=7, rope=spec_rope(6, 8, 16))
+    assert torch.isfinite(out).all()
+    assert rel_err(out, spec_rala_fp64(q, k, v, (6, 8))) <= 1e-12
+
+
+def test_rala_compiled_available_here(monkeypatch):
+    """This CPU has g++ and a working inductor; check() says so, and names the reason when it cannot."""
+    from mechanisms.rala import compiled
+
+    assert get("rala_compiled").available("cpu") == (True, "")
+    assert compiled.compile_unavailable_reason("cpu") is None
+    monkeypatch.setattr(compiled, "_cpp_compiler", lambda: None)
+    assert "no C++ compiler" in compiled.compile_unavailable_reason("cpu")
+    monkeypatch.setattr(compiled, "_cpp_compiler", lambda: "false")  # found, but compiles nothing
+    assert "cannot build" in compiled.compile_unavailable_reason("cpu")
+
+
+@pytest.mark.slow  # one inductor compile: ~10-20 s on 2 cores when the inductor cache is cold
+def test_rala_compiled_matches_eager_without_recompiling():
+    import torch._dynamo.config as dynamo_config
+
+    mech, eager = get("rala_compiled"), get("rala_eager")
+    for i, (batch, heads, height, width) in enumerate([(3, 2, 7, 9), (2, 3, 5, 11)]):
+        q, k, v = qkv(batch, heads, height * width, 16, seed=10 + i)
+        truth = spec_rala_fp64(q, k, v, (height, width))
+        # the second shape must reuse the first graph: dynamic=True, no per-shape recompilation
+        with dynamo_config.patch(error_on_recompile=i > 0):
+            out = mech.op(q, k, v, grid=(height, width))
+        err_eager = (eager.op(q, k, v, grid=(height, width)).double() - truth).abs().max().item()
+        err_compiled = (out.double() - truth).abs().max().item()
+        floor = 1e-6 * truth.abs().max().item()
+        assert err_compiled <= 2 * err_eager + floor, (err_compiled, err_eager)
