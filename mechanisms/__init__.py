@@ -2,3 +2,4 @@
 
 from mechanisms import softmax  # noqa: F401
 from mechanisms import rala  # noqa: F401
+from mechanisms import linear  # noqa: F401

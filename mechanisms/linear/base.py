@@ -1,0 +1,170 @@
+"""Shared plumbing of the "linear" family: op/mixer wiring, KV-buffer access, cost bookkeeping.
+
+Every mechanism of the family is one file next to this one. A mechanism provides
+
+- `attention_flops(s, **options)`: forward matmul FLOPs of the parameter-free operator (op level);
+- `operator_flops(s, **options)`: forward matmul + conv FLOPs of the mixer's operator (default: the
+  same; mixers whose operator owns convs, such as FLatten's depthwise conv, add them);
+- `operator_params(dim, heads, **options)`: learned parameters the operator owns (for `bytes`);
+- `op_reads`: how many of q, k, v reads the best known kernel needs (3 = each once; 4 = q twice...).
+
+and either `attend` (op level exists; `LinearOpBase`) or `build_operator` (mixer-only; an
+nn.Module operator). Costs follow mechanisms/common.py: matmuls and convs only, a multiply-add is
+2 FLOPs, fwd_bwd = 3 x fwd (these are all matmul pipelines; none recomputes an N x N score matrix).
+
+`flops`/`bytes` accept the mechanism's options as keywords (e.g. `features=128` for performer), so
+a caller that knows a case's options gets the matching count; without them the defaults apply.
+
+KV buffer (for attnbench.measure.rank): `kv_buffer(q, k, v, *, grid, rope=None) -> (B, h, r, d)`,
+the fixed-size state every query reads (r = d for most; 2d, m features, m landmarks or n agents for
+some - each file says which). Mixer-only mechanisms expose it on their operator module instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from attnbench.layers import TokenMixer
+from attnbench.registry import DTYPE_BYTES, Mechanism, Shape
+from mechanisms.common import mixer_bytes, op_bytes, pass_factor, shell_flops
+
+SHELL_OPTIONS = ("gate", "lepe")
+
+
+def split_shell_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(shell options for TokenMixer: gate/lepe, the mechanism's own options)."""
+    shell = {key: options[key] for key in SHELL_OPTIONS if key in options}
+    own = {key: value for key, value in options.items() if key not in SHELL_OPTIONS}
+    return shell, own
+
+
+def check_grid(grid: tuple[int, int], n: int) -> None:
+    if grid[0] * grid[1] != n:
+        raise ValueError(f"grid {tuple(grid)} has {grid[0] * grid[1]} tokens but the inputs have {n}")
+
+
+def merge_head_dim(t: Tensor) -> Tensor:
+    """(B, h, N, d) -> (B, N, h*d); channel = head*d + j, as the shell's head split."""
+    batch, heads, n, head_dim = t.shape
+    return t.transpose(1, 2).reshape(batch, n, heads * head_dim)
+
+
+def split_head_dim(t: Tensor, heads: int) -> Tensor:
+    """(B, N, h*d) -> (B, h, N, d); the inverse of `merge_head_dim`."""
+    batch, n, channels = t.shape
+    return t.reshape(batch, n, heads, channels // heads).transpose(1, 2)
+
+
+def to_map(t: Tensor, grid: tuple[int, int]) -> Tensor:
+    """(B, h, N, d) -> (B, h*d, H, W) feature map for depthwise convs (channel = head*d + j)."""
+    batch, heads, _, head_dim = t.shape
+    return t.transpose(-1, -2).reshape(batch, heads * head_dim, grid[0], grid[1])
+
+
+def from_map(t: Tensor, heads: int) -> Tensor:
+    """(B, h*d, H, W) -> (B, h, N, d); the inverse of `to_map`."""
+    batch, channels, height, width = t.shape
+    return t.reshape(batch, heads, channels // heads, height * width).transpose(-1, -2)
+
+
+def mean_kv(kf: Tensor, v: Tensor) -> Tensor:
+    """KV = kf^T v / N as (kf^T / sqrt N) @ (v / sqrt N), the order MLLA/FLatten/RALA code uses: (B, h, r, d)."""
+    n = kf.shape[-2]
+    return (kf.transpose(-2, -1) * n**-0.5) @ (v * n**-0.5)
+
+
+def compute_dtype(t: Tensor) -> torch.dtype:
+    """float32 for 16-bit inputs (exp/power feature maps overflow there), else the input's dtype."""
+    return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
+
+
+class LinearBase(Mechanism):
+    """Costs and KV plumbing shared by the family; subclasses implement `mixer` (or use LinearOpBase)."""
+
+    op_reads: int = 3
+    option_defaults: dict[str, Any] = {}
+
+    def resolve(self, options: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(options) - set(self.option_defaults)
+        if unknown:
+            known = sorted(self.option_defaults) or "none"
+            raise TypeError(f"{self.name}: unknown options {sorted(unknown)} (known: {known}, plus gate, lepe)")
+        return {**self.option_defaults, **options}
+
+    # -- costs ----------------------------------------------------------------------------------
+    def attention_flops(self, s: Shape, **options: Any) -> float:
+        raise NotImplementedError(f"{self.name} has no parameter-free operator")
+
+    def operator_flops(self, s: Shape, **options: Any) -> float:
+        return self.attention_flops(s, **options)
+
+    def operator_params(self, dim: int, heads: int, **options: Any) -> int:
+        return 0
+
+    def flops(self, s: Shape, *, level: str, pass_: str, **options: Any) -> float:
+        shell, own = split_shell_options(options)
+        factor = pass_factor(pass_)
+        if level == "op":
+            if not self.supports("op"):
+                raise ValueError(f"{self.name} is mixer-only: no op-level FLOPs")
+            return self.attention_flops(s, **self.resolve(own)) * factor
+        if level == "mixer":
+            return (self.operator_flops(s, **self.resolve(own)) + shell_flops(s, **shell)) * factor
+        raise ValueError(f"no analytic FLOPs for level {level!r}")
+
+    def bytes(self, s: Shape, *, level: str, dtype: str, **options: Any) -> float:
+        shell, own = split_shell_options(options)
+        if level == "op":
+            if not self.supports("op"):
+                raise ValueError(f"{self.name} is mixer-only: no op-level bytes")
+            return op_bytes(s, dtype, reads=self.op_reads)
+        if level == "mixer":
+            extra = self.operator_params(s.dim, s.heads, **self.resolve(own)) * DTYPE_BYTES[dtype]
+            return mixer_bytes(s, dtype, **shell) + float(extra)
+        raise ValueError(f"no analytic bytes for level {level!r}")
+
+
+class LinearOpBase(LinearBase):
+    """A mechanism with a parameter-free operator `attend(q, k, v, *, grid, **options)` and a KV
+    function `state(q, k, v, *, grid, **options)`; the mixer is the shell around the operator."""
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, *, grid: tuple[int, int], **options: Any) -> Tensor:
+        raise NotImplementedError
+
+    def state(self, q: Tensor, k: Tensor, v: Tensor, *, grid: tuple[int, int], **options: Any) -> Tensor:
+        raise NotImplementedError
+
+    def op(self, q, k, v, *, grid, **options):  # (B, h, N, d) x3 -> (B, h, N, d)
+        return self.attend(q, k, v, grid=grid, **self.resolve(options))
+
+    def kv_buffer(self, q: Tensor, k: Tensor, v: Tensor, *, grid: tuple[int, int], rope=None, **options) -> Tensor:
+        """The state every query reads, (B, h, r, d); `rope` is accepted and unused (no shell RoPE)."""
+        return self.state(q, k, v, grid=grid, **self.resolve(options))
+
+    def mixer(self, dim, num_heads, **options):
+        shell, own = split_shell_options(options)
+        return TokenMixer(dim, num_heads, self.make_operator(dim, num_heads, **self.resolve(own)), **shell)
+
+    def make_operator(self, dim: int, num_heads: int, **options: Any) -> Callable[..., Tensor] | nn.Module:
+        """The mixer's operator; default: `attend` with the options bound, ignoring the shell's RoPE."""
+        attend = self.attend
+
+        def operator(q, k, v, *, grid, rope=None):
+            return attend(q, k, v, grid=grid, **options)
+
+        return operator
+
+
+class LinearMixerBase(LinearBase):
+    """A mixer-only mechanism: its operator is an nn.Module with learned parts (under `operator.`),
+    `forward(q, k, v, *, grid, rope)` and `kv_buffer(q, k, v, *, grid, rope=None)`."""
+
+    def build_operator(self, dim: int, num_heads: int, **options: Any) -> nn.Module:
+        raise NotImplementedError
+
+    def mixer(self, dim, num_heads, **options):
+        shell, own = split_shell_options(options)
+        return TokenMixer(dim, num_heads, self.build_operator(dim, num_heads, **self.resolve(own)), **shell)

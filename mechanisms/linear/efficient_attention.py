@@ -1,0 +1,39 @@
+"""Efficient Attention (`efficient_attention`).
+
+Paper: Shen, Zhang, Zhao, Yi, Li, "Efficient Attention: Attention with Linear Complexities",
+WACV 2021.
+
+Formula (the softmax normalisation variant):
+    out = rho_q(Q) (rho_k(K)^T V),   rho_q = softmax over the d channels of each query,
+                                     rho_k = softmax over the N tokens of each key channel.
+No 1/sqrt(d) scaling and no separate normaliser (each row of rho_q(Q) rho_k(K)^T sums to 1).
+Where the paper is vague this follows cmsflash/efficient-attention, `efficient_attention.py` at 23d44036
+(EfficientAttention.forward: keys softmax over positions, queries softmax over channels, per head).
+
+KV buffer: the global context vectors rho_k(K)^T V, (B, h, d, d).
+FLOPs (forward, per batch*head): context 2Nd^2 + output 2Nd^2 = 4Nd^2.
+Bytes: q, k, v read once (the token softmax of k fuses into the context pass with an online max,
+as in spec/rala.md's fused form), out written once.
+"""
+
+from __future__ import annotations
+
+from attnbench.registry import Shape, register_mechanism
+from mechanisms.linear.base import LinearOpBase, check_grid
+
+CITE = "Shen et al., Efficient Attention: Attention with Linear Complexities, WACV 2021"
+
+
+@register_mechanism("efficient_attention", family="linear", backend="torch", cite=CITE)
+class EfficientAttention(LinearOpBase):
+    """Softmax over channels for q, over tokens for k, then the associative product; op and mixer."""
+
+    def attend(self, q, k, v, *, grid):
+        check_grid(grid, q.shape[-2])
+        return q.softmax(dim=-1) @ self.state(q, k, v, grid=grid)  # (B, h, N, d)
+
+    def state(self, q, k, v, *, grid):
+        return k.softmax(dim=-2).transpose(-2, -1) @ v  # (B, h, d, d)
+
+    def attention_flops(self, s: Shape) -> float:
+        return 4.0 * s.batch * s.heads * s.tokens * s.head_dim**2

@@ -1,0 +1,103 @@
+"""FLatten, focused linear attention (`flatten`, mixer-only).
+
+Paper: Han, Pan, Han, Song, Huang, "FLatten Transformer: Vision Transformer using Focused Linear
+Attention", ICCV 2023.
+
+Formula: focused feature map f_p(x) = ||x|| / ||x^p|| * x^p (elementwise power p, norms over the
+channels) applied to x = ReLU(x) + 1e-6 scaled by a learned softplus(scale); then linear attention
+plus a depthwise conv (DWC) on v that restores feature diversity (rank):
+    q' = f_p((ReLU(q) + 1e-6) / softplus(s)),  k' likewise,
+    out_n = q'_n^T (K'^T V / N) / (q'_n . mean_m k'_m + 1e-6) + DWC(V)_n.
+Where the paper is vague this follows LeapLabTHU/FLatten-Transformer, `models/flatten_pvt.py` at
+a7f0a4bc (FocusedLinearAttention): focusing_factor p = 3, kernel_size 5, the learned `scale`
+(1, 1, C) initialised to 0, norms over all C channels *before* the head split, the DWC a
+Conv2d(d, d, 5, groups=d) shared by the heads and applied per head. Left out: the learned absolute
+`positional_encoding` added to k (its size is tied to one resolution) and PVT's spatial reduction.
+The shell's LePE stays on by default, as for every mixer here; `lepe=False` gives the paper's
+layer exactly (its DWC is the local branch).
+Options: focusing_factor (3), kernel_size (5). Mixer-only: `scale` and the DWC are learned.
+
+KV buffer (on the operator module): K'^T V / N, (B, h, d, d).
+FLOPs (forward, per batch*head): KV 2Nd^2, output 2Nd^2, normaliser 2Nd, DWC 2 k^2 N d.
+Bytes: the shell's minimum plus the operator's parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnbench.registry import Shape, register_mechanism
+from mechanisms.linear.base import (
+    LinearMixerBase,
+    check_grid,
+    compute_dtype,
+    from_map,
+    mean_kv,
+    merge_head_dim,
+    split_head_dim,
+    to_map,
+)
+
+CITE = "Han et al., FLatten Transformer: Vision Transformer using Focused Linear Attention, ICCV 2023"
+
+
+def focus(x: Tensor, scale: Tensor, p: float) -> Tensor:
+    """f_p((ReLU(x) + 1e-6) / scale) over the merged channels: (B, N, C) -> (B, N, C)."""
+    x = (x.relu() + 1e-6) / scale
+    x_norm = x.norm(dim=-1, keepdim=True)
+    x = x**p
+    return x / x.norm(dim=-1, keepdim=True) * x_norm
+
+
+class FocusedLinearOperator(nn.Module):
+    """Focused linear attention + per-head DWC on v; parameters `scale` (1, 1, C) and `dwc`."""
+
+    def __init__(self, dim: int, num_heads: int, focusing_factor: float, kernel_size: int):
+        super().__init__()
+        head_dim = dim // num_heads
+        self.num_heads = num_heads
+        self.focusing_factor = focusing_factor
+        self.scale = nn.Parameter(torch.zeros(1, 1, dim))
+        self.dwc = nn.Conv2d(head_dim, head_dim, kernel_size, padding=kernel_size // 2, groups=head_dim)
+
+    def features(self, x: Tensor) -> Tensor:
+        """(B, h, N, d) -> focused features (B, h, N, d); norms over all h*d channels. The power is
+        taken in float32 for 16-bit inputs (as autocast does for pow); f_p preserves the norm, so the
+        result is cast back safely."""
+        dtype = compute_dtype(x)
+        scale = F.softplus(self.scale.to(dtype))  # (1, 1, C)
+        focused = focus(merge_head_dim(x).to(dtype), scale, self.focusing_factor).to(x.dtype)  # (B, N, C)
+        return split_head_dim(focused, self.num_heads)
+
+    def kv_buffer(self, q, k, v, *, grid, rope=None):
+        return mean_kv(self.features(k), v)  # (B, h, d, d)
+
+    def forward(self, q, k, v, *, grid, rope=None):
+        check_grid(grid, q.shape[-2])
+        batch, heads, _, head_dim = v.shape
+        qf, kf = self.features(q), self.features(k)  # (B, h, N, d)
+        z = 1 / (qf @ kf.mean(dim=-2, keepdim=True).transpose(-2, -1) + 1e-6)  # (B, h, N, 1)
+        out = qf @ mean_kv(kf, v) * z  # (B, h, N, d)
+        v_map = to_map(v.reshape(batch * heads, 1, -1, head_dim), grid)  # (B*h, d, H, W)
+        local = from_map(self.dwc(v_map), 1).reshape(batch, heads, -1, head_dim)  # (B, h, N, d)
+        return out + local
+
+
+@register_mechanism("flatten", family="linear", backend="torch", cite=CITE)
+class Flatten(LinearMixerBase):
+    """FLatten focused linear attention (learned scale + DWC): mixer only."""
+
+    option_defaults = {"focusing_factor": 3, "kernel_size": 5}
+
+    def build_operator(self, dim, num_heads, *, focusing_factor, kernel_size):
+        return FocusedLinearOperator(dim, num_heads, focusing_factor, kernel_size)
+
+    def operator_flops(self, s: Shape, *, focusing_factor, kernel_size) -> float:
+        bhn, d = s.batch * s.heads * s.tokens, s.head_dim
+        return 2.0 * bhn * (2 * d * d + d + kernel_size**2 * d)
+
+    def operator_params(self, dim, heads, *, focusing_factor, kernel_size) -> int:
+        head_dim = dim // heads
+        return dim + head_dim * kernel_size**2 + head_dim

@@ -1,0 +1,106 @@
+"""PolaFormer, polarity-aware linear attention (`polaformer`, mixer-only).
+
+Paper: Meng, Luo, Li, Jiang, Zhang, "PolaFormer: Polarity-aware Linear Attention for Vision
+Transformers", ICLR 2025.
+
+Formula: split q, k by sign, q+ = ReLU(q), q- = ReLU(-q) (likewise k), raise them to a learned
+power p = 1 + alpha sigmoid(w) (per head and channel), and model same-signed and opposite-signed
+interactions with the two halves of v:
+    q_sim = [q+^p, q-^p], q_opp = [q-^p, q+^p], k' = [k+^p, k-^p]           (2d channels)
+    out = [ q_sim KV_1 / (q_sim . mean k' + 1e-6),  q_opp KV_2 / (q_opp . mean k' + 1e-6) ] + DWC(V)
+    KV_i = k'^T V_i / N,  V = [V_1, V_2] split along channels (d/2 each).
+q and k are first divided by a learned softplus(scale) (1, 1, C). Where the paper is vague this
+follows ZacharyMeng/PolaFormer (PolaLinearAttention of its PVT model; the model file is not in our
+index, so this is checked against the identical class as reproduced in several public copies):
+alpha = 4, `power` (1, h, 1, d) and `scale` (1, 1, C) initialised to 0, the DWC a
+Conv2d(d, d, 5, groups=d) shared by the heads. Left out: the learned absolute `positional_encoding`
+added to k (tied to one resolution) and PVT's spatial reduction; their gate g (x * g) is the shell's
+gate. The shell's LePE stays on by default (`lepe=False` gives the paper's layer). The attention
+runs in float32 for 16-bit inputs (p up to 5 overflows fp16). Options: alpha (4), kernel_size (5).
+
+KV buffer (on the operator module): [KV_1, KV_2] side by side, (B, h, 2d, d) (rank <= d).
+FLOPs (forward, per batch*head): two KVs 2 x 2N(2d)(d/2), two outputs the same, two normalisers
+2 x 2N(2d) -> 8Nd^2 + 8Nd; DWC 2 k^2 N d.
+Bytes: the shell's minimum plus the operator's parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from attnbench.registry import Shape, register_mechanism
+from mechanisms.linear.base import (
+    LinearMixerBase,
+    check_grid,
+    compute_dtype,
+    from_map,
+    mean_kv,
+    merge_head_dim,
+    split_head_dim,
+    to_map,
+)
+
+CITE = "Meng et al., PolaFormer: Polarity-aware Linear Attention for Vision Transformers, ICLR 2025"
+
+
+class PolarityOperator(nn.Module):
+    """Polarity-aware linear attention + per-head DWC; parameters `scale`, `power`, `dwc`."""
+
+    def __init__(self, dim: int, num_heads: int, alpha: float, kernel_size: int):
+        super().__init__()
+        head_dim = dim // num_heads
+        if head_dim % 2:
+            raise ValueError(f"polaformer splits v in two halves: head_dim must be even, got {head_dim}")
+        self.num_heads = num_heads
+        self.alpha = alpha
+        self.scale = nn.Parameter(torch.zeros(1, 1, dim))
+        self.power = nn.Parameter(torch.zeros(1, num_heads, 1, head_dim))
+        self.dwc = nn.Conv2d(head_dim, head_dim, kernel_size, padding=kernel_size // 2, groups=head_dim)
+
+    def features(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(q_sim, q_opp, k'), each (B, h, N, 2d), in the compute dtype."""
+        dtype = compute_dtype(q)
+        scale = F.softplus(self.scale.to(dtype))  # (1, 1, C)
+        power = 1 + self.alpha * torch.sigmoid(self.power.to(dtype))  # (1, h, 1, d)
+        q = split_head_dim(merge_head_dim(q.to(dtype)) / scale, self.num_heads)
+        k = split_head_dim(merge_head_dim(k.to(dtype)) / scale, self.num_heads)
+        q_pos, q_neg = q.relu() ** power, (-q).relu() ** power
+        k_pos, k_neg = k.relu() ** power, (-k).relu() ** power
+        return torch.cat([q_pos, q_neg], dim=-1), torch.cat([q_neg, q_pos], dim=-1), torch.cat([k_pos, k_neg], dim=-1)
+
+    def kv_buffer(self, q, k, v, *, grid, rope=None):
+        _, _, kf = self.features(q, k)
+        v1, v2 = v.to(kf.dtype).chunk(2, dim=-1)
+        return torch.cat([mean_kv(kf, v1), mean_kv(kf, v2)], dim=-1)  # (B, h, 2d, d)
+
+    def forward(self, q, k, v, *, grid, rope=None):
+        check_grid(grid, q.shape[-2])
+        batch, heads, _, head_dim = v.shape
+        q_sim, q_opp, kf = self.features(q, k)  # (B, h, N, 2d)
+        v1, v2 = v.to(kf.dtype).chunk(2, dim=-1)  # (B, h, N, d/2) each
+        k_mean = kf.mean(dim=-2, keepdim=True).transpose(-2, -1)  # (B, h, 2d, 1)
+        x_sim = q_sim @ mean_kv(kf, v1) / (q_sim @ k_mean + 1e-6)
+        x_opp = q_opp @ mean_kv(kf, v2) / (q_opp @ k_mean + 1e-6)
+        out = torch.cat([x_sim, x_opp], dim=-1).to(v.dtype)  # (B, h, N, d)
+        v_map = to_map(v.reshape(batch * heads, 1, -1, head_dim), grid)  # (B*h, d, H, W)
+        return out + from_map(self.dwc(v_map), 1).reshape(batch, heads, -1, head_dim)
+
+
+@register_mechanism("polaformer", family="linear", backend="torch", cite=CITE)
+class PolaFormer(LinearMixerBase):
+    """PolaFormer (learned scale, power and DWC): mixer only."""
+
+    option_defaults = {"alpha": 4.0, "kernel_size": 5}
+
+    def build_operator(self, dim, num_heads, *, alpha, kernel_size):
+        return PolarityOperator(dim, num_heads, alpha, kernel_size)
+
+    def operator_flops(self, s: Shape, *, alpha, kernel_size) -> float:
+        bhn, d = s.batch * s.heads * s.tokens, s.head_dim
+        return 2.0 * bhn * (4 * d * d + 4 * d + kernel_size**2 * d)
+
+    def operator_params(self, dim, heads, *, alpha, kernel_size) -> int:
+        head_dim = dim // heads
+        return dim + dim + head_dim * kernel_size**2 + head_dim

@@ -1,0 +1,137 @@
+"""RALA ablations (family "rala"): each removes one ingredient of the RALA token mixer.
+
+Fan et al., "Breaking the Low-Rank Dilemma of Linear Attention", CVPR 2025 (spec/rala.md section 1).
+
+- `rala_no_qaware`: no query-aware token weights - alpha_m = 1/N, so step 5's k_m <- k_m alpha_m N
+  is the identity; what remains is linear attention with phi = ELU+1, RoPE, LePE and the gate
+  (per-head RoPE of the spec, which is what sets it apart from `mlla`'s full-channel RoPE).
+- `rala_no_gate`: the shell without the output gate o (qkvo has 3C outputs; y = proj(out + lepe)).
+  The operator is RALA's own, so this is mixer-only (its op would be rala_eager's).
+- `rala_no_rope`: no rotary embedding: steps 6-9 with R = identity (sin = 0, cos = 1 tables).
+
+The operators reuse mechanisms/rala/eager.py (phi, default_rope, rala_op, rala_mixer) unchanged.
+
+KV buffers (attnbench.measure.rank): `rala_kv_buffer` computes spec step 8,
+KV = mean_m R(k~_m) v_m^T (B, h, d, d), from raw q, k, v; each ablation exposes its own through
+`kv_buffer`, and importing this module attaches `rala_kv_buffer` to the registered `rala_eager`
+instance (mechanisms/rala/registrations.py, owned elsewhere, has no KV hook).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from attnbench.layers import apply_rope
+from attnbench.registry import Mechanism, Shape, get, register_mechanism
+from mechanisms.common import mixer_bytes, pass_factor, shell_flops
+from mechanisms.rala.eager import CITE_RALA, default_rope, phi, rala_mixer, rala_op
+from mechanisms.rala.registrations import RalaBase, rala_core_flops
+
+
+def _check_grid(grid, n: int) -> None:
+    if grid[0] * grid[1] != n:
+        raise ValueError(f"grid {tuple(grid)} has {grid[0] * grid[1]} tokens but the inputs have {n}")
+
+
+def identity_rope(n: int, head_dim: int, like: Tensor) -> tuple[Tensor, Tensor]:
+    """(sin, cos) = (0, 1) tables, each (N, d): apply_rope with them is the identity."""
+    sin = torch.zeros(n, head_dim, dtype=like.dtype, device=like.device)
+    return sin, torch.ones_like(sin)
+
+
+def rala_kv_buffer(q: Tensor, k: Tensor, v: Tensor, *, grid, rope=None, query_aware: bool = True) -> Tensor:
+    """RALA's KV (spec step 8) from raw q, k, v (B, h, N, d): mean_m R(k~_m) v_m^T, (B, h, d, d).
+
+    k~_m = phi(k_m) alpha_m N with alpha = softmax_m(d^-0.5 mean_n phi(q_n) . phi(k_m)), or
+    k~ = phi(k) when query_aware is False. rope: (sin, cos) tables, None builds the default ones.
+    """
+    n = q.shape[-2]
+    _check_grid(grid, n)
+    sin, cos = rope if rope is not None else default_rope(grid, q.shape[-1], q)
+    k = phi(k)  # (B, h, N, d)
+    if query_aware:
+        q_mean = phi(q).mean(dim=-2, keepdim=True)  # (B, h, 1, d)
+        alpha = torch.softmax(q.shape[-1] ** -0.5 * q_mean @ k.transpose(-1, -2), dim=-1).transpose(-1, -2)
+        k = k * alpha * n  # (B, h, N, d)
+    k_rope = apply_rope(k, sin, cos)
+    return (k_rope.transpose(-2, -1) * n**-0.5) @ (v * n**-0.5)
+
+
+def rala_no_qaware_op(q: Tensor, k: Tensor, v: Tensor, *, grid, rope=None) -> Tensor:
+    """RALA without the query-aware weights (alpha = 1/N): (B, h, N, d) x3 -> (B, h, N, d)."""
+    n = q.shape[-2]
+    _check_grid(grid, n)
+    sin, cos = rope if rope is not None else default_rope(grid, q.shape[-1], q)
+    q, k = phi(q), phi(k)  # (B, h, N, d)
+    z = 1 / (q @ k.mean(dim=-2, keepdim=True).transpose(-2, -1) + 1e-6)  # (B, h, N, 1), un-rotated
+    kv = (apply_rope(k, sin, cos).transpose(-2, -1) * n**-0.5) @ (v * n**-0.5)  # (B, h, d, d)
+    return apply_rope(q, sin, cos) @ kv * z
+
+
+def rala_no_rope_op(q: Tensor, k: Tensor, v: Tensor, *, grid, rope=None) -> Tensor:
+    """RALA with R = identity; the shell's RoPE tables are ignored."""
+    return rala_op(q, k, v, grid=grid, rope=identity_rope(q.shape[-2], q.shape[-1], q))
+
+
+@register_mechanism("rala_no_qaware", family="rala", backend="torch", reference=None, cite=CITE_RALA)
+class RalaNoQaware(RalaBase):
+    """RALA ablation: alpha = 1/N (no query-aware token weights); op and mixer."""
+
+    operator = staticmethod(rala_no_qaware_op)
+
+    def kv_buffer(self, q, k, v, *, grid, rope=None):
+        return rala_kv_buffer(q, k, v, grid=grid, rope=rope, query_aware=False)
+
+    def flops(self, s: Shape, *, level: str, pass_: str) -> float:
+        # RALA's operator minus the qbar . k scores (2 N d per head)
+        score = 2.0 * s.batch * s.heads * s.tokens * s.head_dim
+        core = (rala_core_flops(s) - score) * pass_factor(pass_)
+        if level == "op":
+            return core
+        if level == "mixer":
+            return core + shell_flops(s) * pass_factor(pass_)
+        raise ValueError(f"no analytic FLOPs for level {level!r}")
+
+
+@register_mechanism("rala_no_rope", family="rala", backend="torch", reference=None, cite=CITE_RALA)
+class RalaNoRope(RalaBase):
+    """RALA ablation: no rotary embedding; op and mixer (costs as RALA: RoPE is elementwise)."""
+
+    operator = staticmethod(rala_no_rope_op)
+
+    def kv_buffer(self, q, k, v, *, grid, rope=None):
+        return rala_kv_buffer(q, k, v, grid=grid, rope=identity_rope(q.shape[-2], q.shape[-1], q))
+
+
+@register_mechanism("rala_no_gate", family="rala", backend="torch", reference=None, cite=CITE_RALA)
+class RalaNoGate(Mechanism):
+    """RALA ablation: the shell without the output gate; mixer only."""
+
+    def mixer(self, dim, num_heads, **options):
+        if "gate" in options:
+            raise TypeError("rala_no_gate fixes gate=False; do not pass a gate option")
+        return rala_mixer(dim, num_heads, rala_op, gate=False, **options)
+
+    def kv_buffer(self, q, k, v, *, grid, rope=None):
+        return rala_kv_buffer(q, k, v, grid=grid, rope=rope)
+
+    def flops(self, s: Shape, *, level: str, pass_: str) -> float:
+        if level != "mixer":
+            raise ValueError(f"rala_no_gate is mixer-only: no FLOPs for level {level!r}")
+        return (rala_core_flops(s) + shell_flops(s, gate=False)) * pass_factor(pass_)
+
+    def bytes(self, s: Shape, *, level: str, dtype: str) -> float:
+        if level != "mixer":
+            raise ValueError(f"rala_no_gate is mixer-only: no bytes for level {level!r}")
+        return mixer_bytes(s, dtype, gate=False)
+
+
+def _attach_rala_eager_kv_buffer() -> None:
+    """Give the registered rala_eager its spec KV buffer unless its owner has defined one."""
+    mech = get("rala_eager")
+    if getattr(mech, "kv_buffer", None) is None:
+        mech.kv_buffer = rala_kv_buffer
+
+
+_attach_rala_eager_kv_buffer()
