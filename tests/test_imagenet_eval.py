@@ -358,7 +358,9 @@ def test_distributed_two_ranks_equal_single_process(val_dir, tmp_path):
         r = evaluate_distributed(model, {str(val_dir)!r}, batch_size=2, image_size={CROP}, num_workers=0,
                                  dtype=torch.float64, progress=lambda done, total: seen.append((done, total)))
         out = dict(vars(r), rank=int(os.environ["RANK"]), world=int(os.environ["WORLD_SIZE"]), shard=seen[-1][1])
-        print("RESULT " + json.dumps(out), flush=True)
+        # one file per rank: two ranks printing to one pipe can interleave within a line
+        with open(os.path.join({str(tmp_path)!r}, "rank%d.json" % out["rank"]), "w") as fh:
+            json.dump(out, fh)
     """)
     )
     env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
@@ -366,7 +368,7 @@ def test_distributed_two_ranks_equal_single_process(val_dir, tmp_path):
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script)]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ranks = [json.loads(line.split("RESULT ", 1)[1]) for line in proc.stdout.splitlines() if "RESULT " in line]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert sorted(r["rank"] for r in ranks) == [0, 1] and {r["world"] for r in ranks} == {2}
     assert sorted(r["shard"] for r in ranks) == [7, 8]  # uneven shards, no padding
     single = evaluate(model, val_dir, batch_size=4, image_size=CROP, num_workers=0, dtype=torch.float64)
