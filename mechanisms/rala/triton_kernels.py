@@ -1,0 +1,388 @@
+"""RALA forward in Triton: the fused one-pass form of spec/rala.md ("The fused form").
+
+Per (batch, head), with phi(x) = ELU(x) + 1, c = d^-0.5 and R_n the 2D rotation of token n:
+
+    qbar  = mean_n phi(q_n)                                         pass (a)  _qbar_kernel
+    s_m   = c qbar . phi(k_m),  alpha = softmax_m(s)
+    KV    = sum_m alpha_m R_m(phi(k_m)) v_m^T   (d, d)              pass (b)  _state_kernel (online
+    ksum  = sum_m alpha_m phi(k_m)              (d,)                          softmax, split over N)
+                                                                              + _merge_kernel
+    out_n = R_n(phi(q_n)) @ KV / (phi(q_n) . ksum + 1e-6)           pass (c)  _out_kernel
+
+Grid of passes (a), (b), (c): (B*h, S) programs; program (bh, s) streams token blocks
+[s*bps, (s+1)*bps) of BLOCK_N tokens. S ("splits") is chosen so that B*h*S fills one wave of ~2
+programs per SM, so small B*h still fills the GPU. No (B, h, N, d) intermediate reaches memory:
+pass (a) writes (B*h, S, d) partial sums, pass (b) per-split softmax states (running max m,
+running sum l, unnormalised KV and ksum). They are merged in a fixed order with the max/sum
+rescaling rule  M = max_s m_s,  w_s = exp(m_s - M),  L = sum_s w_s l_s,  KV = sum_s w_s KV_s / L
+(deterministic, no atomics) by `_merge_kernel` (grid B*h), or, for S <= 4, by every program of
+pass (c) itself (one launch fewer). The merged small state (qbar, KV, ksum, M, L) is what the
+backward (triton_bwd.py) reuses. Everything fp32 lives in one workspace allocation. HBM traffic:
+q twice, k and v once, out once (the (B*h, S, d, d) partials are small next to it).
+
+Layout and precision: inputs are addressed through their strides, so (B, h, N, d), (B, N, h, d)
+and the token-contiguous views made by the mixer's head split are read without a copy. All math
+is fp32; tl.dot operands are cast to the input dtype (fp16/bf16 tensor cores, fp32 accumulation)
+or stay fp32 with input_precision="ieee" (no TF32) for fp32 inputs.
+
+RoPE: the pair (2i, 2i+1) rotates by one angle, so each (tokens, d) tile is split into its even
+and odd channels (tl.split), the rotation is elementwise on the halves, and d-by-d matrices whose
+rows are rotated channels (KV, dKV) are held as two (d/2, d) halves. Without tables the angles
+come from the token's (row, col): theta = pos * angle[j] in fp32 with `angle` the spec's (d/2,)
+buffer read from a tiny tensor (so theta is bitwise the reference tables' fp32 product), sin/cos
+in-kernel (`sincos`). With tables (the mixer passes its Rope2d's (sin, cos)), they are loaded
+instead (any dtype, read as fp32).
+
+Head dims: any d divisible by 4 up to 128; the d-block is the next power of two (96 -> 128)
+with masked loads and stores.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from mechanisms.rala.triton_op import (
+    LaunchPlan,
+    empty_like_layout,
+    interpreting,
+    plan_launch,
+    rope_args,
+    workspace_size,
+)
+
+EPS = 1e-6  # the spec's normaliser epsilon (after dividing ksum by L, as the reference has it)
+FUSE_MERGE_MAX_SPLITS = 4  # up to this many splits, pass (c) merges the split states itself
+DOT_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
+
+
+# ---------------------------------------------------------------------------------------------
+# shared device helpers (also used by triton_bwd.py)
+# ---------------------------------------------------------------------------------------------
+@triton.jit
+def phi(x):
+    """ELU(x) + 1, fp32: x + 1 for x > 0, exp(x) otherwise."""
+    return tl.where(x > 0, x + 1.0, tl.exp(tl.minimum(x, 0.0)))
+
+
+@triton.jit
+def mm(a, b, DOT_DTYPE: tl.constexpr):
+    """a @ b with fp32 accumulation; operands in DOT_DTYPE (fp32: exact IEEE products, no TF32)."""
+    if DOT_DTYPE == tl.float32:
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        out = tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE))
+    return out
+
+
+@triton.jit
+def halves(x, BLOCK_N: tl.constexpr, PB: tl.constexpr):
+    """(BLOCK_N, 2*PB) -> even channels (BLOCK_N, PB), odd channels (BLOCK_N, PB)."""
+    return tl.split(tl.reshape(x, (BLOCK_N, PB, 2)))
+
+
+@triton.jit
+def sincos(theta, FAST: tl.constexpr):
+    """(sin, cos) of fp32 theta. FAST (GPU): Cody-Waite reduction to [-pi, pi] with 2 pi split in
+    an exact head 6.28125 and a tail, then the MUFU sin/cos.approx (abs error ~5e-7): 2 MUFU ops
+    instead of ~40 FMA-pipe instructions of the accurate sinf + cosf, which at d = 64 would cost
+    about as much as the memory traffic. Otherwise (interpreter): tl.sin / tl.cos."""
+    if FAST:
+        turns = tl.floor(theta * 0.15915494309189535 + 0.5)
+        r = theta - turns * 6.28125
+        r = r - turns * 1.9353071795864769e-3
+        s = tl.inline_asm_elementwise("sin.approx.ftz.f32 $0, $1;", "=f,f", [r], dtype=tl.float32, is_pure=True, pack=1)
+        c = tl.inline_asm_elementwise("cos.approx.ftz.f32 $0, $1;", "=f,f", [r], dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        s = tl.sin(theta)
+        c = tl.cos(theta)
+    return s, c
+
+
+@triton.jit
+def rope_cs(
+    tok, tok_mask, W, d, ANGLE, SIN, COS, stride_rn, stride_rd,
+    BLOCK_N: tl.constexpr, PB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr,
+):
+    """cos/sin of the even and odd channel of every pair: (ce, se, co, so), each (BLOCK_N, PB) fp32.
+
+    In-kernel: pair i < d/4 rotates by row * angle[2i], pair i >= d/4 by col * angle[2i - d/2]
+    (spec section 3: first d/2 channels use the row index); both channels of a pair share it.
+    """
+    if ROPE_FROM_MEM:
+        ch = tl.arange(0, 2 * PB)
+        off = tok[:, None] * stride_rn + ch[None, :] * stride_rd  # (BLOCK_N, DB)
+        msk = tok_mask[:, None] & (ch < d)[None, :]
+        ce, co = halves(tl.load(COS + off, mask=msk, other=0.0).to(tl.float32), BLOCK_N, PB)
+        se, so = halves(tl.load(SIN + off, mask=msk, other=0.0).to(tl.float32), BLOCK_N, PB)
+    else:
+        pair = tl.arange(0, PB)
+        is_row = 2 * pair < d // 2  # (PB,)
+        ang = tl.load(ANGLE + tl.where(is_row, 2 * pair, 2 * pair - d // 2), mask=2 * pair < d, other=0.0)
+        row = tok // W
+        col = tok - row * W
+        pos = tl.where(is_row[None, :], row[:, None], col[:, None]).to(tl.float32)  # (BLOCK_N, PB)
+        se, ce = sincos(pos * ang[None, :], FAST)  # theta = pos * angle, one fp32 product as in the reference
+        co = ce
+        so = se
+    return ce, se, co, so
+
+
+@triton.jit
+def rotate(xe, xo, ce, se, co, so):
+    """R(x) on halves: pair (a, b) -> (a cos_a - b sin_a, b cos_b + a sin_b)."""
+    return xe * ce - xo * se, xo * co + xe * so
+
+
+@triton.jit
+def load_rows_halves(ptr, d, PB: tl.constexpr, DB: tl.constexpr):
+    """A row-major (d, d) fp32 matrix as its even and odd rows, each (PB, DB), zero padded."""
+    pair = tl.arange(0, PB)
+    col = tl.arange(0, DB)
+    off = (2 * pair)[:, None] * d + col[None, :]
+    msk = (2 * pair < d)[:, None] & (col < d)[None, :]
+    return tl.load(ptr + off, mask=msk, other=0.0), tl.load(ptr + off + d, mask=msk, other=0.0)
+
+
+@triton.jit
+def store_rows_halves(ptr, xe, xo, d, PB: tl.constexpr, DB: tl.constexpr):
+    """Inverse of `load_rows_halves`."""
+    pair = tl.arange(0, PB)
+    col = tl.arange(0, DB)
+    off = (2 * pair)[:, None] * d + col[None, :]
+    msk = (2 * pair < d)[:, None] & (col < d)[None, :]
+    tl.store(ptr + off, xe, mask=msk)
+    tl.store(ptr + off + d, xo, mask=msk)
+
+
+@triton.jit
+def state_ptrs(WS, BH, d):
+    """The forward's workspace (one fp32 buffer, see `workspace_size`): small state, then partials.
+
+    qbar (BH, d) | KV (BH, d, d) | ksum (BH, d) | ML (BH, 2) = final (max, sum) | partials ...
+    """
+    qbar = WS
+    kv = qbar + BH * d
+    ks = kv + BH * d * d
+    ml = ks + BH * d
+    return qbar, kv, ks, ml, ml + BH * 2
+
+
+@triton.jit
+def partial_ptrs(PART, BH, S, d):
+    """Split partials: qsum (BH, S, d) | KV_s (BH, S, d, d) | ks_s (BH, S, d) | m_s (BH, S) | l_s (BH, S)."""
+    qsum = PART
+    kv_p = qsum + BH * S * d
+    ks_p = kv_p + BH * S * d * d
+    m_p = ks_p + BH * S * d
+    return qsum, kv_p, ks_p, m_p, m_p + BH * S
+
+
+# ---------------------------------------------------------------------------------------------
+# forward kernels
+# ---------------------------------------------------------------------------------------------
+@triton.jit(do_not_specialize=["N", "n_heads", "bps"])
+def _qbar_kernel(
+    Q, WS, N, d, n_heads, bps, sqb, sqh, sqn, sqd,
+    BLOCK_N: tl.constexpr, DB: tl.constexpr,
+):
+    """Pass (a): qsum[bh, s, :] = sum of phi(q_n) over split s's tokens (a (B*h, S, d) partial)."""
+    bh = tl.program_id(0)
+    sp = tl.program_id(1)
+    n_splits = tl.num_programs(1)
+    _qbar, _kv, _ks, _ml, PART = state_ptrs(WS, tl.num_programs(0), d)
+    QSUM, _kv_p, _ks_p, _m_p, _l_p = partial_ptrs(PART, tl.num_programs(0), n_splits, d)
+    q_base = Q + (bh // n_heads).to(tl.int64) * sqb + (bh % n_heads).to(tl.int64) * sqh
+    ch = tl.arange(0, DB)
+    acc = tl.zeros((BLOCK_N, DB), dtype=tl.float32)
+    for blk in range(sp * bps, tl.minimum(sp * bps + bps, tl.cdiv(N, BLOCK_N))):
+        tok = blk * BLOCK_N + tl.arange(0, BLOCK_N)
+        msk = (tok < N)[:, None] & (ch < d)[None, :]
+        x = tl.load(q_base + tok[:, None] * sqn + ch[None, :] * sqd, mask=msk, other=0.0).to(tl.float32)
+        acc += tl.where(msk, phi(x), 0.0)
+    tl.store(QSUM + (bh * n_splits + sp) * d + ch, tl.sum(acc, 0), mask=ch < d)
+
+
+@triton.jit(do_not_specialize=["N", "W", "n_heads", "bps"])
+def _state_kernel(
+    K, V, WS, ANGLE, SIN, COS,
+    N, W, d, n_heads, bps, scale, inv_n,
+    skb, skh, skn, skd, svb, svh, svn, svd, srn, srd,
+    BLOCK_N: tl.constexpr, PB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr, DOT_DTYPE: tl.constexpr,
+):
+    """Pass (b): split s's online-softmax state over its tokens.
+
+    Writes m (running max), l (sum of exp(s - m)), KV_s = sum exp(s_m - m) R(phi(k_m)) v_m^T and
+    ks_s = sum exp(s_m - m) phi(k_m) to the split partials. Split 0 also stores qbar.
+    """
+    DB: tl.constexpr = 2 * PB
+    bh = tl.program_id(0)
+    sp = tl.program_id(1)
+    n_splits = tl.num_programs(1)
+    QBAR, _kv, _ks, _ml, PART = state_ptrs(WS, tl.num_programs(0), d)
+    QSUM, KV_P, KS_P, M_P, L_P = partial_ptrs(PART, tl.num_programs(0), n_splits, d)
+    k_base = K + (bh // n_heads).to(tl.int64) * skb + (bh % n_heads).to(tl.int64) * skh
+    v_base = V + (bh // n_heads).to(tl.int64) * svb + (bh % n_heads).to(tl.int64) * svh
+    ch = tl.arange(0, DB)
+    qsum = tl.zeros((DB,), dtype=tl.float32)
+    for s in range(0, n_splits):  # fixed order: deterministic
+        qsum += tl.load(QSUM + (bh * n_splits + s) * d + ch, mask=ch < d, other=0.0)
+    qbar = qsum * inv_n  # (DB,)
+    tl.store(QBAR + bh * d + ch, qbar, mask=ch < tl.where(sp == 0, d, 0))  # split 0 only
+
+    m_run = -float("inf")
+    l_run = 0.0
+    kv_e = tl.zeros((PB, DB), dtype=tl.float32)  # rows 0, 2, 4, ... of KV
+    kv_o = tl.zeros((PB, DB), dtype=tl.float32)  # rows 1, 3, 5, ...
+    ks = tl.zeros((DB,), dtype=tl.float32)
+    for blk in range(sp * bps, tl.minimum(sp * bps + bps, tl.cdiv(N, BLOCK_N))):
+        tok = blk * BLOCK_N + tl.arange(0, BLOCK_N)
+        tok_mask = tok < N
+        msk = tok_mask[:, None] & (ch < d)[None, :]
+        kx = tl.load(k_base + tok[:, None] * skn + ch[None, :] * skd, mask=msk, other=0.0).to(tl.float32)
+        vx = tl.load(v_base + tok[:, None] * svn + ch[None, :] * svd, mask=msk, other=0.0)
+        kp = tl.where(msk, phi(kx), 0.0)  # (BLOCK_N, DB)
+        s_blk = tl.where(tok_mask, scale * tl.sum(kp * qbar[None, :], 1), -float("inf"))  # (BLOCK_N,)
+        m_new = tl.maximum(m_run, tl.max(s_blk, 0))
+        rescale = tl.exp(m_run - m_new)  # 0 on the first block
+        p = tl.exp(s_blk - m_new)  # (BLOCK_N,), 0 on padding tokens
+        l_run = l_run * rescale + tl.sum(p, 0)
+        ce, se, co, so = rope_cs(tok, tok_mask, W, d, ANGLE, SIN, COS, srn, srd, BLOCK_N, PB, ROPE_FROM_MEM, FAST)
+        kp_e, kp_o = halves(kp, BLOCK_N, PB)
+        rk_e, rk_o = rotate(kp_e, kp_o, ce, se, co, so)  # R(phi(k)) halves (BLOCK_N, PB)
+        kv_e = kv_e * rescale + mm(tl.trans(rk_e * p[:, None]), vx, DOT_DTYPE)  # (PB, DB)
+        kv_o = kv_o * rescale + mm(tl.trans(rk_o * p[:, None]), vx, DOT_DTYPE)
+        ks = ks * rescale + tl.sum(kp * p[:, None], 0)
+        m_run = m_new
+
+    part = bh * n_splits + sp
+    store_rows_halves(KV_P + part * d * d, kv_e, kv_o, d, PB, DB)
+    tl.store(KS_P + part * d + ch, ks, mask=ch < d)
+    tl.store(M_P + part, m_run)
+    tl.store(L_P + part, l_run)
+
+
+@triton.jit
+def merged_state(WS, bh, n_splits, d, PB: tl.constexpr):
+    """Combine the S partial states of one (b, h) in a fixed order (deterministic, no atomics):
+    M = max_s m_s, w_s = exp(m_s - M), L = sum_s w_s l_s, KV = sum_s w_s KV_s / L, ksum likewise.
+    Returns KV's even and odd rows (PB, DB), ksum (DB,), M, L."""
+    DB: tl.constexpr = 2 * PB
+    _qbar, _kv, _ks, _ml, PART = state_ptrs(WS, tl.num_programs(0), d)
+    _qsum, KV_P, KS_P, M_P, L_P = partial_ptrs(PART, tl.num_programs(0), n_splits, d)
+    ch = tl.arange(0, DB)
+    m_all = tl.load(M_P + bh * n_splits)
+    for s in range(1, n_splits):
+        m_all = tl.maximum(m_all, tl.load(M_P + bh * n_splits + s))
+    l_all = 0.0
+    kv_e = tl.zeros((PB, DB), dtype=tl.float32)
+    kv_o = tl.zeros((PB, DB), dtype=tl.float32)
+    ks = tl.zeros((DB,), dtype=tl.float32)
+    for s in range(0, n_splits):
+        part = bh * n_splits + s
+        w = tl.exp(tl.load(M_P + part) - m_all)
+        l_all += w * tl.load(L_P + part)
+        p_e, p_o = load_rows_halves(KV_P + part * d * d, d, PB, DB)
+        kv_e += w * p_e
+        kv_o += w * p_o
+        ks += w * tl.load(KS_P + part * d + ch, mask=ch < d, other=0.0)
+    inv_l = 1.0 / l_all
+    return kv_e * inv_l, kv_o * inv_l, ks * inv_l, m_all, l_all
+
+
+@triton.jit
+def store_state(WS, bh, kv_e, kv_o, ks, m_all, l_all, d, PB: tl.constexpr):
+    """Store the merged state of one (b, h) where the backward finds it."""
+    ch = tl.arange(0, 2 * PB)
+    _qbar, KV, KS, ML, _part = state_ptrs(WS, tl.num_programs(0), d)
+    store_rows_halves(KV + bh * d * d, kv_e, kv_o, d, PB, 2 * PB)
+    tl.store(KS + bh * d + ch, ks, mask=ch < d)
+    tl.store(ML + bh * 2, m_all)
+    tl.store(ML + bh * 2 + 1, l_all)
+
+
+@triton.jit(do_not_specialize=["n_splits"])
+def _merge_kernel(WS, n_splits, d, PB: tl.constexpr):
+    """Merge of the split states, one program per (b, h) (used when S > FUSE_MERGE_MAX_SPLITS)."""
+    bh = tl.program_id(0)
+    kv_e, kv_o, ks, m_all, l_all = merged_state(WS, bh, n_splits, d, PB)
+    store_state(WS, bh, kv_e, kv_o, ks, m_all, l_all, d, PB)
+
+
+@triton.jit(do_not_specialize=["N", "W", "n_heads", "bps", "n_splits"])
+def _out_kernel(
+    Q, OUT, WS, ANGLE, SIN, COS,
+    N, W, d, n_heads, bps, eps, n_splits,
+    sqb, sqh, sqn, sqd, sob, soh, son, sod, srn, srd,
+    BLOCK_N: tl.constexpr, PB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    FUSE_MERGE: tl.constexpr,
+):
+    """Pass (c): out_n = R(phi(q_n)) @ KV / (phi(q_n) . ksum + eps) for split s's tokens.
+
+    FUSE_MERGE (few splits): every program merges the split states itself (S d^2 floats from L2)
+    and split 0 stores the result, which saves the merge kernel's launch; else they were merged.
+    """
+    DB: tl.constexpr = 2 * PB
+    bh = tl.program_id(0)
+    sp = tl.program_id(1)
+    q_base = Q + (bh // n_heads).to(tl.int64) * sqb + (bh % n_heads).to(tl.int64) * sqh
+    o_base = OUT + (bh // n_heads).to(tl.int64) * sob + (bh % n_heads).to(tl.int64) * soh
+    _qbar, KV, KS, _ml, _part = state_ptrs(WS, tl.num_programs(0), d)
+    ch = tl.arange(0, DB)
+    if FUSE_MERGE:
+        kv_e, kv_o, ks, m_all, l_all = merged_state(WS, bh, n_splits, d, PB)
+        if sp == 0:
+            store_state(WS, bh, kv_e, kv_o, ks, m_all, l_all, d, PB)
+    else:
+        kv_e, kv_o = load_rows_halves(KV + bh * d * d, d, PB, DB)  # (PB, DB) each
+        ks = tl.load(KS + bh * d + ch, mask=ch < d, other=0.0)  # (DB,)
+    kv_e = kv_e.to(DOT_DTYPE)
+    kv_o = kv_o.to(DOT_DTYPE)
+    for blk in range(sp * bps, tl.minimum(sp * bps + bps, tl.cdiv(N, BLOCK_N))):
+        tok = blk * BLOCK_N + tl.arange(0, BLOCK_N)
+        tok_mask = tok < N
+        msk = tok_mask[:, None] & (ch < d)[None, :]
+        qx = tl.load(q_base + tok[:, None] * sqn + ch[None, :] * sqd, mask=msk, other=0.0).to(tl.float32)
+        qp = tl.where(msk, phi(qx), 0.0)  # (BLOCK_N, DB)
+        den = tl.sum(qp * ks[None, :], 1) + eps  # (BLOCK_N,)
+        ce, se, co, so = rope_cs(tok, tok_mask, W, d, ANGLE, SIN, COS, srn, srd, BLOCK_N, PB, ROPE_FROM_MEM, FAST)
+        qp_e, qp_o = halves(qp, BLOCK_N, PB)
+        rq_e, rq_o = rotate(qp_e, qp_o, ce, se, co, so)
+        num = mm(rq_e, kv_e, DOT_DTYPE) + mm(rq_o, kv_o, DOT_DTYPE)  # (BLOCK_N, DB)
+        out = num / den[:, None]
+        tl.store(o_base + tok[:, None] * son + ch[None, :] * sod, out.to(OUT.dtype.element_ty), mask=msk)
+
+
+# ---------------------------------------------------------------------------------------------
+# host side: launch plan and the forward launcher
+# ---------------------------------------------------------------------------------------------
+def stream_meta(plan: LaunchPlan, from_mem: bool, dtype: torch.dtype) -> dict:
+    """Compile-time arguments shared by the token-streaming kernels."""
+    return dict(BLOCK_N=plan.block_n, PB=plan.pb, ROPE_FROM_MEM=from_mem, FAST=not interpreting(),
+                DOT_DTYPE=DOT_DTYPES[dtype], num_warps=plan.num_warps)
+
+
+def rala_forward(q, k, v, grid, rope=None, *, plan: LaunchPlan | None = None):
+    """Launch passes (a), (b), merge, (c). q, k, v: (B, h, N, d), any strides.
+
+    Returns out (B, h, N, d) (q's layout where possible) and the fp32 workspace whose head is the
+    small state the backward needs (`state_views`: qbar, KV, ksum, final max and sum).
+    """
+    b, h, n, d = q.shape
+    bh, dev = b * h, q.device
+    plan = plan or plan_launch(bh, n, d, q.dtype, dev)
+    angle, sin, cos, srn, srd, from_mem = rope_args(rope, n, d, dev)
+    meta = stream_meta(plan, from_mem, q.dtype)
+    s, nw, w = plan.splits, plan.num_warps, grid[1]
+    ws = torch.empty(workspace_size(bh, s, d), dtype=torch.float32, device=dev)
+    out = empty_like_layout(q)
+    _qbar_kernel[(bh, s)](q, ws, n, d, h, plan.bps, *q.stride(), BLOCK_N=plan.block_n, DB=2 * plan.pb, num_warps=nw)
+    _state_kernel[(bh, s)](k, v, ws, angle, sin, cos, n, w, d, h, plan.bps, d**-0.5, 1.0 / n,
+                           *k.stride(), *v.stride(), srn, srd, **meta)
+    fuse = s <= FUSE_MERGE_MAX_SPLITS
+    if not fuse:
+        _merge_kernel[(bh,)](ws, s, d, PB=plan.pb, num_warps=nw)
+    _out_kernel[(bh, s)](q, out, ws, angle, sin, cos, n, w, d, h, plan.bps, EPS, s, *q.stride(), *out.stride(),
+                         srn, srd, FUSE_MERGE=fuse, **meta)
+    return out, ws

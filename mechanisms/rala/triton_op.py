@@ -1,0 +1,227 @@
+"""`rala_triton`: RALA with Triton forward and backward kernels (triton_kernels.py, triton_bwd.py).
+
+Importing this module registers the mechanism but never imports triton: the kernels are imported
+on first use, inside `rala_triton_op`. On CPU the kernels run only in Triton's interpreter, which
+must be switched on (TRITON_INTERPRET=1) before the first kernel import; `check` says so.
+
+RoPE: `rala_triton_op(q, k, v, grid=..., rope=None)` computes the spec's default rotation
+in-kernel from each token's (row, col) (op level). When the caller passes tables (the RALA mixer
+shell passes its Rope2d's (sin, cos)), the kernels read those tables instead, so a loaded
+checkpoint's own `angle` buffer is honoured; no gradient flows to the tables.
+
+Also here: the host-side launch plan shared by the forward and backward launchers (block sizes by
+head dim and dtype, splits along N by SM count, output layout, RoPE arguments), which needs no
+triton import.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from dataclasses import dataclass
+
+import torch
+
+from attnbench.registry import Shape, register_mechanism
+from mechanisms.common import op_bytes
+from mechanisms.rala.eager import CITE_RALA
+from mechanisms.rala.registrations import RalaBase
+
+HEAD_DIMS = (32, 64, 96, 128)
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# ---------------------------------------------------------------------------------------------
+# launch planning (host side, shared by the forward and backward launchers; no triton import)
+# ---------------------------------------------------------------------------------------------
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, x - 1).bit_length()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Block sizes and grid of one call. Programs per pass: (B*h, splits)."""
+
+    block_n: int  # tokens per block
+    pb: int  # padded d/2 (power of two >= 16); the d-block is 2*pb
+    splits: int  # programs per (b, h) along N
+    bps: int  # token blocks per split
+    num_warps: int
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda" and not interpreting():
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # the interpreter: several splits even at tiny shapes, so the merge paths are exercised
+
+
+@functools.cache
+def plan_launch(bh: int, n: int, d: int, dtype: torch.dtype, device: torch.device, *, backward: bool = False,
+                block_n: int | None = None, splits: int | None = None, num_warps: int | None = None) -> LaunchPlan:
+    """Autotune-free heuristic, sized so that no kernel spills registers on sm_90 (checked by
+    compiling every kernel for sm_90 and reading its resource usage):
+    16-bit inputs, d <= 64: BLOCK_N 64 with 4 warps (forward; 2 programs per SM at 255 registers),
+    8 warps (backward, two d x d operands); d > 64: BLOCK_N 32, 8 warps; fp32 inputs (exact FMA
+    dots, no tensor cores): BLOCK_N 16, 8 warps. splits: B*h*splits <= 2 programs per SM.
+    """
+    db = max(32, _next_pow2(d))
+    if dtype == torch.float32:
+        default_block, default_warps = 16, 8
+    elif db <= 64:
+        default_block, default_warps = 64, 8 if backward else 4
+    else:
+        default_block, default_warps = 32, 8
+    if interpreting():  # tiny shapes on CPU: several blocks per split and several splits get tested
+        default_block = 16
+    block_n = block_n or max(16, min(default_block, _next_pow2(n)))
+    num_warps = num_warps or default_warps
+    n_blocks = _cdiv(n, block_n)
+    if splits is None:  # one wave of ~2 programs per SM (floor: no straggling partial second wave)
+        splits = 2 * _sm_count(device) // bh
+    splits = max(1, min(splits, n_blocks))
+    bps = _cdiv(n_blocks, splits)
+    splits = _cdiv(n_blocks, bps)  # no empty split
+    return LaunchPlan(block_n=block_n, pb=db // 2, splits=splits, bps=bps, num_warps=num_warps)
+
+
+def empty_like_layout(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An uninitialised (B, h, N, d) tensor laid out like `x` where that layout is a common one:
+    (B, N, h, d) memory, token-contiguous (B, h, d, N) memory (the mixer's head split), else
+    contiguous."""
+    b, h, n, d = x.shape
+    dtype = dtype or x.dtype
+    st = x.stride()
+    if st[3] == 1 and st[1] == d and st[2] == h * d and h > 1:
+        return torch.empty(b, n, h, d, dtype=dtype, device=x.device).transpose(1, 2)
+    if st[2] == 1 and n > 1:
+        return torch.empty(b, h, d, n, dtype=dtype, device=x.device).transpose(2, 3)
+    return torch.empty(b, h, n, d, dtype=dtype, device=x.device)
+
+
+@functools.cache
+def rope_angle_on(d: int, device: torch.device) -> torch.Tensor:
+    """The spec's (d/2,) fp32 angle buffer on `device` (cached)."""
+    from attnbench.layers import rope_angle
+
+    return rope_angle(d).to(device)
+
+
+def rope_args(rope, n: int, d: int, device: torch.device):
+    """(ANGLE, SIN, COS, stride_n, stride_d, ROPE_FROM_MEM) for the kernels."""
+    angle = rope_angle_on(d, device)
+    if rope is None:
+        return angle, angle, angle, 0, 0, False
+    sin, cos = rope
+    if sin.shape != (n, d) or cos.shape != (n, d) or sin.stride() != cos.stride():
+        raise ValueError(f"rope tables must be two (N, d) = ({n}, {d}) tensors with equal strides, "
+                         f"got {tuple(sin.shape)} and {tuple(cos.shape)}")
+    return angle, sin, cos, sin.stride(0), sin.stride(1), True
+
+
+def workspace_size(bh: int, splits: int, d: int) -> int:
+    """fp32 elements of the forward's workspace (`state_ptrs`, `partial_ptrs`): one allocation
+    instead of nine keeps the host-side cost of a call low (it matters at ~50 us kernels)."""
+    return bh * (2 * d + d * d + 2) + bh * splits * (2 * d + d * d + 2)
+
+
+class _RalaTritonFunction(torch.autograd.Function):
+    """Saves only q, k, v, the rope tables (if any) and the forward's fp32 workspace: the small state
+    (qbar, KV, ksum, M, L) and the split partials, O(B h S d^2) for S splits along N."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, grid, sin, cos):
+        from mechanisms.rala.triton_kernels import rala_forward
+
+        rope = None if sin is None else (sin, cos)
+        out, ws = rala_forward(q, k, v, grid, rope)
+        ctx.grid = grid
+        ctx.has_rope = rope is not None
+        ctx.save_for_backward(q, k, v, ws, *(rope or ()))
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        from mechanisms.rala.triton_bwd import rala_backward
+
+        q, k, v, ws, *rope = ctx.saved_tensors
+        dq, dk, dv = rala_backward(g, q, k, v, ctx.grid, tuple(rope) if ctx.has_rope else None, ws)
+        return dq, dk, dv, None, None, None
+
+
+def _validate(q, k, v, grid, rope) -> None:
+    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f"q, k, v must be (B, h, N, d) of one shape, got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"rala_triton supports fp32/fp16/bf16 inputs of one dtype, got {q.dtype}, {k.dtype}, "
+                         f"{v.dtype}")
+    n, d = q.shape[-2:]
+    if grid[0] * grid[1] != n:
+        raise ValueError(f"grid {tuple(grid)} has {grid[0] * grid[1]} tokens but the inputs have {n}")
+    if d % 4 or not 8 <= d <= 128:
+        raise ValueError(f"rala_triton needs a head dim divisible by 4 in [8, 128], got {d}")
+    if rope is not None and (rope[0].device != q.device or rope[1].device != q.device):
+        raise ValueError("rope tables must be on the inputs' device")
+
+
+def rala_triton_op(q, k, v, *, grid, rope=None):
+    """RALA operator (spec section 1, steps 4-9) in Triton. q, k, v: (B, h, N, d), any strides.
+
+    Returns (B, h, N, d) in q's dtype, laid out like q where that is (B, N, h, d) or the mixer's
+    token-contiguous view (no copy at the head merge), else contiguous. rope: (sin, cos) tables,
+    each (N, d), or None for the default rotation computed in-kernel.
+    """
+    _validate(q, k, v, grid, rope)
+    grid = (int(grid[0]), int(grid[1]))
+    sin, cos = rope if rope is not None else (None, None)
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        return _RalaTritonFunction.apply(q, k, v, grid, sin, cos)
+    from mechanisms.rala.triton_kernels import rala_forward
+
+    return rala_forward(q, k, v, grid, rope)[0]
+
+
+@register_mechanism(
+    "rala_triton",
+    family="rala",
+    backend="triton",
+    reference="rala_eager",
+    requires=("triton",),
+    head_dims=HEAD_DIMS,
+    cite=CITE_RALA,
+)
+class RalaTriton(RalaBase):
+    """RALA as Triton kernels: 3 launches forward (qbar; split-N online-softmax state; output, which
+    merges the split states; a separate merge launch when N is split more than 4 ways), 4 backward;
+    no (B, h, N, d) intermediate in memory.
+
+    bytes() at op level counts q read twice (pass (a) for qbar, pass (c) for the output), k and v
+    once, out once: 5 B h N d elements, one read of q more than the generic `op_bytes` convention.
+    Mixer level: the shell's minimum traffic, as for every RALA form.
+    """
+
+    operator = staticmethod(rala_triton_op)
+    flop_counter_safe = False  # FlopCounterMode cannot see inside Triton kernels
+
+    def bytes(self, s: Shape, *, level: str, dtype: str) -> float:
+        if level == "op":
+            return op_bytes(s, dtype, reads=4, writes=1)
+        return super().bytes(s, level=level, dtype=dtype)
+
+    def check(self, device: str | None) -> str | None:
+        if importlib.util.find_spec("triton") is None:
+            return "python package 'triton' is not installed (pip install triton)"
+        dev = None if device is None else str(device).split(":")[0]
+        if dev == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            return "Triton kernels need a CUDA GPU; on CPU set TRITON_INTERPRET=1 (the interpreter) before starting"
+        return None

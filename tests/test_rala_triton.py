@@ -1,0 +1,275 @@
+"""rala_triton (Triton forward + backward) against float64 truth.
+
+Truth: the readable operator `rala_op` (and the fused online-softmax form `fused_rala`) in float64,
+gradients by autograd in float64. Error = ||x - ref|| / ||ref|| (relative RMS). Rule (FlashAttention's
+test convention): err(triton, dtype) <= 2 * err(rala_eager, dtype) + 1e-5, with the eager error
+measured in the same dtype on the same inputs. Without CUDA the kernels run in Triton's interpreter
+(tests/conftest.py sets TRITON_INTERPRET=1) on tiny shapes in fp32; fp16/bf16 run on a GPU only
+(`gpu` marker, scripts/gpu_check.sh).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from attnbench import registry  # noqa: E402
+from attnbench.layers import Rope2d, rope_tables  # noqa: E402
+from attnbench.registry import Shape, get  # noqa: E402
+from mechanisms.rala.eager import rala_op  # noqa: E402
+from mechanisms.rala.fused_form import fused_rala  # noqa: E402
+from mechanisms.rala.triton_op import rala_triton_op  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@pytest.fixture(autouse=True)
+def _builtin():
+    registry.load_builtin()
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor, floor: float = 0.0) -> float:
+    return (x.double() - ref).norm().item() / max(ref.norm().item(), floor)
+
+
+def assert_rule(name: str, err_triton: float, err_eager: float) -> None:
+    print(f"ERR {name:48s} triton {err_triton:.3e}  eager {err_eager:.3e}")
+    assert err_triton <= 2 * err_eager + 1e-5, f"{name}: triton {err_triton:.3e} > 2 x eager {err_eager:.3e} + 1e-5"
+
+
+def with_layout(x64: torch.Tensor, layout: str, dtype: torch.dtype) -> torch.Tensor:
+    """A leaf (B, h, N, d) tensor with x64's values in `layout` memory order."""
+    if layout == "bhnd":
+        t = x64.to(dtype).contiguous()
+    elif layout == "bnhd":  # (B, N, h, d) memory
+        t = x64.transpose(1, 2).contiguous().to(dtype).transpose(1, 2)
+    elif layout == "tokens":  # (B, h, d, N) memory: what the mixer's head split produces
+        t = x64.transpose(2, 3).contiguous().to(dtype).transpose(2, 3)
+    elif layout == "strided":  # every other channel of a wider buffer: stride_d = 2
+        buf = torch.zeros(*x64.shape[:-1], 2 * x64.shape[-1], dtype=dtype, device=x64.device)
+        buf[..., ::2] = x64.to(dtype)
+        t = buf[..., ::2]
+    else:
+        raise ValueError(layout)
+    return t.detach().requires_grad_()
+
+
+def grads(fn, inputs, g):
+    out = fn(*inputs)
+    return (out, *torch.autograd.grad(out, inputs, g.to(out.dtype)))
+
+
+def run_case(batch, heads, grid, d, *, dtype="fp32", layout="bhnd", rope_kind=None, seed=0, device=DEVICE):
+    """Compare triton and eager (both in `dtype`) with float64 truth on out, dq, dk, dv."""
+    gen = torch.Generator().manual_seed(seed)
+    n = grid[0] * grid[1]
+    q64, k64, v64, g64 = (torch.randn(batch, heads, n, d, generator=gen, dtype=torch.float64).to(device)
+                          for _ in range(4))
+    rope64 = rope = None
+    if rope_kind == "default":  # the tables the mixer shell passes (fp32 buffer), in float64 for the truth
+        rope = rope_tables(*grid, d, device=device)
+        rope64 = tuple(t.double() for t in rope)
+    elif rope_kind == "custom":  # a non-default angle: proves the kernel reads the tables it is given
+        angle = torch.rand(d // 2, generator=gen, dtype=torch.float64).to(device)
+        rope64 = rope_tables(*grid, d, angle=angle)
+        rope = tuple(t.float() for t in rope64)
+    leaves64 = [t.clone().requires_grad_() for t in (q64, k64, v64)]
+    truth = grads(lambda q, k, v: rala_op(q, k, v, grid=grid, rope=rope64), leaves64, g64)
+    if rope_kind is None:  # the fused one-pass form is the kernel's own statement: it must agree too
+        assert rel_err(fused_rala(q64, k64, v64, grid=grid, block=7), truth[0]) < 1e-12
+
+    dt = DTYPES[dtype]
+    rope_dt = None if rope is None else tuple(t.to(dt) for t in rope)
+    eager = grads(lambda q, k, v: rala_op(q, k, v, grid=grid, rope=rope_dt),
+                  [with_layout(t, "bhnd", dt) for t in (q64, k64, v64)], g64)
+    tri_in = [with_layout(t, layout, dt) for t in (q64, k64, v64)]
+    tri = grads(lambda q, k, v: rala_triton_op(q, k, v, grid=grid, rope=rope), tri_in, g64)
+    assert tri[0].dtype == dt and tri[0].shape == truth[0].shape
+    # N = 1: out is invariant to the scale of phi(q) and phi(k) (up to the 1e-6), so dq and dk vanish
+    # up to rounding; measure them against the gradient scale ||dv|| instead of their own tiny norm.
+    floor = truth[3].norm().item() if n == 1 else 0.0
+    tag = f"{dtype} B{batch} h{heads} {grid[0]}x{grid[1]} d{d} {layout} rope={rope_kind}"
+    for i, what in enumerate(("out", "dq", "dk", "dv")):
+        fl = floor if what in ("dq", "dk") else 0.0
+        assert_rule(f"{tag} {what}", rel_err(tri[i], truth[i], fl), rel_err(eager[i], truth[i], fl))
+    return tri_in, tri
+
+
+# ------------------------------------------------------------------------------------------------
+# CPU (interpreter, fp32) and, on a GPU machine, the same cases compiled in fp32
+# ------------------------------------------------------------------------------------------------
+CASES = [  # (batch, heads, grid, d, layout)
+    (2, 2, (7, 9), 32, "bhnd"),
+    (2, 3, (1, 1), 64, "bhnd"),
+    (1, 2, (3, 50), 96, "bnhd"),
+    (2, 1, (4, 5), 128, "strided"),
+    (2, 2, (6, 6), 64, "tokens"),
+]
+
+
+@pytest.mark.parametrize("batch,heads,grid,d,layout", CASES, ids=lambda v: str(v).replace(" ", ""))
+def test_forward_backward_vs_fp64(batch, heads, grid, d, layout):
+    tri_in, tri = run_case(batch, heads, grid, d, layout=layout)
+    if layout in ("bnhd", "tokens"):  # the output keeps the input's layout: no copy at the head merge
+        assert tri[0].stride() == tri_in[0].stride()
+
+
+@pytest.mark.parametrize("rope_kind", ["default", "custom"])
+def test_rope_tables_from_memory(rope_kind):
+    run_case(2, 2, (5, 7), 32, rope_kind=rope_kind, seed=1)
+
+
+def test_in_kernel_rope_equals_default_tables():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 48, 32, device=DEVICE) for _ in range(3))
+    a = rala_triton_op(q, k, v, grid=(6, 8))
+    b = rala_triton_op(q, k, v, grid=(6, 8), rope=rope_tables(6, 8, 32, device=DEVICE))
+    assert rel_err(a, b.double()) < 2e-6
+
+
+def test_split_merge_is_deterministic_and_split_invariant():
+    """1 split, few splits (merge fused into pass (c)) and many (separate merge kernel) agree, and
+    a repeated call is bitwise identical (fixed merge order, no atomics)."""
+    from mechanisms.rala.triton_bwd import rala_backward
+    from mechanisms.rala.triton_kernels import FUSE_MERGE_MAX_SPLITS, rala_forward
+    from mechanisms.rala.triton_op import plan_launch
+
+    b, h, grid, d = 1, 2, (7, 10), 32
+    n = grid[0] * grid[1]
+    torch.manual_seed(0)
+    q, k, v, g = (torch.randn(b, h, n, d, device=DEVICE) for _ in range(4))
+
+    def run(splits):
+        plan = plan_launch(b * h, n, d, q.dtype, q.device, block_n=16, splits=splits)
+        out, ws = rala_forward(q, k, v, grid, plan=plan)
+        return (out, *rala_backward(g, q, k, v, grid, None, ws, plan=plan))
+
+    one, few, many, again = run(1), run(3), run(FUSE_MERGE_MAX_SPLITS + 1), run(FUSE_MERGE_MAX_SPLITS + 1)
+    for i, what in enumerate(("out", "dq", "dk", "dv")):
+        assert torch.equal(many[i], again[i]), what
+        assert rel_err(few[i], one[i].double()) < 1e-6, what
+        assert rel_err(many[i], one[i].double()) < 1e-6, what
+
+
+def test_mixer_matches_eager_mixer_with_shared_weights():
+    mixer_level_case("fp32")
+
+
+def mixer_level_case(dtype, device=DEVICE, dim=64, heads=2, grid=(5, 7)):
+    """rala_triton's mixer (the RALA shell + this op) vs rala_eager's mixer, weights shared."""
+    torch.manual_seed(0)
+    dt = DTYPES[dtype]
+    eager = get("rala_eager").mixer(dim, heads).to(device)
+    tri = get("rala_triton").mixer(dim, heads).to(device)
+    tri.load_state_dict(eager.state_dict())
+    assert list(tri.state_dict()) == list(eager.state_dict())  # the published key names
+    x64 = torch.randn(2, dim, *grid, dtype=torch.float64, device=device)
+    g64 = torch.randn(2, dim, *grid, dtype=torch.float64, device=device)
+    # tables as the mixer workload builds them (a Rope2d in the run dtype); the truth uses the same
+    # tables in float64, so every error below is the mixer's arithmetic, not the tables' rounding
+    rope = Rope2d(dim // heads).to(device=device, dtype=dt)(grid)
+
+    def run(mixer, mdtype):
+        mixer = mixer.to(mdtype)
+        x = x64.to(mdtype).requires_grad_()
+        y = mixer(x, tuple(t.to(mdtype) for t in rope))
+        dx, dw = torch.autograd.grad(y, (x, mixer.qkvo.weight), g64.to(mdtype))
+        return y, dx, dw
+
+    truth = run(eager, torch.float64)
+    eager.float()
+    ref = run(eager, dt)
+    got = run(tri, dt)
+    for what, a, b, t in zip(("y", "dx", "dqkvo.weight"), got, ref, truth):
+        assert_rule(f"mixer {dtype} {what}", rel_err(a, t), rel_err(b, t))
+
+
+# ------------------------------------------------------------------------------------------------
+# registration, availability, costs, import hygiene
+# ------------------------------------------------------------------------------------------------
+def test_registration_fields_and_bytes():
+    mech = get("rala_triton")
+    assert (mech.family, mech.backend, mech.reference, mech.requires) == ("rala", "triton", "rala_eager", ("triton",))
+    assert set(mech.levels) == {"op", "mixer"}
+    s = Shape(batch=2, heads=3, height=4, width=5, head_dim=64, dim=192)
+    assert mech.bytes(s, level="op", dtype="fp16") == 5 * 2 * 3 * 20 * 64 * 2  # q twice, k, v, out
+    assert mech.flops(s, level="op", pass_="fwd") == get("rala_eager").flops(s, level="op", pass_="fwd")
+
+
+def test_check_reasons(monkeypatch):
+    mech = get("rala_triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert "TRITON_INTERPRET=1" in mech.check("cpu")
+    assert mech.check("cuda") is None
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert mech.check("cpu") is None
+
+
+def test_input_validation():
+    q = torch.randn(1, 1, 6, 30, device=DEVICE)
+    with pytest.raises(ValueError, match="divisible by 4"):
+        rala_triton_op(q, q, q, grid=(2, 3))
+    q = torch.randn(1, 1, 6, 32, device=DEVICE)
+    with pytest.raises(ValueError, match="tokens"):
+        rala_triton_op(q, q, q, grid=(2, 2))
+
+
+def test_importing_mechanisms_does_not_import_triton():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = "import sys, mechanisms; assert 'triton' not in sys.modules, 'triton imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=os.path.dirname(os.path.dirname(__file__)))
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU: fp16 / bf16 (and bigger grids); skipped without CUDA, run by scripts/gpu_check.sh
+# ------------------------------------------------------------------------------------------------
+GPU_CASES = [  # (batch, heads, grid, d, layout)
+    (2, 2, (7, 9), 32, "bhnd"),
+    (2, 3, (1, 1), 64, "bhnd"),
+    (1, 2, (3, 50), 96, "bnhd"),
+    (2, 1, (4, 5), 128, "strided"),
+    (2, 2, (14, 14), 64, "tokens"),
+    (4, 1, (28, 28), 64, "bhnd"),
+    (2, 2, (14, 14), 96, "bhnd"),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("batch,heads,grid,d,layout", GPU_CASES, ids=lambda v: str(v).replace(" ", ""))
+def test_gpu_half_precision(dtype, batch, heads, grid, d, layout):
+    run_case(batch, heads, grid, d, dtype=dtype, layout=layout, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch,heads,grid,d,layout", [GPU_CASES[0], GPU_CASES[2], GPU_CASES[4]],
+                         ids=lambda v: str(v).replace(" ", ""))
+def test_gpu_fp32(batch, heads, grid, d, layout):
+    """fp32 compiled: IEEE dots (no TF32) and the fast in-kernel sin/cos stay within the fp32 rule."""
+    run_case(batch, heads, grid, d, dtype="fp32", layout=layout, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+@pytest.mark.parametrize("rope_kind", ["default", "custom"])
+def test_gpu_rope_tables(dtype, rope_kind):
+    run_case(2, 2, (14, 14), 64, dtype=dtype, rope_kind=rope_kind, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["fp16", "bf16"])
+def test_gpu_mixer(dtype):
+    mixer_level_case(dtype, device="cuda", dim=128, heads=2, grid=(14, 14))
+
+
+@pytest.mark.gpu
+def test_gpu_large_grid_split_n():
+    """Few (b, h), many tokens: the split-N path at a real RAVLT stage-1 size, fp16."""
+    run_case(1, 1, (56, 56), 64, dtype="fp16", device="cuda")
