@@ -81,6 +81,9 @@ class Mechanism:
     # Memory layout the op prefers its (B, h, N, d) inputs in: "bhnd" (contiguous) or "bnhd" (a
     # (B, N, h, d) tensor viewed as (B, h, N, d)); workloads build inputs in it, outside the timed call.
     layout: str = "bhnd"
+    # False where torch's FlopCounterMode must not run the mechanism: it cannot see inside custom
+    # kernels (Triton), and a dispatch mode around torch.compile'd code poisons dynamo's frame cache.
+    flop_counter_safe: bool = True
 
     # -- the interface (DESIGN.md) ---------------------------------------------------------------
     def op(self, q, k, v, *, grid):  # (B, h, N, d) x3 -> (B, h, N, d); grid = (H, W), N = H*W

@@ -305,7 +305,7 @@ class Runner:
                 if median_s:
                     add("achieved_gbps", nbytes / median_s / 1e9, "GB/s", stat="median", note="analytic bytes")
                     self._fraction_rows(add, case, achieved_gbps=nbytes / median_s / 1e9)
-        counted = _count_flops(work.fn)
+        counted = _count_flops(work.fn) if mech.flop_counter_safe else None
         if counted is not None:
             add("flops_counted", float(counted), "FLOP", note="flopcountermode")
 

@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 
+from attnbench import registry
 from attnbench.errors import AttnbenchError
 from attnbench.measure.flops import count_flops
 from attnbench.models.checkpoint import load_checkpoint
@@ -106,7 +107,16 @@ def build_model_workload(
     static = [StaticRow("params", float(count_params(model)), "count", note="model parameters")]
     static += _analytic_rows(model_name, mixer, mixer_late, batch=batch, height=height, width=width, pass_=pass_)
     step = "one training step (forward + backward)" if pass_ == "fwd_bwd" else "forward"
-    static.append(StaticRow("flops_counted", float(count_flops(fn)), "FLOP",
-                            note=f"flopcountermode; {step}, per batch of {batch}"))  # fmt: skip
+    if _counter_safe(mixer) and _counter_safe(mixer_late):  # else no counted row: analytic only
+        static.append(StaticRow("flops_counted", float(count_flops(fn)), "FLOP",
+                                note=f"flopcountermode; {step}, per batch of {batch}"))  # fmt: skip
     h1, w1 = stage_grids(height, width)[0]
     return Workload(fn=fn, items=batch, tokens=batch * h1 * w1, module=model, forward=forward, static=static)
+
+
+def _counter_safe(spec: MixerSpec) -> bool:
+    """Whether FlopCounterMode may run a model with this mixer (see Mechanism.flop_counter_safe)."""
+    if spec is None:
+        return True
+    mech = registry.get(spec) if isinstance(spec, str) else spec
+    return bool(getattr(mech, "flop_counter_safe", True))

@@ -125,6 +125,7 @@ class RalaCompiled(RalaBase):
     """rala_op under torch.compile(dynamic=True); compiled on first use, cached."""
 
     operator = staticmethod(rala_op_compiled)
+    flop_counter_safe = False  # FlopCounterMode around compiled code makes dynamo skip the frame for good
 
     def check(self, device: str | None) -> str | None:
         return compile_unavailable_reason(device)
