@@ -254,13 +254,15 @@ def cmd_env(args) -> int:
 
         console.print(f"probing {device} peaks (copy bandwidth, dense matmul per dtype)...")
         result = peaks.get_or_probe(device, quick=args.quick, refresh=True)
-        table = RichTable(title=f"[bold]measured peaks on {device}[/] (cached: {peaks.cache_path(result['fingerprint'])})",
+        cached = peaks.cache_path(result["fingerprint"])
+        table = RichTable(title=f"[bold]measured peaks on {device}[/] (cached: {cached})",
                           title_justify="left", header_style="bold")  # fmt: skip
         rows = peaks.table_rows(result)
         for col in rows[0]:
             table.add_column(col, overflow="fold")
         for row in rows:
-            table.add_row(*["" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row.values()])
+            cells = ["" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row.values()]
+            table.add_row(*cells)
         console.print(table)
         console.print("runs on this environment now add frac_bandwidth / frac_flops rows")
     return 0
@@ -302,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.set_defaults(func=cmd_compare)
 
     g = sub.add_parser("gate", help="fail (exit 1) when NEW is significantly slower than BASELINE")
-    g.add_argument("baseline", help="results CSV (with its .samples.csv) or pytest-benchmark JSON (--benchmark-save-data)")
+    g.add_argument("baseline",
+                   help="results CSV (with its .samples.csv) or pytest-benchmark JSON (--benchmark-save-data)")
     g.add_argument("new", help="the same kind of file for the new run")
     g.add_argument("--threshold", default="5%", help="slowdown that matters, e.g. 5%% or 0.05 (default 5%%)")
     g.add_argument("--alpha", type=float, default=0.05, help="family-wise significance level (Holm)")

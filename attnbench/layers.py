@@ -12,7 +12,7 @@ weights load and reproduce the published outputs:
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Tuple
+from typing import Callable, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +33,7 @@ def rope_tables(
     width: int,
     head_dim: int,
     *,
-    angle: Optional[Tensor] = None,
+    angle: Tensor | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> RopeTables:
@@ -133,7 +133,7 @@ class TokenMixer(nn.Module):
         else:
             self._operator = operator
 
-    def forward(self, x: Tensor, rope: Optional[RopeTables] = None) -> Tensor:
+    def forward(self, x: Tensor, rope: RopeTables | None = None) -> Tensor:
         _, channels, height, width = x.shape
         t = self.qkvo(x)  # (B, 3C or 4C, H, W)
         qkv = t[:, : 3 * self.dim]

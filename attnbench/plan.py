@@ -117,7 +117,8 @@ def plan(suite: Suite) -> list[Case]:
                                     reason = skip_reason(mech, level=level, device=suite.device, dtype=dtype,
                                                          pass_=pass_, heads=None, dim=None)  # fmt: skip
                                     if reason is None and size % 32:
-                                        reason = f"impossible shape: RAVLT needs an image size divisible by 32, got {size}"
+                                        reason = ("impossible shape: RAVLT needs an image size divisible by 32, "
+                                                  f"got {size}")
                                     cases.append(Case(suite.name, mech.name, mech.family, mech.backend, level,
                                                       model, pass_, suite.device, dtype, batch, size, size,
                                                       None, None, None, tuple(sorted(model_opts.items())),

@@ -141,7 +141,8 @@ class Runner:
 
     # -- one case ----------------------------------------------------------------------------------
     def _row(self, case: Case, started: str, metric: str, value: float | None, unit: str, stat: str = "value",
-             status: str = "ok", message: str = "", note: str = "", source: str = "measured") -> dict[str, Any]:  # fmt: skip
+             status: str = "ok", message: str = "", note: str = "",
+             source: str = "measured") -> dict[str, Any]:  # fmt: skip
         row = case.row_fields()
         row.update(schema_version=SCHEMA_VERSION, run_id=self.run_id, metric=metric, value=value, unit=unit,
                    stat=stat, status=status, message=message, source=source, note=note, env_id=self.env_id,
@@ -163,7 +164,8 @@ class Runner:
             return [self.status_row(case, started, "skipped", case.skip)], {}
         oom_batch = self._oom_at.get(self._oom_key(case))
         if oom_batch is not None and case.batch > oom_batch:
-            return [self.status_row(case, started, "skipped", f"oom_predicted: batch {oom_batch} ran out of memory")], {}
+            message = f"oom_predicted: batch {oom_batch} ran out of memory"
+            return [self.status_row(case, started, "skipped", message)], {}
         pruned = prune_reason(case, self.suite)
         if pruned:
             return [self.status_row(case, started, "skipped", pruned)], {}
@@ -180,7 +182,9 @@ class Runner:
             self._oom_at[key] = min(case.batch, self._oom_at.get(key, case.batch))
         return rows, samples
 
-    def measure_case(self, case: Case, started: str | None = None) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
+    def measure_case(
+        self, case: Case, started: str | None = None
+    ) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
         """Measure one case; any exception becomes a status row (the sweep goes on)."""
         started = started or _now()
         try:
@@ -341,7 +345,8 @@ class Runner:
         from attnbench.models.imagenet import accuracy_rows
 
         try:
-            rows += accuracy_rows(case.variant, data=self.suite.data, checkpoint=spec["path"], ema=spec.get("ema", False),
+            rows += accuracy_rows(case.variant, data=self.suite.data, checkpoint=spec["path"],
+                                  ema=spec.get("ema", False),
                                   image_size=case.height, batch_size=case.batch, device=case.device,
                                   dtype=case.dtype, num_workers=min(4, os.cpu_count() or 1))  # fmt: skip
         except AttnbenchError as exc:

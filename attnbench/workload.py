@@ -8,7 +8,7 @@ the module and the inputs, and returns a `Workload` whose `fn()` does exactly th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -35,8 +35,8 @@ class Workload:
     fn: Callable[[], Any]  # the timed call; returns the output (or grads for fwd_bwd)
     items: int  # items (sequences / images) per call, for throughput
     tokens: int  # tokens per call (batch * N), for tokens_per_s
-    module: Optional[nn.Module] = None  # the module under test (params), if any
-    forward: Optional[Callable[[], torch.Tensor]] = None  # one untimed forward (verify, flop counting)
+    module: nn.Module | None = None  # the module under test (params), if any
+    forward: Callable[[], torch.Tensor] | None = None  # one untimed forward (verify, flop counting)
     static: list[StaticRow] = field(default_factory=list)
 
 

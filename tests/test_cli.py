@@ -78,7 +78,8 @@ def test_faults_become_rows_and_interrupt_resumes_exactly_once(tmp_path):
     out = tmp_path / "faults.csv"
     marker = tmp_path / "interrupt-now"
     marker.write_text("x")
-    first = run_cli("run", str(suite), "--out", str(out), "--no-progress", env={"ATTNBENCH_TEST_INTERRUPT": str(marker)})
+    env = {"ATTNBENCH_TEST_INTERRUPT": str(marker)}
+    first = run_cli("run", str(suite), "--out", str(out), "--no-progress", env=env)
     assert first.returncode == 130, first.stderr
     assert "--resume" in first.stderr and "Traceback" not in first.stderr
     partial = results.load(out)
@@ -110,8 +111,9 @@ def test_cpu_peak_memory_is_per_case(tmp_path):
         metrics: [memory]
         """)
     out_big, out = tmp_path / "big.csv", tmp_path / "small.csv"
-    assert main(["run", str(suite), "--out", str(out_big), "--no-progress", "--set", "options={test_alloc: {mb: 400}}"]) == 0
-    assert main(["run", str(suite), "--out", str(out), "--no-progress", "--set", "options={test_alloc: {mb: 100}}"]) == 0
+    for path, mb in ((out_big, 400), (out, 100)):
+        opts = f"options={{test_alloc: {{mb: {mb}}}}}"
+        assert main(["run", str(suite), "--out", str(path), "--no-progress", "--set", opts]) == 0
     big = results.load(out_big).query("metric == 'peak_memory'")["value"].item()
     small = results.load(out).query("metric == 'peak_memory'")
     assert small["note"].item() == "cpu_profiler_allocated"
@@ -139,7 +141,8 @@ def test_user_errors_exit_2_one_line(args, pattern):
 def test_existing_out_needs_resume(tmp_path, capsys):
     out = tmp_path / "x.csv"
     out.write_text(",".join(results.COLUMNS) + "\n")
-    out.write_text(out.read_text() + "1,r,c,s,m,f,b,op,,fwd,cpu,fp32,1,1,1,1,1,4,4,latency,1.0,ms,median,ok,,measured,,e,t\n")
+    row = "1,r,c,s,m,f,b,op,,fwd,cpu,fp32,1,1,1,1,1,4,4,latency,1.0,ms,median,ok,,measured,,e,t\n"
+    out.write_text(out.read_text() + row)
     assert main(["run", "suites/smoke.yaml", "--out", str(out), "--no-progress"]) == 2
     assert "--resume" in capsys.readouterr().err
 
@@ -183,7 +186,7 @@ def test_fraction_rows_use_cached_peaks(tmp_path, monkeypatch):
     assert main(["run", "suites/smoke.yaml", "--out", str(out), "--no-progress", "--set", "device=cpu",
                  "--set", "mechanisms=[softmax_sdpa]", "--set", "level=op", "--set", "pass=fwd"]) == 0  # fmt: skip
     df = results.load(out)
-    for case_id, rows in df.groupby("case_id"):
+    for _, rows in df.groupby("case_id"):
         value = dict(zip(rows.metric, rows.value))
         assert value["frac_bandwidth"] == pytest.approx(value["achieved_gbps"] / 10.0)
         assert value["frac_flops"] == pytest.approx(value["achieved_tflops"] / 0.5)

@@ -49,7 +49,8 @@ def test_mixer_level_same_weights():
     eager = get("softmax_eager").mixer(64, 2)
     sdpa = get("softmax_sdpa").mixer(64, 2)
     sdpa.load_state_dict(eager.state_dict())
-    assert set(eager.state_dict()) == {"qkvo.weight", "qkvo.bias", "lepe.weight", "lepe.bias", "proj.weight", "proj.bias"}
+    keys = {"qkvo.weight", "qkvo.bias", "lepe.weight", "lepe.bias", "proj.weight", "proj.bias"}
+    assert set(eager.state_dict()) == keys
     x = torch.randn(2, 64, 5, 7)
     rope = Rope2d(32)((5, 7))
     with torch.no_grad():

@@ -104,8 +104,9 @@ def time_fn(
     Repeats continue until at least `policy.min` samples and `policy.min_time_s` of timed work (and,
     with `policy.target_ci`, until the median's 95% CI is that tight), or `policy.max` samples.
     cuda_graph: capture one call into a CUDA graph after warm-up and time its replays (removes
-    launch overhead; the closure must be capturable). Raises CaseTimeout once the wall time since the start passes timeout_s
-    (checked between calls: an in-process call cannot be interrupted; process isolation can).
+    launch overhead; the closure must be capturable).
+    Raises CaseTimeout once the wall time since the start passes timeout_s (checked between calls:
+    an in-process call cannot be interrupted; process isolation can).
     """
     start = time.perf_counter()
 
