@@ -93,7 +93,8 @@ def test_rala_kv_buffer_matches_the_fused_form():
     q, k, v = (torch.randn(2, 2, 48, 16, dtype=torch.float64) for _ in range(3))
     kv = kv_buffer_fn(get("rala_eager"))(q, k, v, grid=(6, 8))
     torch.testing.assert_close(kv, fused_state(q, k, v, grid=(6, 8), block=7)[0], rtol=1e-10, atol=1e-12)
-    assert kv_buffer_fn(get("rala_triton")) is kv_buffer_fn(get("rala_eager"))  # through `reference`
+    for name in ("rala_triton", "rala_compiled"):  # every RALA form reports the same KV state
+        torch.testing.assert_close(kv_buffer_fn(get(name))(q, k, v, grid=(6, 8)), kv)
 
 
 @pytest.mark.parametrize(

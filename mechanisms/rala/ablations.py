@@ -11,10 +11,9 @@ Fan et al., "Breaking the Low-Rank Dilemma of Linear Attention", CVPR 2025 (spec
 
 The operators reuse mechanisms/rala/eager.py (phi, default_rope, rala_op, rala_mixer) unchanged.
 
-KV buffers (attnbench.measure.rank): `rala_kv_buffer` computes spec step 8,
-KV = mean_m R(k~_m) v_m^T (B, h, d, d), from raw q, k, v; each ablation exposes its own through
-`kv_buffer`, and importing this module attaches `rala_kv_buffer` to the registered `rala_eager`
-instance (mechanisms/rala/registrations.py, owned elsewhere, has no KV hook).
+KV buffers (attnbench.measure.rank): `rala_kv_buffer` (registrations.py) computes spec step 8,
+KV = mean_m R(k~_m) v_m^T (B, h, d, d), from raw q, k, v; RalaBase exposes it as `kv_buffer`
+and each ablation overrides it with its own.
 """
 
 from __future__ import annotations
@@ -23,10 +22,10 @@ import torch
 from torch import Tensor
 
 from attnbench.layers import apply_rope
-from attnbench.registry import Mechanism, Shape, get, register_mechanism
+from attnbench.registry import Mechanism, Shape, register_mechanism
 from mechanisms.common import mixer_bytes, pass_factor, shell_flops
 from mechanisms.rala.eager import CITE_RALA, default_rope, phi, rala_mixer, rala_op
-from mechanisms.rala.registrations import RalaBase, rala_core_flops
+from mechanisms.rala.registrations import RalaBase, rala_core_flops, rala_kv_buffer
 
 
 def _check_grid(grid, n: int) -> None:
@@ -40,22 +39,6 @@ def identity_rope(n: int, head_dim: int, like: Tensor) -> tuple[Tensor, Tensor]:
     return sin, torch.ones_like(sin)
 
 
-def rala_kv_buffer(q: Tensor, k: Tensor, v: Tensor, *, grid, rope=None, query_aware: bool = True) -> Tensor:
-    """RALA's KV (spec step 8) from raw q, k, v (B, h, N, d): mean_m R(k~_m) v_m^T, (B, h, d, d).
-
-    k~_m = phi(k_m) alpha_m N with alpha = softmax_m(d^-0.5 mean_n phi(q_n) . phi(k_m)), or
-    k~ = phi(k) when query_aware is False. rope: (sin, cos) tables, None builds the default ones.
-    """
-    n = q.shape[-2]
-    _check_grid(grid, n)
-    sin, cos = rope if rope is not None else default_rope(grid, q.shape[-1], q)
-    k = phi(k)  # (B, h, N, d)
-    if query_aware:
-        q_mean = phi(q).mean(dim=-2, keepdim=True)  # (B, h, 1, d)
-        alpha = torch.softmax(q.shape[-1] ** -0.5 * q_mean @ k.transpose(-1, -2), dim=-1).transpose(-1, -2)
-        k = k * alpha * n  # (B, h, N, d)
-    k_rope = apply_rope(k, sin, cos)
-    return (k_rope.transpose(-2, -1) * n**-0.5) @ (v * n**-0.5)
 
 
 def rala_no_qaware_op(q: Tensor, k: Tensor, v: Tensor, *, grid, rope=None) -> Tensor:
@@ -126,12 +109,3 @@ class RalaNoGate(Mechanism):
             raise ValueError(f"rala_no_gate is mixer-only: no bytes for level {level!r}")
         return mixer_bytes(s, dtype, gate=False)
 
-
-def _attach_rala_eager_kv_buffer() -> None:
-    """Give the registered rala_eager its spec KV buffer unless its owner has defined one."""
-    mech = get("rala_eager")
-    if getattr(mech, "kv_buffer", None) is None:
-        mech.kv_buffer = rala_kv_buffer
-
-
-_attach_rala_eager_kv_buffer()

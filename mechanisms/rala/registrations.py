@@ -20,9 +20,13 @@ mixer (read x and the weights once, write y once; `mixer_bytes`), so mixers comp
 
 from __future__ import annotations
 
+import torch
+from torch import Tensor
+
+from attnbench.layers import apply_rope
 from attnbench.registry import Mechanism, Shape, register_mechanism
 from mechanisms.common import mixer_bytes, op_bytes, pass_factor, shell_flops
-from mechanisms.rala.eager import CITE_RALA, rala_mixer, rala_op
+from mechanisms.rala.eager import CITE_RALA, default_rope, phi, rala_mixer, rala_op
 
 # the operator reads q twice (qbar pass + output pass), k and v once, writes the output once
 RALA_OP_READS = 4
@@ -35,6 +39,25 @@ def rala_core_flops(s: Shape) -> float:
     return 2.0 * bhn * (2 * d * d + 2 * d)
 
 
+def rala_kv_buffer(q: Tensor, k: Tensor, v: Tensor, *, grid, rope=None, query_aware: bool = True) -> Tensor:
+    """RALA's KV (spec step 8) from raw q, k, v (B, h, N, d): mean_m R(k~_m) v_m^T, (B, h, d, d).
+
+    k~_m = phi(k_m) alpha_m N with alpha = softmax_m(d^-0.5 mean_n phi(q_n) . phi(k_m)), or
+    k~ = phi(k) when query_aware is False. rope: (sin, cos) tables, None builds the default ones.
+    """
+    n = q.shape[-2]
+    if grid[0] * grid[1] != n:
+        raise ValueError(f"grid {tuple(grid)} has {grid[0] * grid[1]} tokens but the inputs have {n}")
+    sin, cos = rope if rope is not None else default_rope(grid, q.shape[-1], q)
+    k = phi(k)  # (B, h, N, d)
+    if query_aware:
+        q_mean = phi(q).mean(dim=-2, keepdim=True)  # (B, h, 1, d)
+        alpha = torch.softmax(q.shape[-1] ** -0.5 * q_mean @ k.transpose(-1, -2), dim=-1).transpose(-1, -2)
+        k = k * alpha * n  # (B, h, N, d)
+    k_rope = apply_rope(k, sin, cos)
+    return (k_rope.transpose(-2, -1) * n**-0.5) @ (v * n**-0.5)
+
+
 class RalaBase(Mechanism):
     """Shared op/mixer/costs for RALA forms; subclasses set `operator`."""
 
@@ -45,6 +68,10 @@ class RalaBase(Mechanism):
 
     def mixer(self, dim, num_heads, **options):
         return rala_mixer(dim, num_heads, type(self).operator, **options)
+
+    def kv_buffer(self, q, k, v, *, grid, rope=None):
+        """The KV state (B, h, d, d) the operator builds (for the rank metrics)."""
+        return rala_kv_buffer(q, k, v, grid=grid, rope=rope)
 
     def flops(self, s: Shape, *, level: str, pass_: str) -> float:
         core = rala_core_flops(s) * pass_factor(pass_)
