@@ -190,3 +190,29 @@ def test_fraction_rows_use_cached_peaks(tmp_path, monkeypatch):
         value = dict(zip(rows.metric, rows.value))
         assert value["frac_bandwidth"] == pytest.approx(value["achieved_gbps"] / 10.0)
         assert value["frac_flops"] == pytest.approx(value["achieved_tflops"] / 0.5)
+
+
+def test_gate_fails_a_deliberately_slowed_mechanism(tmp_path, monkeypatch):
+    """Baseline vs a run where one mechanism is slowed by ~1 ms per call: gate exits 1 naming it;
+    the baseline against itself passes (exit 0)."""
+    suite = write_suite(tmp_path, f"""\
+        name: gate
+        plugins: [{REPO / "tests" / "plugins" / "slowable.py"}]
+        mechanisms: [test_slowable]
+        level: op
+        dim: 16
+        resolution: [4, 6]
+        device: cpu
+        verify: false
+        warmup: 1
+        repeats: {{min: 20, max: 20, min_time_s: 0}}
+        metrics: [latency]
+        """)
+    base, slow = tmp_path / "base.csv", tmp_path / "slow.csv"
+    monkeypatch.setenv("ATTNBENCH_TEST_SLOWDOWN_MS", "0.5")
+    assert main(["run", str(suite), "--out", str(base), "--no-progress"]) == 0
+    monkeypatch.setenv("ATTNBENCH_TEST_SLOWDOWN_MS", "2.0")
+    assert main(["run", str(suite), "--out", str(slow), "--no-progress"]) == 0
+    assert main(["gate", str(base), str(slow), "--threshold", "10%"]) == 1
+    assert main(["gate", str(base), str(base)]) == 0
+    assert main(["gate", str(base), str(tmp_path / "missing.csv")]) == 2
