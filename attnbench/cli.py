@@ -168,6 +168,9 @@ def _load_many(paths: list[str]):
     from attnbench import results
 
     frames, samples = [], []
+    # a shell glob such as results/run-*.csv also matches the companion samples file: map it back
+    paths = list(dict.fromkeys(p[: -len(".samples.csv")] + ".csv" if p.endswith(".samples.csv") else p
+                               for p in paths))  # fmt: skip
     for path in paths:
         frames.append(results.load(path))
         if results.companion(path, "samples.csv").exists():

@@ -262,7 +262,7 @@ def plot_vs_tokens(df: pd.DataFrame, out_dir: str | Path, metric: str = "latency
     if vals.empty:
         return []
     scale, unit = analysis.display_scale(metric, str(vals["unit"].iloc[0]))
-    colours = _colours(df)
+    styles = _styles(df)
     paths = []
     for key, g in vals.groupby(list(CURVE_KEYS), sort=False, dropna=False):
         if g["tokens"].nunique() < 2:
@@ -276,11 +276,11 @@ def plot_vs_tokens(df: pd.DataFrame, out_dir: str | Path, metric: str = "latency
             keep = n >= (min_tokens or 0)
             fit = analysis.fit_power_law(n[keep], y[keep]) if np.unique(n[keep]).size >= 2 else None
             label = mech + (rf" ($\propto N^{{{fit.exponent:.2f}}}$)" if fit else "")
-            ax.errorbar(n, y, yerr=np.where(np.isfinite(err), np.clip(err, 0, None), 0), marker="o", ms=4,
-                        capsize=3, label=label, color=colours[mech])  # fmt: skip
+            ax.errorbar(n, y, yerr=np.where(np.isfinite(err), np.clip(err, 0, None), 0), ms=4, capsize=3,
+                        label=label, **styles[mech])  # fmt: skip
             if fit:
                 xs = np.geomspace(n[keep].min(), n[keep].max(), 50)
-                ax.plot(xs, fit.prefactor * xs**fit.exponent, "--", lw=1, alpha=0.6, color=colours[mech])
+                ax.plot(xs, fit.prefactor * xs**fit.exponent, "--", lw=1, alpha=0.6, color=styles[mech]["color"])
         _axes(ax, f"{metric.replace('_', ' ')} ({unit})", analysis.group_label(group))
         paths += _save(fig, Path(out_dir), f"{metric}-{group_slug(group)}", formats)
     return paths
@@ -290,7 +290,7 @@ def plot_speedup(df: pd.DataFrame, out_dir: str | Path, baseline: str, *, sample
                  formats: Sequence[str] = ("png", "pdf")) -> list[Path]:  # fmt: skip
     """Per group, speedup vs `baseline` (baseline / mechanism latency) against tokens, with its interval."""
     sp = analysis.speedup(df, baseline, samples=samples)
-    colours = _colours(df)
+    styles = _styles(df)
     paths = []
     for key, g in sp.groupby(list(CURVE_KEYS), sort=False, dropna=False):
         if g["tokens"].nunique() < 2:
@@ -303,15 +303,21 @@ def plot_speedup(df: pd.DataFrame, out_dir: str | Path, baseline: str, *, sample
             y = m["speedup"].to_numpy(float)
             err = np.vstack([y - m["low"].to_numpy(float), m["high"].to_numpy(float) - y])
             ax.errorbar(m["tokens"].to_numpy(float), y, yerr=np.where(np.isfinite(err), np.clip(err, 0, None), 0),
-                        marker="o", ms=4, capsize=3, label=mech, color=colours[mech])  # fmt: skip
+                        ms=4, capsize=3, label=mech, **styles[mech])  # fmt: skip
         _axes(ax, f"speedup vs {baseline} (×, >1 faster)", analysis.group_label(group))
         paths += _save(fig, Path(out_dir), f"speedup-vs-{baseline}-{group_slug(group)}", formats)
     return paths
 
 
-def _colours(df: pd.DataFrame) -> dict[str, str]:
-    """One colour per mechanism (order of first appearance), the same in every figure of a report."""
-    return {m: f"C{i % 10}" for i, m in enumerate(dict.fromkeys(df["mechanism"]))}
+_MARKERS = ("o", "s", "^", "D", "v")
+_LINES = ("-", "-.", ":", "--", (0, (3, 1, 1, 1)))
+
+
+def _styles(df: pd.DataFrame) -> dict[str, dict]:
+    """One style per mechanism (order of first appearance), the same in every figure of a report:
+    10 colours, then a new marker and line style for each further 10, so no two mechanisms look alike."""
+    return {m: {"color": f"C{i % 10}", "marker": _MARKERS[(i // 10) % 5], "ls": _LINES[(i // 10) % 5]}
+            for i, m in enumerate(dict.fromkeys(df["mechanism"]))}  # fmt: skip
 
 
 def _axes(ax, ylabel: str, title: str) -> None:
