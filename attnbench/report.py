@@ -105,6 +105,13 @@ def summary_tables(df: pd.DataFrame) -> list[Table]:
     return tables
 
 
+def _convention(note: str) -> str:
+    """The short convention label at the head of a note (`macs_no_attn; per batch of 2` ->
+    ` (macs_no_attn)`); long descriptive notes (inputs, tolerances) stay out of column names."""
+    head = note.split(";")[0].strip() if note else ""
+    return f" ({head})" if head and len(head) <= 24 else ""
+
+
 def metric_tables(df: pd.DataFrame, metrics: tuple[str, ...]) -> list[Table]:
     """Single-valued metrics (params, macs, ranks, accuracy, ...) as mechanism/variant x metric tables."""
     sel = df[df["metric"].isin(metrics) & (df["status"] == "ok")]
@@ -112,7 +119,7 @@ def metric_tables(df: pd.DataFrame, metrics: tuple[str, ...]) -> list[Table]:
         return []
     sel = sel.assign(
         who=sel["mechanism"] + sel["variant"].map(lambda v: f" [{v}]" if v else ""),
-        col=sel["metric"] + sel["note"].map(lambda n: f" ({n})" if n else "") + sel["source"].map(
+        col=sel["metric"] + sel["note"].map(_convention) + sel["source"].map(
             lambda s: " reported" if s == "reported" else ""),
         shape=sel.apply(_shape_label, axis=1),
     )
