@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table as RichTable
 
@@ -26,11 +27,12 @@ err_console = Console(stderr=True)
 # -- rendering --------------------------------------------------------------------------------------
 def render_table(title: str, frame, index_name: str = "mechanism") -> RichTable:
     table = RichTable(title=f"[bold]{title}[/]", title_justify="left", header_style="bold", min_width=len(title))
-    table.add_column(index_name, style="cyan", no_wrap=True)
+    widest = max([len(str(i)) for i in frame.index] + [len(index_name)])
+    table.add_column(index_name, style="cyan", no_wrap=True, min_width=min(widest, 40))
     for col in frame.columns:
-        table.add_column(str(col), justify="right")
-    for idx, row in frame.iterrows():
-        table.add_row(str(idx), *[str(v) for v in row.tolist()])
+        table.add_column(escape(str(col)), justify="right")
+    for idx, row in frame.iterrows():  # cells are data, not rich markup ("[ravlt_t@224]" must survive)
+        table.add_row(escape(str(idx)), *[escape(str(v)) for v in row.tolist()])
     return table
 
 
@@ -50,7 +52,7 @@ def print_report(df, out: Console = console) -> None:
         for col in probs.columns:
             table.add_column(col, overflow="fold")
         for _, row in probs.iterrows():
-            table.add_row(*[str(v) for v in row.tolist()])
+            table.add_row(*[escape(str(v)) for v in row.tolist()])
         out.print(table)
     counts = report.status_counts(df)
     out.print("cases: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
@@ -156,7 +158,7 @@ def cmd_list(args) -> int:
         ok, reason = mech.available(device)
         n_ok += ok
         table.add_row(name, mech.family, mech.backend, ",".join(mech.levels), ",".join(mech.dtypes),
-                      "[green]yes[/]" if ok else f"[red]no[/]: {reason}")  # fmt: skip
+                      "[green]yes[/]" if ok else f"[red]no[/]: {escape(reason)}")  # fmt: skip
     console.print(table)
     console.print(f"{n_ok} of {len(names)} available on {device}")
     return 0
@@ -237,7 +239,7 @@ def cmd_gate(args) -> int:
             table.add_column(col, overflow="fold")
         for row in rows:
             style = colours.get(row.get("verdict", ""))
-            table.add_row(*[str(v) for v in row.values()], style=style)
+            table.add_row(*[escape(str(v)) for v in row.values()], style=style)
         console.print(table)
     for note in result.notes:
         console.print(f"note: {note}")
@@ -265,7 +267,7 @@ def cmd_env(args) -> int:
             table.add_column(col, overflow="fold")
         for row in rows:
             cells = ["" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row.values()]
-            table.add_row(*cells)
+            table.add_row(*[escape(c) for c in cells])
         console.print(table)
         console.print("runs on this environment now add frac_bandwidth / frac_flops rows")
     return 0

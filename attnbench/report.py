@@ -113,21 +113,30 @@ def _convention(note: str) -> str:
 
 
 def metric_tables(df: pd.DataFrame, metrics: tuple[str, ...]) -> list[Table]:
-    """Single-valued metrics (params, macs, ranks, accuracy, ...) as mechanism/variant x metric tables."""
+    """Single-valued metrics (params, macs, ranks, accuracy, ...): one table per (level, pass, dtype,
+    batch), rows mechanism [model]@size (model level) or mechanism (op/mixer, one table per shape).
+    Counts (FLOPs, MACs) are per timed call, i.e. for the whole batch."""
     sel = df[df["metric"].isin(metrics) & (df["status"] == "ok")]
     if sel.empty:
         return []
     sel = sel.assign(
-        who=sel["mechanism"] + sel["variant"].map(lambda v: f" [{v}]" if v else ""),
         col=sel["metric"] + sel["note"].map(_convention) + sel["source"].map(
             lambda s: " reported" if s == "reported" else ""),
         shape=sel.apply(_shape_label, axis=1),
     )
+    sel = sel.assign(who=sel["mechanism"] + sel.apply(
+        lambda r: f" [{r['shape']}]" if r["level"] == "model" else "", axis=1))  # fmt: skip
+    keys = ["level", "pass", "dtype", "batch"]
     tables = []
-    for (level, shape), group in sel.groupby(["level", "shape"], sort=False):
-        frame = group.pivot_table(index="who", columns="col", values="value", aggfunc="first")
+    for key, group in sel.groupby(keys + ["shape"] if (sel["level"] != "model").any() else keys, sort=False):
+        level, pass_, dtype, batch = key[:4]
+        where = f" — {key[4]}" if len(key) > 4 and level != "model" else ""
+        frame = group.pivot_table(index="who", columns="col", values="value", aggfunc="first", sort=False)
         frame = frame.map(lambda v: "" if pd.isna(v) else f"{v:.4g}")
-        tables.append(Table(f"{level} metrics — {shape}", frame))
+        title = f"{level} metrics — {pass_} {dtype} batch {batch}{where}"
+        if level == "model":
+            title += " (counts per batch)"
+        tables.append(Table(title, frame))
     return tables
 
 

@@ -232,6 +232,10 @@ class Runner:
             static += self._rank_rows(case)
         if "accuracy" in suite.metrics:
             static += self._accuracy_rows(case)
+        elif case.level == "model":  # the paper's accuracy beside the costs (source=reported, cited)
+            from attnbench.models.reported import reported_rows
+
+            static += reported_rows(case.variant)
         timing = {"latency", "memory", "flops"} & set(suite.metrics)
         median_s = None
         if timing and suite.verify and case.level in ("op", "mixer"):
