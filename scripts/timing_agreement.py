@@ -7,7 +7,7 @@ latency with attnbench.measure.timing.time_fn and with torch.utils.benchmark.Tim
 both alike. Prints each pair and the relative difference; exits 1 if any differs by more than
 --tolerance (default 5%). A benchmark script, not a unit test: run it on a quiet machine.
 
-    python scripts/timing_agreement.py [--threads N] [--tolerance 0.05] [--rounds 3]
+    python scripts/timing_agreement.py [--threads N] [--tolerance 0.05] [--rounds 5] [--min-time 1.5]
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--tolerance", type=float, default=0.05)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--min-time", type=float, default=1.0, help="seconds of timed work per measurement")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--min-time", type=float, default=1.5, help="seconds of timed work per measurement")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     registry.load_builtin()
