@@ -56,3 +56,24 @@ def mixer_bytes(s: Shape, dtype: str, *, gate: bool = True, lepe: bool = True) -
     """Minimum traffic of a whole mixer: read x once, read the weights once, write y once."""
     activations = 2 * s.batch * s.tokens * s.dim
     return float((activations + shell_params(s.dim, gate=gate, lepe=lepe)) * DTYPE_BYTES[dtype])
+
+
+def level_flops(s: Shape, *, level: str, pass_: str, core_fwd: float, core_fwd_bwd: float = MATMUL_FWD_BWD,
+                gate: bool = True, lepe: bool = True) -> float:  # fmt: skip
+    """FLOPs at op level (the attention core) or mixer level (core + the shell's convs), with the
+    core's own fwd_bwd multiplier (softmax: 3.5) and the matmul one (3) for the shell."""
+    core = core_fwd * pass_factor(pass_, core_fwd_bwd)
+    if level == "op":
+        return core
+    if level == "mixer":
+        return core + shell_flops(s, gate=gate, lepe=lepe) * pass_factor(pass_)
+    raise ValueError(f"no analytic FLOPs for level {level!r}")
+
+
+def level_bytes(s: Shape, *, level: str, dtype: str, reads: int = 3, writes: int = 1) -> float:
+    """Minimum traffic at op level (`reads` inputs, `writes` outputs) or mixer level (x, weights, y)."""
+    if level == "op":
+        return op_bytes(s, dtype, reads=reads, writes=writes)
+    if level == "mixer":
+        return mixer_bytes(s, dtype)
+    raise ValueError(f"no analytic bytes for level {level!r}")

@@ -43,13 +43,7 @@ from torch import Tensor
 from attnbench.errors import MechanismUnavailable
 from attnbench.layers import TokenMixer, apply_rope
 from attnbench.registry import Mechanism, Shape, register_mechanism
-from mechanisms.common import (
-    SOFTMAX_CORE_FWD_BWD,
-    mixer_bytes,
-    op_bytes,
-    pass_factor,
-    shell_flops,
-)
+from mechanisms.common import SOFTMAX_CORE_FWD_BWD, level_bytes, level_flops
 
 CITE_ATTN = "Vaswani et al., Attention Is All You Need, NeurIPS 2017"
 CITE_FA2 = "Dao, FlashAttention-2, ICLR 2024"
@@ -88,19 +82,11 @@ class SoftmaxBase(Mechanism):
         return TokenMixer(dim, num_heads, operator)
 
     def flops(self, s: Shape, *, level: str, pass_: str) -> float:
-        core = 4.0 * s.batch * s.heads * s.tokens**2 * s.head_dim * pass_factor(pass_, SOFTMAX_CORE_FWD_BWD)
-        if level == "op":
-            return core
-        if level == "mixer":
-            return core + shell_flops(s) * pass_factor(pass_)
-        raise ValueError(f"no analytic FLOPs for level {level!r}")
+        core = 4.0 * s.batch * s.heads * s.tokens**2 * s.head_dim
+        return level_flops(s, level=level, pass_=pass_, core_fwd=core, core_fwd_bwd=SOFTMAX_CORE_FWD_BWD)
 
     def bytes(self, s: Shape, *, level: str, dtype: str) -> float:
-        if level == "op":
-            return op_bytes(s, dtype)
-        if level == "mixer":
-            return mixer_bytes(s, dtype)
-        raise ValueError(f"no analytic bytes for level {level!r}")
+        return level_bytes(s, level=level, dtype=dtype)
 
     def off_device_reason(self, device_type: str) -> str:
         """Why this registration does not run on `device_type` (a device not in `devices`)."""

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from attnbench.layers import apply_rope
 from attnbench.registry import Mechanism, Shape, register_mechanism
-from mechanisms.common import mixer_bytes, op_bytes, pass_factor, shell_flops
+from mechanisms.common import level_bytes, level_flops
 from mechanisms.rala.eager import CITE_RALA, default_rope, phi, rala_mixer, rala_op
 
 # the operator reads q twice (qbar pass + output pass), k and v once, writes the output once
@@ -74,19 +74,10 @@ class RalaBase(Mechanism):
         return rala_kv_buffer(q, k, v, grid=grid, rope=rope)
 
     def flops(self, s: Shape, *, level: str, pass_: str) -> float:
-        core = rala_core_flops(s) * pass_factor(pass_)
-        if level == "op":
-            return core
-        if level == "mixer":
-            return core + shell_flops(s) * pass_factor(pass_)
-        raise ValueError(f"no analytic FLOPs for level {level!r}")
+        return level_flops(s, level=level, pass_=pass_, core_fwd=rala_core_flops(s))
 
     def bytes(self, s: Shape, *, level: str, dtype: str) -> float:
-        if level == "op":
-            return op_bytes(s, dtype, reads=RALA_OP_READS, writes=RALA_OP_WRITES)
-        if level == "mixer":
-            return mixer_bytes(s, dtype)
-        raise ValueError(f"no analytic bytes for level {level!r}")
+        return level_bytes(s, level=level, dtype=dtype, reads=RALA_OP_READS, writes=RALA_OP_WRITES)
 
 
 @register_mechanism("rala_eager", family="rala", backend="torch", reference=None, cite=CITE_RALA)
