@@ -42,7 +42,7 @@ from torch import Tensor
 
 from attnbench.errors import MechanismUnavailable
 from attnbench.layers import TokenMixer, apply_rope
-from attnbench.registry import Mechanism, Shape, register_mechanism
+from attnbench.registry import DTYPE_BYTES, Mechanism, Shape, register_mechanism
 from mechanisms.common import SOFTMAX_CORE_FWD_BWD, level_bytes, level_flops
 
 CITE_ATTN = "Vaswani et al., Attention Is All You Need, NeurIPS 2017"
@@ -100,8 +100,18 @@ class SoftmaxBase(Mechanism):
         return super()._availability(device)
 
 
+class MaterialisedScores:
+    """Mixin for implementations that materialise the (B, h, N, N) score matrix: its memory, used
+    by the runner to predict (and prune) cases that cannot fit."""
+
+    def workspace_bytes(self, s: Shape, *, level: str, dtype: str, pass_: str) -> float:
+        # fwd: scores and probabilities; fwd_bwd adds the saved probabilities' gradient
+        copies = 2 if pass_ == "fwd" else 3
+        return float(copies * s.batch * s.heads * s.tokens**2 * DTYPE_BYTES[dtype])
+
+
 @register_mechanism("softmax_eager", family="softmax", backend="torch", reference=None, cite=CITE_ATTN)
-class SoftmaxEager(SoftmaxBase):
+class SoftmaxEager(MaterialisedScores, SoftmaxBase):
     """Matmul-softmax-matmul in plain PyTorch; materialises the (B, h, N, N) scores."""
 
     def attend(self, q, k, v):
@@ -249,7 +259,7 @@ class SoftmaxSdpaEfficient(SoftmaxSdpaPinned):
 
 @register_mechanism("softmax_sdpa_math", family="softmax", backend="torch-sdpa-math", reference="softmax_eager",
                     devices=("cpu", "cuda"), cite=CITE_ATTN)  # fmt: skip
-class SoftmaxSdpaMath(SoftmaxSdpaPinned):
+class SoftmaxSdpaMath(MaterialisedScores, SoftmaxSdpaPinned):
     """SDPA pinned to its math backend: the unfused composite (matmul, softmax, matmul), any device."""
 
     sdpa_backend = "math"

@@ -173,3 +173,28 @@ def test_sigkill_then_resume_each_case_once(tmp_path):
     rows = case_status(results.load(out, dedupe=False))
     assert len(rows) == 42 and rows.case_id.is_unique
     assert (rows.status == "ok").all()
+
+
+def test_prediction_counts_materialised_scores(tmp_path):
+    """softmax_eager's N x N scores count toward the predicted memory; SDPA's minimum traffic does not
+    include them, so at the same shape only the eager case is pruned."""
+    from attnbench.plan import plan
+    from attnbench.runner import predicted_bytes, prune_reason
+    from attnbench.suite import load_suite
+
+    suite = write_suite(tmp_path, """\
+        name: prune2
+        mechanisms: [softmax_eager, softmax_sdpa]
+        level: op
+        dim: 64
+        heads: 1
+        resolution: 128
+        batch: 1
+        device: cpu
+        memory_limit_gb: 1
+        """)
+    eager, sdpa = plan(load_suite(suite))
+    n = 128 * 128
+    assert predicted_bytes(eager) == 4 * n * 64 * 4 + 2 * n * n * 4  # q, k, v, out + scores and probabilities
+    assert prune_reason(eager, load_suite(suite)).startswith("pruned: predicted 2.0 GiB")
+    assert prune_reason(sdpa, load_suite(suite)) is None
