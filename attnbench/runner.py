@@ -22,7 +22,7 @@ import torch
 from attnbench import registry
 from attnbench.errors import AttnbenchError, MechanismUnavailable
 from attnbench.measure.env import env_id as make_env_id
-from attnbench.measure.env import fingerprint
+from attnbench.measure.env import fingerprint, gpu_telemetry
 from attnbench.measure.memory import peak_memory
 from attnbench.measure.timing import CaseTimeout, RepeatPolicy, summarize, time_fn
 from attnbench.plan import Case, plan
@@ -266,6 +266,9 @@ class Runner:
                 median_s = stats["median"] / 1e3
                 add("throughput", work.items / median_s, "items/s", stat="median")
                 add("tokens_per_s", work.tokens / median_s, "tokens/s", stat="median")
+            if median_s and case.device == "cuda":  # clocks/power/temperature right after the timed repeats
+                for metric, (value, unit) in gpu_telemetry().items():
+                    add(metric, value, unit, note="nvidia-smi, read after the timed repeats")
             if "memory" in suite.metrics:
                 peak, note = peak_memory(work.fn, case.device)
                 add("peak_memory", float(peak), "B", note=note)

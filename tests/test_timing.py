@@ -56,3 +56,13 @@ def test_cuda_timer_agrees_with_triton_do_bench_and_torch_benchmark():
     torch_s = tub.Timer(stmt="fn(); torch.cuda.synchronize()", globals={"fn": fn, "torch": torch}) \
         .blocked_autorange(min_run_time=1.0).median  # fmt: skip
     assert ours_warm == pytest.approx(torch_s, rel=0.10)
+
+
+def test_gpu_telemetry_parsing():
+    from attnbench.measure.env import parse_telemetry
+
+    got = parse_telemetry("1980, 2619, 312.45, 61")
+    assert got == {"gpu_clock_mhz": (1980.0, "MHz"), "gpu_mem_clock_mhz": (2619.0, "MHz"),
+                   "gpu_power_w": (312.45, "W"), "gpu_temp_c": (61.0, "C")}  # fmt: skip
+    assert parse_telemetry("1980, [N/A], [Not Supported], 40") == {"gpu_clock_mhz": (1980.0, "MHz"),
+                                                                    "gpu_temp_c": (40.0, "C")}  # fmt: skip

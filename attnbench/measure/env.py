@@ -110,6 +110,40 @@ def _nvidia_smi(field: str) -> str | None:
 VOLATILE = ("load_average_1m",)
 
 
+TELEMETRY_FIELDS = (  # nvidia-smi query field -> (metric, unit)
+    ("clocks.sm", "gpu_clock_mhz", "MHz"),
+    ("clocks.mem", "gpu_mem_clock_mhz", "MHz"),
+    ("power.draw", "gpu_power_w", "W"),
+    ("temperature.gpu", "gpu_temp_c", "C"),
+)
+
+
+def parse_telemetry(line: str) -> dict[str, tuple[float, str]]:
+    """One `nvidia-smi --format=csv,noheader,nounits` line -> {metric: (value, unit)}; fields that
+    read "[N/A]" or "[Not Supported]" are left out."""
+    out: dict[str, tuple[float, str]] = {}
+    for (_, metric, unit), text in zip(TELEMETRY_FIELDS, line.split(",")):
+        try:
+            out[metric] = (float(text.strip()), unit)
+        except ValueError:
+            continue
+    return out
+
+
+def gpu_telemetry(index: int | None = None) -> dict[str, tuple[float, str]]:
+    """SM/memory clocks, power draw and temperature of the current GPU, when nvidia-smi can read them."""
+    if index is None:
+        index = torch.cuda.current_device() if torch.cuda.is_available() else 0
+    query = ",".join(f for f, _, _ in TELEMETRY_FIELDS)
+    try:
+        res = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits", "-i", str(index)],
+                             capture_output=True, text=True, timeout=10)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    lines = res.stdout.strip().splitlines()
+    return parse_telemetry(lines[0]) if res.returncode == 0 and lines else {}
+
+
 def env_id(fp: dict[str, Any]) -> str:
     """Short stable hash of a fingerprint (volatile readings such as the load average excluded)."""
     stable = {k: v for k, v in fp.items() if k not in VOLATILE}
