@@ -296,9 +296,8 @@ class Runner:
     def _cost_rows(self, case: Case, work: Workload, median_s: float | None, add) -> None:
         mech = registry.get(case.mechanism)
         shape = Shape(case.batch, case.heads, case.height, case.width, case.head_dim, case.dim)
-        opts = case.options_dict  # mechanisms with hyper-parameters take them as keywords in their costs too
         try:
-            flops = float(mech.flops(shape, level=case.level, pass_=case.pass_, **opts))
+            flops = float(_with_options(mech.flops, case.options_dict)(shape, level=case.level, pass_=case.pass_))
         except NotImplementedError:
             flops = None
         if flops is not None:
@@ -308,7 +307,7 @@ class Runner:
                 self._fraction_rows(add, case, achieved_tflops=flops / median_s / 1e12)
         if case.pass_ == "fwd":
             try:
-                nbytes = float(mech.bytes(shape, level=case.level, dtype=case.dtype, **opts))
+                nbytes = float(_with_options(mech.bytes, case.options_dict)(shape, level=case.level, dtype=case.dtype))
             except NotImplementedError:
                 nbytes = None
             if nbytes is not None:
@@ -367,6 +366,20 @@ class _Partial(AttnbenchError):
     def __init__(self, rows: list[StaticRow], message: str):
         super().__init__(message)
         self.rows = rows
+
+
+def _with_options(cost_fn, options: dict[str, Any]):
+    """`cost_fn` with the case's options bound as keywords, those it accepts: mechanisms with
+    hyper-parameters (performer features, gate=False shells) take them in flops()/bytes()."""
+    import functools
+    import inspect
+
+    if not options:
+        return cost_fn
+    params = inspect.signature(cost_fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return functools.partial(cost_fn, **options)
+    return functools.partial(cost_fn, **{k: v for k, v in options.items() if k in params})
 
 
 def _cached_peaks(device: str, fp: dict[str, Any]) -> dict[str, Any] | None:

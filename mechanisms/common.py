@@ -70,10 +70,11 @@ def level_flops(s: Shape, *, level: str, pass_: str, core_fwd: float, core_fwd_b
     raise ValueError(f"no analytic FLOPs for level {level!r}")
 
 
-def level_bytes(s: Shape, *, level: str, dtype: str, reads: int = 3, writes: int = 1) -> float:
+def level_bytes(s: Shape, *, level: str, dtype: str, reads: int = 3, writes: int = 1, gate: bool = True,
+                lepe: bool = True) -> float:  # fmt: skip
     """Minimum traffic at op level (`reads` inputs, `writes` outputs) or mixer level (x, weights, y)."""
     if level == "op":
         return op_bytes(s, dtype, reads=reads, writes=writes)
     if level == "mixer":
-        return mixer_bytes(s, dtype)
+        return mixer_bytes(s, dtype, gate=gate, lepe=lepe)
     raise ValueError(f"no analytic bytes for level {level!r}")

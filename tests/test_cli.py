@@ -216,3 +216,19 @@ def test_gate_fails_a_deliberately_slowed_mechanism(tmp_path, monkeypatch):
     assert main(["gate", str(base), str(slow), "--threshold", "10%"]) == 1
     assert main(["gate", str(base), str(base)]) == 0
     assert main(["gate", str(base), str(tmp_path / "missing.csv")]) == 2
+
+
+def test_shell_options_reach_mixer_costs(tmp_path):
+    """`options: {rala_eager: {gate: false}}` builds a 3C qkvo and the analytic FLOPs follow it
+    (equal to FlopCounterMode's count), instead of failing or ignoring the option."""
+    out = tmp_path / "opts.csv"
+    assert main(["run", "suites/smoke.yaml", "--out", str(out), "--no-progress", "--set", "device=cpu",
+                 "--set", "mechanisms=[rala_eager]", "--set", "level=mixer", "--set", "pass=fwd",
+                 "--set", "options={rala_eager: {gate: false}}"]) == 0  # fmt: skip
+    df = results.load(out)
+    assert (df.status == "ok").all()
+    for _, rows in df.groupby("case_id"):
+        value = dict(zip(rows.metric, rows.value))
+        assert value["flops"] == value["flops_counted"]
+        c, n = 64, int(rows.tokens.iloc[0])
+        assert value["flops"] == 2 * n * (3 * c * c + c * c + 25 * c) + 2 * n * (2 * 64 * 64 + 2 * 64)

@@ -73,11 +73,13 @@ class RalaBase(Mechanism):
         """The KV state (B, h, d, d) the operator builds (for the rank metrics)."""
         return rala_kv_buffer(q, k, v, grid=grid, rope=rope)
 
-    def flops(self, s: Shape, *, level: str, pass_: str) -> float:
-        return level_flops(s, level=level, pass_=pass_, core_fwd=rala_core_flops(s))
+    def flops(self, s: Shape, *, level: str, pass_: str, gate: bool = True, lepe: bool = True) -> float:
+        """gate/lepe: the mixer's shell options (TokenMixer), which change its convs."""
+        return level_flops(s, level=level, pass_=pass_, core_fwd=rala_core_flops(s), gate=gate, lepe=lepe)
 
-    def bytes(self, s: Shape, *, level: str, dtype: str) -> float:
-        return level_bytes(s, level=level, dtype=dtype, reads=RALA_OP_READS, writes=RALA_OP_WRITES)
+    def bytes(self, s: Shape, *, level: str, dtype: str, gate: bool = True, lepe: bool = True) -> float:
+        return level_bytes(s, level=level, dtype=dtype, reads=RALA_OP_READS, writes=RALA_OP_WRITES,
+                           gate=gate, lepe=lepe)  # fmt: skip
 
 
 @register_mechanism("rala_eager", family="rala", backend="torch", reference=None, cite=CITE_RALA)

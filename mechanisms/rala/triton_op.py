@@ -23,8 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from attnbench.registry import Shape, register_mechanism
-from mechanisms.common import op_bytes
+from attnbench.registry import register_mechanism
 from mechanisms.rala.eager import CITE_RALA
 from mechanisms.rala.registrations import RalaBase
 
@@ -205,18 +204,13 @@ class RalaTriton(RalaBase):
     merges the split states; a separate merge launch when N is split more than 4 ways), 4 backward;
     no (B, h, N, d) intermediate in memory.
 
-    bytes() at op level counts q read twice (pass (a) for qbar, pass (c) for the output), k and v
-    once, out once: 5 B h N d elements, one read of q more than the generic `op_bytes` convention.
-    Mixer level: the shell's minimum traffic, as for every RALA form.
+    bytes() (RalaBase's, shared by every RALA form) at op level counts q read twice (pass (a) for
+    qbar, pass (c) for the output), k and v once, out once: 5 B h N d elements. Mixer level: the
+    shell's minimum traffic.
     """
 
     operator = staticmethod(rala_triton_op)
     flop_counter_safe = False  # FlopCounterMode cannot see inside Triton kernels
-
-    def bytes(self, s: Shape, *, level: str, dtype: str) -> float:
-        if level == "op":
-            return op_bytes(s, dtype, reads=4, writes=1)
-        return super().bytes(s, level=level, dtype=dtype)
 
     def check(self, device: str | None) -> str | None:
         if importlib.util.find_spec("triton") is None:
