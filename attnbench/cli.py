@@ -206,6 +206,10 @@ def cmd_report(args) -> int:
     else:
         sys.stdout.write(export.to_csv(extra))
     if args.plot:
+        try:
+            Path(args.plot).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AttnbenchError(f"cannot create the plot folder {args.plot}: {exc.strerror or exc}") from None
         paths = export.write_plots(df, args.plot, baseline=args.baseline, samples=samples, min_tokens=args.min_tokens)
         err_console.print(f"wrote {len(paths)} plot files to {args.plot}")
         for path in paths:
@@ -214,8 +218,13 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from attnbench import compare, export
+    from attnbench import compare, export, results
 
+    for path in (args.a, args.b):
+        metrics = set(results.load(path)["metric"])
+        if args.metric not in metrics:
+            raise AttnbenchError(f"{path} has no {args.metric!r} rows (it has: {', '.join(sorted(metrics))}); "
+                                 "check --metric")  # fmt: skip
     frame, meta = compare.compare_runs(args.a, args.b, metric=args.metric)
     for t in compare.comparison_tables(frame, meta):
         t = export.as_table(t)

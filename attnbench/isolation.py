@@ -37,8 +37,11 @@ def _worker_main(conn, suite, run_id: str, env_id: str, memory_limit_bytes: int 
     registry.load_plugins(suite.plugins, base_dir=Path(suite.path).parent if suite.path else None)
     import torch
 
+    from attnbench.runner import apply_precision_settings
+
     if suite.threads is not None:
         torch.set_num_threads(suite.threads)
+    apply_precision_settings(suite)
     runner = Runner(suite, out=os.devnull, in_worker=True)
     runner.run_id, runner.env_id = run_id, env_id
     from attnbench.measure.env import fingerprint
@@ -81,7 +84,8 @@ class WorkerPool:
         self.suite = suite
         self.run_id = run_id
         self.env_id = env_id
-        self.limit = int(memory_limit_gb * 2**30) if memory_limit_gb else None
+        # RLIMIT_AS caps virtual memory, which CUDA reserves in bulk: the limit applies to CPU suites only
+        self.limit = int(memory_limit_gb * 2**30) if memory_limit_gb and suite.device == "cpu" else None
         self.ctx = mp.get_context("spawn")
         self.proc = None
         self.conn = None

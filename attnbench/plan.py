@@ -38,11 +38,16 @@ class Case:
 
     @property
     def tokens(self) -> int:
+        """Tokens per item: H*W at op/mixer level; at model level the stage-1 grid (H/4 x W/4) of the
+        RAVLT stem, the grid the stage-1/2 mixer attends over (height/width hold the image size)."""
+        if self.level == "model":
+            return (self.height // 4) * (self.width // 4)
         return self.height * self.width
 
     @property
     def options_dict(self) -> dict[str, Any]:
-        return dict(self.options)
+        """The options as given in the suite (values are stored JSON-encoded so a Case stays hashable)."""
+        return {k: json.loads(v) for k, v in self.options}
 
     @property
     def case_id(self) -> str:
@@ -69,9 +74,9 @@ class Case:
         return d
 
 
-def _freeze(options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
-    return tuple(sorted((k, json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v)
-                        for k, v in options.items()))  # fmt: skip
+def _freeze(options: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """Sorted (key, JSON text) pairs: hashable, stable for case_id, decoded by Case.options_dict."""
+    return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in options.items()))
 
 
 def skip_reason(mech: registry.Mechanism, *, level: str, device: str, dtype: str, pass_: str,

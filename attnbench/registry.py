@@ -163,6 +163,24 @@ def _implements(cls: type, method: str) -> bool:
     )
 
 
+def accepted_options(fn: Callable, options: dict[str, Any]) -> dict[str, Any]:
+    """The subset of `options` that `fn` takes as keywords (all of them if it has **kwargs).
+
+    Suite options configure a mechanism at every level; an op, a mixer and a cost function each
+    take the ones that concern them (e.g. `gate` is a mixer option, `features` both)."""
+    import inspect
+
+    if not options:
+        return {}
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return dict(options)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return dict(options)
+    return {k: v for k, v in options.items() if k in params}
+
+
 _REGISTRY: dict[str, Mechanism] = {}
 
 
@@ -284,7 +302,8 @@ def load_plugins(plugins: Iterable[str], base_dir: str | Path | None = None) -> 
                 path = Path(base_dir) / path
             path = path.resolve()
             if not path.is_file():
-                raise PluginError(f"plugin file {plugin!r} not found (looked at {path})")
+                looked = f" (looked at {path})" if str(path) != plugin else ""
+                raise PluginError(f"plugin file {plugin!r} not found{looked}")
             key = str(path)
             if key in _LOADED_PLUGIN_FILES:
                 loaded.append(_LOADED_PLUGIN_FILES[key])

@@ -103,8 +103,12 @@ class ResultsWriter:
         self.path = Path(path)
         if self.path.suffix != ".csv":
             raise ResultsError(f"--out must name a .csv file, got {str(path)!r}")
-        self.rows = _Appender(self.path, COLUMNS)
-        self.samples = _Appender(companion(self.path, "samples.csv"), SAMPLE_COLUMNS)
+        try:
+            self.rows = _Appender(self.path, COLUMNS)
+            self.samples = _Appender(companion(self.path, "samples.csv"), SAMPLE_COLUMNS)
+        except OSError as exc:
+            raise ResultsError(f"cannot write results to {self.path}: {exc.strerror or exc}; "
+                               "choose a writable --out") from None  # fmt: skip
 
     def write_rows(self, rows: list[dict[str, Any]]) -> None:
         self.rows.write(rows)
@@ -131,6 +135,8 @@ class ResultsWriter:
 def _read_csv_tolerant(path: Path, columns: list[str]) -> pd.DataFrame:
     try:
         text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ResultsError(f"{path} is not a text (UTF-8) CSV; pass a file written by `attnbench run`") from None
     except OSError as exc:
         raise ResultsError(f"cannot read results file {path}: {exc.strerror or exc}") from exc
     if not text.strip():

@@ -58,12 +58,23 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
+PRIMARY_ROW_METRIC = {"latency": "latency", "memory": "peak_memory", "flops": "flops", "rank": "out_erank",
+                      "accuracy": "top1"}  # fmt: skip
+
+
 def primary_metric(suite: Suite) -> str:
-    """The metric a skipped/failed case's status row is filed under."""
-    for metric, row_metric in (("latency", "latency"), ("rank", "out_erank"), ("accuracy", "top1")):
+    """The row metric a skipped/failed case's status row is filed under (latency when timed)."""
+    for metric in ("latency", "rank", "accuracy", "memory", "flops"):
         if metric in suite.metrics:
-            return row_metric
-    return suite.metrics[0]
+            return PRIMARY_ROW_METRIC[metric]
+    return PRIMARY_ROW_METRIC[suite.metrics[0]]
+
+
+def apply_precision_settings(suite: Suite) -> None:
+    """TF32 off unless the suite says `tf32: true` (DESIGN: measurement rules); the fingerprint records it."""
+    torch.backends.cuda.matmul.allow_tf32 = suite.tf32
+    torch.backends.cudnn.allow_tf32 = suite.tf32
+    torch.set_float32_matmul_precision("high" if suite.tf32 else "highest")
 
 
 def classify_exception(exc: BaseException) -> tuple[str, str]:
@@ -102,10 +113,15 @@ class Runner:
         suite = self.suite
         if suite.threads is not None:
             torch.set_num_threads(suite.threads)
+        apply_precision_settings(suite)
         cases = plan(suite)
+        if self.out.is_dir():
+            raise AttnbenchError(f"--out {self.out} is a directory; give a file name ending in .csv")
         done = done_case_ids(self.out) if self.resume else set()
         if not self.resume and self.out.exists() and self.out.stat().st_size > 0:
             raise AttnbenchError(f"{self.out} already exists; pass --resume to continue it or choose another --out")
+        if self.resume:
+            check_resume_matches(self.out, suite)
         writer = ResultsWriter(self.out)
         fp = fingerprint(suite.device, suite.threads)
         self.env_id = make_env_id(fp)
@@ -126,9 +142,9 @@ class Runner:
                 if self.progress:
                     self.progress.case_start(index, case)
                 rows, samples = self.run_case(case)
-                writer.write_rows(rows)
-                for metric, values in samples.items():
+                for metric, values in samples.items():  # samples first: rows mark the case done for --resume
                     writer.write_samples(case.case_id, metric, values)
+                writer.write_rows(rows)
                 status = rows[0]["status"] if rows else "error"
                 summary.statuses[status] += 1
                 if self.progress:
@@ -170,7 +186,10 @@ class Runner:
         if pruned:
             return [self.status_row(case, started, "skipped", pruned)], {}
         if self.pool is not None:
-            tag, payload = self.pool.run(case, self.suite.timeout_s, self.suite.timeout_s * 1.1 + WORKER_MARGIN_S)
+            try:
+                tag, payload = self.pool.run(case, self.suite.timeout_s, self.suite.timeout_s * 1.1 + WORKER_MARGIN_S)
+            except RuntimeError as exc:  # the worker could not start (e.g. memory_limit_gb too small)
+                tag, payload = "crash", str(exc)
             if tag == "done":
                 rows, samples = payload
             else:
@@ -369,17 +388,34 @@ class _Partial(AttnbenchError):
 
 
 def _with_options(cost_fn, options: dict[str, Any]):
-    """`cost_fn` with the case's options bound as keywords, those it accepts: mechanisms with
-    hyper-parameters (performer features, gate=False shells) take them in flops()/bytes()."""
+    """`cost_fn` with the case's options it accepts bound as keywords (performer features, gate=False)."""
     import functools
-    import inspect
 
-    if not options:
-        return cost_fn
-    params = inspect.signature(cost_fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return functools.partial(cost_fn, **options)
-    return functools.partial(cost_fn, **{k: v for k, v in options.items() if k in params})
+    return functools.partial(cost_fn, **registry.accepted_options(cost_fn, options))
+
+
+RESUME_FREE_KEYS = {"timeout_s", "isolation", "memory_limit_gb"}  # may change between a run and its resume
+
+
+def check_resume_matches(out: Path, suite: Suite) -> None:
+    """--resume continues the same suite: refuse one whose resolved settings differ (rows would mix)."""
+    import yaml
+
+    from attnbench.results import companion
+
+    stored_path = companion(out, "suite.yaml")
+    if not stored_path.exists():
+        return
+    try:
+        stored = yaml.safe_load(stored_path.read_text()) or {}
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        return  # unreadable: the rows' case_ids still make the resume exact per case
+    current = suite.resolved
+    diff = sorted(k for k in set(stored) | set(current)
+                  if k not in RESUME_FREE_KEYS and stored.get(k) != current.get(k))  # fmt: skip
+    if diff:
+        raise AttnbenchError(f"--resume: {out} was run with different settings ({', '.join(diff)}); "
+                             "resume with the same suite and --set values, or choose another --out")  # fmt: skip
 
 
 def _cached_peaks(device: str, fp: dict[str, Any]) -> dict[str, Any] | None:

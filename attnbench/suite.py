@@ -20,6 +20,7 @@ from attnbench.errors import AttnbenchError, SuiteError
 from attnbench.registry import DTYPES, LEVELS, PASSES
 
 METRICS = ("latency", "memory", "flops", "rank", "accuracy")
+MODEL_OPTIONS = {"mixer_late", "checkpoint", "ema"}  # options keyed by a model name (level model)
 DEFAULT_METRICS = ("latency", "memory", "flops")
 ISOLATIONS = ("auto", "inprocess", "process")
 
@@ -60,6 +61,7 @@ class Suite:
     flush_l2: bool = True
     cuda_graphs: bool = False
     memory_limit_gb: float | None = None
+    tf32: bool = False  # TF32 matmuls/convolutions for fp32 on GPU (off unless asked; recorded)
     path: str = ""
     resolved: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -107,6 +109,7 @@ _KEYS: dict[str, str] = {
     "flush_l2": "bool",
     "cuda_graphs": "bool",
     "memory_limit_gb": "float?",
+    "tf32": "bool",
 }
 _ALLOWED = {"level": LEVELS, "dtype": DTYPES, "pass": PASSES, "isolation": ISOLATIONS, "metrics": METRICS,
             "device": ("auto", "cpu", "cuda")}  # fmt: skip
@@ -240,6 +243,8 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SuiteError(f"{shown}: suite file not found") from None
+    except UnicodeDecodeError:
+        raise SuiteError(f"{shown}: not a text (UTF-8) file; a suite is YAML") from None
     except OSError as exc:
         raise SuiteError(f"{shown}: cannot read suite file ({exc.strerror})") from None
     try:
@@ -263,6 +268,8 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
 
     raw = copy.deepcopy(raw)
     for key in raw:
+        if not isinstance(key, str):
+            raise SuiteError(f"{shown}:1: keys must be names, got {key!r} (known: {', '.join(sorted(_KEYS))})")
         if key not in _KEYS:
             raise _fail(where, key, f"unknown key `{key}` (known: {', '.join(sorted(_KEYS))})")
     overrides_raw: dict[str, Any] = {}
@@ -274,14 +281,15 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     if device not in _ALLOWED["device"]:
         raise _fail(where, device_key, f"`device` must be one of auto, cpu, cuda, got {device!r}")
     device = resolve_device(device)
-    gpu = _coerce("mapping", "gpu", raw.get("gpu"), where)
+    gpu = copy.deepcopy(_coerce("mapping", "gpu", raw.get("gpu"), where))
+    _deep_update(gpu, overrides_raw.pop("gpu", None) or {})  # --set gpu.batch=[...] edits the gpu: block
     for key in gpu:
         if key not in _KEYS or key in ("gpu", "name"):
             raise _fail(where, f"gpu.{key}", f"unknown or unmergeable key `{key}` under `gpu:`")
-    merged = dict(raw)
-    if device == "cuda":
-        for key, value in gpu.items():
-            merged[key] = value
+    merged = copy.deepcopy(raw)
+    if device == "cuda":  # deep: `gpu: {repeats: {min: 4}}` keeps the file's repeats.max
+        _deep_update(merged, copy.deepcopy(gpu))
+        for key in gpu:
             loc.lines[key] = loc.lines.get(f"gpu.{key}", loc.lines.get(key, 1))
     for top in overrides_raw:
         if top not in _KEYS:
@@ -338,6 +346,10 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     if threads is not None and threads < 1:
         raise _fail(where, "threads", "`threads` must be >= 1 or null")
 
+    # .py plugin paths are relative to the suite file; store them absolute so FILE.suite.yaml re-runs
+    plugins = tuple(_absolute_plugin(p, path.parent) for p in values.get("plugins", ()))
+    if plugins:
+        merged["plugins"] = list(plugins)
     suite = Suite(
         name=values["name"],
         mechanisms=values["mechanisms"],
@@ -358,18 +370,26 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         isolation=values.get("isolation", "auto"),
         verify=values.get("verify", True),
         options={k: dict(v) for k, v in options.items()},
-        plugins=values.get("plugins", ()),
+        plugins=plugins,
         metrics=values.get("metrics", DEFAULT_METRICS),
         data=values.get("data"),
         checkpoints=checkpoints,
         flush_l2=values.get("flush_l2", True),
         cuda_graphs=values.get("cuda_graphs", False),
         memory_limit_gb=values.get("memory_limit_gb"),
+        tf32=values.get("tf32", False),
         path=str(path),
         resolved=_jsonable(merged),
     )
     _validate_mechanisms(suite, where)
     return suite
+
+
+def _absolute_plugin(plugin: str, base: Path) -> str:
+    if plugin.endswith(".py") or "/" in plugin or "\\" in plugin:
+        candidate = Path(plugin).expanduser()
+        return str(candidate if candidate.is_absolute() else (base / candidate).resolve())
+    return plugin  # a module name
 
 
 def _deep_update(base: dict[str, Any], new: dict[str, Any]) -> None:
@@ -408,10 +428,27 @@ def _validate_mechanisms(suite: Suite, where: Callable[[str], str]) -> None:
             registry.get(entry)
         except AttnbenchError as exc:
             raise _fail(where, "mechanisms", str(exc)) from None
-    for mech in suite.options:
-        if mech not in registry.names() and mech not in suite.models:
+    for mech, opts in suite.options.items():
+        if mech in suite.models:
+            bad = sorted(set(opts) - MODEL_OPTIONS)
+            if bad:
+                raise _fail(where, f"options.{mech}", f"unknown model options {bad} for {mech} "
+                            f"(known: {', '.join(sorted(MODEL_OPTIONS))})")  # fmt: skip
+            continue
+        if mech not in registry.names():
             raise _fail(where, f"options.{mech}", f"options given for {mech!r}, which is neither a registered "
                         "mechanism nor one of `models:`")  # fmt: skip
+        m = registry.get(mech)
+        taken = {"weights"}  # rank metrics: which weights to load (random or a checkpoint)
+        declared = getattr(m, "option_defaults", None)  # mechanisms that list their options
+        if declared is not None:
+            taken |= set(declared) | {"gate", "lepe"}
+        else:
+            for fn in (m.op, m.mixer):
+                taken |= set(registry.accepted_options(fn, opts))
+        bad = sorted(set(opts) - taken)
+        if bad:
+            raise _fail(where, f"options.{mech}", f"{mech} takes no option(s) {bad} in op() or mixer()")
 
 
 def expand_mechanisms(entries: tuple[str, ...]) -> list[str]:

@@ -85,6 +85,7 @@ def verify_op(mech, *, batch, heads, height, width, head_dim, dtype, device, pas
     g = seeded_randn((batch, heads, n, head_dim), dtype=torch.float64, device=device, seed=seed + 9) \
         if pass_ == "fwd_bwd" else None  # fmt: skip
     grid = (height, width)
+    options = registry.accepted_options(mech.op, options or {})
     ref_opts = options if ref_mech is mech else None
     out, grads = _run_op(mech, *inputs, grid, g, options)
     ref64, ref_grads64 = _run_op(ref_mech, *(t.double() for t in inputs), grid, g, ref_opts)
@@ -97,7 +98,7 @@ def verify_mixer(mech, *, batch, heads, height, width, dim, dtype, device, pass_
     batch, height, width, note = _reduced(batch, height, width, heads, dim // heads)
     tdtype = TORCH_DTYPES[dtype]
     torch.manual_seed(seed)
-    cand = mech.mixer(dim, heads, **(options or {}))
+    cand = mech.mixer(dim, heads, **registry.accepted_options(mech.mixer, options or {}))
     ref = ref_mech.mixer(dim, heads) if ref_mech is not mech else None
     if ref is not None:
         missing, unexpected = ref.load_state_dict(cand.state_dict(), strict=False)

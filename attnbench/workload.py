@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from attnbench.layers import Rope2d
-from attnbench.registry import Mechanism
+from attnbench.registry import Mechanism, accepted_options
 
 TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
 
@@ -80,7 +80,7 @@ def op_workload(mech: Mechanism, *, batch, heads, height, width, head_dim, dtype
 
     Options (the suite's `options: {mechanism: {...}}`) reach the op as keywords, so an op with
     hyper-parameters (performer features, Nystrom landmarks) is timed as configured."""
-    options = dict(options or {})
+    options = accepted_options(mech.op, options or {})  # mixer-only options (gate, lepe) don't reach the op
     tdtype = TORCH_DTYPES[dtype]
     n = height * width
     need_grad = pass_ == "fwd_bwd"
@@ -112,7 +112,7 @@ def mixer_workload(mech: Mechanism, *, batch, heads, height, width, dim, dtype, 
     """Mixer level: the mechanism's token mixer on x (B, C, H, W) with RoPE tables from a Rope2d."""
     tdtype = TORCH_DTYPES[dtype]
     torch.manual_seed(seed)
-    module = mech.mixer(dim, heads, **(options or {})).to(device=device, dtype=tdtype)
+    module = mech.mixer(dim, heads, **accepted_options(mech.mixer, options or {})).to(device=device, dtype=tdtype)
     module.train(pass_ == "fwd_bwd")
     rope = Rope2d(dim // heads).to(device=device, dtype=tdtype)((height, width))  # (N, d) x2, built once
     x = seeded_randn((batch, dim, height, width), dtype=tdtype, device=device, seed=seed + 10,

@@ -68,9 +68,7 @@ class SoftmaxBase(Mechanism):
     def op(self, q, k, v, *, grid):
         return self.attend(q, k, v)
 
-    def mixer(self, dim, num_heads, **options):
-        if options:
-            raise TypeError(f"{self.name} mixer takes no options, got {sorted(options)}")
+    def mixer(self, dim, num_heads):
         attend = self.attend
 
         def operator(q, k, v, *, grid, rope):

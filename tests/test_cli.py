@@ -232,3 +232,54 @@ def test_shell_options_reach_mixer_costs(tmp_path):
         assert value["flops"] == value["flops_counted"]
         c, n = 64, int(rows.tokens.iloc[0])
         assert value["flops"] == 2 * n * (3 * c * c + c * c + 25 * c) + 2 * n * (2 * 64 * 64 + 2 * 64)
+
+
+@pytest.mark.parametrize(
+    "setup,args,pattern",
+    [
+        ("suite_int_key", ["run", "{tmp}/s.yaml"], "keys must be names"),
+        ("suite_binary", ["run", "{tmp}/s.yaml"], "not a text (UTF-8) file"),
+        ("csv_binary", ["report", "{tmp}/b.csv"], "not a text (UTF-8) CSV"),
+        ("none", ["run", "suites/smoke.yaml", "--out", "/proc/attnbench/x.csv"], "cannot write results"),
+        ("none", ["run", "suites/smoke.yaml", "--out", "{tmp}"], "is a directory"),
+        ("none", ["run", "suites/smoke.yaml", "--set", "options={rala_eager: {foo: 1}}"], "takes no option(s) ['foo']"),
+        ("none", ["compare", "{smoke}", "{smoke}", "--metric", "nope"], "has no 'nope' rows"),
+    ],
+)
+def test_more_user_errors_are_one_line(tmp_path, capsys, setup, args, pattern):
+    if setup == "suite_int_key":
+        (tmp_path / "s.yaml").write_text("name: x\nmechanisms: [softmax_eager]\nresolution: 4\n1: 2\n")
+    elif setup == "suite_binary":
+        (tmp_path / "s.yaml").write_bytes(b"\xff\xfe garbage")
+    elif setup == "csv_binary":
+        (tmp_path / "b.csv").write_bytes(b"\xff\xfe garbage")
+    smoke = tmp_path / "smoke.csv"
+    if "{smoke}" in args:
+        assert main(["run", "suites/smoke.yaml", "--out", str(smoke), "--no-progress", "--set", "device=cpu",
+                     "--set", "mechanisms=[softmax_sdpa]", "--set", "level=op", "--set", "pass=fwd"]) == 0  # fmt: skip
+        capsys.readouterr()
+    argv = [a.replace("{tmp}", str(tmp_path)).replace("{smoke}", str(smoke)) for a in args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert pattern in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_resume_refuses_a_different_suite(tmp_path, capsys):
+    out = tmp_path / "r.csv"
+    base = ["run", "suites/smoke.yaml", "--out", str(out), "--no-progress", "--set", "device=cpu",
+            "--set", "mechanisms=[softmax_sdpa]", "--set", "level=op", "--set", "pass=fwd"]  # fmt: skip
+    assert main(base) == 0
+    assert main(base + ["--resume"]) == 0  # same settings: nothing left to run
+    assert main(base + ["--resume", "--set", "batch=[2]"]) == 2
+    assert "different settings (batch)" in capsys.readouterr().err
+
+
+def test_worker_that_cannot_start_becomes_a_row(tmp_path):
+    """A memory limit too small for the worker to import torch: the case is a crash row, the run ends normally."""
+    out = tmp_path / "w.csv"
+    assert main(["run", "suites/smoke.yaml", "--out", str(out), "--no-progress", "--set", "device=cpu",
+                 "--set", "mechanisms=[softmax_sdpa]", "--set", "level=op", "--set", "pass=fwd",
+                 "--set", "resolution=[4]", "--set", "isolation=process",
+                 "--set", "memory_limit_gb=0.05"]) == 0  # fmt: skip
+    rows = results.load(out)
+    assert (rows.status == "crash").all() and rows.message.str.contains("worker").all()

@@ -87,7 +87,7 @@ MALFORMED = [
     ("bad device", BASE.replace("device: cpu", "device: tpu"), r":10: `device` must be one of"),
     ("model without models", BASE.replace("level: [op, mixer]", "level: model"), r":3: `level: model` needs `models:`"),
     ("bad gpu key", BASE + "gpu: {bach: [2]}\n", r":11: unknown or unmergeable key `bach`"),
-    ("missing plugin", BASE + "plugins: [./nope.py]\n", r":11: plugin file './nope.py' not found"),
+    ("missing plugin", BASE + "plugins: [./nope.py]\n", r":11: plugin file '/\S+/nope.py' not found"),
     ("bad options", BASE + "options: {rala_eager: 3}\n", r":11: `options.rala_eager` must be a mapping"),
 ]
 

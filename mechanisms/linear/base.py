@@ -138,11 +138,13 @@ class LinearOpBase(LinearBase):
         raise NotImplementedError
 
     def op(self, q, k, v, *, grid, **options):  # (B, h, N, d) x3 -> (B, h, N, d)
-        return self.attend(q, k, v, grid=grid, **self.resolve(options))
+        _, own = split_shell_options(options)  # gate/lepe configure the mixer's shell, not the operator
+        return self.attend(q, k, v, grid=grid, **self.resolve(own))
 
     def kv_buffer(self, q: Tensor, k: Tensor, v: Tensor, *, grid: tuple[int, int], rope=None, **options) -> Tensor:
         """The state every query reads, (B, h, r, d); `rope` is accepted and unused (no shell RoPE)."""
-        return self.state(q, k, v, grid=grid, **self.resolve(options))
+        _, own = split_shell_options(options)
+        return self.state(q, k, v, grid=grid, **self.resolve(own))
 
     def mixer(self, dim, num_heads, **options):
         shell, own = split_shell_options(options)

@@ -91,10 +91,8 @@ class RalaNoRope(RalaBase):
 class RalaNoGate(Mechanism):
     """RALA ablation: the shell without the output gate; mixer only."""
 
-    def mixer(self, dim, num_heads, **options):
-        if "gate" in options:
-            raise TypeError("rala_no_gate fixes gate=False; do not pass a gate option")
-        return rala_mixer(dim, num_heads, rala_op, gate=False, **options)
+    def mixer(self, dim, num_heads, *, lepe: bool = True):  # gate is fixed off: that is the ablation
+        return rala_mixer(dim, num_heads, rala_op, gate=False, lepe=lepe)
 
     def kv_buffer(self, q, k, v, *, grid, rope=None):
         return rala_kv_buffer(q, k, v, grid=grid, rope=rope)

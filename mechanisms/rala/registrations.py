@@ -66,8 +66,8 @@ class RalaBase(Mechanism):
     def op(self, q, k, v, *, grid):
         return type(self).operator(q, k, v, grid=grid)
 
-    def mixer(self, dim, num_heads, **options):
-        return rala_mixer(dim, num_heads, type(self).operator, **options)
+    def mixer(self, dim, num_heads, *, gate: bool = True, lepe: bool = True):
+        return rala_mixer(dim, num_heads, type(self).operator, gate=gate, lepe=lepe)
 
     def kv_buffer(self, q, k, v, *, grid, rope=None):
         """The KV state (B, h, d, d) the operator builds (for the rank metrics)."""
