@@ -112,3 +112,21 @@ def test_set_errors_name_the_override(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(SuiteError, match="suite file not found"):
         load_suite(tmp_path / "nope.yaml")
+
+
+def test_gpu_block_merges_deeply_and_set_can_edit_it(tmp_path):
+    path = write(tmp_path, BASE + "repeats: {min: 2, max: 9}\ngpu: {repeats: {min: 4}, batch: [8]}\n")
+    cuda = load_suite(path, ["device=cuda"])  # resolving needs no GPU: only `auto` probes for one
+    assert (cuda.repeats.min, cuda.repeats.max) == (4, 9) and cuda.batch == (8,)
+    assert load_suite(path, ["device=cuda", "gpu.batch=[5]"]).batch == (5,)
+    assert load_suite(path, ["device=cpu", "gpu.batch=[5]"]).batch == (1,)
+
+
+def test_options_are_checked_and_keep_their_types(tmp_path):
+    path = write(tmp_path, BASE.replace("[softmax_eager, rala_eager]", "[performer, rala_eager]")
+                 + "options: {performer: {features: 64, seed: 3}, rala_eager: {lepe: false}}\n")  # fmt: skip
+    cases = plan(load_suite(path))
+    perf = next(c for c in cases if c.mechanism == "performer")
+    assert perf.options_dict == {"features": 64, "seed": 3}
+    with pytest.raises(SuiteError, match=r":11: rala_eager takes no option\(s\) \['features'\]"):
+        load_suite(write(tmp_path, BASE + "options: {rala_eager: {features: 8}}\n"))
