@@ -118,18 +118,28 @@ class ResultsWriter:
 
     def write_env(self, env_id: str, fp: dict[str, Any]) -> None:
         path = companion(self.path, "env.json")
-        envs = json.loads(path.read_text()) if path.exists() else {}
+        envs: dict[str, Any] = {}
+        if path.exists():
+            try:
+                envs = json.loads(path.read_text())
+            except (ValueError, UnicodeDecodeError):
+                warnings.warn(f"{path} was unreadable; it is rewritten with this run's environment", stacklevel=2)
         envs[env_id] = fp
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(envs, indent=2, sort_keys=True, default=str))
-        os.replace(tmp, path)
+        _atomic_write(path, json.dumps(envs, indent=2, sort_keys=True, default=str))
 
     def write_suite(self, text: str) -> None:
-        companion(self.path, "suite.yaml").write_text(text)
+        _atomic_write(companion(self.path, "suite.yaml"), text)
 
     def close(self) -> None:
         self.rows.close()
         self.samples.close()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write via a temporary file and rename, so a kill never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _read_csv_tolerant(path: Path, columns: list[str]) -> pd.DataFrame:
