@@ -111,8 +111,9 @@ def _warn_if_busy(device: str) -> None:
         return
     cores = os.cpu_count() or 1
     if device == "cpu" and load > 0.5 * cores:
-        err_console.print(f"warning: load average {load:.1f} on {cores} cores: CPU timings will include contention "
-                          "(recorded as load_average_1m in the env file)")  # fmt: skip
+        # stdout, with the run's other information: stderr carries only errors
+        console.print(f"[yellow]warning[/]: load average {load:.1f} on {cores} cores: CPU timings will include "
+                      "contention (recorded as load_average_1m in the env file)")  # fmt: skip
 
 
 def cmd_run(args) -> int:
