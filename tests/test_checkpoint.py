@@ -160,9 +160,13 @@ def test_truncated_and_garbage_files(tmp_path):
     data = path.read_bytes()
     cut = tmp_path / "truncated.pth"
     cut.write_bytes(data[: len(data) // 2])
-    garbage = tmp_path / "garbage.pth"
-    garbage.write_bytes(os.urandom(4096))
-    for bad in (cut, garbage):
+    blobs = []
+    for seed in range(20):  # random bytes hit many unpickler paths (IndexError, KeyError, EOFError, ...)
+        blob = tmp_path / f"garbage{seed}.pth"
+        blob.write_bytes(bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(seed),
+                                             dtype=torch.uint8).tolist()))  # fmt: skip
+        blobs.append(blob)
+    for bad in (cut, *blobs):
         with pytest.raises(CheckpointError) as exc:
             load_checkpoint(tiny(9), bad)
         assert "cannot be read" in one_line(exc)
