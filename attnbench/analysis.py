@@ -32,7 +32,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from attnbench.errors import AttnbenchError
 
@@ -366,11 +365,25 @@ def fit_power_law(tokens: Sequence[float], values: Sequence[float], *, confidenc
     x, y = np.log(x[ok]), np.log(y[ok])
     if np.unique(x).size < 2:
         raise ValueError("a power-law fit needs at least two distinct positive token counts")
-    fit = sps.linregress(x, y)
     n = int(x.size)
-    half = sps.t.ppf((1 + confidence) / 2, n - 2) * fit.stderr if n > 2 else math.nan
-    return PowerFit(float(fit.slope), float(math.exp(fit.intercept)), float(fit.slope - half),
-                    float(fit.slope + half), float(fit.rvalue**2), n)  # fmt: skip
+    slope, intercept = np.polyfit(x, y, 1)
+    resid = y - (slope * x + intercept)
+    sxx = float(((x - x.mean()) ** 2).sum())
+    syy = float(((y - y.mean()) ** 2).sum())
+    r2 = 1.0 - float((resid**2).sum()) / syy if syy > 0 else 1.0
+    stderr = math.sqrt(float((resid**2).sum()) / (n - 2) / sxx) if n > 2 else math.nan
+    half = _t_quantile((1 + confidence) / 2, n - 2) * stderr if n > 2 else math.nan
+    return PowerFit(float(slope), float(math.exp(intercept)), float(slope - half), float(slope + half), r2, n)
+
+
+def _t_quantile(q: float, dof: int) -> float:
+    """Student-t quantile (scipy, imported here so the rest of the report runs where scipy is absent,
+    e.g. a bare GPU image: the interval is then NaN, shown as missing, never approximated)."""
+    try:
+        from scipy import stats
+    except ImportError:
+        return math.nan
+    return float(stats.t.ppf(q, dof))
 
 
 def scaling_exponents(df: pd.DataFrame, metrics: Sequence[str] = ("latency", "peak_memory"), *,

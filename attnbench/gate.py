@@ -35,7 +35,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy.stats import mannwhitneyu
 
 from attnbench import results
 from attnbench.errors import AttnbenchError
@@ -181,6 +180,8 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
 
 def mann_whitney_p(base: np.ndarray, new: np.ndarray) -> float:
     """Two-sided Mann-Whitney U p-value; 1.0 where the test is undefined (e.g. all values tied)."""
+    from scipy.stats import mannwhitneyu  # imported here: the rest of attnbench runs without scipy
+
     p = float(mannwhitneyu(base, new, alternative="two-sided").pvalue)
     return 1.0 if math.isnan(p) else p
 
