@@ -39,6 +39,7 @@ from mechanisms.rala.triton_kernels import (
     halves,
     load_rows_halves,
     mm,
+    out_tile,
     phi,
     rope_cs,
     rotate,
@@ -79,21 +80,6 @@ def dws_ptrs(DWS, BH, S, d):
     return dkv, dks, t_all, dkv_p, dks_p, dks_p + BH * S * d
 
 
-@triton.jit
-def _recompute_out(
-    qx, msk, tok, tok_mask, kv_e, kv_o, ks, W, d, ANGLE, SIN, COS, srn, srd, eps,
-    BLOCK_N: tl.constexpr, PB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr, DOT_DTYPE: tl.constexpr,
-):
-    """The forward's pass (c) on one q tile: qp (BLOCK_N, DB), rotated halves, rope, num, den."""
-    qp = tl.where(msk, phi(qx), 0.0)  # (BLOCK_N, DB)
-    den = tl.sum(qp * ks[None, :], 1) + eps  # (BLOCK_N,)
-    ce, se, co, so = rope_cs(tok, tok_mask, W, d, ANGLE, SIN, COS, srn, srd, BLOCK_N, PB, ROPE_FROM_MEM, FAST)
-    qp_e, qp_o = halves(qp, BLOCK_N, PB)
-    rq_e, rq_o = rotate(qp_e, qp_o, ce, se, co, so)
-    num = mm(rq_e, kv_e, DOT_DTYPE) + mm(rq_o, kv_o, DOT_DTYPE)  # (BLOCK_N, DB)
-    return qp, rq_e, rq_o, ce, se, co, so, num, den
-
-
 @triton.jit(do_not_specialize=["N", "W", "n_heads", "bps"])
 def _dstate_kernel(
     Q, G, WS, DWS, ANGLE, SIN, COS,
@@ -123,7 +109,7 @@ def _dstate_kernel(
         msk = tok_mask[:, None] & (ch < d)[None, :]
         qx = tl.load(q_base + tok[:, None] * sqn + ch[None, :] * sqd, mask=msk, other=0.0).to(tl.float32)
         gx = tl.load(g_base + tok[:, None] * sgn + ch[None, :] * sgd, mask=msk, other=0.0).to(tl.float32)
-        qp, rq_e, rq_o, ce, se, co, so, num, den = _recompute_out(
+        qp, rq_e, rq_o, ce, se, co, so, num, den = out_tile(
             qx, msk, tok, tok_mask, kv_e, kv_o, ks, W, d, ANGLE, SIN, COS, srn, srd, eps,
             BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE)
         gn = gx / den[:, None]  # (BLOCK_N, DB)
@@ -248,7 +234,7 @@ def _dq_kernel(
                      mask=msk, other=0.0).to(tl.float32)
         gx = tl.load(G + b64 * sgb + h64 * sgh + tok[:, None] * sgn + ch[None, :] * sgd,
                      mask=msk, other=0.0).to(tl.float32)
-        qp, rq_e, rq_o, ce, se, co, so, num, den = _recompute_out(
+        qp, rq_e, rq_o, ce, se, co, so, num, den = out_tile(
             qx, msk, tok, tok_mask, kv_e, kv_o, ks, W, d, ANGLE, SIN, COS, srn, srd, eps,
             BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE)
         gn = gx / den[:, None]

@@ -310,6 +310,22 @@ def _merge_kernel(WS, n_splits, d, PB: tl.constexpr):
     store_state(WS, bh, kv_e, kv_o, ks, m_all, l_all, d, PB)
 
 
+@triton.jit
+def out_tile(
+    qx, msk, tok, tok_mask, kv_e, kv_o, ks, W, d, ANGLE, SIN, COS, srn, srd, eps,
+    BLOCK_N: tl.constexpr, PB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr, DOT_DTYPE: tl.constexpr,
+):
+    """Pass (c) on one q tile, shared by the forward and the backward's recompute:
+    qp (BLOCK_N, DB), rotated halves, rope tables, num (BLOCK_N, DB), den (BLOCK_N,)."""
+    qp = tl.where(msk, phi(qx), 0.0)  # (BLOCK_N, DB)
+    den = tl.sum(qp * ks[None, :], 1) + eps  # (BLOCK_N,)
+    ce, se, co, so = rope_cs(tok, tok_mask, W, d, ANGLE, SIN, COS, srn, srd, BLOCK_N, PB, ROPE_FROM_MEM, FAST)
+    qp_e, qp_o = halves(qp, BLOCK_N, PB)
+    rq_e, rq_o = rotate(qp_e, qp_o, ce, se, co, so)
+    num = mm(rq_e, kv_e, DOT_DTYPE) + mm(rq_o, kv_o, DOT_DTYPE)  # (BLOCK_N, DB)
+    return qp, rq_e, rq_o, ce, se, co, so, num, den
+
+
 @triton.jit(do_not_specialize=["N", "W", "n_heads", "bps", "n_splits"])
 def _out_kernel(
     Q, OUT, WS, ANGLE, SIN, COS,
@@ -344,12 +360,11 @@ def _out_kernel(
         tok_mask = tok < N
         msk = tok_mask[:, None] & (ch < d)[None, :]
         qx = tl.load(q_base + tok[:, None] * sqn + ch[None, :] * sqd, mask=msk, other=0.0).to(tl.float32)
-        qp = tl.where(msk, phi(qx), 0.0)  # (BLOCK_N, DB)
-        den = tl.sum(qp * ks[None, :], 1) + eps  # (BLOCK_N,)
-        ce, se, co, so = rope_cs(tok, tok_mask, W, d, ANGLE, SIN, COS, srn, srd, BLOCK_N, PB, ROPE_FROM_MEM, FAST)
-        qp_e, qp_o = halves(qp, BLOCK_N, PB)
-        rq_e, rq_o = rotate(qp_e, qp_o, ce, se, co, so)
-        num = mm(rq_e, kv_e, DOT_DTYPE) + mm(rq_o, kv_o, DOT_DTYPE)  # (BLOCK_N, DB)
+        # the same tuple unpacking as the backward's recompute (portable across triton versions)
+        _qp, _rqe, _rqo, _ce, _se, _co, _so, num, den = out_tile(
+            qx, msk, tok, tok_mask, kv_e, kv_o, ks, W, d, ANGLE, SIN, COS, srn, srd, eps,
+            BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE,
+        )  # num (BLOCK_N, DB), den (BLOCK_N,)
         out = num / den[:, None]
         tl.store(o_base + tok[:, None] * son + ch[None, :] * sod, out.to(OUT.dtype.element_ty), mask=msk)
 
