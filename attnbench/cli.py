@@ -95,9 +95,7 @@ class RichProgress:
         self.bar.advance(self.task)
         if status not in ("ok", "skipped"):
             msg = rows[0].get("message", "") if rows else ""
-            self.bar.console.print(f"[yellow]{status}[/]: {case.label()}: {msg}")
-        if not self.enabled:
-            return
+            self.bar.console.print(f"[yellow]{status}[/]: {case.label()}: {escape(msg)}")
 
 
 # -- commands ---------------------------------------------------------------------------------------

@@ -158,9 +158,7 @@ def _pip_name(module: str) -> str:
 
 
 def _implements(cls: type, method: str) -> bool:
-    return getattr(cls, method) is not getattr(Mechanism, method) and not getattr(
-        getattr(cls, method), "_attnbench_unimplemented", False
-    )
+    return getattr(cls, method) is not getattr(Mechanism, method)
 
 
 def accepted_options(fn: Callable, options: dict[str, Any]) -> dict[str, Any]:

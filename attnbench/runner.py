@@ -463,7 +463,7 @@ def predicted_bytes(case: Case) -> float | None:
     mech = registry.get(case.mechanism)
     shape = Shape(case.batch, case.heads, case.height, case.width, case.head_dim, case.dim)
     try:
-        need = float(mech.bytes(shape, level=case.level, dtype=case.dtype))
+        need = float(_with_options(mech.bytes, case.options_dict)(shape, level=case.level, dtype=case.dtype))
     except NotImplementedError:
         return None
     if case.pass_ == "fwd_bwd":
