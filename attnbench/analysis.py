@@ -9,8 +9,10 @@ Conventions (documented choices):
   only rows with status ok count. Peak memory is shown in MiB (2**20 bytes).
 - Curves over token counts are per group of CURVE_KEYS (level, variant, pass, dtype, device, batch,
   heads, head_dim, dim) and mechanism; tokens = height * width.
-- Uncertainty of a ratio of medians (speedup, compare): with >= 5 raw samples for both cases, a seeded
-  percentile bootstrap CI (each side resampled independently); without them, the p20-p80 band of each
+- Uncertainty of a ratio of medians (speedup, compare): with >= 5 samples for both cases, a seeded
+  percentile bootstrap CI (each side resampled independently); the samples are the round medians when the
+  run has several rounds (each a fresh process, `attnbench.stats`), else one process's raw repeats; without
+  them, the p20-p80 band of each
   side propagated in quadrature in log space, `ratio * exp(+-sqrt(u_num^2 + u_den^2))` with
   u = log(p80 / median) upwards and log(median / p20) downwards. That band describes the spread of
   single calls, not a confidence interval of the median; the `interval` column says which one a row has.
@@ -25,7 +27,6 @@ Conventions (documented choices):
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from attnbench import stats
 from attnbench.errors import AttnbenchError
 
 CASE_KEYS = ("mechanism", "level", "variant", "pass", "dtype", "device", "batch", "height", "width", "heads",
@@ -190,22 +192,21 @@ def ratio_band(num: np.ndarray, num_p20: np.ndarray, num_p80: np.ndarray, den: n
 def bootstrap_ratio(num: np.ndarray, den: np.ndarray, *, confidence: float = 0.95, n_boot: int = 2000,
                     seed: int = 0, key: str = "") -> tuple[float, float]:  # fmt: skip
     """Percentile bootstrap CI of median(num) / median(den), seeded from (seed, key)."""
-    from attnbench.gate import bootstrap_ratio_ci
-
-    rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
-    return bootstrap_ratio_ci(np.asarray(den, float), np.asarray(num, float), confidence=confidence, n_boot=n_boot,
-                              rng=rng)  # fmt: skip
+    return stats.bootstrap_ratio_ci(np.asarray(den, float), np.asarray(num, float), confidence=confidence,
+                                    n_boot=n_boot, rng=stats.seeded_rng(seed, key))  # fmt: skip
 
 
 def samples_by_case(samples: pd.DataFrame | None, metric: str = "latency") -> dict[str, np.ndarray]:
-    """case_id -> finite raw repeats of `metric`; a case measured twice counts with its last block (rep 0 on)."""
+    """case_id -> the samples an interval is computed from: the round medians when the file has several rounds
+    (run-level noise, `attnbench.stats`), else the finite raw repeats of its one round (last block)."""
     if samples is None or samples.empty:
         return {}
     s = samples[samples["metric"] == metric]
-    block = s["rep"].eq(0).fillna(False).astype(int).groupby(s["case_id"]).cumsum()
-    s = s[block == block.groupby(s["case_id"]).transform("max")]
+    if "round" in s.columns and s["round"].nunique() > 1:
+        return stats.round_medians(s, metric)
+    s = stats.last_blocks(s)
     out = {str(k): g["value"].to_numpy(float) for k, g in s.groupby("case_id", sort=False)}
-    return {k: v[np.isfinite(v)] for k, v in out.items()}
+    return {k: stats.finite(v) for k, v in out.items()}
 
 
 def ratio_intervals(num: pd.DataFrame, den: pd.DataFrame, num_samples: Sequence[np.ndarray | None],

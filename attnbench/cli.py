@@ -1,4 +1,4 @@
-"""Command line: run | list | report | compare | gate | env. rich output lives here and in report.
+"""Command line: run | list | report | compare | gate | ab | env. rich output lives here and in report.
 
 User errors (AttnbenchError) print one line and exit non-zero (2) without a traceback;
 `--debug` shows tracebacks.
@@ -41,8 +41,8 @@ def print_report(df, out: Console = console) -> None:
 
     for t in report.summary_tables(df):
         out.print(render_table(t.title, t.frame))
-    single = ("params", "macs", "flops", "flops_counted", "top1", "top5", "kv_rank", "kv_erank", "out_rank",
-              "out_erank")  # fmt: skip
+    single = ("params", "macs", "macs_with_attn", "flops", "flops_counted", "top1", "top5", "kv_rank", "kv_erank",
+              "out_rank", "out_erank")  # fmt: skip
     model_or_rank = df[df["level"].eq("model") | df["metric"].isin(("kv_erank", "out_erank"))]
     for t in report.metric_tables(model_or_rank, single):
         out.print(render_table(t.title, t.frame, index_name="mechanism [model]"))
@@ -85,11 +85,15 @@ class RichProgress:
 
     def start(self, total: int, resumed: int) -> None:
         self.task = self.bar.add_task("starting", total=total, completed=resumed)
+        self.round = ""
         if resumed:
-            self.bar.console.print(f"resuming: {resumed} of {total} cases already have rows")
+            self.bar.console.print(f"resuming: {resumed} of {total} case-rounds already measured")
+
+    def round_start(self, index: int, rounds: int) -> None:
+        self.round = f"round {index + 1}/{rounds} " if rounds > 1 else ""
 
     def case_start(self, index: int, case) -> None:
-        self.bar.update(self.task, description=case.label())
+        self.bar.update(self.task, description=escape(self.round + case.label()))
 
     def case_end(self, index: int, case, status: str, rows: list[dict[str, Any]]) -> None:
         self.bar.advance(self.task)
@@ -119,12 +123,17 @@ def cmd_run(args) -> int:
     from attnbench.runner import default_out, run_suite
     from attnbench.suite import load_suite
 
-    suite = load_suite(args.suite, args.set or [])
+    overrides = list(args.set or []) + ([f"rounds={args.rounds}"] if args.rounds is not None else [])
+    suite = load_suite(args.suite, overrides)
     out = Path(args.out) if args.out else default_out(suite)
     if args.resume and not args.out:
         raise AttnbenchError("--resume needs --out FILE.csv naming the run to continue")
-    console.print(f"suite [bold]{suite.name}[/] on {suite.device} -> {out}")
+    console.print(f"suite [bold]{escape(suite.name)}[/] on {suite.device} -> {escape(str(out))}")
     _warn_if_busy(suite.device)
+    if suite.rounds > 1 and suite.isolation == "inprocess" and "latency" in suite.metrics:
+        console.print(f"[yellow]warning[/]: isolation: inprocess runs all {suite.rounds} rounds in this process: "
+                      "their spread misses between-process noise, so `gate` on this run can fail identical code; "
+                      "use isolation: auto or process")  # fmt: skip
     t0 = time.perf_counter()
     with RichProgress(enabled=not args.no_progress) as progress:
         try:
@@ -132,7 +141,8 @@ def cmd_run(args) -> int:
         except KeyboardInterrupt:
             err_console.print(f"interrupted: rows measured so far are in {out}; continue with --resume --out {out}")
             return 130
-    console.print(f"{summary.total} cases in {time.perf_counter() - t0:.1f} s; rows in {out}")
+    rounds = f" x {summary.rounds} rounds" if summary.rounds > 1 else ""
+    console.print(f"{summary.total} cases{rounds} in {time.perf_counter() - t0:.1f} s; rows in {escape(str(out))}")
     print_report(results.load(out))
     return 0
 
@@ -234,24 +244,70 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def cmd_gate(args) -> int:
-    from attnbench.gate import format_rows, gate
+def gate_sides(args) -> tuple[list[str], list[str]]:
+    """BASELINE NEW, or A1 A2 ... -- B1 B2 ... (several files per side), or --baseline/--new lists."""
+    files = list(args.files or [])
+    base, new = list(args.baseline or []), list(args.new or [])
+    if new and not base:  # `A1 A2 -- B1 B2` arrives as files=[A1, A2], new=[B1, B2] (see main)
+        base, files = files, []
+    elif base and not new:
+        new, files = files, []
+    if files:
+        if len(files) != 2 or base or new:
+            raise AttnbenchError("gate takes BASELINE NEW, or several files per side as A1 A2 -- B1 B2")
+        base, new = [files[0]], [files[1]]
+    if not base or not new:
+        raise AttnbenchError("gate needs files on both sides: BASELINE NEW, or A1 A2 -- B1 B2")
+    return base, new
 
-    result = gate(args.baseline, args.new, threshold=args.threshold, alpha=args.alpha, metric=args.metric)
+
+def print_gate(result, out: Console = console) -> None:
+    from attnbench.gate import format_rows
+
     rows = format_rows(result)
-    colours = {"regression": "red", "improvement": "green", "too_few_samples": "yellow"}
-    table = RichTable(title=f"[bold]gate: {args.metric}, threshold {result.threshold:.1%}, alpha {result.alpha:g} "
-                      "(Mann-Whitney U, Holm-corrected)[/]", title_justify="left", header_style="bold")  # fmt: skip
+    colours = {"regression": "red", "improvement": "green", "too_few_rounds": "yellow"}
+    title = (f"gate: {result.metric}, threshold {result.threshold:.1%}, alpha {result.alpha:g} "
+             "(Welch t on log round medians, Holm-corrected)")  # fmt: skip
+    table = RichTable(title=f"[bold]{escape(title)}[/]", title_justify="left", header_style="bold")
     if rows:
         for col in rows[0]:
             table.add_column(col, overflow="fold")
         for row in rows:
             style = colours.get(row.get("verdict", ""))
             table.add_row(*[escape(str(v)) for v in row.values()], style=style)
-        console.print(table)
+        out.print(table)
     for note in result.notes:
-        console.print(f"note: {note}")
-    console.print(result.summary())
+        out.print(f"note: {escape(note)}")
+    if not result.has_verdict:
+        err_console.print(f"attnbench: warning: {escape(result.summary())}; nothing was decided (exit 0)")
+    out.print(escape(result.summary()))
+
+
+def cmd_gate(args) -> int:
+    from attnbench.gate import gate
+
+    base, new = gate_sides(args)
+    result = gate(base, new, threshold=args.threshold, alpha=args.alpha, metric=args.metric,
+                  min_rounds=args.min_rounds)  # fmt: skip
+    print_gate(result)
+    return result.exit_code
+
+
+def cmd_ab(args) -> int:
+    from attnbench import ab
+    from attnbench.gate import gate
+
+    plan = ab.prepare(args.suite, baseline=args.baseline, candidate=args.candidate, rounds=args.rounds,
+                      out_dir=args.out, overrides=args.set or [])  # fmt: skip
+    console.print(f"A (baseline) = {escape(plan.sides['A'].describe())}")
+    console.print(f"B (candidate) = {escape(plan.sides['B'].describe())}")
+    console.print(f"{plan.rounds} rounds per side in the order {' '.join(plan.order)} -> {escape(str(plan.out_dir))}")
+    try:
+        files = ab.execute(plan, log=lambda line: console.print(escape(line)))
+    finally:
+        ab.cleanup(plan)
+    result = gate(files["A"], files["B"], threshold=args.threshold, alpha=args.alpha, metric="latency")
+    print_gate(result)
     return result.exit_code
 
 
@@ -281,6 +337,11 @@ def cmd_env(args) -> int:
     return 0
 
 
+def _gate_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threshold", default="5%", help="slowdown that matters, e.g. 5%% or 0.05 (default 5%%)")
+    p.add_argument("--alpha", type=float, default=0.05, help="family-wise significance level (Holm)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="attnbench", description="Benchmark attention mechanisms for vision models.")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -290,6 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("suite", help="suite YAML file (see suites/)")
     r.add_argument("--out", help="results CSV (default results/<suite>-<UTC timestamp>.csv)")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a suite key (value is YAML)")
+    r.add_argument("--rounds", type=int, metavar="N",
+                   help="measure timed cases in N rounds, each in a fresh worker process (suite key rounds, default 5)")
     r.add_argument("--resume", action="store_true", help="skip cases that already have rows in --out")
     r.add_argument("--no-progress", action="store_true", help="no live progress bar")
     r.set_defaults(func=cmd_run)
@@ -316,14 +379,29 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--metric", default="latency")
     cmp_.set_defaults(func=cmd_compare)
 
-    g = sub.add_parser("gate", help="fail (exit 1) when NEW is significantly slower than BASELINE")
-    g.add_argument("baseline",
-                   help="results CSV (with its .samples.csv) or pytest-benchmark JSON (--benchmark-save-data)")
-    g.add_argument("new", help="the same kind of file for the new run")
-    g.add_argument("--threshold", default="5%", help="slowdown that matters, e.g. 5%% or 0.05 (default 5%%)")
-    g.add_argument("--alpha", type=float, default=0.05, help="family-wise significance level (Holm)")
+    g = sub.add_parser("gate", help="fail (exit 1) when NEW is significantly slower than BASELINE",
+                       usage="attnbench gate BASELINE NEW | A1 [A2 ...] -- B1 [B2 ...] [options]")
+    g.add_argument("files", nargs="*", metavar="FILE",
+                   help="results CSVs (with their .samples.csv) or pytest-benchmark JSONs (--benchmark-save-data); "
+                        "BASELINE NEW, or several per side separated by --: each file's rounds count")
+    g.add_argument("--baseline", nargs="+", metavar="FILE", help="baseline files (instead of the positional form)")
+    g.add_argument("--new", nargs="+", metavar="FILE", help="new files (instead of the positional form)")
+    _gate_options(g)
     g.add_argument("--metric", default="latency", help="metric to compare (default latency)")
+    g.add_argument("--min-rounds", type=int, default=3,
+                   help="rounds per side below which a case gets no verdict (default 3)")
     g.set_defaults(func=cmd_gate)
+
+    ab_ = sub.add_parser("ab", help="interleaved A/B on this machine: two trees, rounds A B B A ..., gate verdict")
+    ab_.add_argument("suite", help="suite YAML file (both sides run it)")
+    ab_.add_argument("--baseline", required=True, metavar="DIR|REV",
+                     help="a checkout directory, or a git revision (checked out into a temporary worktree)")
+    ab_.add_argument("--candidate", metavar="DIR|REV", help="the tree to test (default: this checkout)")
+    ab_.add_argument("--rounds", type=int, default=6, help="rounds per side (default 6), in the order A B B A ...")
+    ab_.add_argument("--out", metavar="DIR", help="folder for the per-round CSVs (default results/ab-<UTC>)")
+    ab_.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a suite key on both sides")
+    _gate_options(ab_)
+    ab_.set_defaults(func=cmd_ab)
 
     e = sub.add_parser("env", help="print the environment fingerprint recorded with every row")
     e.add_argument("--device", default="auto")
@@ -335,6 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "gate" in argv and "--" in argv[argv.index("gate"):]:  # gate A1 A2 -- B1 B2: the sides' separator
+        cut = argv.index("--", argv.index("gate"))
+        argv[cut] = "--new"
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -1,25 +1,35 @@
-"""Regression gate: compare two runs' raw repeat samples case by case and decide pass or fail.
+"""Regression gate: compare two sides' run-level samples case by case and decide pass, fail or no verdict.
 
-Pure logic behind `python -m attnbench gate BASELINE NEW` (load, align, test, decide); the CLI prints
-`format_rows(result)`, `result.summary()` and `result.notes`, and exits with `result.exit_code`.
+Pure logic behind `python -m attnbench gate BASELINE NEW` (or `gate A1 A2 -- B1 B2`): load, align, test,
+decide; the CLI prints `format_rows(result)`, `result.summary()` and `result.notes`, and exits with
+`result.exit_code`.
 
-Inputs, both of one kind: a results CSV from `attnbench run`, whose raw repeats are read from the
-FILE.samples.csv beside it (the chosen metric's rows; a case measured twice counts with its last block of
-repeats, the last one starting at rep 0), aligned by case_id and named from FILE.csv's rows; or a
-pytest-benchmark JSON with raw data (`--benchmark-save-data` / `--benchmark-json`; `stats.data`, seconds per
-iteration, converted to ms; latency only), aligned by `fullname`, else by `name` when no fullname matches
-and names are unique. Non-finite samples are dropped. Cases on one side only are listed, never failures.
+Why rounds. Repeats measured in one process share its memory layout, frequency state and neighbour load,
+so two runs of identical code differ "significantly" by any test on pooled repeats. The unit of evidence
+here is the round: `attnbench run` measures every case in `rounds` rounds, each in a fresh worker process
+with a shuffled case order, and the gate sees one value per case and round, the round's median
+(`attnbench.stats.round_medians`). Several files per side are accepted; each file contributes its rounds,
+so `gate A1.csv A2.csv -- B1.csv B2.csv` pools two runs per side.
 
-Per case on both sides: change = median(new) / median(base) - 1; p_raw from a two-sided Mann-Whitney U
-test (scipy; exact for small samples without ties), one family for both directions; p_holm by Holm's
-step-down method over all judged cases, so pure noise flags any case with probability <= alpha however
-large the suite. Verdict: regression if worse by more than `threshold` and p_holm <= alpha, improvement if
-better by more than `threshold` and p_holm <= alpha, else unchanged ("worse" = larger, or smaller for
-HIGHER_IS_BETTER metrics). too_few_samples: under `min_samples` (default 5) on a side; such cases are
-shown, kept out of the Holm family and never fail. Why 5: the smallest attainable two-sided p with n per
-side is 2 / C(2n, n) = 0.1, 0.029, 0.0079 for n = 3, 4, 5; `notes` warns when judged cases cannot reach
-significance after Holm. ci_low/ci_high: percentile bootstrap CI (confidence 1 - alpha) of the ratio of
-medians, seeded per case from (seed, case key). exit_code: 1 if any case regressed, else 0; usage errors
+Inputs, all of one kind: results CSVs from `attnbench run`, whose raw repeats are read from the
+FILE.samples.csv beside them (the chosen metric; per case and round the last block of repeats), aligned by
+case_id and named from FILE.csv's rows; or pytest-benchmark JSONs with raw data (`--benchmark-save-data`;
+`stats.data`, seconds per iteration, converted to ms; latency only), aligned by `fullname`, else by `name`
+when no fullname matches and names are unique. A pytest-benchmark file is one process, hence one round:
+gate needs at least `min_rounds` saved runs per side and refuses fewer with a message saying so.
+Non-finite samples are dropped. Cases on one side only are listed, never failures.
+
+Per case with >= min_rounds (default 3) round medians on both sides: ratio = median(new rounds) /
+median(base rounds), change = ratio - 1; p_raw and the interval from Welch's t on log round medians
+(`attnbench.stats.log_ratio_test`), so a case's own between-round noise sets how large a change must be to
+count; p_holm by Holm's step-down method over all judged cases (one family for both directions), so
+identical code flags any case with probability <= alpha however large the suite. Verdict: regression if
+worse by more than `threshold` and p_holm <= alpha, improvement if better by more than `threshold` and
+p_holm <= alpha, else unchanged ("worse" = larger, or smaller for HIGHER_IS_BETTER metrics).
+too_few_rounds: under `min_rounds` on a side; such cases are shown, kept out of the Holm family and never
+fail. When no case could be judged the result has no verdict: the summary says so, exit code 0, and the
+notes say what to supply (more rounds or more files). noise: the larger side's standard deviation of log
+round medians (~ relative spread of one round). exit_code: 1 if any case regressed, else 0; usage errors
 raise `GateError` (exit 2).
 """
 
@@ -27,7 +37,6 @@ from __future__ import annotations
 
 import json
 import math
-import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -36,14 +45,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attnbench import results
+from attnbench import results, stats
 from attnbench.errors import AttnbenchError
 
-VERDICTS = ("regression", "improvement", "too_few_samples", "unchanged")  # display order
+VERDICTS = ("regression", "improvement", "too_few_rounds", "unchanged")  # display order
+MIN_ROUNDS = 3  # below this a side's noise is not estimable enough for a verdict
 HIGHER_IS_BETTER = frozenset(
     {"throughput", "tokens_per_s", "achieved_tflops", "achieved_gbps", "frac_bandwidth", "frac_flops", "top1", "top5"}
 )
-_BOOTSTRAP_CHUNK = 1 << 20  # resampled values held at once
 _DESCRIBE = ("mechanism", "level", "variant", "pass", "dtype", "batch", "height", "width")
 
 
@@ -61,19 +70,20 @@ class CaseRef:
 
 @dataclass(frozen=True)
 class GateCase:
-    """The comparison of one case; ratio and CI are new/base of the medians."""
+    """The comparison of one case over round medians; ratio and CI are new/base."""
 
     key: str  # case_id, or pytest-benchmark fullname/name
     name: str  # for display: "rala_eager op fwd fp32 b1 14x14" or the benchmark name
-    n_base: int
+    n_base: int  # rounds
     n_new: int
-    median_base: float
+    median_base: float  # median of the round medians
     median_new: float
     ratio: float
     change: float  # ratio - 1; positive = larger values in new
-    ci_low: float  # of the ratio; nan for too_few_samples
+    ci_low: float  # of the ratio (Welch on logs, confidence 1 - alpha); nan for too_few_rounds
     ci_high: float
-    p_raw: float  # nan for too_few_samples
+    noise: float  # larger side's std of log round medians; nan below 2 rounds
+    p_raw: float  # nan for too_few_rounds
     p_holm: float
     verdict: str  # one of VERDICTS
 
@@ -88,7 +98,7 @@ class GateResult:
     unit: str
     threshold: float
     alpha: float
-    min_samples: int
+    min_rounds: int
     higher_is_better: bool
     cases: tuple[GateCase, ...]  # cases on both sides, in baseline order
     only_in_baseline: tuple[CaseRef, ...] = ()
@@ -107,6 +117,15 @@ class GateResult:
         return self.with_verdict("improvement")
 
     @property
+    def judged(self) -> tuple[GateCase, ...]:
+        return tuple(c for c in self.cases if c.verdict != "too_few_rounds")
+
+    @property
+    def has_verdict(self) -> bool:
+        """False when no case had enough rounds on both sides: the gate could not decide anything."""
+        return bool(self.judged)
+
+    @property
     def passed(self) -> bool:
         return not self.regressions
 
@@ -116,9 +135,10 @@ class GateResult:
 
     def summary(self) -> str:
         """One line: verdict counts and one-sided cases, e.g. for under the CLI table."""
-        labels = {"regression": "regressed", "improvement": "improved", "too_few_samples": "too few samples"}
+        labels = {"regression": "regressed", "improvement": "improved", "too_few_rounds": "too few rounds"}
         counts = ", ".join(f"{len(self.with_verdict(v))} {labels.get(v, v)}" for v in VERDICTS)
-        line = f"{'FAIL' if self.regressions else 'PASS'}: {len(self.cases)} cases compared ({counts})"
+        head = "FAIL" if self.regressions else "PASS" if self.has_verdict else "NO VERDICT"
+        line = f"{head}: {len(self.cases)} cases compared ({counts})"
         if self.only_in_baseline or self.only_in_new:
             line += f"; {len(self.only_in_baseline)} only in baseline, {len(self.only_in_new)} only in new"
         return line
@@ -130,14 +150,18 @@ class GateResult:
 
 @dataclass(frozen=True)
 class SampleSet:
-    """One side's raw samples of one metric, keyed by case."""
+    """One side's round medians of one metric, keyed by case (several files: their rounds concatenated)."""
 
-    path: Path
+    paths: tuple[Path, ...]
     kind: str  # "results" | "pytest-benchmark"
-    samples: dict[str, np.ndarray]
+    samples: dict[str, np.ndarray]  # key -> round medians
     names: dict[str, str] = field(default_factory=dict)
     unit: str = ""
     aliases: dict[str, str] = field(default_factory=dict)  # pytest-benchmark: fullname -> name
+
+    @property
+    def label(self) -> str:
+        return " ".join(str(p) for p in self.paths)
 
 
 def parse_threshold(value: str | float) -> float:
@@ -154,85 +178,38 @@ def parse_threshold(value: str | float) -> float:
     return number
 
 
-def _check_options(alpha: float, min_samples: int) -> float:
+def _check_options(alpha: float, min_rounds: int) -> float:
     if not 0 < alpha < 1:
         raise GateError(f"alpha {alpha} must lie strictly between 0 and 1, e.g. 0.05")
-    if min_samples < 1:
-        raise GateError(f"min_samples {min_samples} must be at least 1")
+    if min_rounds < 2:
+        raise GateError(f"min_rounds {min_rounds} must be at least 2 (one round has no noise estimate)")
     return float(alpha)
 
 
-def holm(pvalues: Sequence[float]) -> np.ndarray:
-    """Holm step-down adjusted p-values, in input order; NaNs stay NaN and are not counted.
-
-    Sorted ascending, p_(i) is multiplied by (k - i + 1) (i from 1), made monotone, and capped at 1;
-    rejecting where adjusted p <= alpha controls the family-wise error rate at alpha.
-    """
-    p = np.asarray(pvalues, dtype=float)
-    adjusted = np.full(p.shape, np.nan)
-    valid = np.flatnonzero(~np.isnan(p))
-    order = valid[np.argsort(p[valid], kind="stable")]
-    k = order.size
-    scaled = p[order] * (k - np.arange(k))
-    adjusted[order] = np.minimum(1.0, np.maximum.accumulate(scaled))
-    return adjusted
-
-
-def mann_whitney_p(base: np.ndarray, new: np.ndarray) -> float:
-    """Two-sided Mann-Whitney U p-value; 1.0 where the test is undefined (e.g. all values tied)."""
-    from scipy.stats import mannwhitneyu  # imported here: the rest of attnbench runs without scipy
-
-    p = float(mannwhitneyu(base, new, alternative="two-sided").pvalue)
-    return 1.0 if math.isnan(p) else p
-
-
-def bootstrap_ratio_ci(
-    base: np.ndarray, new: np.ndarray, *, confidence: float, n_boot: int, rng: np.random.Generator
-) -> tuple[float, float]:
-    """Percentile bootstrap CI of median(new) / median(base), resampling each side independently."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = _bootstrap_medians(new, n_boot, rng) / _bootstrap_medians(base, n_boot, rng)
-    low, high = np.quantile(ratios, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return float(low), float(high)
-
-
-def _bootstrap_medians(x: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
-    rows = max(1, _BOOTSTRAP_CHUNK // x.size)  # bounds memory for pytest-benchmark's thousands of rounds
-    chunks = [rng.choice(x, size=(min(rows, n_boot - i), x.size)) for i in range(0, n_boot, rows)]
-    return np.concatenate([np.median(c, axis=1) for c in chunks])
-
-
-def _min_attainable_p(m: int, n: int) -> float:
-    """Smallest two-sided exact Mann-Whitney p with sizes m, n (complete separation, no ties)."""
-    return min(1.0, 2 / math.comb(m + n, m))
-
-
-def gate_samples(
+def gate_rounds(
     base: Mapping[str, Sequence[float] | np.ndarray],
     new: Mapping[str, Sequence[float] | np.ndarray],
     *,
     threshold: float | str = 0.05,
     alpha: float = 0.05,
     metric: str = "latency",
-    min_samples: int = 5,
-    n_boot: int = 2000,
-    seed: int = 0,
+    min_rounds: int = MIN_ROUNDS,
     names: Mapping[str, str] | None = None,
     unit: str = "",
 ) -> GateResult:
-    """Judge every case in both mappings (case key -> raw samples); see the module docstring."""
+    """Judge every case in both mappings (case key -> round medians); see the module docstring."""
     threshold = parse_threshold(threshold)
-    alpha = _check_options(alpha, min_samples)
+    alpha = _check_options(alpha, min_rounds)
     names = names or {}
     common = [k for k in base if k in new]
     if not common:
         raise GateError("no case is in both baseline and new; compare runs of the same suite")
 
     higher_is_better = metric in HIGHER_IS_BETTER
-    arrays = {k: (_finite(base[k]), _finite(new[k])) for k in common}
-    judged = [k for k in common if min(arrays[k][0].size, arrays[k][1].size) >= min_samples]
-    p_raw = {k: mann_whitney_p(*arrays[k]) for k in judged}
-    p_holm = dict(zip(judged, holm([p_raw[k] for k in judged])))
+    arrays = {k: (stats.finite(base[k]), stats.finite(new[k])) for k in common}
+    judged = [k for k in common if min(arrays[k][0].size, arrays[k][1].size) >= min_rounds]
+    tests = {k: stats.log_ratio_test(*arrays[k], confidence=1 - alpha) for k in judged}
+    p_holm = dict(zip(judged, stats.holm([tests[k][0] for k in judged])))
 
     cases = []
     for key in common:
@@ -241,28 +218,26 @@ def gate_samples(
         median_new = float(np.median(n)) if n.size else math.nan
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = float(np.divide(median_new, median_base))
-        ci: tuple[float, float] = (math.nan, math.nan)
+        p_raw, ci_low, ci_high = tests.get(key, (math.nan, math.nan, math.nan))
         if key in p_holm:
-            rng = np.random.default_rng([seed, zlib.crc32(key.encode())])
-            ci = bootstrap_ratio_ci(b, n, confidence=1 - alpha, n_boot=n_boot, rng=rng)
             verdict = _verdict(ratio - 1, p_holm[key], threshold, alpha, higher_is_better)
         else:
-            verdict = "too_few_samples"
+            verdict = "too_few_rounds"
         cases.append(
             GateCase(
                 key=key, name=names.get(key, key), n_base=int(b.size), n_new=int(n.size),
                 median_base=median_base, median_new=median_new, ratio=ratio, change=ratio - 1,
-                ci_low=ci[0], ci_high=ci[1], p_raw=p_raw.get(key, math.nan), p_holm=p_holm.get(key, math.nan),
-                verdict=verdict,
+                ci_low=ci_low, ci_high=ci_high, noise=max(_log_sd(b), _log_sd(n)), p_raw=p_raw,
+                p_holm=p_holm.get(key, math.nan), verdict=verdict,
             )
         )  # fmt: skip
 
     return GateResult(
         baseline="baseline", new="new", metric=metric, unit=unit, threshold=threshold, alpha=alpha,
-        min_samples=min_samples, higher_is_better=higher_is_better, cases=tuple(cases),
+        min_rounds=min_rounds, higher_is_better=higher_is_better, cases=tuple(cases),
         only_in_baseline=tuple(CaseRef(k, names.get(k, k)) for k in base if k not in new),
         only_in_new=tuple(CaseRef(k, names.get(k, k)) for k in new if k not in base),
-        notes=_power_notes(cases, alpha, min_samples),
+        notes=_round_notes(cases, min_rounds),
     )  # fmt: skip
 
 
@@ -273,59 +248,61 @@ def _verdict(change: float, p_holm: float, threshold: float, alpha: float, highe
     return "regression" if worse_by > threshold else "improvement" if worse_by < -threshold else "unchanged"
 
 
-def _finite(values: Sequence[float] | np.ndarray) -> np.ndarray:
-    a = np.asarray(values, dtype=float).ravel()
-    return a[np.isfinite(a)]
+def _log_sd(x: np.ndarray) -> float:
+    x = x[x > 0]
+    return float(np.log(x).std(ddof=1)) if x.size >= 2 else math.nan
 
 
-def _power_notes(cases: list[GateCase], alpha: float, min_samples: int) -> tuple[str, ...]:
-    notes = []
-    judged = [c for c in cases if c.verdict != "too_few_samples"]
-    weak = [c for c in judged if _min_attainable_p(c.n_base, c.n_new) * len(judged) > alpha]
-    if weak:
-        n = min(min(c.n_base, c.n_new) for c in weak)
-        notes.append(
-            f"{len(weak)} of {len(judged)} compared cases have too few samples (down to {n} per side) for a lone "
-            f"change to reach significance after Holm over {len(judged)} cases; record more repeats"
-        )
-    few = len(cases) - len(judged)
-    if few:
-        notes.append(f"{few} cases have fewer than {min_samples} samples on a side and were not judged")
-    return tuple(notes)
+def _round_notes(cases: list[GateCase], min_rounds: int) -> tuple[str, ...]:
+    few = [c for c in cases if c.verdict == "too_few_rounds"]
+    if not few:
+        return ()
+    least = min(min(c.n_base, c.n_new) for c in few)
+    what = (f"{len(few)} of {len(cases)} cases have fewer than {min_rounds} rounds on a side (down to {least}) and "
+            "were not judged")  # fmt: skip
+    if len(few) == len(cases):
+        what = f"no verdict: every case has fewer than {min_rounds} rounds on a side (down to {least})"
+    return (f"{what}; run with --rounds {max(5, min_rounds)} or pass several files per side "
+            "(gate A1.csv A2.csv A3.csv -- B1.csv B2.csv B3.csv)",)
 
 
 def gate(
-    baseline: str | Path,
-    new: str | Path,
+    baseline: str | Path | Sequence[str | Path],
+    new: str | Path | Sequence[str | Path],
     *,
     threshold: float | str = 0.05,
     alpha: float = 0.05,
     metric: str = "latency",
-    min_samples: int = 5,
-    n_boot: int = 2000,
-    seed: int = 0,
+    min_rounds: int = MIN_ROUNDS,
 ) -> GateResult:
-    """Compare NEW against BASELINE (results CSVs or pytest-benchmark JSONs); exit_code 1 on regression."""
+    """Compare NEW against BASELINE (each one file or several: results CSVs or pytest-benchmark JSONs)."""
     threshold = parse_threshold(threshold)
-    alpha = _check_options(alpha, min_samples)
-    base_set, new_set = load_samples(baseline, metric), load_samples(new, metric)
+    alpha = _check_options(alpha, min_rounds)
+    base_set, new_set = load_side(baseline, metric), load_side(new, metric)
     if base_set.kind != new_set.kind:
         raise GateError(
-            f"{base_set.path} is a {base_set.kind} file but {new_set.path} is a {new_set.kind} file; "
-            "compare two files of the same kind"
+            f"{base_set.label} holds {base_set.kind} data but {new_set.label} holds {new_set.kind} data; "
+            "compare files of the same kind"
         )
+    if base_set.kind == "pytest-benchmark":
+        for side in (base_set, new_set):
+            if len(side.paths) < min_rounds:
+                raise GateError(
+                    f"a pytest-benchmark JSON is one process (one round) and {side.label} gives "
+                    f"{len(side.paths)}; save at least {min_rounds} runs per side and pass them all: "
+                    "gate A1.json A2.json A3.json -- B1.json B2.json B3.json"
+                )
     base_set, new_set = _align_names(base_set, new_set)
     if not set(base_set.samples) & set(new_set.samples):
         raise GateError(
-            f"no case is in both {base_set.path} ({len(base_set.samples)} cases) and {new_set.path} "
+            f"no case is in both {base_set.label} ({len(base_set.samples)} cases) and {new_set.label} "
             f"({len(new_set.samples)} cases); compare runs of the same suite"
         )
-    result = gate_samples(
+    result = gate_rounds(
         base_set.samples, new_set.samples, threshold=threshold, alpha=alpha, metric=metric,
-        min_samples=min_samples, n_boot=n_boot, seed=seed, names={**new_set.names, **base_set.names},
-        unit=base_set.unit or new_set.unit,
+        min_rounds=min_rounds, names={**new_set.names, **base_set.names}, unit=base_set.unit or new_set.unit,
     )  # fmt: skip
-    return replace(result, baseline=str(base_set.path), new=str(new_set.path))
+    return replace(result, baseline=base_set.label, new=new_set.label)
 
 
 def _align_names(base: SampleSet, new: SampleSet) -> tuple[SampleSet, SampleSet]:
@@ -341,8 +318,34 @@ def _align_names(base: SampleSet, new: SampleSet) -> tuple[SampleSet, SampleSet]
     return rekeyed[0], rekeyed[1]
 
 
+def load_side(paths: str | Path | Sequence[str | Path], metric: str = "latency") -> SampleSet:
+    """One side of a gate: the round medians of every file, concatenated per case in the order given."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    if not paths:
+        raise GateError("a side of the gate has no files; pass results CSVs or pytest-benchmark JSONs")
+    sets = [load_samples(p, metric) for p in paths]
+    kinds = {s.kind for s in sets}
+    if len(kinds) > 1:
+        raise GateError(f"{' '.join(map(str, paths))} mixes results CSVs and pytest-benchmark JSONs; "
+                        "give one kind per side")  # fmt: skip
+    samples: dict[str, list[np.ndarray]] = {}
+    names: dict[str, str] = {}
+    aliases: dict[str, str] = {}
+    for s in sets:
+        for key, meds in s.samples.items():
+            samples.setdefault(key, []).append(meds)
+        names.update(s.names)
+        aliases.update(s.aliases)
+    return SampleSet(
+        paths=tuple(p for s in sets for p in s.paths), kind=sets[0].kind,
+        samples={k: np.concatenate(v) for k, v in samples.items()}, names=names,
+        unit=next((s.unit for s in sets if s.unit), ""), aliases=aliases,
+    )  # fmt: skip
+
+
 def load_samples(path: str | Path, metric: str = "latency") -> SampleSet:
-    """Raw samples of `metric` from a results CSV (via FILE.samples.csv) or a pytest-benchmark JSON."""
+    """Round medians of `metric` from a results CSV (via FILE.samples.csv) or a pytest-benchmark JSON."""
     path = Path(path)
     if not path.is_file():
         raise GateError(f"{path} not found; pass a results CSV from `attnbench run` or a pytest-benchmark JSON")
@@ -362,11 +365,9 @@ def _load_results_csv(path: Path, metric: str) -> SampleSet:
         )
     df = results.load_samples(samples_path)
     available = sorted(set(df["metric"]))
-    df = df[df["metric"] == metric]
-    if df.empty:
+    if df[df["metric"] == metric].empty:
         raise GateError(f"{samples_path} has no {metric!r} samples (it has {available}); pick one with --metric")
-    df = _last_block(df)
-    samples = {str(k): g["value"].to_numpy(dtype=float) for k, g in df.groupby("case_id", sort=False)}
+    samples = {k: v for k, v in stats.round_medians(df, metric).items() if v.size}
     names: dict[str, str] = {}
     unit = ""
     if main.is_file():
@@ -375,14 +376,8 @@ def _load_results_csv(path: Path, metric: str) -> SampleSet:
             names[str(case_id)] = describe_case(g.iloc[0].to_dict())
         units = rows.loc[(rows["metric"] == metric) & (rows["unit"] != ""), "unit"]
         unit = str(units.iloc[0]) if len(units) else ""
-    return SampleSet(path=main if main.is_file() else path, kind="results", samples=samples, names=names, unit=unit)
-
-
-def _last_block(df: pd.DataFrame) -> pd.DataFrame:
-    """Per case, the repeats from its last `rep == 0` on: a case measured twice in a file counts once."""
-    keys = [df["case_id"], df["metric"]]
-    block = df["rep"].eq(0).fillna(False).astype(int).groupby(keys).cumsum()
-    return df[block == block.groupby(keys).transform("max")]
+    return SampleSet(paths=(main if main.is_file() else path,), kind="results", samples=samples, names=names,
+                     unit=unit)  # fmt: skip
 
 
 def describe_case(row: Mapping[str, Any]) -> str:
@@ -397,6 +392,7 @@ def describe_case(row: Mapping[str, Any]) -> str:
 
 
 def _load_benchmark_json(path: Path, metric: str) -> SampleSet:
+    """One pytest-benchmark run = one process = one round: each benchmark's median of `stats.data`."""
     if metric != "latency":
         raise GateError(f"{path} is pytest-benchmark JSON, which holds timings only; use --metric latency")
     samples: dict[str, np.ndarray] = {}
@@ -405,22 +401,24 @@ def _load_benchmark_json(path: Path, metric: str) -> SampleSet:
         for bench in json.loads(path.read_text(encoding="utf-8"))["benchmarks"]:
             name = str(bench.get("name", ""))
             key = str(bench.get("fullname") or name)
-            data = (bench.get("stats") or {}).get("data") or []
-            samples[key] = np.asarray(data, dtype=float).ravel() * 1e3  # s per iteration -> ms
+            data = stats.finite(np.asarray((bench.get("stats") or {}).get("data") or [], dtype=float)) * 1e3
+            if data.size:  # s per iteration -> ms; the run's median is this file's round
+                samples[key] = np.array([float(np.median(data))])
             aliases[key] = name or key
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise GateError(
             f"cannot read {path} as pytest-benchmark JSON ({reason}); pass a file saved with --benchmark-save-data"
         ) from None
-    if samples and not any(v.size for v in samples.values()):
+    if not samples:
         raise GateError(f"{path} has no raw samples (stats.data); re-run pytest with --benchmark-save-data")
-    return SampleSet(path, "pytest-benchmark", samples, names=dict(aliases), unit="ms", aliases=aliases)
+    return SampleSet((path,), "pytest-benchmark", samples, names=dict(aliases), unit="ms", aliases=aliases)
 
 
 def format_rows(result: GateResult) -> list[dict[str, str]]:
-    """Display rows (all values strings, same keys in every row): regressions, improvements, too_few_samples,
-    unchanged, each by size of change. Keys: case, id, n, baseline, new, change, ci, p, p_holm, verdict."""
+    """Display rows (all values strings, same keys in every row): regressions, improvements, too_few_rounds,
+    unchanged, each by size of change. Keys: case, id, rounds, baseline, new, change, ci, noise, p, p_holm,
+    verdict."""
     rank = {v: i for i, v in enumerate(VERDICTS)}
     ordered = sorted(result.cases, key=lambda c: (rank[c.verdict], -abs(np.nan_to_num(c.change))))
     unit = f" {result.unit}" if result.unit else ""
@@ -428,11 +426,12 @@ def format_rows(result: GateResult) -> list[dict[str, str]]:
         {
             "case": c.name,
             "id": c.key,
-            "n": f"{c.n_base}/{c.n_new}",
+            "rounds": f"{c.n_base}/{c.n_new}",
             "baseline": f"{c.median_base:.4g}{unit}",
             "new": f"{c.median_new:.4g}{unit}",
             "change": _percent(c.change),
             "ci": "-" if math.isnan(c.ci_low) else f"[{_percent(c.ci_low - 1)}, {_percent(c.ci_high - 1)}]",
+            "noise": "-" if math.isnan(c.noise) else f"{c.noise:.1%}",
             "p": _p(c.p_raw),
             "p_holm": _p(c.p_holm),
             "verdict": c.verdict,

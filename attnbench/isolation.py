@@ -56,8 +56,8 @@ def _worker_main(conn, suite, run_id: str, env_id: str, memory_limit_bytes: int 
             return
         if msg is None:
             return
-        case = msg
-        rows, samples = runner.measure_case(case)
+        case, prior, time_only = msg
+        rows, samples = runner.measure_case(case, prior=prior, time_only=time_only)
         conn.send(("done", (rows, samples)))
 
 

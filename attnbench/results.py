@@ -26,10 +26,10 @@ COLUMNS = [
     "pass", "device", "dtype", "batch", "height", "width", "tokens", "heads", "head_dim", "dim", "metric",
     "value", "unit", "stat", "status", "message", "source", "note", "env_id", "started_at",
 ]  # fmt: skip
-SAMPLE_COLUMNS = ["case_id", "metric", "rep", "value"]
+SAMPLE_COLUMNS = ["case_id", "metric", "round", "rep", "value"]
+ROW_KEY = ("case_id", "metric", "stat", "source")  # at most one row per key in a file (the writer refuses more)
 INT_COLUMNS = ["schema_version", "batch", "height", "width", "tokens", "heads", "head_dim", "dim"]
 STATUSES = ("ok", "skipped", "oom", "timeout", "crash", "error")
-STATS = ("median", "mean", "min", "p20", "p80", "std", "n", "value")
 
 
 def companion(path: str | Path, kind: str) -> Path:
@@ -103,18 +103,34 @@ class ResultsWriter:
         self.path = Path(path)
         if self.path.suffix != ".csv":
             raise ResultsError(f"--out must name a .csv file, got {str(path)!r}")
+        samples_path = companion(self.path, "samples.csv")
+        if samples_path.exists() and samples_path.stat().st_size and _header(samples_path) != SAMPLE_COLUMNS:
+            raise ResultsError(f"{samples_path} was written by an older attnbench (no `round` column); "
+                               "choose a new --out instead of resuming it")  # fmt: skip
         try:
             self.rows = _Appender(self.path, COLUMNS)
-            self.samples = _Appender(companion(self.path, "samples.csv"), SAMPLE_COLUMNS)
+            self.samples = _Appender(samples_path, SAMPLE_COLUMNS)
         except OSError as exc:
             raise ResultsError(f"cannot write results to {self.path}: {exc.strerror or exc}; "
                                "choose a writable --out") from None  # fmt: skip
+        self._keys = row_keys(self.path)  # rows already in the file (a resumed run)
 
     def write_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Append one case's rows; a second row with the same (case_id, metric, stat, source) is refused,
+        so every pivot and gate on the file is unambiguous."""
+        keys = [tuple(str(row.get(c, "")) for c in ROW_KEY) for row in rows]
+        seen = set(self._keys)
+        for key in keys:
+            if key in seen:
+                raise ResultsError(f"duplicate row {dict(zip(ROW_KEY, key))} for {self.path}: a metric needs one row "
+                                   "per (case_id, metric, stat, source); give the second convention its own metric")
+            seen.add(key)
         self.rows.write(rows)
+        self._keys = seen
 
-    def write_samples(self, case_id: str, metric: str, values: list[float]) -> None:
-        self.samples.write({"case_id": case_id, "metric": metric, "rep": i, "value": v} for i, v in enumerate(values))
+    def write_samples(self, case_id: str, metric: str, values: list[float], round: int = 0) -> None:
+        self.samples.write({"case_id": case_id, "metric": metric, "round": round, "rep": i, "value": v}
+                           for i, v in enumerate(values))  # fmt: skip
 
     def write_env(self, env_id: str, fp: dict[str, Any]) -> None:
         path = companion(self.path, "env.json")
@@ -140,6 +156,22 @@ def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _header(path: Path) -> list[str]:
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        return next(csv.reader([fh.readline()]), [])
+
+
+def row_keys(path: str | Path) -> set[tuple[str, ...]]:
+    """(case_id, metric, stat, source) of the rows already in FILE.csv (empty when there is none)."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        df = _read_csv_tolerant(path, COLUMNS)
+    return set(df[list(ROW_KEY)].itertuples(index=False, name=None))
 
 
 def _read_csv_tolerant(path: Path, columns: list[str]) -> pd.DataFrame:
@@ -184,14 +216,19 @@ def load(path: str | Path, *, dedupe: bool = True) -> pd.DataFrame:
 
 
 def load_samples(path: str | Path) -> pd.DataFrame:
-    """Raw repeat samples (case_id, metric, rep, value) of FILE.csv (or of the samples file itself)."""
+    """Raw repeat samples (case_id, metric, round, rep, value) of FILE.csv (or of the samples file itself).
+
+    Files written before rounds existed have no `round` column: all their samples are round 0."""
     path = Path(path)
     if not path.name.endswith(".samples.csv"):
         path = companion(path, "samples.csv")
     if not path.exists():
         raise ResultsError(f"samples file {path} not found (it is written beside FILE.csv by `attnbench run`)")
-    df = _read_csv_tolerant(path, SAMPLE_COLUMNS)
-    df["rep"] = pd.to_numeric(df["rep"], errors="coerce").astype("Int64")
+    df = _read_csv_tolerant(path, [c for c in SAMPLE_COLUMNS if c != "round"])
+    if "round" not in df.columns:
+        df.insert(2, "round", "0")
+    for col in ("round", "rep"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
     df["value"] = pd.to_numeric(df["value"], errors="coerce").astype("float64")
     return df
 

@@ -19,12 +19,12 @@ from typing import Any, Protocol
 
 import torch
 
-from attnbench import registry
+from attnbench import registry, rounds
 from attnbench.errors import AttnbenchError, MechanismUnavailable
 from attnbench.measure.env import env_id as make_env_id
 from attnbench.measure.env import fingerprint, gpu_telemetry
 from attnbench.measure.memory import peak_memory
-from attnbench.measure.timing import CaseTimeout, RepeatPolicy, summarize, time_fn
+from attnbench.measure.timing import CaseTimeout, RepeatPolicy, time_fn
 from attnbench.plan import Case, plan
 from attnbench.registry import Shape
 from attnbench.results import SCHEMA_VERSION, ResultsWriter, done_case_ids
@@ -47,6 +47,7 @@ class RunSummary:
     total: int
     resumed: int
     statuses: Counter = field(default_factory=Counter)
+    rounds: int = 1
 
 
 def default_out(suite: Suite, results_dir: str | Path = "results") -> Path:
@@ -128,31 +129,59 @@ class Runner:
         writer.write_env(self.env_id, fp)
         self.peaks = _cached_peaks(suite.device, fp)
         writer.write_suite(suite.to_yaml())
-        summary = RunSummary(self.out, self.run_id, len(cases), resumed=sum(c.case_id in done for c in cases))
+        timed = "latency" in suite.metrics
+        n_rounds = suite.rounds if timed else 1
+        prior = rounds.prior_from_samples(self.out) if self.resume and n_rounds > 1 else {}
+        prior = {k: {r: v for r, v in by.items() if r < n_rounds - 1} for k, by in prior.items() if k not in done}
+        summary = RunSummary(self.out, self.run_id, len(cases), resumed=sum(c.case_id in done for c in cases),
+                             rounds=n_rounds)  # fmt: skip
+        total_steps = len(cases) * n_rounds
+        steps_done = sum(c.case_id in done for c in cases) * n_rounds + sum(len(v) for v in prior.values())
         if self.progress:
-            self.progress.start(len(cases), summary.resumed)
-        if isolation_mode(suite) == "process":
-            from attnbench.isolation import WorkerPool
-
-            self.pool = WorkerPool(suite, self.run_id, self.env_id, suite.memory_limit_gb)
+            self.progress.start(total_steps, steps_done)
+        ended = set(done)  # cases with rows: done before, finished, or failed in an earlier round
+        unit_list = rounds.units(cases)
+        step = steps_done
         try:
-            for index, case in enumerate(cases):
-                if case.case_id in done:
-                    continue
-                if self.progress:
-                    self.progress.case_start(index, case)
-                rows, samples = self.run_case(case)
-                for metric, values in samples.items():  # samples first: rows mark the case done for --resume
-                    writer.write_samples(case.case_id, metric, values)
-                writer.write_rows(rows)
-                status = rows[0]["status"] if rows else "error"
-                summary.statuses[status] += 1
-                if self.progress:
-                    self.progress.case_end(index, case, status, rows)
+            for round_index in range(n_rounds):
+                final = round_index == n_rounds - 1
+                if self.progress and hasattr(self.progress, "round_start"):
+                    self.progress.round_start(round_index, n_rounds)
+                if isolation_mode(suite) == "process":  # a fresh worker process for every round
+                    from attnbench.isolation import WorkerPool
+
+                    self.pool = WorkerPool(suite, self.run_id, self.env_id, suite.memory_limit_gb)
+                try:
+                    for case in rounds.round_order(unit_list, round_index, suite.order_seed, n_rounds):
+                        if case.case_id in ended or round_index in prior.get(case.case_id, {}):
+                            continue
+                        if self.progress:
+                            self.progress.case_start(step, case)
+                        earlier = [v for _, v in sorted(prior.get(case.case_id, {}).items())]
+                        rows, samples = self.run_case(case, prior=earlier, time_only=not final)
+                        for metric, values in samples.items():  # samples first: rows mark the case done
+                            writer.write_samples(case.case_id, metric, values, round=round_index)
+                        if not final and not rows:  # a timing-only round went well: keep its repeats
+                            prior.setdefault(case.case_id, {})[round_index] = samples.get("latency", [])
+                            status = "ok"
+                        else:
+                            if not final and n_rounds > 1 and rows and rows[0]["status"] != "skipped":
+                                for row in rows:
+                                    if row.get("message"):
+                                        row["message"] = f"round {round_index + 1}/{n_rounds}: {row['message']}"
+                            writer.write_rows(rows)
+                            ended.add(case.case_id)
+                            status = rows[0]["status"] if rows else "error"
+                            summary.statuses[status] += 1
+                        step += 1
+                        if self.progress:
+                            self.progress.case_end(step, case, status, rows)
+                finally:
+                    if self.pool is not None:
+                        self.pool.close()
+                        self.pool = None
         finally:
             writer.close()
-            if self.pool is not None:
-                self.pool.close()
         return summary
 
     # -- one case ----------------------------------------------------------------------------------
@@ -172,9 +201,11 @@ class Runner:
         return (case.mechanism, case.level, case.variant, case.pass_, case.dtype, case.height, case.width,
                 case.heads, case.dim)  # fmt: skip
 
-    def run_case(self, case: Case) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
-        """Rows of one case: planned skips, predicted OOMs and prunes here; the rest measured
-        in-process or in the worker."""
+    def run_case(self, case: Case, *, prior: list[list[float]] | None = None,
+                 time_only: bool = False) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:  # fmt: skip
+        """Rows of one case in one round: planned skips, predicted OOMs and prunes here; the rest measured
+        in-process or in the worker. time_only (rounds before the last): latency samples and no rows when
+        all went well; `prior`: the latency repeats of the case's earlier rounds (see attnbench.rounds)."""
         started = _now()
         if case.skip:
             return [self.status_row(case, started, "skipped", case.skip)], {}
@@ -187,7 +218,8 @@ class Runner:
             return [self.status_row(case, started, "skipped", pruned)], {}
         if self.pool is not None:
             try:
-                tag, payload = self.pool.run(case, self.suite.timeout_s, self.suite.timeout_s * 1.1 + WORKER_MARGIN_S)
+                tag, payload = self.pool.run((case, prior, time_only), self.suite.timeout_s,
+                                             self.suite.timeout_s * 1.1 + WORKER_MARGIN_S)  # fmt: skip
             except RuntimeError as exc:  # the worker could not start (e.g. memory_limit_gb too small)
                 tag, payload = "crash", str(exc)
             if tag == "done":
@@ -195,19 +227,23 @@ class Runner:
             else:
                 rows, samples = [self.status_row(case, started, tag, payload)], {}
         else:
-            rows, samples = self.measure_case(case, started)
+            rows, samples = self.measure_case(case, started, prior=prior, time_only=time_only)
         if rows and rows[0]["status"] == "oom":
             key = self._oom_key(case)
             self._oom_at[key] = min(case.batch, self._oom_at.get(key, case.batch))
         return rows, samples
 
     def measure_case(
-        self, case: Case, started: str | None = None
+        self, case: Case, started: str | None = None, *, prior: list[list[float]] | None = None,
+        time_only: bool = False,
     ) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
         """Measure one case; any exception becomes a status row (the sweep goes on)."""
         started = started or _now()
         try:
-            rows, samples = self._measure(case, started)
+            if time_only:
+                rows, samples = [], {"latency": self._time(self.build_workload(case), case)}
+            else:
+                rows, samples = self._measure(case, started, prior or [])
         except Exception as exc:  # a failing case becomes rows; the sweep goes on
             if self.debug:
                 traceback.print_exc()
@@ -238,7 +274,16 @@ class Runner:
         return build_model_workload(case.variant, case.mechanism, height=case.height, width=case.width,
                                     options=case.options_dict, **common)  # fmt: skip
 
-    def _measure(self, case: Case, started: str) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:
+    def _time(self, work: Workload, case: Case) -> list[float]:
+        """Latency repeats of one round in ms (warm-up outside; repeat policy of the suite)."""
+        suite = self.suite
+        policy = RepeatPolicy(suite.repeats.min, suite.repeats.max, suite.repeats.min_time_s, suite.repeats.target_ci)
+        secs = time_fn(work.fn, device=case.device, warmup=suite.warmup, policy=policy, timeout_s=suite.timeout_s,
+                       flush_l2=suite.flush_l2 and case.level == "op", cuda_graph=suite.cuda_graphs)  # fmt: skip
+        return [s * 1e3 for s in secs]
+
+    def _measure(self, case: Case, started: str,
+                 prior: list[list[float]]) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:  # fmt: skip
         suite = self.suite
         rows: list[dict[str, Any]] = []
         samples: dict[str, list[float]] = {}
@@ -265,7 +310,7 @@ class Runner:
                 rows.append(self._row(case, started, "rel_err", verdict.rel_err, "", status=status, message=message,
                                       note=f"output {verdict.note}; tolerance {verdict.tolerance:.3g}"))  # fmt: skip
                 if verdict.grad_rel_err is not None:
-                    rows.append(self._row(case, started, "rel_err", verdict.grad_rel_err, "", status=status,
+                    rows.append(self._row(case, started, "grad_rel_err", verdict.grad_rel_err, "", status=status,
                                           message=message, note=f"grads {verdict.note}"))  # fmt: skip
                 if not verdict.ok:  # a wrong result's timing means nothing: report the error, skip timing
                     return [self.status_row(case, started, "error", message)] + rows, samples
@@ -273,15 +318,10 @@ class Runner:
             work = self.build_workload(case)
             static = list(work.static) + static
             if "latency" in suite.metrics:
-                policy = RepeatPolicy(suite.repeats.min, suite.repeats.max, suite.repeats.min_time_s,
-                                      suite.repeats.target_ci)  # fmt: skip
-                secs = time_fn(work.fn, device=case.device, warmup=suite.warmup, policy=policy,
-                               timeout_s=suite.timeout_s, flush_l2=suite.flush_l2 and case.level == "op",
-                               cuda_graph=suite.cuda_graphs)  # fmt: skip
-                stats = summarize([s * 1e3 for s in secs])
-                samples["latency"] = [s * 1e3 for s in secs]
+                samples["latency"] = self._time(work, case)
+                stats, note = rounds.latency_summary(samples["latency"], prior)
                 for stat in STAT_ORDER:
-                    add("latency", stats[stat], "count" if stat == "n" else "ms", stat=stat)
+                    add("latency", stats[stat], "count" if stat == "n" else "ms", stat=stat, note=note)
                 median_s = stats["median"] / 1e3
                 add("throughput", work.items / median_s, "items/s", stat="median")
                 add("tokens_per_s", work.tokens / median_s, "tokens/s", stat="median")
@@ -432,9 +472,11 @@ PRUNE_FRACTION = 0.9
 
 
 def isolation_mode(suite: Suite) -> str:
-    """`auto` = process on GPU (a fault there can poison the context), inprocess on CPU."""
+    """`auto` = process on GPU (a fault there can poison the context) and wherever timed cases run in several
+    rounds (each round a fresh process, attnbench.rounds); inprocess for a single-round CPU run."""
     if suite.isolation == "auto":
-        return "process" if suite.device == "cuda" else "inprocess"
+        several = suite.rounds > 1 and "latency" in suite.metrics
+        return "process" if suite.device == "cuda" or several else "inprocess"
     return suite.isolation
 
 

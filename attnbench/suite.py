@@ -23,6 +23,8 @@ METRICS = ("latency", "memory", "flops", "rank", "accuracy")
 MODEL_OPTIONS = {"mixer_late", "checkpoint", "ema"}  # options keyed by a model name (level model)
 DEFAULT_METRICS = ("latency", "memory", "flops")
 ISOLATIONS = ("auto", "inprocess", "process")
+DEFAULT_ROUNDS = 5  # the gate's calibration (README "Regression gating") holds at this default
+MAX_ROUNDS = 1000
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,9 @@ class Suite:
     device: str = "cpu"  # resolved: cpu | cuda
     threads: int | None = None
     warmup: int = 3
-    repeats: Repeats = Repeats()
+    repeats: Repeats = Repeats()  # per round
+    rounds: int = DEFAULT_ROUNDS  # timed cases are measured in this many rounds, each in a fresh worker process
+    order_seed: int = 0  # seeds the shuffled case order of each round (recorded in FILE.suite.yaml)
     timeout_s: float = 120.0
     isolation: str = "auto"
     verify: bool = True
@@ -98,6 +102,8 @@ _KEYS: dict[str, str] = {
     "threads": "int?",
     "warmup": "int",
     "repeats": "mapping",
+    "rounds": "int",
+    "order_seed": "int",
     "timeout_s": "float",
     "isolation": "str",
     "verify": "bool",
@@ -318,6 +324,10 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     repeats = Repeats(**rep)
     if repeats.min < 1 or repeats.max < repeats.min or repeats.min_time_s < 0:
         raise _fail(where, "repeats", f"`repeats` needs 1 <= min <= max and min_time_s >= 0, got {repeats}")
+    if not 1 <= values.get("rounds", DEFAULT_ROUNDS) <= MAX_ROUNDS:
+        raise _fail(where, "rounds", f"`rounds` must be between 1 and {MAX_ROUNDS}")
+    if values.get("order_seed", 0) < 0:
+        raise _fail(where, "order_seed", "`order_seed` must be >= 0")
     if values.get("warmup", 0) < 0:
         raise _fail(where, "warmup", "`warmup` must be >= 0")
     if values.get("timeout_s", 1.0) <= 0:
@@ -350,6 +360,9 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     plugins = tuple(_absolute_plugin(p, path.parent) for p in values.get("plugins", ()))
     if plugins:
         merged["plugins"] = list(plugins)
+    # the round structure is part of the record even where the file left it to the defaults
+    merged.setdefault("rounds", values.get("rounds", DEFAULT_ROUNDS))
+    merged.setdefault("order_seed", values.get("order_seed", 0))
     suite = Suite(
         name=values["name"],
         mechanisms=values["mechanisms"],
@@ -366,6 +379,8 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         threads=threads,
         warmup=values.get("warmup", 3),
         repeats=repeats,
+        rounds=values.get("rounds", DEFAULT_ROUNDS),
+        order_seed=values.get("order_seed", 0),
         timeout_s=values.get("timeout_s", 120.0),
         isolation=values.get("isolation", "auto"),
         verify=values.get("verify", True),

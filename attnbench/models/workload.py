@@ -9,8 +9,9 @@ autocast), as at op and mixer level.
 
 Static rows, all per batch of the case (`batch` images at height x width):
   params          count  "model parameters"
-  macs            MAC    "macs_no_attn; ..."    conv + norm MACs, attention matmuls left out (forward)
-  macs            MAC    "macs_with_attn; ..."  the same + attention matmuls, fvcore-style (forward)
+  macs            MAC    "macs_no_attn; ..."    conv + norm MACs, attention matmuls left out (forward; the
+                                                 paper's convention, beside its reported `macs`)
+  macs_with_attn  MAC    "macs_with_attn; ..."  the same + attention matmuls, fvcore-style (forward)
   flops_counted   FLOP   "flopcountermode; ..." torch FlopCounterMode on one call of the timed closure
   flops           FLOP   "analytic; ..."        2 x conv/matmul MACs of the case's pass
 The label (first `;`-separated field of `note`) names the convention; counting.py defines them.
@@ -47,7 +48,7 @@ def _analytic_rows(
     return [
         StaticRow("macs", counts.macs_no_attn, "MAC",
                   note=f"macs_no_attn; convs + norms (fvcore inference), attention matmuls excluded; forward, {per}"),
-        StaticRow("macs", counts.macs_with_attn, "MAC",
+        StaticRow("macs_with_attn", counts.macs_with_attn, "MAC",
                   note=f"macs_with_attn; fvcore-style, attention matmuls included; forward, {per}"),
         StaticRow("flops", flops, "FLOP",
                   note=f"analytic; 2 per conv/matmul MAC (FlopCounterMode convention), {backward}, {per}"),

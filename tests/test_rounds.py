@@ -1,0 +1,198 @@
+"""Rounds: every timed case measured in several rounds (fresh workers, shuffled order), samples tagged with
+their round, latency rows over round medians; one row per (case_id, metric, stat, source) in every file;
+every shipped suite, shrunk to smoke size, writes unambiguous rows; interleaved A/B on two trees."""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from attnbench import results, rounds
+from attnbench.cli import main
+from attnbench.errors import ResultsError
+from attnbench.plan import plan
+from attnbench.suite import load_suite
+
+REPO = Path(__file__).resolve().parents[1]
+SUITES = sorted((REPO / "suites").glob("*.yaml"))
+
+
+def write_suite(tmp_path: Path, body: str, name: str = "suite.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+TINY = """\
+    name: tiny
+    mechanisms: [softmax_sdpa, softmax_eager]
+    level: op
+    dim: 16
+    resolution: [3, 4]
+    batch: [1, 2]
+    device: cpu
+    warmup: 0
+    verify: false
+    metrics: [latency]
+    repeats: {min: 3, max: 3, min_time_s: 0}
+    """
+
+
+def test_rounds_in_fresh_workers_with_round_medians(tmp_path):
+    suite = write_suite(tmp_path, TINY.rstrip(" ") + "    rounds: 3\n    order_seed: 7\n")
+    out = tmp_path / "r.csv"
+    assert main(["run", str(suite), "--out", str(out), "--no-progress"]) == 0
+    samples = results.load_samples(out)
+    assert list(samples.columns) == results.SAMPLE_COLUMNS
+    per_case = samples.groupby("case_id")["round"].agg(lambda r: sorted(set(r)))
+    assert len(per_case) == 8 and all(r == [0, 1, 2] for r in per_case)
+    df = results.load(out)
+    for case_id, rows in df[df.metric == "latency"].groupby("case_id"):
+        stat = dict(zip(rows.stat, rows.value))
+        s = samples[samples.case_id == case_id]
+        meds = [statistics.median(g["value"]) for _, g in s.groupby("round")]
+        assert stat["median"] == pytest.approx(statistics.median(meds))
+        assert stat["min"] == pytest.approx(min(meds)) and stat["n"] == 3
+        assert set(rows.note) == {"over 3 round medians"}
+    recorded = yaml.safe_load(results.companion(out, "suite.yaml").read_text())
+    assert recorded["rounds"] == 3 and recorded["order_seed"] == 7
+
+
+def test_round_order_is_seeded_and_keeps_batch_ladders(tmp_path):
+    cases = plan(load_suite(write_suite(tmp_path, TINY)))
+    units = rounds.units(cases)
+    assert [len(u) for u in units] == [2, 2, 2, 2]  # batch 1, 2 of each (mechanism, grid)
+    orders = [[c.case_id for c in rounds.round_order(units, r, 0, 5)] for r in range(5)]
+    assert orders[0] == [c.case_id for c in rounds.round_order(units, 0, 0, 5)]  # seeded: reproducible
+    assert len({tuple(o) for o in orders}) > 1  # shuffled between rounds
+    for order in orders:
+        by_id = {c.case_id: c for c in cases}
+        batches = [by_id[i].batch for i in order]
+        assert batches == [1, 2] * 4  # every ladder stays together and ascending
+    assert [c.case_id for c in rounds.round_order(units, 0, 0, 1)] == [c.case_id for c in cases]
+
+
+def test_latency_summary_over_round_medians():
+    stats, note = rounds.latency_summary([5.0, 6.0, 7.0], [[1.0, 2.0, 3.0], [10.0, 11.0]])
+    assert stats["median"] == 6.0 and stats["n"] == 3 and stats["min"] == 2.0 and stats["mean"] == pytest.approx(
+        (2 + 10.5 + 6) / 3)
+    assert note == "over 3 round medians"
+    single, note = rounds.latency_summary([1.0, 2.0, 3.0, 10.0], [])
+    assert single["median"] == 2.5 and single["n"] == 4 and note == ""
+
+
+def test_writer_refuses_a_second_row_with_the_same_key(tmp_path):
+    writer = results.ResultsWriter(tmp_path / "d.csv")
+    row = {"case_id": "c", "metric": "rel_err", "stat": "value", "source": "measured", "value": 1e-7}
+    writer.write_rows([row, row | {"metric": "grad_rel_err"}])
+    with pytest.raises(ResultsError, match="duplicate row"):
+        writer.write_rows([row | {"note": "grads"}])  # differs only in the note: refused
+    with pytest.raises(ResultsError, match="duplicate row"):
+        writer.write_rows([row | {"case_id": "e"}, row | {"case_id": "e"}])  # within one batch too
+    writer.write_rows([row | {"source": "reported"}])  # a paper's figure beside the measurement is its own key
+    writer.close()
+    again = results.ResultsWriter(tmp_path / "d.csv")  # a resumed run knows the rows already in the file
+    with pytest.raises(ResultsError, match="duplicate row"):
+        again.write_rows([row])
+    again.close()
+
+
+def _smoke_sized(path: Path) -> list[str]:
+    """--set overrides that shrink a shipped suite to seconds on 2 CPU cores, keeping its mechanisms and metrics."""
+    raw = yaml.safe_load(path.read_text())
+    sets = ["device=cpu", "batch=[1]", "warmup=0", "repeats={min: 1, max: 2, min_time_s: 0}", "rounds=2",
+            "isolation=inprocess", "timeout_s=60"]  # fmt: skip
+    levels = raw.get("level", "op")
+    if "model" in (levels if isinstance(levels, list) else [levels]):
+        sets += ["resolution=[64]", "models=[ravlt_t]"]
+    else:
+        sets += ["resolution=[4]", "dim=16", "heads=1", "pass=[fwd, fwd_bwd]"]
+    if "options" in raw:
+        sets.append("options={}")
+    return sets
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("suite", SUITES, ids=[s.stem for s in SUITES])
+def test_every_shipped_suite_writes_one_row_per_key(tmp_path, suite):
+    out = tmp_path / f"{suite.stem}.csv"
+    argv = ["run", str(suite), "--out", str(out), "--no-progress"]
+    for assignment in _smoke_sized(suite):
+        argv += ["--set", assignment]
+    assert main(argv) == 0
+    df = results.load(out, dedupe=False)
+    assert len(df) and not df.duplicated(list(results.ROW_KEY)).any()
+    verified = df[(df.metric == "rel_err") & (df["pass"] == "fwd_bwd")]
+    if len(verified):  # gradients have their own metric
+        grads = df[df.metric == "grad_rel_err"]
+        assert set(grads.case_id) == set(verified.case_id)
+
+
+def _copy_tree(dst: Path) -> Path:
+    for part in ("attnbench", "mechanisms"):
+        shutil.copytree(REPO / part, dst / part, ignore=shutil.ignore_patterns("__pycache__"))
+    return dst
+
+
+@pytest.mark.slow
+def test_ab_interleaves_two_trees_and_gates(tmp_path, capsys):
+    suite = write_suite(tmp_path, TINY.replace("resolution: [3, 4]", "resolution: [4]").replace(
+        "batch: [1, 2]", "batch: 1"))
+    a, b = _copy_tree(tmp_path / "A"), _copy_tree(tmp_path / "B")
+    out = tmp_path / "ab"
+    code = main(["ab", str(suite), "--baseline", str(a), "--candidate", str(b), "--rounds", "3", "--out", str(out)])
+    assert code in (0, 1)  # a verdict either way; identical trees pass in >= 95 % of pairs (calibration)
+    text = capsys.readouterr().out
+    assert "A B B A A B" in text and "3/3" in text and "NO VERDICT" not in text
+    files = sorted(out.glob("*.csv"), key=lambda p: p.stat().st_mtime)
+    names = [p.name for p in files if not p.name.endswith(".samples.csv")]
+    assert names == ["A-r01.csv", "B-r01.csv", "B-r02.csv", "A-r02.csv", "A-r03.csv", "B-r03.csv"]
+    # each side imports its own tree: break B's mechanisms and only B fails
+    (b / "mechanisms" / "__init__.py").write_text("raise ImportError('tree B is broken on purpose')\n")
+    assert main(["ab", str(suite), "--baseline", str(a), "--candidate", str(b), "--rounds", "3",
+                 "--out", str(tmp_path / "ab2")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "side B" in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "ab2" / "A-r01.csv").exists()  # the round measured before the failure is kept
+
+
+@pytest.mark.slow
+def test_ab_checks_out_a_git_revision(tmp_path, capsys):
+    if shutil.which("git") is None or subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO,
+                                                     capture_output=True).returncode != 0:  # fmt: skip
+        pytest.skip("needs a git checkout")
+    suite = write_suite(tmp_path, TINY.replace("softmax_sdpa, softmax_eager", "softmax_sdpa").replace(
+        "resolution: [3, 4]", "resolution: [4]").replace("batch: [1, 2]", "batch: 1"))
+    before = subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True).stdout
+    code = main(["ab", str(suite), "--baseline", "HEAD", "--rounds", "3", "--out", str(tmp_path / "ab")])
+    assert code in (0, 1)
+    assert "temporary worktree" in capsys.readouterr().out
+    after = subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True).stdout
+    assert after == before  # removed again
+    assert main(["ab", str(suite), "--baseline", "no-such-revision-xyz"]) == 2
+    assert "neither a directory nor a git revision" in capsys.readouterr().err
+
+
+def test_gate_cli_sides(tmp_path):
+    from attnbench.cli import build_parser, gate_sides
+
+    parse = build_parser().parse_args
+    assert gate_sides(parse(["gate", "a.csv", "b.csv"])) == (["a.csv"], ["b.csv"])
+    assert gate_sides(parse(["gate", "a1", "a2", "--new", "b1", "b2"])) == (["a1", "a2"], ["b1", "b2"])
+    assert gate_sides(parse(["gate", "--baseline", "a1", "--new", "b1"])) == (["a1"], ["b1"])
+    assert main(["gate", "a", "b", "c"]) == 2
+
+
+def test_rounds_key_is_validated(tmp_path, capsys):
+    suite = write_suite(tmp_path, TINY)
+    for bad in ("rounds=0", "rounds=x", "order_seed=-1"):
+        assert main(["run", str(suite), "--out", str(tmp_path / "x.csv"), "--set", bad]) == 2
+        assert capsys.readouterr().err.count("attnbench: error:") == 1
+    assert load_suite(suite).rounds == 5  # the default
+    assert load_suite(suite, ["rounds=2"]).rounds == 2
