@@ -159,7 +159,7 @@ def cmd_list(args) -> int:
     if args.family and not names:
         raise AttnbenchError(f"no mechanisms in family {args.family!r} (families: {', '.join(registry.families())})")
     table = RichTable(title=f"mechanisms (availability on {device})", title_justify="left", header_style="bold")
-    for col in ("name", "family", "backend", "levels", "dtypes", "available / reason"):
+    for col in ("name", "family", "backend", "levels", "dtypes", "checked against", "available / reason"):
         table.add_column(col, overflow="fold")
     n_ok = 0
     for name in names:
@@ -167,6 +167,7 @@ def cmd_list(args) -> int:
         ok, reason = mech.available(device)
         n_ok += ok
         table.add_row(name, mech.family, mech.backend, ",".join(mech.levels), ",".join(mech.dtypes),
+                      escape(getattr(mech, "upstream", "") or ""),
                       "[green]yes[/]" if ok else f"[red]no[/]: {escape(reason)}")  # fmt: skip
     console.print(table)
     console.print(f"{n_ok} of {len(names)} available on {device}")

@@ -23,7 +23,7 @@ class Case:
     family: str
     backend: str
     level: str
-    variant: str  # model name at level model, else ""
+    variant: str  # model name at level model, else the mechanism's variant(level, options) ("" for most)
     pass_: str
     device: str
     dtype: str
@@ -104,6 +104,16 @@ def skip_reason(mech: registry.Mechanism, *, level: str, device: str, dtype: str
     return None
 
 
+def _variant(mech: registry.Mechanism, level: str, options: dict[str, Any]) -> str:
+    """The mechanism's name for what a case runs ("" at model level, where variant is the model)."""
+    if level == "model":
+        return ""
+    try:
+        return str(mech.variant(level, dict(options)))
+    except Exception as exc:  # a bad option is reported when the case runs, not here
+        return f"invalid options ({type(exc).__name__})"
+
+
 def plan(suite: Suite) -> list[Case]:
     """All cases of the suite, in a stable order (mechanism-major within each level)."""
     cases: list[Case] = []
@@ -111,6 +121,7 @@ def plan(suite: Suite) -> list[Case]:
     for level in suite.level:
         for mech in mechs:
             opts = _freeze(suite.options.get(mech.name, {}))
+            variant = _variant(mech, level, suite.options.get(mech.name, {}))
             for pass_ in suite.pass_:
                 for dtype in suite.dtype:
                     if level == "model":
@@ -136,7 +147,8 @@ def plan(suite: Suite) -> list[Case]:
                                     reason = skip_reason(mech, level=level, device=suite.device, dtype=dtype,
                                                          pass_=pass_, heads=heads, dim=dim)  # fmt: skip
                                     head_dim = dim // heads if dim % heads == 0 else None
-                                    cases.append(Case(suite.name, mech.name, mech.family, mech.backend, level, "",
+                                    cases.append(Case(suite.name, mech.name, mech.family, mech.backend, level,
+                                                      variant,
                                                       pass_, suite.device, dtype, batch, height, width, heads,
                                                       head_dim, dim, opts, reason))  # fmt: skip
     return cases

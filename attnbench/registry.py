@@ -84,6 +84,8 @@ class Mechanism:
     # False where torch's FlopCounterMode must not run the mechanism: it cannot see inside custom
     # kernels (Triton), and a dispatch mode around torch.compile'd code poisons dynamo's frame cache.
     flop_counter_safe: bool = True
+    # The public code the implementation was checked against ("owner/repo@commit path"); shown by `list`.
+    upstream: str = ""
 
     # -- the interface (DESIGN.md) ---------------------------------------------------------------
     def op(self, q, k, v, *, grid):  # (B, h, N, d) x3 -> (B, h, N, d); grid = (H, W), N = H*W
@@ -101,6 +103,16 @@ class Mechanism:
     def check(self, device: str | None) -> str | None:
         """None if usable on `device` (None: device-independent checks only), else the reason."""
         return None
+
+    def variant(self, level: str, options: dict[str, Any]) -> str:
+        """The results row's `variant` at op/mixer level: which configuration a case runs where a mechanism
+        has several (e.g. "+lepe+gate", "features=128"); "" for the default one. Part of the case_id."""
+        return ""
+
+    def stage_options(self, stage: int) -> dict[str, Any]:
+        """Mixer options for stage `stage` (0-based) of a hierarchical backbone (attnbench.models), where
+        the paper configures its layer per stage (Agent attention: 9/16/49/49 agents); {} for most."""
+        return {}
 
     # -- derived ---------------------------------------------------------------------------------
     @property

@@ -97,15 +97,19 @@ def ref_efficient(q, k, v, grid):
     return (q.softmax(-1) @ k.softmax(-2).transpose(-1, -2)) @ v
 
 
-def ref_performer(q, k, v, grid):
+def ref_performer(q, k, v, grid, eps=1e-4):
+    """FAVOR+ as the authors' softmax_kernel: phi(x) = (exp(W x' - |x'|^2/2 - c) + eps) / sqrt(m), with c the
+    max of W x' per query and over all keys and features of a head for keys (c cancels when eps = 0)."""
     w = performer_projection(q.shape[-1], 256, 0).double()
     d, m = q.shape[-1], w.shape[0]
 
-    def feat(x):
+    def feat(x, is_query):
         x = x * d**-0.25
-        return torch.exp(x @ w.T - (x * x).sum(-1, keepdim=True) / 2) / math.sqrt(m)
+        proj = x @ w.T
+        c = proj.amax(-1, keepdim=True) if is_query else proj.amax((-2, -1), keepdim=True)
+        return (torch.exp(proj - (x * x).sum(-1, keepdim=True) / 2 - c) + eps) / math.sqrt(m)
 
-    return normalized(feat(q) @ feat(k).transpose(-1, -2), v, 0.0)
+    return normalized(feat(q, True) @ feat(k, False).transpose(-1, -2), v, 0.0)
 
 
 def ref_cosformer(q, k, v, grid):
@@ -192,33 +196,70 @@ def test_op_matches_fp64_reference(name):
                                rtol=1e-9, atol=1e-11)  # fmt: skip
 
 
-def test_nystromformer_landmarks_match_pinv_reference():
-    grid, m = (6, 6), 9
-    q, k, v = qkv(grid=grid, scale=1.5)
-    out = get("nystromformer").op(q, k, v, grid=grid, landmarks=m, pinv_iters=60)
+def nystrom_segments(n: int, m: int) -> list[list[int]]:
+    """The authors' vision split (token_nystromformer.py): s = N // m; the first m (s + 1) - N landmarks
+    average s consecutive tokens, the others s + 1 (all s when m divides N)."""
+    s = n // m
+    short = m * (s + 1) - n if n % m else m
+    sizes = [s] * short + [s + 1] * (m - short)
+    starts = [sum(sizes[:i]) for i in range(m)]
+    return [list(range(start, start + size)) for start, size in zip(starts, sizes)]
+
+
+def newton_pinv(a, iters):  # the paper's iteration, Z_0 = A^T / ||A||_1 per matrix
+    eye = torch.eye(a.shape[-1], dtype=a.dtype)
+    z = a.transpose(-1, -2) / a.abs().sum(-2).amax(-1)[..., None, None]
+    for _ in range(iters):
+        az = a @ z
+        z = 0.25 * z @ (13 * eye - az @ (15 * eye - az @ (7 * eye - az)))
+    return z
+
+
+@pytest.mark.parametrize("grid,m,iters", [((6, 6), 9, None), ((14, 14), 64, 6), ((16, 16), 64, 6), ((28, 28), 64, 6)])
+def test_nystromformer_landmarks_match_reference(grid, m, iters):
+    """N = 36 (m | N, exact pseudo-inverse after 60 iterations), 196, 256 and 784 (the rank suite's grids;
+    196 and 784 are not multiples of 64): segment-mean landmarks by the authors' split."""
+    q, k, v = qkv(b=1, grid=grid, scale=1.5 if iters is None else 1.0)
+    out = get("nystromformer").op(q, k, v, grid=grid, landmarks=m, pinv_iters=iters or 60)
     s = q.shape[-1] ** -0.25
     qs, ks = q * s, k * s
-    seg = [list(range(i * 4, i * 4 + 4)) for i in range(m)]  # 36 tokens, 9 landmarks of 4
+    seg = nystrom_segments(grid[0] * grid[1], m)
+    assert sorted(i for idx in seg for i in idx) == list(range(grid[0] * grid[1]))
     ql = torch.stack([qs[..., idx, :].mean(-2) for idx in seg], dim=-2)
     kl = torch.stack([ks[..., idx, :].mean(-2) for idx in seg], dim=-2)
     f = torch.softmax(qs @ kl.transpose(-1, -2), -1)
     a = torch.softmax(ql @ kl.transpose(-1, -2), -1)
     b = torch.softmax(ql @ ks.transpose(-1, -2), -1)
-    torch.testing.assert_close(out, f @ torch.linalg.pinv(a) @ b @ v, rtol=1e-7, atol=1e-9)
+    pinv = torch.linalg.pinv(a) if iters is None else newton_pinv(a, iters)
+    torch.testing.assert_close(out, f @ pinv @ b @ v, rtol=1e-7, atol=1e-9)
+
+
+def test_performer_eps_zero_is_the_unbiased_estimator():
+    q, k, v = qkv(scale=0.5)
+    out = get("performer").op(q, k, v, grid=(6, 5), eps=0.0)
+    torch.testing.assert_close(out, ref_performer(q, k, v, (6, 5), eps=0.0), rtol=1e-9, atol=1e-11)
+    assert (out - get("performer").op(q, k, v, grid=(6, 5))).abs().max() > 1e-6  # eps = 1e-4 is the default
 
 
 def test_performer_approximates_softmax_attention():
     q, k, v = qkv(b=1, h=1, grid=(8, 8), d=16, scale=0.4)
     exact = torch.softmax(q @ k.transpose(-1, -2) / 4.0, -1) @ v
-    approx = get("performer").op(q, k, v, grid=(8, 8), features=4096)
+    approx = get("performer").op(q, k, v, grid=(8, 8), features=4096, eps=0.0)
     assert ((approx - exact).norm() / exact.norm()).item() < 0.05
+
+
+def positions(table, side, grid):  # a learned (1, side^2, C) table, bilinearly resized to the grid: (1, N, C)
+    square = table.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    return F.interpolate(square, size=grid, mode="bilinear").flatten(2).transpose(1, 2)
 
 
 def test_flatten_operator_reference():
     grid, h = (6, 5), 2
-    op = operator_of("flatten", 16, h)
+    op = operator_of("flatten", 16, h, pos_grid=4)
     randomize(op)
     q, k, v = qkv(grid=grid, h=h)
+    k_in = k
+    k = split(merged(k) + positions(op.positional_encoding, 4, grid), h)  # their k = k + positional_encoding
 
     def focus(x):
         x = (merged(x).relu() + 1e-6) / F.softplus(op.scale)
@@ -228,18 +269,22 @@ def test_flatten_operator_reference():
     qf, kf = focus(q), focus(k)
     n = q.shape[-2]
     ref = normalized(qf @ kf.transpose(-1, -2) / n, v, 1e-6) + dwc_ref(v, op.dwc, grid)
-    torch.testing.assert_close(op(q, k, v, grid=grid), ref, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(op(q, k_in, v, grid=grid), ref, rtol=1e-9, atol=1e-10)
 
 
 def test_agent_operator_reference():
     grid, h, d = (6, 6), 2, 8
-    mech_op = operator_of("agent", h * d, h, agent_num=9)
+    mech_op = operator_of("agent", h * d, h, agent_num=9, window=6)
     randomize(mech_op)
     q, k, v = qkv(grid=grid, h=h, d=d)
     s = d**-0.5
     agents = q.reshape(2, h, 3, 2, 3, 2, d).mean(dim=(3, 5)).reshape(2, h, 9, d)  # 2 x 2 block means
     b1 = F.interpolate(mech_op.an_bias, size=grid, mode="bilinear").reshape(h, 9, -1)
     b2 = F.interpolate(mech_op.na_bias, size=grid, mode="bilinear").reshape(h, 9, -1).transpose(-1, -2)
+    rows, cols = torch.meshgrid(torch.arange(6), torch.arange(6), indexing="ij")
+    rows, cols = rows.flatten(), cols.flatten()  # token n = row * W + col
+    b1 = b1 + mech_op.ah_bias[0, :, :, rows, 0] + mech_op.aw_bias[0, :, :, 0, cols]  # axis biases (h, n, N)
+    b2 = b2 + mech_op.ha_bias[0, :, rows, 0, :] + mech_op.wa_bias[0, :, 0, cols, :]  # (h, N, n)
     agent_v = torch.softmax(s * agents @ k.transpose(-1, -2) + b1, -1) @ v
     vmap = merged(v).transpose(1, 2).reshape(2, h * d, *grid)
     local = F.conv2d(vmap, mech_op.dwc.weight, mech_op.dwc.bias, padding=1, groups=h * d)  # (B, C, H, W)
@@ -250,11 +295,12 @@ def test_agent_operator_reference():
 
 def test_polaformer_operator_reference():
     grid, h, d = (6, 5), 2, 8
-    op = operator_of("polaformer", h * d, h)
+    op = operator_of("polaformer", h * d, h, pos_grid=3)
     randomize(op)
     q, k, v = qkv(grid=grid, h=h, d=d)
     p = 1 + 4 * torch.sigmoid(op.power)  # (1, h, 1, d)
-    qs, ks = split(merged(q) / F.softplus(op.scale), h), split(merged(k) / F.softplus(op.scale), h)
+    k_pos = merged(k) + positions(op.positional_encoding, 3, grid)  # their k = k + positional_encoding
+    qs, ks = split(merged(q) / F.softplus(op.scale), h), split(k_pos / F.softplus(op.scale), h)
     qp, qn, kp, kn = qs.relu() ** p, (-qs).relu() ** p, ks.relu() ** p, (-ks).relu() ** p
     same = qp @ kp.transpose(-1, -2) + qn @ kn.transpose(-1, -2)
     opp = qp @ kn.transpose(-1, -2) + qn @ kp.transpose(-1, -2)
@@ -263,16 +309,39 @@ def test_polaformer_operator_reference():
     torch.testing.assert_close(op(q, k, v, grid=grid), ref, rtol=1e-9, atol=1e-10)
 
 
-def test_inline_operator_reference():
-    grid, h, d = (6, 5), 2, 8
-    op = operator_of("inline", h * d, h)
-    randomize(op, std=0.3)
-    q, k, v = qkv(grid=grid, h=h, d=d)
-    weights = op.residual(merged(v).mean(1).unsqueeze(-1)).reshape(2, h * d, 1, 3, 3)
-    vmap = merged(v).transpose(1, 2).reshape(2, h * d, *grid)
-    local = torch.stack([F.conv2d(vmap[i : i + 1], weights[i], padding=1, groups=h * d)[0] for i in range(2)])
-    ref = ref_inline(q, k, v, grid) + split(local.flatten(2).transpose(1, 2), h)
-    torch.testing.assert_close(op(q, k, v, grid=grid), ref, rtol=1e-9, atol=1e-10)
+@pytest.mark.parametrize("h", [1, 2, 4])
+def test_inline_mixer_reference(h):
+    """The whole InLine layer in fp64: q, k, v = projections of x; eq. 5; the 3 x 3 residual whose kernels
+    the head-grouped predictor makes from the token mean of x (not of v: for h > 1 that is a different
+    function); proj. Written with explicit per-head grouped convolutions."""
+    grid, d = (6, 5), 8
+    c = h * d
+    mixer = get("inline").mixer(c, h).double()
+    randomize(mixer, std=0.3)
+    assert set(mixer.state_dict()) == {"qkvo.weight", "qkvo.bias", "proj.weight", "proj.bias",
+                                       "operator.residual.0.weight", "operator.residual.0.bias",
+                                       "operator.residual.2.weight", "operator.residual.2.bias"}  # fmt: skip
+    x = rand(2, c, *grid, seed=4)
+    t = torch.einsum("oc,bchw->bohw", mixer.qkvo.weight[:, :, 0, 0], x) + mixer.qkvo.bias[:, None, None]
+    q, k, v = (split(t[:, i * c : (i + 1) * c].flatten(2).transpose(1, 2), h) for i in range(3))
+    r0, r2 = mixer.operator.residual[0], mixer.operator.residual[2]
+    x_mean = x.mean(dim=(2, 3))  # (B, C)
+    hidden = []
+    for head in range(h):  # grouped 1x1 convs: head i maps channels [i d, (i+1) d) -> its own outputs
+        block = slice(head * d, (head + 1) * d)
+        hidden.append(x_mean[:, block] @ r0.weight[block, :, 0].T + r0.bias[block])
+    hidden = F.gelu(torch.cat(hidden, dim=1))
+    kernels = []
+    for head in range(h):
+        inp, out = slice(head * d, (head + 1) * d), slice(head * 9 * d, (head + 1) * 9 * d)
+        kernels.append(hidden[:, inp] @ r2.weight[out, :, 0].T + r2.bias[out])
+    kernels = torch.cat(kernels, dim=1).reshape(2, c, 1, 3, 3)
+    vmap = merged(v).transpose(1, 2).reshape(2, c, *grid)
+    local = torch.stack([F.conv2d(vmap[i : i + 1], kernels[i], padding=1, groups=c)[0] for i in range(2)])
+    inner = merged(ref_inline(q, k, v, grid)).transpose(1, 2).reshape(2, c, *grid) + local
+    ref = torch.einsum("oc,bchw->bohw", mixer.proj.weight[:, :, 0, 0], inner) + mixer.proj.bias[:, None, None]
+    with torch.no_grad():
+        torch.testing.assert_close(mixer(x, None), ref, rtol=1e-9, atol=1e-10)
 
 
 def test_rala_no_gate_mixer_is_rala_without_gate():
@@ -322,7 +391,8 @@ def test_finite_on_extreme_inputs(name, level, kind):
             out = mixer(x, Rope2d(d)(grid))
             if "operator" in mixer._modules:  # the operator alone, on extreme q, k, v
                 q, k, v = qkv(grid=grid, h=h, d=d, scale=scale, dtype=torch.float32)
-                assert torch.isfinite(mixer.operator(q, k, v, grid=grid, rope=None)).all()
+                extra = {"x": x} if getattr(mixer.operator, "reads_input", False) else {}
+                assert torch.isfinite(mixer.operator(q, k, v, grid=grid, rope=None, **extra)).all()
     assert torch.isfinite(out).all()
 
 
@@ -368,3 +438,109 @@ def test_options_reach_costs_and_operators():
     with pytest.raises(TypeError, match="unknown options"):
         get("linear_elu").mixer(16, 1, features=3)
     assert get("flatten").mixer(16, 2, lepe=False).lepe is None
+
+
+SHELL_KEYS = {"qkvo.weight", "qkvo.bias", "proj.weight", "proj.bias"}
+PAPER_LAYERS = {  # the default mixer's parameters: the paper's layer, no LePE, no gate unless the paper has it
+    "linear_elu": set(), "linear_relu": set(), "efficient_attention": set(), "cosformer": set(), "hydra": set(),
+    "nystromformer": set(), "performer": {"operator.projection"},
+    "flatten": {"operator.scale", "operator.dwc.weight", "operator.dwc.bias", "operator.positional_encoding"},
+    "agent": {f"operator.{b}_bias" for b in ("an", "na", "ah", "aw", "ha", "wa")} | {"operator.dwc.weight",
+                                                                                     "operator.dwc.bias"},
+    "inline": {f"operator.residual.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")},
+    "polaformer": {"operator.scale", "operator.power", "operator.dwc.weight", "operator.dwc.bias",
+                   "operator.positional_encoding"},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_LAYERS))
+def test_default_mixer_is_the_papers_layer(name):
+    dim, h = 16, 2
+    mech = get(name)
+    mixer = mech.mixer(dim, h)
+    assert set(mixer.state_dict()) == SHELL_KEYS | PAPER_LAYERS[name]
+    assert mixer.lepe is None
+    assert mixer.qkvo.out_channels == (4 if name == "polaformer" else 3) * dim  # PolaFormer's g is the gate
+    assert mech.variant("mixer", {}) == "" and mech.variant("op", {}) == ""
+    extras = mech.mixer(dim, h, lepe=True, gate=True)
+    assert extras.lepe is not None and extras.qkvo.out_channels == 4 * dim
+    assert mech.variant("mixer", {"lepe": True, "gate": True}) == ("+lepe" if name == "polaformer" else "+gate+lepe")
+    assert mech.variant("op", {"lepe": True}) == ""  # shell options do not change the op
+
+
+def test_mlla_mixer_is_its_token_mixer():
+    mech = get("mlla")
+    mixer = mech.mixer(16, 2)
+    assert set(mixer.state_dict()) == {f"{m}.{p}" for m in ("in_proj", "act_proj", "dwc", "qk", "lepe", "out_proj")
+                                       for p in ("weight", "bias")}  # fmt: skip
+    assert mixer.lepe.kernel_size == (3, 3) and mixer.dwc.kernel_size == (3, 3)
+    assert mech.variant("mixer", {}) == ""
+    shell = mech.mixer(16, 2, gate=True, lepe=True)  # the shared shell around MLLA's op, on request
+    assert shell.lepe.kernel_size == (5, 5) and mech.variant("mixer", {"lepe": True}) == "shell+gate+lepe"
+
+
+def test_mlla_layer_reference():
+    """MLLA's token mixer in fp64, written from the paper's block: g = SiLU(act(x)), h = SiLU(dwc(in(x))),
+    q, k = qk(h), v = h, out_proj((attention(q, k, v) + lepe(h)) * g)."""
+    dim, h, grid = 16, 2, (6, 5)
+    mixer = get("mlla").mixer(dim, h).double()
+    randomize(mixer, std=0.3)
+    x = rand(2, dim, *grid, seed=4)
+
+    def conv(m, t):
+        return F.conv2d(t, m.weight, m.bias, padding=m.padding, groups=m.groups)
+
+    gate = F.silu(conv(mixer.act_proj, x))
+    hid = F.silu(conv(mixer.dwc, conv(mixer.in_proj, x)))
+    qk = conv(mixer.qk, hid)
+    q, k, v = (split(t.flatten(2).transpose(1, 2), h) for t in (qk[:, :dim], qk[:, dim:], hid))
+    att = merged(ref_mlla(q, k, v, grid)).transpose(1, 2).reshape(2, dim, *grid)
+    ref = conv(mixer.out_proj, (att + conv(mixer.lepe, hid)) * gate)
+    with torch.no_grad():
+        torch.testing.assert_close(mixer(x, None), ref, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["linear_elu", "nystromformer", "performer", "hydra"])
+def test_plain_mixer_is_projection_operator_projection(name):
+    """Mechanisms without a published vision layer: qkv projection, the op, the output projection."""
+    dim, h, grid = 16, 2, (6, 5)
+    mixer = get(name).mixer(dim, h).double()
+    randomize(mixer, std=0.3)
+    if name == "performer":
+        mixer.operator.projection.copy_(performer_projection(dim // h, 256, 0))
+    x = rand(2, dim, *grid, seed=4)
+    t = torch.einsum("oc,bchw->bohw", mixer.qkvo.weight[:, :, 0, 0], x) + mixer.qkvo.bias[:, None, None]
+    q, k, v = (split(t[:, i * dim : (i + 1) * dim].flatten(2).transpose(1, 2), h) for i in range(3))
+    out = merged(get(name).op(q, k, v, grid=grid)).transpose(1, 2).reshape(2, dim, *grid)
+    ref = torch.einsum("oc,bchw->bohw", mixer.proj.weight[:, :, 0, 0], out) + mixer.proj.bias[:, None, None]
+    with torch.no_grad():
+        torch.testing.assert_close(mixer(x, None), ref, rtol=1e-9, atol=1e-10)
+
+
+def test_variant_names_options_that_differ_from_the_defaults(tmp_path):
+    from attnbench.plan import plan
+    from attnbench.suite import load_suite
+
+    perf = get("performer")
+    assert perf.variant("op", {"features": 256, "seed": 0}) == ""
+    assert perf.variant("op", {"features": 128, "eps": 0.0}) == "eps=0.0 features=128"
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: v\nmechanisms: [flatten, performer, softmax_eager]\nlevel: [op, mixer]\ndim: 16\n"
+                     "heads: 2\nresolution: 6\nbatch: 1\ndevice: cpu\n"
+                     "options: {flatten: {lepe: true}, performer: {features: 64}}\n")  # fmt: skip
+    got = {(c.mechanism, c.level): c.variant for c in plan(load_suite(suite))}
+    assert got == {("flatten", "op"): "", ("flatten", "mixer"): "+lepe", ("performer", "op"): "features=64",
+                   ("performer", "mixer"): "features=64", ("softmax_eager", "op"): "",
+                   ("softmax_eager", "mixer"): ""}  # fmt: skip
+
+
+def test_agent_in_a_backbone_uses_the_authors_per_stage_agents():
+    from attnbench.models.ravlt import RAVLT
+
+    model = RAVLT(embed_dims=(16, 32, 64, 128), depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), num_classes=0,
+                  mixer="agent", mixer_late="agent")  # fmt: skip
+    ops = [layer.blocks[0].attn.operator for layer in model.layers]
+    assert [op.an_bias.shape[1] for op in ops] == [9, 16, 49, 49]  # Agent-PVT's agent_num by stage
+    assert [op.ah_bias.shape[3] for op in ops] == [56, 28, 14, 7]  # the stage grids at 224 px
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1024)  # other grids: axis biases interpolated

@@ -144,11 +144,13 @@ class Block(nn.Module):
         drop_path: float = 0.0,
         layerscale: bool = False,
         layer_init_value: float = 1e-6,
+        stage: int = 0,
     ):
         super().__init__()
         self.layerscale = layerscale
         self.norm1 = LayerNorm2d(dim)
-        self.attn = mechanism.mixer(dim, num_heads)
+        stage_options = getattr(mechanism, "stage_options", None)
+        self.attn = mechanism.mixer(dim, num_heads, **(stage_options(stage) if stage_options else {}))
         self.drop_path = DropPath(drop_path)
         self.norm2 = LayerNorm2d(dim)
         self.ffn = FeedForward(dim, ffn_dim)
@@ -192,12 +194,13 @@ class Stage(nn.Module):
         drop_paths: Sequence[float],
         layerscale: bool,
         layer_init_value: float,
+        stage: int = 0,
     ):
         super().__init__()
         self.RoPE = Rope2d(dim // num_heads)
         self.blocks = nn.ModuleList(
             Block(dim, num_heads, ffn_dim, mechanism, drop_path=drop_paths[j], layerscale=layerscale,
-                  layer_init_value=layer_init_value)
+                  layer_init_value=layer_init_value, stage=stage)
             for j in range(depth)
         )
         self.downsample = Downsample(dim, out_dim) if out_dim is not None else None
@@ -278,6 +281,7 @@ class RAVLT(nn.Module):
                     drop_paths=rates[start : start + depths[i]],
                     layerscale=bool(layerscales[i]),
                     layer_init_value=float(layer_init_values[i]),
+                    stage=i,
                 )
             )
         self.proj = nn.Conv2d(embed_dims[-1], projection, 1)

@@ -7,14 +7,21 @@ Formula: n agent tokens A = pool(Q) (adaptive average pooling of the query map t
 two softmax attentions through the agents, s = 1/sqrt(d):
     V_A = softmax(s A K^T + B1) V          (agent aggregation, n x d)
     out = softmax(s Q A^T + B2) V_A + DWC(V)   (agent broadcast + depthwise conv on v)
-B1 (n x N), B2 (N x n) are learned position biases. Where the paper is vague this follows
-LeapLabTHU/Agent-Attention, `agent_transformer/models/agent_pvt.py` at 0ffd0d35 (AgentAttention):
-agent_num n = 49 (7 x 7 pooling of q over the whole map, before the head split), the biases
-`an_bias`, `na_bias` (h, n, 7, 7) trunc-normal(0.02) initialised and bilinearly interpolated to the
-grid, the DWC a 3 x 3 depthwise Conv2d(C, C) on v. Left out: the axis biases ah/aw/ha/wa, whose
-sizes are tied to one window resolution, and PVT's spatial reduction. The shell's LePE stays on by
-default (`lepe=False` gives the paper's layer, whose DWC is the local branch).
-Options: agent_num (49; must be a perfect square). Mixer-only: the biases and the DWC are learned.
+B1 (n x N), B2 (N x n) are learned position biases. Checked against LeapLabTHU/Agent-Attention at
+207ce3eb, `agent_transformer/models/agent_pvt.py` (AgentAttention): with their weights, the mixer
+agrees to fp32 rounding (tests/fixtures/linear/agent.pt). As theirs: the agents pool q over the whole
+map before the head split; B1 = an_bias + ah_bias + aw_bias, B2 = na_bias + ha_bias + wa_bias, where
+`an_bias`, `na_bias` (h, n, 7, 7) are bilinearly interpolated to the grid and the axis biases
+(a row term plus a column term, sized to a window of `window` x `window` tokens) are added; all six
+trunc-normal(0.02) initialised; the DWC a 3 x 3 depthwise Conv2d(C, C) on v. At a grid other than
+the window the axis biases are linearly interpolated along their axis (our extension: theirs exist at
+one resolution only). The mixer is their layer: q/kv projections (the shell's qkv conv), the
+operator, the output projection; no LePE, no gate (the shell's `lepe=True` / `gate=True` add them;
+the row's `variant` says so). Their Agent-PVT uses no spatial reduction in agent layers (as here).
+Options: agent_num (49; a perfect square), window (14). Their PVT configs use agent_num 9, 16, 49, 49
+in stages 1-4 (grids 56, 28, 14, 7 at 224 px): e.g. `{agent_num: 9, window: 56}` for stage 1; the
+defaults are stage 3's. In a backbone (attnbench.models) each stage's mixer gets its stage's pair
+(`stage_options`). Mixer-only: the biases and the DWC are learned.
 
 KV buffer (on the operator module): the agent values V_A, (B, h, n, d) - the fixed-size state all
 queries read through their softmax over agents (rank <= min(n, d)).
@@ -37,12 +44,26 @@ from mechanisms.linear.base import LinearMixerBase, check_grid, from_map, to_map
 
 CITE = "Han et al., Agent Attention: On the Integration of Softmax and Linear Attention, ECCV 2024"
 BIAS_GRID = 7  # the published biases are stored at 7 x 7 and interpolated
+STAGE_AGENTS = (9, 16, 49, 49)  # agent_pvt.py: agent_num per stage
+STAGE_WINDOWS = (56, 28, 14, 7)  # the stage grids of a 224 x 224 image (patch 4, then /2 per stage)
+
+
+def along_axis(bias: Tensor, size: int, dim: int) -> Tensor:
+    """A learned per-position bias resized along `dim` to `size` entries (linear interpolation)."""
+    if bias.shape[dim] == size:
+        return bias
+    moved = bias.movedim(dim, -1)
+    flat = moved.reshape(-1, 1, moved.shape[-1])  # (rest, 1, window)
+    resized = F.interpolate(flat, size=size, mode="linear").reshape(*moved.shape[:-1], size)
+    return resized.movedim(-1, dim)
 
 
 class AgentOperator(nn.Module):
-    """Agent attention through pooled-query agents; parameters `an_bias`, `na_bias`, `dwc`."""
+    """Agent attention through pooled-query agents; parameters `an_bias`, `na_bias` (h, n, 7, 7), the
+    axis biases `ah_bias` (1, h, n, w, 1), `aw_bias` (1, h, n, 1, w), `ha_bias` (1, h, w, 1, n),
+    `wa_bias` (1, h, 1, w, n) with w = window, and `dwc`."""
 
-    def __init__(self, dim: int, num_heads: int, agent_num: int):
+    def __init__(self, dim: int, num_heads: int, agent_num: int, window: int = 14):
         super().__init__()
         pool = math.isqrt(agent_num)
         if pool * pool != agent_num:
@@ -51,8 +72,12 @@ class AgentOperator(nn.Module):
         self.num_heads = num_heads
         self.an_bias = nn.Parameter(torch.empty(num_heads, agent_num, BIAS_GRID, BIAS_GRID))
         self.na_bias = nn.Parameter(torch.empty(num_heads, agent_num, BIAS_GRID, BIAS_GRID))
-        nn.init.trunc_normal_(self.an_bias, std=0.02)
-        nn.init.trunc_normal_(self.na_bias, std=0.02)
+        self.ah_bias = nn.Parameter(torch.empty(1, num_heads, agent_num, window, 1))
+        self.aw_bias = nn.Parameter(torch.empty(1, num_heads, agent_num, 1, window))
+        self.ha_bias = nn.Parameter(torch.empty(1, num_heads, window, 1, agent_num))
+        self.wa_bias = nn.Parameter(torch.empty(1, num_heads, 1, window, agent_num))
+        for bias in (self.an_bias, self.na_bias, self.ah_bias, self.aw_bias, self.ha_bias, self.wa_bias):
+            nn.init.trunc_normal_(bias, std=0.02)
         self.dwc = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
 
     def agents(self, q: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -61,11 +86,18 @@ class AgentOperator(nn.Module):
         return from_map(pooled, self.num_heads)
 
     def biases(self, grid: tuple[int, int], like: Tensor) -> tuple[Tensor, Tensor]:
-        """(B1 (h, n, N), B2 (h, N, n)) interpolated to the grid."""
+        """(B1 (h, n, N), B2 (h, N, n)) at the grid: interpolated 7 x 7 biases plus the axis biases."""
         heads, n = self.an_bias.shape[:2]
+        height, width = grid
         b1 = F.interpolate(self.an_bias.to(like.dtype), size=grid, mode="bilinear").reshape(heads, n, -1)
         b2 = F.interpolate(self.na_bias.to(like.dtype), size=grid, mode="bilinear").reshape(heads, n, -1)
-        return b1, b2.transpose(-2, -1)
+        ah = along_axis(self.ah_bias.to(like.dtype), height, 3)  # (1, h, n, H, 1)
+        aw = along_axis(self.aw_bias.to(like.dtype), width, 4)  # (1, h, n, 1, W)
+        ha = along_axis(self.ha_bias.to(like.dtype), height, 2)  # (1, h, H, 1, n)
+        wa = along_axis(self.wa_bias.to(like.dtype), width, 3)  # (1, h, 1, W, n)
+        b1 = b1 + (ah + aw).reshape(heads, n, -1)  # (h, n, N), token = row * W + col
+        b2 = b2.transpose(-2, -1) + (ha + wa).reshape(heads, -1, n)  # (h, N, n)
+        return b1, b2
 
     def agent_values(self, q: Tensor, k: Tensor, v: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """(agents (B, h, n, d), V_A (B, h, n, d))."""
@@ -92,14 +124,19 @@ class AgentOperator(nn.Module):
 class Agent(LinearMixerBase):
     """Agent attention (learned position biases + DWC): mixer only."""
 
-    option_defaults = {"agent_num": 49}
+    option_defaults = {"agent_num": 49, "window": 14}
+    upstream = "LeapLabTHU/Agent-Attention@207ce3eb agent_transformer/models/agent_pvt.py"
 
-    def build_operator(self, dim, num_heads, *, agent_num):
-        return AgentOperator(dim, num_heads, agent_num)
+    def stage_options(self, stage: int) -> dict:
+        """Their Agent-PVT configuration of stage `stage` (0-based) at 224 px: agents and window side."""
+        return {"agent_num": STAGE_AGENTS[min(stage, 3)], "window": STAGE_WINDOWS[min(stage, 3)]}
 
-    def operator_flops(self, s: Shape, *, agent_num) -> float:
+    def build_operator(self, dim, num_heads, *, agent_num, window):
+        return AgentOperator(dim, num_heads, agent_num, window)
+
+    def operator_flops(self, s: Shape, *, agent_num, window) -> float:
         bhn, d = s.batch * s.heads * s.tokens, s.head_dim
         return 2.0 * bhn * (4 * agent_num * d + 9 * d)
 
-    def operator_params(self, dim, heads, *, agent_num) -> int:
-        return 2 * heads * agent_num * BIAS_GRID**2 + dim * 9 + dim
+    def operator_params(self, dim, heads, *, agent_num, window) -> int:
+        return 2 * heads * agent_num * BIAS_GRID**2 + 4 * heads * agent_num * window + dim * 9 + dim

@@ -15,6 +15,15 @@ nn.Module operator). Costs follow mechanisms/common.py: matmuls and convs only, 
 `flops`/`bytes` accept the mechanism's options as keywords (e.g. `features=128` for performer), so
 a caller that knows a case's options gets the matching count; without them the defaults apply.
 
+Mixers are the papers' layers by default. The shared shell (`LinearMixer`, a TokenMixer) has the
+qkv projection (1x1 conv = the papers' Linear q/kv with bias), the operator and the output
+projection; its two extras, the 5x5 LePE on v (`lepe`) and the output gate (`gate`), are off unless
+the paper's layer has them (`shell_defaults`, e.g. PolaFormer's gate) or a caller asks for them.
+`variant(level, options)` is the row's `variant`: "" for the paper's layer with default options, else
+what differs ("+lepe+gate", "features=128").
+Operators that read the layer input (InLine's kernel predictor reads the token mean of x) set
+`reads_input = True` and get `x=` (B, C, H, W) from the shell.
+
 KV buffer (for attnbench.measure.rank): `kv_buffer(q, k, v, *, grid, rope=None) -> (B, h, r, d)`,
 the fixed-size state every query reads (r = d for most; 2d, m features, m landmarks or n agents for
 some - each file says which). Mixer-only mechanisms expose it on their operator module instead.
@@ -27,11 +36,30 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from attnbench.layers import TokenMixer
+from attnbench.layers import TokenMixer, merge_heads, split_heads
 from attnbench.registry import DTYPE_BYTES, Mechanism, Shape
 from mechanisms.common import mixer_bytes, op_bytes, pass_factor, shell_flops
 
 SHELL_OPTIONS = ("gate", "lepe")
+
+
+class LinearMixer(TokenMixer):
+    """The shell of the linear family: TokenMixer (qkvo, lepe, gate, proj) whose operator may also
+    read the layer input x, when it sets `reads_input = True` (called with `x=` (B, C, H, W))."""
+
+    def forward(self, x: Tensor, rope=None) -> Tensor:
+        _, _, height, width = x.shape
+        t = self.qkvo(x)  # (B, 3C or 4C, H, W)
+        qkv = t[:, : 3 * self.dim]
+        op = self.operator if "operator" in self._modules else self._operator
+        q, k, v = split_heads(qkv, 3, self.num_heads)  # (B, h, N, d) each
+        extra = {"x": x} if getattr(op, "reads_input", False) else {}
+        out = merge_heads(op(q, k, v, grid=(height, width), rope=rope, **extra), height, width)  # (B, C, H, W)
+        if self.lepe is not None:
+            out = out + self.lepe(qkv[:, 2 * self.dim :])
+        if self.gate:
+            out = out * t[:, 3 * self.dim :]
+        return self.proj(out)
 
 
 def split_shell_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -76,6 +104,17 @@ def mean_kv(kf: Tensor, v: Tensor) -> Tensor:
     return (kf.transpose(-2, -1) * n**-0.5) @ (v * n**-0.5)
 
 
+def positional_encoding(table: Tensor, side: int, grid: tuple[int, int]) -> Tensor:
+    """A learned absolute positional table (1, side*side, C) at `grid`: itself when grid = (side, side),
+    else bilinearly interpolated (as PVT resizes its pos_embed); -> (1, H*W, C)."""
+    if tuple(grid) == (side, side):
+        return table
+    channels = table.shape[-1]
+    square = table.reshape(1, side, side, channels).permute(0, 3, 1, 2)  # (1, C, side, side)
+    resized = torch.nn.functional.interpolate(square, size=tuple(grid), mode="bilinear")  # (1, C, H, W)
+    return resized.flatten(2).transpose(1, 2)
+
+
 def compute_dtype(t: Tensor) -> torch.dtype:
     """float32 for 16-bit inputs (exp/power feature maps overflow there), else the input's dtype."""
     return torch.float32 if t.dtype in (torch.float16, torch.bfloat16) else t.dtype
@@ -86,6 +125,31 @@ class LinearBase(Mechanism):
 
     op_reads: int = 3
     option_defaults: dict[str, Any] = {}
+    # the paper's layer: which of the shell's extras it has (most have neither)
+    shell_defaults: dict[str, bool] = {"gate": False, "lepe": False}
+    # the public code this mechanism was checked against: "owner/repo@commit path"
+    upstream: str = ""
+
+    def shell(self, options: dict[str, Any]) -> dict[str, bool]:
+        """The shell options of a mixer: the paper's (`shell_defaults`) overridden by `options`."""
+        shell, _ = split_shell_options(options)
+        return {**self.shell_defaults, **{key: bool(value) for key, value in shell.items()}}
+
+    def variant(self, level: str, options: dict[str, Any]) -> str:
+        """What a case runs, for the row's `variant`: "" for the paper's layer with the documented option
+        defaults; else what differs, space-separated: the shell's extras at mixer level ("+lepe+gate",
+        "-gate") and the mechanism's options that differ from their defaults ("features=128")."""
+        if level not in ("op", "mixer"):
+            return ""
+        shell, own = split_shell_options(options)
+        parts = []
+        if level == "mixer":
+            resolved = self.shell(shell)
+            parts.append("".join(("+" if resolved[key] else "-") + key for key in SHELL_OPTIONS
+                                 if resolved[key] != self.shell_defaults.get(key, False)))  # fmt: skip
+        resolved_own = self.resolve(own)
+        parts += [f"{key}={resolved_own[key]}" for key in sorted(own) if resolved_own[key] != self.option_defaults[key]]
+        return " ".join(part for part in parts if part)
 
     def resolve(self, options: dict[str, Any]) -> dict[str, Any]:
         unknown = set(options) - set(self.option_defaults)
@@ -112,7 +176,7 @@ class LinearBase(Mechanism):
                 raise ValueError(f"{self.name} is mixer-only: no op-level FLOPs")
             return self.attention_flops(s, **self.resolve(own)) * factor
         if level == "mixer":
-            return (self.operator_flops(s, **self.resolve(own)) + shell_flops(s, **shell)) * factor
+            return (self.operator_flops(s, **self.resolve(own)) + shell_flops(s, **self.shell(shell))) * factor
         raise ValueError(f"no analytic FLOPs for level {level!r}")
 
     def bytes(self, s: Shape, *, level: str, dtype: str, **options: Any) -> float:
@@ -123,7 +187,7 @@ class LinearBase(Mechanism):
             return op_bytes(s, dtype, reads=self.op_reads)
         if level == "mixer":
             extra = self.operator_params(s.dim, s.heads, **self.resolve(own)) * DTYPE_BYTES[dtype]
-            return mixer_bytes(s, dtype, **shell) + float(extra)
+            return mixer_bytes(s, dtype, **self.shell(shell)) + float(extra)
         raise ValueError(f"no analytic bytes for level {level!r}")
 
 
@@ -147,8 +211,9 @@ class LinearOpBase(LinearBase):
         return self.state(q, k, v, grid=grid, **self.resolve(own))
 
     def mixer(self, dim, num_heads, **options):
-        shell, own = split_shell_options(options)
-        return TokenMixer(dim, num_heads, self.make_operator(dim, num_heads, **self.resolve(own)), **shell)
+        _, own = split_shell_options(options)
+        operator = self.make_operator(dim, num_heads, **self.resolve(own))
+        return LinearMixer(dim, num_heads, operator, **self.shell(options))
 
     def make_operator(self, dim: int, num_heads: int, **options: Any) -> Callable[..., Tensor] | nn.Module:
         """The mixer's operator; default: `attend` with the options bound, ignoring the shell's RoPE."""
@@ -168,5 +233,6 @@ class LinearMixerBase(LinearBase):
         raise NotImplementedError
 
     def mixer(self, dim, num_heads, **options):
-        shell, own = split_shell_options(options)
-        return TokenMixer(dim, num_heads, self.build_operator(dim, num_heads, **self.resolve(own)), **shell)
+        _, own = split_shell_options(options)
+        operator = self.build_operator(dim, num_heads, **self.resolve(own))
+        return LinearMixer(dim, num_heads, operator, **self.shell(options))

@@ -12,9 +12,11 @@ decomposed with cos(a - b) = cos a cos b + sin a sin b into two linear-attention
 i = row * W + col + 1 (1-based) with M = N, i.e. the image is read as the 1D sequence the shell's
 flattening produces (horizontal neighbours are 1 apart, vertical neighbours W apart). This is the
 choice the public code implies when an image is flattened; no 2D variant is published.
-Where the paper is vague this follows OpenNLPLab/cosFormer, `cosformer.py` at 17e3d7c0
-(CosformerAttention.forward: index pi/2 * arange(1, N+1) / M with M = max(src, tgt) = N;
-[sin, cos] concatenation order; denominator clamp_min(., eps) with eps = 1e-6).
+Checked against OpenNLPLab/cosFormer at 8e12da11, `cosformer.py` (CosformerAttention: index
+pi/2 * arange(1, N+1) / M with M = max(src, tgt) = N; [sin, cos] concatenation order; denominator
+clamp_min(., eps) with eps = 1e-6): op and mixer agree to fp32 rounding (tests/fixtures/linear/
+cosformer.pt). The mixer is their layer: q/k/v projections with bias (the shell's qkv conv), the
+operator, out_proj; no LePE, no gate (the shell's `lepe=True` / `gate=True` add them).
 
 KV buffer: the stacked state [K_sin; K_cos]^T V, (B, h, 2d, d) (rank <= d).
 FLOPs (forward, per batch*head): KV 2N(2d)d, output 2N(2d)d, normaliser 2N(2d) -> 8Nd^2 + 4Nd.
@@ -47,6 +49,8 @@ def cos_reweighted(x: Tensor) -> Tensor:
 @register_mechanism("cosformer", family="linear", backend="torch", cite=CITE)
 class CosFormer(LinearOpBase):
     """ReLU linear attention with cos re-weighting over the row-major token index; op and mixer."""
+
+    upstream = "OpenNLPLab/cosFormer@8e12da11 cosformer.py"
 
     def attend(self, q, k, v, *, grid):
         check_grid(grid, q.shape[-2])

@@ -7,8 +7,11 @@ Formula (the softmax normalisation variant):
     out = rho_q(Q) (rho_k(K)^T V),   rho_q = softmax over the d channels of each query,
                                      rho_k = softmax over the N tokens of each key channel.
 No 1/sqrt(d) scaling and no separate normaliser (each row of rho_q(Q) rho_k(K)^T sums to 1).
-Where the paper is vague this follows cmsflash/efficient-attention, `efficient_attention.py` at 23d44036
-(EfficientAttention.forward: keys softmax over positions, queries softmax over channels, per head).
+Checked against cmsflash/efficient-attention at 46a5f9ea, `efficient_attention.py` (EfficientAttention:
+keys softmax over positions, queries softmax over channels, per head): op and mixer agree to fp32
+rounding (tests/fixtures/linear/efficient_attention.pt). The mixer is their module without its
+residual `+ input` (the block's, not the mixer's): 1x1 conv queries/keys/values (the shell's qkv
+conv), the operator, the 1x1 `reprojection` (the shell's proj); no LePE, no gate.
 
 KV buffer: the global context vectors rho_k(K)^T V, (B, h, d, d).
 FLOPs (forward, per batch*head): context 2Nd^2 + output 2Nd^2 = 4Nd^2.
@@ -27,6 +30,8 @@ CITE = "Shen et al., Efficient Attention: Attention with Linear Complexities, WA
 @register_mechanism("efficient_attention", family="linear", backend="torch", cite=CITE)
 class EfficientAttention(LinearOpBase):
     """Softmax over channels for q, over tokens for k, then the associative product; op and mixer."""
+
+    upstream = "cmsflash/efficient-attention@46a5f9ea efficient_attention.py"
 
     def attend(self, q, k, v, *, grid):
         check_grid(grid, q.shape[-2])

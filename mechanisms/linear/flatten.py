@@ -8,14 +8,19 @@ channels) applied to x = ReLU(x) + 1e-6 scaled by a learned softplus(scale); the
 plus a depthwise conv (DWC) on v that restores feature diversity (rank):
     q' = f_p((ReLU(q) + 1e-6) / softplus(s)),  k' likewise,
     out_n = q'_n^T (K'^T V / N) / (q'_n . mean_m k'_m + 1e-6) + DWC(V)_n.
-Where the paper is vague this follows LeapLabTHU/FLatten-Transformer, `models/flatten_pvt.py` at
-a7f0a4bc (FocusedLinearAttention): focusing_factor p = 3, kernel_size 5, the learned `scale`
-(1, 1, C) initialised to 0, norms over all C channels *before* the head split, the DWC a
-Conv2d(d, d, 5, groups=d) shared by the heads and applied per head. Left out: the learned absolute
-`positional_encoding` added to k (its size is tied to one resolution) and PVT's spatial reduction.
-The shell's LePE stays on by default, as for every mixer here; `lepe=False` gives the paper's
-layer exactly (its DWC is the local branch).
-Options: focusing_factor (3), kernel_size (5). Mixer-only: `scale` and the DWC are learned.
+Checked against LeapLabTHU/FLatten-Transformer at abdb115f, `models/flatten_pvt.py`
+(FocusedLinearAttention): with their weights, the mixer agrees to fp32 rounding
+(tests/fixtures/linear/flatten.pt). Their defaults: focusing_factor p = 3, kernel_size 5, the learned
+`scale` (1, 1, C) initialised to 0, norms over all C channels *before* the head split, the DWC a
+Conv2d(d, d, 5, groups=d) shared by the heads and applied per head, and a learned absolute
+`positional_encoding` (1, P, C), zero-initialised, added to k. The mixer is their layer: q/kv
+projections (the shell's qkv conv), the operator, the output projection; no LePE, no gate (the
+shell's `lepe=True` / `gate=True` add them; the row's `variant` says so). Positional table:
+P = pos_grid^2 tokens (their num_patches; default 14 x 14), bilinearly interpolated at other grids
+(our extension: theirs exists at one resolution only); pos_grid=0 leaves it out. PVT's spatial reduction is left
+out (sr = 1).
+Options: focusing_factor (3), kernel_size (5), pos_grid (14). Mixer-only: `scale`, the DWC and the
+positional table are learned.
 
 KV buffer (on the operator module): K'^T V / N, (B, h, d, d).
 FLOPs (forward, per batch*head): KV 2Nd^2, output 2Nd^2, normaliser 2Nd, DWC 2 k^2 N d.
@@ -36,6 +41,7 @@ from mechanisms.linear.base import (
     from_map,
     mean_kv,
     merge_head_dim,
+    positional_encoding,
     split_head_dim,
     to_map,
 )
@@ -52,15 +58,26 @@ def focus(x: Tensor, scale: Tensor, p: float) -> Tensor:
 
 
 class FocusedLinearOperator(nn.Module):
-    """Focused linear attention + per-head DWC on v; parameters `scale` (1, 1, C) and `dwc`."""
+    """Focused linear attention + per-head DWC on v; parameters `scale` (1, 1, C), `dwc` and
+    `positional_encoding` (1, pos_grid^2, C) added to k (absent when pos_grid = 0)."""
 
-    def __init__(self, dim: int, num_heads: int, focusing_factor: float, kernel_size: int):
+    def __init__(self, dim: int, num_heads: int, focusing_factor: float, kernel_size: int, pos_grid: int = 14):
         super().__init__()
         head_dim = dim // num_heads
         self.num_heads = num_heads
         self.focusing_factor = focusing_factor
+        self.pos_grid = pos_grid
         self.scale = nn.Parameter(torch.zeros(1, 1, dim))
         self.dwc = nn.Conv2d(head_dim, head_dim, kernel_size, padding=kernel_size // 2, groups=head_dim)
+        if pos_grid:
+            self.positional_encoding = nn.Parameter(torch.zeros(1, pos_grid * pos_grid, dim))
+
+    def with_positions(self, k: Tensor, grid: tuple[int, int]) -> Tensor:
+        """k + the learned positional table at `grid` (B, h, N, d), as their `k = k + positional_encoding`."""
+        if not self.pos_grid:
+            return k
+        table = positional_encoding(self.positional_encoding.to(k.dtype), self.pos_grid, grid)  # (1, N, C)
+        return split_head_dim(merge_head_dim(k) + table, self.num_heads)
 
     def features(self, x: Tensor) -> Tensor:
         """(B, h, N, d) -> focused features (B, h, N, d); norms over all h*d channels. The power is
@@ -72,12 +89,12 @@ class FocusedLinearOperator(nn.Module):
         return split_head_dim(focused, self.num_heads)
 
     def kv_buffer(self, q, k, v, *, grid, rope=None):
-        return mean_kv(self.features(k), v)  # (B, h, d, d)
+        return mean_kv(self.features(self.with_positions(k, grid)), v)  # (B, h, d, d)
 
     def forward(self, q, k, v, *, grid, rope=None):
         check_grid(grid, q.shape[-2])
         batch, heads, _, head_dim = v.shape
-        qf, kf = self.features(q), self.features(k)  # (B, h, N, d)
+        qf, kf = self.features(q), self.features(self.with_positions(k, grid))  # (B, h, N, d)
         z = 1 / (qf @ kf.mean(dim=-2, keepdim=True).transpose(-2, -1) + 1e-6)  # (B, h, N, 1)
         out = qf @ mean_kv(kf, v) * z  # (B, h, N, d)
         v_map = to_map(v.reshape(batch * heads, 1, -1, head_dim), grid)  # (B*h, d, H, W)
@@ -89,15 +106,16 @@ class FocusedLinearOperator(nn.Module):
 class Flatten(LinearMixerBase):
     """FLatten focused linear attention (learned scale + DWC): mixer only."""
 
-    option_defaults = {"focusing_factor": 3, "kernel_size": 5}
+    option_defaults = {"focusing_factor": 3, "kernel_size": 5, "pos_grid": 14}
+    upstream = "LeapLabTHU/FLatten-Transformer@abdb115f models/flatten_pvt.py"
 
-    def build_operator(self, dim, num_heads, *, focusing_factor, kernel_size):
-        return FocusedLinearOperator(dim, num_heads, focusing_factor, kernel_size)
+    def build_operator(self, dim, num_heads, *, focusing_factor, kernel_size, pos_grid):
+        return FocusedLinearOperator(dim, num_heads, focusing_factor, kernel_size, pos_grid)
 
-    def operator_flops(self, s: Shape, *, focusing_factor, kernel_size) -> float:
+    def operator_flops(self, s: Shape, *, focusing_factor, kernel_size, pos_grid) -> float:
         bhn, d = s.batch * s.heads * s.tokens, s.head_dim
         return 2.0 * bhn * (2 * d * d + d + kernel_size**2 * d)
 
-    def operator_params(self, dim, heads, *, focusing_factor, kernel_size) -> int:
+    def operator_params(self, dim, heads, *, focusing_factor, kernel_size, pos_grid) -> int:
         head_dim = dim // heads
-        return dim + head_dim * kernel_size**2 + head_dim
+        return dim + head_dim * kernel_size**2 + head_dim + pos_grid * pos_grid * dim

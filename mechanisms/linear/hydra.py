@@ -9,8 +9,10 @@ whole feature vector:
 i.e. a global feature vector kv = sum_t phi(k_t) (.) v_t gates every query.
 Heads: Hydra's heads have size 1, so the shell's (B, h, N, d) split only matters for phi; following
 the paper, phi normalises over all h*d channels of a token (heads merged), so op and mixer compute
-the same function for any head count. The code follows the paper's own
-PyTorch listing (`q / q.norm(dim=-1, keepdim=True)`, `kv = (k * v).sum(dim=-2)`, `out = q * kv`); the L2
+the same function for any head count. No authors' code is published (checked against the paper only:
+an fp64 reference from its formula in tests/test_linear_mechanisms.py). The mixer is the plain
+attention layer around the op (qkv projection, operator, proj; no LePE, no gate). The code follows
+the paper's own PyTorch listing (`q / q.norm(dim=-1, keepdim=True)`, `kv = (k * v).sum(dim=-2)`, `out = q * kv`); the L2
 normalisation uses torch.nn.functional.normalize (eps 1e-12) so all-zero tokens give 0, not NaN.
 
 KV buffer: the linear map q -> out is diag(kv); per head (B, h, d, d) = diag_embed(kv_head).
@@ -40,6 +42,8 @@ def hydra_state(k: Tensor, v: Tensor) -> Tensor:
 @register_mechanism("hydra", family="linear", backend="torch", cite=CITE)
 class Hydra(LinearOpBase):
     """Hydra attention (heads = features, cosine kernel); op and mixer."""
+
+    upstream = "(no public code; paper's listing)"
 
     def attend(self, q, k, v, *, grid):
         check_grid(grid, q.shape[-2])

@@ -8,13 +8,15 @@ to one instead of being divided by their sum, which keeps the map from queries t
 distributions injective:
     w_nm = (s/N) (q_n . k_m - mean_l q_n . k_l) + 1/N,     out_n = sum_m w_nm v_m
          = q_n^T KV + (1 - s q_n . kbar) vbar,   KV = (s/N) K^T V, kbar, vbar the token means.
-Where the paper is vague this follows LeapLabTHU/InLine, `models/inline_pvt.py` at e463a6f4
-(InLineAttention.forward: identity kernel; KV as (K^T sqrt(s/N)) @ (V sqrt(s/N))). Mixer level adds
-their local residual: a per-channel 3 x 3 depthwise conv on v whose kernels are predicted per image
-by `residual` = Conv1d(C, C, 1, groups=h) -> GELU -> Conv1d(C, 9C, 1, groups=h). Their predictor
-reads the token mean of the block input x; the operator here only sees q, k, v, so it reads the
-token mean of v instead (mean v = W_v mean x + b_v, an affine reparametrisation). PVT's spatial
-reduction is left out. The op is the parameter-free attention of eq. 5.
+Checked against LeapLabTHU/InLine, `models/inline_pvt.py` at e463a6f4 (InLineAttention; identity
+kernel; KV as (K^T sqrt(s/N)) @ (V sqrt(s/N))): op and mixer agree to fp32 rounding
+(tests/fixtures/linear/inline.pt, scripts/make_linear_fixtures.py).
+The mixer is their layer: q/kv projections (the shell's qkv conv), eq. 5, their local residual - a
+per-channel 3 x 3 depthwise conv on v whose kernels are predicted per image by `residual` =
+Conv1d(C, C, 1, groups=h) -> GELU -> Conv1d(C, 9C, 1, groups=h) from the token mean of the layer
+input x (the shell passes x to this operator) - and the output projection; no LePE, no gate (the
+shell's `lepe=True` / `gate=True` add them). PVT's spatial reduction is left out (sr = 1).
+The op is the parameter-free attention of eq. 5.
 
 KV buffer: the matrix queries multiply, KV - s kbar vbar^T = (s/N) K^T (V - vbar), (B, h, d, d)
 (out_n = q_n^T KV' + vbar).
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnbench.registry import Shape, register_mechanism
-from mechanisms.linear.base import LinearOpBase, check_grid, from_map, merge_head_dim, to_map
+from mechanisms.linear.base import LinearOpBase, check_grid, from_map, to_map
 
 CITE = "Han et al., Bridging the Divide: Reconsidering Softmax and Linear Attention, NeurIPS 2024"
 
@@ -51,6 +53,8 @@ def inline_state(k: Tensor, v: Tensor) -> Tensor:
 class InLineOperator(nn.Module):
     """Eq. 5 plus the predicted 3 x 3 local residual on v; parameters `residual.0`, `residual.2`."""
 
+    reads_input = True  # the kernel predictor reads the token mean of the layer input x
+
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
@@ -58,11 +62,14 @@ class InLineOperator(nn.Module):
             nn.Conv1d(dim, dim, 1, groups=num_heads), nn.GELU(), nn.Conv1d(dim, dim * 9, 1, groups=num_heads)
         )
 
-    def forward(self, q, k, v, *, grid, rope=None):
+    def forward(self, q, k, v, *, grid, rope=None, x=None):
+        """x: the layer input (B, C, H, W) whose token mean feeds the kernel predictor."""
         check_grid(grid, q.shape[-2])
+        if x is None:
+            raise ValueError("the InLine operator needs the layer input x (its kernel predictor reads mean(x))")
         batch, channels = v.shape[0], v.shape[1] * v.shape[3]
-        v_mean = merge_head_dim(v).mean(dim=1).unsqueeze(-1)  # (B, C, 1)
-        weight = self.residual(v_mean).reshape(batch * channels, 1, 3, 3)  # per-image, per-channel kernels
+        x_mean = x.flatten(2).mean(dim=-1, keepdim=True)  # (B, C, 1)
+        weight = self.residual(x_mean).reshape(batch * channels, 1, 3, 3)  # per-image, per-channel kernels
         v_map = to_map(v, grid).reshape(1, batch * channels, grid[0], grid[1])  # (1, B*C, H, W)
         local = F.conv2d(v_map, weight, padding=1, groups=batch * channels)  # (1, B*C, H, W)
         local = from_map(local.reshape(batch, channels, grid[0], grid[1]), self.num_heads)  # (B, h, N, d)
@@ -75,6 +82,8 @@ class InLineOperator(nn.Module):
 @register_mechanism("inline", family="linear", backend="torch", cite=CITE)
 class InLine(LinearOpBase):
     """Injective linear attention; op (eq. 5) and mixer (eq. 5 + predicted local residual)."""
+
+    upstream = "LeapLabTHU/InLine@e463a6f4 models/inline_pvt.py"
 
     def attend(self, q, k, v, *, grid):
         check_grid(grid, q.shape[-2])

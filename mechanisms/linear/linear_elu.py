@@ -6,9 +6,10 @@ Transformers with Linear Attention", ICML 2020.
 Formula (non-causal), phi(t) = ELU(t) + 1 elementwise:
     out_n = phi(q_n)^T KV / (phi(q_n)^T ksum + eps),   KV = sum_m phi(k_m) v_m^T (d x d),
     ksum = sum_m phi(k_m),   eps = 1e-6.
-Where the paper is silent (epsilon, sums rather than means) this follows idiap/fast-transformers,
-`fast_transformers/attention/linear_attention.py` at 2aa1368a (LinearAttention.forward: KV by einsum over
-tokens, Z = 1 / (Q . K.sum + eps), eps = 1e-6).
+Checked against idiap/fast-transformers at 2ad36b97, `fast_transformers/attention/linear_attention.py`
+(LinearAttention: KV by einsum over tokens, Z = 1 / (Q . K.sum + eps), eps = 1e-6): the op agrees to
+fp32 rounding (tests/fixtures/linear/linear_elu.pt). The mixer is the attention layer around it
+(their AttentionLayer: q/k/v projections, the operator, out projection), no LePE, no gate.
 
 KV buffer: KV = phi(K)^T V, (B, h, d, d).
 FLOPs (forward, per batch*head): KV 2Nd^2, numerator 2Nd^2, normaliser 2Nd -> 4Nd^2 + 2Nd.
@@ -41,6 +42,8 @@ def kernel_linear_attention(qf: Tensor, kf: Tensor, v: Tensor, eps: float) -> Te
 @register_mechanism("linear_elu", family="linear", backend="torch", cite=CITE)
 class LinearElu(LinearOpBase):
     """phi = ELU + 1 kernel linear attention; op and mixer (the shell around the op)."""
+
+    upstream = "idiap/fast-transformers@2ad36b97 fast_transformers/attention/linear_attention.py"
 
     def attend(self, q, k, v, *, grid):
         check_grid(grid, q.shape[-2])

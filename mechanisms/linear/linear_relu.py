@@ -5,12 +5,17 @@ Dense Prediction", ICCV 2023.
 
 Formula, phi(t) = ReLU(t):
     out_n = phi(q_n)^T KV / (phi(q_n)^T ksum + eps),   KV = sum_m phi(k_m) v_m^T,  ksum = sum_m phi(k_m).
-Where the paper is silent this follows mit-han-lab/efficientvit, `efficientvit/models/nn/ops.py` at
-7e00adcf (LiteMLA.relu_linear_att): eps = 1e-15, no 1/sqrt(d) scaling, float32 arithmetic for fp16
-inputs (their code upcasts fp16 inputs, and bf16 results before the division; we run both 16-bit
-types in float32 - 1e-15 underflows in fp16). Their trick of padding v with a ones column to get the
+Checked against mit-han-lab/efficientvit at de7d7733, `efficientvit/models/nn/ops.py`
+(LiteMLA.relu_linear_att; the op agrees to fp32 rounding, tests/fixtures/linear/linear_relu.pt):
+eps = 1e-15, no 1/sqrt(d) scaling, float32 arithmetic for fp16 inputs (their code upcasts fp16
+inputs, and bf16 results before the division; we run both 16-bit types in float32 - 1e-15
+underflows in fp16). Their trick of padding v with a ones column to get the
 normaliser from the same matmul is replaced by a separate (equal) q . ksum.
 With all-zero q or k the numerator and normaliser are both 0 and the output is 0 (no NaN).
+The mixer is the plain attention layer around the op (qkv projection, operator, proj; no LePE, no
+gate). LiteMLA's multi-scale token aggregation (5 x 5 grouped convs on qkv) and its BatchNorm'd
+projection are not implemented: a `linear_relu` mixer row measures the ReLU linear attention layer,
+not LiteMLA.
 
 KV buffer: ReLU(K)^T V, (B, h, d, d).
 FLOPs (forward, per batch*head): 4Nd^2 + 2Nd (as linear_elu). Bytes: q, k, v read once, out written.
@@ -29,6 +34,8 @@ EPS = 1e-15
 @register_mechanism("linear_relu", family="linear", backend="torch", cite=CITE)
 class LinearRelu(LinearOpBase):
     """phi = ReLU kernel linear attention (EfficientViT's LiteMLA core); op and mixer."""
+
+    upstream = "mit-han-lab/efficientvit@de7d7733 efficientvit/models/nn/ops.py"
 
     def attend(self, q, k, v, *, grid):
         check_grid(grid, q.shape[-2])

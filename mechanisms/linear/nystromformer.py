@@ -8,14 +8,18 @@ Formula: with m landmarks q~, k~ (segment means of the queries and keys) and s =
     out = F A^+ (Bm V),
 where A^+ is the Moore-Penrose pseudo-inverse, approximated by 6 iterations of
     Z <- Z (13 I - A Z (15 I - A Z (7 I - A Z))) / 4,   Z_0 = A^T / max_j sum_i |A_ij|.
-Where the paper is vague this follows mlpen/Nystromformer, `code/attention_nystrom.py` at 5f9a9ba4
-(NystromAttention: q, k each scaled by d^(-1/4); segment-mean landmarks; iterative_inv with 6
-iterations). Choices of ours, documented:
-- Z_0 uses the per-(batch, head) max column sum (their non-"original" init option); the original
+Checked against mlpen/Nystromformer at 56893131: the vision layer
+`ImageNet/T2T-ViT/models/token_nystromformer.py` (NysAttention: q scaled by 1/sqrt(d), which equals
+scaling q and k by d^(-1/4); segment-mean landmarks; iterative_inv with 6 iterations and the
+"exact" init) - op and mixer agree to fp32 rounding (tests/fixtures/linear/nystromformer.pt).
+- Z_0 uses the per-(batch, head) max column sum (their default "exact" init); the "original" init
   takes the max over the whole batch, which couples batch elements.
-- N not divisible by m: landmark i averages the contiguous tokens n with floor(n m / N) = i
-  (near-equal segments, row-major); m > N uses m = N landmarks (then out is exact softmax attention).
-- The optional depthwise conv on V of their code is left out (the shell's LePE plays that role).
+- Landmarks when N is not a multiple of m (their split): with s = N // m, the first m (s + 1) - N
+  landmarks average s contiguous tokens each, the remaining ones s + 1 (row-major token order).
+  m > N uses m = N landmarks (then out is exact softmax attention).
+- The mixer is the attention layer around the operator (qkv projection, operator, output
+  projection); their optional depthwise conv on V (kernel_size 0 by default) is left out, and so is
+  the T2T token layer's `v + x` residual, which belongs to T2T's tokens-to-token module.
 Options: landmarks m (default 64), pinv_iters (default 6).
 
 KV buffer: the landmark state A^+ (Bm V), (B, h, m, d), which every query reads through its softmax
@@ -38,10 +42,18 @@ from mechanisms.linear.base import LinearOpBase, check_grid
 CITE = "Xiong et al., Nystromformer: A Nystrom-Based Algorithm for Approximating Self-Attention, AAAI 2021"
 
 
+def segment_ids(n: int, m: int, device=None) -> Tensor:
+    """(N,) landmark index of each token: with s = N // m, the first m (s + 1) - N segments have s
+    tokens and the rest s + 1 (mlpen/Nystromformer's vision split; all s when m divides N)."""
+    s = n // m
+    short = m * (s + 1) - n if n % m else m  # segments of s tokens
+    sizes = torch.tensor([s] * short + [s + 1] * (m - short), device=device)
+    return torch.repeat_interleave(torch.arange(m, device=device), sizes)
+
+
 def segment_means(x: Tensor, m: int) -> Tensor:
-    """(B, h, N, d) -> (B, h, m, d): mean of the contiguous tokens n with floor(n m / N) = i."""
-    n = x.shape[-2]
-    seg = torch.arange(n, device=x.device) * m // n  # (N,) segment id, non-decreasing
+    """(B, h, N, d) -> (B, h, m, d): the mean of each landmark's contiguous segment (`segment_ids`)."""
+    seg = segment_ids(x.shape[-2], m, x.device)  # (N,) segment id, non-decreasing
     sums = x.new_zeros(*x.shape[:-2], m, x.shape[-1]).index_add_(-2, seg, x)  # (B, h, m, d)
     counts = torch.bincount(seg, minlength=m).to(x.dtype)  # (m,)
     return sums / counts[:, None]
@@ -74,6 +86,8 @@ def nystrom_parts(q: Tensor, k: Tensor, v: Tensor, landmarks: int, pinv_iters: i
 @register_mechanism("nystromformer", family="linear", backend="torch", cite=CITE)
 class Nystromformer(LinearOpBase):
     """Nystrom approximation of softmax attention with segment-mean landmarks; op and mixer."""
+
+    upstream = "mlpen/Nystromformer@56893131 ImageNet/T2T-ViT/models/token_nystromformer.py"
 
     option_defaults = {"landmarks": 64, "pinv_iters": 6}
     op_reads = 5
