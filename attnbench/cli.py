@@ -96,7 +96,7 @@ class RichProgress:
         self.bar.update(self.task, description=escape(self.round + case.label()))
 
     def case_end(self, index: int, case, status: str, rows: list[dict[str, Any]]) -> None:
-        self.bar.advance(self.task)
+        self.bar.update(self.task, completed=index)
         if status not in ("ok", "skipped"):
             msg = rows[0].get("message", "") if rows else ""
             self.bar.console.print(f"[yellow]{status}[/]: {case.label()}: {escape(msg)}")

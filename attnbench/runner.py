@@ -35,6 +35,9 @@ STAT_ORDER = ("median", "mean", "min", "p20", "p80", "std", "n")
 
 
 class Progress(Protocol):
+    """Callbacks of a run, counted in case-rounds (cases x rounds; a case that ends early counts its
+    remaining rounds as done). An optional `round_start(index, rounds)` is called when a round begins."""
+
     def start(self, total: int, resumed: int) -> None: ...
     def case_start(self, index: int, case: Case) -> None: ...
     def case_end(self, index: int, case: Case, status: str, rows: list[dict[str, Any]]) -> None: ...
@@ -173,8 +176,9 @@ class Runner:
                             ended.add(case.case_id)
                             status = rows[0]["status"] if rows else "error"
                             summary.statuses[status] += 1
+                            step += n_rounds - round_index - 1  # its later rounds will not run
                         step += 1
-                        if self.progress:
+                        if self.progress:  # index = case-rounds accounted for so far
                             self.progress.case_end(step, case, status, rows)
                 finally:
                     if self.pool is not None:

@@ -35,7 +35,8 @@ def write_suite(tmp_path: Path, body: str) -> Path:
 
 def test_smoke_suite_writes_four_files_with_schema(tmp_path):
     out = tmp_path / "smoke.csv"
-    proc = run_cli("run", "suites/smoke.yaml", "--out", str(out), "--no-progress", "--set", "device=cpu")
+    proc = run_cli("run", "suites/smoke.yaml", "--out", str(out), "--no-progress", "--set", "device=cpu",
+                   "--rounds", "2")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "latency ms" in proc.stdout and "cases:" in proc.stdout
     for kind in ("env.json", "suite.yaml", "samples.csv"):
@@ -185,7 +186,7 @@ def test_fraction_rows_use_cached_peaks(tmp_path, monkeypatch):
                       "copy": {"value": 10.0, "unit": "GB/s"},
                       "matmul": {"fp32": {"value": 0.5, "unit": "TFLOP/s"}}})  # fmt: skip
     out = tmp_path / "f.csv"
-    assert main(["run", "suites/smoke.yaml", "--out", str(out), "--no-progress", "--set", "device=cpu",
+    assert main(["run", "suites/smoke.yaml", "--out", str(out), "--no-progress", "--set", "device=cpu", "--rounds", "1",
                  "--set", "mechanisms=[softmax_sdpa]", "--set", "level=op", "--set", "pass=fwd"]) == 0  # fmt: skip
     df = results.load(out)
     for _, rows in df.groupby("case_id"):
@@ -224,7 +225,7 @@ def test_shell_options_reach_mixer_costs(tmp_path):
     """`options: {rala_eager: {gate: false}}` builds a 3C qkvo and the analytic FLOPs follow it
     (equal to FlopCounterMode's count), instead of failing or ignoring the option."""
     out = tmp_path / "opts.csv"
-    assert main(["run", "suites/smoke.yaml", "--out", str(out), "--no-progress", "--set", "device=cpu",
+    assert main(["run", "suites/smoke.yaml", "--out", str(out), "--no-progress", "--set", "device=cpu", "--rounds", "1",
                  "--set", "mechanisms=[rala_eager]", "--set", "level=mixer", "--set", "pass=fwd",
                  "--set", "options={rala_eager: {gate: false}}"]) == 0  # fmt: skip
     df = results.load(out)
@@ -258,7 +259,8 @@ def test_more_user_errors_are_one_line(tmp_path, capsys, setup, args, pattern):
     smoke = tmp_path / "smoke.csv"
     if "{smoke}" in args:
         assert main(["run", "suites/smoke.yaml", "--out", str(smoke), "--no-progress", "--set", "device=cpu",
-                     "--set", "mechanisms=[softmax_sdpa]", "--set", "level=op", "--set", "pass=fwd"]) == 0  # fmt: skip
+                     "--rounds", "1", "--set", "mechanisms=[softmax_sdpa]", "--set", "level=op",
+                     "--set", "pass=fwd"]) == 0  # fmt: skip
         capsys.readouterr()
     argv = [a.replace("{tmp}", str(tmp_path)).replace("{smoke}", str(smoke)) for a in args]
     assert main(argv) == 2
@@ -268,7 +270,7 @@ def test_more_user_errors_are_one_line(tmp_path, capsys, setup, args, pattern):
 
 def test_resume_refuses_a_different_suite(tmp_path, capsys):
     out = tmp_path / "r.csv"
-    base = ["run", "suites/smoke.yaml", "--out", str(out), "--no-progress", "--set", "device=cpu",
+    base = ["run", "suites/smoke.yaml", "--out", str(out), "--no-progress", "--set", "device=cpu", "--rounds", "1",
             "--set", "mechanisms=[softmax_sdpa]", "--set", "level=op", "--set", "pass=fwd"]  # fmt: skip
     assert main(base) == 0
     assert main(base + ["--resume"]) == 0  # same settings: nothing left to run

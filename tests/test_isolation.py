@@ -139,8 +139,11 @@ def test_pruned_cases_become_skipped_rows(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_each_case_once(tmp_path):
-    suite = write_suite(tmp_path, """\
+@pytest.mark.parametrize("n_rounds", [1, 3])
+def test_sigkill_then_resume_each_case_once(tmp_path, n_rounds):
+    """SIGKILL mid-sweep, then --resume: every case exactly once. With rounds, the kill lands in round 2 and the
+    resumed run re-measures no round that was already in FILE.samples.csv (except the last, which writes rows)."""
+    suite = write_suite(tmp_path, f"""\
         name: kill
         mechanisms: [softmax_eager, softmax_sdpa, rala_eager]
         level: [op, mixer]
@@ -149,30 +152,42 @@ def test_sigkill_then_resume_each_case_once(tmp_path):
         resolution: [2, 3, 4, 5, 6, 7, 8]
         device: cpu
         isolation: inprocess
+        rounds: {n_rounds}
         verify: false
         warmup: 0
-        repeats: {min: 30, max: 30, min_time_s: 0}
+        repeats: {{min: 30, max: 30, min_time_s: 0}}
         metrics: [latency]
         """)
     out = tmp_path / "kill.csv"
+    watched = out if n_rounds == 1 else results.companion(out, "samples.csv")
+    mark = 60 if n_rounds == 1 else int(42 * 31 * 1.5)  # rows mid-sweep, or samples mid round 2
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "attnbench", "run", str(suite), "--out", str(out), "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if out.exists() and out.read_text().count("\n") > 60:
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if watched.exists() and watched.read_text().count("\n") > mark:
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    partial = results.load(out)
-    n_partial = partial.case_id.nunique()
-    assert 0 < n_partial < 42, "the kill should land mid-sweep"
-    done = subprocess.run(cmd + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    if n_rounds == 1:
+        n_partial = results.load(out).case_id.nunique()
+        assert 0 < n_partial < 42, "the kill should land mid-sweep"
+    else:
+        before = results.load_samples(out)
+        assert 42 < len(before.groupby(["case_id", "round"])) < 84, "the kill should land in round 2"
+    done = subprocess.run(cmd + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     rows = case_status(results.load(out, dedupe=False))
     assert len(rows) == 42 and rows.case_id.is_unique
     assert (rows.status == "ok").all()
+    if n_rounds > 1:
+        after = results.load_samples(out)
+        blocks = after[after.rep == 0].groupby(["case_id", "round"]).size()
+        assert set(after["round"]) == {0, 1, 2} and len(blocks) == 42 * 3
+        kept = blocks.loc[[k for k in blocks.index if k[1] < 2]]
+        assert (kept == 1).all()  # rounds 0 and 1 measured once, across the kill
 
 
 def test_prediction_counts_materialised_scores(tmp_path):
