@@ -235,10 +235,4 @@ def load_samples(path: str | Path) -> pd.DataFrame:
 
 def done_case_ids(path: str | Path) -> set[str]:
     """case_ids that already have rows in FILE.csv (for --resume)."""
-    path = Path(path)
-    if not path.exists() or path.stat().st_size == 0:
-        return set()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        df = _read_csv_tolerant(path, COLUMNS)
-    return set(df["case_id"])
+    return {key[0] for key in row_keys(path)}
