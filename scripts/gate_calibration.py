@@ -67,6 +67,43 @@ def _median_change(result) -> float | None:
     return changes[len(changes) // 2] if changes else None
 
 
+def summarize(outcomes: dict[str, list[dict]], walls: list[float], loads: list[float], work: Path,
+              table: str | None) -> None:  # fmt: skip
+    rows = []
+    for kind, found in outcomes.items():
+        n = len(found)
+        changes = sorted(o["slowed_change"] for o in found if o["slowed_change"] is not None)
+        rows.append({
+            "pairs": kind, "n": n, "gate_failed": sum(o["failed"] for o in found),
+            "slowed_caught": sum(o["caught"] for o in found) if kind != "A/A" else "",
+            "other_named": sum(o["other"] for o in found),
+            "median_measured_change_of_slowed": f"{changes[len(changes) // 2]:+.1%}" if changes else "",
+        })  # fmt: skip
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
+    from attnbench.measure.env import fingerprint
+
+    fp = fingerprint("cpu")
+    machine = (f"{fp.get('cpu_model') or platform.machine()}, {os.cpu_count()} cores, "
+               f"{fp.get('memory_bytes', 0) / 2**30:.0f} GiB, torch {fp.get('versions', {}).get('torch')}")
+    median_wall = sorted(walls)[len(walls) // 2]
+    print(f"\nmachine: {machine}; date {stamp}; runs: {len(walls)}, median wall {median_wall:.1f} s per run; "
+          f"load average before a run: max {max(loads):.2f}; work folder {work}")  # fmt: skip
+    print("| pairs | n | gate failed | test_slowable caught | another mechanism named | measured change |")
+    print("|:--|--:|--:|--:|--:|--:|")
+    for r in rows:
+        print(f"| {r['pairs']} | {r['n']} | {r['gate_failed']} | {r['slowed_caught']} | {r['other_named']} | "
+              f"{r['median_measured_change_of_slowed']} |")  # fmt: skip
+    if table:
+        with open(table, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=[*rows[0], "machine", "date", "median_run_wall_s",
+                                                    "max_load_1m"])  # fmt: skip
+            writer.writeheader()
+            for r in rows:
+                writer.writerow(r | {"machine": machine, "date": stamp, "median_run_wall_s": f"{median_wall:.1f}",
+                                     "max_load_1m": f"{max(loads):.2f}"})  # fmt: skip
+        print(f"wrote {table}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", type=int, default=20)
@@ -75,6 +112,7 @@ def main() -> int:
     p.add_argument("--work", help="folder for the runs (default: a temporary folder, kept)")
     p.add_argument("--table", help="write the summary CSV here (e.g. results/gate-calibration-cpu.csv)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra suite override")
+    p.add_argument("--stop-after-s", type=float, help="start no new pair after this many seconds (table says n)")
     args = p.parse_args()
 
     work = Path(args.work or tempfile.mkdtemp(prefix="gate-calibration-"))
@@ -83,6 +121,7 @@ def main() -> int:
     log = work / "pairs.jsonl"
     outcomes: dict[str, list[dict]] = {"A/A": [], **{f"A/B +{s:.0%}": [] for s in args.slowdowns}}
     walls: list[float] = []
+    loads: list[float] = []
     t_start = time.perf_counter()
     for i in range(args.pairs):
         runs: dict[str, Path] = {}
@@ -90,6 +129,7 @@ def main() -> int:
         sequence += [(f"B{s}", s) for s in args.slowdowns[1:]]
         for label, slowdown in sequence:
             out = work / f"p{i:02d}-{label}.csv"
+            loads.append(os.getloadavg()[0])  # other work on the machine spoils timings: recorded
             walls.append(run_suite(suite, out, slowdown, args.set))
             runs[label] = out
         pairs = [("A/A", runs["A"], runs["A2"])]
@@ -102,34 +142,13 @@ def main() -> int:
                 fh.write(json.dumps(verdict) + "\n")
         done = {k: sum(o["failed"] for o in v) for k, v in outcomes.items()}
         print(f"pair {i + 1}/{args.pairs} ({time.perf_counter() - t_start:.0f} s): failed so far {done}", flush=True)
+        if args.table:  # a table after every pair: an interrupted calibration still leaves its figures
+            summarize(outcomes, walls, loads, work, args.table)
+        if args.stop_after_s and time.perf_counter() - t_start > args.stop_after_s and i + 1 < args.pairs:
+            print(f"stopping after {i + 1} pairs: --stop-after-s {args.stop_after_s:g} reached", flush=True)
+            break
 
-    rows = []
-    for kind, found in outcomes.items():
-        n = len(found)
-        changes = sorted(o["slowed_change"] for o in found if o["slowed_change"] is not None)
-        rows.append({
-            "pairs": kind, "n": n, "gate_failed": sum(o["failed"] for o in found),
-            "slowed_caught": sum(o["caught"] for o in found) if kind != "A/A" else "",
-            "other_named": sum(o["other"] for o in found),
-            "median_measured_change_of_slowed": f"{changes[len(changes) // 2]:+.1%}" if changes else "",
-        })  # fmt: skip
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
-    machine = f"{platform.machine()} {os.cpu_count()} cores, {platform.processor() or platform.platform()}"
-    median_wall = sorted(walls)[len(walls) // 2]
-    print(f"\nmachine: {machine}; date {stamp}; runs: {len(walls)}, median wall {median_wall:.1f} s per run; "
-          f"work folder {work}")  # fmt: skip
-    print("| pairs | n | gate failed | test_slowable caught | another mechanism named | measured change |")
-    print("|:--|--:|--:|--:|--:|--:|")
-    for r in rows:
-        print(f"| {r['pairs']} | {r['n']} | {r['gate_failed']} | {r['slowed_caught']} | {r['other_named']} | "
-              f"{r['median_measured_change_of_slowed']} |")  # fmt: skip
-    if args.table:
-        with open(args.table, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=[*rows[0], "machine", "date", "median_run_wall_s"])
-            writer.writeheader()
-            for r in rows:
-                writer.writerow(r | {"machine": machine, "date": stamp, "median_run_wall_s": f"{median_wall:.1f}"})
-        print(f"wrote {args.table}")
+    summarize(outcomes, walls, loads, work, args.table)
     return 0
 
 
