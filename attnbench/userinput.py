@@ -108,7 +108,7 @@ class _BoundedLoader(yaml.SafeLoader):
 
 def compose_yaml(text: str) -> yaml.Node | None:
     """The node tree (for line numbers), with the same bounds as `load_yaml`."""
-    loader = _BoundedLoader(text)
+    loader = _new_loader(text)
     try:
         return loader.get_single_node()
     except yaml.YAMLError as exc:
@@ -119,9 +119,16 @@ def compose_yaml(text: str) -> yaml.Node | None:
         loader.dispose()
 
 
+def _new_loader(text: str) -> _BoundedLoader:
+    try:
+        return _BoundedLoader(text)
+    except yaml.YAMLError as exc:  # the reader refuses control characters up front
+        raise _yaml_error(exc) from None
+
+
 def load_yaml(text: str) -> Any:
     """Parse one YAML document with the bounds above; raises YamlInputError (message, line)."""
-    loader = _BoundedLoader(text)
+    loader = _new_loader(text)
     try:
         data = loader.get_single_data()
     except yaml.YAMLError as exc:
