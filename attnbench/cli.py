@@ -331,6 +331,13 @@ def cmd_env(args) -> int:
     from attnbench.suite import resolve_device
 
     device = resolve_device(args.device)
+    if device not in ("cpu", "cuda"):
+        raise AttnbenchError(f"--device must be auto, cpu or cuda, got {device[:40]!r}")
+    from types import SimpleNamespace
+
+    from attnbench.runner import apply_precision_settings
+
+    apply_precision_settings(SimpleNamespace(tf32=False))  # as every run does (tf32: false): the same env_id
     fp = fingerprint(device)
     console.print_json(json.dumps({"env_id": env_id(fp), **fp}, default=str))
     if args.probe:

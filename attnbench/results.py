@@ -136,6 +136,12 @@ def check_out_path(path: str | Path) -> Path:
     if any(ord(c) < 32 for c in text):
         raise ResultsError(f"--out {shown} contains control characters (a NUL?); choose a plain file name")
     p = Path(text)
+    try:
+        is_dir = len(text.encode()) <= 4000 and p.is_dir()
+    except OSError:  # a component longer than the file system allows: reported below
+        is_dir = False
+    if is_dir:
+        raise ResultsError(f"--out {shown} is a directory; give a file name ending in .csv")
     if not p.name.endswith(".csv") or p.name == ".csv" or text.endswith(("/", "\\")):
         raise ResultsError(f"--out must name a .csv file, got {shown}")
     longest = max(len(companion(p, kind).name.encode()) for kind in COMPANIONS)
@@ -146,7 +152,11 @@ def check_out_path(path: str | Path) -> Path:
         if len(part.encode()) > NAME_MAX:
             raise ResultsError(f"--out {shown}: a folder name is longer than {NAME_MAX} bytes")
     for target in (p, *(companion(p, kind) for kind in COMPANIONS)):
-        if target.is_dir():
+        try:
+            blocked = target.is_dir()
+        except OSError:
+            blocked = False
+        if blocked:
             raise ResultsError(f"{target} is a directory, so the results of --out {shown} cannot be written there; "
                                "choose another --out")  # fmt: skip
     return p
@@ -317,7 +327,7 @@ def check_row(row: dict[str, str]) -> str | None:
         return f"status {row['status'][:40]!r} is not one of {', '.join(STATUSES)}"
     if row["stat"] not in STATS:
         return f"stat {row['stat'][:40]!r} is not one of {', '.join(STATS)}"
-    if row["source"] not in SOURCES:
+    if row["source"] not in (*SOURCES, ""):
         return f"source {row['source'][:40]!r} is not one of {', '.join(SOURCES)}"
     for col in INT_COLUMNS[1:]:
         problem = _int_problem(row[col], col, low=1 if col in ("batch", "height", "width") else 0)
