@@ -221,11 +221,12 @@ def _read_validated(path: Path, columns: list[str], check: Callable[[dict[str, s
     if not data.strip():
         return pd.DataFrame(columns=columns)
     lines = data.split(b"\n")
+    if len(lines) < 2:
+        raise ResultsError(f"{path} is not an attnbench results file (no complete header line); pass a results "
+                           ".csv file written by `attnbench run`")  # fmt: skip
     if lines[-1]:
         warnings.warn(f"{path}: dropped a torn last line left by an interrupted run", stacklevel=3)
     lines = lines[:-1]
-    if not lines:
-        raise ResultsError(f"{path} has no complete header line; pass a results .csv file written by `attnbench run`")
     header_text = lines[0].decode("utf-8", "replace").lstrip("\ufeff").rstrip("\r")
     try:
         header = next(csv.reader([header_text], strict=True))
