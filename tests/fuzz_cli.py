@@ -442,7 +442,8 @@ def fuzz(workdir: Path, scale: float = 1.0, seed: int = 17, progress: Callable[[
             record(outcome)
         shutil.rmtree(workdir / "ckpt", ignore_errors=True)
         # cases that would run far past timeout_s in-process: refused by prediction, within the limit
-        for j, over in enumerate([{"resolution": 1_000}, {"resolution": 1_000, "batch": 64},
+        for j, over in enumerate([{"resolution": 1_000, "mechanisms": ["softmax_sdpa"]}, {"resolution": 1_000},
+                                  {"resolution": 1_000, "batch": 64, "mechanisms": ["softmax_sdpa"]},
                                   {"mechanisms": ["performer"], "options": {"performer": {"features": 10**9}},
                                    "resolution": 64}, {"grid": [[4, 30_000]], "resolution": 2}]):  # fmt: skip
             suite = workdir / f"slow{j}.yaml"
