@@ -304,14 +304,14 @@ def fuzz(workdir: Path, scale: float = 1.0, seed: int = 17, progress: Callable[[
 
     rng = random.Random(seed)
     workdir.mkdir(parents=True, exist_ok=True)
-    outside = workdir / "outside"  # must stay empty: names that try to leave the output folder aim here
+    outside = workdir / "outside"  # must stay empty
     outside.mkdir(exist_ok=True)
     jail = workdir / "cwd"
     jail.mkdir(exist_ok=True)
     tallies: dict[str, Tally] = {}
     old_cwd = os.getcwd()
     os.chdir(jail)
-    sentinels = [Path("/abs/path/fz"), REPO.parent / "fz_escape", Path("/up")]
+    sentinels = [Path("/abs"), Path("/up"), REPO.parent / "fz_escape"]
     before = {str(s): s.exists() for s in sentinels}
     try:
         from attnbench.cli import main
@@ -473,9 +473,14 @@ def fuzz(workdir: Path, scale: float = 1.0, seed: int = 17, progress: Callable[[
         os.chdir(old_cwd)
     escaped = [str(p) for p in outside.rglob("*")]
     escaped += [str(s) for s in sentinels if s.exists() and not before[str(s)]]
+    # suite names such as "../../fz_escape" or "fz/../../../up" aim above outs/<i>/results: nothing may land
+    # in outs/ itself (outs/outside/ is an explicit --out ../outside/esc.csv, which the user chose)
+    outs = workdir / "outs"
+    if outs.exists():
+        escaped += [str(p) for p in outs.iterdir() if not p.name.isdigit() and p.name != "outside"]
     if escaped:
         tallies.setdefault("out", Tally()).counts["outside"] += len(escaped)
-        tallies["out"].failures.append(Outcome("out", [], None, "", "", "outside", ", ".join(escaped)))
+        tallies["out"].failures.append(Outcome("out", [], None, "", "", "outside", ", ".join(escaped[:20])))
     return tallies
 
 
