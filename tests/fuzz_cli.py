@@ -338,7 +338,7 @@ def fuzz(workdir: Path, scale: float = 1.0, seed: int = 17, progress: Callable[[
                 tally.failures.append(outcome)
 
         n = {k: max(1, int(v * scale)) for k, v in
-             {"suite": 330, "set": 250, "results": 220, "gate": 110, "out": 60, "checkpoint": 16,
+             {"suite": 330, "set": 250, "results": 220, "gate": 110, "out": 60, "checkpoint": 8,
               "argv": 40}.items()}  # fmt: skip
 
         for i in range(n["suite"]):
