@@ -401,10 +401,12 @@ def scaling_exponents(df: pd.DataFrame, metrics: Sequence[str] = ("latency", "pe
         if min_tokens is not None:
             vals = vals[vals["tokens"] >= min_tokens]
         for key, g in vals.groupby([*group_keys, "mechanism"], sort=False, dropna=False):
-            n = g["tokens"].to_numpy(float)
-            if np.unique(n[np.isfinite(n)]).size < 2:
+            n, center = g["tokens"].to_numpy(float), g["center"].to_numpy(float)
+            usable = np.isfinite(n) & np.isfinite(center) & (n > 0) & (center > 0)  # log-log needs positives
+            n, center = n[usable], center[usable]
+            if np.unique(n).size < 2:
                 continue
-            fit = fit_power_law(n, g["center"].to_numpy(float), confidence=confidence)
+            fit = fit_power_law(n, center, confidence=confidence)
             rows.append({**dict(zip([*group_keys, "mechanism"], key)), "metric": metric, "exponent": fit.exponent,
                          "ci_low": fit.ci_low, "ci_high": fit.ci_high, "r2": fit.r2, "n_points": fit.n,
                          "tokens_min": n.min(), "tokens_max": n.max(), "prefactor": fit.prefactor})  # fmt: skip

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -22,40 +23,90 @@ from attnbench.errors import AttnbenchError
 
 console = Console()
 err_console = Console(stderr=True)
+MAX_SHOWN = 160  # characters of one user-supplied string on screen; longer ones are cut in the middle
 
 
 # -- rendering --------------------------------------------------------------------------------------
+def esc(value: Any, limit: int = MAX_SHOWN) -> str:
+    """User or file text made safe for rich: control characters shown as escapes, cut to `limit`
+    characters (a 100k-character name would stall the layout), then markup-escaped ("a[/]b" stays text).
+    Every string rich renders that did not come from this module's own literals goes through here."""
+    text = str(value)
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        text = "".join(c if 32 <= ord(c) != 127 else repr(c)[1:-1] for c in text)
+    if len(text) > limit:
+        half = (limit - 1) // 2
+        text = f"{text[:half]}…{text[-half:]}"
+    return escape(text)
+
+
+def fit_tables(title: str, header: list[str], rows: list[list[str]], *, keep: int = 1, width: int | None = None,
+               styles: list[str | None] | None = None, index_style: str | None = "cyan") -> list[RichTable]:
+    """Tables of `rows` (plain strings) that fit `width` without cutting a number: the first `keep` columns
+    are repeated in every table and may wrap; the other columns keep their full width, and when they do not
+    all fit, they are stacked into further tables (title "(continued)")."""
+    width = width or console.width
+    cells = [[esc(c, 10_000) for c in r] for r in rows]
+    heads = [esc(h) for h in header]
+    need = [max([len(h)] + [len(r[i]) for r in cells]) + 3 for i, h in enumerate(heads)]
+    lead = sum(min(n, 28) for n in need[:keep]) + 1
+    groups: list[list[int]] = []
+    for i in range(keep, len(heads)):
+        if not groups or lead + sum(need[j] for j in groups[-1]) + need[i] > width:
+            groups.append([])
+        groups[-1].append(i)
+    tables = []
+    for g, cols in enumerate(groups or [[]]):
+        shown = (esc(title) if g == 0 else f"{esc(title)} (continued)")
+        table = RichTable(title=f"[bold]{shown}[/]", title_justify="left", header_style="bold",
+                          min_width=min(len(title), width))  # fmt: skip
+        for i in range(keep):
+            table.add_column(heads[i], style=index_style if i == 0 else None, overflow="fold",
+                             max_width=max(12, width - sum(need[j] for j in cols) - 2 * keep - 1))  # fmt: skip
+        for i in cols:
+            table.add_column(heads[i], justify="right", no_wrap=True, min_width=need[i] - 3)
+        for r, row in enumerate(cells):
+            table.add_row(*[row[i] for i in range(keep)], *[row[i] for i in cols],
+                          style=styles[r] if styles else None)  # fmt: skip
+        tables.append(table)
+    return tables
+
+
 def render_table(title: str, frame, index_name: str = "mechanism") -> RichTable:
-    table = RichTable(title=f"[bold]{title}[/]", title_justify="left", header_style="bold", min_width=len(title))
-    widest = max([len(str(i)) for i in frame.index] + [len(index_name)])
-    table.add_column(index_name, style="cyan", no_wrap=True, min_width=min(widest, 40))
-    for col in frame.columns:
-        table.add_column(escape(str(col)), justify="right")
-    for idx, row in frame.iterrows():  # cells are data, not rich markup ("[ravlt_t@224]" must survive)
-        table.add_row(escape(str(idx)), *[escape(str(v)) for v in row.tolist()])
-    return table
+    """One table of a pivot (first of `render_tables`; kept for callers that print one)."""
+    return render_tables(title, frame, index_name)[0]
+
+
+def render_tables(title: str, frame, index_name: str = "mechanism") -> list[RichTable]:
+    rows = [[str(idx), *[str(v) for v in row.tolist()]] for idx, row in frame.iterrows()]
+    return fit_tables(title, [index_name, *[str(c) for c in frame.columns]], rows)
+
+
+def print_tables(tables: list[RichTable], out: Console | None = None) -> None:
+    for table in tables:
+        (out or console).print(table)
 
 
 def print_report(df, out: Console = console) -> None:
     from attnbench import report
 
     for t in report.summary_tables(df):
-        out.print(render_table(t.title, t.frame))
+        print_tables(render_tables(t.title, t.frame), out)
     single = ("params", "macs", "macs_with_attn", "flops", "flops_counted", "top1", "top5", "kv_rank", "kv_erank",
               "out_rank", "out_erank")  # fmt: skip
     model_or_rank = df[df["level"].eq("model") | df["metric"].isin(("kv_erank", "out_erank"))]
     for t in report.metric_tables(model_or_rank, single):
-        out.print(render_table(t.title, t.frame, index_name="mechanism [model]"))
+        print_tables(render_tables(t.title, t.frame, index_name="mechanism [model]"), out)
     probs = report.problems(df)
     if len(probs):
         table = RichTable(title="cases that did not run", title_justify="left", header_style="bold")
         for col in probs.columns:
-            table.add_column(col, overflow="fold")
+            table.add_column(esc(col), overflow="fold")
         for _, row in probs.iterrows():
-            table.add_row(*[escape(str(v)) for v in row.tolist()])
+            table.add_row(*[esc(v, 400) for v in row.tolist()])
         out.print(table)
     counts = report.status_counts(df)
-    out.print("cases: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    out.print("cases: " + ", ".join(f"{esc(k)} {v}" for k, v in sorted(counts.items())))
 
 
 class RichProgress:
@@ -93,13 +144,13 @@ class RichProgress:
         self.round = f"round {index + 1}/{rounds} " if rounds > 1 else ""
 
     def case_start(self, index: int, case) -> None:
-        self.bar.update(self.task, description=escape(self.round + case.label()))
+        self.bar.update(self.task, description=esc(self.round + case.label(), 80))
 
     def case_end(self, index: int, case, status: str, rows: list[dict[str, Any]]) -> None:
         self.bar.update(self.task, completed=index)
         if status not in ("ok", "skipped"):
             msg = rows[0].get("message", "") if rows else ""
-            self.bar.console.print(f"[yellow]{status}[/]: {case.label()}: {escape(msg)}")
+            self.bar.console.print(f"[yellow]{esc(status)}[/]: {esc(case.label())}: {esc(msg, 400)}")
 
 
 # -- commands ---------------------------------------------------------------------------------------
@@ -125,10 +176,18 @@ def cmd_run(args) -> int:
 
     overrides = list(args.set or []) + ([f"rounds={args.rounds}"] if args.rounds is not None else [])
     suite = load_suite(args.suite, overrides)
-    out = Path(args.out) if args.out else default_out(suite)
     if args.resume and not args.out:
         raise AttnbenchError("--resume needs --out FILE.csv naming the run to continue")
-    console.print(f"suite [bold]{escape(suite.name)}[/] on {suite.device} -> {escape(str(out))}")
+    out = results.check_out_path(args.out if args.out else default_out(suite))
+    console.print(f"suite [bold]{esc(suite.name)}[/] on {suite.device} -> {esc(out)}")
+    if args.dry_run:
+        from attnbench.plan import plan
+
+        cases = plan(suite)
+        skipped = sum(c.skip is not None for c in cases)
+        console.print(f"{len(cases)} cases ({skipped} skipped by the plan), {suite.rounds} rounds; "
+                      "nothing run (--dry-run)")  # fmt: skip
+        return 0
     _warn_if_busy(suite.device)
     if suite.rounds > 1 and suite.isolation == "inprocess" and "latency" in suite.metrics:
         console.print(f"[yellow]warning[/]: isolation: inprocess runs all {suite.rounds} rounds in this process: "
@@ -139,10 +198,11 @@ def cmd_run(args) -> int:
         try:
             summary = run_suite(suite, out, resume=args.resume, progress=progress, debug=args.debug)
         except KeyboardInterrupt:
-            err_console.print(f"interrupted: rows measured so far are in {out}; continue with --resume --out {out}")
+            err_console.print(f"interrupted: rows measured so far are in {esc(out)}; continue with --resume --out "
+                              f"{esc(out)}")  # fmt: skip
             return 130
     rounds = f" x {summary.rounds} rounds" if summary.rounds > 1 else ""
-    console.print(f"{summary.total} cases{rounds} in {time.perf_counter() - t0:.1f} s; rows in {escape(str(out))}")
+    console.print(f"{summary.total} cases{rounds} in {time.perf_counter() - t0:.1f} s; rows in {esc(out)}")
     print_report(results.load(out))
     return 0
 
@@ -157,20 +217,25 @@ def cmd_list(args) -> int:
     device = resolve_device(args.device)
     names = registry.names(family=args.family)
     if args.family and not names:
-        raise AttnbenchError(f"no mechanisms in family {args.family!r} (families: {', '.join(registry.families())})")
-    table = RichTable(title=f"mechanisms (availability on {device})", title_justify="left", header_style="bold")
-    for col in ("name", "family", "backend", "levels", "dtypes", "checked against", "available / reason"):
-        table.add_column(col, overflow="fold")
+        raise AttnbenchError(f"no mechanisms in family {args.family[:60]!r} (families: "
+                             f"{', '.join(registry.families())})")  # fmt: skip
+    table = RichTable(title=f"mechanisms (availability on {esc(device)})", title_justify="left", header_style="bold")
+    narrow = console.width < 100  # levels, dtypes and upstream are dropped rather than squeezed
+    columns = ("name", "family", "backend", "available / reason") if narrow else (
+        "name", "family", "backend", "levels", "dtypes", "checked against", "available / reason")
+    for col in columns:
+        table.add_column(col, overflow="fold", no_wrap=col not in ("available / reason", "checked against"))
     n_ok = 0
     for name in names:
         mech = registry.get(name)
         ok, reason = mech.available(device)
         n_ok += ok
-        table.add_row(name, mech.family, mech.backend, ",".join(mech.levels), ",".join(mech.dtypes),
-                      escape(getattr(mech, "upstream", "") or ""),
-                      "[green]yes[/]" if ok else f"[red]no[/]: {escape(reason)}")  # fmt: skip
+        cells = [esc(name), esc(mech.family), esc(mech.backend)]
+        if not narrow:
+            cells += [esc(",".join(mech.levels)), esc(",".join(mech.dtypes)), esc(getattr(mech, "upstream", "") or "")]
+        table.add_row(*cells, "[green]yes[/]" if ok else f"[red]no[/]: {esc(reason, 400)}")
     console.print(table)
-    console.print(f"{n_ok} of {len(names)} available on {device}")
+    console.print(f"{n_ok} of {len(names)} available on {esc(device)}")
     return 0
 
 
@@ -196,6 +261,10 @@ def _load_many(paths: list[str]):
 def cmd_report(args) -> int:
     from attnbench import export
 
+    if args.crossover and args.crossover[0] == args.crossover[1]:
+        raise AttnbenchError(f"--crossover needs two different mechanisms, got {args.crossover[0][:60]!r} twice")
+    if args.min_tokens is not None and args.min_tokens < 0:
+        raise AttnbenchError(f"--min-tokens must be >= 0, got {args.min_tokens}")
     df, samples = _load_many(args.files)
     crossover = tuple(args.crossover) if args.crossover else None
     extra = export.report_tables(df, baseline=args.baseline, crossover=crossover, samples=samples,
@@ -208,7 +277,7 @@ def cmd_report(args) -> int:
             if isinstance(t, PivotTable) and t.metric in ("latency", "peak_memory"):
                 continue  # already shown by print_report
             t = export.as_table(t)
-            console.print(render_table(t.title, t.frame, index_name=t.frame.index.name or ""))
+            print_tables(render_tables(t.title, t.frame, index_name=t.frame.index.name or ""))
     elif args.format == "md":
         print("\n\n".join(export.to_markdown(t) for t in extra))
     elif args.format == "latex":
@@ -218,12 +287,14 @@ def cmd_report(args) -> int:
     if args.plot:
         try:
             Path(args.plot).mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise AttnbenchError(f"cannot create the plot folder {args.plot}: {exc.strerror or exc}") from None
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise AttnbenchError(f"cannot create the plot folder {args.plot[:200]!r}: {reason}; choose another --plot"
+                                 ) from None  # fmt: skip
         paths = export.write_plots(df, args.plot, baseline=args.baseline, samples=samples, min_tokens=args.min_tokens)
-        err_console.print(f"wrote {len(paths)} plot files to {args.plot}")
+        err_console.print(f"wrote {len(paths)} plot files to {esc(args.plot)}")
         for path in paths:
-            err_console.print(f"  {path}")
+            err_console.print(f"  {esc(path)}")
     return 0
 
 
@@ -233,15 +304,15 @@ def cmd_compare(args) -> int:
     for path in (args.a, args.b):
         metrics = set(results.load(path)["metric"])
         if args.metric not in metrics:
-            raise AttnbenchError(f"{path} has no {args.metric!r} rows (it has: {', '.join(sorted(metrics))}); "
+            raise AttnbenchError(f"{path} has no {args.metric[:60]!r} rows (it has: {', '.join(sorted(metrics))}); "
                                  "check --metric")  # fmt: skip
     frame, meta = compare.compare_runs(args.a, args.b, metric=args.metric)
     for t in compare.comparison_tables(frame, meta):
         t = export.as_table(t)
-        console.print(render_table(t.title, t.frame, index_name=t.frame.index.name or ""))
-    console.print(meta.summary())
+        print_tables(render_tables(t.title, t.frame, index_name=t.frame.index.name or ""))
+    console.print(esc(meta.summary(), 2000))
     for note in meta.notes:
-        console.print(f"note: {note}")
+        console.print(f"note: {esc(note, 2000)}")
     return 0
 
 
@@ -269,19 +340,18 @@ def print_gate(result, out: Console = console) -> None:
     colours = {"regression": "red", "improvement": "green", "too_few_rounds": "yellow"}
     title = (f"gate: {result.metric}, threshold {result.threshold:.1%}, alpha {result.alpha:g} "
              "(Welch t on log round medians, Holm-corrected)")  # fmt: skip
-    table = RichTable(title=f"[bold]{escape(title)}[/]", title_justify="left", header_style="bold")
     if rows:
-        for col in rows[0]:
-            table.add_column(col, overflow="fold")
-        for row in rows:
-            style = colours.get(row.get("verdict", ""))
-            table.add_row(*[escape(str(v)) for v in row.values()], style=style)
-        out.print(table)
+        header = list(rows[0])
+        if out.width < 120 and "id" in header:  # the case id is the least readable column: dropped when narrow
+            header.remove("id")
+        cells = [[str(row[c]) for c in header] for row in rows]
+        styles = [colours.get(row.get("verdict", "")) for row in rows]
+        print_tables(fit_tables(title, header, cells, styles=styles, index_style=None, width=out.width), out)
     for note in result.notes:
-        out.print(f"note: {escape(note)}")
+        out.print(f"note: {esc(note, 2000)}")
     if not result.has_verdict:
-        err_console.print(f"attnbench: warning: {escape(result.summary())}; nothing was decided (exit 0)")
-    out.print(escape(result.summary()))
+        err_console.print(f"attnbench: warning: {esc(result.summary(), 2000)}; nothing was decided (exit 0)")
+    out.print(esc(result.summary(), 2000))
 
 
 def cmd_gate(args) -> int:
@@ -300,11 +370,11 @@ def cmd_ab(args) -> int:
 
     plan = ab.prepare(args.suite, baseline=args.baseline, candidate=args.candidate, rounds=args.rounds,
                       out_dir=args.out, overrides=args.set or [])  # fmt: skip
-    console.print(f"A (baseline) = {escape(plan.sides['A'].describe())}")
-    console.print(f"B (candidate) = {escape(plan.sides['B'].describe())}")
-    console.print(f"{plan.rounds} rounds per side in the order {' '.join(plan.order)} -> {escape(str(plan.out_dir))}")
+    console.print(f"A (baseline) = {esc(plan.sides['A'].describe(), 400)}")
+    console.print(f"B (candidate) = {esc(plan.sides['B'].describe(), 400)}")
+    console.print(f"{plan.rounds} rounds per side in the order {' '.join(plan.order)} -> {esc(plan.out_dir, 400)}")
     try:
-        files = ab.execute(plan, log=lambda line: console.print(escape(line)))
+        files = ab.execute(plan, log=lambda line: console.print(esc(line, 400)))
     finally:
         ab.cleanup(plan)
     result = gate(files["A"], files["B"], threshold=args.threshold, alpha=args.alpha, metric="latency")
@@ -317,22 +387,29 @@ def cmd_env(args) -> int:
     from attnbench.suite import resolve_device
 
     device = resolve_device(args.device)
+    if device not in ("cpu", "cuda"):
+        raise AttnbenchError(f"--device must be auto, cpu or cuda, got {device[:40]!r}")
+    from types import SimpleNamespace
+
+    from attnbench.runner import apply_precision_settings
+
+    apply_precision_settings(SimpleNamespace(tf32=False))  # as every run does (tf32: false): the same env_id
     fp = fingerprint(device)
     console.print_json(json.dumps({"env_id": env_id(fp), **fp}, default=str))
     if args.probe:
         from attnbench.measure import peaks
 
-        console.print(f"probing {device} peaks (copy bandwidth, dense matmul per dtype)...")
+        console.print(f"probing {esc(device)} peaks (copy bandwidth, dense matmul per dtype)...")
         result = peaks.get_or_probe(device, quick=args.quick, refresh=True)
         cached = peaks.cache_path(result["fingerprint"])
-        table = RichTable(title=f"[bold]measured peaks on {device}[/] (cached: {cached})",
+        table = RichTable(title=f"[bold]measured peaks on {esc(device)}[/] (cached: {esc(cached)})",
                           title_justify="left", header_style="bold")  # fmt: skip
         rows = peaks.table_rows(result)
         for col in rows[0]:
             table.add_column(col, overflow="fold")
         for row in rows:
             cells = ["" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row.values()]
-            table.add_row(*[escape(c) for c in cells])
+            table.add_row(*[esc(c) for c in cells])
         console.print(table)
         console.print("runs on this environment now add frac_bandwidth / frac_flops rows")
     return 0
@@ -343,10 +420,19 @@ def _gate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=0.05, help="family-wise significance level (Holm)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is the usage line plus one `attnbench: error: ...` line (exit 2)."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"attnbench: error: {self.prog}: {message}; see {self.prog} --help\n")
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="attnbench", description="Benchmark attention mechanisms for vision models.")
+    p = _Parser(prog="attnbench", description="Benchmark attention mechanisms for vision models.")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     r = sub.add_parser("run", help="run a suite: sweep, live progress, summary; rows appended to a CSV")
     r.add_argument("suite", help="suite YAML file (see suites/)")
@@ -356,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure timed cases in N rounds, each in a fresh worker process (suite key rounds, default 5)")
     r.add_argument("--resume", action="store_true", help="skip cases that already have rows in --out")
     r.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    r.add_argument("--dry-run", action="store_true", help="validate the suite and plan its cases; run nothing")
     r.set_defaults(func=cmd_run)
 
     ls = sub.add_parser("list", help="list mechanisms with availability and the reason when unavailable")
@@ -412,6 +499,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warnings(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings (e.g. a skipped bad line of a results file) as one `attnbench: warning: ...` line on stderr."""
+    text = " ".join(str(message).split())
+    try:
+        (file or sys.stderr).write(f"attnbench: warning: {text[:2000]}\n")
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -419,15 +515,27 @@ def main(argv: list[str] | None = None) -> int:
         cut = argv.index("--", argv.index("gate"))
         argv[cut] = "--new"
     args = parser.parse_args(argv)
+    previous = warnings.showwarning
+    warnings.showwarning = _one_line_warnings
     try:
         return int(args.func(args) or 0)
     except AttnbenchError as exc:
         if args.debug:
             raise
-        err_console.print(f"attnbench: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        message = " ".join(str(exc).split())
+        err_console.print(f"attnbench: error: {message}", markup=False, highlight=False, soft_wrap=True)
         return exc.exit_code
     except BrokenPipeError:
         return 1
+    except Exception as exc:  # a bug, not a user error: one line and exit 1 (--debug shows the traceback)
+        if args.debug:
+            raise
+        detail = " ".join(str(exc).split())[:300]
+        err_console.print(f"attnbench: internal error ({type(exc).__name__}: {detail}); this is a bug: rerun "
+                          "with --debug and report the traceback", markup=False, highlight=False, soft_wrap=True)
+        return 1
+    finally:
+        warnings.showwarning = previous
 
 
 if __name__ == "__main__":

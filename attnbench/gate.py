@@ -47,6 +47,7 @@ import pandas as pd
 
 from attnbench import results, stats
 from attnbench.errors import AttnbenchError
+from attnbench.userinput import read_user_text
 
 VERDICTS = ("regression", "improvement", "too_few_rounds", "unchanged")  # display order
 MIN_ROUNDS = 3  # below this a side's noise is not estimable enough for a verdict
@@ -364,6 +365,10 @@ def _load_results_csv(path: Path, metric: str) -> SampleSet:
             "`attnbench run` writes next to the results CSV - copy it along"
         )
     df = results.load_samples(samples_path)
+    skipped = df.attrs.get("skipped_lines", [])
+    if skipped:  # NaN/inf or malformed samples must not make a gate pass: refuse to judge instead
+        raise GateError(f"{samples_path} has {len(skipped)} invalid sample lines (first: {skipped[0]}); a gate "
+                        "cannot judge damaged samples: re-run, or repair the file")  # fmt: skip
     available = sorted(set(df["metric"]))
     if df[df["metric"] == metric].empty:
         raise GateError(f"{samples_path} has no {metric!r} samples (it has {available}); pick one with --metric")
@@ -398,21 +403,49 @@ def _load_benchmark_json(path: Path, metric: str) -> SampleSet:
     samples: dict[str, np.ndarray] = {}
     aliases: dict[str, str] = {}  # fullname -> name
     try:
-        for bench in json.loads(path.read_text(encoding="utf-8"))["benchmarks"]:
+        doc = json.loads(read_user_text(path, "pytest-benchmark JSON file", max_bytes=MAX_JSON_BYTES),
+                         parse_constant=_refuse_constant)  # fmt: skip
+        benches = doc["benchmarks"]
+        if not isinstance(benches, list):
+            raise TypeError("`benchmarks` is not a list")
+        for bench in benches:
             name = str(bench.get("name", ""))
             key = str(bench.get("fullname") or name)
-            data = stats.finite(np.asarray((bench.get("stats") or {}).get("data") or [], dtype=float)) * 1e3
-            if data.size:  # s per iteration -> ms; the run's median is this file's round
+            data = _benchmark_data(path, key, (bench.get("stats") or {}).get("data") or [])
+            if data.size:  # the run's median is this file's one round
                 samples[key] = np.array([float(np.median(data))])
             aliases[key] = name or key
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+    except GateError:
+        raise
+    except (AttnbenchError, OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         raise GateError(
             f"cannot read {path} as pytest-benchmark JSON ({reason}); pass a file saved with --benchmark-save-data"
         ) from None
     if not samples:
         raise GateError(f"{path} has no raw samples (stats.data); re-run pytest with --benchmark-save-data")
     return SampleSet((path,), "pytest-benchmark", samples, names=dict(aliases), unit="ms", aliases=aliases)
+
+
+MAX_JSON_BYTES = 1 << 30
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a timing")
+
+
+def _benchmark_data(path: Path, key: str, data: Any) -> np.ndarray:
+    """stats.data of one benchmark in ms: a flat list of finite, non-negative seconds, else GateError (a
+    gate must not pass because a timing was NaN or overflowed to inf, e.g. 1e999999)."""
+    if not isinstance(data, list) or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in data):
+        raise GateError(f"{path}: benchmark {key[:80]!r} has stats.data that is not a list of numbers; "
+                        "pass a file saved with --benchmark-save-data")  # fmt: skip
+    values = np.asarray(data, dtype=float)
+    bad = values[~np.isfinite(values) | (values < 0)]
+    if bad.size:
+        raise GateError(f"{path}: benchmark {key[:80]!r} has {bad.size} invalid timings (e.g. {bad[0]!r}); a gate "
+                        "cannot judge non-finite or negative times: re-run the benchmark")  # fmt: skip
+    return values * 1e3  # s per iteration -> ms
 
 
 def format_rows(result: GateResult) -> list[dict[str, str]]:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 
@@ -30,6 +31,11 @@ SAMPLE_COLUMNS = ["case_id", "metric", "round", "rep", "value"]
 ROW_KEY = ("case_id", "metric", "stat", "source")  # at most one row per key in a file (the writer refuses more)
 INT_COLUMNS = ["schema_version", "batch", "height", "width", "tokens", "heads", "head_dim", "dim"]
 STATUSES = ("ok", "skipped", "oom", "timeout", "crash", "error")
+STATS = ("median", "mean", "min", "p20", "p80", "std", "n", "value")
+SOURCES = ("measured", "reported")
+MAX_INT = 2**53  # larger integers do not survive a float round trip: refused on write, skipped on load
+MAX_TEXT = 2000  # characters of a text cell (messages are one line)
+MAX_WARNINGS = 10  # bad lines warned about one by one per file; the rest are counted in one more warning
 
 
 def companion(path: str | Path, kind: str) -> Path:
@@ -56,7 +62,7 @@ class _Appender:
             self._append([dict(zip(columns, columns))])
 
     def write(self, rows: Iterable[dict[str, Any]]) -> None:
-        self._append([{c: _cell(row.get(c)) for c in self.columns} for row in rows])
+        self._append([{c: _cell(c, row.get(c)) for c in self.columns} for row in rows])
 
     def _append(self, rows: list[dict[str, Any]]) -> None:
         buf = io.StringIO()
@@ -72,12 +78,34 @@ class _Appender:
         os.close(self.fd)
 
 
-def _cell(value: Any) -> Any:
-    if value is None:
+def _cell(column: str, value: Any) -> str:
+    """One cell as it is written, such that the loader reads it back: integers within MAX_INT (else
+    ResultsError), a non-finite float written as no value, text on one line without control characters."""
+    if value is None or (isinstance(value, str) and value == ""):
         return ""
-    if isinstance(value, float):  # np.float64 too: repr(float) keeps full precision and stays plain
-        return repr(float(value))
-    return value
+    if isinstance(value, bool):
+        return str(value)
+    if column in INT_COLUMNS or column == "rep":
+        try:
+            number = int(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ResultsError(f"column {column} must be an integer, got {str(value)[:40]!r}") from None
+        if number != value or not 0 <= number <= MAX_INT:
+            raise ResultsError(f"column {column} value {str(value)[:40]} cannot be stored (integers 0..2**53)")
+        return str(number)
+    if isinstance(value, (int, float)) or column == "value":
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ResultsError(f"column {column} must be a number, got {str(value)[:40]!r}") from None
+        return repr(number) if math.isfinite(number) else ""  # NaN/inf: no value (the message says why)
+    return _one_line(str(value))
+
+
+def _one_line(text: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in text):
+        text = "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in text)
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 3] + "..."
 
 
 def _repair_tail(path: Path) -> None:
@@ -96,22 +124,59 @@ def _repair_tail(path: Path) -> None:
         warnings.warn(f"{path}: dropped a torn last line left by an interrupted run", stacklevel=3)
 
 
+COMPANIONS = ("samples.csv", "env.json", "suite.yaml")
+NAME_MAX = 255  # bytes of one file name on common file systems
+
+
+def check_out_path(path: str | Path) -> Path:
+    """The results path of a run, refused (one ResultsError) when it or a companion file could not be written:
+    not ending in .csv, control characters, a name too long for the file system once `.samples.csv` is
+    added, or a directory where FILE.csv / FILE.env.json / ... should go."""
+    text = str(path)
+    shown = repr(text if len(text) <= 80 else text[:77] + "...")
+    if any(ord(c) < 32 for c in text):
+        raise ResultsError(f"--out {shown} contains control characters (a NUL?); choose a plain file name")
+    p = Path(text)
+    try:
+        is_dir = len(text.encode()) <= 4000 and p.is_dir()
+    except OSError:  # a component longer than the file system allows: reported below
+        is_dir = False
+    if is_dir:
+        raise ResultsError(f"--out {shown} is a directory; give a file name ending in .csv")
+    if not p.name.endswith(".csv") or p.name == ".csv" or text.endswith(("/", "\\")):
+        raise ResultsError(f"--out must name a .csv file, got {shown}")
+    longest = max(len(companion(p, kind).name.encode()) for kind in COMPANIONS)
+    if longest > NAME_MAX or len(text.encode()) > 4000:
+        raise ResultsError(f"--out {shown} is too long: with its companion FILE.samples.csv the name needs {longest} "
+                           f"bytes, at most {NAME_MAX} fit; choose a shorter name")  # fmt: skip
+    for part in p.parent.parts:
+        if len(part.encode()) > NAME_MAX:
+            raise ResultsError(f"--out {shown}: a folder name is longer than {NAME_MAX} bytes")
+    for target in (p, *(companion(p, kind) for kind in COMPANIONS)):
+        try:
+            blocked = target.is_dir()
+        except OSError:
+            blocked = False
+        if blocked:
+            raise ResultsError(f"{target} is a directory, so the results of --out {shown} cannot be written there; "
+                               "choose another --out")  # fmt: skip
+    return p
+
+
 class ResultsWriter:
     """Appends rows and samples for one run; see module docstring for the files."""
 
     def __init__(self, path: str | Path):
-        self.path = Path(path)
-        if self.path.suffix != ".csv":
-            raise ResultsError(f"--out must name a .csv file, got {str(path)!r}")
+        self.path = check_out_path(path)
         samples_path = companion(self.path, "samples.csv")
-        if samples_path.exists() and samples_path.stat().st_size and _header(samples_path) != SAMPLE_COLUMNS:
+        if samples_path.is_file() and samples_path.stat().st_size and _header(samples_path) != SAMPLE_COLUMNS:
             raise ResultsError(f"{samples_path} was written by an older attnbench (no `round` column); "
                                "choose a new --out instead of resuming it")  # fmt: skip
         try:
             self.rows = _Appender(self.path, COLUMNS)
             self.samples = _Appender(samples_path, SAMPLE_COLUMNS)
-        except OSError as exc:
-            raise ResultsError(f"cannot write results to {self.path}: {exc.strerror or exc}; "
+        except (OSError, ValueError) as exc:
+            raise ResultsError(f"cannot write results to {self.path}: {getattr(exc, 'strerror', None) or exc}; "
                                "choose a writable --out") from None  # fmt: skip
         self._keys = row_keys(self.path)  # rows already in the file (a resumed run)
 
@@ -154,46 +219,166 @@ class ResultsWriter:
 def _atomic_write(path: Path, text: str) -> None:
     """Write via a temporary file and rename, so a kill never leaves half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise ResultsError(f"cannot write {path}: {exc.strerror or exc}; choose another --out") from None
 
 
 def _header(path: Path) -> list[str]:
     with open(path, encoding="utf-8", errors="replace") as fh:
-        return next(csv.reader([fh.readline()]), [])
+        return next(csv.reader([fh.readline().lstrip("\ufeff")]), [])
 
 
 def row_keys(path: str | Path) -> set[tuple[str, ...]]:
-    """(case_id, metric, stat, source) of the rows already in FILE.csv (empty when there is none)."""
+    """(case_id, metric, stat, source) of the valid rows already in FILE.csv (empty when there is none)."""
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
         return set()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        df = _read_csv_tolerant(path, COLUMNS)
+        df = _read_validated(path, COLUMNS, check_row)
     return set(df[list(ROW_KEY)].itertuples(index=False, name=None))
 
 
-def _read_csv_tolerant(path: Path, columns: list[str]) -> pd.DataFrame:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ResultsError(f"{path} is not a text (UTF-8) CSV; pass a file written by `attnbench run`") from None
-    except OSError as exc:
-        raise ResultsError(f"cannot read results file {path}: {exc.strerror or exc}") from exc
-    if not text.strip():
+def _read_validated(path: Path, columns: list[str], check: Callable[[dict[str, str]], str | None]) -> pd.DataFrame:
+    """The rows of a results (or samples) CSV that pass `check`, as strings.
+
+    The file is read line by line: a line that is not UTF-8, does not parse as one CSV record with the
+    header's number of fields (an unbalanced quote, a short row), repeats the header or fails `check`
+    (schema, types, finiteness) is skipped with a one-line warning naming the line; the rest are kept.
+    A torn last line (no newline: an interrupted write) is dropped with a warning."""
+    data = _read_bytes(path)
+    if not data.strip():
         return pd.DataFrame(columns=columns)
-    if not text.endswith("\n"):
-        text = text[: text.rfind("\n") + 1]
+    lines = data.split(b"\n")
+    if len(lines) < 2:
+        raise ResultsError(f"{path} is not an attnbench results file (no complete header line); pass a results "
+                           ".csv file written by `attnbench run`")  # fmt: skip
+    if lines[-1]:
         warnings.warn(f"{path}: dropped a torn last line left by an interrupted run", stacklevel=3)
+    lines = lines[:-1]
+    header_text = lines[0].decode("utf-8", "replace").lstrip("\ufeff").rstrip("\r")
     try:
-        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise ResultsError(f"{path} is not a results CSV ({exc}); pass a file written by `attnbench run`") from exc
-    missing = [c for c in columns if c not in df.columns]
+        header = next(csv.reader([header_text], strict=True))
+    except (csv.Error, StopIteration):
+        header = []
+    missing = [c for c in columns if c not in header]
     if missing:
-        raise ResultsError(f"{path} is not an attnbench results file: missing columns {missing}")
+        raise ResultsError(f"{path} is not an attnbench results file: missing columns {missing[:8]}"
+                           f"{' ...' if len(missing) > 8 else ''}; pass a file written by `attnbench run`")  # fmt: skip
+    index = [header.index(c) for c in columns]
+    rows: list[list[str]] = []
+    bad: list[str] = []
+    for number, raw in enumerate(lines[1:], start=2):
+        try:
+            text = raw.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError:
+            bad.append(f"line {number}: not UTF-8")
+            continue
+        if not text.strip():
+            continue
+        try:
+            fields = next(csv.reader([text], strict=True))
+        except (csv.Error, StopIteration) as exc:
+            bad.append(f"line {number}: not one CSV record ({exc})")
+            continue
+        if len(fields) != len(header):
+            bad.append(f"line {number}: {len(fields)} fields, the header has {len(header)}")
+            continue
+        if fields == header:
+            bad.append(f"line {number}: a repeated header")
+            continue
+        row = [fields[i] for i in index]
+        problem = check(dict(zip(columns, row)))
+        if problem:
+            bad.append(f"line {number}: {problem}")
+            continue
+        rows.append(row)
+    for message in bad[:MAX_WARNINGS]:
+        warnings.warn(f"{path}: skipped {message}", stacklevel=3)
+    if len(bad) > MAX_WARNINGS:
+        warnings.warn(f"{path}: skipped {len(bad) - MAX_WARNINGS} more bad lines", stacklevel=3)
+    df = pd.DataFrame(rows, columns=columns, dtype=object).astype(str) if rows else pd.DataFrame(columns=columns)
+    df.attrs["skipped_lines"] = bad
     return df
+
+
+def _read_bytes(path: Path) -> bytes:
+    import stat
+
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise ResultsError(f"results file {path} not found") from None
+    except (OSError, ValueError) as exc:
+        raise ResultsError(f"cannot open results file {str(path)[:200]!r}: {getattr(exc, 'strerror', None) or exc}"
+                           ) from None  # fmt: skip
+    if stat.S_ISDIR(st.st_mode):
+        raise ResultsError(f"{path} is a directory; pass a results .csv file written by `attnbench run`")
+    if not stat.S_ISREG(st.st_mode):
+        raise ResultsError(f"{path} is not a regular file (a pipe or device?); pass a results .csv file")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ResultsError(f"cannot read results file {path}: {exc.strerror or exc}") from None
+
+
+def _int_problem(text: str, column: str, low: int = 0) -> str | None:
+    if text == "":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        return f"{column} {text[:40]!r} is not an integer"
+    if not low <= value <= MAX_INT:
+        return f"{column} {text[:40]} is out of range"
+    return None
+
+
+def _float_problem(text: str, column: str, *, required: bool) -> str | None:
+    if text == "":
+        return f"{column} is empty" if required else None
+    try:
+        value = float(text)
+    except ValueError:
+        return f"{column} {text[:40]!r} is not a number"
+    if not math.isfinite(value):
+        return f"{column} {text[:40]} is not finite"
+    return None
+
+
+def check_row(row: dict[str, str]) -> str | None:
+    """Why a results row (as text) is invalid, or None: schema_version 1, known status/stat/source,
+    integer shape columns, a finite value (required for status ok)."""
+    if row["schema_version"] != str(SCHEMA_VERSION):
+        return f"schema_version {row['schema_version'][:20]!r} is not {SCHEMA_VERSION} (written by another version?)"
+    if not row["case_id"] or not row["metric"]:
+        return "case_id or metric is empty"
+    if row["status"] not in STATUSES:
+        return f"status {row['status'][:40]!r} is not one of {', '.join(STATUSES)}"
+    if row["stat"] not in STATS:
+        return f"stat {row['stat'][:40]!r} is not one of {', '.join(STATS)}"
+    if row["source"] not in (*SOURCES, ""):
+        return f"source {row['source'][:40]!r} is not one of {', '.join(SOURCES)}"
+    for col in INT_COLUMNS[1:]:
+        problem = _int_problem(row[col], col, low=1 if col in ("batch", "height", "width") else 0)
+        if problem:
+            return problem
+    return _float_problem(row["value"], "value", required=row["status"] == "ok")
+
+
+def check_sample(row: dict[str, str]) -> str | None:
+    """Why a samples row is invalid, or None: case_id and metric set, rep (and round) an integer >= 0, a finite
+    value."""
+    if not row["case_id"] or not row["metric"]:
+        return "case_id or metric is empty"
+    if row["rep"] == "" or row.get("round") == "":
+        return "rep or round is empty"
+    return (_int_problem(row["rep"], "rep") or _int_problem(row.get("round", "0"), "round")
+            or _float_problem(row["value"], "value", required=True))  # fmt: skip
 
 
 def load(path: str | Path, *, dedupe: bool = True) -> pd.DataFrame:
@@ -204,15 +389,16 @@ def load(path: str | Path, *, dedupe: bool = True) -> pd.DataFrame:
     (e.g. a run appended to a file) reports its latest measurement.
     """
     path = Path(path)
-    if not path.exists():
-        raise ResultsError(f"results file {path} not found")
-    df = _read_csv_tolerant(path, COLUMNS)
+    df = _read_validated(path, COLUMNS, check_row)
+    skipped = df.attrs.get("skipped_lines", [])
     df["value"] = pd.to_numeric(df["value"].replace("", None), errors="coerce").astype("float64")
     for col in INT_COLUMNS:
         df[col] = pd.to_numeric(df[col].replace("", None), errors="coerce").astype("Int64")
     if dedupe and len(df):
         df = df.drop_duplicates(subset=["case_id", "metric", "stat", "note", "source"], keep="last")
-    return df.reset_index(drop=True)
+    df = df.reset_index(drop=True)
+    df.attrs["skipped_lines"] = skipped
+    return df
 
 
 def load_samples(path: str | Path) -> pd.DataFrame:
@@ -224,12 +410,16 @@ def load_samples(path: str | Path) -> pd.DataFrame:
         path = companion(path, "samples.csv")
     if not path.exists():
         raise ResultsError(f"samples file {path} not found (it is written beside FILE.csv by `attnbench run`)")
-    df = _read_csv_tolerant(path, [c for c in SAMPLE_COLUMNS if c != "round"])
-    if "round" not in df.columns:
+    has_round = "round" in _header(path) if path.is_file() else True
+    df = _read_validated(path, SAMPLE_COLUMNS if has_round else [c for c in SAMPLE_COLUMNS if c != "round"],
+                         check_sample)  # fmt: skip
+    skipped = df.attrs.get("skipped_lines", [])
+    if not has_round:
         df.insert(2, "round", "0")
     for col in ("round", "rep"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
     df["value"] = pd.to_numeric(df["value"], errors="coerce").astype("float64")
+    df.attrs["skipped_lines"] = skipped
     return df
 
 

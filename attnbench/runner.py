@@ -26,9 +26,11 @@ from attnbench.measure.env import fingerprint, gpu_telemetry
 from attnbench.measure.memory import peak_memory
 from attnbench.measure.timing import CaseTimeout, RepeatPolicy, time_fn
 from attnbench.plan import Case, plan
+from attnbench.predict import too_slow_reason
 from attnbench.registry import Shape
 from attnbench.results import SCHEMA_VERSION, ResultsWriter, done_case_ids
 from attnbench.suite import Suite
+from attnbench.userinput import slug
 from attnbench.workload import StaticRow, Workload, mixer_workload, op_workload
 
 STAT_ORDER = ("median", "mean", "min", "p20", "p80", "std", "n")
@@ -55,7 +57,7 @@ class RunSummary:
 
 def default_out(suite: Suite, results_dir: str | Path = "results") -> Path:
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return Path(results_dir) / f"{suite.name}-{stamp}.csv"
+    return Path(results_dir) / f"{slug(suite.name)}-{stamp}.csv"  # the name never chooses a directory
 
 
 def _now() -> str:
@@ -87,6 +89,8 @@ def classify_exception(exc: BaseException) -> tuple[str, str]:
         return "skipped", f"unavailable: {exc}"
     if isinstance(exc, CaseTimeout):
         return "timeout", str(exc)
+    if isinstance(exc, AttnbenchError):  # a user-facing message: no class name in front of it
+        return "error", (str(exc).strip().splitlines() or [""])[0][:500]
     text = f"{type(exc).__name__}: {exc}".strip()
     first = text.splitlines()[0] if text else type(exc).__name__
     oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), MemoryError) if t is not None)
@@ -217,7 +221,7 @@ class Runner:
         if oom_batch is not None and case.batch > oom_batch:
             message = f"oom_predicted: batch {oom_batch} ran out of memory"
             return [self.status_row(case, started, "skipped", message)], {}
-        pruned = prune_reason(case, self.suite)
+        pruned = prune_reason(case, self.suite) or too_slow_reason(case, self.suite, self.peaks)
         if pruned:
             return [self.status_row(case, started, "skipped", pruned)], {}
         if self.pool is not None:
@@ -521,7 +525,10 @@ def predicted_bytes(case: Case) -> float | None:
 
 
 def prune_reason(case: Case, suite: Suite) -> str | None:
-    need = predicted_bytes(case)
+    try:
+        need = predicted_bytes(case)
+    except Exception:  # a plugin's cost function failing: no prediction (the case itself reports the failure)
+        need = None
     if need is None:
         return None
     avail = available_memory(suite)

@@ -241,8 +241,8 @@ def test_shell_options_reach_mixer_costs(tmp_path):
     "setup,args,pattern",
     [
         ("suite_int_key", ["run", "{tmp}/s.yaml"], "keys must be names"),
-        ("suite_binary", ["run", "{tmp}/s.yaml"], "not a text (UTF-8) file"),
-        ("csv_binary", ["report", "{tmp}/b.csv"], "not a text (UTF-8) CSV"),
+        ("suite_binary", ["run", "{tmp}/s.yaml"], "not UTF-8 text"),
+        ("csv_binary", ["report", "{tmp}/b.csv"], "is not an attnbench results file"),
         ("none", ["run", "suites/smoke.yaml", "--out", "/proc/attnbench/x.csv"], "cannot write results"),
         ("none", ["run", "suites/smoke.yaml", "--out", "{tmp}"], "is a directory"),
         ("none", ["run", "suites/smoke.yaml", "--set", "options={rala_eager: {foo: 1}}"], "takes no option(s) ['foo']"),

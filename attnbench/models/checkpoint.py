@@ -41,9 +41,16 @@ class CheckpointInfo:
 
 def read_checkpoint(path: str | Path) -> Any:
     """torch.load with weights_only=True and argparse.Namespace allow-listed for this call only."""
+    if not str(path).strip():
+        raise CheckpointError("checkpoint path is empty; give the path of a .pth file (random weights are never "
+                              "substituted)")  # fmt: skip
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} not found")
+    try:
+        found = path.is_file()
+    except (OSError, ValueError):
+        found = False
+    if not found:
+        raise CheckpointError(f"checkpoint {str(path)[:200]!r} not found; check the path")
     scoped = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5; older torch: tensors only
     try:
         with scoped(list(SAFE_GLOBALS)) if scoped is not None else contextlib.nullcontext():
@@ -52,9 +59,8 @@ def read_checkpoint(path: str | Path) -> Any:
         raise CheckpointError(_unpickling_message(path, exc)) from None
     except Exception as exc:  # corrupt bytes can fail anywhere in the (weights-only, non-executing) unpickler
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} cannot be read (truncated or corrupt file?): {type(exc).__name__}: {first}"
-        ) from None
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read (truncated or corrupt file?): {first[:200]}"
+                              ) from None  # fmt: skip
 
 
 def _unpickling_message(path: Path, exc: Exception) -> str:
@@ -162,6 +168,22 @@ def check_state_dict(model: nn.Module, sd: Mapping[str, torch.Tensor], *, where:
     raise CheckpointError(f"{where} does not match {type(model).__name__}: {'; '.join(parts)}; {hint}")
 
 
+def check_values(model: nn.Module, sd: Mapping[str, torch.Tensor], *, where: str = "checkpoint") -> None:
+    """Refuse weights that would measure something else than the model: a floating-point entry stored with
+    an integer (or bool) dtype, and non-finite values (NaN/inf) in any floating-point entry."""
+    expected = model.state_dict()
+    wrong = [f"{k}: {str(v.dtype).replace('torch.', '')} (model {str(expected[k].dtype).replace('torch.', '')})"
+             for k, v in sd.items()
+             if k in expected and expected[k].is_floating_point() and not v.is_floating_point()]  # fmt: skip
+    if wrong:
+        raise CheckpointError(f"{where} stores {len(wrong)} floating-point weights with an integer dtype "
+                              f"{_shortlist(wrong)}; re-save the float weights")  # fmt: skip
+    bad = [k for k, v in sd.items() if v.is_floating_point() and v.numel() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{where} has non-finite values (NaN/inf) in {len(bad)} entries {_shortlist(bad)}; "
+                              "the weights are damaged: use another checkpoint")  # fmt: skip
+
+
 def load_checkpoint(model: nn.Module, path: str | Path, ema: bool = False) -> CheckpointInfo:
     """Load weights into `model` strictly and safely; return what was loaded.
 
@@ -177,6 +199,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, ema: bool = False) -> Ch
         sd = {k[len(PREFIX) :] if k.startswith(PREFIX) else k: v for k, v in sd.items()}
     where = f"checkpoint {str(path)!r}" + (f" ({key!r})" if key else "")
     check_state_dict(model, sd, where=where)
+    check_values(model, sd, where=where)
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as exc:  # e.g. a dtype that cannot be copied; keep it to one line

@@ -85,7 +85,7 @@ def build_model_workload(
 
     torch.manual_seed(seed)  # model init
     model = create_ravlt(model_name, mixer=mixer, mixer_late=mixer_late)
-    if opts.get("checkpoint"):
+    if "checkpoint" in opts:  # an empty path is an error (load_checkpoint), never random weights
         load_checkpoint(model, opts["checkpoint"], ema=bool(opts.get("ema", False)))
     model.to(device=device, dtype=tdtype)
     model.train(pass_ == "fwd_bwd")

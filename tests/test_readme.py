@@ -1,0 +1,139 @@
+"""Every command in README.md's ```bash blocks is executed here, so the README cannot drift from behaviour.
+
+Commands are extracted, not hard-coded: `\\` continuations joined, `# comments` dropped, `a|b|c` choices
+in an option and `[--flag]` optional parts expanded into one command each. They run in order, in a
+scratch folder that links the checkout's packages, suites and tests, with the test's Python first on
+PATH. Placeholders are replaced by files made by earlier commands (PLACEHOLDERS). Commands matching
+SKIP are not run (reason given); LONG commands run with `--dry-run` (checked and planned, not measured);
+`--plot DIR` is kept on the first command that has it only (the md|latex|csv expansions plot the same).
+To add a README command that cannot run on a CPU CI machine, add a pattern to SKIP with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+
+SKIP = {  # pattern (searched in the command) -> why it is not executed here
+    r"^python3? -m venv\b|^pip install|^\. \.venv": "set-up: needs the network (make setup / .ci/run do it)",
+    r"^make (run|test)\b": "the whole set-up plus a full suite or the whole test suite (CI runs make test)",
+    r"pytest -q --benchmark-disable tests$": "the test suite itself (this test is part of it)",
+    r"gpu_check|torchrun|--device cuda|device=cuda|nvidia-smi": "GPU only",
+    r"^# ": "a comment line",
+}
+LONG = (r"run suites/resolution\.yaml", r"run suites/(batch|models|rank|accuracy|rala_kernels\w*)\.yaml")
+TINY = "--set mechanisms=[softmax_sdpa] --set level=op --set pass=fwd --set resolution=[4]"
+PLACEHOLDERS = {  # README text -> file made by an earlier command (names relative to the scratch folder)
+    "results/<run>.csv": "results/smoke.csv",
+    "A.csv": "results/smoke.csv",
+    "B.csv": "results/smoke_b.csv",
+    "BASELINE.csv": "results/smoke.csv",
+    "NEW.csv": "results/smoke_b.csv",
+    "A1.csv A2.csv -- B1.csv B2.csv": "results/smoke.csv results/smoke.csv -- results/smoke_b.csv results/smoke_b.csv",
+    # the gating recipe and `ab` on two tiny cases (the commands and their files are the README's)
+    "suites/smoke.yaml --out base.csv": f"suites/smoke.yaml --out results/base.csv {TINY}",
+    "suites/smoke.yaml --out new.csv": f"suites/smoke.yaml --out results/new.csv {TINY}",
+    "gate base.csv new.csv": "gate results/base.csv results/new.csv",
+    "ab suites/smoke.yaml --baseline origin/main": f"ab suites/smoke.yaml --baseline HEAD --rounds 3 {TINY}",
+}
+VERDICTS = r"attnbench (gate|ab)\b"  # exit 1 is a verdict (a regression found), not a failure of the command
+# keeps the pytest-benchmark steps to a few seconds: the suite cut to two tiny cases
+BENCH_ENV = {"ATTNBENCH_BENCH_SET": "mechanisms=[softmax_sdpa,rala_eager];level=op;pass=fwd;resolution=[4];device=cpu"}
+
+
+def readme_commands(text: str) -> list[str]:
+    """Commands of the ```bash blocks, continuations joined, comments dropped, alternatives expanded."""
+    commands: list[str] = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        joined = re.sub(r"\\\n\s*", " ", block)
+        for line in joined.splitlines():
+            line = re.sub(r"\s+#\s.*$", "", line).strip()
+            if line and not line.startswith("#"):
+                commands.extend(_expand(line))
+    return commands
+
+
+def _expand(line: str) -> list[str]:
+    optional = re.search(r"\[(--[\w-]+)\]", line)
+    if optional:
+        return _expand(line.replace(optional.group(0), "", 1).replace("  ", " ").strip()) + _expand(
+            line.replace(optional.group(0), optional.group(1), 1)
+        )
+    choice = re.search(r"(?<=\s)(\w+(?:\|\w+)+)(?=\s|$)", line)
+    if choice:
+        return [out for alt in choice.group(1).split("|") for out in _expand(line.replace(choice.group(1), alt, 1))]
+    return [line]
+
+
+def skip_reason(command: str) -> str | None:
+    for pattern, reason in SKIP.items():
+        if re.search(pattern, command):
+            return reason
+    return None
+
+
+def test_readme_commands_are_extracted():
+    commands = readme_commands(README.read_text())
+    assert any(c.startswith("python -m attnbench run suites/smoke.yaml") for c in commands)
+    assert "python -m attnbench env --probe" in commands and "python -m attnbench env" in commands
+    assert {"make run", "make test"} <= set(commands)  # the quick start is exactly these two
+    quick = re.search(r"## Quick start\n.*?```bash\n(.*?)```", README.read_text(), flags=re.S)
+    assert quick and [ln.split("#")[0].strip() for ln in quick.group(1).strip().splitlines()] == ["make run",
+                                                                                                  "make test"]
+
+
+@pytest.mark.slow
+def test_every_readme_command_runs(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    for name in ("attnbench", "mechanisms", "suites", "tests", "pyproject.toml", "scripts"):
+        (work / name).symlink_to(REPO / name)
+    (work / "results").mkdir()
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool, prefix in (("python", ""), ("python3", ""), ("pytest", "-m pytest ")):
+        (bindir / tool).write_text(f"#!/bin/sh\nexec {sys.executable} {prefix}\"$@\"\n")  # this venv's Python
+        (bindir / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "PYTHONPATH": str(work), "COLUMNS": "80",
+           "ATTNBENCH_CACHE_DIR": str(tmp_path / "cache"), **BENCH_ENV}  # fmt: skip
+    env.pop("TRITON_INTERPRET", None) if shutil.which("nvidia-smi") else None
+    ran, skipped, durations, plotted = [], [], [], False
+    for command in readme_commands(README.read_text()):
+        reason = skip_reason(command)
+        if reason:
+            skipped.append((command, reason))
+            continue
+        for text, path in PLACEHOLDERS.items():
+            command = command.replace(text, path)
+        if any(re.search(p, command) for p in LONG):
+            command += " --dry-run"
+        if "--plot" in command:  # expansions of one line (md|latex|csv) write the same plots: once is enough
+            if plotted:
+                command = re.sub(r"\s--plot\s+\S+", "", command)
+            plotted = True
+        t0 = time.perf_counter()
+        proc = subprocess.run(command, shell=True, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+        durations.append((round(time.perf_counter() - t0, 1), command[:90]))
+        out = proc.stdout + proc.stderr
+        ok = (0, 1) if re.search(VERDICTS, command) else (0,)
+        assert proc.returncode in ok, f"README command failed (exit {proc.returncode}): {command}\n{out[-3000:]}"
+        assert "Traceback" not in out, f"{command}\n{out[-3000:]}"
+        ran.append(command)
+        if command.startswith("python -m attnbench run suites/smoke.yaml --out results/smoke.csv") and not (
+            work / "results" / "smoke_b.csv"
+        ).exists():  # a second run of the same cases, for compare/gate (B.csv, NEW.csv)
+            for kind in ("csv", "samples.csv", "env.json", "suite.yaml"):
+                shutil.copy(work / "results" / f"smoke.{kind}", work / "results" / f"smoke_b.{kind}")
+    print("\n".join(f"{d:6.1f} s  {c}" for d, c in durations))
+    assert len(ran) >= 12, ran
+    assert all("make" in c or "venv" in c or "pip" in c or "pytest" in c for c, _ in skipped), skipped
