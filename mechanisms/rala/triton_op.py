@@ -65,13 +65,24 @@ def _sm_count(device: torch.device) -> int:
 
 
 @functools.cache
+def _device_arch(device: torch.device) -> int:
+    """Compute capability as an int (90 for sm_90); 90 where there is no CUDA device (interpreter)."""
+    if device.type == "cuda" and not interpreting():
+        major, minor = torch.cuda.get_device_capability(device)
+        return 10 * major + minor
+    return 90
+
+
+@functools.cache
 def plan_launch(bh: int, n: int, d: int, dtype: torch.dtype, device: torch.device, *, backward: bool = False,
+                rope_tables: bool = False, arch: int | None = None, sms: int | None = None,
                 block_n: int | None = None, splits: int | None = None, num_warps: int | None = None) -> LaunchPlan:
     """Autotune-free heuristic, sized so that no kernel spills registers on sm_90 (checked by
     compiling every kernel for sm_90 and reading its resource usage):
     16-bit inputs, d <= 64: BLOCK_N 64 with 4 warps (forward; 2 programs per SM at 255 registers),
     8 warps (backward, two d x d operands); d > 64: BLOCK_N 32, 8 warps; fp32 inputs (exact FMA
     dots, no tensor cores): BLOCK_N 16, 8 warps. splits: B*h*splits <= 2 programs per SM.
+    arch (e.g. 90) and sms default to the device's; rope_tables: the tables come from memory.
     """
     db = max(32, _next_pow2(d))
     if dtype == torch.float32:
@@ -86,7 +97,7 @@ def plan_launch(bh: int, n: int, d: int, dtype: torch.dtype, device: torch.devic
     num_warps = num_warps or default_warps
     n_blocks = _cdiv(n, block_n)
     if splits is None:  # one wave of ~2 programs per SM (floor: no straggling partial second wave)
-        splits = 2 * _sm_count(device) // bh
+        splits = 2 * (sms or _sm_count(device)) // bh
     splits = max(1, min(splits, n_blocks))
     bps = _cdiv(n_blocks, splits)
     splits = _cdiv(n_blocks, bps)  # no empty split
