@@ -126,8 +126,13 @@ def rope_angle_on(d: int, device: torch.device) -> torch.Tensor:
     return rope_angle(d).to(device)
 
 
-def rope_args(rope, n: int, d: int, device: torch.device):
-    """(ANGLE, SIN, COS, stride_n, stride_d, ROPE_FROM_MEM) for the kernels."""
+def rope_args(rope, n: int, d: int, device: torch.device, token_major: bool = False):
+    """(ANGLE, SIN, COS, stride_n, stride_d, ROPE_FROM_MEM) for the kernels.
+
+    token_major (the inputs are token-contiguous, as the mixer's head split makes them): the tables
+    are handed over token-contiguous too ((d, N) memory, one small copy of 2 N d elements shared by
+    every (b, h)), so every tile of a kernel has one memory order; a table tile in the other order
+    would need a layout conversion through shared memory and its registers (spills at d >= 64)."""
     angle = rope_angle_on(d, device)
     if rope is None:
         return angle, angle, angle, 0, 0, False
@@ -135,6 +140,8 @@ def rope_args(rope, n: int, d: int, device: torch.device):
     if sin.shape != (n, d) or cos.shape != (n, d) or sin.stride() != cos.stride():
         raise ValueError(f"rope tables must be two (N, d) = ({n}, {d}) tensors with equal strides, "
                          f"got {tuple(sin.shape)} and {tuple(cos.shape)}")
+    if token_major and n > 1 and sin.stride(0) != 1:
+        sin, cos = sin.t().contiguous().t(), cos.t().contiguous().t()  # (N, d) views of (d, N) memory
     return angle, sin, cos, sin.stride(0), sin.stride(1), True
 
 
