@@ -134,6 +134,18 @@ def test_in_kernel_rope_equals_default_tables():
     assert rel_err(a, b.double()) < 2e-6
 
 
+@pytest.mark.parametrize("grid,layout,rope_kind", [
+    ((8, 8), "tokens", "default"),  # N = 64: whole blocks of 16, the unmasked main loop only
+    ((7, 10), "tokens", "default"),  # N = 70: main loop + a masked tail of 6 tokens
+    ((8, 8), "bhnd", None),
+    ((5, 13), "bnhd", None),  # N = 65: a tail of one token
+], ids=lambda v: str(v).replace(" ", ""))
+def test_main_loop_and_masked_tail(grid, layout, rope_kind):
+    """Token-major inputs (halves loaded as two tiles, tables handed over token-major) and
+    channel-major ones, with N a multiple of BLOCK_N (16 here) and not."""
+    run_case(1, 2, grid, 32, layout=layout, rope_kind=rope_kind, seed=2)
+
+
 def test_split_merge_is_deterministic_and_split_invariant():
     """1 split, few splits (merge fused into pass (c)) and many (separate merge kernel) agree, and
     a repeated call is bitwise identical (fixed merge order, no atomics)."""

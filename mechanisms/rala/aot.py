@@ -115,8 +115,10 @@ def meta_inputs(level: str, shape: tuple, d: int, dtype: torch.dtype):
     return q, k, v, rope
 
 
-def planned_launches(level: str, shape: tuple, d: int, dtype: torch.dtype, arch: Arch) -> list[Launch]:
-    """The kernel launches rala_forward + rala_backward make for this case on `arch`."""
+def planned_launches(level: str, shape: tuple, d: int, dtype: torch.dtype, arch: Arch, *, fwd: dict | None = None,
+                     bwd: dict | None = None) -> list[Launch]:
+    """The kernel launches rala_forward + rala_backward make for this case on `arch` (fwd / bwd:
+    plan_launch overrides such as block_n, num_warps, to try a table entry)."""
     from mechanisms.rala.triton_bwd import rala_backward
     from mechanisms.rala.triton_kernels import rala_forward
     from mechanisms.rala.triton_op import plan_launch
@@ -127,10 +129,11 @@ def planned_launches(level: str, shape: tuple, d: int, dtype: torch.dtype, arch:
     dev = torch.device("meta")
     log: list[Launch] = []
     with recording(log):
-        fplan = plan_launch(b * h, n, d, dtype, dev, arch=arch.cc, sms=arch.sms, rope_tables=rope is not None)
+        fplan = plan_launch(b * h, n, d, dtype, dev, arch=arch.cc, sms=arch.sms, rope_tables=rope is not None,
+                            **(fwd or {}))
         out, ws = rala_forward(q, k, v, grid, rope, plan=fplan)
         bplan = plan_launch(b * h, n, d, dtype, dev, backward=True, arch=arch.cc, sms=arch.sms,
-                            rope_tables=rope is not None)
+                            rope_tables=rope is not None, **(bwd or {}))
         rala_backward(torch.empty_like(out), q, k, v, grid, rope, ws, plan=bplan)
     return log
 
@@ -197,8 +200,8 @@ class Result:
     regs: int = 0
     local: int = 0  # bytes of local memory per thread (register spills)
     smem: int = 0  # dynamic shared memory per program (bytes)
-    scalar16: int = 0  # 2-byte scalar global loads + stores in the PTX (not vectorised)
-    vec: int = 0  # 16-byte (v4 x 32-bit) global loads + stores in the PTX
+    scalar16: int = 0  # 2-byte scalar global loads + stores in the PTX (expected only in the masked tail)
+    vec: int = 0  # 16-byte global accesses in the PTX: ld/st .v4.b32 and cp.async.cg (pipelined loads)
     error: str = ""
     seconds: float = 0.0
     cases: list = field(default_factory=list)
@@ -251,8 +254,8 @@ def compile_job(job: CompileJob) -> Result:
         res.regs, res.local = resource_usage(ck.asm["cubin"])
         res.smem = int(ck.metadata.shared)
         ptx = ck.asm["ptx"]
-        res.scalar16 = len(re.findall(r"(?:ld|st)\.global(?:\.[a-z]+)*\.b16\b", ptx))
-        res.vec = len(re.findall(r"(?:ld|st)\.global(?:\.[a-z]+)*\.v4\.b32\b", ptx))
+        res.scalar16 = len(re.findall(r"(?:ld|st)\.global\S*\.b16\s", ptx))
+        res.vec = len(re.findall(r"(?:(?:ld|st)\.global\S*\.v4\.b32|cp\.async\.cg\.shared\.global)\s", ptx))
     except Exception as exc:  # a compile error is a row, not a crash
         res.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300]
     res.seconds = time.perf_counter() - t0
