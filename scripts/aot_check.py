@@ -4,9 +4,9 @@ kernel that cannot be resident, or a kernel that no configuration launches.
 
     PYTHONPATH=$PWD python scripts/aot_check.py [--arch sm_90 --arch sm_80] [--ci] [--jobs N] [--cache-dir DIR]
 
---ci: a representative subset (d 64 and 96 - the binaries of 96 and 128 are identical -, every
-level and dtype, three shapes) so the check fits CI's budget; without it, the full grid of
-mechanisms/rala/aot.py (levels x dtypes x d 32/64/96/128 x 5 shapes). The Triton cache goes to a
+--ci: a representative subset (`aot.ci_cases`: every kernel on both targets, both layouts, d-blocks
+64 and 128, bf16 and fp32) so the check fits CI's budget; without it, the full grid of
+mechanisms/rala/aot.py (op/mixer x fp16/bf16/fp32 x d 32/64/96/128 x 5 shapes). The Triton cache goes to a
 fresh temporary folder unless --cache-dir is given (a cold cache, as on a clean CI runner).
 Exit 0 when every compilation is clean, 1 otherwise (the reasons are printed).
 """
@@ -24,10 +24,6 @@ from concurrent.futures import ProcessPoolExecutor
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.pop("TRITON_INTERPRET", None)  # compiled kernels: the JIT, never the interpreter
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.6's default, silences 3.9's warning
-
-CI_SHAPES = {"op": ((64, 1, 56, 56), (1, 1, 56, 56), (2, 2, 14, 14)),
-             "mixer": ((64, 1, 56, 56), (1, 1, 56, 56), (2, 2, 14, 14))}
-
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -49,17 +45,8 @@ def main(argv=None) -> int:
 
     archs = [aot.ARCHS[a] for a in (args.arch or ["sm_90", "sm_80"])]
     t0 = time.perf_counter()
-    if args.ci:
-        jobs = {}
-        launched = {}
-        for level in aot.LEVELS:
-            j, lau = aot.enumerate_jobs(archs, levels=(level,), head_dims=(64, 96), shapes=CI_SHAPES[level])
-            for k, v in j.items():
-                jobs.setdefault(k, []).extend(v)
-            for k, v in lau.items():
-                launched[k] = launched.get(k, 0) + v
-    else:
-        jobs, launched = aot.enumerate_jobs(archs)
+    cases = aot.ci_cases(archs) if args.ci else aot.full_cases(archs)
+    jobs, launched = aot.enumerate_jobs(cases)
     n_cases = len({c for v in jobs.values() for c in v})
     n_launches = sum(launched.values())
     print(f"aot_check: {n_cases} cases, {n_launches} kernel launches -> {len(jobs)} unique compilations "

@@ -283,6 +283,20 @@ def test_gpu_mixer(dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dim,heads", [(192, 2), (128, 1)], ids=["d96", "d128"])
+def test_gpu_mixer_wide_heads(dim, heads):
+    """Mixer (token-major halves, tables from memory) at RAVLT-B/L's head dim 96 and at 128, bf16."""
+    mixer_level_case("bf16", device="cuda", dim=dim, heads=heads, grid=(28, 28))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch,heads", [(64, 1), (8, 4)])
+def test_gpu_benchmark_shapes(batch, heads):
+    """The benchmark suites' B*h at 56x56, d = 64, bf16 (rala_kernels.yaml, rala_kernels_h4.yaml)."""
+    run_case(batch, heads, (56, 56), 64, dtype="bf16", device="cuda")
+
+
+@pytest.mark.gpu
 def test_gpu_large_grid_split_n():
     """Few (b, h), many tokens: the split-N path at a real RAVLT stage-1 size, fp16."""
     run_case(1, 1, (56, 56), 64, dtype="fp16", device="cuda")

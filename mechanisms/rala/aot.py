@@ -120,7 +120,7 @@ def planned_launches(level: str, shape: tuple, d: int, dtype: torch.dtype, arch:
     """The kernel launches rala_forward + rala_backward make for this case on `arch` (fwd / bwd:
     plan_launch overrides such as block_n, num_warps, to try a table entry)."""
     from mechanisms.rala.triton_bwd import rala_backward
-    from mechanisms.rala.triton_kernels import rala_forward
+    from mechanisms.rala.triton_kernels import rala_forward, token_major
     from mechanisms.rala.triton_op import plan_launch
 
     q, k, v, rope = meta_inputs(level, shape, d, dtype)
@@ -129,11 +129,11 @@ def planned_launches(level: str, shape: tuple, d: int, dtype: torch.dtype, arch:
     dev = torch.device("meta")
     log: list[Launch] = []
     with recording(log):
-        fplan = plan_launch(b * h, n, d, dtype, dev, arch=arch.cc, sms=arch.sms, rope_tables=rope is not None,
+        fplan = plan_launch(b * h, n, d, dtype, dev, arch=arch.cc, sms=arch.sms, token_major=token_major(q),
                             **(fwd or {}))
         out, ws = rala_forward(q, k, v, grid, rope, plan=fplan)
         bplan = plan_launch(b * h, n, d, dtype, dev, backward=True, arch=arch.cc, sms=arch.sms,
-                            rope_tables=rope is not None, **(bwd or {}))
+                            token_major=token_major(q), **(bwd or {}))
         rala_backward(torch.empty_like(out), q, k, v, grid, rope, ws, plan=bplan)
     return log
 
@@ -198,7 +198,8 @@ def job_for(launch: Launch, arch: Arch) -> CompileJob:
 class Result:
     job: CompileJob
     regs: int = 0
-    local: int = 0  # bytes of local memory per thread (register spills)
+    local: int = 0  # bytes of register spills per thread (ptxas: spill stores), the check's criterion
+    stack: int = 0  # bytes of stack frame per thread (cuobjdump; e.g. the fp32 division's slow path)
     smem: int = 0  # dynamic shared memory per program (bytes)
     scalar16: int = 0  # 2-byte scalar global loads + stores in the PTX (expected only in the masked tail)
     vec: int = 0  # 16-byte global accesses in the PTX: ld/st .v4.b32 and cp.async.cg (pipelined loads)
@@ -223,7 +224,7 @@ def _tool(name: str) -> str:
 
 
 def resource_usage(cubin: bytes) -> tuple[int, int]:
-    """(registers, local bytes per thread) of the single function in `cubin`, from cuobjdump."""
+    """(registers, stack + local bytes per thread) of the single function in `cubin`, from cuobjdump."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
@@ -238,8 +239,10 @@ def resource_usage(cubin: bytes) -> tuple[int, int]:
 def compile_job(job: CompileJob) -> Result:
     """Compile one job (in this process); never raises: a failure is the result's `error`."""
     import importlib
+    import io
     import time
 
+    from triton import knobs
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     from triton.compiler import compile as triton_compile
@@ -250,8 +253,16 @@ def compile_job(job: CompileJob) -> Result:
         fn = getattr(importlib.import_module(job.module), job.kernel)
         attrs = {k: [list(x) for x in v] for k, v in job.attrs}
         src = ASTSource(fn, dict(job.signature), dict(job.constexprs), attrs)
-        ck = triton_compile(src, target=GPUTarget("cuda", job.cc, 32), options={"num_warps": job.num_warps})
-        res.regs, res.local = resource_usage(ck.asm["cubin"])
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):  # triton prints ptxas' -v log when dump_ptxas_log is set
+            knobs.nvidia.dump_ptxas_log = True
+            knobs.compilation.always_compile = True  # never a cache hit: ptxas' log is the spill evidence
+            ck = triton_compile(src, target=GPUTarget("cuda", job.cc, 32), options={"num_warps": job.num_warps})
+        res.regs, res.stack = resource_usage(ck.asm["cubin"])
+        spills = re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log.getvalue())
+        res.local = max((int(a) for a, _ in spills), default=0)
+        if not spills:
+            raise RuntimeError("no ptxas -v report of spills in the compile log")
         res.smem = int(ck.metadata.shared)
         ptx = ck.asm["ptx"]
         res.scalar16 = len(re.findall(r"(?:ld|st)\.global\S*\.b16\s", ptx))
@@ -262,21 +273,37 @@ def compile_job(job: CompileJob) -> Result:
     return res
 
 
-def enumerate_jobs(archs, levels=LEVELS, dtypes=tuple(DTYPES), head_dims=HEAD_DIMS, shapes=None):
-    """{CompileJob: [case descriptions]} over the grid of cases (deduplicated: d = 96 and 128 share
-    every kernel binary, for instance)."""
+def full_cases(archs, levels=LEVELS, dtypes=tuple(DTYPES), head_dims=HEAD_DIMS):
+    """Every (arch, level, dtype, d, shape) of the full table."""
+    return [(arch, level, dt, d, shape) for arch in archs for level in levels for dt in dtypes for d in head_dims
+            for shape in (OP_SHAPES if level == "op" else MIXER_SHAPES)]
+
+
+def ci_cases(archs):
+    """A representative subset for CI: every kernel on each target, both layouts (op: channel-major,
+    in-kernel RoPE, fused merge at B*h = 64; mixer: token-major, tables, separate merge at B*h = 1),
+    d-blocks 64 and 128 (d 64, 96), 16-bit (bf16; fp16 takes the same table entries and code) and
+    fp32 at d = 64 on the op level."""
+    cases = []
+    for arch in archs:
+        for d in (64, 96):
+            cases.append((arch, "op", "bf16", d, (64, 1, 56, 56)))
+            cases.append((arch, "mixer", "bf16", d, (1, 1, 56, 56)))
+        cases.append((arch, "op", "fp32", 64, (8, 4, 56, 56)))
+    return cases
+
+
+def enumerate_jobs(cases):
+    """{CompileJob: [case descriptions]} over `cases` (deduplicated: d = 96 and 128 share every
+    kernel binary, for instance), and {(arch, kernel): launches}."""
     jobs: dict[CompileJob, list[str]] = {}
     launched: dict[tuple[str, str], int] = {}
-    for arch in archs:
-        for level in levels:
-            for dt in dtypes:
-                for d in head_dims:
-                    for shape in shapes or (OP_SHAPES if level == "op" else MIXER_SHAPES):
-                        case = f"{arch.name} {level} {dt} d{d} B{shape[0]} h{shape[1]} {shape[2]}x{shape[3]}"
-                        for launch in planned_launches(level, shape, d, DTYPES[dt], arch):
-                            job = job_for(launch, arch)
-                            jobs.setdefault(job, []).append(case)
-                            launched[(arch.name, launch.name)] = launched.get((arch.name, launch.name), 0) + 1
+    for arch, level, dt, d, shape in cases:
+        case = f"{arch.name} {level} {dt} d{d} B{shape[0]} h{shape[1]} {shape[2]}x{shape[3]}"
+        for launch in planned_launches(level, shape, d, DTYPES[dt], arch):
+            job = job_for(launch, arch)
+            jobs.setdefault(job, []).append(case)
+            launched[(arch.name, launch.name)] = launched.get((arch.name, launch.name), 0) + 1
     return jobs, launched
 
 

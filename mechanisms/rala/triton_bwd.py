@@ -127,17 +127,18 @@ def _dstate_kernel(
     dkv_o = tl.zeros((PB, DB), dtype=tl.float32)
     dks_e = tl.zeros((PB,), dtype=tl.float32)
     dks_o = tl.zeros((PB,), dtype=tl.float32)
-    b0, b_main, has_tail = block_range(N, bps, BLOCK_N)
+    b0, b_main, has_tail = block_range(N, bps, BLOCK_N, SPLIT)
     for blk in range(b0, b_main):
         dkv_e, dkv_o, dks_e, dks_o = _dstate_block(
             dkv_e, dkv_o, dks_e, dks_o, q_base, g_base, blk * BLOCK_N + tl.arange(0, BLOCK_N), N, W, d,
             kv_e, kv_o, ks_e, ks_o, ANGLE, SIN, COS, srn, srd, eps, sqn, sqd, sgn, sgd,
-            BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, False, SPLIT)
-    if has_tail:
-        dkv_e, dkv_o, dks_e, dks_o = _dstate_block(
-            dkv_e, dkv_o, dks_e, dks_o, q_base, g_base, b_main * BLOCK_N + tl.arange(0, BLOCK_N), N, W, d,
-            kv_e, kv_o, ks_e, ks_o, ANGLE, SIN, COS, srn, srd, eps, sqn, sqd, sgn, sgd,
-            BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, True, SPLIT)
+            BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, not SPLIT, SPLIT)
+    if SPLIT:  # compile-time: the masked tail exists only with the unmasked main loop
+        if has_tail:
+            dkv_e, dkv_o, dks_e, dks_o = _dstate_block(
+                dkv_e, dkv_o, dks_e, dks_o, q_base, g_base, b_main * BLOCK_N + tl.arange(0, BLOCK_N), N, W, d,
+                kv_e, kv_o, ks_e, ks_o, ANGLE, SIN, COS, srn, srd, eps, sqn, sqd, sgn, sgd,
+                BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, True, SPLIT)
     part = bh * tl.num_programs(1) + sp
     store_rows_halves(DKV_P + part * d * d, dkv_e, dkv_o, d, PB, DB)
     store_vec_halves(DKS_P + part * d, dks_e, dks_o, d, PB)
@@ -229,23 +230,25 @@ def _dkv_kernel(
     dks_e, dks_o = load_vec_halves(DKS + bh * d, d, PB)
     dqb_e = tl.zeros((PB,), dtype=tl.float32)
     dqb_o = tl.zeros((PB,), dtype=tl.float32)
-    b0, b_main, has_tail = block_range(N, bps, BLOCK_N)
+    b0, b_main, has_tail = block_range(N, bps, BLOCK_N, SPLIT)
     for blk in range(b0, b_main):
         dqb_e, dqb_o = _dkv_block(
             dqb_e, dqb_o, k_base, v_base, dk_base, dv_base, blk * BLOCK_N + tl.arange(0, BLOCK_N), N, W, d, scale,
             qbar_e, qbar_o, m_fin, inv_l, t_all, dkv_e, dkv_o, dks_e, dks_o, ANGLE, SIN, COS, srn, srd,
-            skn, skd, svn, svd, sdkn, sdkd, sdvn, sdvd, BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, False, SPLIT)
-    if has_tail:
-        dqb_e, dqb_o = _dkv_block(
-            dqb_e, dqb_o, k_base, v_base, dk_base, dv_base, b_main * BLOCK_N + tl.arange(0, BLOCK_N), N, W, d, scale,
-            qbar_e, qbar_o, m_fin, inv_l, t_all, dkv_e, dkv_o, dks_e, dks_o, ANGLE, SIN, COS, srn, srd,
-            skn, skd, svn, svd, sdkn, sdkd, sdvn, sdvd, BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, True, SPLIT)
+            skn, skd, svn, svd, sdkn, sdkd, sdvn, sdvd, BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, not SPLIT, SPLIT)
+    if SPLIT:  # compile-time: the masked tail exists only with the unmasked main loop
+        if has_tail:
+            dqb_e, dqb_o = _dkv_block(
+                dqb_e, dqb_o, k_base, v_base, dk_base, dv_base, b_main * BLOCK_N + tl.arange(0, BLOCK_N), N, W, d,
+                scale,
+                qbar_e, qbar_o, m_fin, inv_l, t_all, dkv_e, dkv_o, dks_e, dks_o, ANGLE, SIN, COS, srn, srd,
+                skn, skd, svn, svd, sdkn, sdkd, sdvn, sdvd, BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, True, SPLIT)
     store_vec_halves(DQB_P + (bh * tl.num_programs(1) + sp) * d, scale * dqb_e, scale * dqb_o, d, PB)
 
 
 @triton.jit
 def _dq_block(
-    q_base, g_base, dq_base, tok, N, W, d, kv_e, kv_o, kvt_e, kvt_o, ks_e, ks_o, dqb_e, dqb_o,
+    q_base, g_base, dq_base, tok, N, W, d, kv_e, kv_o, ks_e, ks_o, dqb_e, dqb_o,
     ANGLE, SIN, COS, srn, srd, eps, sqn, sqd, sgn, sgd, sdqn, sdqd,
     BLOCK_N: tl.constexpr, PB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr, DOT_DTYPE: tl.constexpr,
     MASK_N: tl.constexpr, SPLIT: tl.constexpr,
@@ -257,8 +260,8 @@ def _dq_block(
         BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, MASK_N, SPLIT)
     gn = gx * inv_den[:, None]
     dden = -tl.sum(gn * num, 1) * inv_den
-    w_e = mm(gn, kvt_e, DOT_DTYPE)  # (BLOCK_N, PB): KV gn on the even rows
-    w_o = mm(gn, kvt_o, DOT_DTYPE)
+    w_e = mm(gn, tl.trans(kv_e), DOT_DTYPE)  # (BLOCK_N, PB): KV gn on the even rows
+    w_o = mm(gn, tl.trans(kv_o), DOT_DTYPE)
     r_e, r_o = rotate_t(w_e, w_o, ce, se, co, so)
     dq_e = (r_e + dden[:, None] * ks_e[None, :] + dqb_e[None, :]) * dphi(qe)
     dq_o = (r_o + dden[:, None] * ks_o[None, :] + dqb_o[None, :]) * dphi(qo)
@@ -287,8 +290,6 @@ def _dq_kernel(
     kv_e, kv_o = load_rows_halves(KV + bh * d * d, d, PB, DB)
     kv_e = kv_e.to(DOT_DTYPE)
     kv_o = kv_o.to(DOT_DTYPE)
-    kvt_e = tl.trans(kv_e)  # (DB, PB), hoisted out of the token loop
-    kvt_o = tl.trans(kv_o)
     ks_e, ks_o = load_vec_halves(KS + bh * d, d, PB)
     dqb_e = tl.zeros((PB,), dtype=tl.float32)
     dqb_o = tl.zeros((PB,), dtype=tl.float32)
@@ -298,22 +299,23 @@ def _dq_kernel(
         dqb_o += po
     dqb_e = dqb_e * inv_n
     dqb_o = dqb_o * inv_n
-    b0, b_main, has_tail = block_range(N, bps, BLOCK_N)
+    b0, b_main, has_tail = block_range(N, bps, BLOCK_N, SPLIT)
     for blk in range(b0, b_main):
-        _dq_block(q_base, g_base, dq_base, blk * BLOCK_N + tl.arange(0, BLOCK_N), N, W, d, kv_e, kv_o, kvt_e, kvt_o,
+        _dq_block(q_base, g_base, dq_base, blk * BLOCK_N + tl.arange(0, BLOCK_N), N, W, d, kv_e, kv_o,
                   ks_e, ks_o, dqb_e, dqb_o, ANGLE, SIN, COS, srn, srd, eps, sqn, sqd, sgn, sgd, sdqn, sdqd,
-                  BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, False, SPLIT)
-    if has_tail:
-        _dq_block(q_base, g_base, dq_base, b_main * BLOCK_N + tl.arange(0, BLOCK_N), N, W, d, kv_e, kv_o, kvt_e,
-                  kvt_o, ks_e, ks_o, dqb_e, dqb_o, ANGLE, SIN, COS, srn, srd, eps, sqn, sqd, sgn, sgd, sdqn, sdqd,
-                  BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, True, SPLIT)
+                  BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, not SPLIT, SPLIT)
+    if SPLIT:  # compile-time: the masked tail exists only with the unmasked main loop
+        if has_tail:
+            _dq_block(q_base, g_base, dq_base, b_main * BLOCK_N + tl.arange(0, BLOCK_N), N, W, d, kv_e, kv_o,
+                      ks_e, ks_o, dqb_e, dqb_o, ANGLE, SIN, COS, srn, srd, eps, sqn, sqd, sgn, sgd, sdqn, sdqd,
+                      BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, True, SPLIT)
 
 
 def rala_backward(g, q, k, v, grid, rope, ws, *, plan=None):
     """Gradients (dq, dk, dv) of sum(out * g); `ws` = the forward's workspace (its small state)."""
     b, h, n, d = q.shape
     bh, dev = b * h, q.device
-    plan = plan or plan_launch(bh, n, d, q.dtype, dev, backward=True, rope_tables=rope is not None)
+    plan = plan or plan_launch(bh, n, d, q.dtype, dev, backward=True, token_major=token_major(q))
     split = token_major(q)
     angle, sin, cos, srn, srd, from_mem = rope_args(rope, n, d, dev, token_major=split)
     meta = stream_meta(plan, from_mem, q.dtype, split)

@@ -271,13 +271,23 @@ def partial_ptrs(PART, BH, S, d):
 
 
 @triton.jit
-def block_range(N, bps, BLOCK_N: tl.constexpr):
-    """Split s's token blocks: the unmasked main loop runs [b0, b_main); the block b_main (the tail,
-    N % BLOCK_N tokens) runs masked when has_tail (only in the last split, only if N % BLOCK_N)."""
+def block_range(N, bps, BLOCK_N: tl.constexpr, TAIL: tl.constexpr):
+    """Split s's token blocks [b0, b1). TAIL (token-major inputs): the unmasked main loop runs
+    [b0, b_main) and the block b_main (N % BLOCK_N tokens) runs masked when has_tail (last split
+    only, only if N % BLOCK_N): the main loop's tiles keep 16-byte accesses. Otherwise (channel-major:
+    a token mask is constant along the contiguous channels anyway) one masked loop over [b0, b1):
+    a second copy of the loop body would keep its own layouts of the loop invariants live
+    (up to ~150 more registers per thread, measured on sm_90 fp32)."""
     b0 = tl.program_id(1) * bps
     b1 = tl.minimum(b0 + bps, tl.cdiv(N, BLOCK_N))
-    n_full = N // BLOCK_N
-    return b0, tl.minimum(b1, n_full), b1 > n_full
+    if TAIL:
+        n_full = N // BLOCK_N
+        b_main = tl.minimum(b1, n_full)
+        has_tail = b1 > n_full
+    else:
+        b_main = b1
+        has_tail = b1 < b0  # never
+    return b0, b_main, has_tail
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,7 +302,7 @@ def _qbar_block(acc, q_base, tok, N, sqn, sqd, d, DB: tl.constexpr, MASK_N: tl.c
 @triton.jit(do_not_specialize=["N", "n_heads", "bps"])
 def _qbar_kernel(
     Q, WS, N, d, n_heads, bps, sqb, sqh, sqn, sqd,
-    BLOCK_N: tl.constexpr, DB: tl.constexpr,
+    BLOCK_N: tl.constexpr, DB: tl.constexpr, SPLIT: tl.constexpr,
 ):
     """Pass (a): qsum[bh, s, :] = sum of phi(q_n) over split s's tokens (a (B*h, S, d) partial)."""
     bh = tl.program_id(0)
@@ -303,11 +313,12 @@ def _qbar_kernel(
     q_base = Q + (bh // n_heads).to(tl.int64) * sqb + (bh % n_heads).to(tl.int64) * sqh
     ch = tl.arange(0, DB)
     acc = tl.zeros((BLOCK_N, DB), dtype=tl.float32)
-    b0, b_main, has_tail = block_range(N, bps, BLOCK_N)
+    b0, b_main, has_tail = block_range(N, bps, BLOCK_N, SPLIT)
     for blk in range(b0, b_main):
-        acc = _qbar_block(acc, q_base, blk * BLOCK_N + tl.arange(0, BLOCK_N), N, sqn, sqd, d, DB, False)
-    if has_tail:
-        acc = _qbar_block(acc, q_base, b_main * BLOCK_N + tl.arange(0, BLOCK_N), N, sqn, sqd, d, DB, True)
+        acc = _qbar_block(acc, q_base, blk * BLOCK_N + tl.arange(0, BLOCK_N), N, sqn, sqd, d, DB, not SPLIT)
+    if SPLIT:  # compile-time: the masked tail exists only with the unmasked main loop
+        if has_tail:
+            acc = _qbar_block(acc, q_base, b_main * BLOCK_N + tl.arange(0, BLOCK_N), N, sqn, sqd, d, DB, True)
     tl.store(QSUM + (bh * n_splits + sp) * d + ch, tl.sum(acc, 0), mask=ch < d)
 
 
@@ -376,18 +387,19 @@ def _state_kernel(
     kv_o = tl.zeros((PB, DB), dtype=tl.float32)  # rows 1, 3, 5, ...
     ks_e = tl.zeros((PB,), dtype=tl.float32)
     ks_o = tl.zeros((PB,), dtype=tl.float32)
-    b0, b_main, has_tail = block_range(N, bps, BLOCK_N)
+    b0, b_main, has_tail = block_range(N, bps, BLOCK_N, SPLIT)
     for blk in range(b0, b_main):
         m_run, l_run, kv_e, kv_o, ks_e, ks_o = _state_block(
             m_run, l_run, kv_e, kv_o, ks_e, ks_o, qbar_e, qbar_o, k_base, v_base, blk * BLOCK_N + tl.arange(0, BLOCK_N),
             N, W, d, scale, skn, skd, svn, svd, ANGLE, SIN, COS, srn, srd,
-            BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, False, SPLIT)
-    if has_tail:
-        m_run, l_run, kv_e, kv_o, ks_e, ks_o = _state_block(
-            m_run, l_run, kv_e, kv_o, ks_e, ks_o, qbar_e, qbar_o, k_base, v_base,
-            b_main * BLOCK_N + tl.arange(0, BLOCK_N),
-            N, W, d, scale, skn, skd, svn, svd, ANGLE, SIN, COS, srn, srd,
-            BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, True, SPLIT)
+            BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, not SPLIT, SPLIT)
+    if SPLIT:  # compile-time: the masked tail exists only with the unmasked main loop
+        if has_tail:
+            m_run, l_run, kv_e, kv_o, ks_e, ks_o = _state_block(
+                m_run, l_run, kv_e, kv_o, ks_e, ks_o, qbar_e, qbar_o, k_base, v_base,
+                b_main * BLOCK_N + tl.arange(0, BLOCK_N),
+                N, W, d, scale, skn, skd, svn, svd, ANGLE, SIN, COS, srn, srd,
+                BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, True, SPLIT)
 
     part = bh * n_splits + sp
     store_rows_halves(KV_P + part * d * d, kv_e, kv_o, d, PB, DB)
@@ -504,15 +516,16 @@ def _out_kernel(
         ks_e, ks_o = load_vec_halves(KS + bh * d, d, PB)  # (PB,) each
     kv_e = kv_e.to(DOT_DTYPE)
     kv_o = kv_o.to(DOT_DTYPE)
-    b0, b_main, has_tail = block_range(N, bps, BLOCK_N)
+    b0, b_main, has_tail = block_range(N, bps, BLOCK_N, SPLIT)
     for blk in range(b0, b_main):
         _out_block(q_base, o_base, blk * BLOCK_N + tl.arange(0, BLOCK_N), N, W, d, kv_e, kv_o, ks_e, ks_o,
                    ANGLE, SIN, COS, srn, srd, eps, sqn, sqd, son, sod,
-                   BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, False, SPLIT)
-    if has_tail:
-        _out_block(q_base, o_base, b_main * BLOCK_N + tl.arange(0, BLOCK_N), N, W, d, kv_e, kv_o, ks_e, ks_o,
-                   ANGLE, SIN, COS, srn, srd, eps, sqn, sqd, son, sod,
-                   BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, True, SPLIT)
+                   BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, not SPLIT, SPLIT)
+    if SPLIT:  # compile-time: the masked tail exists only with the unmasked main loop
+        if has_tail:
+            _out_block(q_base, o_base, b_main * BLOCK_N + tl.arange(0, BLOCK_N), N, W, d, kv_e, kv_o, ks_e, ks_o,
+                       ANGLE, SIN, COS, srn, srd, eps, sqn, sqd, son, sod,
+                       BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, True, SPLIT)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -537,14 +550,15 @@ def rala_forward(q, k, v, grid, rope=None, *, plan: LaunchPlan | None = None):
     """
     b, h, n, d = q.shape
     bh, dev = b * h, q.device
-    plan = plan or plan_launch(bh, n, d, q.dtype, dev, rope_tables=rope is not None)
+    plan = plan or plan_launch(bh, n, d, q.dtype, dev, token_major=token_major(q))
     split = token_major(q)
     angle, sin, cos, srn, srd, from_mem = rope_args(rope, n, d, dev, token_major=split)
     meta = stream_meta(plan, from_mem, q.dtype, split)
     s, nw, w = plan.splits, plan.num_warps, grid[1]
     ws = torch.empty(workspace_size(bh, s, d), dtype=torch.float32, device=dev)
     out = empty_like_layout(q)
-    _qbar_kernel[(bh, s)](q, ws, n, d, h, plan.bps, *q.stride(), BLOCK_N=plan.block_n, DB=2 * plan.pb, num_warps=nw)
+    _qbar_kernel[(bh, s)](q, ws, n, d, h, plan.bps, *q.stride(), BLOCK_N=plan.block_n, DB=2 * plan.pb,
+                            SPLIT=split, num_warps=nw)
     _state_kernel[(bh, s)](k, v, ws, angle, sin, cos, n, w, d, h, plan.bps, d**-0.5, 1.0 / n,
                            *k.stride(), *v.stride(), srn, srd, **meta)
     fuse = s <= FUSE_MERGE_MAX_SPLITS

@@ -73,24 +73,48 @@ def _device_arch(device: torch.device) -> int:
     return 90
 
 
+# Launch tables: (arch, pass, 16-bit?, d-block, token-major inputs) -> (BLOCK_N, num_warps), chosen by
+# compiling every kernel for the target and reading its registers and local memory
+# (scripts/aot_check.py, which fails CI on any spill): the largest token block that keeps every
+# kernel of the pass spill-free, preferring more programs per SM. "tok" = token-contiguous inputs
+# (the mixer's head split, RoPE tables from memory); "ch" = channel-contiguous (op level).
+# Architectures other than sm_80 / sm_90 use the sm_90 entries.
+LAUNCH_TABLE = {
+    # sm_90 (H100/H200)
+    (90, "fwd", True, 64, "ch"): (64, 4), (90, "fwd", True, 64, "tok"): (64, 4),
+    (90, "fwd", True, 128, "ch"): (32, 8), (90, "fwd", True, 128, "tok"): (32, 8),
+    (90, "bwd", True, 64, "ch"): (64, 8), (90, "bwd", True, 64, "tok"): (16, 4),
+    (90, "bwd", True, 128, "ch"): (32, 8), (90, "bwd", True, 128, "tok"): (16, 8),
+    # sm_80 (A100)
+    (80, "fwd", True, 64, "ch"): (64, 4), (80, "fwd", True, 64, "tok"): (64, 4),
+    (80, "fwd", True, 128, "ch"): (32, 8), (80, "fwd", True, 128, "tok"): (32, 8),
+    (80, "bwd", True, 64, "ch"): (16, 4), (80, "bwd", True, 64, "tok"): (16, 4),
+    (80, "bwd", True, 128, "ch"): (32, 8), (80, "bwd", True, 128, "tok"): (16, 8),
+}
+FP32_DEFAULT = (16, 8)  # fp32 inputs: exact FMA dots (no tensor cores), the smallest token block
+FP32_TABLE: dict = {}
+
+
+def launch_entry(arch: int, backward: bool, dtype: torch.dtype, db: int, token_major: bool) -> tuple[int, int]:
+    """(BLOCK_N, num_warps) from the launch table (d-blocks 32 use the 64 entries)."""
+    if dtype == torch.float32:
+        return FP32_TABLE.get((80 if arch < 90 else 90, "bwd" if backward else "fwd", max(64, db),
+                               "tok" if token_major else "ch"), FP32_DEFAULT)
+    key = (80 if arch < 90 else 90, "bwd" if backward else "fwd", True, max(64, db), "tok" if token_major else "ch")
+    return LAUNCH_TABLE[key]
+
+
 @functools.cache
 def plan_launch(bh: int, n: int, d: int, dtype: torch.dtype, device: torch.device, *, backward: bool = False,
-                rope_tables: bool = False, arch: int | None = None, sms: int | None = None,
+                token_major: bool = False, arch: int | None = None, sms: int | None = None,
                 block_n: int | None = None, splits: int | None = None, num_warps: int | None = None) -> LaunchPlan:
-    """Autotune-free heuristic, sized so that no kernel spills registers on sm_90 (checked by
-    compiling every kernel for sm_90 and reading its resource usage):
-    16-bit inputs, d <= 64: BLOCK_N 64 with 4 warps (forward; 2 programs per SM at 255 registers),
-    8 warps (backward, two d x d operands); d > 64: BLOCK_N 32, 8 warps; fp32 inputs (exact FMA
-    dots, no tensor cores): BLOCK_N 16, 8 warps. splits: B*h*splits <= 2 programs per SM.
-    arch (e.g. 90) and sms default to the device's; rope_tables: the tables come from memory.
+    """Autotune-free plan from the per-architecture launch table (`LAUNCH_TABLE`), which keeps every
+    kernel free of register spills on sm_80 and sm_90 (checked in CI by scripts/aot_check.py).
+    splits: B*h*splits <= 2 programs per SM (one wave). arch (e.g. 90) and sms default to the
+    device's; token_major: the inputs are token-contiguous (the mixer's layout).
     """
     db = max(32, _next_pow2(d))
-    if dtype == torch.float32:
-        default_block, default_warps = 16, 8
-    elif db <= 64:
-        default_block, default_warps = 64, 8 if backward else 4
-    else:
-        default_block, default_warps = 32, 8
+    default_block, default_warps = launch_entry(arch or _device_arch(device), backward, dtype, db, token_major)
     if interpreting():  # tiny shapes on CPU: several blocks per split and several splits get tested
         default_block = 16
     block_n = block_n or max(16, min(default_block, _next_pow2(n)))
