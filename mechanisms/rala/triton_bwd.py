@@ -322,8 +322,9 @@ def rala_backward(g, q, k, v, grid, rope, ws, *, plan=None):
     s, nw, w = plan.splits, plan.num_warps, grid[1]
     dws = torch.empty(bh * (d * d + d + 1) + bh * s * (d * d + 2 * d), dtype=torch.float32, device=dev)
     dq, dk, dv = empty_like_layout(q), empty_like_layout(k), empty_like_layout(v)
+    meta_b1 = dict(meta, num_warps=plan.warps_b1 or plan.num_warps)
     _dstate_kernel[(bh, s)](q, g, ws, dws, angle, sin, cos, n, w, d, h, plan.bps, EPS,
-                            *q.stride(), *g.stride(), srn, srd, **meta)
+                            *q.stride(), *g.stride(), srn, srd, **meta_b1)
     _dmerge_kernel[(bh,)](ws, dws, s, d, DB=2 * plan.pb, num_warps=nw)
     _dkv_kernel[(bh, s)](k, v, dk, dv, ws, dws, angle, sin, cos, n, w, d, h, plan.bps, d**-0.5,
                          *k.stride(), *v.stride(), *dk.stride(), *dv.stride(), srn, srd, **meta)

@@ -51,6 +51,7 @@ class LaunchPlan:
     splits: int  # programs per (b, h) along N
     bps: int  # token blocks per split
     num_warps: int
+    warps_b1: int = 0  # warps of the backward's first pass (_dstate_kernel) where it differs; 0: num_warps
 
 
 def interpreting() -> bool:
@@ -91,17 +92,25 @@ LAUNCH_TABLE = {
     (80, "bwd", True, 64, "ch"): (16, 4), (80, "bwd", True, 64, "tok"): (16, 4),
     (80, "bwd", True, 128, "ch"): (32, 8), (80, "bwd", True, 128, "tok"): (16, 8),
 }
-FP32_DEFAULT = (16, 8)  # fp32 inputs: exact FMA dots (no tensor cores), the smallest token block
-FP32_TABLE: dict = {}
+# Token-major inputs whose N is not a multiple of 16: no 16-byte accesses are possible (the token
+# stride has no known alignment), every access is scalar and needs more registers: smaller blocks.
+UNALIGNED_TOK = {("fwd", 64): (16, 4), ("bwd", 64): (16, 8), ("fwd", 128): (16, 8), ("bwd", 128): (16, 8)}
+# fp32 inputs: exact FMA dots (no tensor cores), the smallest token block; (BLOCK_N, warps, warps of B1)
+FP32_DEFAULT = (16, 8)
+FP32_TABLE = {(90, "bwd", 64, "ch"): (16, 8, 4)}  # sm_90: B1 at 8 warps gets 128 registers and spills 4 B
 
 
-def launch_entry(arch: int, backward: bool, dtype: torch.dtype, db: int, token_major: bool) -> tuple[int, int]:
-    """(BLOCK_N, num_warps) from the launch table (d-blocks 32 use the 64 entries)."""
+def launch_entry(arch: int, backward: bool, dtype: torch.dtype, db: int, token_major: bool,
+                 aligned: bool = True) -> tuple:
+    """(BLOCK_N, num_warps[, warps of B1]) from the launch tables (d-blocks 32 use the 64 entries)."""
+    arch, pass_, db, layout = 80 if arch < 90 else 90, "bwd" if backward else "fwd", max(64, db), "ch"
+    if token_major:
+        layout = "tok"
     if dtype == torch.float32:
-        return FP32_TABLE.get((80 if arch < 90 else 90, "bwd" if backward else "fwd", max(64, db),
-                               "tok" if token_major else "ch"), FP32_DEFAULT)
-    key = (80 if arch < 90 else 90, "bwd" if backward else "fwd", True, max(64, db), "tok" if token_major else "ch")
-    return LAUNCH_TABLE[key]
+        return FP32_TABLE.get((arch, pass_, db, layout), FP32_DEFAULT)
+    if token_major and not aligned:
+        return UNALIGNED_TOK[(pass_, db)]
+    return LAUNCH_TABLE[(arch, pass_, True, db, layout)]
 
 
 @functools.cache
@@ -114,7 +123,9 @@ def plan_launch(bh: int, n: int, d: int, dtype: torch.dtype, device: torch.devic
     device's; token_major: the inputs are token-contiguous (the mixer's layout).
     """
     db = max(32, _next_pow2(d))
-    default_block, default_warps = launch_entry(arch or _device_arch(device), backward, dtype, db, token_major)
+    entry = launch_entry(arch or _device_arch(device), backward, dtype, db, token_major, aligned=n % 16 == 0)
+    default_block, default_warps = entry[:2]
+    warps_b1 = entry[2] if len(entry) > 2 and num_warps is None else 0
     if interpreting():  # tiny shapes on CPU: several blocks per split and several splits get tested
         default_block = 16
     block_n = block_n or max(16, min(default_block, _next_pow2(n)))
@@ -125,7 +136,7 @@ def plan_launch(bh: int, n: int, d: int, dtype: torch.dtype, device: torch.devic
     splits = max(1, min(splits, n_blocks))
     bps = _cdiv(n_blocks, splits)
     splits = _cdiv(n_blocks, bps)  # no empty split
-    return LaunchPlan(block_n=block_n, pb=db // 2, splits=splits, bps=bps, num_warps=num_warps)
+    return LaunchPlan(block_n=block_n, pb=db // 2, splits=splits, bps=bps, num_warps=num_warps, warps_b1=warps_b1)
 
 
 def empty_like_layout(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
