@@ -25,9 +25,15 @@ and the token-contiguous views made by the mixer's head split are read without a
 is fp32; tl.dot operands are cast to the input dtype (fp16/bf16 tensor cores, fp32 accumulation)
 or stay fp32 with input_precision="ieee" (no TF32) for fp32 inputs.
 
-RoPE: the pair (2i, 2i+1) rotates by one angle, so each (tokens, d) tile is split into its even
-and odd channels (tl.split), the rotation is elementwise on the halves, and d-by-d matrices whose
-rows are rotated channels (KV, dKV) are held as two (d/2, d) halves. Without tables the angles
+RoPE: the pair (2i, 2i+1) rotates by one angle, so q, k (and dq, dk, ksum, qbar) are handled as
+their even and odd channels ("halves"), the rotation is elementwise on the halves, and d-by-d
+matrices whose rows are rotated channels (KV, dKV) are held as two (d/2, d) halves. Channel-major
+inputs load a full tile and split it in registers (tl.split); token-major inputs (the mixer's head
+split, SPLIT) load the halves as two token-contiguous tiles and the launcher hands the RoPE tables
+over token-major too, so no tile changes its register layout. Token loops: with token-major inputs
+an unmasked main loop over whole blocks plus one masked tail block (the mask is then constant along
+the contiguous tokens, so loads are 16 bytes wide); channel-major inputs keep one masked loop.
+Normaliser: one reciprocal per token, multiplied into the d outputs. Without tables the angles
 come from the token's (row, col): theta = pos * angle[j] in fp32 with `angle` the spec's (d/2,)
 buffer read from a tiny tensor (so theta is bitwise the reference tables' fp32 product), sin/cos
 in-kernel (`sincos`). With tables (the mixer passes its Rope2d's (sin, cos)), they are loaded
