@@ -134,6 +134,18 @@ def test_in_kernel_rope_equals_default_tables():
     assert rel_err(a, b.double()) < 2e-6
 
 
+@pytest.mark.parametrize("grid,layout,rope_kind", [
+    ((8, 8), "tokens", "default"),  # N = 64: whole blocks of 16, the unmasked main loop only
+    ((7, 10), "tokens", "default"),  # N = 70: main loop + a masked tail of 6 tokens
+    ((8, 8), "bhnd", None),
+    ((5, 13), "bnhd", None),  # N = 65: a tail of one token
+], ids=lambda v: str(v).replace(" ", ""))
+def test_main_loop_and_masked_tail(grid, layout, rope_kind):
+    """Token-major inputs (halves loaded as two tiles, tables handed over token-major) and
+    channel-major ones, with N a multiple of BLOCK_N (16 here) and not."""
+    run_case(1, 2, grid, 32, layout=layout, rope_kind=rope_kind, seed=2)
+
+
 def test_split_merge_is_deterministic_and_split_invariant():
     """1 split, few splits (merge fused into pass (c)) and many (separate merge kernel) agree, and
     a repeated call is bitwise identical (fixed merge order, no atomics)."""
@@ -152,10 +164,11 @@ def test_split_merge_is_deterministic_and_split_invariant():
         return (out, *rala_backward(g, q, k, v, grid, None, ws, plan=plan))
 
     one, few, many, again = run(1), run(3), run(FUSE_MERGE_MAX_SPLITS + 1), run(FUSE_MERGE_MAX_SPLITS + 1)
+    # different split counts sum in different orders: fp32 rounding only (eps 6e-8; a few dozen ulps)
     for i, what in enumerate(("out", "dq", "dk", "dv")):
         assert torch.equal(many[i], again[i]), what
-        assert rel_err(few[i], one[i].double()) < 1e-6, what
-        assert rel_err(many[i], one[i].double()) < 1e-6, what
+        assert rel_err(few[i], one[i].double()) < 4e-6, what
+        assert rel_err(many[i], one[i].double()) < 4e-6, what
 
 
 def test_mixer_matches_eager_mixer_with_shared_weights():
@@ -267,6 +280,20 @@ def test_gpu_rope_tables(dtype, rope_kind):
 @pytest.mark.parametrize("dtype", ["fp16", "bf16"])
 def test_gpu_mixer(dtype):
     mixer_level_case(dtype, device="cuda", dim=128, heads=2, grid=(14, 14))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dim,heads", [(192, 2), (128, 1)], ids=["d96", "d128"])
+def test_gpu_mixer_wide_heads(dim, heads):
+    """Mixer (token-major halves, tables from memory) at RAVLT-B/L's head dim 96 and at 128, bf16."""
+    mixer_level_case("bf16", device="cuda", dim=dim, heads=heads, grid=(28, 28))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch,heads", [(64, 1), (8, 4)])
+def test_gpu_benchmark_shapes(batch, heads):
+    """The benchmark suites' B*h at 56x56, d = 64, bf16 (rala_kernels.yaml, rala_kernels_h4.yaml)."""
+    run_case(batch, heads, (56, 56), 64, dtype="bf16", device="cuda")
 
 
 @pytest.mark.gpu

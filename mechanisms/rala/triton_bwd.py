@@ -36,16 +36,24 @@ import triton.language as tl
 
 from mechanisms.rala.triton_kernels import (
     EPS,
-    halves,
+    block_range,
+    dot_halves,
+    load_halves,
     load_rows_halves,
+    load_tile,
+    load_vec_halves,
     mm,
     out_tile,
-    phi,
+    phi_halves,
     rope_cs,
     rotate,
     state_ptrs,
+    store_halves,
     store_rows_halves,
+    store_tile,
+    store_vec_halves,
     stream_meta,
+    token_major,
 )
 from mechanisms.rala.triton_op import empty_like_layout, plan_launch, rope_args
 
@@ -54,12 +62,6 @@ from mechanisms.rala.triton_op import empty_like_layout, plan_launch, rope_args
 def dphi(x):
     """d phi / dx: 1 for x > 0, exp(x) otherwise."""
     return tl.where(x > 0, 1.0, tl.exp(tl.minimum(x, 0.0)))
-
-
-@triton.jit
-def interleave(xe, xo, BLOCK_N: tl.constexpr, PB: tl.constexpr):
-    """Inverse of `halves`: (BLOCK_N, PB) x2 -> (BLOCK_N, 2*PB)."""
-    return tl.reshape(tl.join(xe, xo), (BLOCK_N, 2 * PB))
 
 
 @triton.jit
@@ -80,12 +82,34 @@ def dws_ptrs(DWS, BH, S, d):
     return dkv, dks, t_all, dkv_p, dks_p, dks_p + BH * S * d
 
 
+@triton.jit
+def _dstate_block(
+    dkv_e, dkv_o, dks_e, dks_o, q_base, g_base, tok, N, W, d, kv_e, kv_o, ks_e, ks_o,
+    ANGLE, SIN, COS, srn, srd, eps, sqn, sqd, sgn, sgd,
+    BLOCK_N: tl.constexpr, PB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    MASK_N: tl.constexpr, SPLIT: tl.constexpr,
+):
+    qe, qo = load_halves(q_base, tok, N, sqn, sqd, d, BLOCK_N, PB, MASK_N, SPLIT)
+    gx = load_tile(g_base, tok, N, sgn, sgd, d, 2 * PB, MASK_N).to(tl.float32)  # (BLOCK_N, DB)
+    qp_e, qp_o, rq_e, rq_o, ce, se, co, so, num, inv_den = out_tile(
+        qe, qo, tok, N, kv_e, kv_o, ks_e, ks_o, W, d, ANGLE, SIN, COS, srn, srd, eps,
+        BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, MASK_N, SPLIT)
+    gn = gx * inv_den[:, None]  # (BLOCK_N, DB)
+    dden = -tl.sum(gn * num, 1) * inv_den  # (BLOCK_N,)
+    dkv_e += mm(tl.trans(rq_e), gn, DOT_DTYPE)  # (PB, DB)
+    dkv_o += mm(tl.trans(rq_o), gn, DOT_DTYPE)
+    dks_e += tl.sum(qp_e * dden[:, None], 0)  # (PB,)
+    dks_o += tl.sum(qp_o * dden[:, None], 0)
+    return dkv_e, dkv_o, dks_e, dks_o
+
+
 @triton.jit(do_not_specialize=["N", "W", "n_heads", "bps"])
 def _dstate_kernel(
     Q, G, WS, DWS, ANGLE, SIN, COS,
     N, W, d, n_heads, bps, eps,
     sqb, sqh, sqn, sqd, sgb, sgh, sgn, sgd, srn, srd,
     BLOCK_N: tl.constexpr, PB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
     """B1: dKV_s = sum_n R(qp_n) gn_n^T (d, d) and dksum_s = sum_n dden_n qp_n over split s's tokens."""
     DB: tl.constexpr = 2 * PB
@@ -95,31 +119,29 @@ def _dstate_kernel(
     _dkv, _dks, _t, DKV_P, DKS_P, _dqb = dws_ptrs(DWS, tl.num_programs(0), tl.num_programs(1), d)
     q_base = Q + (bh // n_heads).to(tl.int64) * sqb + (bh % n_heads).to(tl.int64) * sqh
     g_base = G + (bh // n_heads).to(tl.int64) * sgb + (bh % n_heads).to(tl.int64) * sgh
-    ch = tl.arange(0, DB)
     kv_e, kv_o = load_rows_halves(KV + bh * d * d, d, PB, DB)
     kv_e = kv_e.to(DOT_DTYPE)
     kv_o = kv_o.to(DOT_DTYPE)
-    ks = tl.load(KS + bh * d + ch, mask=ch < d, other=0.0)
+    ks_e, ks_o = load_vec_halves(KS + bh * d, d, PB)
     dkv_e = tl.zeros((PB, DB), dtype=tl.float32)
     dkv_o = tl.zeros((PB, DB), dtype=tl.float32)
-    dks = tl.zeros((DB,), dtype=tl.float32)
-    for blk in range(sp * bps, tl.minimum(sp * bps + bps, tl.cdiv(N, BLOCK_N))):
-        tok = blk * BLOCK_N + tl.arange(0, BLOCK_N)
-        tok_mask = tok < N
-        msk = tok_mask[:, None] & (ch < d)[None, :]
-        qx = tl.load(q_base + tok[:, None] * sqn + ch[None, :] * sqd, mask=msk, other=0.0).to(tl.float32)
-        gx = tl.load(g_base + tok[:, None] * sgn + ch[None, :] * sgd, mask=msk, other=0.0).to(tl.float32)
-        qp, rq_e, rq_o, ce, se, co, so, num, den = out_tile(
-            qx, msk, tok, tok_mask, kv_e, kv_o, ks, W, d, ANGLE, SIN, COS, srn, srd, eps,
-            BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE)
-        gn = gx / den[:, None]  # (BLOCK_N, DB)
-        dden = -tl.sum(gn * num, 1) / den  # (BLOCK_N,)
-        dkv_e += mm(tl.trans(rq_e), gn, DOT_DTYPE)  # (PB, DB)
-        dkv_o += mm(tl.trans(rq_o), gn, DOT_DTYPE)
-        dks += tl.sum(qp * dden[:, None], 0)
+    dks_e = tl.zeros((PB,), dtype=tl.float32)
+    dks_o = tl.zeros((PB,), dtype=tl.float32)
+    b0, b_main, has_tail = block_range(N, bps, BLOCK_N, SPLIT)
+    for blk in range(b0, b_main):
+        dkv_e, dkv_o, dks_e, dks_o = _dstate_block(
+            dkv_e, dkv_o, dks_e, dks_o, q_base, g_base, blk * BLOCK_N + tl.arange(0, BLOCK_N), N, W, d,
+            kv_e, kv_o, ks_e, ks_o, ANGLE, SIN, COS, srn, srd, eps, sqn, sqd, sgn, sgd,
+            BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, not SPLIT, SPLIT)
+    if SPLIT:  # compile-time: the masked tail exists only with the unmasked main loop
+        if has_tail:
+            dkv_e, dkv_o, dks_e, dks_o = _dstate_block(
+                dkv_e, dkv_o, dks_e, dks_o, q_base, g_base, b_main * BLOCK_N + tl.arange(0, BLOCK_N), N, W, d,
+                kv_e, kv_o, ks_e, ks_o, ANGLE, SIN, COS, srn, srd, eps, sqn, sqd, sgn, sgd,
+                BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, True, SPLIT)
     part = bh * tl.num_programs(1) + sp
     store_rows_halves(DKV_P + part * d * d, dkv_e, dkv_o, d, PB, DB)
-    tl.store(DKS_P + part * d + ch, dks, mask=ch < d)
+    store_vec_halves(DKS_P + part * d, dks_e, dks_o, d, PB)
 
 
 @triton.jit(do_not_specialize=["n_splits"])
@@ -144,12 +166,47 @@ def _dmerge_kernel(WS, DWS, n_splits, d, DB: tl.constexpr):
     tl.store(T + bh, tl.sum(tl.sum(kv * dkv, 1), 0) + tl.sum(ks * dks, 0))
 
 
+@triton.jit
+def _dkv_block(
+    dqb_e, dqb_o, k_base, v_base, dk_base, dv_base, tok, N, W, d, scale, qbar_e, qbar_o, m_fin, inv_l, t_all,
+    dkv_e, dkv_o, dks_e, dks_o, ANGLE, SIN, COS, srn, srd,
+    skn, skd, svn, svd, sdkn, sdkd, sdvn, sdvd,
+    BLOCK_N: tl.constexpr, PB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    MASK_N: tl.constexpr, SPLIT: tl.constexpr,
+):
+    ke, ko = load_halves(k_base, tok, N, skn, skd, d, BLOCK_N, PB, MASK_N, SPLIT)
+    kp_e, kp_o = phi_halves(ke, ko, tok, N, d, PB, MASK_N)  # (BLOCK_N, PB)
+    vx = load_tile(v_base, tok, N, svn, svd, d, 2 * PB, MASK_N)  # (BLOCK_N, DB)
+    alpha = tl.exp(scale * dot_halves(kp_e, kp_o, qbar_e, qbar_o) - m_fin) * inv_l  # (BLOCK_N,)
+    if MASK_N:
+        alpha = tl.where(tok < N, alpha, 0.0)
+    ce, se, co, so = rope_cs(tok, N, W, d, ANGLE, SIN, COS, srn, srd, BLOCK_N, PB, ROPE_FROM_MEM, FAST, MASK_N, SPLIT)
+    rk_e, rk_o = rotate(kp_e, kp_o, ce, se, co, so)
+    # dv_m = alpha_m dKV^T rk_m
+    dv = (mm(rk_e, dkv_e, DOT_DTYPE) + mm(rk_o, dkv_o, DOT_DTYPE)) * alpha[:, None]  # (BLOCK_N, DB)
+    store_tile(dv_base, dv, tok, N, sdvn, sdvd, d, 2 * PB, MASK_N)
+    # u_m = dKV v_m (rotated channels, as halves)
+    u_e = mm(vx, tl.trans(dkv_e), DOT_DTYPE)  # (BLOCK_N, PB)
+    u_o = mm(vx, tl.trans(dkv_o), DOT_DTYPE)
+    t_blk = tl.sum(rk_e * u_e, 1) + tl.sum(rk_o * u_o, 1) + dot_halves(kp_e, kp_o, dks_e, dks_o)
+    ds = alpha * (t_blk - t_all)  # (BLOCK_N,)
+    g_e, g_o = rotate_t(u_e, u_o, ce, se, co, so)  # R^T(dKV v)
+    sds = (scale * ds)[:, None]
+    dk_e = ((g_e + dks_e[None, :]) * alpha[:, None] + sds * qbar_e[None, :]) * dphi(ke)
+    dk_o = ((g_o + dks_o[None, :]) * alpha[:, None] + sds * qbar_o[None, :]) * dphi(ko)
+    store_halves(dk_base, dk_e, dk_o, tok, N, sdkn, sdkd, d, BLOCK_N, PB, MASK_N, SPLIT)
+    dqb_e += tl.sum(kp_e * ds[:, None], 0)
+    dqb_o += tl.sum(kp_o * ds[:, None], 0)
+    return dqb_e, dqb_o
+
+
 @triton.jit(do_not_specialize=["N", "W", "n_heads", "bps"])
 def _dkv_kernel(
     K, V, DK, DV, WS, DWS, ANGLE, SIN, COS,
     N, W, d, n_heads, bps, scale,
     skb, skh, skn, skd, svb, svh, svn, svd, sdkb, sdkh, sdkn, sdkd, sdvb, sdvh, sdvn, sdvd, srn, srd,
     BLOCK_N: tl.constexpr, PB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
     """B2: dk, dv for split s's tokens and dqbar_s = c sum_m ds_m kp_m."""
     DB: tl.constexpr = 2 * PB
@@ -159,46 +216,56 @@ def _dkv_kernel(
     DKV, DKS, T, _dkv_p, _dks_p, DQB_P = dws_ptrs(DWS, tl.num_programs(0), tl.num_programs(1), d)
     b64 = (bh // n_heads).to(tl.int64)
     h64 = (bh % n_heads).to(tl.int64)
-    ch = tl.arange(0, DB)
-    qbar = tl.load(QBAR + bh * d + ch, mask=ch < d, other=0.0)  # (DB,)
+    k_base = K + b64 * skb + h64 * skh
+    v_base = V + b64 * svb + h64 * svh
+    dk_base = DK + b64 * sdkb + h64 * sdkh
+    dv_base = DV + b64 * sdvb + h64 * sdvh
+    qbar_e, qbar_o = load_vec_halves(QBAR + bh * d, d, PB)  # (PB,) each
     m_fin = tl.load(ML + bh * 2)
-    l_fin = tl.load(ML + bh * 2 + 1)
+    inv_l = 1.0 / tl.load(ML + bh * 2 + 1)
     t_all = tl.load(T + bh)
     dkv_e, dkv_o = load_rows_halves(DKV + bh * d * d, d, PB, DB)  # (PB, DB) each
     dkv_e = dkv_e.to(DOT_DTYPE)
     dkv_o = dkv_o.to(DOT_DTYPE)
-    dks = tl.load(DKS + bh * d + ch, mask=ch < d, other=0.0)  # (DB,)
-    dqb = tl.zeros((DB,), dtype=tl.float32)
-    for blk in range(sp * bps, tl.minimum(sp * bps + bps, tl.cdiv(N, BLOCK_N))):
-        tok = blk * BLOCK_N + tl.arange(0, BLOCK_N)
-        tok_mask = tok < N
-        msk = tok_mask[:, None] & (ch < d)[None, :]
-        kx = tl.load(K + b64 * skb + h64 * skh + tok[:, None] * skn + ch[None, :] * skd,
-                     mask=msk, other=0.0).to(tl.float32)
-        vx = tl.load(V + b64 * svb + h64 * svh + tok[:, None] * svn + ch[None, :] * svd, mask=msk, other=0.0)
-        kp = tl.where(msk, phi(kx), 0.0)  # (BLOCK_N, DB)
-        s_blk = scale * tl.sum(kp * qbar[None, :], 1)
-        alpha = tl.where(tok_mask, tl.exp(s_blk - m_fin) / l_fin, 0.0)  # (BLOCK_N,)
-        ce, se, co, so = rope_cs(tok, tok_mask, W, d, ANGLE, SIN, COS, srn, srd, BLOCK_N, PB, ROPE_FROM_MEM, FAST)
-        kp_e, kp_o = halves(kp, BLOCK_N, PB)
-        rk_e, rk_o = rotate(kp_e, kp_o, ce, se, co, so)
-        # dv_m = alpha_m dKV^T rk_m
-        dv = (mm(rk_e, dkv_e, DOT_DTYPE) + mm(rk_o, dkv_o, DOT_DTYPE)) * alpha[:, None]  # (BLOCK_N, DB)
-        tl.store(DV + b64 * sdvb + h64 * sdvh + tok[:, None] * sdvn + ch[None, :] * sdvd,
-                 dv.to(DV.dtype.element_ty), mask=msk)
-        # u_m = dKV v_m (rotated channels, as halves)
-        u_e = mm(vx, tl.trans(dkv_e), DOT_DTYPE)  # (BLOCK_N, PB)
-        u_o = mm(vx, tl.trans(dkv_o), DOT_DTYPE)
-        t_blk = tl.sum(rk_e * u_e, 1) + tl.sum(rk_o * u_o, 1) + tl.sum(kp * dks[None, :], 1)
-        ds = alpha * (t_blk - t_all)  # (BLOCK_N,)
-        g_e, g_o = rotate_t(u_e, u_o, ce, se, co, so)  # R^T(dKV v)
-        dkp = (interleave(g_e, g_o, BLOCK_N, PB) + dks[None, :]) * alpha[:, None]
-        dkp += (scale * ds)[:, None] * qbar[None, :]
-        dk = dkp * dphi(kx)
-        tl.store(DK + b64 * sdkb + h64 * sdkh + tok[:, None] * sdkn + ch[None, :] * sdkd,
-                 dk.to(DK.dtype.element_ty), mask=msk)
-        dqb += tl.sum(kp * ds[:, None], 0)
-    tl.store(DQB_P + (bh * tl.num_programs(1) + sp) * d + ch, scale * dqb, mask=ch < d)
+    dks_e, dks_o = load_vec_halves(DKS + bh * d, d, PB)
+    dqb_e = tl.zeros((PB,), dtype=tl.float32)
+    dqb_o = tl.zeros((PB,), dtype=tl.float32)
+    b0, b_main, has_tail = block_range(N, bps, BLOCK_N, SPLIT)
+    for blk in range(b0, b_main):
+        dqb_e, dqb_o = _dkv_block(
+            dqb_e, dqb_o, k_base, v_base, dk_base, dv_base, blk * BLOCK_N + tl.arange(0, BLOCK_N), N, W, d, scale,
+            qbar_e, qbar_o, m_fin, inv_l, t_all, dkv_e, dkv_o, dks_e, dks_o, ANGLE, SIN, COS, srn, srd,
+            skn, skd, svn, svd, sdkn, sdkd, sdvn, sdvd, BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, not SPLIT, SPLIT)
+    if SPLIT:  # compile-time: the masked tail exists only with the unmasked main loop
+        if has_tail:
+            dqb_e, dqb_o = _dkv_block(
+                dqb_e, dqb_o, k_base, v_base, dk_base, dv_base, b_main * BLOCK_N + tl.arange(0, BLOCK_N), N, W, d,
+                scale,
+                qbar_e, qbar_o, m_fin, inv_l, t_all, dkv_e, dkv_o, dks_e, dks_o, ANGLE, SIN, COS, srn, srd,
+                skn, skd, svn, svd, sdkn, sdkd, sdvn, sdvd, BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, True, SPLIT)
+    store_vec_halves(DQB_P + (bh * tl.num_programs(1) + sp) * d, scale * dqb_e, scale * dqb_o, d, PB)
+
+
+@triton.jit
+def _dq_block(
+    q_base, g_base, dq_base, tok, N, W, d, kv_e, kv_o, ks_e, ks_o, dqb_e, dqb_o,
+    ANGLE, SIN, COS, srn, srd, eps, sqn, sqd, sgn, sgd, sdqn, sdqd,
+    BLOCK_N: tl.constexpr, PB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    MASK_N: tl.constexpr, SPLIT: tl.constexpr,
+):
+    qe, qo = load_halves(q_base, tok, N, sqn, sqd, d, BLOCK_N, PB, MASK_N, SPLIT)
+    gx = load_tile(g_base, tok, N, sgn, sgd, d, 2 * PB, MASK_N).to(tl.float32)
+    _qpe, _qpo, _rqe, _rqo, ce, se, co, so, num, inv_den = out_tile(
+        qe, qo, tok, N, kv_e, kv_o, ks_e, ks_o, W, d, ANGLE, SIN, COS, srn, srd, eps,
+        BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, MASK_N, SPLIT)
+    gn = gx * inv_den[:, None]
+    dden = -tl.sum(gn * num, 1) * inv_den
+    w_e = mm(gn, tl.trans(kv_e), DOT_DTYPE)  # (BLOCK_N, PB): KV gn on the even rows
+    w_o = mm(gn, tl.trans(kv_o), DOT_DTYPE)
+    r_e, r_o = rotate_t(w_e, w_o, ce, se, co, so)
+    dq_e = (r_e + dden[:, None] * ks_e[None, :] + dqb_e[None, :]) * dphi(qe)
+    dq_o = (r_o + dden[:, None] * ks_o[None, :] + dqb_o[None, :]) * dphi(qo)
+    store_halves(dq_base, dq_e, dq_o, tok, N, sdqn, sdqd, d, BLOCK_N, PB, MASK_N, SPLIT)
 
 
 @triton.jit(do_not_specialize=["N", "W", "n_heads", "bps"])
@@ -207,59 +274,57 @@ def _dq_kernel(
     N, W, d, n_heads, bps, eps, inv_n,
     sqb, sqh, sqn, sqd, sgb, sgh, sgn, sgd, sdqb, sdqh, sdqn, sdqd, srn, srd,
     BLOCK_N: tl.constexpr, PB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
     """B3: dq_n = (R^T(KV gn_n) + dden_n ksum + dqbar / N) * phi'(q_n) for split s's tokens."""
     DB: tl.constexpr = 2 * PB
     bh = tl.program_id(0)
-    sp = tl.program_id(1)
     n_splits = tl.num_programs(1)
     b64 = (bh // n_heads).to(tl.int64)
     h64 = (bh % n_heads).to(tl.int64)
+    q_base = Q + b64 * sqb + h64 * sqh
+    g_base = G + b64 * sgb + h64 * sgh
+    dq_base = DQ + b64 * sdqb + h64 * sdqh
     _qbar, KV, KS, _ml, _part = state_ptrs(WS, tl.num_programs(0), d)
     _dkv, _dks, _t, _dkv_p, _dks_p, DQB_P = dws_ptrs(DWS, tl.num_programs(0), n_splits, d)
-    ch = tl.arange(0, DB)
     kv_e, kv_o = load_rows_halves(KV + bh * d * d, d, PB, DB)
     kv_e = kv_e.to(DOT_DTYPE)
     kv_o = kv_o.to(DOT_DTYPE)
-    ks = tl.load(KS + bh * d + ch, mask=ch < d, other=0.0)
-    dqb = tl.zeros((DB,), dtype=tl.float32)
+    ks_e, ks_o = load_vec_halves(KS + bh * d, d, PB)
+    dqb_e = tl.zeros((PB,), dtype=tl.float32)
+    dqb_o = tl.zeros((PB,), dtype=tl.float32)
     for s in range(0, n_splits):  # fixed order: deterministic
-        dqb += tl.load(DQB_P + (bh * n_splits + s) * d + ch, mask=ch < d, other=0.0)
-    dqb = dqb * inv_n
-    for blk in range(sp * bps, tl.minimum(sp * bps + bps, tl.cdiv(N, BLOCK_N))):
-        tok = blk * BLOCK_N + tl.arange(0, BLOCK_N)
-        tok_mask = tok < N
-        msk = tok_mask[:, None] & (ch < d)[None, :]
-        qx = tl.load(Q + b64 * sqb + h64 * sqh + tok[:, None] * sqn + ch[None, :] * sqd,
-                     mask=msk, other=0.0).to(tl.float32)
-        gx = tl.load(G + b64 * sgb + h64 * sgh + tok[:, None] * sgn + ch[None, :] * sgd,
-                     mask=msk, other=0.0).to(tl.float32)
-        qp, rq_e, rq_o, ce, se, co, so, num, den = out_tile(
-            qx, msk, tok, tok_mask, kv_e, kv_o, ks, W, d, ANGLE, SIN, COS, srn, srd, eps,
-            BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE)
-        gn = gx / den[:, None]
-        dden = -tl.sum(gn * num, 1) / den
-        w_e = mm(gn, tl.trans(kv_e), DOT_DTYPE)  # (BLOCK_N, PB): KV gn on the even rows
-        w_o = mm(gn, tl.trans(kv_o), DOT_DTYPE)
-        r_e, r_o = rotate_t(w_e, w_o, ce, se, co, so)
-        dqp = interleave(r_e, r_o, BLOCK_N, PB) + dden[:, None] * ks[None, :] + dqb[None, :]
-        dq = dqp * dphi(qx)
-        tl.store(DQ + b64 * sdqb + h64 * sdqh + tok[:, None] * sdqn + ch[None, :] * sdqd,
-                 dq.to(DQ.dtype.element_ty), mask=msk)
+        pe, po = load_vec_halves(DQB_P + (bh * n_splits + s) * d, d, PB)
+        dqb_e += pe
+        dqb_o += po
+    dqb_e = dqb_e * inv_n
+    dqb_o = dqb_o * inv_n
+    b0, b_main, has_tail = block_range(N, bps, BLOCK_N, SPLIT)
+    for blk in range(b0, b_main):
+        _dq_block(q_base, g_base, dq_base, blk * BLOCK_N + tl.arange(0, BLOCK_N), N, W, d, kv_e, kv_o,
+                  ks_e, ks_o, dqb_e, dqb_o, ANGLE, SIN, COS, srn, srd, eps, sqn, sqd, sgn, sgd, sdqn, sdqd,
+                  BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, not SPLIT, SPLIT)
+    if SPLIT:  # compile-time: the masked tail exists only with the unmasked main loop
+        if has_tail:
+            _dq_block(q_base, g_base, dq_base, b_main * BLOCK_N + tl.arange(0, BLOCK_N), N, W, d, kv_e, kv_o,
+                      ks_e, ks_o, dqb_e, dqb_o, ANGLE, SIN, COS, srn, srd, eps, sqn, sqd, sgn, sgd, sdqn, sdqd,
+                      BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, True, SPLIT)
 
 
 def rala_backward(g, q, k, v, grid, rope, ws, *, plan=None):
     """Gradients (dq, dk, dv) of sum(out * g); `ws` = the forward's workspace (its small state)."""
     b, h, n, d = q.shape
     bh, dev = b * h, q.device
-    plan = plan or plan_launch(bh, n, d, q.dtype, dev, backward=True)
-    angle, sin, cos, srn, srd, from_mem = rope_args(rope, n, d, dev)
-    meta = stream_meta(plan, from_mem, q.dtype)
+    plan = plan or plan_launch(bh, n, d, q.dtype, dev, backward=True, token_major=token_major(q))
+    split = token_major(q)
+    angle, sin, cos, srn, srd, from_mem = rope_args(rope, n, d, dev, token_major=split)
+    meta = stream_meta(plan, from_mem, q.dtype, split)
     s, nw, w = plan.splits, plan.num_warps, grid[1]
     dws = torch.empty(bh * (d * d + d + 1) + bh * s * (d * d + 2 * d), dtype=torch.float32, device=dev)
     dq, dk, dv = empty_like_layout(q), empty_like_layout(k), empty_like_layout(v)
+    meta_b1 = dict(meta, num_warps=plan.warps_b1 or plan.num_warps)
     _dstate_kernel[(bh, s)](q, g, ws, dws, angle, sin, cos, n, w, d, h, plan.bps, EPS,
-                            *q.stride(), *g.stride(), srn, srd, **meta)
+                            *q.stride(), *g.stride(), srn, srd, **meta_b1)
     _dmerge_kernel[(bh,)](ws, dws, s, d, DB=2 * plan.pb, num_warps=nw)
     _dkv_kernel[(bh, s)](k, v, dk, dv, ws, dws, angle, sin, cos, n, w, d, h, plan.bps, d**-0.5,
                          *k.stride(), *v.stride(), *dk.stride(), *dv.stride(), srn, srd, **meta)

@@ -25,9 +25,15 @@ and the token-contiguous views made by the mixer's head split are read without a
 is fp32; tl.dot operands are cast to the input dtype (fp16/bf16 tensor cores, fp32 accumulation)
 or stay fp32 with input_precision="ieee" (no TF32) for fp32 inputs.
 
-RoPE: the pair (2i, 2i+1) rotates by one angle, so each (tokens, d) tile is split into its even
-and odd channels (tl.split), the rotation is elementwise on the halves, and d-by-d matrices whose
-rows are rotated channels (KV, dKV) are held as two (d/2, d) halves. Without tables the angles
+RoPE: the pair (2i, 2i+1) rotates by one angle, so q, k (and dq, dk, ksum, qbar) are handled as
+their even and odd channels ("halves"), the rotation is elementwise on the halves, and d-by-d
+matrices whose rows are rotated channels (KV, dKV) are held as two (d/2, d) halves. Channel-major
+inputs load a full tile and split it in registers (tl.split); token-major inputs (the mixer's head
+split, SPLIT) load the halves as two token-contiguous tiles and the launcher hands the RoPE tables
+over token-major too, so no tile changes its register layout. Token loops: with token-major inputs
+an unmasked main loop over whole blocks plus one masked tail block (the mask is then constant along
+the contiguous tokens, so loads are 16 bytes wide); channel-major inputs keep one masked loop.
+Normaliser: one reciprocal per token, multiplied into the d outputs. Without tables the angles
 come from the token's (row, col): theta = pos * angle[j] in fp32 with `angle` the spec's (d/2,)
 buffer read from a tiny tensor (so theta is bitwise the reference tables' fp32 product), sin/cos
 in-kernel (`sincos`). With tables (the mixer passes its Rope2d's (sin, cos)), they are loaded
@@ -101,21 +107,112 @@ def sincos(theta, FAST: tl.constexpr):
 
 
 @triton.jit
+def interleave(xe, xo, BLOCK_N: tl.constexpr, PB: tl.constexpr):
+    """Inverse of `halves`: (BLOCK_N, PB) x2 -> (BLOCK_N, 2*PB)."""
+    return tl.reshape(tl.join(xe, xo), (BLOCK_N, 2 * PB))
+
+
+@triton.jit
+def tile_mask(tok, N, cols, ncols, MASK_N: tl.constexpr):
+    """cols < ncols (padding of the d-block), and tok < N on the masked tail block only: the main
+    loop's mask is constant along tokens, so token-contiguous tiles keep 16-byte accesses."""
+    msk = (cols < ncols)[None, :]
+    if MASK_N:
+        msk = msk & (tok < N)[:, None]
+    return msk
+
+
+@triton.jit
+def load_tile(base, tok, N, sn, sd, d, DB: tl.constexpr, MASK_N: tl.constexpr):
+    """A (BLOCK_N, DB) tile of a (N, d) matrix with strides (sn, sd), zero padded."""
+    ch = tl.arange(0, DB)
+    return tl.load(base + tok[:, None] * sn + ch[None, :] * sd, mask=tile_mask(tok, N, ch, d, MASK_N), other=0.0)
+
+
+@triton.jit
+def store_tile(base, x, tok, N, sn, sd, d, DB: tl.constexpr, MASK_N: tl.constexpr):
+    ch = tl.arange(0, DB)
+    tl.store(base + tok[:, None] * sn + ch[None, :] * sd, x.to(base.dtype.element_ty),
+             mask=tile_mask(tok, N, ch, d, MASK_N))
+
+
+@triton.jit
+def load_halves(base, tok, N, sn, sd, d, BLOCK_N: tl.constexpr, PB: tl.constexpr, MASK_N: tl.constexpr,
+                SPLIT: tl.constexpr):
+    """Even and odd channels of a (BLOCK_N, d) tile, each (BLOCK_N, PB) fp32, zero padded.
+
+    SPLIT (token-contiguous memory, the mixer's layout): the even and odd channels are separate
+    token-contiguous rows and are loaded as two tiles, so no tile changes its register layout;
+    otherwise (channel-contiguous) one full-width load, split in registers."""
+    if SPLIT:
+        pair = tl.arange(0, PB)
+        ptr = base + tok[:, None] * sn + (2 * pair)[None, :] * sd
+        msk = tile_mask(tok, N, 2 * pair, d, MASK_N)
+        xe = tl.load(ptr, mask=msk, other=0.0).to(tl.float32)
+        xo = tl.load(ptr + sd, mask=msk, other=0.0).to(tl.float32)
+    else:
+        xe, xo = halves(load_tile(base, tok, N, sn, sd, d, 2 * PB, MASK_N).to(tl.float32), BLOCK_N, PB)
+    return xe, xo
+
+
+@triton.jit
+def store_halves(base, xe, xo, tok, N, sn, sd, d, BLOCK_N: tl.constexpr, PB: tl.constexpr, MASK_N: tl.constexpr,
+                 SPLIT: tl.constexpr):
+    """Inverse of `load_halves` (cast to the destination's dtype)."""
+    if SPLIT:
+        pair = tl.arange(0, PB)
+        ptr = base + tok[:, None] * sn + (2 * pair)[None, :] * sd
+        msk = tile_mask(tok, N, 2 * pair, d, MASK_N)
+        tl.store(ptr, xe.to(base.dtype.element_ty), mask=msk)
+        tl.store(ptr + sd, xo.to(base.dtype.element_ty), mask=msk)
+    else:
+        store_tile(base, interleave(xe, xo, BLOCK_N, PB), tok, N, sn, sd, d, 2 * PB, MASK_N)
+
+
+@triton.jit
+def phi_halves(xe, xo, tok, N, d, PB: tl.constexpr, MASK_N: tl.constexpr):
+    """phi on both halves, 0 on padding (channels >= d and, on the tail, tokens >= N)."""
+    msk = tile_mask(tok, N, 2 * tl.arange(0, PB), d, MASK_N)
+    return tl.where(msk, phi(xe), 0.0), tl.where(msk, phi(xo), 0.0)
+
+
+@triton.jit
+def load_vec_halves(ptr, d, PB: tl.constexpr):
+    """A (d,) fp32 vector as its even and odd entries, each (PB,), zero padded."""
+    pair = tl.arange(0, PB)
+    return (tl.load(ptr + 2 * pair, mask=2 * pair < d, other=0.0),
+            tl.load(ptr + 2 * pair + 1, mask=2 * pair < d, other=0.0))
+
+
+@triton.jit
+def store_vec_halves(ptr, xe, xo, d, PB: tl.constexpr):
+    pair = tl.arange(0, PB)
+    tl.store(ptr + 2 * pair, xe, mask=2 * pair < d)
+    tl.store(ptr + 2 * pair + 1, xo, mask=2 * pair < d)
+
+
+@triton.jit
+def dot_halves(xe, xo, ye, yo):
+    """Row-wise dot product of (BLOCK_N, PB) halves with (PB,) halves -> (BLOCK_N,)."""
+    return tl.sum(xe * ye[None, :], 1) + tl.sum(xo * yo[None, :], 1)
+
+
+@triton.jit
 def rope_cs(
-    tok, tok_mask, W, d, ANGLE, SIN, COS, stride_rn, stride_rd,
+    tok, N, W, d, ANGLE, SIN, COS, stride_rn, stride_rd,
     BLOCK_N: tl.constexpr, PB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr,
+    MASK_N: tl.constexpr, SPLIT: tl.constexpr,
 ):
     """cos/sin of the even and odd channel of every pair: (ce, se, co, so), each (BLOCK_N, PB) fp32.
 
     In-kernel: pair i < d/4 rotates by row * angle[2i], pair i >= d/4 by col * angle[2i - d/2]
     (spec section 3: first d/2 channels use the row index); both channels of a pair share it.
+    From tables: loaded in the inputs' memory order (the launcher hands token-major tables to
+    token-major inputs).
     """
     if ROPE_FROM_MEM:
-        ch = tl.arange(0, 2 * PB)
-        off = tok[:, None] * stride_rn + ch[None, :] * stride_rd  # (BLOCK_N, DB)
-        msk = tok_mask[:, None] & (ch < d)[None, :]
-        ce, co = halves(tl.load(COS + off, mask=msk, other=0.0).to(tl.float32), BLOCK_N, PB)
-        se, so = halves(tl.load(SIN + off, mask=msk, other=0.0).to(tl.float32), BLOCK_N, PB)
+        ce, co = load_halves(COS, tok, N, stride_rn, stride_rd, d, BLOCK_N, PB, MASK_N, SPLIT)
+        se, so = load_halves(SIN, tok, N, stride_rn, stride_rd, d, BLOCK_N, PB, MASK_N, SPLIT)
     else:
         pair = tl.arange(0, PB)
         is_row = 2 * pair < d // 2  # (PB,)
@@ -179,13 +276,39 @@ def partial_ptrs(PART, BH, S, d):
     return qsum, kv_p, ks_p, m_p, m_p + BH * S
 
 
+@triton.jit
+def block_range(N, bps, BLOCK_N: tl.constexpr, TAIL: tl.constexpr):
+    """Split s's token blocks [b0, b1). TAIL (token-major inputs): the unmasked main loop runs
+    [b0, b_main) and the block b_main (N % BLOCK_N tokens) runs masked when has_tail (last split
+    only, only if N % BLOCK_N): the main loop's tiles keep 16-byte accesses. Otherwise (channel-major:
+    a token mask is constant along the contiguous channels anyway) one masked loop over [b0, b1):
+    a second copy of the loop body would keep its own layouts of the loop invariants live
+    (up to ~150 more registers per thread, measured on sm_90 fp32)."""
+    b0 = tl.program_id(1) * bps
+    b1 = tl.minimum(b0 + bps, tl.cdiv(N, BLOCK_N))
+    if TAIL:
+        n_full = N // BLOCK_N
+        b_main = tl.minimum(b1, n_full)
+        has_tail = b1 > n_full
+    else:
+        b_main = b1
+        has_tail = b1 < b0  # never
+    return b0, b_main, has_tail
+
+
 # ---------------------------------------------------------------------------------------------
 # forward kernels
 # ---------------------------------------------------------------------------------------------
+@triton.jit
+def _qbar_block(acc, q_base, tok, N, sqn, sqd, d, DB: tl.constexpr, MASK_N: tl.constexpr):
+    x = load_tile(q_base, tok, N, sqn, sqd, d, DB, MASK_N).to(tl.float32)
+    return acc + tl.where(tile_mask(tok, N, tl.arange(0, DB), d, MASK_N), phi(x), 0.0)
+
+
 @triton.jit(do_not_specialize=["N", "n_heads", "bps"])
 def _qbar_kernel(
     Q, WS, N, d, n_heads, bps, sqb, sqh, sqn, sqd,
-    BLOCK_N: tl.constexpr, DB: tl.constexpr,
+    BLOCK_N: tl.constexpr, DB: tl.constexpr, SPLIT: tl.constexpr,
 ):
     """Pass (a): qsum[bh, s, :] = sum of phi(q_n) over split s's tokens (a (B*h, S, d) partial)."""
     bh = tl.program_id(0)
@@ -196,12 +319,40 @@ def _qbar_kernel(
     q_base = Q + (bh // n_heads).to(tl.int64) * sqb + (bh % n_heads).to(tl.int64) * sqh
     ch = tl.arange(0, DB)
     acc = tl.zeros((BLOCK_N, DB), dtype=tl.float32)
-    for blk in range(sp * bps, tl.minimum(sp * bps + bps, tl.cdiv(N, BLOCK_N))):
-        tok = blk * BLOCK_N + tl.arange(0, BLOCK_N)
-        msk = (tok < N)[:, None] & (ch < d)[None, :]
-        x = tl.load(q_base + tok[:, None] * sqn + ch[None, :] * sqd, mask=msk, other=0.0).to(tl.float32)
-        acc += tl.where(msk, phi(x), 0.0)
+    b0, b_main, has_tail = block_range(N, bps, BLOCK_N, SPLIT)
+    for blk in range(b0, b_main):
+        acc = _qbar_block(acc, q_base, blk * BLOCK_N + tl.arange(0, BLOCK_N), N, sqn, sqd, d, DB, not SPLIT)
+    if SPLIT:  # compile-time: the masked tail exists only with the unmasked main loop
+        if has_tail:
+            acc = _qbar_block(acc, q_base, b_main * BLOCK_N + tl.arange(0, BLOCK_N), N, sqn, sqd, d, DB, True)
     tl.store(QSUM + (bh * n_splits + sp) * d + ch, tl.sum(acc, 0), mask=ch < d)
+
+
+@triton.jit
+def _state_block(
+    m_run, l_run, kv_e, kv_o, ks_e, ks_o, qbar_e, qbar_o, k_base, v_base, tok,
+    N, W, d, scale, skn, skd, svn, svd, ANGLE, SIN, COS, srn, srd,
+    BLOCK_N: tl.constexpr, PB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, MASK_N: tl.constexpr, SPLIT: tl.constexpr,
+):
+    """One token block of pass (b): the online-softmax update of (m, l, KV, ksum)."""
+    ke, ko = load_halves(k_base, tok, N, skn, skd, d, BLOCK_N, PB, MASK_N, SPLIT)
+    kp_e, kp_o = phi_halves(ke, ko, tok, N, d, PB, MASK_N)  # (BLOCK_N, PB) each
+    vx = load_tile(v_base, tok, N, svn, svd, d, 2 * PB, MASK_N)  # (BLOCK_N, DB), input dtype
+    s_blk = scale * dot_halves(kp_e, kp_o, qbar_e, qbar_o)  # (BLOCK_N,)
+    if MASK_N:
+        s_blk = tl.where(tok < N, s_blk, -float("inf"))
+    m_new = tl.maximum(m_run, tl.max(s_blk, 0))
+    rescale = tl.exp(m_run - m_new)  # 0 on the first block
+    p = tl.exp(s_blk - m_new)  # (BLOCK_N,), 0 on padding tokens
+    l_run = l_run * rescale + tl.sum(p, 0)
+    ce, se, co, so = rope_cs(tok, N, W, d, ANGLE, SIN, COS, srn, srd, BLOCK_N, PB, ROPE_FROM_MEM, FAST, MASK_N, SPLIT)
+    rk_e, rk_o = rotate(kp_e, kp_o, ce, se, co, so)  # R(phi(k)) halves (BLOCK_N, PB)
+    kv_e = kv_e * rescale + mm(tl.trans(rk_e * p[:, None]), vx, DOT_DTYPE)  # (PB, DB)
+    kv_o = kv_o * rescale + mm(tl.trans(rk_o * p[:, None]), vx, DOT_DTYPE)
+    ks_e = ks_e * rescale + tl.sum(kp_e * p[:, None], 0)  # (PB,)
+    ks_o = ks_o * rescale + tl.sum(kp_o * p[:, None], 0)
+    return m_new, l_run, kv_e, kv_o, ks_e, ks_o
 
 
 @triton.jit(do_not_specialize=["N", "W", "n_heads", "bps"])
@@ -210,6 +361,7 @@ def _state_kernel(
     N, W, d, n_heads, bps, scale, inv_n,
     skb, skh, skn, skd, svb, svh, svn, svd, srn, srd,
     BLOCK_N: tl.constexpr, PB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
     """Pass (b): split s's online-softmax state over its tokens.
 
@@ -224,41 +376,40 @@ def _state_kernel(
     QSUM, KV_P, KS_P, M_P, L_P = partial_ptrs(PART, tl.num_programs(0), n_splits, d)
     k_base = K + (bh // n_heads).to(tl.int64) * skb + (bh % n_heads).to(tl.int64) * skh
     v_base = V + (bh // n_heads).to(tl.int64) * svb + (bh % n_heads).to(tl.int64) * svh
-    ch = tl.arange(0, DB)
-    qsum = tl.zeros((DB,), dtype=tl.float32)
+    qsum_e = tl.zeros((PB,), dtype=tl.float32)
+    qsum_o = tl.zeros((PB,), dtype=tl.float32)
     for s in range(0, n_splits):  # fixed order: deterministic
-        qsum += tl.load(QSUM + (bh * n_splits + s) * d + ch, mask=ch < d, other=0.0)
-    qbar = qsum * inv_n  # (DB,)
-    tl.store(QBAR + bh * d + ch, qbar, mask=ch < tl.where(sp == 0, d, 0))  # split 0 only
+        pe, po = load_vec_halves(QSUM + (bh * n_splits + s) * d, d, PB)
+        qsum_e += pe
+        qsum_o += po
+    qbar_e = qsum_e * inv_n  # (PB,)
+    qbar_o = qsum_o * inv_n
+    if sp == 0:
+        store_vec_halves(QBAR + bh * d, qbar_e, qbar_o, d, PB)
 
     m_run = -float("inf")
     l_run = 0.0
     kv_e = tl.zeros((PB, DB), dtype=tl.float32)  # rows 0, 2, 4, ... of KV
     kv_o = tl.zeros((PB, DB), dtype=tl.float32)  # rows 1, 3, 5, ...
-    ks = tl.zeros((DB,), dtype=tl.float32)
-    for blk in range(sp * bps, tl.minimum(sp * bps + bps, tl.cdiv(N, BLOCK_N))):
-        tok = blk * BLOCK_N + tl.arange(0, BLOCK_N)
-        tok_mask = tok < N
-        msk = tok_mask[:, None] & (ch < d)[None, :]
-        kx = tl.load(k_base + tok[:, None] * skn + ch[None, :] * skd, mask=msk, other=0.0).to(tl.float32)
-        vx = tl.load(v_base + tok[:, None] * svn + ch[None, :] * svd, mask=msk, other=0.0)
-        kp = tl.where(msk, phi(kx), 0.0)  # (BLOCK_N, DB)
-        s_blk = tl.where(tok_mask, scale * tl.sum(kp * qbar[None, :], 1), -float("inf"))  # (BLOCK_N,)
-        m_new = tl.maximum(m_run, tl.max(s_blk, 0))
-        rescale = tl.exp(m_run - m_new)  # 0 on the first block
-        p = tl.exp(s_blk - m_new)  # (BLOCK_N,), 0 on padding tokens
-        l_run = l_run * rescale + tl.sum(p, 0)
-        ce, se, co, so = rope_cs(tok, tok_mask, W, d, ANGLE, SIN, COS, srn, srd, BLOCK_N, PB, ROPE_FROM_MEM, FAST)
-        kp_e, kp_o = halves(kp, BLOCK_N, PB)
-        rk_e, rk_o = rotate(kp_e, kp_o, ce, se, co, so)  # R(phi(k)) halves (BLOCK_N, PB)
-        kv_e = kv_e * rescale + mm(tl.trans(rk_e * p[:, None]), vx, DOT_DTYPE)  # (PB, DB)
-        kv_o = kv_o * rescale + mm(tl.trans(rk_o * p[:, None]), vx, DOT_DTYPE)
-        ks = ks * rescale + tl.sum(kp * p[:, None], 0)
-        m_run = m_new
+    ks_e = tl.zeros((PB,), dtype=tl.float32)
+    ks_o = tl.zeros((PB,), dtype=tl.float32)
+    b0, b_main, has_tail = block_range(N, bps, BLOCK_N, SPLIT)
+    for blk in range(b0, b_main):
+        m_run, l_run, kv_e, kv_o, ks_e, ks_o = _state_block(
+            m_run, l_run, kv_e, kv_o, ks_e, ks_o, qbar_e, qbar_o, k_base, v_base, blk * BLOCK_N + tl.arange(0, BLOCK_N),
+            N, W, d, scale, skn, skd, svn, svd, ANGLE, SIN, COS, srn, srd,
+            BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, not SPLIT, SPLIT)
+    if SPLIT:  # compile-time: the masked tail exists only with the unmasked main loop
+        if has_tail:
+            m_run, l_run, kv_e, kv_o, ks_e, ks_o = _state_block(
+                m_run, l_run, kv_e, kv_o, ks_e, ks_o, qbar_e, qbar_o, k_base, v_base,
+                b_main * BLOCK_N + tl.arange(0, BLOCK_N),
+                N, W, d, scale, skn, skd, svn, svd, ANGLE, SIN, COS, srn, srd,
+                BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, True, SPLIT)
 
     part = bh * n_splits + sp
     store_rows_halves(KV_P + part * d * d, kv_e, kv_o, d, PB, DB)
-    tl.store(KS_P + part * d + ch, ks, mask=ch < d)
+    store_vec_halves(KS_P + part * d, ks_e, ks_o, d, PB)
     tl.store(M_P + part, m_run)
     tl.store(L_P + part, l_run)
 
@@ -267,18 +418,18 @@ def _state_kernel(
 def merged_state(WS, bh, n_splits, d, PB: tl.constexpr):
     """Combine the S partial states of one (b, h) in a fixed order (deterministic, no atomics):
     M = max_s m_s, w_s = exp(m_s - M), L = sum_s w_s l_s, KV = sum_s w_s KV_s / L, ksum likewise.
-    Returns KV's even and odd rows (PB, DB), ksum (DB,), M, L."""
+    Returns KV's even and odd rows (PB, DB), ksum's halves (PB,) x2, M, L."""
     DB: tl.constexpr = 2 * PB
     _qbar, _kv, _ks, _ml, PART = state_ptrs(WS, tl.num_programs(0), d)
     _qsum, KV_P, KS_P, M_P, L_P = partial_ptrs(PART, tl.num_programs(0), n_splits, d)
-    ch = tl.arange(0, DB)
     m_all = tl.load(M_P + bh * n_splits)
     for s in range(1, n_splits):
         m_all = tl.maximum(m_all, tl.load(M_P + bh * n_splits + s))
     l_all = 0.0
     kv_e = tl.zeros((PB, DB), dtype=tl.float32)
     kv_o = tl.zeros((PB, DB), dtype=tl.float32)
-    ks = tl.zeros((DB,), dtype=tl.float32)
+    ks_e = tl.zeros((PB,), dtype=tl.float32)
+    ks_o = tl.zeros((PB,), dtype=tl.float32)
     for s in range(0, n_splits):
         part = bh * n_splits + s
         w = tl.exp(tl.load(M_P + part) - m_all)
@@ -286,18 +437,19 @@ def merged_state(WS, bh, n_splits, d, PB: tl.constexpr):
         p_e, p_o = load_rows_halves(KV_P + part * d * d, d, PB, DB)
         kv_e += w * p_e
         kv_o += w * p_o
-        ks += w * tl.load(KS_P + part * d + ch, mask=ch < d, other=0.0)
+        k_e, k_o = load_vec_halves(KS_P + part * d, d, PB)
+        ks_e += w * k_e
+        ks_o += w * k_o
     inv_l = 1.0 / l_all
-    return kv_e * inv_l, kv_o * inv_l, ks * inv_l, m_all, l_all
+    return kv_e * inv_l, kv_o * inv_l, ks_e * inv_l, ks_o * inv_l, m_all, l_all
 
 
 @triton.jit
-def store_state(WS, bh, kv_e, kv_o, ks, m_all, l_all, d, PB: tl.constexpr):
+def store_state(WS, bh, kv_e, kv_o, ks_e, ks_o, m_all, l_all, d, PB: tl.constexpr):
     """Store the merged state of one (b, h) where the backward finds it."""
-    ch = tl.arange(0, 2 * PB)
     _qbar, KV, KS, ML, _part = state_ptrs(WS, tl.num_programs(0), d)
     store_rows_halves(KV + bh * d * d, kv_e, kv_o, d, PB, 2 * PB)
-    tl.store(KS + bh * d + ch, ks, mask=ch < d)
+    store_vec_halves(KS + bh * d, ks_e, ks_o, d, PB)
     tl.store(ML + bh * 2, m_all)
     tl.store(ML + bh * 2 + 1, l_all)
 
@@ -306,24 +458,40 @@ def store_state(WS, bh, kv_e, kv_o, ks, m_all, l_all, d, PB: tl.constexpr):
 def _merge_kernel(WS, n_splits, d, PB: tl.constexpr):
     """Merge of the split states, one program per (b, h) (used when S > FUSE_MERGE_MAX_SPLITS)."""
     bh = tl.program_id(0)
-    kv_e, kv_o, ks, m_all, l_all = merged_state(WS, bh, n_splits, d, PB)
-    store_state(WS, bh, kv_e, kv_o, ks, m_all, l_all, d, PB)
+    kv_e, kv_o, ks_e, ks_o, m_all, l_all = merged_state(WS, bh, n_splits, d, PB)
+    store_state(WS, bh, kv_e, kv_o, ks_e, ks_o, m_all, l_all, d, PB)
 
 
 @triton.jit
 def out_tile(
-    qx, msk, tok, tok_mask, kv_e, kv_o, ks, W, d, ANGLE, SIN, COS, srn, srd, eps,
+    qe, qo, tok, N, kv_e, kv_o, ks_e, ks_o, W, d, ANGLE, SIN, COS, srn, srd, eps,
     BLOCK_N: tl.constexpr, PB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    MASK_N: tl.constexpr, SPLIT: tl.constexpr,
 ):
-    """Pass (c) on one q tile, shared by the forward and the backward's recompute:
-    qp (BLOCK_N, DB), rotated halves, rope tables, num (BLOCK_N, DB), den (BLOCK_N,)."""
-    qp = tl.where(msk, phi(qx), 0.0)  # (BLOCK_N, DB)
-    den = tl.sum(qp * ks[None, :], 1) + eps  # (BLOCK_N,)
-    ce, se, co, so = rope_cs(tok, tok_mask, W, d, ANGLE, SIN, COS, srn, srd, BLOCK_N, PB, ROPE_FROM_MEM, FAST)
-    qp_e, qp_o = halves(qp, BLOCK_N, PB)
+    """Pass (c) on one q tile (raw halves qe, qo), shared by the forward and the backward's recompute:
+    qp halves (BLOCK_N, PB), rotated halves, rope tables, num (BLOCK_N, DB), 1 / den (BLOCK_N,)."""
+    qp_e, qp_o = phi_halves(qe, qo, tok, N, d, PB, MASK_N)
+    inv_den = 1.0 / (dot_halves(qp_e, qp_o, ks_e, ks_o) + eps)  # (BLOCK_N,): one division per token
+    ce, se, co, so = rope_cs(tok, N, W, d, ANGLE, SIN, COS, srn, srd, BLOCK_N, PB, ROPE_FROM_MEM, FAST, MASK_N, SPLIT)
     rq_e, rq_o = rotate(qp_e, qp_o, ce, se, co, so)
     num = mm(rq_e, kv_e, DOT_DTYPE) + mm(rq_o, kv_o, DOT_DTYPE)  # (BLOCK_N, DB)
-    return qp, rq_e, rq_o, ce, se, co, so, num, den
+    return qp_e, qp_o, rq_e, rq_o, ce, se, co, so, num, inv_den
+
+
+@triton.jit
+def _out_block(
+    q_base, o_base, tok, N, W, d, kv_e, kv_o, ks_e, ks_o, ANGLE, SIN, COS, srn, srd, eps,
+    sqn, sqd, son, sod,
+    BLOCK_N: tl.constexpr, PB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    MASK_N: tl.constexpr, SPLIT: tl.constexpr,
+):
+    qe, qo = load_halves(q_base, tok, N, sqn, sqd, d, BLOCK_N, PB, MASK_N, SPLIT)
+    # the same tuple unpacking as the backward's recompute (portable across triton versions)
+    _qpe, _qpo, _rqe, _rqo, _ce, _se, _co, _so, num, inv_den = out_tile(
+        qe, qo, tok, N, kv_e, kv_o, ks_e, ks_o, W, d, ANGLE, SIN, COS, srn, srd, eps,
+        BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, MASK_N, SPLIT,
+    )  # num (BLOCK_N, DB), inv_den (BLOCK_N,)
+    store_tile(o_base, num * inv_den[:, None], tok, N, son, sod, d, 2 * PB, MASK_N)
 
 
 @triton.jit(do_not_specialize=["N", "W", "n_heads", "bps", "n_splits"])
@@ -332,7 +500,7 @@ def _out_kernel(
     N, W, d, n_heads, bps, eps, n_splits,
     sqb, sqh, sqn, sqd, sob, soh, son, sod, srn, srd,
     BLOCK_N: tl.constexpr, PB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    FUSE_MERGE: tl.constexpr,
+    SPLIT: tl.constexpr, FUSE_MERGE: tl.constexpr,
 ):
     """Pass (c): out_n = R(phi(q_n)) @ KV / (phi(q_n) . ksum + eps) for split s's tokens.
 
@@ -345,37 +513,39 @@ def _out_kernel(
     q_base = Q + (bh // n_heads).to(tl.int64) * sqb + (bh % n_heads).to(tl.int64) * sqh
     o_base = OUT + (bh // n_heads).to(tl.int64) * sob + (bh % n_heads).to(tl.int64) * soh
     _qbar, KV, KS, _ml, _part = state_ptrs(WS, tl.num_programs(0), d)
-    ch = tl.arange(0, DB)
     if FUSE_MERGE:
-        kv_e, kv_o, ks, m_all, l_all = merged_state(WS, bh, n_splits, d, PB)
+        kv_e, kv_o, ks_e, ks_o, m_all, l_all = merged_state(WS, bh, n_splits, d, PB)
         if sp == 0:
-            store_state(WS, bh, kv_e, kv_o, ks, m_all, l_all, d, PB)
+            store_state(WS, bh, kv_e, kv_o, ks_e, ks_o, m_all, l_all, d, PB)
     else:
         kv_e, kv_o = load_rows_halves(KV + bh * d * d, d, PB, DB)  # (PB, DB) each
-        ks = tl.load(KS + bh * d + ch, mask=ch < d, other=0.0)  # (DB,)
+        ks_e, ks_o = load_vec_halves(KS + bh * d, d, PB)  # (PB,) each
     kv_e = kv_e.to(DOT_DTYPE)
     kv_o = kv_o.to(DOT_DTYPE)
-    for blk in range(sp * bps, tl.minimum(sp * bps + bps, tl.cdiv(N, BLOCK_N))):
-        tok = blk * BLOCK_N + tl.arange(0, BLOCK_N)
-        tok_mask = tok < N
-        msk = tok_mask[:, None] & (ch < d)[None, :]
-        qx = tl.load(q_base + tok[:, None] * sqn + ch[None, :] * sqd, mask=msk, other=0.0).to(tl.float32)
-        # the same tuple unpacking as the backward's recompute (portable across triton versions)
-        _qp, _rqe, _rqo, _ce, _se, _co, _so, num, den = out_tile(
-            qx, msk, tok, tok_mask, kv_e, kv_o, ks, W, d, ANGLE, SIN, COS, srn, srd, eps,
-            BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE,
-        )  # num (BLOCK_N, DB), den (BLOCK_N,)
-        out = num / den[:, None]
-        tl.store(o_base + tok[:, None] * son + ch[None, :] * sod, out.to(OUT.dtype.element_ty), mask=msk)
+    b0, b_main, has_tail = block_range(N, bps, BLOCK_N, SPLIT)
+    for blk in range(b0, b_main):
+        _out_block(q_base, o_base, blk * BLOCK_N + tl.arange(0, BLOCK_N), N, W, d, kv_e, kv_o, ks_e, ks_o,
+                   ANGLE, SIN, COS, srn, srd, eps, sqn, sqd, son, sod,
+                   BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, not SPLIT, SPLIT)
+    if SPLIT:  # compile-time: the masked tail exists only with the unmasked main loop
+        if has_tail:
+            _out_block(q_base, o_base, b_main * BLOCK_N + tl.arange(0, BLOCK_N), N, W, d, kv_e, kv_o, ks_e, ks_o,
+                       ANGLE, SIN, COS, srn, srd, eps, sqn, sqd, son, sod,
+                       BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, True, SPLIT)
 
 
 # ---------------------------------------------------------------------------------------------
 # host side: launch plan and the forward launcher
 # ---------------------------------------------------------------------------------------------
-def stream_meta(plan: LaunchPlan, from_mem: bool, dtype: torch.dtype) -> dict:
+def token_major(x: torch.Tensor) -> bool:
+    """(B, h, N, d) whose tokens are contiguous (the mixer's head split): halves load as two tiles."""
+    return x.stride(2) == 1 and x.shape[2] > 1
+
+
+def stream_meta(plan: LaunchPlan, from_mem: bool, dtype: torch.dtype, split: bool) -> dict:
     """Compile-time arguments shared by the token-streaming kernels."""
     return dict(BLOCK_N=plan.block_n, PB=plan.pb, ROPE_FROM_MEM=from_mem, FAST=not interpreting(),
-                DOT_DTYPE=DOT_DTYPES[dtype], num_warps=plan.num_warps)
+                DOT_DTYPE=DOT_DTYPES[dtype], SPLIT=split, num_warps=plan.num_warps)
 
 
 def rala_forward(q, k, v, grid, rope=None, *, plan: LaunchPlan | None = None):
@@ -386,13 +556,15 @@ def rala_forward(q, k, v, grid, rope=None, *, plan: LaunchPlan | None = None):
     """
     b, h, n, d = q.shape
     bh, dev = b * h, q.device
-    plan = plan or plan_launch(bh, n, d, q.dtype, dev)
-    angle, sin, cos, srn, srd, from_mem = rope_args(rope, n, d, dev)
-    meta = stream_meta(plan, from_mem, q.dtype)
+    plan = plan or plan_launch(bh, n, d, q.dtype, dev, token_major=token_major(q))
+    split = token_major(q)
+    angle, sin, cos, srn, srd, from_mem = rope_args(rope, n, d, dev, token_major=split)
+    meta = stream_meta(plan, from_mem, q.dtype, split)
     s, nw, w = plan.splits, plan.num_warps, grid[1]
     ws = torch.empty(workspace_size(bh, s, d), dtype=torch.float32, device=dev)
     out = empty_like_layout(q)
-    _qbar_kernel[(bh, s)](q, ws, n, d, h, plan.bps, *q.stride(), BLOCK_N=plan.block_n, DB=2 * plan.pb, num_warps=nw)
+    _qbar_kernel[(bh, s)](q, ws, n, d, h, plan.bps, *q.stride(), BLOCK_N=plan.block_n, DB=2 * plan.pb,
+                            SPLIT=split, num_warps=nw)
     _state_kernel[(bh, s)](k, v, ws, angle, sin, cos, n, w, d, h, plan.bps, d**-0.5, 1.0 / n,
                            *k.stride(), *v.stride(), srn, srd, **meta)
     fuse = s <= FUSE_MERGE_MAX_SPLITS

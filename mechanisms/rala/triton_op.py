@@ -51,6 +51,7 @@ class LaunchPlan:
     splits: int  # programs per (b, h) along N
     bps: int  # token blocks per split
     num_warps: int
+    warps_b1: int = 0  # warps of the backward's first pass (_dstate_kernel) where it differs; 0: num_warps
 
 
 def interpreting() -> bool:
@@ -65,32 +66,77 @@ def _sm_count(device: torch.device) -> int:
 
 
 @functools.cache
+def _device_arch(device: torch.device) -> int:
+    """Compute capability as an int (90 for sm_90); 90 where there is no CUDA device (interpreter)."""
+    if device.type == "cuda" and not interpreting():
+        major, minor = torch.cuda.get_device_capability(device)
+        return 10 * major + minor
+    return 90
+
+
+# Launch tables: (arch, pass, 16-bit?, d-block, token-major inputs) -> (BLOCK_N, num_warps), chosen by
+# compiling every kernel for the target and reading its registers and local memory
+# (scripts/aot_check.py, which fails CI on any spill): the largest token block that keeps every
+# kernel of the pass spill-free, preferring more programs per SM. "tok" = token-contiguous inputs
+# (the mixer's head split, RoPE tables from memory); "ch" = channel-contiguous (op level).
+# Architectures other than sm_80 / sm_90 use the sm_90 entries.
+LAUNCH_TABLE = {
+    # sm_90 (H100/H200)
+    (90, "fwd", True, 64, "ch"): (64, 4), (90, "fwd", True, 64, "tok"): (64, 4),
+    (90, "fwd", True, 128, "ch"): (32, 8), (90, "fwd", True, 128, "tok"): (32, 8),
+    (90, "bwd", True, 64, "ch"): (64, 8), (90, "bwd", True, 64, "tok"): (16, 4),
+    (90, "bwd", True, 128, "ch"): (32, 8), (90, "bwd", True, 128, "tok"): (16, 8),
+    # sm_80 (A100)
+    (80, "fwd", True, 64, "ch"): (64, 4), (80, "fwd", True, 64, "tok"): (64, 4),
+    (80, "fwd", True, 128, "ch"): (32, 8), (80, "fwd", True, 128, "tok"): (32, 8),
+    (80, "bwd", True, 64, "ch"): (16, 4), (80, "bwd", True, 64, "tok"): (16, 4),
+    (80, "bwd", True, 128, "ch"): (32, 8), (80, "bwd", True, 128, "tok"): (16, 8),
+}
+# Token-major inputs whose N is not a multiple of 16: no 16-byte accesses are possible (the token
+# stride has no known alignment), every access is scalar and needs more registers: smaller blocks.
+UNALIGNED_TOK = {("fwd", 64): (16, 4), ("bwd", 64): (16, 8), ("fwd", 128): (16, 8), ("bwd", 128): (16, 8)}
+# fp32 inputs: exact FMA dots (no tensor cores), the smallest token block; (BLOCK_N, warps, warps of B1)
+FP32_DEFAULT = (16, 8)
+FP32_TABLE = {(90, "bwd", 64, "ch"): (16, 8, 4)}  # sm_90: B1 at 8 warps gets 128 registers and spills 4 B
+
+
+def launch_entry(arch: int, backward: bool, dtype: torch.dtype, db: int, token_major: bool,
+                 aligned: bool = True) -> tuple:
+    """(BLOCK_N, num_warps[, warps of B1]) from the launch tables (d-blocks 32 use the 64 entries)."""
+    arch, pass_, db, layout = 80 if arch < 90 else 90, "bwd" if backward else "fwd", max(64, db), "ch"
+    if token_major:
+        layout = "tok"
+    if dtype == torch.float32:
+        return FP32_TABLE.get((arch, pass_, db, layout), FP32_DEFAULT)
+    if token_major and not aligned:
+        return UNALIGNED_TOK[(pass_, db)]
+    return LAUNCH_TABLE[(arch, pass_, True, db, layout)]
+
+
+@functools.cache
 def plan_launch(bh: int, n: int, d: int, dtype: torch.dtype, device: torch.device, *, backward: bool = False,
+                token_major: bool = False, arch: int | None = None, sms: int | None = None,
                 block_n: int | None = None, splits: int | None = None, num_warps: int | None = None) -> LaunchPlan:
-    """Autotune-free heuristic, sized so that no kernel spills registers on sm_90 (checked by
-    compiling every kernel for sm_90 and reading its resource usage):
-    16-bit inputs, d <= 64: BLOCK_N 64 with 4 warps (forward; 2 programs per SM at 255 registers),
-    8 warps (backward, two d x d operands); d > 64: BLOCK_N 32, 8 warps; fp32 inputs (exact FMA
-    dots, no tensor cores): BLOCK_N 16, 8 warps. splits: B*h*splits <= 2 programs per SM.
+    """Autotune-free plan from the per-architecture launch table (`LAUNCH_TABLE`), which keeps every
+    kernel free of register spills on sm_80 and sm_90 (checked in CI by scripts/aot_check.py).
+    splits: B*h*splits <= 2 programs per SM (one wave). arch (e.g. 90) and sms default to the
+    device's; token_major: the inputs are token-contiguous (the mixer's layout).
     """
     db = max(32, _next_pow2(d))
-    if dtype == torch.float32:
-        default_block, default_warps = 16, 8
-    elif db <= 64:
-        default_block, default_warps = 64, 8 if backward else 4
-    else:
-        default_block, default_warps = 32, 8
+    entry = launch_entry(arch or _device_arch(device), backward, dtype, db, token_major, aligned=n % 16 == 0)
+    default_block, default_warps = entry[:2]
+    warps_b1 = entry[2] if len(entry) > 2 and num_warps is None else 0
     if interpreting():  # tiny shapes on CPU: several blocks per split and several splits get tested
         default_block = 16
     block_n = block_n or max(16, min(default_block, _next_pow2(n)))
     num_warps = num_warps or default_warps
     n_blocks = _cdiv(n, block_n)
     if splits is None:  # one wave of ~2 programs per SM (floor: no straggling partial second wave)
-        splits = 2 * _sm_count(device) // bh
+        splits = 2 * (sms or _sm_count(device)) // bh
     splits = max(1, min(splits, n_blocks))
     bps = _cdiv(n_blocks, splits)
     splits = _cdiv(n_blocks, bps)  # no empty split
-    return LaunchPlan(block_n=block_n, pb=db // 2, splits=splits, bps=bps, num_warps=num_warps)
+    return LaunchPlan(block_n=block_n, pb=db // 2, splits=splits, bps=bps, num_warps=num_warps, warps_b1=warps_b1)
 
 
 def empty_like_layout(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -115,8 +161,13 @@ def rope_angle_on(d: int, device: torch.device) -> torch.Tensor:
     return rope_angle(d).to(device)
 
 
-def rope_args(rope, n: int, d: int, device: torch.device):
-    """(ANGLE, SIN, COS, stride_n, stride_d, ROPE_FROM_MEM) for the kernels."""
+def rope_args(rope, n: int, d: int, device: torch.device, token_major: bool = False):
+    """(ANGLE, SIN, COS, stride_n, stride_d, ROPE_FROM_MEM) for the kernels.
+
+    token_major (the inputs are token-contiguous, as the mixer's head split makes them): the tables
+    are handed over token-contiguous too ((d, N) memory, one small copy of 2 N d elements shared by
+    every (b, h)), so every tile of a kernel has one memory order; a table tile in the other order
+    would need a layout conversion through shared memory and its registers (spills at d >= 64)."""
     angle = rope_angle_on(d, device)
     if rope is None:
         return angle, angle, angle, 0, 0, False
@@ -124,6 +175,8 @@ def rope_args(rope, n: int, d: int, device: torch.device):
     if sin.shape != (n, d) or cos.shape != (n, d) or sin.stride() != cos.stride():
         raise ValueError(f"rope tables must be two (N, d) = ({n}, {d}) tensors with equal strides, "
                          f"got {tuple(sin.shape)} and {tuple(cos.shape)}")
+    if token_major and n > 1 and sin.stride(0) != 1:
+        sin, cos = sin.t().contiguous().t(), cos.t().contiguous().t()  # (N, d) views of (d, N) memory
     return angle, sin, cos, sin.stride(0), sin.stride(1), True
 
 
