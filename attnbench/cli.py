@@ -134,10 +134,14 @@ def cmd_run(args) -> int:
         console.print(f"[yellow]warning[/]: isolation: inprocess runs all {suite.rounds} rounds in this process: "
                       "their spread misses between-process noise, so `gate` on this run can fail identical code; "
                       "use isolation: auto or process")  # fmt: skip
+    from attnbench.executors import make_executor
+
+    executor = make_executor(suite, executor=args.executor, workers=args.workers, address=args.address)
     t0 = time.perf_counter()
     with RichProgress(enabled=not args.no_progress) as progress:
         try:
-            summary = run_suite(suite, out, resume=args.resume, progress=progress, debug=args.debug)
+            summary = run_suite(suite, out, resume=args.resume, progress=progress, debug=args.debug,
+                                executor=executor)  # fmt: skip
         except KeyboardInterrupt:
             err_console.print(f"interrupted: rows measured so far are in {out}; continue with --resume --out {out}")
             return 130
@@ -355,6 +359,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--rounds", type=int, metavar="N",
                    help="measure timed cases in N rounds, each in a fresh worker process (suite key rounds, default 5)")
     r.add_argument("--resume", action="store_true", help="skip cases that already have rows in --out")
+    r.add_argument("--workers", metavar="N|auto",
+                   help="run cases on N isolated local workers, one per device (auto: one per visible GPU; "
+                        "on CPU the cores are split between them)")
+    r.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="ray: every (case ladder, round) is a Ray task (pip install 'attnbench[distributed]')")
+    r.add_argument("--address", metavar="ADDR",
+                   help="Ray cluster to join (e.g. head-node:6379 or auto); default: start a local Ray instance")
     r.add_argument("--no-progress", action="store_true", help="no live progress bar")
     r.set_defaults(func=cmd_run)
 

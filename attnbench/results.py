@@ -20,15 +20,17 @@ import pandas as pd
 
 from attnbench.errors import ResultsError
 
-SCHEMA_VERSION = 1
-COLUMNS = [
+SCHEMA_VERSION = 2
+COLUMNS_V1 = [
     "schema_version", "run_id", "case_id", "suite", "mechanism", "family", "backend", "level", "variant",
     "pass", "device", "dtype", "batch", "height", "width", "tokens", "heads", "head_dim", "dim", "metric",
     "value", "unit", "stat", "status", "message", "source", "note", "env_id", "started_at",
 ]  # fmt: skip
+# schema 2 (issue #13): who measured the row and how many cases that host ran at once meanwhile
+COLUMNS = COLUMNS_V1 + ["worker", "concurrent"]
 SAMPLE_COLUMNS = ["case_id", "metric", "round", "rep", "value"]
 ROW_KEY = ("case_id", "metric", "stat", "source")  # at most one row per key in a file (the writer refuses more)
-INT_COLUMNS = ["schema_version", "batch", "height", "width", "tokens", "heads", "head_dim", "dim"]
+INT_COLUMNS = ["schema_version", "batch", "height", "width", "tokens", "heads", "head_dim", "dim", "concurrent"]
 STATUSES = ("ok", "skipped", "oom", "timeout", "crash", "error")
 
 
@@ -107,6 +109,9 @@ class ResultsWriter:
         if samples_path.exists() and samples_path.stat().st_size and _header(samples_path) != SAMPLE_COLUMNS:
             raise ResultsError(f"{samples_path} was written by an older attnbench (no `round` column); "
                                "choose a new --out instead of resuming it")  # fmt: skip
+        if self.path.exists() and self.path.stat().st_size and _header(self.path) == COLUMNS_V1:
+            raise ResultsError(f"{self.path} was written by an older attnbench (schema 1, no worker/concurrent "
+                               "columns); choose a new --out instead of resuming it")  # fmt: skip
         try:
             self.rows = _Appender(self.path, COLUMNS)
             self.samples = _Appender(samples_path, SAMPLE_COLUMNS)
@@ -170,7 +175,7 @@ def row_keys(path: str | Path) -> set[tuple[str, ...]]:
         return set()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        df = _read_csv_tolerant(path, COLUMNS)
+        df = _read_csv_tolerant(path, COLUMNS_V1)
     return set(df[list(ROW_KEY)].itertuples(index=False, name=None))
 
 
@@ -199,14 +204,19 @@ def _read_csv_tolerant(path: Path, columns: list[str]) -> pd.DataFrame:
 def load(path: str | Path, *, dedupe: bool = True) -> pd.DataFrame:
     """Rows of a results CSV as a DataFrame with typed columns.
 
-    value is float; the shape columns are nullable integers; empty strings stay "" in text columns.
+    value is float; the shape columns and `concurrent` are nullable integers; empty strings stay "" in text
+    columns. Schema-1 files (no `worker`, `concurrent`) load with those columns empty.
     dedupe keeps the last row per (case_id, metric, stat, note, source) - a case measured twice
     (e.g. a run appended to a file) reports its latest measurement.
     """
     path = Path(path)
     if not path.exists():
         raise ResultsError(f"results file {path} not found")
-    df = _read_csv_tolerant(path, COLUMNS)
+    df = _read_csv_tolerant(path, COLUMNS_V1)
+    for col in COLUMNS[len(COLUMNS_V1):]:  # a schema-1 file: who measured it and how concurrently is unknown
+        if col not in df.columns:
+            df[col] = ""
+    df = df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
     df["value"] = pd.to_numeric(df["value"].replace("", None), errors="coerce").astype("float64")
     for col in INT_COLUMNS:
         df[col] = pd.to_numeric(df[col].replace("", None), errors="coerce").astype("Int64")
@@ -240,5 +250,5 @@ def done_case_ids(path: str | Path) -> set[str]:
         return set()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        df = _read_csv_tolerant(path, COLUMNS)
+        df = _read_csv_tolerant(path, COLUMNS_V1)
     return set(df["case_id"])
