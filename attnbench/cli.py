@@ -239,7 +239,7 @@ def cmd_compare(args) -> int:
         if args.metric not in metrics:
             raise AttnbenchError(f"{path} has no {args.metric!r} rows (it has: {', '.join(sorted(metrics))}); "
                                  "check --metric")  # fmt: skip
-    frame, meta = compare.compare_runs(args.a, args.b, metric=args.metric)
+    frame, meta = compare.compare_runs(args.a, args.b, metric=args.metric, across_hardware=args.across_hardware)
     for t in compare.comparison_tables(frame, meta):
         t = export.as_table(t)
         console.print(render_table(t.title, t.frame, index_name=t.frame.index.name or ""))
@@ -293,7 +293,7 @@ def cmd_gate(args) -> int:
 
     base, new = gate_sides(args)
     result = gate(base, new, threshold=args.threshold, alpha=args.alpha, metric=args.metric,
-                  min_rounds=args.min_rounds)  # fmt: skip
+                  min_rounds=args.min_rounds, across_hardware=args.across_hardware)  # fmt: skip
     print_gate(result)
     return result.exit_code
 
@@ -389,6 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("a", help="results CSV of run A")
     cmp_.add_argument("b", help="results CSV of run B")
     cmp_.add_argument("--metric", default="latency")
+    cmp_.add_argument("--across-hardware", action="store_true",
+                      help="pair cases although the env files say A and B ran on different hardware")
     cmp_.set_defaults(func=cmd_compare)
 
     g = sub.add_parser("gate", help="fail (exit 1) when NEW is significantly slower than BASELINE",
@@ -402,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--metric", default="latency", help="metric to compare (default latency)")
     g.add_argument("--min-rounds", type=int, default=3,
                    help="rounds per side below which a case gets no verdict (default 3)")
+    g.add_argument("--across-hardware", action="store_true",
+                   help="gate although the env files say the sides ran on different hardware")
     g.set_defaults(func=cmd_gate)
 
     ab_ = sub.add_parser("ab", help="interleaved A/B on this machine: two trees, rounds A B B A ..., gate verdict")

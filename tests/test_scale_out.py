@@ -197,3 +197,26 @@ def test_exclusive_node_runs_one_case_at_a_time(tmp_path):
     assert main(["run", str(suite), "--out", str(out), "--no-progress", "--workers", "2"]) == 0
     rows = results.load(out)
     assert (rows.concurrent == 1).all() and len(latency_rows(out)) == 12
+
+
+def _gate_run(path: Path, gpu: str, env_id: str) -> Path:
+    writer = results.ResultsWriter(path)
+    writer.write_env(env_id, {"device": "cuda", "gpu_name": gpu})
+    row = {c: "" for c in results.COLUMNS} | {"schema_version": 2, "case_id": "c1", "metric": "latency",
+                                             "stat": "median", "value": 1.0, "unit": "ms", "status": "ok",
+                                             "source": "measured", "env_id": env_id}  # fmt: skip
+    writer.write_rows([row])
+    for r in range(3):
+        writer.write_samples("c1", "latency", [1.0 + 0.01 * r, 1.01, 0.99], round=r)
+    writer.close()
+    return path
+
+
+def test_gate_refuses_different_hardware_unless_asked(tmp_path, capsys):
+    a = _gate_run(tmp_path / "a.csv", "NVIDIA H100", "e1")
+    b = _gate_run(tmp_path / "b.csv", "NVIDIA A100", "e2")
+    assert main(["gate", str(a), str(b)]) == 2
+    err = capsys.readouterr().err
+    assert "--across-hardware" in err and len(err.strip().splitlines()) == 1
+    assert main(["gate", str(a), str(b), "--across-hardware"]) == 0
+    assert main(["gate", str(a), str(_gate_run(tmp_path / "c.csv", "NVIDIA H100", "e3"))]) == 0
