@@ -220,3 +220,18 @@ def test_gate_refuses_different_hardware_unless_asked(tmp_path, capsys):
     assert "--across-hardware" in err and len(err.strip().splitlines()) == 1
     assert main(["gate", str(a), str(b), "--across-hardware"]) == 0
     assert main(["gate", str(a), str(_gate_run(tmp_path / "c.csv", "NVIDIA H100", "e3"))]) == 0
+
+
+def test_slurm_script_dry_run_starts_ray_then_the_sweep(tmp_path):
+    env = {**os.environ, "DRY_RUN": "1", "SLURM_JOB_NODELIST": "gpu01,gpu02,gpu03", "HARDWARE": "H100",
+           "PATH": "/usr/bin:/bin"}  # no scontrol on PATH: the dry run reads the node list itself
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "slurm_ray.sbatch"), "suites/resolution.yaml",
+                           "--set", "dtype=bf16"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    head = [i for i, line in enumerate(lines) if "ray start --head" in line]
+    workers = [i for i, line in enumerate(lines) if "ray start --address=gpu01:6379" in line]
+    sweep = [i for i, line in enumerate(lines) if "-m attnbench run suites/resolution.yaml --executor ray" in line]
+    assert len(head) == 1 and len(workers) == 2 and len(sweep) == 1 and head[0] < workers[0] < sweep[0]
+    assert '{"H100": 8}' in lines[head[0]] and "--address gpu01:6379" in lines[sweep[0]]
+    assert lines[sweep[0]].endswith("--set dtype=bf16")
