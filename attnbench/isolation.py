@@ -125,6 +125,9 @@ class WorkerPool:
             os.environ.update(self.env)
             try:
                 self.proc.start()
+            except BaseException:
+                self.proc = None  # never started: nothing to join or kill
+                raise
             finally:
                 for key, value in saved.items():
                     if value is None:

@@ -235,3 +235,15 @@ def test_slurm_script_dry_run_starts_ray_then_the_sweep(tmp_path):
     assert len(head) == 1 and len(workers) == 2 and len(sweep) == 1 and head[0] < workers[0] < sweep[0]
     assert '{"H100": 8}' in lines[head[0]] and "--address gpu01:6379" in lines[sweep[0]]
     assert lines[sweep[0]].endswith("--set dtype=bf16")
+
+
+def test_schema_1_files_still_load_and_are_not_appended_to(tmp_path, capsys):
+    old = tmp_path / "v1.csv"
+    row = ["1", "r", "c1", "s", "m", "f", "b", "op", "", "fwd", "cpu", "fp32", "1", "2", "2", "4", "1", "16", "16",
+           "latency", "1.5", "ms", "median", "ok", "", "measured", "", "e", "t"]  # fmt: skip
+    old.write_text(",".join(results.COLUMNS_V1) + "\n" + ",".join(row) + "\n")
+    df = results.load(old)
+    assert list(df.columns) == results.COLUMNS and df.worker.tolist() == [""] and df.concurrent.isna().all()
+    assert df.value.tolist() == [1.5] and results.done_case_ids(old) == {"c1"}
+    with pytest.raises(results.ResultsError, match="schema 1"):
+        results.ResultsWriter(old)
