@@ -143,6 +143,9 @@ class Runner:
         if self.executor is not None:  # --workers / --executor: attnbench.executors drives the sweep
             return self.executor.run(self)
         suite = self.suite
+        if suite.hardware:
+            raise AttnbenchError(f"the suite names hardware kinds ({', '.join(suite.hardware)}): run it with "
+                                 "--executor ray on a cluster that has them")  # fmt: skip
         state = self.open_run()
         n_rounds = state.rounds
         unit_list = rounds.units(state.cases)

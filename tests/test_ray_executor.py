@@ -69,12 +69,12 @@ def latency_rows(path: Path):
 
 @pytest.mark.slow
 def test_ray_gives_the_single_process_case_set(tmp_path, local_ray):
-    suite = write_suite(tmp_path)
+    suite = write_suite(tmp_path, SUITE.replace("resolution: [2, 3]", "resolution: 2"))
     one, two = tmp_path / "one.csv", tmp_path / "ray.csv"
     assert main(["run", str(suite), "--out", str(one), "--no-progress", "--set", "isolation=inprocess"]) == 0
     assert main(["run", str(suite), "--out", str(two), "--no-progress", "--executor", "ray"]) == 0
     a, b = latency_rows(one), latency_rows(two)
-    assert sorted(a.case_id) == sorted(b.case_id) and b.case_id.is_unique and len(b) == 8
+    assert sorted(a.case_id) == sorted(b.case_id) and b.case_id.is_unique and len(b) == 4
     assert (b.status == "ok").all() and b.worker.nunique() > 1
     assert not results.load(two, dedupe=False).duplicated(list(results.ROW_KEY)).any()
     envs = json.loads(results.companion(two, "env.json").read_text())
@@ -140,7 +140,8 @@ def test_killed_ray_worker_is_retried(tmp_path, local_ray):
 
 @pytest.mark.slow
 def test_driver_sigkill_then_resume_with_ray(tmp_path):
-    body = SUITE.replace("min: 3, max: 3", "min: 20, max: 20").replace("softmax_sdpa", "test_sleepy")
+    body = SUITE.replace("min: 3, max: 3", "min: 20, max: 20").replace("softmax_sdpa", "test_sleepy").replace(
+        "resolution: [2, 3]", "resolution: 2")  # one unit, two rounds: killed after round 1, resumed for round 2
     suite = write_suite(tmp_path, body)
     out = tmp_path / "d.csv"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -158,7 +159,8 @@ def test_driver_sigkill_then_resume_with_ray(tmp_path):
     done = subprocess.run(cmd + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr
     rows = latency_rows(out)
-    assert len(rows) == 4 and rows.case_id.is_unique and (rows.status == "ok").all()
+    assert len(rows) == 2 and rows.case_id.is_unique and (rows.status == "ok").all()
+    assert sorted(set(results.load_samples(out)["round"])) == [0, 1]
 
 
 def test_bad_address_is_one_line(tmp_path, capsys):

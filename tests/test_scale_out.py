@@ -30,7 +30,7 @@ SUITE = f"""\
     mechanisms: [test_sleepy, softmax_sdpa]
     level: op
     dim: 16
-    resolution: [2, 3, 4]
+    resolution: [2, 3]
     batch: [1, 2]
     device: cpu
     warmup: 0
@@ -94,7 +94,7 @@ def test_two_workers_give_the_single_process_case_set(tmp_path):
     assert main(["run", str(suite), "--out", str(one), "--no-progress", "--set", "isolation=inprocess"]) == 0
     assert main(["run", str(suite), "--out", str(two), "--no-progress", "--workers", "2"]) == 0
     a, b = latency_rows(one), latency_rows(two)
-    assert sorted(a.case_id) == sorted(b.case_id) and b.case_id.is_unique and len(b) == 12
+    assert sorted(a.case_id) == sorted(b.case_id) and b.case_id.is_unique and len(b) == 8
     assert (b.status == "ok").all() and b.worker.nunique() > 1
     full = results.load(two, dedupe=False)
     assert not full.duplicated(list(results.ROW_KEY)).any()
@@ -126,9 +126,21 @@ def _wait_for(predicate, timeout: float = 120.0) -> None:
     raise AssertionError("timed out waiting")
 
 
-SLOW = SUITE.replace("softmax_sdpa", "test_sleepy").replace("min: 3, max: 3", "min: 15, max: 15").replace(
-    "mechanisms: [test_sleepy, test_sleepy]", "mechanisms: [test_sleepy]").replace(
-    "resolution: [2, 3, 4]", "resolution: [2, 3, 4, 5, 6, 7]")  # fmt: skip
+SLOW = f"""\
+    name: slow
+    plugins: [{SLEEPY}]
+    mechanisms: [test_sleepy]
+    level: op
+    dim: 16
+    resolution: [2, 3, 4, 5, 6, 7]
+    batch: [1, 2]
+    device: cpu
+    warmup: 0
+    verify: false
+    metrics: [latency]
+    repeats: {{min: 15, max: 15, min_time_s: 0}}
+    rounds: 2
+    """
 
 
 @pytest.mark.slow
@@ -144,8 +156,8 @@ def test_killed_worker_costs_its_case_and_the_sweep_completes(tmp_path):
     assert proc.returncode == 0, stderr
     rows = latency_rows(out)
     assert len(rows) == 12 and rows.case_id.is_unique
-    lost = rows[rows.status != "ok"]
-    assert len(lost) <= 2 and all("SIGKILL" in m for m in lost.message)  # at most its case (and its ladder's next)
+    lost = rows[rows.status != "ok"]  # the case in flight (SIGKILL reads as the OOM killer) and, predicted
+    assert len(lost) <= 2 and lost.message.str.contains("SIGKILL|oom_predicted").all()  # from it, its next batch
     assert (rows.status == "ok").sum() >= 10
 
 
@@ -196,7 +208,7 @@ def test_exclusive_node_runs_one_case_at_a_time(tmp_path):
     out = tmp_path / "x.csv"
     assert main(["run", str(suite), "--out", str(out), "--no-progress", "--workers", "2"]) == 0
     rows = results.load(out)
-    assert (rows.concurrent == 1).all() and len(latency_rows(out)) == 12
+    assert (rows.concurrent == 1).all() and len(latency_rows(out)) == 8
 
 
 def _gate_run(path: Path, gpu: str, env_id: str) -> Path:

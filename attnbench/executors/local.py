@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import queue
+import socket
 import threading
 import time
 from typing import Any
@@ -78,7 +79,8 @@ class LocalPool:
         state = runner.open_run()
         unit_list = rounds.units(state.cases)
         sched = RoundScheduler(unit_list, state.rounds, suite.order_seed)
-        extra = {"executor": "local", "workers": len(slots), "exclusive": suite.exclusive or "device"}
+        extra = {"executor": "local", "workers": len(slots), "exclusive": suite.exclusive or "device",
+                 "hostname": socket.gethostname()}  # fmt: skip
         inflight = Concurrency()
         results: queue.Queue = queue.Queue()
         envs = {runner.env_id}
