@@ -193,10 +193,14 @@ def cmd_run(args) -> int:
         console.print(f"[yellow]warning[/]: isolation: inprocess runs all {suite.rounds} rounds in this process: "
                       "their spread misses between-process noise, so `gate` on this run can fail identical code; "
                       "use isolation: auto or process")  # fmt: skip
+    from attnbench.executors import make_executor
+
+    executor = make_executor(suite, executor=args.executor, workers=args.workers, address=args.address)
     t0 = time.perf_counter()
     with RichProgress(enabled=not args.no_progress) as progress:
         try:
-            summary = run_suite(suite, out, resume=args.resume, progress=progress, debug=args.debug)
+            summary = run_suite(suite, out, resume=args.resume, progress=progress, debug=args.debug,
+                                executor=executor)  # fmt: skip
         except KeyboardInterrupt:
             err_console.print(f"interrupted: rows measured so far are in {esc(out)}; continue with --resume --out "
                               f"{esc(out)}")  # fmt: skip
@@ -306,7 +310,7 @@ def cmd_compare(args) -> int:
         if args.metric not in metrics:
             raise AttnbenchError(f"{path} has no {args.metric[:60]!r} rows (it has: {', '.join(sorted(metrics))}); "
                                  "check --metric")  # fmt: skip
-    frame, meta = compare.compare_runs(args.a, args.b, metric=args.metric)
+    frame, meta = compare.compare_runs(args.a, args.b, metric=args.metric, across_hardware=args.across_hardware)
     for t in compare.comparison_tables(frame, meta):
         t = export.as_table(t)
         print_tables(render_tables(t.title, t.frame, index_name=t.frame.index.name or ""))
@@ -359,7 +363,7 @@ def cmd_gate(args) -> int:
 
     base, new = gate_sides(args)
     result = gate(base, new, threshold=args.threshold, alpha=args.alpha, metric=args.metric,
-                  min_rounds=args.min_rounds)  # fmt: skip
+                  min_rounds=args.min_rounds, across_hardware=args.across_hardware)  # fmt: skip
     print_gate(result)
     return result.exit_code
 
@@ -441,6 +445,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--rounds", type=int, metavar="N",
                    help="measure timed cases in N rounds, each in a fresh worker process (suite key rounds, default 5)")
     r.add_argument("--resume", action="store_true", help="skip cases that already have rows in --out")
+    r.add_argument("--workers", metavar="N|auto",
+                   help="run cases on N isolated local workers, one per device (auto: one per visible GPU; "
+                        "on CPU the cores are split between them)")
+    r.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="ray: every (case ladder, round) is a Ray task (pip install 'attnbench[distributed]')")
+    r.add_argument("--address", metavar="ADDR",
+                   help="Ray cluster to join (e.g. head-node:6379 or auto); default: start a local Ray instance")
     r.add_argument("--no-progress", action="store_true", help="no live progress bar")
     r.add_argument("--dry-run", action="store_true", help="validate the suite and plan its cases; run nothing")
     r.set_defaults(func=cmd_run)
@@ -465,6 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("a", help="results CSV of run A")
     cmp_.add_argument("b", help="results CSV of run B")
     cmp_.add_argument("--metric", default="latency")
+    cmp_.add_argument("--across-hardware", action="store_true",
+                      help="pair cases although the env files say A and B ran on different hardware")
     cmp_.set_defaults(func=cmd_compare)
 
     g = sub.add_parser("gate", help="fail (exit 1) when NEW is significantly slower than BASELINE",
@@ -478,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--metric", default="latency", help="metric to compare (default latency)")
     g.add_argument("--min-rounds", type=int, default=3,
                    help="rounds per side below which a case gets no verdict (default 3)")
+    g.add_argument("--across-hardware", action="store_true",
+                   help="gate although the env files say the sides ran on different hardware")
     g.set_defaults(func=cmd_gate)
 
     ab_ = sub.add_parser("ab", help="interleaved A/B on this machine: two trees, rounds A B B A ..., gate verdict")

@@ -159,11 +159,40 @@ def _read_env(path: Path) -> dict[str, Any]:
         raise ResultsError(f"{env_path} is not readable JSON ({exc}); restore it or delete it") from exc
 
 
+def hardware_label(fp: Mapping[str, Any]) -> str:
+    """What a fingerprint says the numbers were measured on: the suite's hardware kind, else the GPU name,
+    else the CPU model."""
+    if fp.get("hardware_kind"):
+        return str(fp["hardware_kind"])
+    if fp.get("gpu_name"):
+        return str(fp["gpu_name"])
+    return f"cpu {fp.get('cpu_model') or '?'}"
+
+
+def run_hardware(path: str | Path, rows: pd.DataFrame) -> set[str]:
+    """Hardware labels of the environments that `rows` (of results file `path`) were measured in; empty when
+    FILE.env.json is missing or names none of them."""
+    envs = _read_env(Path(path))
+    ids = set(rows["env_id"]) if "env_id" in rows else set()
+    return {hardware_label(envs[i]) for i in ids if isinstance(envs.get(i), Mapping)}
+
+
+def check_same_hardware(label_a: str, hw_a: set[str], label_b: str, hw_b: set[str]) -> None:
+    """Refuse to pair runs measured on different hardware (unknown hardware on a side is not refused)."""
+    if hw_a and hw_b and hw_a != hw_b:
+        raise ResultsError(f"{label_a} was measured on {' + '.join(sorted(hw_a))} but {label_b} on "
+                           f"{' + '.join(sorted(hw_b))}; pass --across-hardware to compare them anyway")  # fmt: skip
+
+
 def compare_runs(path_a: str | Path, path_b: str | Path, *, metric: str = "latency", confidence: float = 0.95,
-                 n_boot: int = 2000, seed: int = 0) -> tuple[pd.DataFrame, CompareMeta]:  # fmt: skip
-    """Load two results CSVs (with their samples and env files when present) and compare them (B/A)."""
+                 n_boot: int = 2000, seed: int = 0,
+                 across_hardware: bool = False) -> tuple[pd.DataFrame, CompareMeta]:  # fmt: skip
+    """Load two results CSVs (with their samples and env files when present) and compare them (B/A).
+    Runs whose env files name different hardware are refused unless `across_hardware`."""
     path_a, path_b = Path(path_a), Path(path_b)
     rows_a, rows_b = results.load(path_a), results.load(path_b)
+    if not across_hardware:
+        check_same_hardware(str(path_a), run_hardware(path_a, rows_a), str(path_b), run_hardware(path_b, rows_b))
     samples, notes = [], []
     for path in (path_a, path_b):
         has = results.companion(path, "samples.csv").is_file()

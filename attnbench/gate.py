@@ -275,11 +275,20 @@ def gate(
     alpha: float = 0.05,
     metric: str = "latency",
     min_rounds: int = MIN_ROUNDS,
+    across_hardware: bool = False,
 ) -> GateResult:
-    """Compare NEW against BASELINE (each one file or several: results CSVs or pytest-benchmark JSONs)."""
+    """Compare NEW against BASELINE (each one file or several: results CSVs or pytest-benchmark JSONs).
+    Results CSVs whose env files name different hardware on the two sides are refused unless `across_hardware`."""
     threshold = parse_threshold(threshold)
     alpha = _check_options(alpha, min_rounds)
     base_set, new_set = load_side(baseline, metric), load_side(new, metric)
+    if not across_hardware and base_set.kind == new_set.kind == "results":
+        from attnbench.compare import check_same_hardware
+
+        try:
+            check_same_hardware(base_set.label, _side_hardware(base_set), new_set.label, _side_hardware(new_set))
+        except AttnbenchError as exc:
+            raise GateError(str(exc)) from None
     if base_set.kind != new_set.kind:
         raise GateError(
             f"{base_set.label} holds {base_set.kind} data but {new_set.label} holds {new_set.kind} data; "
@@ -304,6 +313,16 @@ def gate(
         min_rounds=min_rounds, names={**new_set.names, **base_set.names}, unit=base_set.unit or new_set.unit,
     )  # fmt: skip
     return replace(result, baseline=base_set.label, new=new_set.label)
+
+
+def _side_hardware(side: SampleSet) -> set[str]:
+    from attnbench.compare import run_hardware
+
+    labels: set[str] = set()
+    for path in side.paths:
+        if Path(path).is_file() and not str(path).endswith(".samples.csv"):
+            labels |= run_hardware(path, results.load(path))
+    return labels
 
 
 def _align_names(base: SampleSet, new: SampleSet) -> tuple[SampleSet, SampleSet]:

@@ -16,13 +16,17 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import socket
+import threading
 import time
 from typing import Any
 
 STARTUP_GRACE_S = 60.0  # importing torch and building modules in a fresh process
+_SPAWN_ENV_LOCK = threading.Lock()  # a pool slot's environment (CUDA_VISIBLE_DEVICES) is set around its spawn
 
 
-def _worker_main(conn, suite, run_id: str, env_id: str, memory_limit_bytes: int | None) -> None:
+def _worker_main(conn, suite, run_id: str, env_id: str, memory_limit_bytes: int | None,
+                 threads: int | None = None, extra_fp: dict | None = None) -> None:  # fmt: skip
     if memory_limit_bytes:
         import resource
 
@@ -39,16 +43,24 @@ def _worker_main(conn, suite, run_id: str, env_id: str, memory_limit_bytes: int 
 
     from attnbench.runner import apply_precision_settings
 
-    if suite.threads is not None:
-        torch.set_num_threads(suite.threads)
+    threads = threads if threads is not None else suite.threads
+    if threads is not None:
+        torch.set_num_threads(threads)
     apply_precision_settings(suite)
     runner = Runner(suite, out=os.devnull, in_worker=True)
     runner.run_id, runner.env_id = run_id, env_id
+    from attnbench.measure.env import env_id as make_env_id
     from attnbench.measure.env import fingerprint
     from attnbench.runner import _cached_peaks
 
-    runner.peaks = _cached_peaks(suite.device, fingerprint(suite.device, suite.threads))
-    conn.send(("ready", None))
+    fp = fingerprint(suite.device, threads)
+    runner.peaks = _cached_peaks(suite.device, fp)
+    own = None
+    if extra_fp is not None:  # a pool slot: this worker's own device and settings make its env_id
+        fp.update(extra_fp)
+        runner.env_id = make_env_id(fp)
+        own = (runner.env_id, fp)
+    conn.send(("ready", own))
     while True:
         try:
             msg = conn.recv()
@@ -78,36 +90,64 @@ def describe_exit(exitcode: int | None) -> tuple[str, str]:
 
 
 class WorkerPool:
-    """One spawned worker at a time, replaced whenever it dies or is killed."""
+    """One spawned worker at a time, replaced whenever it dies or is killed.
 
-    def __init__(self, suite, run_id: str, env_id: str, memory_limit_gb: float | None = None):
+    A slot of the local pool (attnbench.executors.local) passes `threads` (its share of the CPU cores),
+    `env` (e.g. CUDA_VISIBLE_DEVICES, set before the child imports torch) and `extra_fp` (recorded in the
+    worker's own fingerprint, whose env_id then marks its rows; `fingerprint` holds it once started)."""
+
+    def __init__(self, suite, run_id: str, env_id: str, memory_limit_gb: float | None = None, *,
+                 threads: int | None = None, env: dict[str, str] | None = None,
+                 extra_fp: dict[str, Any] | None = None):  # fmt: skip
         self.suite = suite
         self.run_id = run_id
         self.env_id = env_id
         # RLIMIT_AS caps virtual memory, which CUDA reserves in bulk: the limit applies to CPU suites only
         self.limit = int(memory_limit_gb * 2**30) if memory_limit_gb and suite.device == "cpu" else None
+        self.threads = threads
+        self.env = dict(env or {})
+        self.extra_fp = extra_fp
+        self.fingerprint: dict[str, Any] | None = None
         self.ctx = mp.get_context("spawn")
         self.proc = None
         self.conn = None
+        self.worker = ""  # host/pid of the worker that ran the last case (the rows' `worker` column)
 
     def _start(self) -> None:
         parent, child = self.ctx.Pipe()
         self.proc = self.ctx.Process(
-            target=_worker_main, args=(child, self.suite, self.run_id, self.env_id, self.limit), daemon=True
+            target=_worker_main,
+            args=(child, self.suite, self.run_id, self.env_id, self.limit, self.threads, self.extra_fp),
+            daemon=True,
         )
-        self.proc.start()
+        with _SPAWN_ENV_LOCK:  # spawn copies os.environ: bind the child to its device before it imports torch
+            saved = {k: os.environ.get(k) for k in self.env}
+            os.environ.update(self.env)
+            try:
+                self.proc.start()
+            except BaseException:
+                self.proc = None  # never started: nothing to join or kill
+                raise
+            finally:
+                for key, value in saved.items():
+                    if value is None:
+                        os.environ.pop(key, None)
+                    else:
+                        os.environ[key] = value
         child.close()
         self.conn = parent
         if not self.conn.poll(STARTUP_GRACE_S):
             self._kill()
             raise RuntimeError("benchmark worker did not start within 60 s")
         try:
-            tag, _ = self.conn.recv()
+            tag, own = self.conn.recv()
         except EOFError:
             status, message = describe_exit(self._reap())
             raise RuntimeError(f"benchmark worker failed to start: {message}") from None
         if tag != "ready":
             raise RuntimeError(f"benchmark worker sent {tag!r} instead of ready")
+        if own is not None:
+            self.env_id, self.fingerprint = own
 
     def _reap(self) -> int | None:
         if self.proc is None:
@@ -131,6 +171,7 @@ class WorkerPool:
         The worker is killed after `kill_after_s` (default timeout_s) without an answer."""
         if self.proc is None or not self.proc.is_alive():
             self._start()
+        self.worker = f"{socket.gethostname()}/pid{self.proc.pid}"
         try:
             self.conn.send(case)
         except (BrokenPipeError, OSError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from attnbench import registry
@@ -35,6 +35,7 @@ class Case:
     dim: int | None
     options: tuple[tuple[str, Any], ...] = ()
     skip: str | None = field(default=None, compare=False)
+    hardware: str = ""  # suite key `hardware`: the kind this copy of the case runs on (Ray executor)
 
     @property
     def tokens(self) -> int:
@@ -57,18 +58,22 @@ class Case:
                 "heads", "head_dim", "dim")  # fmt: skip
         blob = {k: getattr(self, k) for k in keys}
         blob["options"] = list(self.options)
+        if self.hardware:  # only then: case_ids of suites without hardware kinds are unchanged
+            blob["hardware"] = self.hardware
         return hashlib.sha1(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def label(self) -> str:
         shape = f"{self.variant}@{self.height}x{self.width}" if self.level == "model" else (
             f"{self.height}x{self.width} h{self.heads} d{self.head_dim}")
-        return f"{self.mechanism} {self.level} {self.pass_} {self.dtype} B{self.batch} {shape}"
+        where = f" @{self.hardware}" if self.hardware else ""
+        return f"{self.mechanism} {self.level} {self.pass_} {self.dtype} B{self.batch} {shape}{where}"
 
     def row_fields(self) -> dict[str, Any]:
         d = asdict(self)
         d["pass"] = d.pop("pass_")
         d.pop("options")
         d.pop("skip")
+        d.pop("hardware")  # rows of different kinds are told apart by case_id and env_id (hardware_kind)
         d["tokens"] = self.tokens
         d["case_id"] = self.case_id
         return d
@@ -151,4 +156,6 @@ def plan(suite: Suite) -> list[Case]:
                                                       variant,
                                                       pass_, suite.device, dtype, batch, height, width, heads,
                                                       head_dim, dim, opts, reason))  # fmt: skip
+    if suite.hardware:  # every case once per hardware kind, kind-major
+        cases = [replace(c, hardware=kind) for kind in suite.hardware for c in cases]
     return cases

@@ -21,15 +21,18 @@ import pandas as pd
 
 from attnbench.errors import ResultsError
 
-SCHEMA_VERSION = 1
-COLUMNS = [
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = ("1", "2")  # schema 1 lacks worker/concurrent: loaded with them empty
+COLUMNS_V1 = [
     "schema_version", "run_id", "case_id", "suite", "mechanism", "family", "backend", "level", "variant",
     "pass", "device", "dtype", "batch", "height", "width", "tokens", "heads", "head_dim", "dim", "metric",
     "value", "unit", "stat", "status", "message", "source", "note", "env_id", "started_at",
 ]  # fmt: skip
+# schema 2 (issue #13): who measured the row and how many cases that host ran at once meanwhile
+COLUMNS = COLUMNS_V1 + ["worker", "concurrent"]
 SAMPLE_COLUMNS = ["case_id", "metric", "round", "rep", "value"]
 ROW_KEY = ("case_id", "metric", "stat", "source")  # at most one row per key in a file (the writer refuses more)
-INT_COLUMNS = ["schema_version", "batch", "height", "width", "tokens", "heads", "head_dim", "dim"]
+INT_COLUMNS = ["schema_version", "batch", "height", "width", "tokens", "heads", "head_dim", "dim", "concurrent"]
 STATUSES = ("ok", "skipped", "oom", "timeout", "crash", "error")
 STATS = ("median", "mean", "min", "p20", "p80", "std", "n", "value")
 SOURCES = ("measured", "reported")
@@ -85,7 +88,7 @@ def _cell(column: str, value: Any) -> str:
         return ""
     if isinstance(value, bool):
         return str(value)
-    if column in INT_COLUMNS or column == "rep":
+    if column in INT_COLUMNS or column in ("rep", "round"):
         try:
             number = int(value)
         except (TypeError, ValueError, OverflowError):
@@ -172,6 +175,9 @@ class ResultsWriter:
         if samples_path.is_file() and samples_path.stat().st_size and _header(samples_path) != SAMPLE_COLUMNS:
             raise ResultsError(f"{samples_path} was written by an older attnbench (no `round` column); "
                                "choose a new --out instead of resuming it")  # fmt: skip
+        if self.path.exists() and self.path.stat().st_size and _header(self.path) == COLUMNS_V1:
+            raise ResultsError(f"{self.path} was written by an older attnbench (schema 1, no worker/concurrent "
+                               "columns); choose a new --out instead of resuming it")  # fmt: skip
         try:
             self.rows = _Appender(self.path, COLUMNS)
             self.samples = _Appender(samples_path, SAMPLE_COLUMNS)
@@ -239,7 +245,7 @@ def row_keys(path: str | Path) -> set[tuple[str, ...]]:
         return set()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        df = _read_validated(path, COLUMNS, check_row)
+        df = _read_validated(path, COLUMNS_V1, check_row)
     return set(df[list(ROW_KEY)].itertuples(index=False, name=None))
 
 
@@ -351,10 +357,11 @@ def _float_problem(text: str, column: str, *, required: bool) -> str | None:
 
 
 def check_row(row: dict[str, str]) -> str | None:
-    """Why a results row (as text) is invalid, or None: schema_version 1, known status/stat/source,
+    """Why a results row (as text) is invalid, or None: schema_version 1 or 2, known status/stat/source,
     integer shape columns, a finite value (required for status ok)."""
-    if row["schema_version"] != str(SCHEMA_VERSION):
-        return f"schema_version {row['schema_version'][:20]!r} is not {SCHEMA_VERSION} (written by another version?)"
+    if row["schema_version"] not in READABLE_SCHEMAS:
+        return (f"schema_version {row['schema_version'][:20]!r} is not one of {', '.join(READABLE_SCHEMAS)} "
+                "(written by another version?)")  # fmt: skip
     if not row["case_id"] or not row["metric"]:
         return "case_id or metric is empty"
     if row["status"] not in STATUSES:
@@ -364,7 +371,7 @@ def check_row(row: dict[str, str]) -> str | None:
     if row["source"] not in (*SOURCES, ""):
         return f"source {row['source'][:40]!r} is not one of {', '.join(SOURCES)}"
     for col in INT_COLUMNS[1:]:
-        problem = _int_problem(row[col], col, low=1 if col in ("batch", "height", "width") else 0)
+        problem = _int_problem(row.get(col, ""), col, low=1 if col in ("batch", "height", "width") else 0)
         if problem:
             return problem
     return _float_problem(row["value"], "value", required=row["status"] == "ok")
@@ -384,13 +391,18 @@ def check_sample(row: dict[str, str]) -> str | None:
 def load(path: str | Path, *, dedupe: bool = True) -> pd.DataFrame:
     """Rows of a results CSV as a DataFrame with typed columns.
 
-    value is float; the shape columns are nullable integers; empty strings stay "" in text columns.
+    value is float; the shape columns and `concurrent` are nullable integers; empty strings stay "" in text
+    columns. Schema-1 files (no `worker`, `concurrent`) load with those columns empty.
     dedupe keeps the last row per (case_id, metric, stat, note, source) - a case measured twice
     (e.g. a run appended to a file) reports its latest measurement.
     """
     path = Path(path)
-    df = _read_validated(path, COLUMNS, check_row)
+    header = _header(path) if path.is_file() else COLUMNS
+    df = _read_validated(path, COLUMNS if "worker" in header else COLUMNS_V1, check_row)
     skipped = df.attrs.get("skipped_lines", [])
+    for col in COLUMNS[len(COLUMNS_V1):]:  # a schema-1 file: who measured it and how concurrently is unknown
+        if col not in df.columns:
+            df[col] = ""
     df["value"] = pd.to_numeric(df["value"].replace("", None), errors="coerce").astype("float64")
     for col in INT_COLUMNS:
         df[col] = pd.to_numeric(df[col].replace("", None), errors="coerce").astype("Int64")

@@ -26,7 +26,7 @@ from attnbench.plan import Case
 def ladder_key(case: Case) -> tuple:
     """Cases that differ only in batch form one ladder (OOM prediction runs along it)."""
     return (case.mechanism, case.level, case.variant, case.pass_, case.dtype, case.height, case.width,
-            case.heads, case.dim, case.options)  # fmt: skip
+            case.heads, case.dim, case.options, case.hardware)  # fmt: skip
 
 
 def units(cases: Sequence[Case]) -> list[list[Case]]:
@@ -37,12 +37,16 @@ def units(cases: Sequence[Case]) -> list[list[Case]]:
     return list(groups.values())
 
 
+def unit_order(n_units: int, round_index: int, seed: int, rounds: int) -> list[int]:
+    """Indices of the units in one round's order: shuffled by (seed, round) when there are several rounds."""
+    if rounds > 1:
+        return np.random.default_rng([seed, round_index]).permutation(n_units).tolist()
+    return list(range(n_units))
+
+
 def round_order(unit_list: Sequence[Sequence[Case]], round_index: int, seed: int, rounds: int) -> list[Case]:
     """The cases of one round: units shuffled by (seed, round) when there are several rounds."""
-    order = range(len(unit_list))
-    if rounds > 1:
-        order = np.random.default_rng([seed, round_index]).permutation(len(unit_list)).tolist()
-    return [case for i in order for case in unit_list[i]]
+    return [case for i in unit_order(len(unit_list), round_index, seed, rounds) for case in unit_list[i]]
 
 
 def latency_summary(samples_ms: list[float], prior_rounds: Sequence[Sequence[float]]) -> tuple[dict[str, float], str]:

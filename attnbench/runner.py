@@ -55,6 +55,34 @@ class RunSummary:
     rounds: int = 1
 
 
+@dataclass
+class RunState:
+    """A sweep in progress: the plan, the open writer, and what is measured so far (per case and round)."""
+
+    cases: list[Case]
+    writer: ResultsWriter
+    done: set[str]  # cases with rows when the run started (--resume)
+    prior: dict[str, dict[int, list[float]]]  # case_id -> {round: latency repeats} of finished timing rounds
+    rounds: int
+    summary: RunSummary
+    step: int  # (case, round) steps done, for progress
+    ended: set[str] = field(default_factory=set)  # cases with rows: done before, finished, or failed earlier
+
+    def pending(self, case: Case, round_index: int) -> bool:
+        return case.case_id not in self.ended and round_index not in self.prior.get(case.case_id, {})
+
+    def earlier(self, case: Case) -> list[list[float]]:
+        """The case's latency repeats of its finished earlier rounds, in round order."""
+        return [v for _, v in sorted(self.prior.get(case.case_id, {}).items())]
+
+
+def this_worker(pid: int | None = None) -> str:
+    """The `worker` column: host/pid of the process that measured the row."""
+    import socket
+
+    return f"{socket.gethostname()}/pid{pid or os.getpid()}"
+
+
 def default_out(suite: Suite, results_dir: str | Path = "results") -> Path:
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     return Path(results_dir) / f"{slug(suite.name)}-{stamp}.csv"  # the name never chooses a directory
@@ -103,13 +131,14 @@ def classify_exception(exc: BaseException) -> tuple[str, str]:
 
 class Runner:
     def __init__(self, suite: Suite, out: str | Path, *, resume: bool = False, progress: Progress | None = None,
-                 debug: bool = False, in_worker: bool = False):  # fmt: skip
+                 debug: bool = False, in_worker: bool = False, executor: Any = None):  # fmt: skip
         self.suite = suite
         self.out = Path(out)
         self.resume = resume
         self.progress = progress
         self.debug = debug
         self.in_worker = in_worker
+        self.executor = executor  # None: this process (and its round workers) runs the sweep
         self.run_id = uuid.uuid4().hex[:10]
         self.env_id = ""
         self._oom_at: dict[tuple, int] = {}
@@ -118,6 +147,72 @@ class Runner:
 
     # -- the sweep ---------------------------------------------------------------------------------
     def run(self) -> RunSummary:
+        if self.executor is not None:  # --workers / --executor: attnbench.executors drives the sweep
+            return self.executor.run(self)
+        suite = self.suite
+        if suite.hardware:
+            raise AttnbenchError(f"the suite names hardware kinds ({', '.join(suite.hardware)}): run it with "
+                                 "--executor ray on a cluster that has them")  # fmt: skip
+        state = self.open_run()
+        n_rounds = state.rounds
+        unit_list = rounds.units(state.cases)
+        try:
+            for round_index in range(n_rounds):
+                final = round_index == n_rounds - 1
+                if self.progress and hasattr(self.progress, "round_start"):
+                    self.progress.round_start(round_index, n_rounds)
+                if isolation_mode(suite) == "process":  # a fresh worker process for every round
+                    from attnbench.isolation import WorkerPool
+
+                    self.pool = WorkerPool(suite, self.run_id, self.env_id, suite.memory_limit_gb)
+                try:
+                    for case in rounds.round_order(unit_list, round_index, suite.order_seed, n_rounds):
+                        if not state.pending(case, round_index):
+                            continue
+                        if self.progress:
+                            self.progress.case_start(state.step, case)
+                        if self.pool is not None:
+                            self.pool.worker = ""  # set when the case reaches the worker (not for planned skips)
+                        rows, samples = self.run_case(case, prior=state.earlier(case), time_only=not final)
+                        worker = (self.pool.worker if self.pool is not None else "") or this_worker()
+                        self.record(state, case, round_index, rows, samples, worker=worker, concurrent=1)
+                finally:
+                    if self.pool is not None:
+                        self.pool.close()
+                        self.pool = None
+        finally:
+            state.writer.close()
+        return state.summary
+
+    def record(self, state: RunState, case: Case, round_index: int, rows: list[dict[str, Any]],
+               samples: dict[str, list[float]], *, worker: str, concurrent: int | None) -> str:  # fmt: skip
+        """Write one (case, round)'s samples, then (last round or failure) its rows; returns the status."""
+        n_rounds, final = state.rounds, round_index == state.rounds - 1
+        for metric, values in samples.items():  # samples first: rows mark the case done
+            state.writer.write_samples(case.case_id, metric, values, round=round_index)
+        if not final and not rows:  # a timing-only round went well: keep its repeats
+            state.prior.setdefault(case.case_id, {})[round_index] = samples.get("latency", [])
+            status = "ok"
+        else:
+            if not final and n_rounds > 1 and rows and rows[0]["status"] != "skipped":
+                for row in rows:
+                    if row.get("message"):
+                        row["message"] = f"round {round_index + 1}/{n_rounds}: {row['message']}"
+            for row in rows:
+                row["worker"], row["concurrent"] = worker, concurrent
+            state.writer.write_rows(rows)
+            state.ended.add(case.case_id)
+            status = rows[0]["status"] if rows else "error"
+            state.summary.statuses[status] += 1
+            state.step += n_rounds - round_index - 1  # its later rounds will not run
+        state.step += 1
+        if self.progress:  # index = case-rounds accounted for so far
+            self.progress.case_end(state.step, case, status, rows)
+        return status
+
+    def open_run(self) -> RunState:
+        """Everything before the first case: plan, resume checks, the writer, env and suite files, what a
+        resumed run already has (cases with rows, rounds in the samples file), progress start."""
         suite = self.suite
         if suite.threads is not None:
             torch.set_num_threads(suite.threads)
@@ -146,51 +241,7 @@ class Runner:
         steps_done = sum(c.case_id in done for c in cases) * n_rounds + sum(len(v) for v in prior.values())
         if self.progress:
             self.progress.start(total_steps, steps_done)
-        ended = set(done)  # cases with rows: done before, finished, or failed in an earlier round
-        unit_list = rounds.units(cases)
-        step = steps_done
-        try:
-            for round_index in range(n_rounds):
-                final = round_index == n_rounds - 1
-                if self.progress and hasattr(self.progress, "round_start"):
-                    self.progress.round_start(round_index, n_rounds)
-                if isolation_mode(suite) == "process":  # a fresh worker process for every round
-                    from attnbench.isolation import WorkerPool
-
-                    self.pool = WorkerPool(suite, self.run_id, self.env_id, suite.memory_limit_gb)
-                try:
-                    for case in rounds.round_order(unit_list, round_index, suite.order_seed, n_rounds):
-                        if case.case_id in ended or round_index in prior.get(case.case_id, {}):
-                            continue
-                        if self.progress:
-                            self.progress.case_start(step, case)
-                        earlier = [v for _, v in sorted(prior.get(case.case_id, {}).items())]
-                        rows, samples = self.run_case(case, prior=earlier, time_only=not final)
-                        for metric, values in samples.items():  # samples first: rows mark the case done
-                            writer.write_samples(case.case_id, metric, values, round=round_index)
-                        if not final and not rows:  # a timing-only round went well: keep its repeats
-                            prior.setdefault(case.case_id, {})[round_index] = samples.get("latency", [])
-                            status = "ok"
-                        else:
-                            if not final and n_rounds > 1 and rows and rows[0]["status"] != "skipped":
-                                for row in rows:
-                                    if row.get("message"):
-                                        row["message"] = f"round {round_index + 1}/{n_rounds}: {row['message']}"
-                            writer.write_rows(rows)
-                            ended.add(case.case_id)
-                            status = rows[0]["status"] if rows else "error"
-                            summary.statuses[status] += 1
-                            step += n_rounds - round_index - 1  # its later rounds will not run
-                        step += 1
-                        if self.progress:  # index = case-rounds accounted for so far
-                            self.progress.case_end(step, case, status, rows)
-                finally:
-                    if self.pool is not None:
-                        self.pool.close()
-                        self.pool = None
-        finally:
-            writer.close()
-        return summary
+        return RunState(cases, writer, done, prior, n_rounds, summary, steps_done, ended=set(done))
 
     # -- one case ----------------------------------------------------------------------------------
     def _row(self, case: Case, started: str, metric: str, value: float | None, unit: str, stat: str = "value",
@@ -207,10 +258,10 @@ class Runner:
 
     def _oom_key(self, case: Case) -> tuple:
         return (case.mechanism, case.level, case.variant, case.pass_, case.dtype, case.height, case.width,
-                case.heads, case.dim)  # fmt: skip
+                case.heads, case.dim, case.hardware)  # fmt: skip
 
-    def run_case(self, case: Case, *, prior: list[list[float]] | None = None,
-                 time_only: bool = False) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:  # fmt: skip
+    def run_case(self, case: Case, *, prior: list[list[float]] | None = None, time_only: bool = False,
+                 pool: Any = None) -> tuple[list[dict[str, Any]], dict[str, list[float]]]:  # fmt: skip
         """Rows of one case in one round: planned skips, predicted OOMs and prunes here; the rest measured
         in-process or in the worker. time_only (rounds before the last): latency samples and no rows when
         all went well; `prior`: the latency repeats of the case's earlier rounds (see attnbench.rounds)."""
@@ -224,9 +275,10 @@ class Runner:
         pruned = prune_reason(case, self.suite) or too_slow_reason(case, self.suite, self.peaks)
         if pruned:
             return [self.status_row(case, started, "skipped", pruned)], {}
-        if self.pool is not None:
+        pool = pool if pool is not None else self.pool
+        if pool is not None:
             try:
-                tag, payload = self.pool.run((case, prior, time_only), self.suite.timeout_s,
+                tag, payload = pool.run((case, prior, time_only), self.suite.timeout_s,
                                              self.suite.timeout_s * 1.1 + WORKER_MARGIN_S)  # fmt: skip
             except RuntimeError as exc:  # the worker could not start (e.g. memory_limit_gb too small)
                 tag, payload = "crash", str(exc)
@@ -550,6 +602,8 @@ def _count_flops(fn) -> float | None:
 
 
 def run_suite(suite: Suite, out: str | Path | None = None, *, resume: bool = False,
-              progress: Progress | None = None, debug: bool = False) -> RunSummary:  # fmt: skip
-    """Run every case of `suite`, appending rows to `out` (default results/<suite>-<UTC>.csv)."""
-    return Runner(suite, out or default_out(suite), resume=resume, progress=progress, debug=debug).run()
+              progress: Progress | None = None, debug: bool = False, executor: Any = None) -> RunSummary:  # fmt: skip
+    """Run every case of `suite`, appending rows to `out` (default results/<suite>-<UTC>.csv); `executor`
+    (attnbench.executors) runs the cases on a local worker pool or a Ray cluster instead of this process."""
+    return Runner(suite, out or default_out(suite), resume=resume, progress=progress, debug=debug,
+                  executor=executor).run()  # fmt: skip

@@ -68,6 +68,8 @@ class Suite:
     cuda_graphs: bool = False
     memory_limit_gb: float | None = None
     tf32: bool = False  # TF32 matmuls/convolutions for fp32 on GPU (off unless asked; recorded)
+    hardware: tuple[str, ...] = ()  # Ray: every case once per hardware kind (custom resource or accelerator type)
+    exclusive: str | None = None  # "node": one case per node at a time (executors); None: one per device
     path: str = ""
     resolved: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -118,9 +120,11 @@ _KEYS: dict[str, str] = {
     "cuda_graphs": "bool",
     "memory_limit_gb": "float?",
     "tf32": "bool",
+    "hardware": "strlist",
+    "exclusive": "str?",
 }
 _ALLOWED = {"level": LEVELS, "dtype": DTYPES, "pass": PASSES, "isolation": ISOLATIONS, "metrics": METRICS,
-            "device": ("auto", "cpu", "cuda")}  # fmt: skip
+            "device": ("auto", "cpu", "cuda"), "exclusive": ("node",)}  # fmt: skip
 _REPEAT_KEYS = {"min": "int", "max": "int", "min_time_s": "float", "target_ci": "float?"}
 
 
@@ -421,6 +425,8 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         cuda_graphs=values.get("cuda_graphs", False),
         memory_limit_gb=values.get("memory_limit_gb"),
         tf32=values.get("tf32", False),
+        hardware=tuple(dict.fromkeys(values.get("hardware", ()))),
+        exclusive=values.get("exclusive"),
         path=str(path),
         resolved=_jsonable(merged),
     )
@@ -434,7 +440,7 @@ def _check_values(merged: dict[str, Any], where: Callable[[str], str], path: Pat
     for key, value in merged.items():
         values[key] = _coerce(_KEYS[key], key, value, where)
     for key, allowed in _ALLOWED.items():
-        if key in values and key != "device":
+        if key in values and key != "device" and values[key] is not None:
             seq = values[key] if isinstance(values[key], tuple) else (values[key],)
             for item in seq:
                 if item not in allowed:

@@ -45,7 +45,8 @@ def test_smoke_suite_writes_four_files_with_schema(tmp_path):
     assert list(df.columns) == results.COLUMNS
     assert set(df["status"]) <= set(results.STATUSES) and "ok" in set(df["status"])
     assert df["value"].dtype == "float64" and str(df["batch"].dtype) == "Int64"
-    assert (df["schema_version"] == 1).all()
+    assert (df["schema_version"] == 2).all()
+    assert df["worker"].str.len().gt(0).all() and (df["concurrent"] == 1).all()
     ok_lat = df[(df.metric == "latency") & (df.stat == "median") & (df.status == "ok")]
     assert (ok_lat["value"] > 0).all() and set(ok_lat["unit"]) == {"ms"}
     flash = df[df.mechanism == "softmax_flash"]

@@ -58,7 +58,7 @@ def runs(tmp_path):
 
 
 def test_compare_aligns_by_identity_and_computes_ratios(runs):
-    frame, meta = compare.compare_runs(*runs)
+    frame, meta = compare.compare_runs(*runs, across_hardware=True)
     by = {(r["mechanism"], r["height"]): r for _, r in frame.iterrows()}
     assert set(by) == {("x", 14), ("x", 28), ("y", 14), ("only_a", 14), ("only_b", 14)}
     for h in (14, 28):
@@ -75,14 +75,14 @@ def test_compare_aligns_by_identity_and_computes_ratios(runs):
     assert {f.name for f in meta.env_differences} == {"device", "git commit"}
     device = next(f for f in meta.env if f.name == "device")
     assert (device.a, device.b) == ("NVIDIA H100 80GB HBM3", "NVIDIA H200")
-    again, _ = compare.compare_runs(*runs)
+    again, _ = compare.compare_runs(*runs, across_hardware=True)
     assert again["low"].equals(frame["low"])  # seeded bootstrap
 
 
 def test_compare_without_samples_uses_p20_p80_band(runs):
     a, b = runs
     results.companion(b, "samples.csv").unlink()
-    frame, meta = compare.compare_runs(a, b)
+    frame, meta = compare.compare_runs(a, b, across_hardware=True)
     r = frame[(frame["mechanism"] == "x") & (frame["height"] == 14)].iloc[0]
     half = math.hypot(math.log(1.1), math.log(1 / 0.9))  # up: B's p80 and A's p20
     assert r["interval"] == "p20-p80" and r["high"] == pytest.approx(0.5 * math.exp(half))
@@ -90,7 +90,7 @@ def test_compare_without_samples_uses_p20_p80_band(runs):
 
 
 def test_comparison_tables_render(runs):
-    frame, meta = compare.compare_runs(*runs)
+    frame, meta = compare.compare_runs(*runs, across_hardware=True)
     cases, env_table = compare.comparison_tables(frame, meta)
     md = export.to_markdown(cases)
     assert "| x op fwd bf16 b8 14x14 | 1 | 0.5 | 0.5 [" in md
@@ -104,6 +104,18 @@ def test_duplicate_identities_are_noted(tmp_path, runs):
     a, b = runs
     rows = case_rows("x", 14, 1.0, device="cpu") + case_rows("x", 14, 9.0, device="cuda")
     write_run(tmp_path / "dup.csv", rows, None, env("envA", "H100", "1"))
-    frame, meta = compare.compare_runs(tmp_path / "dup.csv", b)
+    frame, meta = compare.compare_runs(tmp_path / "dup.csv", b, across_hardware=True)
     assert frame.loc[frame["mechanism"] == "x", "median_a"].iloc[0] == 9.0  # the later one
     assert any("share an identity" in n for n in meta.notes)
+
+
+def test_runs_on_different_hardware_are_refused_unless_asked(runs, tmp_path):
+    from attnbench.cli import main
+
+    a, b = runs
+    with pytest.raises(results.ResultsError, match="across-hardware"):
+        compare.compare_runs(a, b)
+    assert main(["compare", str(a), str(b)]) == 2
+    assert main(["compare", str(a), str(b), "--across-hardware"]) == 0
+    frame, meta = compare.compare_runs(a, a)  # same hardware: no flag needed
+    assert meta.n_ratio == 4  # every ok case of A against itself

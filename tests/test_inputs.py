@@ -102,7 +102,7 @@ def test_rows_validated_on_load_bad_lines_skipped_with_one_warning_each(tmp_path
     header = lines[0]
     lines[1] = lines[1].replace(",r,c0,", ',r,"c0,', 1)  # an unbalanced quote: only this line is lost
     lines[2] = lines[2].replace(",1.5,", ",nan,")  # NaN latency
-    lines[3] = "2" + lines[3][1:]  # schema_version 2
+    lines[3] = "3" + lines[3][1:]  # schema_version 3 (no such schema)
     lines.insert(4, header)  # a second header
     lines.insert(5, "1,2,3\n")  # a short row
     data = "".join(lines).encode() + b"1,r,c9,\xff\xfe\n"  # a non-UTF-8 line

@@ -89,7 +89,8 @@ def test_latency_summary_over_round_medians():
 
 def test_writer_refuses_a_second_row_with_the_same_key(tmp_path):
     writer = results.ResultsWriter(tmp_path / "d.csv")
-    row = {"case_id": "c", "metric": "rel_err", "stat": "value", "source": "measured", "value": 1e-7}
+    row = {"schema_version": results.SCHEMA_VERSION, "run_id": "r", "case_id": "c", "metric": "rel_err",
+           "stat": "value", "status": "ok", "source": "measured", "value": 1e-7}  # fmt: skip
     writer.write_rows([row, row | {"metric": "grad_rel_err"}])
     with pytest.raises(ResultsError, match="duplicate row"):
         writer.write_rows([row | {"note": "grads"}])  # differs only in the note: refused

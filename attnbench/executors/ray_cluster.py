@@ -1,0 +1,278 @@
+"""`--executor ray [--address ADDR]`: every (unit, round) is one Ray task.
+
+Placement: a task asks for `num_gpus=1` on a cuda suite (Ray sets CUDA_VISIBLE_DEVICES to its GPU before
+the task runs), `num_cpus=threads` (default 1) on a cpu suite, plus, when the suite names hardware kinds,
+a sliver of that kind's resource: a custom resource of that name (`ray start --resources='{"H100": 8}'`)
+or Ray's detected `accelerator_type:<kind>`. Ray schedules queued tasks onto free resources (dynamic, no
+static shards) and retries a task whose worker or node was lost (`max_retries`).
+
+Fresh process per round: tasks are declared with `max_calls=1`, so Ray starts a new worker process for
+every task and every round of a case runs in its own process (the #12 rounds contract). Inside the task
+the unit's cases run in that process, ascending, with OOM prediction along the ladder; a case fault is a
+row, as in-process; a hang is caught by the driver, which cancels the task after its time budget.
+
+The driver is the only writer: it receives a task's rows when the task finishes, writes them with the
+usual durability, and records every worker's fingerprint (host, GPU, CUDA_VISIBLE_DEVICES, hardware kind)
+in FILE.env.json. A small coordinator actor counts the cases in flight per node (`concurrent`), serialises
+them under `exclusive: node`, and notes when each task started (for the time budget).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from typing import Any
+
+from attnbench.errors import AttnbenchError
+from attnbench.executors.schedule import Concurrency, RoundScheduler, Task
+
+EXTRA = "distributed"
+MAX_RETRIES = 3  # a lost worker or node: the task runs again (its rows were not written yet)
+TASK_MARGIN_S = 60.0  # start-up of a fresh Ray worker (imports torch) on top of the cases' timeouts
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise AttnbenchError(f"--executor ray needs Ray, which is not installed: pip install "
+                             f"'attnbench[{EXTRA}]' (the `{EXTRA}` extra)") from None  # fmt: skip
+    return ray
+
+
+def _check_reachable(address: str) -> None:
+    """A host:port address must accept a TCP connection: ray.init would otherwise retry for minutes."""
+    if address == "auto" or address.startswith("ray://"):
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise AttnbenchError(f"--address {address!r}: give the head node as HOST:PORT (e.g. head:6379), "
+                             "ray://HOST:PORT or auto")  # fmt: skip
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise AttnbenchError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start "
+                             "one with `ray start --head` and pass the address it prints") from None  # fmt: skip
+
+
+def connect(ray, address: str | None, num_cpus: int | None = None) -> bool:
+    """Join the cluster at `address`, or start a local Ray instance; False when Ray was already initialised
+    (by the caller, e.g. a test), which then also owns its shutdown."""
+    if address:
+        _check_reachable(address)
+    if ray.is_initialized():
+        return False
+    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    if address:
+        kwargs["address"] = address
+    elif num_cpus is not None:
+        kwargs["num_cpus"] = num_cpus
+    try:
+        ray.init(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - any failure to join is a one-line user error
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        where = f"--address {address}" if address else "starting a local Ray instance"
+        raise AttnbenchError(f"{where}: {reason}") from None
+    return True
+
+
+def kind_resource(kind: str, cluster: dict[str, float]) -> str | None:
+    """The Ray resource that marks nodes of hardware kind `kind`: a custom resource of that name, else
+    Ray's accelerator type (`accelerator_type:H100`); None when the cluster has neither."""
+    for name in (kind, f"accelerator_type:{kind}"):
+        if cluster.get(name, 0) > 0:
+            return name
+    return None
+
+
+class Coordinator:
+    """Per-node concurrency (and exclusive: node), task start times. Runs as a Ray actor in the cluster."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, Concurrency] = {}
+        self.started: dict[str, float] = {}
+
+    def enter(self, node: str, exclusive: bool) -> int | None:
+        return self.nodes.setdefault(node, Concurrency()).enter(exclusive)
+
+    def leave(self, node: str, token: int) -> int:
+        return self.nodes[node].leave(token)
+
+    def task_started(self, key: str) -> None:
+        self.started[key] = time.time()
+
+    def start_times(self) -> dict[str, float]:
+        return dict(self.started)
+
+
+def run_unit_task(suite, run_id: str, key: str, todo: list, priors: dict, final: bool, oom_at: dict,
+                  extra_fp: dict, threads: int | None, coordinator) -> dict[str, Any]:  # fmt: skip
+    """The body of one Ray task: one round of one unit, measured in this (fresh) worker process."""
+    import ray
+
+    coordinator.task_started.remote(key)
+    from pathlib import Path
+
+    import torch
+
+    from attnbench import registry
+    from attnbench.measure.env import env_id as make_env_id
+    from attnbench.measure.env import fingerprint
+    from attnbench.runner import Runner, _cached_peaks, apply_precision_settings
+
+    registry.load_builtin()
+    registry.load_plugins(suite.plugins, base_dir=Path(suite.path).parent if suite.path else None)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    apply_precision_settings(suite)
+    node = ray.get_runtime_context().get_node_id()
+    fp = fingerprint(suite.device, threads)
+    fp.update(extra_fp, hostname=socket.gethostname(), ray_node_id=node,
+              cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))  # fmt: skip
+    runner = Runner(suite, out=os.devnull, in_worker=True)
+    runner.run_id, runner.env_id = run_id, make_env_id(fp)
+    runner.peaks = _cached_peaks(suite.device, fp)
+    runner._oom_at.update(oom_at)
+    out = []
+    for case in todo:
+        while (token := ray.get(coordinator.enter.remote(node, suite.exclusive == "node"))) is None:
+            time.sleep(0.05)  # exclusive: node - one case on this node at a time
+        try:
+            rows, samples = runner.run_case(case, prior=priors[case.case_id], time_only=not final)
+        finally:
+            concurrent = ray.get(coordinator.leave.remote(node, token))
+        out.append((case, rows, samples, concurrent))
+    return {"env": (runner.env_id, fp), "worker": f"{node[:12]}/pid{os.getpid()}", "cases": out}
+
+
+class RayExecutor:
+    """Runs a sweep's (unit, round) tasks on a Ray cluster; `run(runner)` returns the RunSummary.
+
+    `gpus_per_task` (default 1 on cuda, 0 on cpu) and `local_cpus` (CPUs of a local instance started here)
+    exist for tests and laptops; the CLI uses the defaults."""
+
+    def __init__(self, address: str | None = None, *, gpus_per_task: float | None = None,
+                 local_cpus: int | None = None, max_retries: int = MAX_RETRIES):  # fmt: skip
+        self.address = address
+        self.gpus_per_task = gpus_per_task
+        self.local_cpus = local_cpus
+        self.max_retries = max_retries
+        self.startup_s: float | None = None  # seconds ray.init took (None: Ray was already running)
+
+    def run(self, runner):
+        from attnbench import rounds
+        from attnbench.runner import this_worker
+
+        ray = import_ray()
+        suite = runner.suite
+        t0 = time.perf_counter()
+        owned = connect(ray, self.address, self.local_cpus)
+        self.startup_s = time.perf_counter() - t0 if owned else None
+        try:
+            options = self._task_options(ray, suite)
+            state = runner.open_run()
+            unit_list = rounds.units(state.cases)
+            sched = RoundScheduler(unit_list, state.rounds, suite.order_seed)
+            coordinator = ray.remote(Coordinator).options(num_cpus=0).remote()
+            remote = ray.remote(max_calls=1)(run_unit_task)  # a fresh worker process for every task
+            inflight: dict[Any, tuple[Task, list, str]] = {}
+            envs = {runner.env_id}
+            extra = {"executor": "ray", "exclusive": suite.exclusive or "device"}
+            threads = suite.threads or (1 if suite.device == "cpu" else None)
+            budget_per_case = suite.timeout_s * 1.1 + 2.0
+            try:
+                while not sched.done:
+                    while (task := sched.next_ready()) is not None:
+                        todo = [c for c in unit_list[task.unit] if state.pending(c, task.round)]
+                        for case in [c for c in todo if c.skip]:  # a planned skip needs no worker: made here
+                            rows, samples = runner.run_case(case)
+                            runner.record(state, case, task.round, rows, samples, worker=this_worker(),
+                                          concurrent=None)  # fmt: skip
+                        todo = [c for c in todo if not c.skip]
+                        if not todo:
+                            sched.finish(task)
+                            continue
+                        kind = todo[0].hardware
+                        key = f"{task.unit}/{task.round}"
+                        oom_at = {k: v for k, v in runner._oom_at.items() if k == runner._oom_key(todo[0])}
+                        ref = remote.options(**options[kind]).remote(
+                            suite, runner.run_id, key, todo, {c.case_id: state.earlier(c) for c in todo},
+                            task.round == state.rounds - 1, oom_at, dict(extra, hardware_kind=kind or None),
+                            threads, coordinator)  # fmt: skip
+                        inflight[ref] = (task, todo, key)
+                    if not inflight:
+                        continue
+                    ready, _ = ray.wait(list(inflight), num_returns=1, timeout=2.0)
+                    for ref in ready:
+                        task, todo, key = inflight.pop(ref)
+                        self._collect(ray, runner, state, ref, task, todo, envs)
+                        sched.finish(task)
+                    if not ready:
+                        self._cancel_overdue(ray, coordinator, inflight, budget_per_case)
+            finally:
+                for ref in inflight:
+                    ray.cancel(ref, force=True)
+                state.writer.close()
+            return state.summary
+        finally:
+            if owned:
+                ray.shutdown()
+
+    def _task_options(self, ray, suite) -> dict[str, dict[str, Any]]:
+        """Ray options per hardware kind ("" = any node)."""
+        gpus = self.gpus_per_task if self.gpus_per_task is not None else (1 if suite.device == "cuda" else 0)
+        cpus = 0 if gpus else (suite.threads or 1)
+        base = dict(num_gpus=gpus, num_cpus=cpus, max_retries=self.max_retries, retry_exceptions=False)
+        if not suite.hardware:
+            return {"": base}
+        cluster = ray.cluster_resources()
+        options = {}
+        for kind in suite.hardware:
+            resource = kind_resource(kind, cluster)
+            if resource is None:
+                have = sorted(k for k in cluster if not k.startswith("node:") and k not in ("memory",
+                              "object_store_memory"))  # fmt: skip
+                raise AttnbenchError(f"hardware kind {kind!r} is not in the Ray cluster (resources: {', '.join(have)});"
+                                     f" start its nodes with `ray start --resources='{{\"{kind}\": 1}}'` or use "
+                                     "a GPU type Ray detects (accelerator_type)")  # fmt: skip
+            options[kind] = dict(base, resources={resource: 0.001})
+        return options
+
+    def _collect(self, ray, runner, state, ref, task: Task, todo: list, envs: set) -> None:
+        """Write a finished task's cases; a task that failed for good becomes rows for each of its cases."""
+        from ray.exceptions import RayError, TaskCancelledError
+
+        try:
+            result = ray.get(ref)
+        except (RayError, OSError) as exc:
+            status = "timeout" if isinstance(exc, TaskCancelledError) else "crash"
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+            message = ("ran past its time budget; Ray task cancelled" if status == "timeout"
+                       else f"Ray task failed after {self.max_retries} retries: {type(exc).__name__}: {reason}")
+            started = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+            for case in todo:
+                runner.record(state, case, task.round, [runner.status_row(case, started, status, message)], {},
+                              worker="ray", concurrent=None)  # fmt: skip
+            return
+        env_id, fp = result["env"]
+        if env_id not in envs:
+            state.writer.write_env(env_id, fp)
+            envs.add(env_id)
+        for case, rows, samples, concurrent in result["cases"]:
+            for row in rows:
+                row["env_id"] = env_id
+            if rows and rows[0]["status"] == "oom":
+                key = runner._oom_key(case)
+                runner._oom_at[key] = min(case.batch, runner._oom_at.get(key, case.batch))
+            runner.record(state, case, task.round, rows, samples, worker=result["worker"], concurrent=concurrent)
+
+    @staticmethod
+    def _cancel_overdue(ray, coordinator, inflight: dict, budget_per_case: float) -> None:
+        starts = ray.get(coordinator.start_times.remote())
+        now = time.time()
+        for ref, (_, todo, key) in list(inflight.items()):
+            began = starts.get(key)
+            if began is not None and now - began > TASK_MARGIN_S + budget_per_case * len(todo):
+                ray.cancel(ref, force=True)
