@@ -363,7 +363,8 @@ def cmd_gate(args) -> int:
 
     base, new = gate_sides(args)
     result = gate(base, new, threshold=args.threshold, alpha=args.alpha, metric=args.metric,
-                  min_rounds=args.min_rounds, across_hardware=args.across_hardware)  # fmt: skip
+                  min_rounds=args.min_rounds, across_hardware=args.across_hardware,
+                  absolute=args.absolute)  # fmt: skip
     print_gate(result)
     return result.exit_code
 
@@ -381,7 +382,8 @@ def cmd_ab(args) -> int:
         files = ab.execute(plan, log=lambda line: console.print(esc(line, 400)))
     finally:
         ab.cleanup(plan)
-    result = gate(files["A"], files["B"], threshold=args.threshold, alpha=args.alpha, metric="latency")
+    result = gate(files["A"], files["B"], threshold=args.threshold, alpha=args.alpha, metric="latency",
+                  absolute=args.absolute)  # fmt: skip
     print_gate(result)
     return result.exit_code
 
@@ -422,6 +424,8 @@ def cmd_env(args) -> int:
 def _gate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", default="5%", help="slowdown that matters, e.g. 5%% or 0.05 (default 5%%)")
     p.add_argument("--alpha", type=float, default=0.05, help="family-wise significance level (Holm)")
+    p.add_argument("--absolute", action="store_true",
+                   help="judge changes as measured, without removing the run-wide shift (median over >= 8 cases)")
 
 
 class _Parser(argparse.ArgumentParser):

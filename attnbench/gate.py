@@ -22,7 +22,10 @@ Non-finite samples are dropped. Cases on one side only are listed, never failure
 Per case with >= min_rounds (default 3) round medians on both sides: ratio = median(new rounds) /
 median(base rounds), change = ratio - 1; p_raw and the interval from Welch's t on log round medians
 (`attnbench.stats.log_ratio_test`), so a case's own between-round noise sets how large a change must be to
-count; p_holm by Holm's step-down method over all judged cases (one family for both directions), so
+count. Before testing, the run-wide shift (median over >= 8 judged cases of the ratio, `estimate_run_shift`) is divided
+out of the new side: two runs minutes apart differ as a whole (frequency, host load), which rounds inside one run
+cannot see; `absolute=True` (CLI --absolute) judges changes as measured. vs_run = the change after that;
+p_holm by Holm's step-down method over all judged cases (one family for both directions), so
 identical code flags any case with probability <= alpha however large the suite. Verdict: regression if
 worse by more than `threshold` and p_holm <= alpha, improvement if better by more than `threshold` and
 p_holm <= alpha, else unchanged ("worse" = larger, or smaller for HIGHER_IS_BETTER metrics).
@@ -51,6 +54,7 @@ from attnbench.userinput import read_user_text
 
 VERDICTS = ("regression", "improvement", "too_few_rounds", "unchanged")  # display order
 MIN_ROUNDS = 3  # below this a side's noise is not estimable enough for a verdict
+MIN_SHIFT_CASES = 8  # the run-wide shift is removed only when at least this many cases estimate it
 HIGHER_IS_BETTER = frozenset(
     {"throughput", "tokens_per_s", "achieved_tflops", "achieved_gbps", "frac_bandwidth", "frac_flops", "top1", "top5"}
 )
@@ -84,6 +88,7 @@ class GateCase:
     ci_low: float  # of the ratio (Welch on logs, confidence 1 - alpha); nan for too_few_rounds
     ci_high: float
     noise: float  # larger side's std of log round medians; nan below 2 rounds
+    vs_run: float  # change relative to the run-wide shift (what the verdict judges); = change when not removed
     p_raw: float  # nan for too_few_rounds
     p_holm: float
     verdict: str  # one of VERDICTS
@@ -105,6 +110,7 @@ class GateResult:
     only_in_baseline: tuple[CaseRef, ...] = ()
     only_in_new: tuple[CaseRef, ...] = ()
     notes: tuple[str, ...] = ()  # warnings worth printing under the table
+    run_shift: float = 0.0  # run-wide change removed before judging (median over cases), 0 when not removed
 
     def with_verdict(self, verdict: str) -> tuple[GateCase, ...]:
         return tuple(c for c in self.cases if c.verdict == verdict)
@@ -197,6 +203,7 @@ def gate_rounds(
     min_rounds: int = MIN_ROUNDS,
     names: Mapping[str, str] | None = None,
     unit: str = "",
+    absolute: bool = False,
 ) -> GateResult:
     """Judge every case in both mappings (case key -> round medians); see the module docstring."""
     threshold = parse_threshold(threshold)
@@ -209,7 +216,8 @@ def gate_rounds(
     higher_is_better = metric in HIGHER_IS_BETTER
     arrays = {k: (stats.finite(base[k]), stats.finite(new[k])) for k in common}
     judged = [k for k in common if min(arrays[k][0].size, arrays[k][1].size) >= min_rounds]
-    tests = {k: stats.log_ratio_test(*arrays[k], confidence=1 - alpha) for k in judged}
+    shift = 0.0 if absolute else estimate_run_shift(arrays, judged)
+    tests = {k: stats.log_ratio_test(arrays[k][0], arrays[k][1] / (1 + shift), confidence=1 - alpha) for k in judged}
     p_holm = dict(zip(judged, stats.holm([tests[k][0] for k in judged])))
 
     cases = []
@@ -220,15 +228,16 @@ def gate_rounds(
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = float(np.divide(median_new, median_base))
         p_raw, ci_low, ci_high = tests.get(key, (math.nan, math.nan, math.nan))
+        vs_run = ratio / (1 + shift) - 1
         if key in p_holm:
-            verdict = _verdict(ratio - 1, p_holm[key], threshold, alpha, higher_is_better)
+            verdict = _verdict(vs_run, p_holm[key], threshold, alpha, higher_is_better)
         else:
             verdict = "too_few_rounds"
         cases.append(
             GateCase(
                 key=key, name=names.get(key, key), n_base=int(b.size), n_new=int(n.size),
                 median_base=median_base, median_new=median_new, ratio=ratio, change=ratio - 1,
-                ci_low=ci_low, ci_high=ci_high, noise=max(_log_sd(b), _log_sd(n)), p_raw=p_raw,
+                ci_low=ci_low, ci_high=ci_high, noise=max(_log_sd(b), _log_sd(n)), vs_run=vs_run, p_raw=p_raw,
                 p_holm=p_holm.get(key, math.nan), verdict=verdict,
             )
         )  # fmt: skip
@@ -238,8 +247,29 @@ def gate_rounds(
         min_rounds=min_rounds, higher_is_better=higher_is_better, cases=tuple(cases),
         only_in_baseline=tuple(CaseRef(k, names.get(k, k)) for k in base if k not in new),
         only_in_new=tuple(CaseRef(k, names.get(k, k)) for k in new if k not in base),
-        notes=_round_notes(cases, min_rounds),
+        notes=_round_notes(cases, min_rounds) + _shift_notes(shift, len(judged), absolute),
+        run_shift=shift,
     )  # fmt: skip
+
+
+def estimate_run_shift(arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], judged: Sequence[str]) -> float:
+    """The run-wide change: median over the judged cases of median(new) / median(base), minus 1; 0 below
+    MIN_SHIFT_CASES cases. Two runs made minutes apart differ as a whole (CPU frequency, the host's load, a
+    neighbouring VM): that moves every case together, and the rounds of one run cannot see it. A median over
+    cases is not moved by a regression in fewer than half of them."""
+    if len(judged) < MIN_SHIFT_CASES:
+        return 0.0
+    logs = [math.log(np.median(arrays[k][1]) / np.median(arrays[k][0])) for k in judged]
+    return math.exp(float(np.median(logs))) - 1
+
+
+def _shift_notes(shift: float, n_judged: int, absolute: bool) -> tuple[str, ...]:
+    if absolute or not n_judged:
+        return ()
+    if n_judged < MIN_SHIFT_CASES:
+        return (f"only {n_judged} judged cases: changes are judged as measured (no run-wide shift removed)",)
+    return (f"run-wide shift {shift:+.1%} (median over {n_judged} cases) removed before judging each case; a change "
+            "that slows every case alike is not flagged here: check it with `attnbench ab` or --absolute",)
 
 
 def _verdict(change: float, p_holm: float, threshold: float, alpha: float, higher_is_better: bool) -> str:
@@ -276,6 +306,7 @@ def gate(
     metric: str = "latency",
     min_rounds: int = MIN_ROUNDS,
     across_hardware: bool = False,
+    absolute: bool = False,
 ) -> GateResult:
     """Compare NEW against BASELINE (each one file or several: results CSVs or pytest-benchmark JSONs).
     Results CSVs whose env files name different hardware on the two sides are refused unless `across_hardware`."""
@@ -311,6 +342,7 @@ def gate(
     result = gate_rounds(
         base_set.samples, new_set.samples, threshold=threshold, alpha=alpha, metric=metric,
         min_rounds=min_rounds, names={**new_set.names, **base_set.names}, unit=base_set.unit or new_set.unit,
+        absolute=absolute,
     )  # fmt: skip
     return replace(result, baseline=base_set.label, new=new_set.label)
 
@@ -469,8 +501,8 @@ def _benchmark_data(path: Path, key: str, data: Any) -> np.ndarray:
 
 def format_rows(result: GateResult) -> list[dict[str, str]]:
     """Display rows (all values strings, same keys in every row): regressions, improvements, too_few_rounds,
-    unchanged, each by size of change. Keys: case, id, rounds, baseline, new, change, ci, noise, p, p_holm,
-    verdict."""
+    unchanged, each by size of change. Keys: case, id, rounds, baseline, new, change, ci, vs run, noise, p,
+    p_holm, verdict."""
     rank = {v: i for i, v in enumerate(VERDICTS)}
     ordered = sorted(result.cases, key=lambda c: (rank[c.verdict], -abs(np.nan_to_num(c.change))))
     unit = f" {result.unit}" if result.unit else ""
@@ -483,6 +515,7 @@ def format_rows(result: GateResult) -> list[dict[str, str]]:
             "new": f"{c.median_new:.4g}{unit}",
             "change": _percent(c.change),
             "ci": "-" if math.isnan(c.ci_low) else f"[{_percent(c.ci_low - 1)}, {_percent(c.ci_high - 1)}]",
+            "vs run": _percent(c.vs_run),
             "noise": "-" if math.isnan(c.noise) else f"{c.noise:.1%}",
             "p": _p(c.p_raw),
             "p_holm": _p(c.p_holm),

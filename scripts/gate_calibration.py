@@ -85,7 +85,8 @@ def summarize(outcomes: dict[str, list[dict]], walls: list[float], loads: list[f
     fp = fingerprint("cpu")
     machine = (f"{fp.get('cpu_model') or platform.machine()}, {os.cpu_count()} cores, "
                f"{fp.get('memory_bytes', 0) / 2**30:.0f} GiB, torch {fp.get('versions', {}).get('torch')}")
-    median_wall = sorted(walls)[len(walls) // 2]
+    median_wall = sorted(walls)[len(walls) // 2] if walls else float("nan")
+    loads = loads or [float("nan")]
     print(f"\nmachine: {machine}; date {stamp}; runs: {len(walls)}, median wall {median_wall:.1f} s per run; "
           f"load average before a run: max {max(loads):.2f}; work folder {work}")  # fmt: skip
     print("| pairs | n | gate failed | test_slowable caught | another mechanism named | measured change |")
@@ -113,6 +114,8 @@ def main() -> int:
     p.add_argument("--table", help="write the summary CSV here (e.g. results/gate-calibration-cpu.csv)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra suite override")
     p.add_argument("--stop-after-s", type=float, help="start no new pair after this many seconds (table says n)")
+    p.add_argument("--rejudge", action="store_true",
+                   help="measure nothing: gate the runs already in --work again (e.g. after a change to the gate)")
     args = p.parse_args()
 
     work = Path(args.work or tempfile.mkdtemp(prefix="gate-calibration-"))
@@ -129,17 +132,32 @@ def main() -> int:
         sequence += [(f"B{s}", s) for s in args.slowdowns[1:]]
         for label, slowdown in sequence:
             out = work / f"p{i:02d}-{label}.csv"
+            runs[label] = out
+            if args.rejudge:
+                continue
             loads.append(os.getloadavg()[0])  # other work on the machine spoils timings: recorded
             walls.append(run_suite(suite, out, slowdown, args.set))
-            runs[label] = out
+        if args.rejudge:
+            if not all(path.exists() for path in runs.values()):
+                break
+            wall_log = work / "walls.json"
+            if wall_log.exists() and not walls:
+                saved = json.loads(wall_log.read_text())
+                walls[:], loads[:] = saved["walls"], saved["loads"]
+            elif not walls:  # a run without walls.json: time between consecutive result files
+                stamps = sorted(p.stat().st_mtime for p in work.glob("p*-*.csv") if ".samples" not in p.name)
+                walls[:] = [b - a for a, b in zip(stamps, stamps[1:])]
         pairs = [("A/A", runs["A"], runs["A2"])]
         for k, s in enumerate(args.slowdowns):
             pairs.append((f"A/B +{s:.0%}", runs["A"] if k == 0 else runs["A2"], runs[f"B{s}"]))
         for kind, a, b in pairs:
             verdict = judge(a, b) | {"pair": i, "kind": kind}
             outcomes[kind].append(verdict)
-            with open(log, "a") as fh:
-                fh.write(json.dumps(verdict) + "\n")
+            if not args.rejudge:
+                with open(log, "a") as fh:
+                    fh.write(json.dumps(verdict) + "\n")
+        if not args.rejudge:
+            (work / "walls.json").write_text(json.dumps({"walls": walls, "loads": loads}))
         done = {k: sum(o["failed"] for o in v) for k, v in outcomes.items()}
         print(f"pair {i + 1}/{args.pairs} ({time.perf_counter() - t_start:.0f} s): failed so far {done}", flush=True)
         if args.table:  # a table after every pair: an interrupted calibration still leaves its figures

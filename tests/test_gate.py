@@ -320,3 +320,19 @@ def test_usage_errors_are_one_line(tmp_path):
         message = str(info.value)
         assert isinstance(info.value, AttnbenchError) and info.value.exit_code == 2, label
         assert "\n" not in message and fragment in message, (label, message)
+
+
+def test_run_wide_shift_is_removed_before_judging():
+    """Two runs minutes apart can differ as a whole (+20 % on every case); the case slowed by 30 % on top of that
+    is named, the others are not. --absolute judges as measured and flags them all."""
+    rng = np.random.default_rng(16)
+    base, new = hierarchical_pair(rng, 24, shifts={i: (1.3 if i == 5 else 1.0) * 1.2 for i in range(24)})
+    result = gate_rounds(medians(base), medians(new))
+    assert [c.key for c in result.regressions] == ["c5"]
+    assert result.run_shift == pytest.approx(0.2, abs=0.04)
+    assert result.cases[5].vs_run == pytest.approx(0.3, abs=0.08)
+    assert any("run-wide shift +" in n for n in result.notes)
+    absolute = gate_rounds(medians(base), medians(new), absolute=True)
+    assert len(absolute.regressions) > 12 and absolute.run_shift == 0.0
+    few = gate_rounds({k: medians(base)[k] for k in ("c0", "c1")}, {k: medians(new)[k] for k in ("c0", "c1")})
+    assert few.run_shift == 0.0 and any("no run-wide shift removed" in n for n in few.notes)
