@@ -108,9 +108,14 @@ class _BoundedLoader(yaml.SafeLoader):
 
 def compose_yaml(text: str) -> yaml.Node | None:
     """The node tree (for line numbers), with the same bounds as `load_yaml`."""
+    return _run_loader(text, "get_single_node")
+
+
+def _run_loader(text: str, method: str) -> Any:
+    """`_BoundedLoader(text).<method>()` with its errors as YamlInputError (message, line)."""
     loader = _new_loader(text)
     try:
-        return loader.get_single_node()
+        return getattr(loader, method)()
     except yaml.YAMLError as exc:
         raise _yaml_error(exc) from None
     except RecursionError:
@@ -128,15 +133,7 @@ def _new_loader(text: str) -> _BoundedLoader:
 
 def load_yaml(text: str) -> Any:
     """Parse one YAML document with the bounds above; raises YamlInputError (message, line)."""
-    loader = _new_loader(text)
-    try:
-        data = loader.get_single_data()
-    except yaml.YAMLError as exc:
-        raise _yaml_error(exc) from None
-    except RecursionError:
-        raise YamlInputError(f"nested more than {MAX_DEPTH} levels deep") from None
-    finally:
-        loader.dispose()
+    data = _run_loader(text, "get_single_data")
     _check_size(data)
     return data
 
