@@ -418,6 +418,17 @@ def cmd_env(args) -> int:
             table.add_row(*[esc(c) for c in cells])
         console.print(table)
         console.print("runs on this environment now add frac_bandwidth / frac_flops rows")
+    if args.stability is not None:
+        from attnbench.measure.stability import probe
+
+        if args.stability <= 0:
+            raise AttnbenchError(f"--stability takes a positive number of seconds, got {args.stability:g}")
+        console.print(f"timing a tiny op on the CPU for {args.stability:g} s, in windows...")
+        result = probe(args.stability)
+        console.print(esc(result.summary()))
+        if not result.steady:
+            console.print("timing on this machine moves between levels now: expect wide spreads and a gate that "
+                          "needs more rounds (README, 'Calibration on this machine')")  # fmt: skip
     return 0
 
 
@@ -514,6 +525,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--probe", action="store_true", help="measure copy bandwidth and matmul peaks (cached per env)")
     e.add_argument("--quick", action="store_true", help="smaller, faster probe")
+    e.add_argument("--stability", type=float, nargs="?", const=8.0, metavar="SECONDS",
+                   help="time a tiny op in 0.25 s windows (default 8 s) and say how steady timing is right now")
     e.set_defaults(func=cmd_env)
     return p
 

@@ -67,8 +67,8 @@ def _median_change(result) -> float | None:
     return changes[len(changes) // 2] if changes else None
 
 
-def summarize(outcomes: dict[str, list[dict]], walls: list[float], loads: list[float], work: Path,
-              table: str | None) -> None:  # fmt: skip
+def summarize(outcomes: dict[str, list[dict]], walls: list[float], loads: list[float], noise: list[float],
+              work: Path, table: str | None) -> None:  # fmt: skip
     rows = []
     for kind, found in outcomes.items():
         n = len(found)
@@ -87,8 +87,10 @@ def summarize(outcomes: dict[str, list[dict]], walls: list[float], loads: list[f
                f"{fp.get('memory_bytes', 0) / 2**30:.0f} GiB, torch {fp.get('versions', {}).get('torch')}")
     median_wall = sorted(walls)[len(walls) // 2] if walls else float("nan")
     loads = loads or [float("nan")]
+    host = f"{sorted(noise)[len(noise) // 2]:.3f}" if noise else "nan"  # median over pairs
     print(f"\nmachine: {machine}; date {stamp}; runs: {len(walls)}, median wall {median_wall:.1f} s per run; "
-          f"load average before a run: max {max(loads):.2f}; work folder {work}")  # fmt: skip
+          f"load average before a run: max {max(loads):.2f}; host timing noise (log-sd of 0.25 s window medians of "
+          f"a tiny op, median over pairs; attnbench env --stability): {host}; work folder {work}")  # fmt: skip
     print("| pairs | n | gate failed | test_slowable caught | another mechanism named | measured change |")
     print("|:--|--:|--:|--:|--:|--:|")
     for r in rows:
@@ -97,11 +99,11 @@ def summarize(outcomes: dict[str, list[dict]], walls: list[float], loads: list[f
     if table:
         with open(table, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=[*rows[0], "machine", "date", "median_run_wall_s",
-                                                    "max_load_1m"])  # fmt: skip
+                                                    "max_load_1m", "host_log_sd"])  # fmt: skip
             writer.writeheader()
             for r in rows:
                 writer.writerow(r | {"machine": machine, "date": stamp, "median_run_wall_s": f"{median_wall:.1f}",
-                                     "max_load_1m": f"{max(loads):.2f}"})  # fmt: skip
+                                     "max_load_1m": f"{max(loads):.2f}", "host_log_sd": host})  # fmt: skip
         print(f"wrote {table}")
 
 
@@ -125,9 +127,14 @@ def main() -> int:
     outcomes: dict[str, list[dict]] = {"A/A": [], **{f"A/B +{s:.0%}": [] for s in args.slowdowns}}
     walls: list[float] = []
     loads: list[float] = []
+    noise: list[float] = []  # host timing noise before each pair (attnbench env --stability)
     t_start = time.perf_counter()
     for i in range(args.pairs):
         runs: dict[str, Path] = {}
+        if not args.rejudge:
+            from attnbench.measure.stability import probe
+
+            noise.append(probe(4.0).log_sd)
         sequence = [("A", 0.0), (f"B{args.slowdowns[0]}", args.slowdowns[0]), ("A2", 0.0)]
         sequence += [(f"B{s}", s) for s in args.slowdowns[1:]]
         for label, slowdown in sequence:
@@ -143,7 +150,7 @@ def main() -> int:
             wall_log = work / "walls.json"
             if wall_log.exists() and not walls:
                 saved = json.loads(wall_log.read_text())
-                walls[:], loads[:] = saved["walls"], saved["loads"]
+                walls[:], loads[:], noise[:] = saved["walls"], saved["loads"], saved.get("noise", [])
             elif not walls:  # a run without walls.json: time between consecutive result files
                 stamps = sorted(p.stat().st_mtime for p in work.glob("p*-*.csv") if ".samples" not in p.name)
                 walls[:] = [b - a for a, b in zip(stamps, stamps[1:])]
@@ -151,22 +158,22 @@ def main() -> int:
         for k, s in enumerate(args.slowdowns):
             pairs.append((f"A/B +{s:.0%}", runs["A"] if k == 0 else runs["A2"], runs[f"B{s}"]))
         for kind, a, b in pairs:
-            verdict = judge(a, b) | {"pair": i, "kind": kind}
+            verdict = judge(a, b) | {"pair": i, "kind": kind, "host_log_sd": noise[-1] if noise else None}
             outcomes[kind].append(verdict)
             if not args.rejudge:
                 with open(log, "a") as fh:
                     fh.write(json.dumps(verdict) + "\n")
         if not args.rejudge:
-            (work / "walls.json").write_text(json.dumps({"walls": walls, "loads": loads}))
+            (work / "walls.json").write_text(json.dumps({"walls": walls, "loads": loads, "noise": noise}))
         done = {k: sum(o["failed"] for o in v) for k, v in outcomes.items()}
         print(f"pair {i + 1}/{args.pairs} ({time.perf_counter() - t_start:.0f} s): failed so far {done}", flush=True)
         if args.table:  # a table after every pair: an interrupted calibration still leaves its figures
-            summarize(outcomes, walls, loads, work, args.table)
+            summarize(outcomes, walls, loads, noise, work, args.table)
         if args.stop_after_s and time.perf_counter() - t_start > args.stop_after_s and i + 1 < args.pairs:
             print(f"stopping after {i + 1} pairs: --stop-after-s {args.stop_after_s:g} reached", flush=True)
             break
 
-    summarize(outcomes, walls, loads, work, args.table)
+    summarize(outcomes, walls, loads, noise, work, args.table)
     return 0
 
 

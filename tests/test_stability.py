@@ -1,0 +1,36 @@
+"""attnbench env --stability: the host-noise probe (tiny op timed in windows)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from attnbench.cli import main
+from attnbench.measure import stability
+
+
+def test_probe_reports_windows_and_spread():
+    result = stability.probe(0.6)
+    assert result.windows >= 2  # 0.25 s windows; the last may overrun the end
+    assert 0 < result.fast_us <= result.median_us
+    assert math.isfinite(result.log_sd) and result.log_sd >= 0
+    assert 0.0 <= result.slow_fraction <= 1.0
+    assert result.steady == (result.log_sd <= stability.UNSTEADY_LOG_SD)
+    assert ("steady" if result.steady else "UNSTEADY") in result.summary()
+
+
+def test_probe_refuses_non_positive_time():
+    with pytest.raises(ValueError, match="positive"):
+        stability.probe(0)
+
+
+def test_env_stability_cli(capsys):
+    assert main(["env", "--device", "cpu", "--stability", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "windows of 0.25 s" in out and "log-sd of window medians" in out
+
+
+def test_env_stability_cli_rejects_negative(capsys):
+    assert main(["env", "--device", "cpu", "--stability", "-1"]) == 2
+    assert "positive number of seconds" in capsys.readouterr().err
