@@ -26,7 +26,7 @@ run: setup
 
 # pytest exit 5 (nothing collected) is a failure too, with a message saying so.
 test: setup
-	@$(PY) -m pytest -q --benchmark-disable tests; rc=$$?; \
+	@$(PY) -m pytest -q --benchmark-disable -n 2 tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): failing" >&2; exit 1; fi; \
 	exit $$rc
 

@@ -5,6 +5,7 @@ in an option and `[--flag]` optional parts expanded into one command each. They 
 scratch folder that links the checkout's packages, suites and tests, with the test's Python first on
 PATH. Placeholders are replaced by files made by earlier commands (PLACEHOLDERS). Commands matching
 SKIP are not run (reason given); LONG commands run with `--dry-run` (checked and planned, not measured);
+full `run suites/smoke.yaml` commands get QUICK (3 rounds of 3 repeats: every case, measured briefly);
 `--plot DIR` is kept on the first command that has it only (the md|latex|csv expansions plot the same).
 To add a README command that cannot run on a CPU CI machine, add a pattern to SKIP with the reason.
 """
@@ -27,13 +28,15 @@ README = REPO / "README.md"
 SKIP = {  # pattern (searched in the command) -> why it is not executed here
     r"^python3? -m venv\b|^pip install|^\. \.venv": "set-up: needs the network (make setup / .ci/run do it)",
     r"^make (run|test)\b": "the whole set-up plus a full suite or the whole test suite (CI runs make test)",
-    r"pytest -q --benchmark-disable tests$": "the test suite itself (this test is part of it)",
+    r"pytest -q --benchmark-disable -n 2 tests$": "the test suite itself (this test is part of it)",
     r"gpu_check|torchrun|--device cuda|device=cuda|nvidia-smi": "GPU only",
     r"^# ": "a comment line",
     r"^ray start": "starts a node of a Ray cluster (tests/test_ray_executor.py runs a local instance)",
     r"--address head:": "needs a running Ray cluster at head:6379 (tests/test_ray_executor.py covers --executor ray)",
 }
 LONG = (r"run suites/resolution\.yaml", r"run suites/(batch|models|rank|accuracy|rala_kernels\w*)\.yaml")
+# full smoke runs keep every case but measure 3 rounds of 3 repeats: enough for compare/gate to give a verdict
+QUICK = "--rounds 3 --set warmup=1 --set 'repeats={min: 3, max: 3, min_time_s: 0}'"
 TINY = "--set mechanisms=[softmax_sdpa] --set level=op --set pass=fwd --set resolution=[4]"
 PLACEHOLDERS = {  # README text -> file made by an earlier command (names relative to the scratch folder)
     "results/<run>.csv": "results/smoke.csv",
@@ -111,6 +114,8 @@ def test_every_readme_command_runs(tmp_path):
     env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "PYTHONPATH": str(work), "COLUMNS": "80",
            "ATTNBENCH_CACHE_DIR": str(tmp_path / "cache"), **BENCH_ENV}  # fmt: skip
     env.pop("TRITON_INTERPRET", None) if shutil.which("nvidia-smi") else None
+    for key in [k for k in env if k.startswith("PYTEST_XDIST") or k == "PYTEST_CURRENT_TEST"]:
+        env.pop(key)  # under `pytest -n`: pytest-benchmark in a README command would take itself for an xdist worker
     ran, skipped, durations, plotted = [], [], [], False
     for command in readme_commands(README.read_text()):
         reason = skip_reason(command)
@@ -121,6 +126,8 @@ def test_every_readme_command_runs(tmp_path):
             command = command.replace(text, path)
         if any(re.search(p, command) for p in LONG):
             command += " --dry-run"
+        elif re.search(r"attnbench run suites/smoke\.yaml", command) and TINY not in command:
+            command += f" {QUICK}"
         if "--plot" in command:  # expansions of one line (md|latex|csv) write the same plots: once is enough
             if plotted:
                 command = re.sub(r"\s--plot\s+\S+", "", command)

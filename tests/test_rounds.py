@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import statistics
 import subprocess
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -164,18 +165,25 @@ def test_ab_interleaves_two_trees_and_gates(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_ab_checks_out_a_git_revision(tmp_path, capsys):
+def test_ab_checks_out_a_git_revision(tmp_path, capsys, monkeypatch):
     if shutil.which("git") is None or subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO,
                                                      capture_output=True).returncode != 0:  # fmt: skip
         pytest.skip("needs a git checkout")
     suite = write_suite(tmp_path, TINY.replace("softmax_sdpa, softmax_eager", "softmax_sdpa").replace(
         "resolution: [3, 4]", "resolution: [4]").replace("batch: [1, 2]", "batch: 1"))
-    before = subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True).stdout
+    scratch = tmp_path / "tmp"  # this test's temporary worktrees only (others may run ab beside it under -n)
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+
+    def ours() -> list[str]:
+        listed = subprocess.run(["git", "worktree", "list", "--porcelain"], cwd=REPO, capture_output=True, text=True)
+        return [ln for ln in listed.stdout.splitlines() if ln.startswith("worktree ") and str(scratch) in ln]
+
     code = main(["ab", str(suite), "--baseline", "HEAD", "--rounds", "3", "--out", str(tmp_path / "ab")])
     assert code in (0, 1)
-    assert "temporary worktree" in capsys.readouterr().out
-    after = subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True).stdout
-    assert after == before  # removed again
+    shown = capsys.readouterr().out
+    assert "temporary worktree" in shown and str(scratch) in shown.replace("\n", "")  # made where we look
+    assert ours() == [] and not any(scratch.iterdir())  # removed again
     assert main(["ab", str(suite), "--baseline", "no-such-revision-xyz"]) == 2
     assert "neither a directory nor a git revision" in capsys.readouterr().err
 

@@ -27,7 +27,7 @@ def test_probe_refuses_non_positive_time():
 
 def test_env_stability_cli(capsys):
     assert main(["env", "--device", "cpu", "--stability", "0.5"]) == 0
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())  # rich wraps at the terminal width
     assert "windows of 0.25 s" in out and "log-sd of window medians" in out
 
 
