@@ -31,8 +31,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from attnbench.errors import AttnbenchError, CheckpointError
-from attnbench.models.imagenet_data import DataError, EvalTransform, default_resize_size, load_eval_dataset
 from attnbench.metrics.row import MetricRow
+from attnbench.models.imagenet_data import DataError, EvalTransform, default_resize_size, load_eval_dataset
 from attnbench.workloads.inputs import TORCH_DTYPES
 
 __all__ = [
