@@ -82,8 +82,8 @@ def isolation_mode(suite: Suite) -> str:
 
 
 class Runner:
-    """One run of a suite into `out`. `cases` (attnbench.execute.CaseExecutor) measures and holds the run's
-    env_id, peaks and OOM ladder; `pool` is the round's worker (isolation: process)."""
+    """One run of a suite into `out`. `case_executor` (attnbench.execute.CaseExecutor) measures, and holds the
+    run's env_id, peaks and OOM ladder; `pool` is the round's worker (isolation: process)."""
 
     def __init__(self, suite: Suite, out: str | Path, *, resume: bool = False, progress: Progress | None = None,
                  debug: bool = False, executor: Any = None):  # fmt: skip
@@ -93,12 +93,12 @@ class Runner:
         self.progress = progress
         self.executor = executor  # None: this process (and its round workers) runs the sweep
         self.run_id = uuid.uuid4().hex[:10]
-        self.cases = CaseExecutor(suite, self.run_id, debug=debug)
+        self.case_executor = CaseExecutor(suite, self.run_id, debug=debug)
         self.pool: WorkerPool | None = None
 
     @property
     def env_id(self) -> str:
-        return self.cases.env_id
+        return self.case_executor.env_id
 
     # -- the sweep ---------------------------------------------------------------------------------
     def run(self) -> RunSummary:
@@ -126,8 +126,8 @@ class Runner:
                             self.progress.case_start(state.step, case)
                         if self.pool is not None:
                             self.pool.worker = ""  # set when the case reaches the worker (not for planned skips)
-                        rows, samples = self.cases.run(case, prior=state.earlier(case), time_only=not final,
-                                                       pool=self.pool)  # fmt: skip
+                        rows, samples = self.case_executor.run(case, prior=state.earlier(case), time_only=not final,
+                                                               pool=self.pool)  # fmt: skip
                         worker = (self.pool.worker if self.pool is not None else "") or this_worker()
                         self.record(state, case, round_index, rows, samples, worker=worker, concurrent=1)
                 finally:
@@ -179,7 +179,7 @@ class Runner:
         if self.resume:
             check_resume_matches(self.out, suite)
         writer = ResultsWriter(self.out)
-        self.cases.env_id, self.cases.peaks = setup.env_id, setup.peaks
+        self.case_executor.env_id, self.case_executor.peaks = setup.env_id, setup.peaks
         writer.write_env(setup.env_id, setup.fingerprint)
         writer.write_suite(suite.to_yaml())
         timed = "latency" in suite.metrics

@@ -153,7 +153,8 @@ class LocalPool:
                 time.sleep(0.02)  # exclusive: node - one case on this host at a time
             slot.pool.worker = ""
             try:
-                rows, samples = runner.cases.run(case, prior=priors[case.case_id], time_only=not final, pool=slot.pool)
+                rows, samples = runner.case_executor.run(case, prior=priors[case.case_id], time_only=not final,
+                                                         pool=slot.pool)  # fmt: skip
             finally:
                 concurrent = inflight.leave(token)
             pool = slot.pool

@@ -174,7 +174,7 @@ class RayExecutor:
                     while (task := sched.next_ready()) is not None:
                         todo = [c for c in unit_list[task.unit] if state.pending(c, task.round)]
                         for case in [c for c in todo if c.skip]:  # a planned skip needs no worker: made here
-                            rows, samples = runner.cases.run(case)
+                            rows, samples = runner.case_executor.run(case)
                             runner.record(state, case, task.round, rows, samples, worker=this_worker(),
                                           concurrent=None)  # fmt: skip
                         todo = [c for c in todo if not c.skip]
@@ -183,7 +183,7 @@ class RayExecutor:
                             continue
                         kind = todo[0].hardware
                         key = f"{task.unit}/{task.round}"
-                        oom_at = {k: v for k, v in runner.cases.oom_at.items() if k == oom_key(todo[0])}
+                        oom_at = {k: v for k, v in runner.case_executor.oom_at.items() if k == oom_key(todo[0])}
                         ref = remote.options(**options[kind]).remote(
                             suite, runner.run_id, key, todo, {c.case_id: state.earlier(c) for c in todo},
                             task.round == state.rounds - 1, oom_at, dict(extra, hardware_kind=kind or None),
@@ -240,8 +240,8 @@ class RayExecutor:
                        else f"Ray task failed after {self.max_retries} retries: {type(exc).__name__}: {reason}")
             started = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
             for case in todo:
-                runner.record(state, case, task.round, [runner.cases.status_row(case, started, status, message)], {},
-                              worker="ray", concurrent=None)  # fmt: skip
+                rows = [runner.case_executor.status_row(case, started, status, message)]
+                runner.record(state, case, task.round, rows, {}, worker="ray", concurrent=None)
             return
         env_id, fp = result["env"]
         if env_id not in envs:
@@ -250,7 +250,7 @@ class RayExecutor:
         for case, rows, samples, concurrent in result["cases"]:
             for row in rows:
                 row["env_id"] = env_id
-            runner.cases.note_oom(case, rows)
+            runner.case_executor.note_oom(case, rows)
             runner.record(state, case, task.round, rows, samples, worker=result["worker"], concurrent=concurrent)
 
     @staticmethod
