@@ -33,9 +33,9 @@ def _shape(case: Case) -> Shape:
     return Shape(case.batch, case.heads, case.height, case.width, case.head_dim, case.dim)
 
 
-def available_memory(suite: Suite) -> int | None:
-    """Bytes a case may use: GPU total memory, or CPU available memory (capped by memory_limit_gb)."""
-    if suite.device == "cuda" and torch.cuda.is_available():
+def available_memory(device: str, memory_limit_gb: float | None = None) -> int | None:
+    """Bytes a case may use on `device`: GPU total memory, or CPU available memory (capped by memory_limit_gb)."""
+    if device == "cuda" and torch.cuda.is_available():
         return int(torch.cuda.mem_get_info()[1])
     avail = None
     try:
@@ -44,8 +44,8 @@ def available_memory(suite: Suite) -> int | None:
                 avail = int(line.split()[1]) * 1024
     except OSError:
         pass
-    if suite.memory_limit_gb:
-        limit = int(suite.memory_limit_gb * 2**30)
+    if memory_limit_gb:
+        limit = int(memory_limit_gb * 2**30)
         avail = min(avail, limit) if avail else limit
     return avail
 
@@ -75,7 +75,7 @@ def prune_reason(case: Case, suite: Suite) -> str | None:
         need = None
     if need is None:
         return None
-    avail = available_memory(suite)
+    avail = available_memory(case.device, suite.memory_limit_gb)
     if avail and need > PRUNE_FRACTION * avail:
         return (f"pruned: predicted {need / 2**30:.1f} GiB > {PRUNE_FRACTION:.0%} of {avail / 2**30:.1f} GiB "
                 "available")  # fmt: skip
