@@ -397,7 +397,7 @@ def cmd_env(args) -> int:
         raise AttnbenchError(f"--device must be auto, cpu or cuda, got {device[:40]!r}")
     from types import SimpleNamespace
 
-    from attnbench.runner import apply_precision_settings
+    from attnbench.execute import apply_precision_settings
 
     apply_precision_settings(SimpleNamespace(tf32=False))  # as every run does (tf32: false): the same env_id
     fp = fingerprint(device)

@@ -32,34 +32,14 @@ def _worker_main(conn, suite, run_id: str, env_id: str, memory_limit_bytes: int 
 
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
     # Import inside the child: spawn starts a clean interpreter.
-    from attnbench import registry
-    from attnbench.runner import Runner
+    from attnbench.execute import CaseExecutor, prepare_process
 
-    registry.load_builtin()
-    from pathlib import Path
-
-    registry.load_plugins(suite.plugins, base_dir=Path(suite.path).parent if suite.path else None)
-    import torch
-
-    from attnbench.runner import apply_precision_settings
-
-    threads = threads if threads is not None else suite.threads
-    if threads is not None:
-        torch.set_num_threads(threads)
-    apply_precision_settings(suite)
-    runner = Runner(suite, out=os.devnull, in_worker=True)
-    runner.run_id, runner.env_id = run_id, env_id
-    from attnbench.measure.env import env_id as make_env_id
-    from attnbench.measure.env import fingerprint
-    from attnbench.runner import _cached_peaks
-
-    fp = fingerprint(suite.device, threads)
-    runner.peaks = _cached_peaks(suite.device, fp)
+    setup = prepare_process(suite, threads=threads, load_plugins=True, extra_fp=extra_fp)
+    executor = CaseExecutor(suite, run_id, env_id, peaks=setup.peaks)
     own = None
     if extra_fp is not None:  # a pool slot: this worker's own device and settings make its env_id
-        fp.update(extra_fp)
-        runner.env_id = make_env_id(fp)
-        own = (runner.env_id, fp)
+        executor.env_id = setup.env_id
+        own = (setup.env_id, setup.fingerprint)
     conn.send(("ready", own))
     while True:
         try:
@@ -69,7 +49,7 @@ def _worker_main(conn, suite, run_id: str, env_id: str, memory_limit_bytes: int 
         if msg is None:
             return
         case, prior, time_only = msg
-        rows, samples = runner.measure_case(case, prior=prior, time_only=time_only)
+        rows, samples = executor.measure(case, prior=prior, time_only=time_only)
         conn.send(("done", (rows, samples)))
 
 

@@ -8,6 +8,9 @@ no registered reference is checked against itself in float64 (catches dtype-depe
 overflow, bad accumulation). Large cases are verified at a reduced shape (batch 1, grid capped at
 32 x 32) - the note says so. Model-level cases are not verified here (their mixers are, at mixer
 level; the model is checked against the published outputs in the test suite).
+
+Inputs come from the case's own factory (attnbench.workloads.inputs) with seed VERIFY_SEED: q, k, v (B, h, N, d)
+and the mixer's init by the factory's rule; the mixer's x and the fixed output gradients g from the offsets below.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ from dataclasses import dataclass
 import torch
 
 from attnbench import registry
-from attnbench.layers import Rope2d
-from attnbench.workload import TORCH_DTYPES, seeded_randn
+from attnbench.workloads.inputs import CaseInputs
 
 EPS = {"fp32": torch.finfo(torch.float32).eps, "fp16": torch.finfo(torch.float16).eps,
        "bf16": torch.finfo(torch.bfloat16).eps}  # fmt: skip
 MAX_TOKENS = 32 * 32
 MAX_BATCH_HEADS_TOKENS = 1 << 18
+VERIFY_SEED = 123
+OP_GRAD_SEED, MIXER_X_SEED, MIXER_GRAD_SEED = 9, 20, 21  # offsets from VERIFY_SEED
 
 
 @dataclass(frozen=True)
@@ -56,11 +60,13 @@ def _flat(tensors) -> torch.Tensor:
     return torch.cat([t.reshape(-1).double() for t in tensors if t is not None])
 
 
-def _reduced(batch: int, height: int, width: int, heads: int, head_dim: int) -> tuple[int, int, int, str]:
-    if height * width <= MAX_TOKENS and batch * heads * height * width <= MAX_BATCH_HEADS_TOKENS:
-        return batch, height, width, ""
-    b, h, w = 1, min(height, 32), min(width, 32)
-    return b, h, w, f"verified at reduced shape B{b} {h}x{w}"
+def _reduced(inputs: CaseInputs) -> tuple[CaseInputs, str]:
+    """The case at seed VERIFY_SEED, reduced to batch 1 and a grid of at most 32 x 32 when large."""
+    s = inputs.shape
+    if s.height * s.width <= MAX_TOKENS and s.batch * s.heads * s.height * s.width <= MAX_BATCH_HEADS_TOKENS:
+        return inputs.at(seed=VERIFY_SEED), ""
+    b, h, w = 1, min(s.height, 32), min(s.width, 32)
+    return inputs.at(batch=b, height=h, width=w, seed=VERIFY_SEED), f"verified at reduced shape B{b} {h}x{w}"
 
 
 def _run_op(mech, q, k, v, grid, g, options=None):
@@ -74,46 +80,51 @@ def _run_op(mech, q, k, v, grid, g, options=None):
     return out.detach(), grads
 
 
-def verify_op(mech, *, batch, heads, height, width, head_dim, dtype, device, pass_, options=None,
-              seed=123) -> Verdict:  # fmt: skip
+def verify_case(inputs: CaseInputs) -> Verdict | None:
+    """The verdict of an op- or mixer-level case (None at model level)."""
+    if inputs.level == "op":
+        return verify_op(inputs)
+    if inputs.level == "mixer":
+        return verify_mixer(inputs)
+    return None
+
+
+def verify_op(inputs: CaseInputs) -> Verdict:
     """Options configure the candidate (and the reference only when it is the candidate itself)."""
+    mech = inputs.mech
     ref_mech = registry.get(mech.reference) if mech.reference else mech
-    batch, height, width, note = _reduced(batch, height, width, heads, head_dim)
-    tdtype = TORCH_DTYPES[dtype]
-    n = height * width
-    inputs = [seeded_randn((batch, heads, n, head_dim), dtype=tdtype, device=device, seed=seed + i) for i in range(3)]
-    g = seeded_randn((batch, heads, n, head_dim), dtype=torch.float64, device=device, seed=seed + 9) \
-        if pass_ == "fwd_bwd" else None  # fmt: skip
-    grid = (height, width)
-    options = registry.accepted_options(mech.op, options or {})
+    small, note = _reduced(inputs)
+    qkv = small.qkv()  # (B, h, N, d) each, in the case dtype
+    s = small.shape
+    g = small.randn((s.batch, s.heads, s.height * s.width, s.head_dim), OP_GRAD_SEED, dtype=torch.float64) \
+        if small.pass_ == "fwd_bwd" else None  # fmt: skip
+    options = small.op_options()
     ref_opts = options if ref_mech is mech else None
-    out, grads = _run_op(mech, *inputs, grid, g, options)
-    ref64, ref_grads64 = _run_op(ref_mech, *(t.double() for t in inputs), grid, g, ref_opts)
-    ref_lo, ref_grads_lo = _run_op(ref_mech, *inputs, grid, g) if ref_mech is not mech else (out, grads)
-    return _verdict(out, grads, ref64, ref_grads64, ref_lo, ref_grads_lo, dtype, ref_mech, mech, note)
+    out, grads = _run_op(mech, *qkv, small.grid, g, options)
+    ref64, ref_grads64 = _run_op(ref_mech, *(t.double() for t in qkv), small.grid, g, ref_opts)
+    ref_lo, ref_grads_lo = _run_op(ref_mech, *qkv, small.grid, g) if ref_mech is not mech else (out, grads)
+    return _verdict(out, grads, ref64, ref_grads64, ref_lo, ref_grads_lo, small.dtype, ref_mech, mech, note)
 
 
-def verify_mixer(mech, *, batch, heads, height, width, dim, dtype, device, pass_, options=None, seed=123) -> Verdict:
+def verify_mixer(inputs: CaseInputs) -> Verdict:
+    mech = inputs.mech
     ref_mech = registry.get(mech.reference) if mech.reference else mech
-    batch, height, width, note = _reduced(batch, height, width, heads, dim // heads)
-    tdtype = TORCH_DTYPES[dtype]
-    torch.manual_seed(seed)
-    cand = mech.mixer(dim, heads, **registry.accepted_options(mech.mixer, options or {}))
-    ref = ref_mech.mixer(dim, heads) if ref_mech is not mech else None
+    small, note = _reduced(inputs)
+    cand = small.mixer()
+    ref = ref_mech.mixer(small.shape.dim, small.shape.heads) if ref_mech is not mech else None
     if ref is not None:
         missing, unexpected = ref.load_state_dict(cand.state_dict(), strict=False)
         if missing or unexpected:
             return Verdict(float("nan"), None, 0.0, ref_mech.name,
                            f"not comparable: parameters differ from {ref_mech.name} ({len(missing)} missing, "
                            f"{len(unexpected)} unexpected)")  # fmt: skip
-    x = seeded_randn((batch, dim, height, width), dtype=torch.float32, device="cpu", seed=seed + 20)
-    g = seeded_randn((batch, dim, height, width), dtype=torch.float64, device=device, seed=seed + 21) \
-        if pass_ == "fwd_bwd" else None  # fmt: skip
+    x = small.x(offset=MIXER_X_SEED, dtype=torch.float32, device="cpu")  # (B, C, H, W)
+    g = small.x(offset=MIXER_GRAD_SEED, dtype=torch.float64) if small.pass_ == "fwd_bwd" else None
 
     def run(module, dt):
-        module = module.to(device=device, dtype=dt).eval()
-        rope = Rope2d(dim // heads).to(device=device, dtype=dt)((height, width))
-        xi = x.to(device=device, dtype=dt).requires_grad_(g is not None)
+        module = module.to(device=small.device, dtype=dt).eval()
+        rope = small.rope(dtype=dt)
+        xi = x.to(device=small.device, dtype=dt).requires_grad_(g is not None)
         if g is None:
             with torch.no_grad():
                 return module(xi, rope), None
@@ -126,11 +137,11 @@ def verify_mixer(mech, *, batch, heads, height, width, dim, dtype, device, pass_
     import copy
 
     ref64, ref_grads64 = run(copy.deepcopy(base), torch.float64)
-    ref_lo, ref_grads_lo = run(copy.deepcopy(base), tdtype) if ref is not None else (None, None)
-    out, grads = run(cand, tdtype)
+    ref_lo, ref_grads_lo = run(copy.deepcopy(base), small.torch_dtype) if ref is not None else (None, None)
+    out, grads = run(cand, small.torch_dtype)
     if ref is None:
         ref_lo, ref_grads_lo = out, grads
-    return _verdict(out, grads, ref64, ref_grads64, ref_lo, ref_grads_lo, dtype, ref_mech, mech, note)
+    return _verdict(out, grads, ref64, ref_grads64, ref_lo, ref_grads_lo, small.dtype, ref_mech, mech, note)
 
 
 def _verdict(out, grads, ref64, ref_grads64, ref_lo, ref_grads_lo, dtype, ref_mech, mech, note) -> Verdict:

@@ -21,7 +21,7 @@ import torch.utils.benchmark as tub
 
 from attnbench import registry
 from attnbench.measure.timing import RepeatPolicy, summarize, time_fn
-from attnbench.workload import mixer_workload, op_workload
+from attnbench.workloads.build import mixer_workload, op_workload
 
 CASES = [
     ("softmax_sdpa", "op", 28, 1),

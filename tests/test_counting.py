@@ -13,9 +13,9 @@ from torch import nn
 from attnbench.measure.flops import count_flops, count_flops_by_op, register_sdpa_cpu_formulas
 from attnbench.models.counting import analytic_counts, count_model, count_params, meta_model, model_flops
 from attnbench.models.reported import CITATION, reported_rows
-from attnbench.models.workload import build_model_workload
 from attnbench.registry import Shape, get, load_builtin
-from attnbench.workload import mixer_workload, op_workload
+from attnbench.workloads.build import mixer_workload, op_workload
+from attnbench.workloads.model import build_model_workload
 
 load_builtin()
 

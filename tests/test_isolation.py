@@ -194,7 +194,7 @@ def test_prediction_counts_materialised_scores(tmp_path):
     """softmax_eager's N x N scores count toward the predicted memory; SDPA's minimum traffic does not
     include them, so at the same shape only the eager case is pruned."""
     from attnbench.plan import plan
-    from attnbench.runner import predicted_bytes, prune_reason
+    from attnbench.predict import predicted_bytes, prune_reason
     from attnbench.suite import load_suite
 
     suite = write_suite(tmp_path, """\

@@ -168,7 +168,7 @@ def test_drop_path():
 def test_models_package_does_not_import_mechanisms_or_triton():
     code = (
         "import sys, torch; before = 'triton' in sys.modules; "
-        "import attnbench.models, attnbench.models.workload, attnbench.models.counting; "
+        "import attnbench.models, attnbench.workloads.model, attnbench.models.counting; "
         "print('mechanisms' in sys.modules, ('triton' in sys.modules) == before)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -10,17 +10,10 @@ import torch
 import mechanisms  # noqa: F401  (registers everything)
 from attnbench.errors import CheckpointError
 from attnbench.layers import Rope2d
-from attnbench.measure.rank import (
-    RANK_METRICS,
-    _record_operator,
-    effective_rank,
-    kv_buffer_fn,
-    numerical_rank,
-    rank_rows,
-    rank_rtol,
-    rank_stats,
-)
+from attnbench.measure.rank import RANK_METRICS, effective_rank, numerical_rank, rank_rtol, rank_stats
+from attnbench.metrics.rank import rank_rows
 from attnbench.registry import get
+from attnbench.workloads.rank_inputs import _record_operator, kv_buffer_fn
 from mechanisms.rala.fused_form import fused_state
 
 # mechanisms whose KV buffer is linear in v (so rank(KV) <= rank(V)); hydra's diag(sum k*v) is not

@@ -26,7 +26,7 @@ from attnbench import registry
 from attnbench.errors import MechanismUnavailable
 from attnbench.layers import Rope2d, split_heads
 from attnbench.registry import Shape, get
-from attnbench.workload import TORCH_DTYPES
+from attnbench.workloads.inputs import TORCH_DTYPES
 from mechanisms import softmax
 
 registry.load_builtin()

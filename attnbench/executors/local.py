@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from attnbench.errors import AttnbenchError
+from attnbench.execute import this_worker
 from attnbench.executors.schedule import Concurrency, RoundScheduler, Task
 from attnbench.isolation import WorkerPool
 
@@ -136,8 +137,6 @@ class LocalPool:
     @staticmethod
     def _run_task(runner, slot: _Slot, job: tuple, extra: dict[str, Any], inflight: Concurrency,
                   results: queue.Queue) -> None:  # fmt: skip
-        from attnbench.runner import this_worker
-
         task, todo, priors = job
         suite = runner.suite
         if slot.pool is None or slot.round != task.round:  # a fresh worker process for every round
@@ -154,7 +153,8 @@ class LocalPool:
                 time.sleep(0.02)  # exclusive: node - one case on this host at a time
             slot.pool.worker = ""
             try:
-                rows, samples = runner.run_case(case, prior=priors[case.case_id], time_only=not final, pool=slot.pool)
+                rows, samples = runner.case_executor.run(case, prior=priors[case.case_id], time_only=not final,
+                                                         pool=slot.pool)  # fmt: skip
             finally:
                 concurrent = inflight.leave(token)
             pool = slot.pool

@@ -113,38 +113,25 @@ def run_unit_task(suite, run_id: str, key: str, todo: list, priors: dict, final:
     import ray
 
     coordinator.task_started.remote(key)
-    from pathlib import Path
+    from attnbench.execute import CaseExecutor, cached_peaks, prepare_process
 
-    import torch
-
-    from attnbench import registry
-    from attnbench.measure.env import env_id as make_env_id
-    from attnbench.measure.env import fingerprint
-    from attnbench.runner import Runner, _cached_peaks, apply_precision_settings
-
-    registry.load_builtin()
-    registry.load_plugins(suite.plugins, base_dir=Path(suite.path).parent if suite.path else None)
-    if threads is not None:
-        torch.set_num_threads(threads)
-    apply_precision_settings(suite)
     node = ray.get_runtime_context().get_node_id()
-    fp = fingerprint(suite.device, threads)
-    fp.update(extra_fp, hostname=socket.gethostname(), ray_node_id=node,
-              cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))  # fmt: skip
-    runner = Runner(suite, out=os.devnull, in_worker=True)
-    runner.run_id, runner.env_id = run_id, make_env_id(fp)
-    runner.peaks = _cached_peaks(suite.device, fp)
-    runner._oom_at.update(oom_at)
+    extra = dict(extra_fp, hostname=socket.gethostname(), ray_node_id=node,
+                 cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))  # fmt: skip
+    setup = prepare_process(suite, threads=threads, load_plugins=True, extra_fp=extra)
+    # peaks looked up with the recorded fingerprint (extras included), as before the executor module existed
+    executor = CaseExecutor(suite, run_id, setup.env_id, peaks=cached_peaks(suite.device, setup.fingerprint))
+    executor.oom_at.update(oom_at)
     out = []
     for case in todo:
         while (token := ray.get(coordinator.enter.remote(node, suite.exclusive == "node"))) is None:
             time.sleep(0.05)  # exclusive: node - one case on this node at a time
         try:
-            rows, samples = runner.run_case(case, prior=priors[case.case_id], time_only=not final)
+            rows, samples = executor.run(case, prior=priors[case.case_id], time_only=not final)
         finally:
             concurrent = ray.get(coordinator.leave.remote(node, token))
         out.append((case, rows, samples, concurrent))
-    return {"env": (runner.env_id, fp), "worker": f"{node[:12]}/pid{os.getpid()}", "cases": out}
+    return {"env": (executor.env_id, setup.fingerprint), "worker": f"{node[:12]}/pid{os.getpid()}", "cases": out}
 
 
 class RayExecutor:
@@ -163,7 +150,7 @@ class RayExecutor:
 
     def run(self, runner):
         from attnbench import rounds
-        from attnbench.runner import this_worker
+        from attnbench.execute import oom_key, this_worker
 
         ray = import_ray()
         suite = runner.suite
@@ -187,7 +174,7 @@ class RayExecutor:
                     while (task := sched.next_ready()) is not None:
                         todo = [c for c in unit_list[task.unit] if state.pending(c, task.round)]
                         for case in [c for c in todo if c.skip]:  # a planned skip needs no worker: made here
-                            rows, samples = runner.run_case(case)
+                            rows, samples = runner.case_executor.run(case)
                             runner.record(state, case, task.round, rows, samples, worker=this_worker(),
                                           concurrent=None)  # fmt: skip
                         todo = [c for c in todo if not c.skip]
@@ -196,7 +183,7 @@ class RayExecutor:
                             continue
                         kind = todo[0].hardware
                         key = f"{task.unit}/{task.round}"
-                        oom_at = {k: v for k, v in runner._oom_at.items() if k == runner._oom_key(todo[0])}
+                        oom_at = {k: v for k, v in runner.case_executor.oom_at.items() if k == oom_key(todo[0])}
                         ref = remote.options(**options[kind]).remote(
                             suite, runner.run_id, key, todo, {c.case_id: state.earlier(c) for c in todo},
                             task.round == state.rounds - 1, oom_at, dict(extra, hardware_kind=kind or None),
@@ -253,8 +240,8 @@ class RayExecutor:
                        else f"Ray task failed after {self.max_retries} retries: {type(exc).__name__}: {reason}")
             started = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
             for case in todo:
-                runner.record(state, case, task.round, [runner.status_row(case, started, status, message)], {},
-                              worker="ray", concurrent=None)  # fmt: skip
+                rows = [runner.case_executor.status_row(case, started, status, message)]
+                runner.record(state, case, task.round, rows, {}, worker="ray", concurrent=None)
             return
         env_id, fp = result["env"]
         if env_id not in envs:
@@ -263,9 +250,7 @@ class RayExecutor:
         for case, rows, samples, concurrent in result["cases"]:
             for row in rows:
                 row["env_id"] = env_id
-            if rows and rows[0]["status"] == "oom":
-                key = runner._oom_key(case)
-                runner._oom_at[key] = min(case.batch, runner._oom_at.get(key, case.batch))
+            runner.case_executor.note_oom(case, rows)
             runner.record(state, case, task.round, rows, samples, worker=result["worker"], concurrent=concurrent)
 
     @staticmethod

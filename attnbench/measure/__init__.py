@@ -1,1 +1,1 @@
-"""Measurement: timing, memory, FLOPs, environment fingerprint, rank metrics."""
+"""Measurement primitives: timing, memory, FLOP counting, environment fingerprint, peaks, rank maths."""

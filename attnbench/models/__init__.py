@@ -1,4 +1,5 @@
-"""RAVLT backbone, checkpoint loading, counting and model-level workloads.
+"""RAVLT backbone, checkpoint loading and counting, ImageNet evaluation (the model-level workload is
+attnbench.workloads.model).
 
 Imports nothing from `mechanisms`: mixers are found through the registry when a model is built.
 """

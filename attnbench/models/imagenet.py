@@ -31,8 +31,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from attnbench.errors import AttnbenchError, CheckpointError
+from attnbench.metrics.row import MetricRow
 from attnbench.models.imagenet_data import DataError, EvalTransform, default_resize_size, load_eval_dataset
-from attnbench.workload import TORCH_DTYPES, StaticRow
+from attnbench.workloads.inputs import TORCH_DTYPES
 
 __all__ = [
     "DataError",
@@ -361,7 +362,7 @@ def accuracy_rows(
     num_workers: int,
     limit: int | None = None,
     progress: Progress | None = None,
-) -> list[StaticRow]:
+) -> list[MetricRow]:
     """Measured top1 / top5 (%) and evaluation throughput of a pretrained model, as runner rows.
 
     Raises a one-line AttnbenchError (DataError / CheckpointError) when the data or the checkpoint is
@@ -384,9 +385,9 @@ def accuracy_rows(
     protocol = EvalTransform(image_size=image_size).protocol
     note = f"sha256={digest[:16]}..., images={result.images}, ema={str(bool(ema)).lower()}, protocol={protocol}"
     return [
-        StaticRow("top1", result.top1, "%", note=note),
-        StaticRow("top5", result.top5, "%", note=note),
-        StaticRow("throughput", result.images_per_s, "items/s", note="eval incl. data loading"),
+        MetricRow("top1", result.top1, "%", note=note),
+        MetricRow("top5", result.top5, "%", note=note),
+        MetricRow("throughput", result.images_per_s, "items/s", note="eval incl. data loading"),
     ]
 
 

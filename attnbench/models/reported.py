@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from attnbench.workload import StaticRow
+from attnbench.metrics.row import MetricRow
 
 CITATION = (
     "Fan et al., Breaking the Low-Rank Dilemma of Linear Attention, CVPR 2025 (arXiv:2411.07635), "
@@ -32,8 +32,8 @@ _METRICS = {
 }
 
 
-def reported_rows(model_name: str, metrics: Iterable[str] = ("top1",)) -> list[StaticRow]:
-    """StaticRow(source="reported", note=CITATION) rows of `model_name`; [] for models the paper does not list."""
+def reported_rows(model_name: str, metrics: Iterable[str] = ("top1",)) -> list[MetricRow]:
+    """MetricRow(source="reported", note=CITATION) rows of `model_name`; [] for models the paper does not list."""
     numbers = REPORTED.get(model_name)
     if numbers is None:
         return []
@@ -43,5 +43,5 @@ def reported_rows(model_name: str, metrics: Iterable[str] = ("top1",)) -> list[S
             raise ValueError(f"no reported {metric!r} (known: {', '.join(_METRICS)})")
         field, scale, unit = _METRICS[metric]
         note = CITATION if metric != "macs" else f"{CITATION}; the paper's 'FLOPs' column (multiply-accumulates)"
-        rows.append(StaticRow(metric, numbers[field] * scale, unit, note=note, source="reported"))
+        rows.append(MetricRow(metric, numbers[field] * scale, unit, note=note, source="reported"))
     return rows

@@ -24,9 +24,10 @@ what differs ("+lepe+gate", "features=128").
 Operators that read the layer input (InLine's kernel predictor reads the token mean of x) set
 `reads_input = True` and get `x=` (B, C, H, W) from the shell.
 
-KV buffer (for attnbench.measure.rank): `kv_buffer(q, k, v, *, grid, rope=None) -> (B, h, r, d)`,
-the fixed-size state every query reads (r = d for most; 2d, m features, m landmarks or n agents for
-some - each file says which). Mixer-only mechanisms expose it on their operator module instead.
+KV buffer (read by the rank metrics, attnbench.workloads.rank_inputs): `kv_buffer(q, k, v, *, grid,
+rope=None) -> (B, h, r, d)`, the fixed-size state every query reads (r = d for most; 2d, m features,
+m landmarks or n agents for some - each file says which). Mixer-only mechanisms expose it on their
+operator module instead.
 """
 
 from __future__ import annotations

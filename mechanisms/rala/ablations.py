@@ -11,7 +11,7 @@ Fan et al., "Breaking the Low-Rank Dilemma of Linear Attention", CVPR 2025 (spec
 
 The operators reuse mechanisms/rala/eager.py (phi, default_rope, rala_op, rala_mixer) unchanged.
 
-KV buffers (attnbench.measure.rank): `rala_kv_buffer` (registrations.py) computes spec step 8,
+KV buffers (rank metrics, attnbench.workloads.rank_inputs): `rala_kv_buffer` (registrations.py) computes spec step 8,
 KV = mean_m R(k~_m) v_m^T (B, h, d, d), from raw q, k, v; RalaBase exposes it as `kv_buffer`
 and each ablation overrides it with its own.
 """

@@ -18,8 +18,9 @@ import pytest
 
 from attnbench.measure.timing import synchronize
 from attnbench.plan import plan
-from attnbench.runner import Runner
 from attnbench.suite import load_suite
+from attnbench.workloads.build import build_workload
+from attnbench.workloads.inputs import CaseInputs
 
 REPO = Path(__file__).resolve().parents[2]
 SUITE_PATH = Path(os.environ.get("ATTNBENCH_BENCH_SUITE", REPO / "suites" / "smoke.yaml"))
@@ -33,8 +34,7 @@ CASES = [c for c in plan(SUITE) if c.level in ("op", "mixer", "model")]
 def test_case(benchmark, case):
     if case.skip:
         pytest.skip(case.skip)
-    runner = Runner(SUITE, os.devnull, in_worker=True)
-    work = runner.build_workload(case)
+    work = build_workload(CaseInputs.of(case))
     benchmark.extra_info.update(case_id=case.case_id, mechanism=case.mechanism, level=case.level,
                                 tokens=case.tokens, batch=case.batch)  # fmt: skip
     for _ in range(SUITE.warmup):  # warm-up (and compilation) outside the timed rounds

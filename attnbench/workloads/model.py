@@ -27,17 +27,21 @@ import torch.nn.functional as F
 from attnbench import registry
 from attnbench.errors import AttnbenchError
 from attnbench.measure.flops import count_flops
+from attnbench.metrics.row import MetricRow
 from attnbench.models.checkpoint import load_checkpoint
 from attnbench.models.counting import analytic_counts, count_params, model_flops, stage_grids
-from attnbench.models.ravlt import MixerSpec, create_ravlt
-from attnbench.workload import TORCH_DTYPES, StaticRow, Workload, seeded_randn, timed_call
+from attnbench.models.ravlt import DEFAULT_MIXER, MixerSpec, create_ravlt, resolve_mechanism
+from attnbench.registry import Shape
+from attnbench.workloads.closure import Workload, timed_call
+from attnbench.workloads.inputs import CaseInputs
 
 MODEL_OPTIONS = ("mixer_late", "checkpoint", "ema")
+LABELS_SEED = 20  # labels of the training step: seed + 20
 
 
 def _analytic_rows(
     model_name: str, mixer: MixerSpec, mixer_late: MixerSpec, *, batch: int, height: int, width: int, pass_: str
-) -> list[StaticRow]:
+) -> list[MetricRow]:
     per = f"per batch of {batch}"
     try:
         counts = analytic_counts(model_name, height, width, batch=batch, mixer=mixer, mixer_late=mixer_late)
@@ -46,13 +50,63 @@ def _analytic_rows(
         return []
     backward = "fwd_bwd = 3x fwd (softmax cores 3.5x)" if pass_ == "fwd_bwd" else "forward"
     return [
-        StaticRow("macs", counts.macs_no_attn, "MAC",
+        MetricRow("macs", counts.macs_no_attn, "MAC",
                   note=f"macs_no_attn; convs + norms (fvcore inference), attention matmuls excluded; forward, {per}"),
-        StaticRow("macs_with_attn", counts.macs_with_attn, "MAC",
+        MetricRow("macs_with_attn", counts.macs_with_attn, "MAC",
                   note=f"macs_with_attn; fvcore-style, attention matmuls included; forward, {per}"),
-        StaticRow("flops", flops, "FLOP",
+        MetricRow("flops", flops, "FLOP",
                   note=f"analytic; 2 per conv/matmul MAC (FlopCounterMode convention), {backward}, {per}"),
     ]  # fmt: skip
+
+
+def model_workload(inputs: CaseInputs) -> Workload:
+    """The case's RAVLT variant (`inputs.variant`) with the case's mechanism in stages 1-2, timed as inference
+    (fwd) or a training step (fwd_bwd).
+
+    options: `mixer_late` (stages 3-4; default softmax_eager as published), `checkpoint` (path,
+    loaded with `load_checkpoint`), `ema` (bool: take `model_ema` from the checkpoint).
+    `tokens` of the Workload counts stage-1 tokens (batch * H/4 * W/4).
+    """
+    opts = dict(inputs.options)
+    unknown = sorted(set(opts) - set(MODEL_OPTIONS))
+    if unknown:
+        raise AttnbenchError(f"unknown model-level options {unknown} (known: {', '.join(MODEL_OPTIONS)})")
+    pass_, model_name, mixer = inputs.pass_, inputs.variant, inputs.mech
+    if pass_ not in ("fwd", "fwd_bwd"):
+        raise ValueError(f"unknown pass {pass_!r} (fwd | fwd_bwd)")
+    mixer_late = opts.get("mixer_late")
+    batch, height, width = inputs.shape.batch, inputs.shape.height, inputs.shape.width
+
+    torch.manual_seed(inputs.seed)  # model init
+    model = create_ravlt(model_name, mixer=mixer, mixer_late=mixer_late)
+    if "checkpoint" in opts:  # an empty path is an error (load_checkpoint), never random weights
+        load_checkpoint(model, opts["checkpoint"], ema=bool(opts.get("ema", False)))
+    model.to(device=inputs.device, dtype=inputs.torch_dtype)
+    model.train(pass_ == "fwd_bwd")
+    x = inputs.x()  # (B, 3, H, W)
+
+    def forward() -> torch.Tensor:
+        return model(x)  # (B, classes)
+
+    if pass_ == "fwd":
+        fn = timed_call(forward, [], "fwd")
+    else:
+        gen = torch.Generator().manual_seed(inputs.seed + LABELS_SEED)
+        labels = torch.randint(0, model.num_classes, (batch,), generator=gen).to(inputs.device)  # (B,)
+        params = [p for p in model.parameters() if p.requires_grad]
+
+        def fn():
+            loss = F.cross_entropy(model(x).float(), labels)
+            return torch.autograd.grad(loss, params)
+
+    static = [MetricRow("params", float(count_params(model)), "count", note="model parameters")]
+    static += _analytic_rows(model_name, mixer, mixer_late, batch=batch, height=height, width=width, pass_=pass_)
+    step = "one training step (forward + backward)" if pass_ == "fwd_bwd" else "forward"
+    if _counter_safe(mixer) and _counter_safe(mixer_late):  # else no counted row: analytic only
+        static.append(MetricRow("flops_counted", float(count_flops(fn)), "FLOP",
+                                note=f"flopcountermode; {step}, per batch of {batch}"))  # fmt: skip
+    h1, w1 = stage_grids(height, width)[0]
+    return Workload(fn=fn, items=batch, tokens=batch * h1 * w1, module=model, forward=forward, static=static)
 
 
 def build_model_workload(
@@ -68,51 +122,12 @@ def build_model_workload(
     options: Mapping[str, Any] | None = None,
     seed: int = 0,
 ) -> Workload:
-    """A RAVLT variant with `mixer` in stages 1-2, timed as inference (fwd) or a training step (fwd_bwd).
-
-    options: `mixer_late` (stages 3-4; default softmax_eager as published), `checkpoint` (path,
-    loaded with `load_checkpoint`), `ema` (bool: take `model_ema` from the checkpoint).
-    `tokens` of the Workload counts stage-1 tokens (batch * H/4 * W/4).
-    """
-    opts = dict(options or {})
-    unknown = sorted(set(opts) - set(MODEL_OPTIONS))
-    if unknown:
-        raise AttnbenchError(f"unknown model-level options {unknown} (known: {', '.join(MODEL_OPTIONS)})")
-    if pass_ not in ("fwd", "fwd_bwd"):
-        raise ValueError(f"unknown pass {pass_!r} (fwd | fwd_bwd)")
-    mixer_late = opts.get("mixer_late")
-    tdtype = TORCH_DTYPES[dtype]
-
-    torch.manual_seed(seed)  # model init
-    model = create_ravlt(model_name, mixer=mixer, mixer_late=mixer_late)
-    if "checkpoint" in opts:  # an empty path is an error (load_checkpoint), never random weights
-        load_checkpoint(model, opts["checkpoint"], ema=bool(opts.get("ema", False)))
-    model.to(device=device, dtype=tdtype)
-    model.train(pass_ == "fwd_bwd")
-    x = seeded_randn((batch, 3, height, width), dtype=tdtype, device=device, seed=seed + 10)  # (B, 3, H, W)
-
-    def forward() -> torch.Tensor:
-        return model(x)  # (B, classes)
-
-    if pass_ == "fwd":
-        fn = timed_call(forward, [], "fwd")
-    else:
-        gen = torch.Generator().manual_seed(seed + 20)
-        labels = torch.randint(0, model.num_classes, (batch,), generator=gen).to(device)  # (B,)
-        params = [p for p in model.parameters() if p.requires_grad]
-
-        def fn():
-            loss = F.cross_entropy(model(x).float(), labels)
-            return torch.autograd.grad(loss, params)
-
-    static = [StaticRow("params", float(count_params(model)), "count", note="model parameters")]
-    static += _analytic_rows(model_name, mixer, mixer_late, batch=batch, height=height, width=width, pass_=pass_)
-    step = "one training step (forward + backward)" if pass_ == "fwd_bwd" else "forward"
-    if _counter_safe(mixer) and _counter_safe(mixer_late):  # else no counted row: analytic only
-        static.append(StaticRow("flops_counted", float(count_flops(fn)), "FLOP",
-                                note=f"flopcountermode; {step}, per batch of {batch}"))  # fmt: skip
-    h1, w1 = stage_grids(height, width)[0]
-    return Workload(fn=fn, items=batch, tokens=batch * h1 * w1, module=model, forward=forward, static=static)
+    """`model_workload` with the case given as keywords: `mixer` a registered name, a Mechanism, or None
+    (the published stage 1-2 mixer)."""
+    shape = Shape(batch, None, height, width, None, None)
+    inputs = CaseInputs(resolve_mechanism(mixer, DEFAULT_MIXER), "model", shape, dtype, device, pass_,
+                        dict(options or {}), variant=model_name, seed=seed)  # fmt: skip
+    return model_workload(inputs)
 
 
 def _counter_safe(spec: MixerSpec) -> bool:

@@ -1,0 +1,86 @@
+"""The suite metric `flops`: a case's costs and the rates they imply.
+
+  flops          FLOP    analytic, the mechanism's flops(shape, level, pass_)
+  bytes          B       analytic minimum traffic of one forward (fwd cases)
+  achieved_*     TFLOP/s, GB/s  the analytic counts over the median latency (when timed)
+  frac_*         fraction of the measured peaks (attnbench.metrics.peak_fraction)
+  flops_counted  FLOP    torch FlopCounterMode on one call of the timed closure (where it can count)
+Op and mixer level; at model level the workload's own rows carry the costs (attnbench.workloads.model),
+and `with_rates` adds the achieved rate of its analytic FLOPs.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from attnbench import registry
+from attnbench.metrics.base import Metric, MetricContext
+from attnbench.metrics.peak_fraction import fraction_rows
+from attnbench.metrics.row import MetricRow
+from attnbench.registry import Mechanism, Shape
+
+# count -> (unit, note, rate metric, scale, rate unit, rate note)
+_COUNTS = {
+    "flops": ("FLOP", "analytic", "achieved_tflops", 1e12, "TFLOP/s", "analytic"),
+    "bytes": ("B", "analytic minimum traffic", "achieved_gbps", 1e9, "GB/s", "analytic bytes"),
+}
+
+
+def analytic(mech: Mechanism, count: str, shape: Shape, options: dict[str, Any], **kw: Any) -> float | None:
+    """mech.flops / mech.bytes (`count`) of `shape`, the case's options it takes bound as keywords (performer
+    features, gate=False); None when the mechanism does not implement it."""
+    fn = getattr(mech, count)
+    try:
+        return float(functools.partial(fn, **registry.accepted_options(fn, options))(shape, **kw))
+    except NotImplementedError:
+        return None
+
+
+def cost_rows(ctx: MetricContext) -> list[MetricRow]:
+    case, mech, shape = ctx.case, ctx.inputs.mech, ctx.inputs.shape
+    if case.level not in ("op", "mixer"):
+        return []
+    options = case.options_dict
+    counts = {"flops": analytic(mech, "flops", shape, options, level=case.level, pass_=case.pass_)}
+    if case.pass_ == "fwd":
+        counts["bytes"] = analytic(mech, "bytes", shape, options, level=case.level, dtype=case.dtype)
+    rows: list[MetricRow] = []
+    for count, value in counts.items():
+        if value is None:
+            continue
+        unit, note, rate, scale, rate_unit, rate_note = _COUNTS[count]
+        rows.append(MetricRow(count, value, unit, note=note))
+        if ctx.median_s:
+            achieved = value / ctx.median_s / scale
+            rows.append(MetricRow(rate, achieved, rate_unit, note=rate_note, stat="median"))
+            rows += fraction_rows(ctx, **{rate: achieved})
+    counted = _count_flops(ctx.work.fn) if mech.flop_counter_safe else None
+    if counted is not None:
+        rows.append(MetricRow("flops_counted", float(counted), "FLOP", note="flopcountermode"))
+    return rows
+
+
+def with_rates(rows: list[MetricRow], median_s: float | None) -> list[MetricRow]:
+    """`rows`, each measured `flops` row followed by its achieved_tflops (model level: the workload's rows)."""
+    out = []
+    for row in rows:
+        out.append(row)
+        if row.metric == "flops" and median_s and row.source == "measured":
+            out.append(MetricRow("achieved_tflops", row.value / median_s / 1e12, "TFLOP/s", note=row.note,
+                                 stat="median"))  # fmt: skip
+    return out
+
+
+def _count_flops(fn) -> float | None:
+    try:
+        from attnbench.measure.flops import count_flops
+    except ImportError:
+        return None
+    try:
+        return count_flops(fn)
+    except Exception:  # counting is best effort: an op FlopCounterMode cannot trace is simply not counted
+        return None
+
+
+METRIC = Metric("flops", cost_rows, uses_workload=True)
