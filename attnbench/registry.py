@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from attnbench.dtypes import DTYPES
 from attnbench.errors import MechanismUnavailable, PluginError, UnknownMechanism
 
 __all__ = [
@@ -39,10 +40,8 @@ __all__ = [
     "LEVELS",
 ]
 
-DTYPES = ("fp32", "fp16", "bf16")
 LEVELS = ("op", "mixer", "model")
 PASSES = ("fwd", "fwd_bwd")
-DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp64": 8}
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ import torch
 import yaml
 
 from attnbench.errors import AttnbenchError, SuiteError
-from attnbench.registry import DTYPES, LEVELS, PASSES
+from attnbench.dtypes import DTYPES
+from attnbench.registry import LEVELS, PASSES
 from attnbench.userinput import MAX_SUITE_BYTES, YamlInputError, compose_yaml, load_yaml, read_user_text
 
 METRICS = ("latency", "memory", "flops", "rank", "accuracy")

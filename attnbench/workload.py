@@ -13,10 +13,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from attnbench.dtypes import TORCH_DTYPES
 from attnbench.layers import Rope2d
 from attnbench.registry import Mechanism, accepted_options
-
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
 
 
 @dataclass

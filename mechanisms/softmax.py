@@ -42,7 +42,8 @@ from torch import Tensor
 
 from attnbench.errors import MechanismUnavailable
 from attnbench.layers import TokenMixer, apply_rope
-from attnbench.registry import DTYPE_BYTES, Mechanism, Shape, register_mechanism
+from attnbench.dtypes import DTYPE_BYTES, torch_dtype
+from attnbench.registry import Mechanism, Shape, register_mechanism
 from mechanisms.common import SOFTMAX_CORE_FWD_BWD, level_bytes, level_flops
 
 CITE_ATTN = "Vaswani et al., Attention Is All You Need, NeurIPS 2017"
@@ -222,7 +223,7 @@ class SoftmaxSdpaPinned(SoftmaxBase):
         cache = self.__dict__.setdefault("_probe_cache", {})
         key = (str(dev), dtype)
         if key not in cache:
-            tdtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+            tdtype = torch_dtype(dtype)
             q = torch.randn(1, 2, 64, 64, device=dev, dtype=tdtype)  # (B, h, N, d)
             cache[key] = sdpa_refusal(self.sdpa_backend, q, q, q)
         return cache[key]

@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import Tensor, nn
 
+from attnbench.dtypes import name_of
 from attnbench.errors import AttnbenchError, CheckpointError
 from attnbench.layers import Rope2d, TokenMixer, split_heads
 from attnbench.registry import Mechanism, get
@@ -49,7 +50,6 @@ __all__ = ["RANK_METRICS", "RankStats", "effective_rank", "kv_buffer_fn", "numer
 
 RANK_METRICS = ("kv_rank", "kv_erank", "out_rank", "out_erank")
 RTOL_CAP = 1e-2
-_DTYPE_NAMES = {torch.float64: "fp64", torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 # -- pure math ---------------------------------------------------------------------------------------
@@ -214,7 +214,7 @@ def _rows(kind: str, stats: RankStats, dtype: torch.dtype, context: str) -> list
     capped = " (capped)" if stats.rtol == RTOL_CAP else ""
     note = (
         f"{context}; {kind} per head {rows_}x{cols}, mean over {stats.count} (batch x heads); fp64 SVD; "
-        f"rank tol = {stats.rtol:.3g} * s_max (max(M,N)*eps({_DTYPE_NAMES.get(dtype, str(dtype))}){capped}); "
+        f"rank tol = {stats.rtol:.3g} * s_max (max(M,N)*eps({name_of(dtype)}){capped}); "
         "erank = exp(entropy of s/sum(s)) (Roy & Vetterli 2007)"
     )
     prefix = "kv" if kind == "KV buffer" else "out"

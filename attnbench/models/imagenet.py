@@ -30,9 +30,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from attnbench.dtypes import TORCH_DTYPES
 from attnbench.errors import AttnbenchError, CheckpointError
 from attnbench.models.imagenet_data import DataError, EvalTransform, default_resize_size, load_eval_dataset
-from attnbench.workload import TORCH_DTYPES, StaticRow
+from attnbench.workload import StaticRow
 
 __all__ = [
     "DataError",

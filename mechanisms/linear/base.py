@@ -37,7 +37,8 @@ import torch
 from torch import Tensor, nn
 
 from attnbench.layers import TokenMixer, merge_heads, split_heads
-from attnbench.registry import DTYPE_BYTES, Mechanism, Shape
+from attnbench.dtypes import DTYPE_BYTES
+from attnbench.registry import Mechanism, Shape
 from mechanisms.common import mixer_bytes, op_bytes, pass_factor, shell_flops
 
 SHELL_OPTIONS = ("gate", "lepe")
