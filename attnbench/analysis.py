@@ -36,6 +36,7 @@ import pandas as pd
 
 from attnbench import stats
 from attnbench.errors import AttnbenchError
+from attnbench.labels import group_label, has_value
 
 CASE_KEYS = ("mechanism", "level", "variant", "pass", "dtype", "device", "batch", "height", "width", "heads",
              "head_dim", "dim")  # fmt: skip
@@ -87,20 +88,6 @@ def metric_frame(df: pd.DataFrame, metric: str = "latency") -> pd.DataFrame:
 def display_scale(metric: str, unit: str) -> tuple[float, str]:
     """(divisor, unit) for showing a metric: bytes of peak_memory as MiB, the rest as recorded."""
     return (MIB, "MiB") if metric == "peak_memory" and unit in ("B", "bytes", "") else (1.0, unit)
-
-
-def group_label(group: Mapping[str, Any]) -> str:
-    """'op fwd fp32 cpu, batch 1, heads 1, dim 64' (a shape 'HxW' where the group has one)."""
-    head = [str(group[k]) for k in ("level", "variant", "pass", "dtype", "device") if has_value(group.get(k))]
-    tail = [f"{k} {group[k]}" for k in ("batch", "heads", "dim") if has_value(group.get(k))]
-    if has_value(group.get("height")):
-        tail.insert(0, f"{group['height']}x{group['width']}")
-    return ", ".join([" ".join(head), *tail])
-
-
-def has_value(v: Any) -> bool:
-    """Not None, NaN, NA or ''."""
-    return v is not None and not (isinstance(v, float) and math.isnan(v)) and v is not pd.NA and v != ""
 
 
 def _row_label(frame: pd.DataFrame) -> pd.Series:

@@ -31,6 +31,7 @@ import pandas as pd
 from attnbench import analysis, results
 from attnbench.errors import ResultsError
 from attnbench.export import fmt_number
+from attnbench.labels import case_label
 from attnbench.report import Table
 
 IDENTITY = ("mechanism", "level", "variant", "pass", "dtype", "batch", "height", "width", "heads", "head_dim", "dim")
@@ -228,9 +229,7 @@ def comparison_tables(frame: pd.DataFrame, meta: CompareMeta) -> list[Table]:
     """For the terminal / Markdown / LaTeX: per-case medians and ratio [interval], then the environments."""
     lines = []
     for _, r in frame.iterrows():
-        shape = f"{r['height']}x{r['width']}" if pd.notna(r["height"]) else ""
-        name = " ".join(str(x) for x in (r["mechanism"], r["level"], r["variant"], r["pass"], r["dtype"],
-                                          f"b{r['batch']}", shape) if x and not pd.isna(x))  # fmt: skip
+        name = case_label(r.to_dict())
         if math.isfinite(r["ratio"]):
             ratio = fmt_number(r["ratio"])
             if pd.notna(r["low"]):

@@ -20,6 +20,7 @@ import pandas as pd
 from attnbench import analysis
 from attnbench.analysis import CURVE_KEYS, PivotTable
 from attnbench.errors import AttnbenchError
+from attnbench.labels import group_label, has_value
 from attnbench.report import Table
 
 AnyTable = Union[PivotTable, Table]
@@ -90,7 +91,7 @@ def crossover_table(cross: pd.DataFrame) -> Table:
     """analysis.crossovers -> one line per group: crossover tokens, who is faster below/above, bracket."""
     lines = []
     for _, r in cross.iterrows():
-        group = analysis.group_label(r.to_dict())
+        group = group_label(r.to_dict())
         if r["result"] == "crossover":
             what = f"N* = {fmt_number(r['tokens'])} (grid ~{math.sqrt(r['tokens']):.0f}²)"
             what += f", 1 of {r['crossings']:.0f} (noise near a tie?)" if r["crossings"] > 1 else ""
@@ -113,7 +114,7 @@ def scaling_table(exps: pd.DataFrame, *, min_tokens: int | None = None) -> Table
     lines = []
     for _, r in exps.iterrows():
         ci = f" [{r['ci_low']:.2f}, {r['ci_high']:.2f}]" if pd.notna(r["ci_low"]) else ""
-        lines.append({"mechanism": r["mechanism"], "group": analysis.group_label(r.to_dict()), "metric": r["metric"],
+        lines.append({"mechanism": r["mechanism"], "group": group_label(r.to_dict()), "metric": r["metric"],
                       "exponent [95% CI]": f"{r['exponent']:.2f}{ci}", "R²": f"{r['r2']:.3f}",
                       "tokens": f"{r['tokens_min']:.0f}-{r['tokens_max']:.0f} ({r['n_points']} pts)"})  # fmt: skip
     above = f", tokens >= {min_tokens}" if min_tokens else ""
@@ -239,7 +240,7 @@ def _figure():
 
 def group_slug(group: dict) -> str:
     """File-name part of a group: 'op-fwd-fp32-cpu-b1-h1-d64'."""
-    present = {k: v for k, v in group.items() if analysis.has_value(v)}
+    present = {k: v for k, v in group.items() if has_value(v)}
     parts = [str(present[k]) for k in ("level", "variant", "pass", "dtype", "device") if k in present]
     parts += [f"{p}{present[k]}" for k, p in (("batch", "b"), ("heads", "h"), ("dim", "d")) if k in present]
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts))
@@ -281,7 +282,7 @@ def plot_vs_tokens(df: pd.DataFrame, out_dir: str | Path, metric: str = "latency
             if fit:
                 xs = np.geomspace(n[keep].min(), n[keep].max(), 50)
                 ax.plot(xs, fit.prefactor * xs**fit.exponent, "--", lw=1, alpha=0.6, color=styles[mech]["color"])
-        _axes(ax, f"{metric.replace('_', ' ')} ({unit})", analysis.group_label(group))
+        _axes(ax, f"{metric.replace('_', ' ')} ({unit})", group_label(group))
         paths += _save(fig, Path(out_dir), f"{metric}-{group_slug(group)}", formats)
     return paths
 
@@ -304,7 +305,7 @@ def plot_speedup(df: pd.DataFrame, out_dir: str | Path, baseline: str, *, sample
             err = np.vstack([y - m["low"].to_numpy(float), m["high"].to_numpy(float) - y])
             ax.errorbar(m["tokens"].to_numpy(float), y, yerr=np.where(np.isfinite(err), np.clip(err, 0, None), 0),
                         ms=4, capsize=3, label=mech, **styles[mech])  # fmt: skip
-        _axes(ax, f"speedup vs {baseline} (×, >1 faster)", analysis.group_label(group))
+        _axes(ax, f"speedup vs {baseline} (×, >1 faster)", group_label(group))
         paths += _save(fig, Path(out_dir), f"speedup-vs-{baseline}-{group_slug(group)}", formats)
     return paths
 

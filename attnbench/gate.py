@@ -50,6 +50,7 @@ import pandas as pd
 
 from attnbench import results, stats
 from attnbench.errors import AttnbenchError
+from attnbench.labels import case_label
 from attnbench.userinput import read_user_text
 
 VERDICTS = ("regression", "improvement", "too_few_rounds", "unchanged")  # display order
@@ -58,7 +59,6 @@ MIN_SHIFT_CASES = 8  # the run-wide shift is removed only when at least this man
 HIGHER_IS_BETTER = frozenset(
     {"throughput", "tokens_per_s", "achieved_tflops", "achieved_gbps", "frac_bandwidth", "frac_flops", "top1", "top5"}
 )
-_DESCRIBE = ("mechanism", "level", "variant", "pass", "dtype", "batch", "height", "width")
 
 
 class GateError(AttnbenchError):
@@ -429,22 +429,11 @@ def _load_results_csv(path: Path, metric: str) -> SampleSet:
     if main.is_file():
         rows = results.load(main)
         for case_id, g in rows.groupby("case_id", sort=False):
-            names[str(case_id)] = describe_case(g.iloc[0].to_dict())
+            names[str(case_id)] = case_label(g.iloc[0].to_dict())
         units = rows.loc[(rows["metric"] == metric) & (rows["unit"] != ""), "unit"]
         unit = str(units.iloc[0]) if len(units) else ""
     return SampleSet(paths=(main if main.is_file() else path,), kind="results", samples=samples, names=names,
                      unit=unit)  # fmt: skip
-
-
-def describe_case(row: Mapping[str, Any]) -> str:
-    """'rala_eager op fwd fp32 b8 14x14' (+ variant) from a results row."""
-    get = {c: "" if pd.isna(v := row.get(c, "")) else str(v) for c in _DESCRIBE}
-    parts = [get["mechanism"], get["level"], get["variant"], get["pass"], get["dtype"]]
-    if get["batch"]:
-        parts.append(f"b{get['batch']}")
-    if get["height"] and get["width"]:
-        parts.append(f"{get['height']}x{get['width']}")
-    return " ".join(p for p in parts if p) or str(row.get("case_id", ""))
 
 
 def _load_benchmark_json(path: Path, metric: str) -> SampleSet:

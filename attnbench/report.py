@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from attnbench.labels import shape_label
+
 GROUP_KEYS = ["level", "pass", "dtype", "device", "batch"]
 
 
@@ -18,13 +20,6 @@ GROUP_KEYS = ["level", "pass", "dtype", "device", "batch"]
 class Table:
     title: str
     frame: pd.DataFrame  # index: mechanism; columns: shape labels; cells: formatted strings
-
-
-def _shape_label(row: pd.Series) -> str:
-    if row["level"] == "model":
-        return f"{row['variant']}@{row['height']}"
-    h, w = int(row["height"]), int(row["width"])
-    return f"{h}x{w}" if h != w else f"{h}²"
 
 
 def case_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -53,7 +48,7 @@ def case_frame(df: pd.DataFrame) -> pd.DataFrame:
     pick("peak_memory", "value", "peak_memory_b")
     pick("flops", "value", "flops")
     pick("achieved_gbps", "median", "gbps")
-    out["shape"] = out.apply(_shape_label, axis=1)
+    out["shape"] = out.apply(shape_label, axis=1)
     return out
 
 
@@ -122,7 +117,7 @@ def metric_tables(df: pd.DataFrame, metrics: tuple[str, ...]) -> list[Table]:
     sel = sel.assign(
         col=sel["metric"] + sel["note"].map(_convention) + sel["source"].map(
             lambda s: " reported" if s == "reported" else ""),
-        shape=sel.apply(_shape_label, axis=1),
+        shape=sel.apply(shape_label, axis=1),
     )
     sel = sel.assign(who=sel["mechanism"] + sel.apply(
         lambda r: f" [{r['shape']}]" if r["level"] == "model" else "", axis=1))  # fmt: skip

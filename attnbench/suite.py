@@ -17,8 +17,8 @@ from typing import Any, Callable
 import torch
 import yaml
 
-from attnbench.errors import AttnbenchError, SuiteError
 from attnbench.dtypes import DTYPES
+from attnbench.errors import AttnbenchError, SuiteError
 from attnbench.registry import LEVELS, PASSES
 from attnbench.userinput import MAX_SUITE_BYTES, YamlInputError, compose_yaml, load_yaml, read_user_text
 
