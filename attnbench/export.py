@@ -17,7 +17,7 @@ from typing import Union
 import numpy as np
 import pandas as pd
 
-from attnbench import analysis
+from attnbench import analysis, stats
 from attnbench.analysis import CURVE_KEYS, PivotTable
 from attnbench.errors import AttnbenchError
 from attnbench.labels import group_label, has_value
@@ -275,7 +275,7 @@ def plot_vs_tokens(df: pd.DataFrame, out_dir: str | Path, metric: str = "latency
             n, y = m["tokens"].to_numpy(float), m["center"].to_numpy(float) / scale
             err = np.vstack([y - m["p20"].to_numpy(float) / scale, m["p80"].to_numpy(float) / scale - y])
             keep = n >= (min_tokens or 0)
-            fit = analysis.fit_power_law(n[keep], y[keep]) if np.unique(n[keep]).size >= 2 else None
+            fit = stats.fit_power_law(n[keep], y[keep]) if np.unique(n[keep]).size >= 2 else None
             label = mech + (rf" ($\propto N^{{{fit.exponent:.2f}}}$)" if fit else "")
             ax.errorbar(n, y, yerr=np.where(np.isfinite(err), np.clip(err, 0, None), 0), ms=4, capsize=3,
                         label=label, **styles[mech])  # fmt: skip

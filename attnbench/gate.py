@@ -237,7 +237,7 @@ def gate_rounds(
             GateCase(
                 key=key, name=names.get(key, key), n_base=int(b.size), n_new=int(n.size),
                 median_base=median_base, median_new=median_new, ratio=ratio, change=ratio - 1,
-                ci_low=ci_low, ci_high=ci_high, noise=max(_log_sd(b), _log_sd(n)), vs_run=vs_run, p_raw=p_raw,
+                ci_low=ci_low, ci_high=ci_high, noise=max(stats.log_sd(b), stats.log_sd(n)), vs_run=vs_run, p_raw=p_raw,
                 p_holm=p_holm.get(key, math.nan), verdict=verdict,
             )
         )  # fmt: skip
@@ -277,11 +277,6 @@ def _verdict(change: float, p_holm: float, threshold: float, alpha: float, highe
         return "unchanged"
     worse_by = -change if higher_is_better else change
     return "regression" if worse_by > threshold else "improvement" if worse_by < -threshold else "unchanged"
-
-
-def _log_sd(x: np.ndarray) -> float:
-    x = x[x > 0]
-    return float(np.log(x).std(ddof=1)) if x.size >= 2 else math.nan
 
 
 def _round_notes(cases: list[GateCase], min_rounds: int) -> tuple[str, ...]:
