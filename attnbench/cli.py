@@ -215,7 +215,6 @@ def cmd_list(args) -> int:
     from attnbench import registry
     from attnbench.suite import resolve_device
 
-    registry.load_builtin()
     if args.plugin:
         registry.load_plugins(args.plugin)
     device = resolve_device(args.device)
@@ -469,13 +468,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Ray cluster to join (e.g. head-node:6379 or auto); default: start a local Ray instance")
     r.add_argument("--no-progress", action="store_true", help="no live progress bar")
     r.add_argument("--dry-run", action="store_true", help="validate the suite and plan its cases; run nothing")
-    r.set_defaults(func=cmd_run)
+    r.set_defaults(func=cmd_run, needs_mechanisms=True)
 
     ls = sub.add_parser("list", help="list mechanisms with availability and the reason when unavailable")
     ls.add_argument("--family", help="only this family (softmax, rala, linear, ...)")
     ls.add_argument("--device", default="auto", help="device to check availability on (auto, cpu, cuda)")
     ls.add_argument("--plugin", action="append", help="also load this plugin module or .py file")
-    ls.set_defaults(func=cmd_list)
+    ls.set_defaults(func=cmd_list, needs_mechanisms=True)
 
     rep = sub.add_parser("report", help="tables from saved results CSVs")
     rep.add_argument("files", nargs="+", help="results CSV files")
@@ -550,6 +549,10 @@ def main(argv: list[str] | None = None) -> int:
     previous = warnings.showwarning
     warnings.showwarning = _one_line_warnings
     try:
+        if getattr(args, "needs_mechanisms", False):
+            from attnbench.loading import load_mechanisms
+
+            load_mechanisms()  # the program's one load of the built-in and installed mechanisms
         return int(args.func(args) or 0)
     except AttnbenchError as exc:
         if args.debug:

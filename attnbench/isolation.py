@@ -33,9 +33,10 @@ def _worker_main(conn, suite, run_id: str, env_id: str, memory_limit_bytes: int 
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
     # Import inside the child: spawn starts a clean interpreter.
     from attnbench import registry
+    from attnbench.loading import load_mechanisms
     from attnbench.runner import Runner
 
-    registry.load_builtin()
+    load_mechanisms()
     from pathlib import Path
 
     registry.load_plugins(suite.plugins, base_dir=Path(suite.path).parent if suite.path else None)

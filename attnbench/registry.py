@@ -11,6 +11,8 @@ A mechanism module does::
 
 `get(name)` returns the (single) instance; its decorator fields are attributes. Calling `op` or
 `mixer` of a mechanism that is unavailable raises `MechanismUnavailable(reason)`.
+
+This module imports no mechanism: the program's entry points fill it (`attnbench.loading.load_mechanisms`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ __all__ = [
     "MechanismUnavailable",
     "Shape",
     "get",
-    "load_builtin",
     "load_plugins",
     "names",
     "register_mechanism",
@@ -267,6 +268,11 @@ def get(name: str) -> Mechanism:
     try:
         return _REGISTRY[name]
     except KeyError:
+        if not _REGISTRY:
+            raise UnknownMechanism(
+                f"unknown mechanism {name!r}: no mechanisms are loaded; call attnbench.loading.load_mechanisms() "
+                "first (the CLI does)"
+            ) from None
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise UnknownMechanism(
@@ -281,17 +287,6 @@ def names(family: str | None = None) -> list[str]:
 
 def families() -> list[str]:
     return sorted({m.family for m in _REGISTRY.values()})
-
-
-_BUILTIN_LOADED = False
-
-
-def load_builtin() -> None:
-    """Import the `mechanisms` package once (registers every built-in mechanism)."""
-    global _BUILTIN_LOADED
-    if not _BUILTIN_LOADED:
-        importlib.import_module("mechanisms")
-        _BUILTIN_LOADED = True
 
 
 _LOADED_PLUGIN_FILES: dict[str, str] = {}

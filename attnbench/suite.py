@@ -540,11 +540,11 @@ def _jsonable(obj: Any) -> Any:
 
 
 def _validate_mechanisms(suite: Suite, where: Callable[[str], str]) -> None:
-    """Load plugins, expand family:<f>, and stop on names that are not registered."""
+    """Load the suite's plugins, expand family:<f>, and stop on names that are not registered (the built-in
+    mechanisms are loaded by the program's entry point, `attnbench.loading`)."""
     from attnbench import registry
 
     try:
-        registry.load_builtin()
         registry.load_plugins(suite.plugins, base_dir=Path(suite.path).parent)
     except AttnbenchError as exc:
         raise _fail(where, "plugins", str(exc)) from None

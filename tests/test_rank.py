@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-import mechanisms  # noqa: F401  (registers everything)
 from attnbench.errors import CheckpointError
 from attnbench.layers import Rope2d
 from attnbench.measure.rank import (

@@ -118,11 +118,12 @@ def run_unit_task(suite, run_id: str, key: str, todo: list, priors: dict, final:
     import torch
 
     from attnbench import registry
+    from attnbench.loading import load_mechanisms
     from attnbench.measure.env import env_id as make_env_id
     from attnbench.measure.env import fingerprint
     from attnbench.runner import Runner, _cached_peaks, apply_precision_settings
 
-    registry.load_builtin()
+    load_mechanisms()
     registry.load_plugins(suite.plugins, base_dir=Path(suite.path).parent if suite.path else None)
     if threads is not None:
         torch.set_num_threads(threads)

@@ -323,9 +323,7 @@ def load_pretrained(model_name: str, checkpoint: str | os.PathLike, *, ema: bool
     """create_ravlt(model_name) with the checkpoint's weights (`model_ema` when ema), in eval mode."""
     from attnbench.models.checkpoint import load_checkpoint
     from attnbench.models.ravlt import create_ravlt
-    from attnbench.registry import load_builtin
 
-    load_builtin()  # the RAVLT mixers come from the mechanism registry
     model = create_ravlt(model_name)
     load_checkpoint(model, checkpoint, ema=ema)
     return model.eval()
@@ -418,6 +416,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     try:
         _require_paths(args.model, args.data, args.checkpoint)
+        from attnbench.loading import load_mechanisms
+
+        load_mechanisms()  # this entry point's one load: the RAVLT mixers come from the mechanism registry
         model = load_pretrained(args.model, args.checkpoint, ema=args.ema)
         evaluate_fn = evaluate_distributed if world > 1 else evaluate
         result = evaluate_fn(

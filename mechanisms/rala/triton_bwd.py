@@ -55,7 +55,7 @@ from mechanisms.rala.triton_kernels import (
     stream_meta,
     token_major,
 )
-from mechanisms.rala.triton_op import empty_like_layout, plan_launch, rope_args
+from mechanisms.rala.launch import empty_like_layout, plan_launch, rope_args
 
 
 @triton.jit

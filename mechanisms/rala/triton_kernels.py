@@ -49,7 +49,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mechanisms.rala.triton_op import (
+from mechanisms.rala.launch import (
     LaunchPlan,
     empty_like_layout,
     interpreting,
