@@ -38,6 +38,7 @@ import pandas as pd
 from attnbench import stats
 from attnbench.errors import AttnbenchError
 from attnbench.labels import group_label, has_value
+from attnbench.results import STATS
 
 CASE_KEYS = ("mechanism", "level", "variant", "pass", "dtype", "device", "batch", "height", "width", "heads",
              "head_dim", "dim")  # fmt: skip
@@ -47,7 +48,6 @@ SHAPE_GROUP = ("level", "pass", "dtype", "device", "batch", "heads", "head_dim",
 BATCH_GROUP = ("level", "pass", "dtype", "device", "height", "width", "heads", "head_dim", "dim")  # columns: batch
 MODEL_KEYS = ("mechanism", "variant", "height", "width")  # a model at one resolution
 COST_CONTEXT = ("batch", "dtype", "device", "pass", "note", "source")
-_STATS = ("median", "mean", "min", "p20", "p80", "std", "n", "value")
 _STATUS_ORDER = ("crash", "oom", "timeout", "error", "skipped")
 MIB = 2.0**20
 
@@ -76,12 +76,12 @@ def metric_frame(df: pd.DataFrame, metric: str = "latency") -> pd.DataFrame:
     cols = ["case_id", *CASE_KEYS, "tokens", "unit", "note"]
     sel = df[(df["metric"] == metric) & (df["status"] == "ok") & df["value"].notna()]
     if sel.empty:
-        return pd.DataFrame(columns=[*cols, *_STATS, "center"])
+        return pd.DataFrame(columns=[*cols, *STATS, "center"])
     central = sel["stat"].isin(("median", "value"))  # unit/note of the central row ("n" rows are counts)
     first = sel.assign(_c=central).sort_values("_c", kind="stable").drop_duplicates("case_id", keep="last")
     first = first[cols].set_index("case_id")
     wide = sel.drop_duplicates(["case_id", "stat"], keep="last").pivot(index="case_id", columns="stat", values="value")
-    out = first.join(wide.reindex(columns=list(_STATS))).reset_index()
+    out = first.join(wide.reindex(columns=list(STATS))).reset_index()
     out["center"] = out["median"].fillna(out["value"])
     return out
 

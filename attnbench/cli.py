@@ -1,4 +1,4 @@
-"""Command line: run | list | report | compare | gate | ab | env. rich output lives here and in report.
+"""Command line: run | list | report | compare | gate | ab | env. rich output lives here only.
 
 User errors (AttnbenchError) print one line and exit non-zero (2) without a traceback;
 `--debug` shows tracebacks.
@@ -88,16 +88,16 @@ def print_tables(tables: list[RichTable], out: Console | None = None) -> None:
 
 
 def print_report(df, out: Console = console) -> None:
-    from attnbench import report
+    from attnbench import summary
 
-    for t in report.summary_tables(df):
+    for t in summary.summary_tables(df):
         print_tables(render_tables(t.title, t.frame), out)
     single = ("params", "macs", "macs_with_attn", "flops", "flops_counted", "top1", "top5", "kv_rank", "kv_erank",
               "out_rank", "out_erank")  # fmt: skip
     model_or_rank = df[df["level"].eq("model") | df["metric"].isin(("kv_erank", "out_erank"))]
-    for t in report.metric_tables(model_or_rank, single):
+    for t in summary.metric_tables(model_or_rank, single):
         print_tables(render_tables(t.title, t.frame, index_name="mechanism [model]"), out)
-    probs = report.problems(df)
+    probs = summary.problems(df)
     if len(probs):
         table = RichTable(title="cases that did not run", title_justify="left", header_style="bold")
         for col in probs.columns:
@@ -105,7 +105,7 @@ def print_report(df, out: Console = console) -> None:
         for _, row in probs.iterrows():
             table.add_row(*[esc(v, 400) for v in row.tolist()])
         out.print(table)
-    counts = report.status_counts(df)
+    counts = summary.status_counts(df)
     out.print("cases: " + ", ".join(f"{esc(k)} {v}" for k, v in sorted(counts.items())))
 
 
@@ -262,7 +262,7 @@ def _load_many(paths: list[str]):
 
 
 def cmd_report(args) -> int:
-    from attnbench import export
+    from attnbench import export, tables
 
     if args.crossover and args.crossover[0] == args.crossover[1]:
         raise AttnbenchError(f"--crossover needs two different mechanisms, got {args.crossover[0][:60]!r} twice")
@@ -270,7 +270,7 @@ def cmd_report(args) -> int:
         raise AttnbenchError(f"--min-tokens must be >= 0, got {args.min_tokens}")
     df, samples = _load_many(args.files)
     crossover = tuple(args.crossover) if args.crossover else None
-    extra = export.report_tables(df, baseline=args.baseline, crossover=crossover, samples=samples,
+    extra = tables.report_tables(df, baseline=args.baseline, crossover=crossover, samples=samples,
                                  min_tokens=args.min_tokens)  # fmt: skip
     if args.format == "term":
         from attnbench.analysis import PivotTable
@@ -279,7 +279,7 @@ def cmd_report(args) -> int:
         for t in extra:
             if isinstance(t, PivotTable) and t.metric in ("latency", "peak_memory"):
                 continue  # already shown by print_report
-            t = export.as_table(t)
+            t = tables.as_table(t)
             print_tables(render_tables(t.title, t.frame, index_name=t.frame.index.name or ""))
     elif args.format == "md":
         print("\n\n".join(export.to_markdown(t) for t in extra))
@@ -302,7 +302,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from attnbench import compare, export, results
+    from attnbench import compare, results, tables
 
     for path in (args.a, args.b):
         metrics = set(results.load(path)["metric"])
@@ -311,7 +311,7 @@ def cmd_compare(args) -> int:
                                  "check --metric")  # fmt: skip
     frame, meta = compare.compare_runs(args.a, args.b, metric=args.metric, across_hardware=args.across_hardware)
     for t in compare.comparison_tables(frame, meta):
-        t = export.as_table(t)
+        t = tables.as_table(t)
         print_tables(render_tables(t.title, t.frame, index_name=t.frame.index.name or ""))
     console.print(esc(meta.summary(), 2000))
     for note in meta.notes:

@@ -30,9 +30,8 @@ import pandas as pd
 
 from attnbench import analysis, results, stats
 from attnbench.errors import ResultsError
-from attnbench.export import fmt_number
 from attnbench.labels import case_label
-from attnbench.report import Table
+from attnbench.tables import Table, fmt_number
 
 IDENTITY = ("mechanism", "level", "variant", "pass", "dtype", "batch", "height", "width", "heads", "head_dim", "dim")
 

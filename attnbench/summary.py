@@ -1,4 +1,4 @@
-"""Reports from result rows: pivot tables as plain DataFrames (rendering lives in the CLI).
+"""Run summaries from result rows: what `run` and `report` print first (rendering lives in the CLI).
 
 `summary_tables(df)` gives, per (level, pass, dtype, device, batch) group, a mechanism x grid
 table of median latency (ms) with its p20-p80 spread, and one of peak memory (MiB); cells of
@@ -7,19 +7,12 @@ cases that did not run show their status. `status_counts(df)` counts cases per s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pandas as pd
 
 from attnbench.labels import shape_label
+from attnbench.tables import Table
 
 GROUP_KEYS = ["level", "pass", "dtype", "device", "batch"]
-
-
-@dataclass
-class Table:
-    title: str
-    frame: pd.DataFrame  # index: mechanism; columns: shape labels; cells: formatted strings
 
 
 def case_frame(df: pd.DataFrame) -> pd.DataFrame:
