@@ -1,4 +1,4 @@
-"""Command line: run | list | report | compare | gate | ab | env. rich output lives here only.
+"""Command line: run | list | suite-keys | report | compare | gate | ab | env. rich output lives here only.
 
 User errors (AttnbenchError) print one line and exit non-zero (2) without a traceback;
 `--debug` shows tracebacks.
@@ -242,6 +242,27 @@ def cmd_list(args) -> int:
     return 0
 
 
+def cmd_suite_keys(args) -> int:
+    """The key reference generated from the suite schema (attnbench/suite_schema.py)."""
+    from attnbench.suite_schema import key_reference
+
+    rows = key_reference()
+    header = ["key", "type", "default", "allowed", "meaning"]
+    if args.format == "md":
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+        lines += ["| " + " | ".join(r[h].replace("|", "\\|") for h in header) + " |" for r in rows]
+        print("\n".join(lines))
+        return 0
+    table = RichTable(title="suite keys (a sweep axis takes a scalar or a list)", title_justify="left",
+                      header_style="bold")  # fmt: skip
+    for h in header:
+        table.add_column(h, overflow="fold", style="cyan" if h == "key" else None, no_wrap=h == "key")
+    for r in rows:
+        table.add_row(*[esc(r[h], 400) for h in header])
+    console.print(table)
+    return 0
+
+
 def _load_many(paths: list[str]):
     import pandas as pd
 
@@ -475,6 +496,10 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--device", default="auto", help="device to check availability on (auto, cpu, cuda)")
     ls.add_argument("--plugin", action="append", help="also load this plugin module or .py file")
     ls.set_defaults(func=cmd_list, needs_mechanisms=True)
+
+    keys = sub.add_parser("suite-keys", help="every suite key: type, default, allowed values, meaning")
+    keys.add_argument("--format", choices=("term", "md"), default="term", help="terminal table or Markdown")
+    keys.set_defaults(func=cmd_suite_keys)
 
     rep = sub.add_parser("report", help="tables from saved results CSVs")
     rep.add_argument("files", nargs="+", help="results CSV files")
