@@ -1,7 +1,7 @@
 """Command line: the parser and `main` for run | list | suite-keys | report | compare | gate | ab | env.
 
-The commands are in `cli_commands`, their rich output in `cli_render`. User errors (AttnbenchError) print one line and exit non-zero (2) without a traceback;
-`--debug` shows tracebacks.
+The commands are in `cli_commands`, their rich output in `cli_render`. User errors (AttnbenchError)
+print one line and exit non-zero (2) without a traceback; `--debug` shows tracebacks.
 """
 
 from __future__ import annotations
