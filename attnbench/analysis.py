@@ -38,7 +38,7 @@ import pandas as pd
 from attnbench import stats
 from attnbench.errors import AttnbenchError
 from attnbench.labels import group_label, has_value
-from attnbench.results import STATS
+from attnbench.results_schema import STATS
 
 CASE_KEYS = ("mechanism", "level", "variant", "pass", "dtype", "device", "batch", "height", "width", "heads",
              "head_dim", "dim")  # fmt: skip
