@@ -29,7 +29,7 @@ from torch import nn
 
 from attnbench.dtypes import TORCH_DTYPES
 from attnbench.errors import AttnbenchError, CheckpointError
-from attnbench.models.imagenet_data import DataError, EvalTransform, load_eval_dataset
+from attnbench.models.imagenet_data import DataError, EvalTransform, default_resize_size, load_eval_dataset
 from attnbench.models.imagenet_eval import (
     EvalResult,
     Progress,
