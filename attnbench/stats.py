@@ -127,7 +127,7 @@ def log_sd(x: np.ndarray) -> float:
     return float(np.log(x).std(ddof=1)) if x.size >= 2 else math.nan
 
 
-# -- ratios of medians with uncertainty (speedup, compare) ---------------------------------------------------------------------------
+# -- ratios of medians with uncertainty (speedup, compare) -----------------------------------------------
 def ratio_band(num: np.ndarray, num_p20: np.ndarray, num_p80: np.ndarray, den: np.ndarray, den_p20: np.ndarray,
                den_p80: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """(low, high) of num/den from each side's p20-p80 band, added in quadrature in log space (NaN if missing)."""
