@@ -17,8 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from attnbench import registry
-from attnbench.dtypes import TABLE as DTYPE_TABLE
-from attnbench.dtypes import TORCH_DTYPES
+from attnbench.dtypes import TABLE, TORCH_DTYPES
 from attnbench.layers import Rope2d
 from attnbench.workload import seeded_randn
 
@@ -141,6 +140,6 @@ def _verdict(out, grads, ref64, ref_grads64, ref_lo, ref_grads_lo, dtype, ref_me
         grad_err = rel_err(_flat(grads), _flat(ref_grads64))
         if ref_mech is not mech:
             base_err = max(base_err, rel_err(_flat(ref_grads_lo), _flat(ref_grads64)))
-    tol = 2 * base_err + DTYPE_TABLE[dtype].tolerance
+    tol = 2 * base_err + TABLE[dtype].tolerance
     label = f"vs {ref_mech.name} in float64" + (f"; {note}" if note else "")
     return Verdict(err, grad_err, tol, ref_mech.name, label)

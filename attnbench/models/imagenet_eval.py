@@ -91,11 +91,17 @@ def _torch_dtype(dtype: torch.dtype | str) -> torch.dtype:
 
 
 def _as_dataset(data: DataArg, image_size: int, resize_size: int | None) -> Dataset:
+    """The (non-empty) evaluation dataset: a folder or labels file loaded with the protocol's transform, or a
+    prepared Dataset as it is (its own transform applies; image_size/resize_size are ignored)."""
     if isinstance(data, (str, os.PathLike)):
-        return load_eval_dataset(data, image_size=image_size, resize_size=resize_size)
-    if isinstance(data, Dataset):
-        return data  # prepared: its own transform applies; image_size/resize_size are ignored
-    raise TypeError(f"data must be a folder path or a torch Dataset, got {type(data).__name__}")
+        dataset = load_eval_dataset(data, image_size=image_size, resize_size=resize_size)
+    elif isinstance(data, Dataset):
+        dataset = data
+    else:
+        raise TypeError(f"data must be a folder path or a torch Dataset, got {type(data).__name__}")
+    if len(dataset) == 0:
+        raise DataError("the evaluation dataset is empty; point data/--data at a folder with images")
+    return dataset
 
 
 def _check_classes(dataset: Dataset, num_classes: int) -> None:
@@ -202,18 +208,8 @@ def evaluate(
     check that still covers every class). `progress(done, total)` is called after every batch.
     """
     dataset = _as_dataset(data, image_size, resize_size)
-    if len(dataset) == 0:
-        raise DataError("the evaluation dataset is empty; point data/--data at a folder with images")
-    tally = _run(
-        model,
-        dataset,
-        subset_indices(len(dataset), limit),
-        batch_size=batch_size,
-        num_workers=num_workers,
-        device=torch.device(device),
-        dtype=_torch_dtype(dtype),
-        progress=progress,
-    )
+    tally = _run(model, dataset, subset_indices(len(dataset), limit), batch_size=batch_size, num_workers=num_workers,
+                 device=torch.device(device), dtype=_torch_dtype(dtype), progress=progress)  # fmt: skip
     return tally.result()
 
 
@@ -265,20 +261,10 @@ def evaluate_distributed(
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
         dataset = _as_dataset(data, image_size, resize_size)
-        if len(dataset) == 0:
-            raise DataError("the evaluation dataset is empty; point data/--data at a folder with images")
         shard = shard_indices(subset_indices(len(dataset), limit), rank, world)
         dist.barrier()
-        tally = _run(
-            model,
-            dataset,
-            shard,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            device=dev,
-            dtype=_torch_dtype(dtype),
-            progress=progress,
-        )
+        tally = _run(model, dataset, shard, batch_size=batch_size, num_workers=num_workers, device=dev,
+                     dtype=_torch_dtype(dtype), progress=progress)  # fmt: skip
         comm_device = dev if dist.get_backend() == "nccl" else torch.device("cpu")
         counts = torch.tensor([tally.correct1, tally.correct5, tally.images], dtype=torch.int64, device=comm_device)
         dist.all_reduce(counts, op=dist.ReduceOp.SUM)
