@@ -179,11 +179,13 @@ def _reaches(graph: dict[str, set[str]], start: str, goal: str) -> bool:
     return False
 
 
-def test_registry_imports_no_mechanism_and_mechanisms_sit_on_no_cycle():
+# issue 15's executor step rewrites these (runner <-> isolation is a known cycle until then)
+OTHER_WORK = ("attnbench.runner", "attnbench.isolation", "attnbench.executors")
+
+
+def test_registry_imports_no_mechanism_and_no_module_sits_on_an_import_cycle():
     graph = _import_graph()
     assert not any(m.split(".")[0] == "mechanisms" for m in graph["attnbench.registry"])
-    on_cycle = sorted(m for m in graph if m.startswith("mechanisms") and _reaches(graph, m, m))
+    assert not any(m.split(".")[0] == "mechanisms" for m in graph["attnbench.suite"] | graph["attnbench.plan"])
+    on_cycle = sorted(m for m in graph if not m.startswith(OTHER_WORK) and _reaches(graph, m, m))
     assert not on_cycle, f"import cycles through {on_cycle}"
-    for module in ("attnbench.registry", "attnbench.loading", "attnbench.dtypes", "attnbench.labels",
-                   "attnbench.stats", "attnbench.suite", "attnbench.plan", "attnbench.layers"):  # fmt: skip
-        assert not _reaches(graph, module, module), f"{module} is on an import cycle"
