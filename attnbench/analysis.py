@@ -37,7 +37,7 @@ import pandas as pd
 
 from attnbench import stats
 from attnbench.errors import AttnbenchError
-from attnbench.labels import group_label, has_value
+from attnbench.labels import group_label, has_value, mechanism_label
 from attnbench.results_schema import STATS
 
 CASE_KEYS = ("mechanism", "level", "variant", "pass", "dtype", "device", "batch", "height", "width", "heads",
@@ -92,7 +92,7 @@ def display_scale(metric: str, unit: str) -> tuple[float, str]:
 
 
 def _row_label(frame: pd.DataFrame) -> pd.Series:
-    return frame["mechanism"] + frame["variant"].map(lambda v: f" [{v}]" if v else "")
+    return pd.Series([mechanism_label(r) for r in frame.to_dict("records")], index=frame.index, dtype=object)
 
 
 # -- pivots ------------------------------------------------------------------------------------------

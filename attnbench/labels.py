@@ -42,6 +42,15 @@ def case_label(fields: Mapping[str, Any], *, detail: bool = False) -> str:
     return " ".join(p for p in parts if p) or text(fields.get("case_id"))
 
 
+def mechanism_label(fields: Mapping[str, Any], *, size: bool = False) -> str:
+    """A table row: 'rala_eager', or 'rala_eager [ravlt_t]' where the case has a variant (the model at level
+    model, a configuration such as '+lepe+gate' at op/mixer level); `size` adds a model's image size (' @224')."""
+    text = str(fields["mechanism"]) + (f" [{fields['variant']}]" if has_value(fields.get("variant")) else "")
+    if size and fields.get("level") == "model":
+        text += f" @{fields['height']}"
+    return text
+
+
 def shape_label(fields: Mapping[str, Any]) -> str:
     """A case's shape in a table column: '14²' or '16x24' (token grid); 'ravlt_t@224' at model level."""
     if fields["level"] == "model":

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from attnbench.labels import shape_label
+from attnbench.labels import mechanism_label, shape_label
 from attnbench.tables import Table
 
 GROUP_KEYS = ["level", "pass", "dtype", "device", "batch"]
@@ -102,7 +102,7 @@ def _convention(note: str) -> str:
 
 def metric_tables(df: pd.DataFrame, metrics: tuple[str, ...]) -> list[Table]:
     """Single-valued metrics (params, macs, ranks, accuracy, ...): one table per (level, pass, dtype,
-    batch), rows mechanism [model]@size (model level) or mechanism (op/mixer, one table per shape).
+    batch), rows `mechanism [model] @size` (model level) or `mechanism [variant]` (op/mixer, one table per shape).
     Counts (FLOPs, MACs) are per timed call, i.e. for the whole batch."""
     sel = df[df["metric"].isin(metrics) & (df["status"] == "ok")]
     if sel.empty:
@@ -112,8 +112,7 @@ def metric_tables(df: pd.DataFrame, metrics: tuple[str, ...]) -> list[Table]:
             lambda s: " reported" if s == "reported" else ""),
         shape=sel.apply(shape_label, axis=1),
     )
-    sel = sel.assign(who=sel["mechanism"] + sel.apply(
-        lambda r: f" [{r['shape']}]" if r["level"] == "model" else "", axis=1))  # fmt: skip
+    sel = sel.assign(who=[mechanism_label(r, size=True) for r in sel.to_dict("records")])
     keys = ["level", "pass", "dtype", "batch"]
     tables = []
     for key, group in sel.groupby(keys + ["shape"] if (sel["level"] != "model").any() else keys, sort=False):

@@ -16,7 +16,7 @@ import pandas as pd
 
 from attnbench import analysis
 from attnbench.analysis import PivotTable
-from attnbench.labels import group_label
+from attnbench.labels import group_label, mechanism_label
 
 COST_METRICS = ("latency", "flops", "macs", "params")
 
@@ -113,7 +113,7 @@ def scaling_table(exps: pd.DataFrame, *, min_tokens: int | None = None) -> Table
 
 def pareto_table(points: pd.DataFrame, cost: str) -> Table:
     """analysis.pareto_front -> models with accuracy, cost and a mark on the front."""
-    lines = [{"model": f"{r['mechanism']} [{r['variant']}] @{r['height']}", "context": _context(r),
+    lines = [{"model": f"{mechanism_label(r)} @{r['height']}", "context": _context(r),
               "accuracy": f"{r['accuracy']:.2f} ({r['accuracy_source']})",
               f"{cost} ({r['cost_unit']})": fmt_number(r["cost"]), "front": "*" if r["on_front"] else ""}
              for _, r in points.iterrows()]  # fmt: skip
