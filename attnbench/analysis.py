@@ -37,7 +37,7 @@ import pandas as pd
 
 from attnbench import stats
 from attnbench.errors import AttnbenchError
-from attnbench.labels import group_label, has_value, mechanism_label
+from attnbench.labels import group_label, mechanism_label
 from attnbench.results_schema import STATS
 
 CASE_KEYS = ("mechanism", "level", "variant", "pass", "dtype", "device", "batch", "height", "width", "heads",

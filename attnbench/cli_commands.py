@@ -22,6 +22,7 @@ from attnbench.cli_render import (
 )
 from attnbench.errors import AttnbenchError
 
+
 # -- commands ---------------------------------------------------------------------------------------
 def _warn_if_busy(device: str) -> None:
     """CPU timings on a loaded machine are dominated by contention (OpenMP threads wait for cores)."""

@@ -16,7 +16,6 @@ from attnbench.layers import Rope2d
 from attnbench.registry import Shape, get
 
 
-
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     return ((x.double() - ref).norm() / ref.norm()).item()
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-
 from torch import Tensor
 
 from attnbench.layers import TokenMixer, apply_rope, rope_tables

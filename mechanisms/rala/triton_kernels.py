@@ -60,7 +60,6 @@ from mechanisms.rala.launch import (
 from mechanisms.rala.triton_helpers import (
     block_range,
     dot_halves,
-    halves,
     load_halves,
     load_rows_halves,
     load_tile,
