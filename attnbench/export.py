@@ -106,6 +106,19 @@ def _figure():
     return fig, fig.add_subplot()
 
 
+def _group_figures(frame: pd.DataFrame):
+    """(group, its rows, fig, ax) for each CURVE_KEYS group of `frame` measured at two or more token counts."""
+    for key, g in frame.groupby(list(CURVE_KEYS), sort=False, dropna=False):
+        if g["tokens"].nunique() >= 2:
+            yield dict(zip(CURVE_KEYS, key)), g, *_figure()
+
+
+def _error_bars(y: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """(2, n) distances below and above y for ax.errorbar; 0 where an end is missing."""
+    err = np.vstack([y - low, high - y])
+    return np.where(np.isfinite(err), np.clip(err, 0, None), 0)
+
+
 def group_slug(group: dict) -> str:
     """File-name part of a group: 'op-fwd-fp32-cpu-b1-h1-d64'."""
     present = {k: v for k, v in group.items() if has_value(v)}
@@ -133,20 +146,15 @@ def plot_vs_tokens(df: pd.DataFrame, out_dir: str | Path, metric: str = "latency
     scale, unit = analysis.display_scale(metric, str(vals["unit"].iloc[0]))
     styles = _styles(df)
     paths = []
-    for key, g in vals.groupby(list(CURVE_KEYS), sort=False, dropna=False):
-        if g["tokens"].nunique() < 2:
-            continue
-        group = dict(zip(CURVE_KEYS, key))
-        fig, ax = _figure()
+    for group, g, fig, ax in _group_figures(vals):
         for mech, m in g.groupby("mechanism", sort=False):
             m = m.sort_values("tokens")
             n, y = m["tokens"].to_numpy(float), m["center"].to_numpy(float) / scale
-            err = np.vstack([y - m["p20"].to_numpy(float) / scale, m["p80"].to_numpy(float) / scale - y])
+            err = _error_bars(y, m["p20"].to_numpy(float) / scale, m["p80"].to_numpy(float) / scale)
             keep = n >= (min_tokens or 0)
             fit = stats.fit_power_law(n[keep], y[keep]) if np.unique(n[keep]).size >= 2 else None
             label = mech + (rf" ($\propto N^{{{fit.exponent:.2f}}}$)" if fit else "")
-            ax.errorbar(n, y, yerr=np.where(np.isfinite(err), np.clip(err, 0, None), 0), ms=4, capsize=3,
-                        label=label, **styles[mech])  # fmt: skip
+            ax.errorbar(n, y, yerr=err, ms=4, capsize=3, label=label, **styles[mech])
             if fit:
                 xs = np.geomspace(n[keep].min(), n[keep].max(), 50)
                 ax.plot(xs, fit.prefactor * xs**fit.exponent, "--", lw=1, alpha=0.6, color=styles[mech]["color"])
@@ -161,18 +169,13 @@ def plot_speedup(df: pd.DataFrame, out_dir: str | Path, baseline: str, *, sample
     sp = analysis.speedup(df, baseline, samples=samples)
     styles = _styles(df)
     paths = []
-    for key, g in sp.groupby(list(CURVE_KEYS), sort=False, dropna=False):
-        if g["tokens"].nunique() < 2:
-            continue
-        group = dict(zip(CURVE_KEYS, key))
-        fig, ax = _figure()
+    for group, g, fig, ax in _group_figures(sp):
         ax.axhline(1.0, color="0.6", lw=0.8)
         for mech, m in g[g["mechanism"] != baseline].groupby("mechanism", sort=False):
             m = m.sort_values("tokens")
             y = m["speedup"].to_numpy(float)
-            err = np.vstack([y - m["low"].to_numpy(float), m["high"].to_numpy(float) - y])
-            ax.errorbar(m["tokens"].to_numpy(float), y, yerr=np.where(np.isfinite(err), np.clip(err, 0, None), 0),
-                        ms=4, capsize=3, label=mech, **styles[mech])  # fmt: skip
+            err = _error_bars(y, m["low"].to_numpy(float), m["high"].to_numpy(float))
+            ax.errorbar(m["tokens"].to_numpy(float), y, yerr=err, ms=4, capsize=3, label=mech, **styles[mech])
         _axes(ax, f"speedup vs {baseline} (×, >1 faster)", group_label(group))
         paths += _save(fig, Path(out_dir), f"speedup-vs-{baseline}-{group_slug(group)}", formats)
     return paths
