@@ -22,12 +22,13 @@ Conventions (documented choices):
 - Scaling exponent: least-squares slope of log(value) on log(tokens), two-sided t-interval on the slope
   with n - 2 degrees of freedom (scipy.stats), R^2; `min_tokens` drops the overhead-dominated small grids.
 - Pareto front: a model is on it when no other model has accuracy >= and cost <= with one strict.
+The statistics behind these (intervals, bootstrap, power-law fits) live in `attnbench.stats`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +37,8 @@ import pandas as pd
 
 from attnbench import stats
 from attnbench.errors import AttnbenchError
+from attnbench.labels import group_label, mechanism_label
+from attnbench.results_schema import STATS
 
 CASE_KEYS = ("mechanism", "level", "variant", "pass", "dtype", "device", "batch", "height", "width", "heads",
              "head_dim", "dim")  # fmt: skip
@@ -45,7 +48,6 @@ SHAPE_GROUP = ("level", "pass", "dtype", "device", "batch", "heads", "head_dim",
 BATCH_GROUP = ("level", "pass", "dtype", "device", "height", "width", "heads", "head_dim", "dim")  # columns: batch
 MODEL_KEYS = ("mechanism", "variant", "height", "width")  # a model at one resolution
 COST_CONTEXT = ("batch", "dtype", "device", "pass", "note", "source")
-_STATS = ("median", "mean", "min", "p20", "p80", "std", "n", "value")
 _STATUS_ORDER = ("crash", "oom", "timeout", "error", "skipped")
 MIB = 2.0**20
 
@@ -74,12 +76,12 @@ def metric_frame(df: pd.DataFrame, metric: str = "latency") -> pd.DataFrame:
     cols = ["case_id", *CASE_KEYS, "tokens", "unit", "note"]
     sel = df[(df["metric"] == metric) & (df["status"] == "ok") & df["value"].notna()]
     if sel.empty:
-        return pd.DataFrame(columns=[*cols, *_STATS, "center"])
+        return pd.DataFrame(columns=[*cols, *STATS, "center"])
     central = sel["stat"].isin(("median", "value"))  # unit/note of the central row ("n" rows are counts)
     first = sel.assign(_c=central).sort_values("_c", kind="stable").drop_duplicates("case_id", keep="last")
     first = first[cols].set_index("case_id")
     wide = sel.drop_duplicates(["case_id", "stat"], keep="last").pivot(index="case_id", columns="stat", values="value")
-    out = first.join(wide.reindex(columns=list(_STATS))).reset_index()
+    out = first.join(wide.reindex(columns=list(STATS))).reset_index()
     out["center"] = out["median"].fillna(out["value"])
     return out
 
@@ -89,22 +91,8 @@ def display_scale(metric: str, unit: str) -> tuple[float, str]:
     return (MIB, "MiB") if metric == "peak_memory" and unit in ("B", "bytes", "") else (1.0, unit)
 
 
-def group_label(group: Mapping[str, Any]) -> str:
-    """'op fwd fp32 cpu, batch 1, heads 1, dim 64' (a shape 'HxW' where the group has one)."""
-    head = [str(group[k]) for k in ("level", "variant", "pass", "dtype", "device") if has_value(group.get(k))]
-    tail = [f"{k} {group[k]}" for k in ("batch", "heads", "dim") if has_value(group.get(k))]
-    if has_value(group.get("height")):
-        tail.insert(0, f"{group['height']}x{group['width']}")
-    return ", ".join([" ".join(head), *tail])
-
-
-def has_value(v: Any) -> bool:
-    """Not None, NaN, NA or ''."""
-    return v is not None and not (isinstance(v, float) and math.isnan(v)) and v is not pd.NA and v != ""
-
-
 def _row_label(frame: pd.DataFrame) -> pd.Series:
-    return frame["mechanism"] + frame["variant"].map(lambda v: f" [{v}]" if v else "")
+    return pd.Series([mechanism_label(r) for r in frame.to_dict("records")], index=frame.index, dtype=object)
 
 
 # -- pivots ------------------------------------------------------------------------------------------
@@ -178,57 +166,6 @@ def _pivot(frame: pd.DataFrame, value: str, low: str | None, high: str | None, *
     return tables
 
 
-# -- ratios with uncertainty ---------------------------------------------------------------------------
-def ratio_band(num: np.ndarray, num_p20: np.ndarray, num_p80: np.ndarray, den: np.ndarray, den_p20: np.ndarray,
-               den_p80: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """(low, high) of num/den from each side's p20-p80 band, added in quadrature in log space (NaN if missing)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.asarray(num, float) / np.asarray(den, float)
-        up = np.hypot(np.log(np.asarray(num_p80, float) / num), np.log(den / np.asarray(den_p20, float)))
-        down = np.hypot(np.log(num / np.asarray(num_p20, float)), np.log(np.asarray(den_p80, float) / den))
-    return ratio * np.exp(-down), ratio * np.exp(up)
-
-
-def bootstrap_ratio(num: np.ndarray, den: np.ndarray, *, confidence: float = 0.95, n_boot: int = 2000,
-                    seed: int = 0, key: str = "") -> tuple[float, float]:  # fmt: skip
-    """Percentile bootstrap CI of median(num) / median(den), seeded from (seed, key)."""
-    return stats.bootstrap_ratio_ci(np.asarray(den, float), np.asarray(num, float), confidence=confidence,
-                                    n_boot=n_boot, rng=stats.seeded_rng(seed, key))  # fmt: skip
-
-
-def samples_by_case(samples: pd.DataFrame | None, metric: str = "latency") -> dict[str, np.ndarray]:
-    """case_id -> the samples an interval is computed from: the round medians when the file has several rounds
-    (run-level noise, `attnbench.stats`), else the finite raw repeats of its one round (last block)."""
-    if samples is None or samples.empty:
-        return {}
-    s = samples[samples["metric"] == metric]
-    if "round" in s.columns and s["round"].nunique() > 1:
-        return stats.round_medians(s, metric)
-    s = stats.last_blocks(s)
-    out = {str(k): g["value"].to_numpy(float) for k, g in s.groupby("case_id", sort=False)}
-    return {k: stats.finite(v) for k, v in out.items()}
-
-
-def ratio_intervals(num: pd.DataFrame, den: pd.DataFrame, num_samples: Sequence[np.ndarray | None],
-                    den_samples: Sequence[np.ndarray | None], keys: Sequence[str], *, confidence: float = 0.95,
-                    n_boot: int = 2000, seed: int = 0,
-                    min_samples: int = 5) -> tuple[np.ndarray, np.ndarray, list[str]]:  # fmt: skip
-    """(low, high, interval) of center(num) / center(den), row by row (frames with center, p20, p80).
-
-    Rows whose two sides both have >= min_samples raw samples (5, as in the gate: fewer make a bootstrap CI
-    meaningless) get a bootstrap CI seeded by (seed, keys[i]); the others the p20-p80 band (module
-    docstring); '' where neither is available.
-    """
-    low, high = ratio_band(num["center"].to_numpy(float), num["p20"].to_numpy(float), num["p80"].to_numpy(float),
-                           den["center"].to_numpy(float), den["p20"].to_numpy(float), den["p80"].to_numpy(float))
-    kinds = ["p20-p80" if np.isfinite(lo) and np.isfinite(hi) else "" for lo, hi in zip(low, high)]
-    for i, (sa, sb) in enumerate(zip(num_samples, den_samples)):
-        if isinstance(sa, np.ndarray) and isinstance(sb, np.ndarray) and min(sa.size, sb.size) >= min_samples:
-            low[i], high[i] = bootstrap_ratio(sa, sb, confidence=confidence, n_boot=n_boot, seed=seed, key=keys[i])
-            kinds[i] = f"{confidence:.0%} bootstrap CI"
-    return low, high, kinds
-
-
 def speedup(df: pd.DataFrame, baseline: str, *, metric: str = "latency", samples: pd.DataFrame | None = None,
             confidence: float = 0.95, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:  # fmt: skip
     """Per case, speedup = median(baseline) / median(mechanism) at the same shape (> 1: faster than baseline).
@@ -244,9 +181,9 @@ def speedup(df: pd.DataFrame, baseline: str, *, metric: str = "latency", samples
     pairs = vals.merge(base, on=keys, suffixes=("", "_base"))
     den = pairs[["case_id", "center", "p20", "p80"]]
     num = pairs[["case_id_base", "center_base", "p20_base", "p80_base"]].set_axis(den.columns, axis=1)
-    raw = samples_by_case(samples, metric)
+    raw = stats.samples_by_case(samples, metric)
     num_ids, den_ids = pairs["case_id_base"].astype(str).tolist(), pairs["case_id"].astype(str).tolist()
-    low, high, kinds = ratio_intervals(num, den, [raw.get(k) for k in num_ids], [raw.get(k) for k in den_ids],
+    low, high, kinds = stats.ratio_intervals(num, den, [raw.get(k) for k in num_ids], [raw.get(k) for k in den_ids],
                                        [f"{a}/{b}" for a, b in zip(num_ids, den_ids)], confidence=confidence,
                                        n_boot=n_boot, seed=seed)  # fmt: skip
     same = np.array([a == b for a, b in zip(num_ids, den_ids)], bool)  # the baseline itself: exactly 1
@@ -347,46 +284,6 @@ def crossovers(df: pd.DataFrame, a: str, b: str, *, metric: str = "latency",
 
 
 # -- scaling exponents ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PowerFit:
-    """value ~ prefactor * tokens ** exponent, fitted in log-log by least squares."""
-
-    exponent: float
-    prefactor: float
-    ci_low: float  # two-sided t-interval of the exponent (NaN with 2 points)
-    ci_high: float
-    r2: float
-    n: int
-
-
-def fit_power_law(tokens: Sequence[float], values: Sequence[float], *, confidence: float = 0.95) -> PowerFit:
-    """Least-squares slope of log(values) on log(tokens); needs >= 2 distinct positive token counts."""
-    x, y = np.asarray(tokens, float), np.asarray(values, float)
-    ok = (x > 0) & (y > 0) & np.isfinite(x) & np.isfinite(y)
-    x, y = np.log(x[ok]), np.log(y[ok])
-    if np.unique(x).size < 2:
-        raise ValueError("a power-law fit needs at least two distinct positive token counts")
-    n = int(x.size)
-    slope, intercept = np.polyfit(x, y, 1)
-    resid = y - (slope * x + intercept)
-    sxx = float(((x - x.mean()) ** 2).sum())
-    syy = float(((y - y.mean()) ** 2).sum())
-    r2 = 1.0 - float((resid**2).sum()) / syy if syy > 0 else 1.0
-    stderr = math.sqrt(float((resid**2).sum()) / (n - 2) / sxx) if n > 2 else math.nan
-    half = _t_quantile((1 + confidence) / 2, n - 2) * stderr if n > 2 else math.nan
-    return PowerFit(float(slope), float(math.exp(intercept)), float(slope - half), float(slope + half), r2, n)
-
-
-def _t_quantile(q: float, dof: int) -> float:
-    """Student-t quantile (scipy, imported here so the rest of the report runs where scipy is absent,
-    e.g. a bare GPU image: the interval is then NaN, shown as missing, never approximated)."""
-    try:
-        from scipy import stats
-    except ImportError:
-        return math.nan
-    return float(stats.t.ppf(q, dof))
-
-
 def scaling_exponents(df: pd.DataFrame, metrics: Sequence[str] = ("latency", "peak_memory"), *,
                       min_tokens: int | None = None, confidence: float = 0.95,
                       group_keys: Sequence[str] = CURVE_KEYS) -> pd.DataFrame:  # fmt: skip
@@ -406,7 +303,7 @@ def scaling_exponents(df: pd.DataFrame, metrics: Sequence[str] = ("latency", "pe
             n, center = n[usable], center[usable]
             if np.unique(n).size < 2:
                 continue
-            fit = fit_power_law(n, center, confidence=confidence)
+            fit = stats.fit_power_law(n, center, confidence=confidence)
             rows.append({**dict(zip([*group_keys, "mechanism"], key)), "metric": metric, "exponent": fit.exponent,
                          "ci_low": fit.ci_low, "ci_high": fit.ci_high, "r2": fit.r2, "n_points": fit.n,
                          "tokens_min": n.min(), "tokens_max": n.max(), "prefactor": fit.prefactor})  # fmt: skip

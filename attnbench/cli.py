@@ -1,435 +1,27 @@
-"""Command line: run | list | report | compare | gate | ab | env. rich output lives here and in report.
+"""Command line: the parser and `main` for run | list | suite-keys | report | compare | gate | ab | env.
 
-User errors (AttnbenchError) print one line and exit non-zero (2) without a traceback;
-`--debug` shows tracebacks.
+The commands are in `cli_commands`, their rich output in `cli_render`. User errors (AttnbenchError)
+print one line and exit non-zero (2) without a traceback; `--debug` shows tracebacks.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 import warnings
-from pathlib import Path
-from typing import Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.table import Table as RichTable
-
+from attnbench.cli_commands import (
+    cmd_ab,
+    cmd_compare,
+    cmd_env,
+    cmd_gate,
+    cmd_list,
+    cmd_report,
+    cmd_run,
+    cmd_suite_keys,
+)
+from attnbench.cli_render import err_console
 from attnbench.errors import AttnbenchError
-
-console = Console()
-err_console = Console(stderr=True)
-MAX_SHOWN = 160  # characters of one user-supplied string on screen; longer ones are cut in the middle
-
-
-# -- rendering --------------------------------------------------------------------------------------
-def esc(value: Any, limit: int = MAX_SHOWN) -> str:
-    """User or file text made safe for rich: control characters shown as escapes, cut to `limit`
-    characters (a 100k-character name would stall the layout), then markup-escaped ("a[/]b" stays text).
-    Every string rich renders that did not come from this module's own literals goes through here."""
-    text = str(value)
-    if any(ord(c) < 32 or ord(c) == 127 for c in text):
-        text = "".join(c if 32 <= ord(c) != 127 else repr(c)[1:-1] for c in text)
-    if len(text) > limit:
-        half = (limit - 1) // 2
-        text = f"{text[:half]}…{text[-half:]}"
-    return escape(text)
-
-
-def fit_tables(title: str, header: list[str], rows: list[list[str]], *, keep: int = 1, width: int | None = None,
-               styles: list[str | None] | None = None, index_style: str | None = "cyan") -> list[RichTable]:
-    """Tables of `rows` (plain strings) that fit `width` without cutting a number: the first `keep` columns
-    are repeated in every table and may wrap; the other columns keep their full width, and when they do not
-    all fit, they are stacked into further tables (title "(continued)")."""
-    width = width or console.width
-    cells = [[esc(c, 10_000) for c in r] for r in rows]
-    heads = [esc(h) for h in header]
-    need = [max([len(h)] + [len(r[i]) for r in cells]) + 3 for i, h in enumerate(heads)]
-    lead = sum(min(n, 28) for n in need[:keep]) + 1
-    groups: list[list[int]] = []
-    for i in range(keep, len(heads)):
-        if not groups or lead + sum(need[j] for j in groups[-1]) + need[i] > width:
-            groups.append([])
-        groups[-1].append(i)
-    tables = []
-    for g, cols in enumerate(groups or [[]]):
-        shown = (esc(title) if g == 0 else f"{esc(title)} (continued)")
-        table = RichTable(title=f"[bold]{shown}[/]", title_justify="left", header_style="bold",
-                          min_width=min(len(title), width))  # fmt: skip
-        for i in range(keep):
-            table.add_column(heads[i], style=index_style if i == 0 else None, overflow="fold",
-                             max_width=max(12, width - sum(need[j] for j in cols) - 2 * keep - 1))  # fmt: skip
-        for i in cols:
-            table.add_column(heads[i], justify="right", no_wrap=True, min_width=need[i] - 3)
-        for r, row in enumerate(cells):
-            table.add_row(*[row[i] for i in range(keep)], *[row[i] for i in cols],
-                          style=styles[r] if styles else None)  # fmt: skip
-        tables.append(table)
-    return tables
-
-
-def render_table(title: str, frame, index_name: str = "mechanism") -> RichTable:
-    """One table of a pivot (first of `render_tables`; kept for callers that print one)."""
-    return render_tables(title, frame, index_name)[0]
-
-
-def render_tables(title: str, frame, index_name: str = "mechanism") -> list[RichTable]:
-    rows = [[str(idx), *[str(v) for v in row.tolist()]] for idx, row in frame.iterrows()]
-    return fit_tables(title, [index_name, *[str(c) for c in frame.columns]], rows)
-
-
-def print_tables(tables: list[RichTable], out: Console | None = None) -> None:
-    for table in tables:
-        (out or console).print(table)
-
-
-def print_report(df, out: Console = console) -> None:
-    from attnbench import report
-
-    for t in report.summary_tables(df):
-        print_tables(render_tables(t.title, t.frame), out)
-    single = ("params", "macs", "macs_with_attn", "flops", "flops_counted", "top1", "top5", "kv_rank", "kv_erank",
-              "out_rank", "out_erank")  # fmt: skip
-    model_or_rank = df[df["level"].eq("model") | df["metric"].isin(("kv_erank", "out_erank"))]
-    for t in report.metric_tables(model_or_rank, single):
-        print_tables(render_tables(t.title, t.frame, index_name="mechanism [model]"), out)
-    probs = report.problems(df)
-    if len(probs):
-        table = RichTable(title="cases that did not run", title_justify="left", header_style="bold")
-        for col in probs.columns:
-            table.add_column(esc(col), overflow="fold")
-        for _, row in probs.iterrows():
-            table.add_row(*[esc(v, 400) for v in row.tolist()])
-        out.print(table)
-    counts = report.status_counts(df)
-    out.print("cases: " + ", ".join(f"{esc(k)} {v}" for k, v in sorted(counts.items())))
-
-
-class RichProgress:
-    """Live progress: done/total, current case, elapsed and ETA."""
-
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=False,
-            disable=not enabled,
-        )
-        self.task = None
-
-    def __enter__(self):
-        self.bar.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.bar.__exit__(*exc)
-
-    def start(self, total: int, resumed: int) -> None:
-        self.task = self.bar.add_task("starting", total=total, completed=resumed)
-        self.round = ""
-        if resumed:
-            self.bar.console.print(f"resuming: {resumed} of {total} case-rounds already measured")
-
-    def round_start(self, index: int, rounds: int) -> None:
-        self.round = f"round {index + 1}/{rounds} " if rounds > 1 else ""
-
-    def case_start(self, index: int, case) -> None:
-        self.bar.update(self.task, description=esc(self.round + case.label(), 80))
-
-    def case_end(self, index: int, case, status: str, rows: list[dict[str, Any]]) -> None:
-        self.bar.update(self.task, completed=index)
-        if status not in ("ok", "skipped"):
-            msg = rows[0].get("message", "") if rows else ""
-            self.bar.console.print(f"[yellow]{esc(status)}[/]: {esc(case.label())}: {esc(msg, 400)}")
-
-
-# -- commands ---------------------------------------------------------------------------------------
-def _warn_if_busy(device: str) -> None:
-    """CPU timings on a loaded machine are dominated by contention (OpenMP threads wait for cores)."""
-    import os
-
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return
-    cores = os.cpu_count() or 1
-    if device == "cpu" and load > 0.5 * cores:
-        # stdout, with the run's other information: stderr carries only errors
-        console.print(f"[yellow]warning[/]: load average {load:.1f} on {cores} cores: CPU timings will include "
-                      "contention (recorded as load_average_1m in the env file)")  # fmt: skip
-
-
-def cmd_run(args) -> int:
-    from attnbench import results
-    from attnbench.runner import default_out, run_suite
-    from attnbench.suite import load_suite
-
-    overrides = list(args.set or []) + ([f"rounds={args.rounds}"] if args.rounds is not None else [])
-    suite = load_suite(args.suite, overrides)
-    if args.resume and not args.out:
-        raise AttnbenchError("--resume needs --out FILE.csv naming the run to continue")
-    out = results.check_out_path(args.out if args.out else default_out(suite))
-    console.print(f"suite [bold]{esc(suite.name)}[/] on {suite.device} -> {esc(out)}")
-    if args.dry_run:
-        from attnbench.plan import plan
-
-        cases = plan(suite)
-        skipped = sum(c.skip is not None for c in cases)
-        console.print(f"{len(cases)} cases ({skipped} skipped by the plan), {suite.rounds} rounds; "
-                      "nothing run (--dry-run)")  # fmt: skip
-        return 0
-    _warn_if_busy(suite.device)
-    if suite.rounds > 1 and suite.isolation == "inprocess" and "latency" in suite.metrics:
-        console.print(f"[yellow]warning[/]: isolation: inprocess runs all {suite.rounds} rounds in this process: "
-                      "their spread misses between-process noise, so `gate` on this run can fail identical code; "
-                      "use isolation: auto or process")  # fmt: skip
-    from attnbench.executors import make_executor
-
-    executor = make_executor(suite, executor=args.executor, workers=args.workers, address=args.address)
-    t0 = time.perf_counter()
-    with RichProgress(enabled=not args.no_progress) as progress:
-        try:
-            summary = run_suite(suite, out, resume=args.resume, progress=progress, debug=args.debug,
-                                executor=executor)  # fmt: skip
-        except KeyboardInterrupt:
-            err_console.print(f"interrupted: rows measured so far are in {esc(out)}; continue with --resume --out "
-                              f"{esc(out)}")  # fmt: skip
-            return 130
-    rounds = f" x {summary.rounds} rounds" if summary.rounds > 1 else ""
-    console.print(f"{summary.total} cases{rounds} in {time.perf_counter() - t0:.1f} s; rows in {esc(out)}")
-    print_report(results.load(out))
-    return 0
-
-
-def cmd_list(args) -> int:
-    from attnbench import registry
-    from attnbench.suite import resolve_device
-
-    registry.load_builtin()
-    if args.plugin:
-        registry.load_plugins(args.plugin)
-    device = resolve_device(args.device)
-    names = registry.names(family=args.family)
-    if args.family and not names:
-        raise AttnbenchError(f"no mechanisms in family {args.family[:60]!r} (families: "
-                             f"{', '.join(registry.families())})")  # fmt: skip
-    table = RichTable(title=f"mechanisms (availability on {esc(device)})", title_justify="left", header_style="bold")
-    narrow = console.width < 100  # levels, dtypes and upstream are dropped rather than squeezed
-    columns = ("name", "family", "backend", "available / reason") if narrow else (
-        "name", "family", "backend", "levels", "dtypes", "checked against", "available / reason")
-    for col in columns:
-        table.add_column(col, overflow="fold", no_wrap=col not in ("available / reason", "checked against"))
-    n_ok = 0
-    for name in names:
-        mech = registry.get(name)
-        ok, reason = mech.available(device)
-        n_ok += ok
-        cells = [esc(name), esc(mech.family), esc(mech.backend)]
-        if not narrow:
-            cells += [esc(",".join(mech.levels)), esc(",".join(mech.dtypes)), esc(getattr(mech, "upstream", "") or "")]
-        table.add_row(*cells, "[green]yes[/]" if ok else f"[red]no[/]: {esc(reason, 400)}")
-    console.print(table)
-    console.print(f"{n_ok} of {len(names)} available on {esc(device)}")
-    return 0
-
-
-def _load_many(paths: list[str]):
-    import pandas as pd
-
-    from attnbench import results
-
-    frames, samples = [], []
-    # a shell glob such as results/run-*.csv also matches the companion samples file: map it back
-    paths = list(dict.fromkeys(p[: -len(".samples.csv")] + ".csv" if p.endswith(".samples.csv") else p
-                               for p in paths))  # fmt: skip
-    for path in paths:
-        frames.append(results.load(path))
-        if results.companion(path, "samples.csv").exists():
-            samples.append(results.load_samples(path))
-    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    if df.empty:
-        raise AttnbenchError(f"{', '.join(paths)} has no rows yet")
-    return df, (pd.concat(samples, ignore_index=True) if samples else None)
-
-
-def cmd_report(args) -> int:
-    from attnbench import export
-
-    if args.crossover and args.crossover[0] == args.crossover[1]:
-        raise AttnbenchError(f"--crossover needs two different mechanisms, got {args.crossover[0][:60]!r} twice")
-    if args.min_tokens is not None and args.min_tokens < 0:
-        raise AttnbenchError(f"--min-tokens must be >= 0, got {args.min_tokens}")
-    df, samples = _load_many(args.files)
-    crossover = tuple(args.crossover) if args.crossover else None
-    extra = export.report_tables(df, baseline=args.baseline, crossover=crossover, samples=samples,
-                                 min_tokens=args.min_tokens)  # fmt: skip
-    if args.format == "term":
-        from attnbench.analysis import PivotTable
-
-        print_report(df)  # latency/memory pivots with status cells, model metrics, problems
-        for t in extra:
-            if isinstance(t, PivotTable) and t.metric in ("latency", "peak_memory"):
-                continue  # already shown by print_report
-            t = export.as_table(t)
-            print_tables(render_tables(t.title, t.frame, index_name=t.frame.index.name or ""))
-    elif args.format == "md":
-        print("\n\n".join(export.to_markdown(t) for t in extra))
-    elif args.format == "latex":
-        print("\n\n".join(export.to_latex(t) for t in extra))
-    else:
-        sys.stdout.write(export.to_csv(extra))
-    if args.plot:
-        try:
-            Path(args.plot).mkdir(parents=True, exist_ok=True)
-        except (OSError, ValueError) as exc:
-            reason = getattr(exc, "strerror", None) or exc
-            raise AttnbenchError(f"cannot create the plot folder {args.plot[:200]!r}: {reason}; choose another --plot"
-                                 ) from None  # fmt: skip
-        paths = export.write_plots(df, args.plot, baseline=args.baseline, samples=samples, min_tokens=args.min_tokens)
-        err_console.print(f"wrote {len(paths)} plot files to {esc(args.plot)}")
-        for path in paths:
-            err_console.print(f"  {esc(path)}")
-    return 0
-
-
-def cmd_compare(args) -> int:
-    from attnbench import compare, export, results
-
-    for path in (args.a, args.b):
-        metrics = set(results.load(path)["metric"])
-        if args.metric not in metrics:
-            raise AttnbenchError(f"{path} has no {args.metric[:60]!r} rows (it has: {', '.join(sorted(metrics))}); "
-                                 "check --metric")  # fmt: skip
-    frame, meta = compare.compare_runs(args.a, args.b, metric=args.metric, across_hardware=args.across_hardware)
-    for t in compare.comparison_tables(frame, meta):
-        t = export.as_table(t)
-        print_tables(render_tables(t.title, t.frame, index_name=t.frame.index.name or ""))
-    console.print(esc(meta.summary(), 2000))
-    for note in meta.notes:
-        console.print(f"note: {esc(note, 2000)}")
-    return 0
-
-
-def gate_sides(args) -> tuple[list[str], list[str]]:
-    """BASELINE NEW, or A1 A2 ... -- B1 B2 ... (several files per side), or --baseline/--new lists."""
-    files = list(args.files or [])
-    base, new = list(args.baseline or []), list(args.new or [])
-    if new and not base:  # `A1 A2 -- B1 B2` arrives as files=[A1, A2], new=[B1, B2] (see main)
-        base, files = files, []
-    elif base and not new:
-        new, files = files, []
-    if files:
-        if len(files) != 2 or base or new:
-            raise AttnbenchError("gate takes BASELINE NEW, or several files per side as A1 A2 -- B1 B2")
-        base, new = [files[0]], [files[1]]
-    if not base or not new:
-        raise AttnbenchError("gate needs files on both sides: BASELINE NEW, or A1 A2 -- B1 B2")
-    return base, new
-
-
-def print_gate(result, out: Console = console) -> None:
-    from attnbench.gate import format_rows
-
-    rows = format_rows(result)
-    colours = {"regression": "red", "improvement": "green", "too_few_rounds": "yellow"}
-    title = (f"gate: {result.metric}, threshold {result.threshold:.1%}, alpha {result.alpha:g} "
-             "(Welch t on log round medians, Holm-corrected)")  # fmt: skip
-    if rows:
-        header = list(rows[0])
-        if out.width < 120 and "id" in header:  # the case id is the least readable column: dropped when narrow
-            header.remove("id")
-        cells = [[str(row[c]) for c in header] for row in rows]
-        styles = [colours.get(row.get("verdict", "")) for row in rows]
-        print_tables(fit_tables(title, header, cells, styles=styles, index_style=None, width=out.width), out)
-    for note in result.notes:
-        out.print(f"note: {esc(note, 2000)}")
-    if not result.has_verdict:
-        err_console.print(f"attnbench: warning: {esc(result.summary(), 2000)}; nothing was decided (exit 0)")
-    out.print(esc(result.summary(), 2000))
-
-
-def cmd_gate(args) -> int:
-    from attnbench.gate import gate
-
-    base, new = gate_sides(args)
-    result = gate(base, new, threshold=args.threshold, alpha=args.alpha, metric=args.metric,
-                  min_rounds=args.min_rounds, across_hardware=args.across_hardware,
-                  absolute=args.absolute)  # fmt: skip
-    print_gate(result)
-    return result.exit_code
-
-
-def cmd_ab(args) -> int:
-    from attnbench import ab
-    from attnbench.gate import gate
-
-    plan = ab.prepare(args.suite, baseline=args.baseline, candidate=args.candidate, rounds=args.rounds,
-                      out_dir=args.out, overrides=args.set or [])  # fmt: skip
-    console.print(f"A (baseline) = {esc(plan.sides['A'].describe(), 400)}")
-    console.print(f"B (candidate) = {esc(plan.sides['B'].describe(), 400)}")
-    console.print(f"{plan.rounds} rounds per side in the order {' '.join(plan.order)} -> {esc(plan.out_dir, 400)}")
-    try:
-        files = ab.execute(plan, log=lambda line: console.print(esc(line, 400)))
-    finally:
-        ab.cleanup(plan)
-    result = gate(files["A"], files["B"], threshold=args.threshold, alpha=args.alpha, metric="latency",
-                  absolute=args.absolute)  # fmt: skip
-    print_gate(result)
-    return result.exit_code
-
-
-def cmd_env(args) -> int:
-    from attnbench.measure.env import env_id, fingerprint
-    from attnbench.suite import resolve_device
-
-    device = resolve_device(args.device)
-    if device not in ("cpu", "cuda"):
-        raise AttnbenchError(f"--device must be auto, cpu or cuda, got {device[:40]!r}")
-    from types import SimpleNamespace
-
-    from attnbench.execute import apply_precision_settings
-
-    apply_precision_settings(SimpleNamespace(tf32=False))  # as every run does (tf32: false): the same env_id
-    fp = fingerprint(device)
-    console.print_json(json.dumps({"env_id": env_id(fp), **fp}, default=str))
-    if args.probe:
-        from attnbench.measure import peaks
-
-        console.print(f"probing {esc(device)} peaks (copy bandwidth, dense matmul per dtype)...")
-        result = peaks.get_or_probe(device, quick=args.quick, refresh=True)
-        cached = peaks.cache_path(result["fingerprint"])
-        table = RichTable(title=f"[bold]measured peaks on {esc(device)}[/] (cached: {esc(cached)})",
-                          title_justify="left", header_style="bold")  # fmt: skip
-        rows = peaks.table_rows(result)
-        for col in rows[0]:
-            table.add_column(col, overflow="fold")
-        for row in rows:
-            cells = ["" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row.values()]
-            table.add_row(*[esc(c) for c in cells])
-        console.print(table)
-        console.print("runs on this environment now add frac_bandwidth / frac_flops rows")
-    if args.stability is not None:
-        from attnbench.measure.stability import probe
-
-        if args.stability <= 0:
-            raise AttnbenchError(f"--stability takes a positive number of seconds, got {args.stability:g}")
-        console.print(f"timing a tiny op on the CPU for {args.stability:g} s, in windows...")
-        result = probe(args.stability)
-        console.print(esc(result.summary()))
-        if not result.steady:
-            console.print("timing on this machine moves between levels now: expect wide spreads and a gate that "
-                          "needs more rounds (README, 'Calibration on this machine')")  # fmt: skip
-    return 0
 
 
 def _gate_options(p: argparse.ArgumentParser) -> None:
@@ -469,13 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Ray cluster to join (e.g. head-node:6379 or auto); default: start a local Ray instance")
     r.add_argument("--no-progress", action="store_true", help="no live progress bar")
     r.add_argument("--dry-run", action="store_true", help="validate the suite and plan its cases; run nothing")
-    r.set_defaults(func=cmd_run)
+    r.set_defaults(func=cmd_run, needs_mechanisms=True)
 
     ls = sub.add_parser("list", help="list mechanisms with availability and the reason when unavailable")
     ls.add_argument("--family", help="only this family (softmax, rala, linear, ...)")
     ls.add_argument("--device", default="auto", help="device to check availability on (auto, cpu, cuda)")
     ls.add_argument("--plugin", action="append", help="also load this plugin module or .py file")
-    ls.set_defaults(func=cmd_list)
+    ls.set_defaults(func=cmd_list, needs_mechanisms=True)
+
+    keys = sub.add_parser("suite-keys", help="every suite key: type, default, allowed values, meaning")
+    keys.add_argument("--format", choices=("term", "md"), default="term", help="terminal table or Markdown")
+    keys.set_defaults(func=cmd_suite_keys)
 
     rep = sub.add_parser("report", help="tables from saved results CSVs")
     rep.add_argument("files", nargs="+", help="results CSV files")
@@ -550,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     previous = warnings.showwarning
     warnings.showwarning = _one_line_warnings
     try:
+        if getattr(args, "needs_mechanisms", False):
+            from attnbench.loading import load_mechanisms
+
+            load_mechanisms()  # the program's one load of the built-in and installed mechanisms
         return int(args.func(args) or 0)
     except AttnbenchError as exc:
         if args.debug:

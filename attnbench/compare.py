@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from attnbench import analysis, results
+from attnbench import analysis, results, stats
 from attnbench.errors import ResultsError
-from attnbench.export import fmt_number
-from attnbench.report import Table
+from attnbench.labels import case_label
+from attnbench.tables import Table, fmt_number
 
 IDENTITY = ("mechanism", "level", "variant", "pass", "dtype", "batch", "height", "width", "heads", "head_dim", "dim")
 
@@ -83,7 +83,7 @@ def _side(rows: pd.DataFrame, samples: pd.DataFrame | None, metric: str) -> tupl
     """One line per identity: status, center/p20/p80/n of `metric`, case_id, raw samples; duplicates dropped."""
     vals = analysis.metric_frame(rows, metric)[["case_id", "center", "p20", "p80", "n"]]
     side = analysis.cases(rows).merge(vals, on="case_id", how="left")
-    raw = analysis.samples_by_case(samples, metric)
+    raw = stats.samples_by_case(samples, metric)
     side["samples"] = [raw.get(str(c)) for c in side["case_id"]]
     deduped = side.drop_duplicates(list(IDENTITY), keep="last")
     return deduped, len(side) - len(deduped)
@@ -104,7 +104,7 @@ def compare_frames(rows_a: pd.DataFrame, rows_b: pd.DataFrame, *, samples_a: pd.
     num = m[["center_b", "p20_b", "p80_b"]].set_axis(["center", "p20", "p80"], axis=1)
     den = m[["center_a", "p20_a", "p80_a"]].set_axis(["center", "p20", "p80"], axis=1)
     keys = ["/".join(str(m.at[i, k]) for k in IDENTITY) for i in m.index]
-    low, high, kinds = analysis.ratio_intervals(num, den, list(m["samples_b"]), list(m["samples_a"]), keys,
+    low, high, kinds = stats.ratio_intervals(num, den, list(m["samples_b"]), list(m["samples_a"]), keys,
                                                 confidence=confidence, n_boot=n_boot, seed=seed)  # fmt: skip
     ratio = (m["center_b"] / m["center_a"]).to_numpy(float)
     has = np.isfinite(ratio)
@@ -228,9 +228,7 @@ def comparison_tables(frame: pd.DataFrame, meta: CompareMeta) -> list[Table]:
     """For the terminal / Markdown / LaTeX: per-case medians and ratio [interval], then the environments."""
     lines = []
     for _, r in frame.iterrows():
-        shape = f"{r['height']}x{r['width']}" if pd.notna(r["height"]) else ""
-        name = " ".join(str(x) for x in (r["mechanism"], r["level"], r["variant"], r["pass"], r["dtype"],
-                                          f"b{r['batch']}", shape) if x and not pd.isna(x))  # fmt: skip
+        name = case_label(r.to_dict())
         if math.isfinite(r["ratio"]):
             ratio = fmt_number(r["ratio"])
             if pd.notna(r["low"]):

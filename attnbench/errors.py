@@ -37,3 +37,7 @@ class CheckpointError(AttnbenchError):
 
 class ResultsError(AttnbenchError):
     """A results file that cannot be read."""
+
+
+class GateError(AttnbenchError):
+    """A gate that cannot be evaluated: missing or unreadable input, no common cases, bad option."""

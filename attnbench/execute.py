@@ -93,7 +93,9 @@ def prepare_process(suite: Suite, *, threads: int | None = None, load_plugins: b
     (`load_plugins`: a fresh worker), torch threads (`threads`, default the suite's), precision settings.
     Returns its fingerprint (updated with `extra_fp`), env_id and cached peaks."""
     if load_plugins:
-        registry.load_builtin()
+        from attnbench.loading import load_mechanisms  # a fresh worker: this entry point's one load
+
+        load_mechanisms()
         registry.load_plugins(suite.plugins, base_dir=Path(suite.path).parent if suite.path else None)
     threads = threads if threads is not None else suite.threads
     if threads is not None:

@@ -1,9 +1,9 @@
-"""Tables and plots for papers: formatted tables, Markdown, LaTeX (booktabs), tidy CSV, matplotlib figures.
+"""Writing report tables out: Markdown, LaTeX (booktabs), tidy CSV, and matplotlib figures.
 
-Numbers come from `attnbench.analysis`; this module only formats and writes them. `report_tables(df, ...)`
-gathers everything a report shows; `as_table` turns any of its items into a `report.Table` of strings for
-the terminal; `to_markdown` / `to_latex` render one; `tidy` / `to_csv` give the pivots' numbers in long form.
-Plots use matplotlib's object API (no pyplot, no global backend), imported only when a plot is made.
+The tables come from `attnbench.tables` (numbers from `attnbench.analysis`); this module only renders and
+writes them. `to_markdown` / `to_latex` render one table; `tidy` / `to_csv` give the pivots' numbers in long
+form; `write_plots` draws the latency, memory and speedup figures. Plots use matplotlib's object API (no
+pyplot, no global backend), imported only when a plot is made.
 """
 
 from __future__ import annotations
@@ -12,128 +12,19 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import pandas as pd
 
-from attnbench import analysis
+from attnbench import analysis, stats
 from attnbench.analysis import CURVE_KEYS, PivotTable
 from attnbench.errors import AttnbenchError
-from attnbench.report import Table
-
-AnyTable = Union[PivotTable, Table]
-COST_METRICS = ("latency", "flops", "macs", "params")
+from attnbench.labels import group_label, has_value
+from attnbench.tables import AnyTable, as_table
 
 
 class ExportError(AttnbenchError):
     """An export that cannot be written (matplotlib missing, unwritable directory)."""
-
-
-# -- formatting ----------------------------------------------------------------------------------------
-def fmt_number(v: float, digits: int = 3) -> str:
-    """`digits` significant digits: 0.0123, 1.23, 1234 (no exponent below 1e5), 2.42e+09; '' for NaN."""
-    if v is None or pd.isna(v):
-        return ""
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    if v != 0 and (abs(v) >= 1e5 or abs(v) < 10 ** -(digits + 1)):
-        return f"{v:.{digits - 1}e}"
-    return f"{v:.0f}" if abs(v) >= 10**digits else f"{v:.{digits}g}"
-
-
-def format_pivot(table: PivotTable, *, digits: int = 3, interval: str = "auto") -> Table:
-    """Cells as strings: 'median ±spread%' (spread = larger distance to low/high), or 'value [low, high]'
-    (interval="range", the default for speedups), or the bare value ("none"); a case's status where it
-    did not run; '-' where it ran without this metric."""
-    mode = ("range" if table.metric == "speedup" else "percent") if interval == "auto" else interval
-    cells = pd.DataFrame("", index=table.values.index, columns=table.values.columns)
-    for r in table.values.index:
-        for c in table.values.columns:
-            v = table.values.at[r, c]
-            status = table.status.at[r, c] if table.status is not None else ""
-            if pd.isna(v):
-                cells.at[r, c] = status if isinstance(status, str) and status else "-"
-                continue
-            lo = table.low.at[r, c] if table.low is not None else math.nan
-            hi = table.high.at[r, c] if table.high is not None else math.nan
-            cells.at[r, c] = _cell(v, lo, hi, mode, digits)
-    return Table(table.title, cells)
-
-
-def _cell(v: float, lo: float, hi: float, mode: str, digits: int) -> str:
-    txt = fmt_number(v, digits)
-    if mode == "none" or pd.isna(lo) or pd.isna(hi):
-        return txt
-    if mode == "range":
-        return f"{txt} [{fmt_number(lo, digits)}, {fmt_number(hi, digits)}]"
-    spread = max(hi - v, v - lo) / v * 100 if v else math.nan
-    return f"{txt} ±{spread:.0f}%" if math.isfinite(spread) else txt
-
-
-def format_frame(frame: pd.DataFrame, title: str, *, index: str | None = None, digits: int = 3) -> Table:
-    """Any analysis DataFrame as a Table of strings (floats to `digits` significant digits)."""
-    frame = frame.set_index(index) if index else frame
-    return Table(title, frame.map(lambda v: fmt_number(v, digits) if isinstance(v, float) else _text(v)))
-
-
-def _text(v: object) -> str:
-    return "" if v is None or v is pd.NA else str(v)
-
-
-def as_table(table: AnyTable) -> Table:
-    """A report.Table of strings for the terminal (the CLI's render_table) or Markdown/LaTeX."""
-    return format_pivot(table) if isinstance(table, PivotTable) else table
-
-
-def crossover_table(cross: pd.DataFrame) -> Table:
-    """analysis.crossovers -> one line per group: crossover tokens, who is faster below/above, bracket."""
-    lines = []
-    for _, r in cross.iterrows():
-        group = analysis.group_label(r.to_dict())
-        if r["result"] == "crossover":
-            what = f"N* = {fmt_number(r['tokens'])} (grid ~{math.sqrt(r['tokens']):.0f}²)"
-            what += f", 1 of {r['crossings']:.0f} (noise near a tie?)" if r["crossings"] > 1 else ""
-            faster = f"{r['faster_below']} below, {r['faster_above']} above"
-            bracket = (f"{r['lo_tokens']:.0f}: {fmt_number(r['lo_a'])} vs {fmt_number(r['lo_b'])}; "
-                       f"{r['hi_tokens']:.0f}: {fmt_number(r['hi_a'])} vs {fmt_number(r['hi_b'])}")  # fmt: skip
-        elif r["result"] == "none_in_range":
-            what, faster, bracket = "none in range", f"{r['faster']} throughout", ""
-        else:
-            what, faster, bracket = "too few points", "", ""
-        span = f"{r['tokens_min']:.0f}-{r['tokens_max']:.0f} ({r['n_points']:.0f} pts)"
-        lines.append({"group": group, "crossover": what, "faster": faster, "bracket (tokens: A vs B)": bracket,
-                      "tokens measured": span})  # fmt: skip
-    title = f"crossover {cross['a'].iloc[0]} (A) vs {cross['b'].iloc[0]} (B)" if len(cross) else "crossover"
-    return Table(title, pd.DataFrame(lines).set_index("group") if lines else pd.DataFrame())
-
-
-def scaling_table(exps: pd.DataFrame, *, min_tokens: int | None = None) -> Table:
-    """analysis.scaling_exponents -> exponent [95% CI], R², points and token range per mechanism and group."""
-    lines = []
-    for _, r in exps.iterrows():
-        ci = f" [{r['ci_low']:.2f}, {r['ci_high']:.2f}]" if pd.notna(r["ci_low"]) else ""
-        lines.append({"mechanism": r["mechanism"], "group": analysis.group_label(r.to_dict()), "metric": r["metric"],
-                      "exponent [95% CI]": f"{r['exponent']:.2f}{ci}", "R²": f"{r['r2']:.3f}",
-                      "tokens": f"{r['tokens_min']:.0f}-{r['tokens_max']:.0f} ({r['n_points']} pts)"})  # fmt: skip
-    above = f", tokens >= {min_tokens}" if min_tokens else ""
-    title = f"scaling exponents (log-log least squares{above})"
-    return Table(title, pd.DataFrame(lines).set_index("mechanism") if lines else pd.DataFrame())
-
-
-def pareto_table(points: pd.DataFrame, cost: str) -> Table:
-    """analysis.pareto_front -> models with accuracy, cost and a mark on the front."""
-    lines = [{"model": f"{r['mechanism']} [{r['variant']}] @{r['height']}", "context": _context(r),
-              "accuracy": f"{r['accuracy']:.2f} ({r['accuracy_source']})",
-              f"{cost} ({r['cost_unit']})": fmt_number(r["cost"]), "front": "*" if r["on_front"] else ""}
-             for _, r in points.iterrows()]  # fmt: skip
-    return Table(f"accuracy vs {cost}: Pareto front (*)", pd.DataFrame(lines).set_index("model"))
-
-
-def _context(r: pd.Series) -> str:
-    parts = [str(r[k]) for k in ("pass", "dtype", "device") if r[k]] + [f"batch {r['batch']}"]
-    convention = str(r["note"]).split(";")[0].strip() if r["source"] == "measured" else "reported"
-    return " ".join(parts) + (f" ({convention})" if convention else "")
 
 
 # -- Markdown / LaTeX / CSV ----------------------------------------------------------------------------
@@ -205,28 +96,6 @@ def to_csv(tables: Sequence[AnyTable]) -> str:
     return tidy(tables).to_csv(index=False)
 
 
-# -- everything a report shows -------------------------------------------------------------------------
-def report_tables(df: pd.DataFrame, *, baseline: str | None = None, crossover: tuple[str, str] | None = None,
-                  samples: pd.DataFrame | None = None, min_tokens: int | None = None,
-                  by: str = "auto") -> list[AnyTable]:  # fmt: skip
-    """Latency and peak-memory pivots, speedups vs `baseline`, the crossover of a pair, scaling exponents,
-    and accuracy-vs-cost fronts (model level), in that order; sections without data are left out."""
-    tables: list[AnyTable] = [*analysis.pivot_tables(df, "latency", by=by)]
-    tables += analysis.pivot_tables(df, "peak_memory", by=by)
-    if baseline:
-        tables += analysis.speedup_tables(df, baseline, by=by, samples=samples)
-    if crossover:
-        tables.append(crossover_table(analysis.crossovers(df, *crossover)))
-    exps = analysis.scaling_exponents(df, min_tokens=min_tokens)
-    if len(exps):
-        tables.append(scaling_table(exps, min_tokens=min_tokens))
-    for cost in COST_METRICS:
-        front = analysis.pareto_front(df, cost)
-        if len(front):
-            tables.append(pareto_table(front, cost))
-    return tables
-
-
 # -- plots ---------------------------------------------------------------------------------------------
 def _figure():
     try:
@@ -237,9 +106,22 @@ def _figure():
     return fig, fig.add_subplot()
 
 
+def _group_figures(frame: pd.DataFrame):
+    """(group, its rows, fig, ax) for each CURVE_KEYS group of `frame` measured at two or more token counts."""
+    for key, g in frame.groupby(list(CURVE_KEYS), sort=False, dropna=False):
+        if g["tokens"].nunique() >= 2:
+            yield dict(zip(CURVE_KEYS, key)), g, *_figure()
+
+
+def _error_bars(y: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+    """(2, n) distances below and above y for ax.errorbar; 0 where an end is missing."""
+    err = np.vstack([y - low, high - y])
+    return np.where(np.isfinite(err), np.clip(err, 0, None), 0)
+
+
 def group_slug(group: dict) -> str:
     """File-name part of a group: 'op-fwd-fp32-cpu-b1-h1-d64'."""
-    present = {k: v for k, v in group.items() if analysis.has_value(v)}
+    present = {k: v for k, v in group.items() if has_value(v)}
     parts = [str(present[k]) for k in ("level", "variant", "pass", "dtype", "device") if k in present]
     parts += [f"{p}{present[k]}" for k, p in (("batch", "b"), ("heads", "h"), ("dim", "d")) if k in present]
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts))
@@ -264,24 +146,19 @@ def plot_vs_tokens(df: pd.DataFrame, out_dir: str | Path, metric: str = "latency
     scale, unit = analysis.display_scale(metric, str(vals["unit"].iloc[0]))
     styles = _styles(df)
     paths = []
-    for key, g in vals.groupby(list(CURVE_KEYS), sort=False, dropna=False):
-        if g["tokens"].nunique() < 2:
-            continue
-        group = dict(zip(CURVE_KEYS, key))
-        fig, ax = _figure()
+    for group, g, fig, ax in _group_figures(vals):
         for mech, m in g.groupby("mechanism", sort=False):
             m = m.sort_values("tokens")
             n, y = m["tokens"].to_numpy(float), m["center"].to_numpy(float) / scale
-            err = np.vstack([y - m["p20"].to_numpy(float) / scale, m["p80"].to_numpy(float) / scale - y])
+            err = _error_bars(y, m["p20"].to_numpy(float) / scale, m["p80"].to_numpy(float) / scale)
             keep = n >= (min_tokens or 0)
-            fit = analysis.fit_power_law(n[keep], y[keep]) if np.unique(n[keep]).size >= 2 else None
+            fit = stats.fit_power_law(n[keep], y[keep]) if np.unique(n[keep]).size >= 2 else None
             label = mech + (rf" ($\propto N^{{{fit.exponent:.2f}}}$)" if fit else "")
-            ax.errorbar(n, y, yerr=np.where(np.isfinite(err), np.clip(err, 0, None), 0), ms=4, capsize=3,
-                        label=label, **styles[mech])  # fmt: skip
+            ax.errorbar(n, y, yerr=err, ms=4, capsize=3, label=label, **styles[mech])
             if fit:
                 xs = np.geomspace(n[keep].min(), n[keep].max(), 50)
                 ax.plot(xs, fit.prefactor * xs**fit.exponent, "--", lw=1, alpha=0.6, color=styles[mech]["color"])
-        _axes(ax, f"{metric.replace('_', ' ')} ({unit})", analysis.group_label(group))
+        _axes(ax, f"{metric.replace('_', ' ')} ({unit})", group_label(group))
         paths += _save(fig, Path(out_dir), f"{metric}-{group_slug(group)}", formats)
     return paths
 
@@ -292,19 +169,14 @@ def plot_speedup(df: pd.DataFrame, out_dir: str | Path, baseline: str, *, sample
     sp = analysis.speedup(df, baseline, samples=samples)
     styles = _styles(df)
     paths = []
-    for key, g in sp.groupby(list(CURVE_KEYS), sort=False, dropna=False):
-        if g["tokens"].nunique() < 2:
-            continue
-        group = dict(zip(CURVE_KEYS, key))
-        fig, ax = _figure()
+    for group, g, fig, ax in _group_figures(sp):
         ax.axhline(1.0, color="0.6", lw=0.8)
         for mech, m in g[g["mechanism"] != baseline].groupby("mechanism", sort=False):
             m = m.sort_values("tokens")
             y = m["speedup"].to_numpy(float)
-            err = np.vstack([y - m["low"].to_numpy(float), m["high"].to_numpy(float) - y])
-            ax.errorbar(m["tokens"].to_numpy(float), y, yerr=np.where(np.isfinite(err), np.clip(err, 0, None), 0),
-                        ms=4, capsize=3, label=mech, **styles[mech])  # fmt: skip
-        _axes(ax, f"speedup vs {baseline} (×, >1 faster)", analysis.group_label(group))
+            err = _error_bars(y, m["low"].to_numpy(float), m["high"].to_numpy(float))
+            ax.errorbar(m["tokens"].to_numpy(float), y, yerr=err, ms=4, capsize=3, label=mech, **styles[mech])
+        _axes(ax, f"speedup vs {baseline} (×, >1 faster)", group_label(group))
         paths += _save(fig, Path(out_dir), f"speedup-vs-{baseline}-{group_slug(group)}", formats)
     return paths
 

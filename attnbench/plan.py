@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from attnbench import registry
+from attnbench.labels import case_label
 from attnbench.suite import Suite, expand_mechanisms
 
 
@@ -63,10 +64,8 @@ class Case:
         return hashlib.sha1(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
     def label(self) -> str:
-        shape = f"{self.variant}@{self.height}x{self.width}" if self.level == "model" else (
-            f"{self.height}x{self.width} h{self.heads} d{self.head_dim}")
-        where = f" @{self.hardware}" if self.hardware else ""
-        return f"{self.mechanism} {self.level} {self.pass_} {self.dtype} B{self.batch} {shape}{where}"
+        """'rala_eager op fwd fp32 b1 14x14 h1 d64' (`attnbench.labels.case_label` with detail)."""
+        return case_label({**asdict(self), "pass": self.pass_}, detail=True)
 
     def row_fields(self) -> dict[str, Any]:
         d = asdict(self)

@@ -11,6 +11,8 @@ A mechanism module does::
 
 `get(name)` returns the (single) instance; its decorator fields are attributes. Calling `op` or
 `mixer` of a mechanism that is unavailable raises `MechanismUnavailable(reason)`.
+
+This module imports no mechanism: the program's entry points fill it (`attnbench.loading.load_mechanisms`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from attnbench.dtypes import DTYPES
 from attnbench.errors import MechanismUnavailable, PluginError, UnknownMechanism
 
 __all__ = [
@@ -31,7 +34,6 @@ __all__ = [
     "MechanismUnavailable",
     "Shape",
     "get",
-    "load_builtin",
     "load_plugins",
     "names",
     "register_mechanism",
@@ -39,10 +41,8 @@ __all__ = [
     "LEVELS",
 ]
 
-DTYPES = ("fp32", "fp16", "bf16")
 LEVELS = ("op", "mixer", "model")
 PASSES = ("fwd", "fwd_bwd")
-DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp64": 8}
 
 
 @dataclass(frozen=True)
@@ -268,6 +268,11 @@ def get(name: str) -> Mechanism:
     try:
         return _REGISTRY[name]
     except KeyError:
+        if not _REGISTRY:
+            raise UnknownMechanism(
+                f"unknown mechanism {name!r}: no mechanisms are loaded; call attnbench.loading.load_mechanisms() "
+                "first (the CLI does)"
+            ) from None
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise UnknownMechanism(
@@ -282,17 +287,6 @@ def names(family: str | None = None) -> list[str]:
 
 def families() -> list[str]:
     return sorted({m.family for m in _REGISTRY.values()})
-
-
-_BUILTIN_LOADED = False
-
-
-def load_builtin() -> None:
-    """Import the `mechanisms` package once (registers every built-in mechanism)."""
-    global _BUILTIN_LOADED
-    if not _BUILTIN_LOADED:
-        importlib.import_module("mechanisms")
-        _BUILTIN_LOADED = True
 
 
 _LOADED_PLUGIN_FILES: dict[str, str] = {}

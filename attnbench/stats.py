@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -118,3 +119,101 @@ def _bootstrap_medians(x: np.ndarray, n_boot: int, rng: np.random.Generator) -> 
 def seeded_rng(seed: int, key: str) -> np.random.Generator:
     """A generator seeded from (seed, key): the same case gets the same resamples in every call."""
     return np.random.default_rng([seed, zlib.crc32(key.encode())])
+
+
+def log_sd(x: np.ndarray) -> float:
+    """Standard deviation (ddof 1) of the logs of the positive values; NaN with fewer than 2."""
+    x = x[x > 0]
+    return float(np.log(x).std(ddof=1)) if x.size >= 2 else math.nan
+
+
+# -- ratios of medians with uncertainty (speedup, compare) -----------------------------------------------
+def ratio_band(num: np.ndarray, num_p20: np.ndarray, num_p80: np.ndarray, den: np.ndarray, den_p20: np.ndarray,
+               den_p80: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(low, high) of num/den from each side's p20-p80 band, added in quadrature in log space (NaN if missing)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.asarray(num, float) / np.asarray(den, float)
+        up = np.hypot(np.log(np.asarray(num_p80, float) / num), np.log(den / np.asarray(den_p20, float)))
+        down = np.hypot(np.log(num / np.asarray(num_p20, float)), np.log(np.asarray(den_p80, float) / den))
+    return ratio * np.exp(-down), ratio * np.exp(up)
+
+
+def bootstrap_ratio(num: np.ndarray, den: np.ndarray, *, confidence: float = 0.95, n_boot: int = 2000,
+                    seed: int = 0, key: str = "") -> tuple[float, float]:  # fmt: skip
+    """Percentile bootstrap CI of median(num) / median(den), seeded from (seed, key)."""
+    return bootstrap_ratio_ci(np.asarray(den, float), np.asarray(num, float), confidence=confidence,
+                                    n_boot=n_boot, rng=seeded_rng(seed, key))  # fmt: skip
+
+
+def samples_by_case(samples: pd.DataFrame | None, metric: str = "latency") -> dict[str, np.ndarray]:
+    """case_id -> the samples an interval is computed from: the round medians when the file has several rounds
+    (run-level noise, module docstring), else the finite raw repeats of its one round (last block)."""
+    if samples is None or samples.empty:
+        return {}
+    s = samples[samples["metric"] == metric]
+    if "round" in s.columns and s["round"].nunique() > 1:
+        return round_medians(s, metric)
+    s = last_blocks(s)
+    out = {str(k): g["value"].to_numpy(float) for k, g in s.groupby("case_id", sort=False)}
+    return {k: finite(v) for k, v in out.items()}
+
+
+def ratio_intervals(num: pd.DataFrame, den: pd.DataFrame, num_samples: Sequence[np.ndarray | None],
+                    den_samples: Sequence[np.ndarray | None], keys: Sequence[str], *, confidence: float = 0.95,
+                    n_boot: int = 2000, seed: int = 0,
+                    min_samples: int = 5) -> tuple[np.ndarray, np.ndarray, list[str]]:  # fmt: skip
+    """(low, high, interval) of center(num) / center(den), row by row (frames with center, p20, p80).
+
+    Rows whose two sides both have >= min_samples raw samples (5, as in the gate: fewer make a bootstrap CI
+    meaningless) get a bootstrap CI seeded by (seed, keys[i]); the others the p20-p80 band (module
+    docstring); '' where neither is available.
+    """
+    low, high = ratio_band(num["center"].to_numpy(float), num["p20"].to_numpy(float), num["p80"].to_numpy(float),
+                           den["center"].to_numpy(float), den["p20"].to_numpy(float), den["p80"].to_numpy(float))
+    kinds = ["p20-p80" if np.isfinite(lo) and np.isfinite(hi) else "" for lo, hi in zip(low, high)]
+    for i, (sa, sb) in enumerate(zip(num_samples, den_samples)):
+        if isinstance(sa, np.ndarray) and isinstance(sb, np.ndarray) and min(sa.size, sb.size) >= min_samples:
+            low[i], high[i] = bootstrap_ratio(sa, sb, confidence=confidence, n_boot=n_boot, seed=seed, key=keys[i])
+            kinds[i] = f"{confidence:.0%} bootstrap CI"
+    return low, high, kinds
+
+
+# -- power laws (scaling exponents) --------------------------------------------------------------------
+@dataclass(frozen=True)
+class PowerFit:
+    """value ~ prefactor * tokens ** exponent, fitted in log-log by least squares."""
+
+    exponent: float
+    prefactor: float
+    ci_low: float  # two-sided t-interval of the exponent (NaN with 2 points)
+    ci_high: float
+    r2: float
+    n: int
+
+
+def fit_power_law(tokens: Sequence[float], values: Sequence[float], *, confidence: float = 0.95) -> PowerFit:
+    """Least-squares slope of log(values) on log(tokens); needs >= 2 distinct positive token counts."""
+    x, y = np.asarray(tokens, float), np.asarray(values, float)
+    ok = (x > 0) & (y > 0) & np.isfinite(x) & np.isfinite(y)
+    x, y = np.log(x[ok]), np.log(y[ok])
+    if np.unique(x).size < 2:
+        raise ValueError("a power-law fit needs at least two distinct positive token counts")
+    n = int(x.size)
+    slope, intercept = np.polyfit(x, y, 1)
+    resid = y - (slope * x + intercept)
+    sxx = float(((x - x.mean()) ** 2).sum())
+    syy = float(((y - y.mean()) ** 2).sum())
+    r2 = 1.0 - float((resid**2).sum()) / syy if syy > 0 else 1.0
+    stderr = math.sqrt(float((resid**2).sum()) / (n - 2) / sxx) if n > 2 else math.nan
+    half = _t_quantile((1 + confidence) / 2, n - 2) * stderr if n > 2 else math.nan
+    return PowerFit(float(slope), float(math.exp(intercept)), float(slope - half), float(slope + half), r2, n)
+
+
+def _t_quantile(q: float, dof: int) -> float:
+    """Student-t quantile (scipy, imported here so the rest of the report runs where scipy is absent,
+    e.g. a bare GPU image: the interval is then NaN, shown as missing, never approximated)."""
+    try:
+        from scipy import stats as sst
+    except ImportError:
+        return math.nan
+    return float(sst.t.ppf(q, dof))

@@ -20,10 +20,9 @@ from dataclasses import dataclass
 import torch
 
 from attnbench import registry
+from attnbench.dtypes import TABLE
 from attnbench.workloads.inputs import CaseInputs
 
-EPS = {"fp32": torch.finfo(torch.float32).eps, "fp16": torch.finfo(torch.float16).eps,
-       "bf16": torch.finfo(torch.bfloat16).eps}  # fmt: skip
 MAX_TOKENS = 32 * 32
 MAX_BATCH_HEADS_TOKENS = 1 << 18
 VERIFY_SEED = 123
@@ -152,6 +151,6 @@ def _verdict(out, grads, ref64, ref_grads64, ref_lo, ref_grads_lo, dtype, ref_me
         grad_err = rel_err(_flat(grads), _flat(ref_grads64))
         if ref_mech is not mech:
             base_err = max(base_err, rel_err(_flat(ref_grads_lo), _flat(ref_grads64)))
-    tol = 2 * base_err + 16 * EPS[dtype]
+    tol = 2 * base_err + TABLE[dtype].tolerance
     label = f"vs {ref_mech.name} in float64" + (f"; {note}" if note else "")
     return Verdict(err, grad_err, tol, ref_mech.name, label)

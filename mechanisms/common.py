@@ -14,7 +14,8 @@ are not counted. Mechanisms whose best known kernel must read an input twice say
 
 from __future__ import annotations
 
-from attnbench.registry import DTYPE_BYTES, Shape
+from attnbench.dtypes import DTYPE_BYTES
+from attnbench.registry import Shape
 
 # backward multipliers
 MATMUL_FWD_BWD = 3.0

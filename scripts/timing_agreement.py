@@ -20,6 +20,7 @@ import torch
 import torch.utils.benchmark as tub
 
 from attnbench import registry
+from attnbench.loading import load_mechanisms
 from attnbench.measure.timing import RepeatPolicy, summarize, time_fn
 from attnbench.workloads.build import mixer_workload, op_workload
 
@@ -48,7 +49,7 @@ def main() -> int:
     ap.add_argument("--min-time", type=float, default=1.5, help="seconds of timed work per measurement")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    registry.load_builtin()
+    load_mechanisms()
     worst = 0.0
     print(f"threads={args.threads} torch={torch.__version__}")
     print(f"{'case':34s} {'attnbench ms':>13s} {'torch Timer ms':>15s} {'diff':>7s}")

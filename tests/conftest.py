@@ -2,7 +2,8 @@
 
 Triton kernels run in the interpreter when CUDA is absent: TRITON_INTERPRET=1 must be set before
 any kernel module is imported, so it is set here, at collection start, and only without CUDA.
-Tests marked `gpu` skip with a reason where no CUDA device is present.
+Tests marked `gpu` skip with a reason where no CUDA device is present. The built-in mechanisms are loaded
+once, here (`attnbench.loading`), as the CLI loads them for a run.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ import torch
 HAS_CUDA = torch.cuda.is_available()
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from attnbench.loading import load_mechanisms  # noqa: E402  (after TRITON_INTERPRET is set)
+
+load_mechanisms()  # the test suite is an entry point of the program: it loads the mechanisms once, here
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ATTNBENCH_SHARED", REPO.parent / "shared"))

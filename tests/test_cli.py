@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -152,9 +153,21 @@ def test_existing_out_needs_resume(tmp_path, capsys):
 
 
 def test_list_shows_reasons():
-    proc = run_cli("list")
-    assert proc.returncode == 0
-    assert "softmax_flash" in proc.stdout and "flash" in proc.stdout and "available on" in proc.stdout
+    """On CPU the softmax family has 3 usable registrations (eager, sdpa, sdpa_math); the others are CUDA-only by
+    design (mechanisms/softmax/sdpa.py, external.py), and each says why in its row."""
+    proc = run_cli("list", "--device", "cpu", "--family", "softmax")
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(re.sub(r"[\u2500-\u257f|]", " ", proc.stdout).split())  # cells, wrapped reasons re-joined
+    assert "3 of 8 available on cpu" in text
+    rows = re.split(r" (?=softmax_\w+ softmax )", text)
+    reason = {row.split()[0]: row for row in rows if row.startswith("softmax_")}
+    for usable in ("softmax_eager", "softmax_sdpa", "softmax_sdpa_math"):
+        assert reason[usable].rstrip().endswith("yes"), reason[usable]
+    assert "no: SDPA efficient backend needs CUDA (this is cpu): PyTorch has no CPU kernel for the " \
+           "memory-efficient backend" in reason["softmax_sdpa_efficient"]  # fmt: skip
+    assert "no: SDPA cudnn backend needs CUDA (this is cpu): cuDNN attention is a CUDA library" in \
+           reason["softmax_sdpa_cudnn"]  # fmt: skip
+    assert "no:" in reason["softmax_flash"] and "CUDA" in reason["softmax_flash"]
 
 
 def test_torn_last_line_is_dropped_with_warning(tmp_path):

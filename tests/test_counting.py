@@ -13,11 +13,9 @@ from torch import nn
 from attnbench.measure.flops import count_flops, count_flops_by_op, register_sdpa_cpu_formulas
 from attnbench.models.counting import analytic_counts, count_model, count_params, meta_model, model_flops
 from attnbench.models.reported import CITATION, reported_rows
-from attnbench.registry import Shape, get, load_builtin
+from attnbench.registry import Shape, get
 from attnbench.workloads.build import mixer_workload, op_workload
 from attnbench.workloads.model import build_model_workload
-
-load_builtin()
 
 # the paper's FLOPs column (G), spec/rala.md section 4: counted there as multiply-accumulates
 PAPER_GMACS = {"ravlt_t": 2.4, "ravlt_s": 4.6, "ravlt_b": 9.9, "ravlt_l": 16.0}

@@ -1,4 +1,4 @@
-"""export: Markdown and booktabs LaTeX structure and escaping, tidy CSV numbers, plots written to disk."""
+"""tables and export: report tables, Markdown/booktabs LaTeX structure and escaping, tidy CSV, plots on disk."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import re
 import pandas as pd
 import pytest
 
-from attnbench import analysis, export, results
-from attnbench.report import Table
+from attnbench import analysis, export, results, tables
+from attnbench.tables import Table
 
 
 def case_rows(mech: str, h: int, median: float | None, *, pass_: str = "fwd", status: str = "ok",
@@ -78,25 +78,25 @@ def test_latex_booktabs_structure_and_escaping(run):
 
 
 def test_tidy_csv_has_the_numbers(run):
-    tables = analysis.pivot_tables(run, "latency")
-    tidy = export.tidy([*tables, Table("strings are skipped", pd.DataFrame())])
+    pivots = analysis.pivot_tables(run, "latency")
+    tidy = export.tidy([*pivots, Table("strings are skipped", pd.DataFrame())])
     assert len(tidy) == 3 * 4
     rala = tidy[(tidy["mechanism"] == "rala_eager") & (tidy["column"] == "28x28")].iloc[0]
     assert rala["value"] == pytest.approx(0.02 * 784) and rala["low"] == pytest.approx(0.9 * 0.02 * 784)
     assert rala["metric"] == "latency" and rala["unit"] == "ms" and rala["batch"] == 1
     oom = tidy[(tidy["mechanism"] == "softmax_eager") & (tidy["column"] == "14x14")].iloc[0]
     assert pd.isna(oom["value"]) and oom["status"] == "oom"
-    back = pd.read_csv(io.StringIO(export.to_csv(tables)))
+    back = pd.read_csv(io.StringIO(export.to_csv(pivots)))
     assert back["value"].sum() == pytest.approx(tidy["value"].sum())
 
 
 def test_report_tables_sections(run):
-    tables = export.report_tables(run, baseline="softmax_sdpa", crossover=("softmax_sdpa", "rala_eager"))
-    titles = [export.as_table(t).title for t in tables]
+    made = tables.report_tables(run, baseline="softmax_sdpa", crossover=("softmax_sdpa", "rala_eager"))
+    titles = [tables.as_table(t).title for t in made]
     assert [t.split(" ")[0] for t in titles] == ["latency", "peak_memory", "speedup", "crossover", "scaling"]
-    cross = export.as_table(tables[3]).frame
+    cross = tables.as_table(made[3]).frame
     assert cross.iloc[0]["crossover"].startswith("N* = 200")  # 1e-4 N^2 = 0.02 N at N = 200
-    for t in tables:
+    for t in made:
         assert export.to_markdown(t).count("\n|") >= 2 and r"\bottomrule" in export.to_latex(t)
 
 
@@ -115,5 +115,5 @@ def test_plots_written(run, tmp_path):
 
 
 def test_fmt_number_significant_digits():
-    got = [export.fmt_number(v) for v in (0.0001234, 0.0123, 1.234, 123.4, 1234.5, 2.4e9, float("nan"))]
+    got = [tables.fmt_number(v) for v in (0.0001234, 0.0123, 1.234, 123.4, 1234.5, 2.4e9, float("nan"))]
     assert got == ["0.000123", "0.0123", "1.23", "123", "1234", "2.40e+09", ""]

@@ -475,9 +475,7 @@ def one_thread():
 def test_real_ravlt_checkpoint_roundtrip(tmp_path, one_thread):
     """accuracy_rows end to end with the project's RAVLT and checkpoint loader (random weights, 64 px, EMA key)."""
     ravlt = pytest.importorskip("attnbench.models.ravlt")
-    from attnbench.registry import load_builtin
 
-    load_builtin()
     torch.manual_seed(0)
     model = ravlt.create_ravlt("ravlt_t").eval()
     with torch.no_grad():

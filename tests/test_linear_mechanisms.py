@@ -15,7 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-import mechanisms  # noqa: F401  (registers everything)
 from attnbench.layers import Rope2d
 from attnbench.registry import Shape, get, names
 from mechanisms.linear.performer import performer_projection
@@ -345,7 +344,7 @@ def test_inline_mixer_reference(h):
 
 
 def test_rala_no_gate_mixer_is_rala_without_gate():
-    from mechanisms.rala.eager import rala_op
+    from mechanisms.rala.naive import rala_op
 
     dim, h, grid = 16, 2, (6, 5)
     mixer = get("rala_no_gate").mixer(dim, h).double()

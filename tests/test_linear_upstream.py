@@ -14,7 +14,6 @@ import linear_fixtures as lf
 import pytest
 import torch
 
-import mechanisms  # noqa: F401  (registers everything)
 from attnbench.layers import Rope2d
 from attnbench.registry import get
 from mechanisms.linear.performer import favor_attention

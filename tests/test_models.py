@@ -14,7 +14,7 @@ import torch
 from attnbench.models import RAVLT, RAVLT_CONFIGS, create_ravlt
 from attnbench.models.counting import count_params, meta_model
 from attnbench.models.ravlt import DropPath
-from attnbench.registry import get, load_builtin
+from attnbench.registry import get
 
 # spec/rala.md section 4 table: dims, depths, heads; mlp ratio 3.5, projection 1024, layer scale on
 SPEC = {
@@ -178,6 +178,5 @@ def test_models_package_does_not_import_mechanisms_or_triton():
 def test_unknown_model_name():
     from attnbench.errors import AttnbenchError
 
-    load_builtin()
     with pytest.raises(AttnbenchError, match="ravlt_s"):
         create_ravlt("ravlt_x")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import statistics
+import time
 
 import pytest
 import torch
@@ -28,15 +30,34 @@ def finite_positive(x) -> bool:
     return isinstance(x, float) and math.isfinite(x) and x > 0
 
 
+def _median_seconds(fn, reps: int = 15) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def test_quick_probe_measures_with_units(quick_cpu):
+    """The probe's GB/s and TFLOP/s agree with the same operations timed here with a stopwatch (read + write of
+    the buffer; 2 n^3 FLOPs of an n x n matmul) within 4x either way: a slip of units (1e3), of the time base or
+    of the work counted fails, while the noise of a shared CPU between the two measurements passes."""
     result, fp = quick_cpu
     copy, mm = result["copy"], result["matmul"]["fp32"]
     assert finite_positive(copy["value"]) and copy["unit"] == "GB/s"
-    assert copy["bytes_moved"] == 2 * copy["buffer_bytes"] == 2 * peaks.QUICK_COPY_BYTES["cpu"]
-    assert copy["value"] == pytest.approx(copy["bytes_moved"] / copy["median_s"] / 1e9)
+    assert copy["buffer_bytes"] == peaks.QUICK_COPY_BYTES["cpu"]
+    src = torch.ones(copy["buffer_bytes"] // 4)  # float32
+    dst = torch.empty_like(src)
+    stopwatch_gbps = 2 * src.numel() * 4 / _median_seconds(lambda: dst.copy_(src)) / 1e9
+    assert 0.25 <= copy["value"] / stopwatch_gbps <= 4, (copy["value"], stopwatch_gbps)
     assert finite_positive(mm["value"]) and mm["unit"] == "TFLOP/s"
-    assert mm["size"] <= peaks.QUICK_MATMUL_N["cpu"] and mm["flops"] == 2 * mm["size"] ** 3
-    assert mm["value"] == pytest.approx(mm["flops"] / mm["median_s"] / 1e12)
+    n = mm["size"]
+    assert 0 < n <= peaks.QUICK_MATMUL_N["cpu"]
+    a, b, c = torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+    stopwatch_tflops = 2 * n**3 / _median_seconds(lambda: torch.mm(a, b, out=c)) / 1e12
+    assert 0.25 <= mm["value"] / stopwatch_tflops <= 4, (mm["value"], stopwatch_tflops)
     assert copy["repeats"] >= peaks.POLICY[True].min and mm["repeats"] >= peaks.POLICY[True].min
     assert result["quick"] and "TF32 off" in result["settings"]["fp32_matmul"]
     assert result["key"] == peaks.peaks_key(fp) and result["fingerprint"] == fp

@@ -17,12 +17,9 @@ import torch
 
 from attnbench.layers import Rope2d
 from attnbench.models import RAVLT
-from attnbench.registry import get, load_builtin
-
-load_builtin()
-
-from mechanisms.rala.eager import rala_op  # noqa: E402
+from attnbench.registry import get
 from mechanisms.rala.fused_form import fused_rala, fused_state  # noqa: E402
+from mechanisms.rala.naive import rala_op  # noqa: E402
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

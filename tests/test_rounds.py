@@ -189,7 +189,8 @@ def test_ab_checks_out_a_git_revision(tmp_path, capsys, monkeypatch):
 
 
 def test_gate_cli_sides(tmp_path):
-    from attnbench.cli import build_parser, gate_sides
+    from attnbench.cli import build_parser
+    from attnbench.cli_commands import gate_sides
 
     parse = build_parser().parse_args
     assert gate_sides(parse(["gate", "a.csv", "b.csv"])) == (["a.csv"], ["b.csv"])

@@ -12,11 +12,8 @@ import math
 import pytest
 import torch
 
-from attnbench import registry
 from attnbench.layers import Rope2d
 from attnbench.registry import Shape, get
-
-registry.load_builtin()
 
 
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:

@@ -22,14 +22,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from attnbench import registry
+from attnbench.dtypes import TORCH_DTYPES
 from attnbench.errors import MechanismUnavailable
 from attnbench.layers import Rope2d, split_heads
 from attnbench.registry import Shape, get
-from attnbench.workloads.inputs import TORCH_DTYPES
-from mechanisms import softmax
-
-registry.load_builtin()
+from mechanisms.softmax import external, sdpa
 
 STANDINS = Path(__file__).parent / "standins"
 STANDIN_MODULES = ("flash_attn", "flash_attn_interface", "xformers", "_standin_attention")
@@ -166,11 +163,11 @@ def test_cpu_availability_reasons():
 def test_cpu_reasons_are_true_for_this_torch():
     """What the CPU reasons claim: pinned FLASH runs PyTorch's CPU flash kernel; EFFICIENT/CUDNN have none."""
     q = torch.randn(1, 2, 16, 8, requires_grad=True)  # (B, h, N, d)
-    assert kernel_of(softmax.sdpa_pinned("flash", q, q, q)) == "ScaledDotProductFlashAttentionForCpuBackward0"
+    assert kernel_of(sdpa.sdpa_pinned("flash", q, q, q)) == "ScaledDotProductFlashAttentionForCpuBackward0"
     assert kernel_of(F.scaled_dot_product_attention(q, q, q)) == "ScaledDotProductFlashAttentionForCpuBackward0"
     for backend in ("efficient", "cudnn"):
         with pytest.raises(RuntimeError, match="No viable backend|No available kernel"):
-            softmax.sdpa_pinned(backend, q, q, q)
+            sdpa.sdpa_pinned(backend, q, q, q)
 
 
 # -- SDPA pinned -----------------------------------------------------------------------------------------
@@ -191,16 +188,16 @@ def test_sdpa_mixer_inputs_reach_the_fused_kernel():
     q, k, v = split_heads(t, 3, 2)  # (B, h, N, d) views, d not innermost
     assert v.stride(-1) != 1
     assert kernel_of(get("softmax_sdpa").attend(q, k, v)) == "ScaledDotProductFlashAttentionForCpuBackward0"
-    assert kernel_of(softmax.sdpa_pinned("flash", q, k, v)) == "ScaledDotProductFlashAttentionForCpuBackward0"
+    assert kernel_of(sdpa.sdpa_pinned("flash", q, k, v)) == "ScaledDotProductFlashAttentionForCpuBackward0"
 
 
 def test_pinning_restores_flags_even_on_refusal():
-    before = tuple(get_flag() for get_flag in softmax._SDPA_GET)
+    before = tuple(get_flag() for get_flag in sdpa._SDPA_GET)
     q = torch.randn(1, 1, 4, 8)
-    softmax.sdpa_pinned("math", q, q, q)
+    sdpa.sdpa_pinned("math", q, q, q)
     with pytest.raises(RuntimeError):
-        softmax.sdpa_pinned("efficient", q, q, q)
-    assert tuple(get_flag() for get_flag in softmax._SDPA_GET) == before
+        sdpa.sdpa_pinned("efficient", q, q, q)
+    assert tuple(get_flag() for get_flag in sdpa._SDPA_GET) == before
 
 
 def test_refused_backend_becomes_unavailable_with_reason(monkeypatch):
@@ -235,14 +232,14 @@ def test_standin_op_matches_eager(standins, name, dtype):
 
 def test_fa3_preferred_on_hopper_and_tuple_unpacked(standins, monkeypatch):
     mech = standins["softmax_flash"]
-    monkeypatch.setattr(softmax, "is_hopper", lambda device: True)
+    monkeypatch.setattr(external, "is_hopper", lambda device: True)
     assert mech._resolve("cpu").backend == "flash-attn-3"
     assert_matches_eager("softmax_flash", "bf16")  # FA3's (out, lse) tuple is unpacked
     assert sys.modules["flash_attn_interface"].CALLS and "flash_attn" not in sys.modules
     _reset(mech)
-    monkeypatch.setattr(softmax, "is_hopper", lambda device: False)
+    monkeypatch.setattr(external, "is_hopper", lambda device: False)
     assert mech._resolve("cpu").backend == "flash-attn"  # not Hopper: FlashAttention-2
-    monkeypatch.setattr(softmax, "_installed", lambda module: module == "flash_attn_interface")
+    monkeypatch.setattr(external, "_installed", lambda module: module == "flash_attn_interface")
     _reset(mech)
     ok, reason = mech.available("cpu")
     assert not ok and "needs a Hopper GPU" in reason
@@ -255,7 +252,7 @@ def test_standin_mixer_and_grads(standins):
 
 def test_bnhd_inputs_reach_the_kernel_without_a_copy(standins):
     q = make_inputs("bnhd", "fp16", **SHAPE)[0]  # (B, h, N, d) view of (B, N, h, d) storage
-    assert softmax.to_bnhd(q).is_contiguous() and softmax.to_bnhd(q).data_ptr() == q.data_ptr()
+    assert external.to_bnhd(q).is_contiguous() and external.to_bnhd(q).data_ptr() == q.data_ptr()
 
 
 def test_wrong_layout_is_caught(standins, monkeypatch):
@@ -263,7 +260,7 @@ def test_wrong_layout_is_caught(standins, monkeypatch):
     q, k, v = (torch.randn(2, 3, 35, 16, dtype=torch.float16) for _ in range(3))  # (B, h, N, d)
     wrong = importlib.import_module("flash_attn").flash_attn_func(q, k, v)  # what a glue without transposes computes
     assert rel_err(wrong, attention_fp64(q, k, v)) > 0.1
-    monkeypatch.setattr(softmax, "to_bnhd", lambda x: x)  # a glue that forgets the layout
+    monkeypatch.setattr(external, "to_bnhd", lambda x: x)  # a glue that forgets the layout
     with pytest.raises(AssertionError):
         assert_matches_eager("softmax_flash", "fp16")
 

@@ -130,3 +130,35 @@ def test_options_are_checked_and_keep_their_types(tmp_path):
     assert perf.options_dict == {"features": 64, "seed": 3}
     with pytest.raises(SuiteError, match=r":11: rala_eager takes no option\(s\) \['features'\]"):
         load_suite(write(tmp_path, BASE + "options: {rala_eager: {features: 8}}\n"))
+
+
+def test_defaults_and_key_reference_come_from_the_dataclass(tmp_path):
+    """A key left out takes the Suite field's default (DESIGN.md's values); the README's key listing and the
+    generated reference name exactly the schema's keys."""
+    import re
+
+    from attnbench.suite_schema import key_reference, kinds
+
+    suite = load_suite(write(tmp_path, "name: t\nmechanisms: [softmax_eager]\nresolution: 7\ndevice: cpu\n"))
+    assert (suite.level, suite.dim, suite.heads, suite.batch, suite.dtype, suite.pass_) == (
+        ("op",), (64,), (1,), (1,), ("fp32",), ("fwd",))  # fmt: skip
+    assert (suite.warmup, suite.timeout_s, suite.verify, suite.isolation, suite.rounds) == (3, 120.0, True, "auto", 5)
+    assert (suite.repeats.min, suite.repeats.max, suite.repeats.min_time_s) == (5, 100, 0.5)
+    rows = {r["key"]: r for r in key_reference()}
+    assert set(kinds()) | {"repeats.min", "repeats.max", "repeats.min_time_s", "repeats.target_ci"} == set(rows)
+    assert (rows["dtype"]["type"], rows["dtype"]["default"], rows["dtype"]["allowed"]) == (
+        "string(s)", "[fp32]", "fp32 | fp16 | bf16")  # fmt: skip
+    assert (rows["device"]["default"], rows["threads"]["type"], rows["name"]["default"]) == (
+        "auto", "integer or null", "(required)")  # fmt: skip
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("## Suites", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    assert set(re.findall(r"^(\w+):", block, flags=re.M)) == set(kinds())
+
+
+def test_allowed_values_and_bounds_come_from_the_schema(tmp_path):
+    with pytest.raises(SuiteError, match=r":11: `isolation` value 'threads' is not one of auto, inprocess, process"):
+        load_suite(write(tmp_path, BASE + "isolation: threads\n"))
+    with pytest.raises(SuiteError, match=r":11: `repeats.target_ci` value 2 is larger than 1"):
+        load_suite(write(tmp_path, BASE + "repeats: {target_ci: 2}\n"))
+    with pytest.raises(SuiteError, match=r":4: `dim` value 70000 is larger than 65536"):
+        load_suite(write(tmp_path, BASE.replace("dim: 64", "dim: 70000")))

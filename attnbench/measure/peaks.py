@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 import torch
 
+from attnbench.dtypes import DTYPES, torch_dtype
 from attnbench.measure.env import env_id, fingerprint
 from attnbench.measure.timing import RepeatPolicy, summarize, synchronize, time_fn
 
@@ -52,8 +53,6 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-DTYPES = ("fp32", "fp16", "bf16")
-_TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _PROJECT_FIELDS = ("git_commit", "git_dirty")  # not part of the cache key (see module docstring)
 
 COPY_BYTES = {"cuda": 1 << 30, "cpu": 256 << 20}
@@ -134,8 +133,8 @@ def _matmul_throughput(device: str, dtype: str, target: int, quick: bool) -> dic
         n, note = _affordable_size(device, dtype, target, CALL_BUDGET_S[quick])
         if n is None:
             return {**entry, "skipped": note}
-        a, b = (torch.randn(n, n, device=device).to(_TORCH_DTYPES[dtype]) for _ in range(2))  # (n, n)
-        c = torch.empty(n, n, device=device, dtype=_TORCH_DTYPES[dtype])
+        a, b = (torch.randn(n, n, device=device).to(torch_dtype(dtype)) for _ in range(2))  # (n, n)
+        c = torch.empty(n, n, device=device, dtype=torch_dtype(dtype))
         timing = _timed(lambda: torch.mm(a, b, out=c), device, quick)
     except RuntimeError as exc:  # e.g. a dtype this device's BLAS does not implement
         return {**entry, "skipped": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
@@ -173,7 +172,7 @@ def _affordable_size(device: str, dtype: str, target: int, budget_s: float) -> t
 
 def _one_call(device: str, dtype: str, n: int) -> float:
     """Seconds of one n^3 matmul, after one untimed call (library initialisation, kernel selection)."""
-    a = torch.randn(n, n, device=device).to(_TORCH_DTYPES[dtype])  # (n, n)
+    a = torch.randn(n, n, device=device).to(torch_dtype(dtype))  # (n, n)
     c = torch.empty_like(a)
     torch.mm(a, a, out=c)
     synchronize(device)

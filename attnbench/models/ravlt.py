@@ -78,12 +78,12 @@ def ravlt_config(name: str) -> RavltConfig:
 
 
 def resolve_mechanism(spec: MixerSpec, default: str) -> Mechanism:
-    """A Mechanism from a registered name, an instance, or None (-> `default`). Loads built-ins lazily."""
+    """A Mechanism from a registered name, an instance, or None (-> `default`); names are looked up in the
+    registry, which the program's entry point has filled (`attnbench.loading.load_mechanisms`)."""
     if isinstance(spec, Mechanism):
         return spec
-    from attnbench.registry import get, load_builtin  # one-way imports: mechanisms load on first use
+    from attnbench.registry import get
 
-    load_builtin()
     return get(spec or default)
 
 

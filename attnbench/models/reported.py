@@ -22,8 +22,6 @@ REPORTED: dict[str, dict[str, float]] = {
     "ravlt_l": {"top1": 85.8, "params_m": 95, "gflops": 16.0},
 }
 
-REPORTED_RESOLUTION = 224
-
 # metric -> (REPORTED field, scale to the metric's unit, unit)
 _METRICS = {
     "top1": ("top1", 1.0, "%"),

@@ -20,13 +20,13 @@ import torch
 from torch import nn
 
 from attnbench import registry
+from attnbench.dtypes import TORCH_DTYPES
 from attnbench.layers import Rope2d, RopeTables
 from attnbench.registry import Mechanism, Shape, accepted_options
 
 if TYPE_CHECKING:
     from attnbench.plan import Case
 
-TORCH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
 QKV_SEED = 0  # q, k, v: seed + 0, 1, 2
 X_SEED = 10  # x: seed + 10
 

@@ -37,8 +37,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
+from attnbench.dtypes import DTYPE_BYTES
 from attnbench.layers import TokenMixer, merge_heads, split_heads
-from attnbench.registry import DTYPE_BYTES, Mechanism, Shape
+from attnbench.registry import Mechanism, Shape
 from mechanisms.common import mixer_bytes, op_bytes, pass_factor, shell_flops
 
 SHELL_OPTIONS = ("gate", "lepe")

@@ -34,8 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from attnbench.dtypes import DTYPE_BYTES
 from attnbench.layers import apply_rope, merge_heads, split_heads
-from attnbench.registry import DTYPE_BYTES, Shape, register_mechanism
+from attnbench.registry import Shape, register_mechanism
 from mechanisms.common import pass_factor
 from mechanisms.linear.base import (
     LinearMixer,

@@ -9,9 +9,9 @@ Fan et al., "Breaking the Low-Rank Dilemma of Linear Attention", CVPR 2025 (spec
   The operator is RALA's own, so this is mixer-only (its op would be rala_eager's).
 - `rala_no_rope`: no rotary embedding: steps 6-9 with R = identity (sin = 0, cos = 1 tables).
 
-The operators reuse mechanisms/rala/eager.py (phi, default_rope, rala_op, rala_mixer) unchanged.
+The operators reuse mechanisms/rala/naive.py (phi, default_rope, rala_op, rala_mixer) unchanged.
 
-KV buffers (rank metrics, attnbench.workloads.rank_inputs): `rala_kv_buffer` (registrations.py) computes spec step 8,
+KV buffers (rank metrics, attnbench.workloads.rank_inputs): `rala_kv_buffer` (naive.py) computes spec step 8,
 KV = mean_m R(k~_m) v_m^T (B, h, d, d), from raw q, k, v; RalaBase exposes it as `kv_buffer`
 and each ablation overrides it with its own.
 """
@@ -24,8 +24,9 @@ from torch import Tensor
 from attnbench.layers import apply_rope
 from attnbench.registry import Mechanism, Shape, register_mechanism
 from mechanisms.common import mixer_bytes, pass_factor, shell_flops
-from mechanisms.rala.eager import CITE_RALA, default_rope, phi, rala_mixer, rala_op
-from mechanisms.rala.registrations import RalaBase, rala_core_flops, rala_kv_buffer
+from mechanisms.rala.base import RalaBase
+from mechanisms.rala.costs import rala_core_flops
+from mechanisms.rala.naive import CITE_RALA, default_rope, phi, rala_kv_buffer, rala_mixer, rala_op
 
 
 def _check_grid(grid, n: int) -> None:

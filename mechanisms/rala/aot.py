@@ -119,9 +119,9 @@ def planned_launches(level: str, shape: tuple, d: int, dtype: torch.dtype, arch:
                      bwd: dict | None = None) -> list[Launch]:
     """The kernel launches rala_forward + rala_backward make for this case on `arch` (fwd / bwd:
     plan_launch overrides such as block_n, num_warps, to try a table entry)."""
+    from mechanisms.rala.launch import plan_launch
     from mechanisms.rala.triton_bwd import rala_backward
     from mechanisms.rala.triton_kernels import rala_forward, token_major
-    from mechanisms.rala.triton_op import plan_launch
 
     q, k, v, rope = meta_inputs(level, shape, d, dtype)
     b, h, n, _ = q.shape

@@ -24,8 +24,8 @@ from typing import Callable
 import torch
 
 from attnbench.registry import register_mechanism
-from mechanisms.rala.eager import CITE_RALA, rala_op
-from mechanisms.rala.registrations import RalaBase
+from mechanisms.rala.base import RalaBase
+from mechanisms.rala.naive import CITE_RALA, rala_op
 
 # fullgraph: a graph break or a hit recompile limit raises instead of silently running eager code
 COMPILE_OPTIONS = {"dynamic": True, "fullgraph": True}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from attnbench.layers import apply_rope, rope_tables
-from mechanisms.rala.eager import phi
+from mechanisms.rala.naive import phi
 
 
 def fused_state(q, k, v, *, grid, block: int = 16, rope=None):

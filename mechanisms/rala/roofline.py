@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mechanisms.rala.triton_op import _next_pow2, plan_launch
+from mechanisms.rala.launch import _next_pow2, plan_launch
 
 
 @dataclass(frozen=True)

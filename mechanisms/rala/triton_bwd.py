@@ -34,8 +34,8 @@ import torch
 import triton
 import triton.language as tl
 
-from mechanisms.rala.triton_kernels import (
-    EPS,
+from mechanisms.rala.launch import empty_like_layout, plan_launch, rope_args
+from mechanisms.rala.triton_helpers import (
     block_range,
     dot_halves,
     load_halves,
@@ -43,7 +43,6 @@ from mechanisms.rala.triton_kernels import (
     load_tile,
     load_vec_halves,
     mm,
-    out_tile,
     phi_halves,
     rope_cs,
     rotate,
@@ -52,10 +51,13 @@ from mechanisms.rala.triton_kernels import (
     store_rows_halves,
     store_tile,
     store_vec_halves,
+)
+from mechanisms.rala.triton_kernels import (
+    EPS,
+    out_tile,
     stream_meta,
     token_major,
 )
-from mechanisms.rala.triton_op import empty_like_layout, plan_launch, rope_args
 
 
 @triton.jit

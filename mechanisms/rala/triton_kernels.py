@@ -49,7 +49,7 @@ import torch
 import triton
 import triton.language as tl
 
-from mechanisms.rala.triton_op import (
+from mechanisms.rala.launch import (
     LaunchPlan,
     empty_like_layout,
     interpreting,
@@ -57,243 +57,29 @@ from mechanisms.rala.triton_op import (
     rope_args,
     workspace_size,
 )
+from mechanisms.rala.triton_helpers import (
+    block_range,
+    dot_halves,
+    load_halves,
+    load_rows_halves,
+    load_tile,
+    load_vec_halves,
+    mm,
+    partial_ptrs,
+    phi,
+    phi_halves,
+    rope_cs,
+    rotate,
+    state_ptrs,
+    store_rows_halves,
+    store_tile,
+    store_vec_halves,
+    tile_mask,
+)
 
 EPS = 1e-6  # the spec's normaliser epsilon (after dividing ksum by L, as the reference has it)
 FUSE_MERGE_MAX_SPLITS = 4  # up to this many splits, pass (c) merges the split states itself
 DOT_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
-
-
-# ---------------------------------------------------------------------------------------------
-# shared device helpers (also used by triton_bwd.py)
-# ---------------------------------------------------------------------------------------------
-@triton.jit
-def phi(x):
-    """ELU(x) + 1, fp32: x + 1 for x > 0, exp(x) otherwise."""
-    return tl.where(x > 0, x + 1.0, tl.exp(tl.minimum(x, 0.0)))
-
-
-@triton.jit
-def mm(a, b, DOT_DTYPE: tl.constexpr):
-    """a @ b with fp32 accumulation; operands in DOT_DTYPE (fp32: exact IEEE products, no TF32)."""
-    if DOT_DTYPE == tl.float32:
-        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    else:
-        out = tl.dot(a.to(DOT_DTYPE), b.to(DOT_DTYPE))
-    return out
-
-
-@triton.jit
-def halves(x, BLOCK_N: tl.constexpr, PB: tl.constexpr):
-    """(BLOCK_N, 2*PB) -> even channels (BLOCK_N, PB), odd channels (BLOCK_N, PB)."""
-    return tl.split(tl.reshape(x, (BLOCK_N, PB, 2)))
-
-
-@triton.jit
-def sincos(theta, FAST: tl.constexpr):
-    """(sin, cos) of fp32 theta. FAST (GPU): Cody-Waite reduction to [-pi, pi] with 2 pi split in
-    an exact head 6.28125 and a tail, then the MUFU sin/cos.approx (abs error ~5e-7): 2 MUFU ops
-    instead of ~40 FMA-pipe instructions of the accurate sinf + cosf, which at d = 64 would cost
-    about as much as the memory traffic. Otherwise (interpreter): tl.sin / tl.cos."""
-    if FAST:
-        turns = tl.floor(theta * 0.15915494309189535 + 0.5)
-        r = theta - turns * 6.28125
-        r = r - turns * 1.9353071795864769e-3
-        s = tl.inline_asm_elementwise("sin.approx.ftz.f32 $0, $1;", "=f,f", [r], dtype=tl.float32, is_pure=True, pack=1)
-        c = tl.inline_asm_elementwise("cos.approx.ftz.f32 $0, $1;", "=f,f", [r], dtype=tl.float32, is_pure=True, pack=1)
-    else:
-        s = tl.sin(theta)
-        c = tl.cos(theta)
-    return s, c
-
-
-@triton.jit
-def interleave(xe, xo, BLOCK_N: tl.constexpr, PB: tl.constexpr):
-    """Inverse of `halves`: (BLOCK_N, PB) x2 -> (BLOCK_N, 2*PB)."""
-    return tl.reshape(tl.join(xe, xo), (BLOCK_N, 2 * PB))
-
-
-@triton.jit
-def tile_mask(tok, N, cols, ncols, MASK_N: tl.constexpr):
-    """cols < ncols (padding of the d-block), and tok < N on the masked tail block only: the main
-    loop's mask is constant along tokens, so token-contiguous tiles keep 16-byte accesses."""
-    msk = (cols < ncols)[None, :]
-    if MASK_N:
-        msk = msk & (tok < N)[:, None]
-    return msk
-
-
-@triton.jit
-def load_tile(base, tok, N, sn, sd, d, DB: tl.constexpr, MASK_N: tl.constexpr):
-    """A (BLOCK_N, DB) tile of a (N, d) matrix with strides (sn, sd), zero padded."""
-    ch = tl.arange(0, DB)
-    return tl.load(base + tok[:, None] * sn + ch[None, :] * sd, mask=tile_mask(tok, N, ch, d, MASK_N), other=0.0)
-
-
-@triton.jit
-def store_tile(base, x, tok, N, sn, sd, d, DB: tl.constexpr, MASK_N: tl.constexpr):
-    ch = tl.arange(0, DB)
-    tl.store(base + tok[:, None] * sn + ch[None, :] * sd, x.to(base.dtype.element_ty),
-             mask=tile_mask(tok, N, ch, d, MASK_N))
-
-
-@triton.jit
-def load_halves(base, tok, N, sn, sd, d, BLOCK_N: tl.constexpr, PB: tl.constexpr, MASK_N: tl.constexpr,
-                SPLIT: tl.constexpr):
-    """Even and odd channels of a (BLOCK_N, d) tile, each (BLOCK_N, PB) fp32, zero padded.
-
-    SPLIT (token-contiguous memory, the mixer's layout): the even and odd channels are separate
-    token-contiguous rows and are loaded as two tiles, so no tile changes its register layout;
-    otherwise (channel-contiguous) one full-width load, split in registers."""
-    if SPLIT:
-        pair = tl.arange(0, PB)
-        ptr = base + tok[:, None] * sn + (2 * pair)[None, :] * sd
-        msk = tile_mask(tok, N, 2 * pair, d, MASK_N)
-        xe = tl.load(ptr, mask=msk, other=0.0).to(tl.float32)
-        xo = tl.load(ptr + sd, mask=msk, other=0.0).to(tl.float32)
-    else:
-        xe, xo = halves(load_tile(base, tok, N, sn, sd, d, 2 * PB, MASK_N).to(tl.float32), BLOCK_N, PB)
-    return xe, xo
-
-
-@triton.jit
-def store_halves(base, xe, xo, tok, N, sn, sd, d, BLOCK_N: tl.constexpr, PB: tl.constexpr, MASK_N: tl.constexpr,
-                 SPLIT: tl.constexpr):
-    """Inverse of `load_halves` (cast to the destination's dtype)."""
-    if SPLIT:
-        pair = tl.arange(0, PB)
-        ptr = base + tok[:, None] * sn + (2 * pair)[None, :] * sd
-        msk = tile_mask(tok, N, 2 * pair, d, MASK_N)
-        tl.store(ptr, xe.to(base.dtype.element_ty), mask=msk)
-        tl.store(ptr + sd, xo.to(base.dtype.element_ty), mask=msk)
-    else:
-        store_tile(base, interleave(xe, xo, BLOCK_N, PB), tok, N, sn, sd, d, 2 * PB, MASK_N)
-
-
-@triton.jit
-def phi_halves(xe, xo, tok, N, d, PB: tl.constexpr, MASK_N: tl.constexpr):
-    """phi on both halves, 0 on padding (channels >= d and, on the tail, tokens >= N)."""
-    msk = tile_mask(tok, N, 2 * tl.arange(0, PB), d, MASK_N)
-    return tl.where(msk, phi(xe), 0.0), tl.where(msk, phi(xo), 0.0)
-
-
-@triton.jit
-def load_vec_halves(ptr, d, PB: tl.constexpr):
-    """A (d,) fp32 vector as its even and odd entries, each (PB,), zero padded."""
-    pair = tl.arange(0, PB)
-    return (tl.load(ptr + 2 * pair, mask=2 * pair < d, other=0.0),
-            tl.load(ptr + 2 * pair + 1, mask=2 * pair < d, other=0.0))
-
-
-@triton.jit
-def store_vec_halves(ptr, xe, xo, d, PB: tl.constexpr):
-    pair = tl.arange(0, PB)
-    tl.store(ptr + 2 * pair, xe, mask=2 * pair < d)
-    tl.store(ptr + 2 * pair + 1, xo, mask=2 * pair < d)
-
-
-@triton.jit
-def dot_halves(xe, xo, ye, yo):
-    """Row-wise dot product of (BLOCK_N, PB) halves with (PB,) halves -> (BLOCK_N,)."""
-    return tl.sum(xe * ye[None, :], 1) + tl.sum(xo * yo[None, :], 1)
-
-
-@triton.jit
-def rope_cs(
-    tok, N, W, d, ANGLE, SIN, COS, stride_rn, stride_rd,
-    BLOCK_N: tl.constexpr, PB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr,
-    MASK_N: tl.constexpr, SPLIT: tl.constexpr,
-):
-    """cos/sin of the even and odd channel of every pair: (ce, se, co, so), each (BLOCK_N, PB) fp32.
-
-    In-kernel: pair i < d/4 rotates by row * angle[2i], pair i >= d/4 by col * angle[2i - d/2]
-    (spec section 3: first d/2 channels use the row index); both channels of a pair share it.
-    From tables: loaded in the inputs' memory order (the launcher hands token-major tables to
-    token-major inputs).
-    """
-    if ROPE_FROM_MEM:
-        ce, co = load_halves(COS, tok, N, stride_rn, stride_rd, d, BLOCK_N, PB, MASK_N, SPLIT)
-        se, so = load_halves(SIN, tok, N, stride_rn, stride_rd, d, BLOCK_N, PB, MASK_N, SPLIT)
-    else:
-        pair = tl.arange(0, PB)
-        is_row = 2 * pair < d // 2  # (PB,)
-        ang = tl.load(ANGLE + tl.where(is_row, 2 * pair, 2 * pair - d // 2), mask=2 * pair < d, other=0.0)
-        row = tok // W
-        col = tok - row * W
-        pos = tl.where(is_row[None, :], row[:, None], col[:, None]).to(tl.float32)  # (BLOCK_N, PB)
-        se, ce = sincos(pos * ang[None, :], FAST)  # theta = pos * angle, one fp32 product as in the reference
-        co = ce
-        so = se
-    return ce, se, co, so
-
-
-@triton.jit
-def rotate(xe, xo, ce, se, co, so):
-    """R(x) on halves: pair (a, b) -> (a cos_a - b sin_a, b cos_b + a sin_b)."""
-    return xe * ce - xo * se, xo * co + xe * so
-
-
-@triton.jit
-def load_rows_halves(ptr, d, PB: tl.constexpr, DB: tl.constexpr):
-    """A row-major (d, d) fp32 matrix as its even and odd rows, each (PB, DB), zero padded."""
-    pair = tl.arange(0, PB)
-    col = tl.arange(0, DB)
-    off = (2 * pair)[:, None] * d + col[None, :]
-    msk = (2 * pair < d)[:, None] & (col < d)[None, :]
-    return tl.load(ptr + off, mask=msk, other=0.0), tl.load(ptr + off + d, mask=msk, other=0.0)
-
-
-@triton.jit
-def store_rows_halves(ptr, xe, xo, d, PB: tl.constexpr, DB: tl.constexpr):
-    """Inverse of `load_rows_halves`."""
-    pair = tl.arange(0, PB)
-    col = tl.arange(0, DB)
-    off = (2 * pair)[:, None] * d + col[None, :]
-    msk = (2 * pair < d)[:, None] & (col < d)[None, :]
-    tl.store(ptr + off, xe, mask=msk)
-    tl.store(ptr + off + d, xo, mask=msk)
-
-
-@triton.jit
-def state_ptrs(WS, BH, d):
-    """The forward's workspace (one fp32 buffer, see `workspace_size`): small state, then partials.
-
-    qbar (BH, d) | KV (BH, d, d) | ksum (BH, d) | ML (BH, 2) = final (max, sum) | partials ...
-    """
-    qbar = WS
-    kv = qbar + BH * d
-    ks = kv + BH * d * d
-    ml = ks + BH * d
-    return qbar, kv, ks, ml, ml + BH * 2
-
-
-@triton.jit
-def partial_ptrs(PART, BH, S, d):
-    """Split partials: qsum (BH, S, d) | KV_s (BH, S, d, d) | ks_s (BH, S, d) | m_s (BH, S) | l_s (BH, S)."""
-    qsum = PART
-    kv_p = qsum + BH * S * d
-    ks_p = kv_p + BH * S * d * d
-    m_p = ks_p + BH * S * d
-    return qsum, kv_p, ks_p, m_p, m_p + BH * S
-
-
-@triton.jit
-def block_range(N, bps, BLOCK_N: tl.constexpr, TAIL: tl.constexpr):
-    """Split s's token blocks [b0, b1). TAIL (token-major inputs): the unmasked main loop runs
-    [b0, b_main) and the block b_main (N % BLOCK_N tokens) runs masked when has_tail (last split
-    only, only if N % BLOCK_N): the main loop's tiles keep 16-byte accesses. Otherwise (channel-major:
-    a token mask is constant along the contiguous channels anyway) one masked loop over [b0, b1):
-    a second copy of the loop body would keep its own layouts of the loop invariants live
-    (up to ~150 more registers per thread, measured on sm_90 fp32)."""
-    b0 = tl.program_id(1) * bps
-    b1 = tl.minimum(b0 + bps, tl.cdiv(N, BLOCK_N))
-    if TAIL:
-        n_full = N // BLOCK_N
-        b_main = tl.minimum(b1, n_full)
-        has_tail = b1 > n_full
-    else:
-        b_main = b1
-        has_tail = b1 < b0  # never
-    return b0, b_main, has_tail
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
+from attnbench import registry, verify
 from attnbench.measure.timing import synchronize
 from attnbench.plan import plan
 from attnbench.suite import load_suite
@@ -48,4 +50,30 @@ def test_case(benchmark, case):
 
     rounds = max(SUITE.repeats.min, 5)
     out = benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=0)
-    assert out is not None
+    # the timed call computed this case: finite values of the case's shape (fwd_bwd: the gradients, the
+    # first one w.r.t. the op's q or the mixer's x) ...
+    first = out[0] if case.pass_ == "fwd_bwd" else out
+    assert all(torch.isfinite(t).all() for t in (out if case.pass_ == "fwd_bwd" else [out]) if t is not None)
+    assert tuple(first.shape) == expected_shape(case)
+    # ... and the mechanism computes the right thing there: its output vs its registered reference in float64
+    if case.level in ("op", "mixer"):
+        verdict = _verify(case)
+        assert verdict.ok, verdict.message()
+
+
+def expected_shape(case) -> tuple[int, ...]:
+    """op: (B, h, N, d); mixer: (B, C, H, W); model: the batch of logits (B, classes), by the DESIGN contract."""
+    if case.level == "op":
+        return (case.batch, case.heads, case.height * case.width, case.head_dim)
+    if case.level == "mixer":
+        return (case.batch, case.dim, case.height, case.width)
+    return (case.batch, 1000)
+
+
+def _verify(case) -> verify.Verdict:
+    mech = registry.get(case.mechanism)
+    common = dict(batch=case.batch, heads=case.heads, height=case.height, width=case.width, dtype=case.dtype,
+                  device=case.device, pass_=case.pass_, options=case.options_dict)  # fmt: skip
+    if case.level == "op":
+        return verify.verify_op(mech, head_dim=case.head_dim, **common)
+    return verify.verify_mixer(mech, dim=case.dim, **common)

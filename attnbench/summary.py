@@ -1,4 +1,4 @@
-"""Reports from result rows: pivot tables as plain DataFrames (rendering lives in the CLI).
+"""Run summaries from result rows: what `run` and `report` print first (rendering lives in the CLI).
 
 `summary_tables(df)` gives, per (level, pass, dtype, device, batch) group, a mechanism x grid
 table of median latency (ms) with its p20-p80 spread, and one of peak memory (MiB); cells of
@@ -7,24 +7,12 @@ cases that did not run show their status. `status_counts(df)` counts cases per s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pandas as pd
 
+from attnbench.labels import mechanism_label, shape_label
+from attnbench.tables import Table
+
 GROUP_KEYS = ["level", "pass", "dtype", "device", "batch"]
-
-
-@dataclass
-class Table:
-    title: str
-    frame: pd.DataFrame  # index: mechanism; columns: shape labels; cells: formatted strings
-
-
-def _shape_label(row: pd.Series) -> str:
-    if row["level"] == "model":
-        return f"{row['variant']}@{row['height']}"
-    h, w = int(row["height"]), int(row["width"])
-    return f"{h}x{w}" if h != w else f"{h}²"
 
 
 def case_frame(df: pd.DataFrame) -> pd.DataFrame:
@@ -53,7 +41,7 @@ def case_frame(df: pd.DataFrame) -> pd.DataFrame:
     pick("peak_memory", "value", "peak_memory_b")
     pick("flops", "value", "flops")
     pick("achieved_gbps", "median", "gbps")
-    out["shape"] = out.apply(_shape_label, axis=1)
+    out["shape"] = out.apply(shape_label, axis=1)
     return out
 
 
@@ -114,7 +102,7 @@ def _convention(note: str) -> str:
 
 def metric_tables(df: pd.DataFrame, metrics: tuple[str, ...]) -> list[Table]:
     """Single-valued metrics (params, macs, ranks, accuracy, ...): one table per (level, pass, dtype,
-    batch), rows mechanism [model]@size (model level) or mechanism (op/mixer, one table per shape).
+    batch), rows `mechanism [model] @size` (model level) or `mechanism [variant]` (op/mixer, one table per shape).
     Counts (FLOPs, MACs) are per timed call, i.e. for the whole batch."""
     sel = df[df["metric"].isin(metrics) & (df["status"] == "ok")]
     if sel.empty:
@@ -122,10 +110,9 @@ def metric_tables(df: pd.DataFrame, metrics: tuple[str, ...]) -> list[Table]:
     sel = sel.assign(
         col=sel["metric"] + sel["note"].map(_convention) + sel["source"].map(
             lambda s: " reported" if s == "reported" else ""),
-        shape=sel.apply(_shape_label, axis=1),
+        shape=sel.apply(shape_label, axis=1),
     )
-    sel = sel.assign(who=sel["mechanism"] + sel.apply(
-        lambda r: f" [{r['shape']}]" if r["level"] == "model" else "", axis=1))  # fmt: skip
+    sel = sel.assign(who=[mechanism_label(r, size=True) for r in sel.to_dict("records")])
     keys = ["level", "pass", "dtype", "batch"]
     tables = []
     for key, group in sel.groupby(keys + ["shape"] if (sel["level"] != "model").any() else keys, sort=False):

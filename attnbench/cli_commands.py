@@ -1,0 +1,301 @@
+"""The CLI's commands: `cmd_<name>(args) -> exit code`, each parsing nothing itself (argparse did, in `cli`)
+and printing through `cli_render`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from rich.table import Table as RichTable
+
+from attnbench.cli_render import (
+    RichProgress,
+    console,
+    err_console,
+    esc,
+    print_gate,
+    print_report,
+    print_tables,
+    render_tables,
+)
+from attnbench.errors import AttnbenchError
+
+
+# -- commands ---------------------------------------------------------------------------------------
+def _warn_if_busy(device: str) -> None:
+    """CPU timings on a loaded machine are dominated by contention (OpenMP threads wait for cores)."""
+    import os
+
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return
+    cores = os.cpu_count() or 1
+    if device == "cpu" and load > 0.5 * cores:
+        # stdout, with the run's other information: stderr carries only errors
+        console.print(f"[yellow]warning[/]: load average {load:.1f} on {cores} cores: CPU timings will include "
+                      "contention (recorded as load_average_1m in the env file)")  # fmt: skip
+
+
+def cmd_run(args) -> int:
+    from attnbench import results
+    from attnbench.runner import default_out, run_suite
+    from attnbench.suite import load_suite
+
+    overrides = list(args.set or []) + ([f"rounds={args.rounds}"] if args.rounds is not None else [])
+    suite = load_suite(args.suite, overrides)
+    if args.resume and not args.out:
+        raise AttnbenchError("--resume needs --out FILE.csv naming the run to continue")
+    out = results.check_out_path(args.out if args.out else default_out(suite))
+    console.print(f"suite [bold]{esc(suite.name)}[/] on {suite.device} -> {esc(out)}")
+    if args.dry_run:
+        from attnbench.plan import plan
+
+        cases = plan(suite)
+        skipped = sum(c.skip is not None for c in cases)
+        console.print(f"{len(cases)} cases ({skipped} skipped by the plan), {suite.rounds} rounds; "
+                      "nothing run (--dry-run)")  # fmt: skip
+        return 0
+    _warn_if_busy(suite.device)
+    if suite.rounds > 1 and suite.isolation == "inprocess" and "latency" in suite.metrics:
+        console.print(f"[yellow]warning[/]: isolation: inprocess runs all {suite.rounds} rounds in this process: "
+                      "their spread misses between-process noise, so `gate` on this run can fail identical code; "
+                      "use isolation: auto or process")  # fmt: skip
+    from attnbench.executors import make_executor
+
+    executor = make_executor(suite, executor=args.executor, workers=args.workers, address=args.address)
+    t0 = time.perf_counter()
+    with RichProgress(enabled=not args.no_progress) as progress:
+        try:
+            summary = run_suite(suite, out, resume=args.resume, progress=progress, debug=args.debug,
+                                executor=executor)  # fmt: skip
+        except KeyboardInterrupt:
+            err_console.print(f"interrupted: rows measured so far are in {esc(out)}; continue with --resume --out "
+                              f"{esc(out)}")  # fmt: skip
+            return 130
+    rounds = f" x {summary.rounds} rounds" if summary.rounds > 1 else ""
+    console.print(f"{summary.total} cases{rounds} in {time.perf_counter() - t0:.1f} s; rows in {esc(out)}")
+    print_report(results.load(out))
+    return 0
+
+
+def cmd_list(args) -> int:
+    from attnbench import registry
+    from attnbench.suite import resolve_device
+
+    if args.plugin:
+        registry.load_plugins(args.plugin)
+    device = resolve_device(args.device)
+    names = registry.names(family=args.family)
+    if args.family and not names:
+        raise AttnbenchError(f"no mechanisms in family {args.family[:60]!r} (families: "
+                             f"{', '.join(registry.families())})")  # fmt: skip
+    table = RichTable(title=f"mechanisms (availability on {esc(device)})", title_justify="left", header_style="bold")
+    narrow = console.width < 100  # levels, dtypes and upstream are dropped rather than squeezed
+    columns = ("name", "family", "backend", "available / reason") if narrow else (
+        "name", "family", "backend", "levels", "dtypes", "checked against", "available / reason")
+    for col in columns:
+        table.add_column(col, overflow="fold", no_wrap=col not in ("available / reason", "checked against"))
+    n_ok = 0
+    for name in names:
+        mech = registry.get(name)
+        ok, reason = mech.available(device)
+        n_ok += ok
+        cells = [esc(name), esc(mech.family), esc(mech.backend)]
+        if not narrow:
+            cells += [esc(",".join(mech.levels)), esc(",".join(mech.dtypes)), esc(getattr(mech, "upstream", "") or "")]
+        table.add_row(*cells, "[green]yes[/]" if ok else f"[red]no[/]: {esc(reason, 400)}")
+    console.print(table)
+    console.print(f"{n_ok} of {len(names)} available on {esc(device)}")
+    return 0
+
+
+def cmd_suite_keys(args) -> int:
+    """The key reference generated from the suite schema (attnbench/suite_schema.py)."""
+    from attnbench.suite_schema import key_reference
+
+    rows = key_reference()
+    header = ["key", "type", "default", "allowed", "meaning"]
+    if args.format == "md":
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(header)) + "|"]
+        lines += ["| " + " | ".join(r[h].replace("|", "\\|") for h in header) + " |" for r in rows]
+        print("\n".join(lines))
+        return 0
+    table = RichTable(title="suite keys (a sweep axis takes a scalar or a list)", title_justify="left",
+                      header_style="bold")  # fmt: skip
+    for h in header:
+        table.add_column(h, overflow="fold", style="cyan" if h == "key" else None, no_wrap=h == "key")
+    for r in rows:
+        table.add_row(*[esc(r[h], 400) for h in header])
+    console.print(table)
+    return 0
+
+
+def _load_many(paths: list[str]):
+    import pandas as pd
+
+    from attnbench import results
+
+    frames, samples = [], []
+    # a shell glob such as results/run-*.csv also matches the companion samples file: map it back
+    paths = list(dict.fromkeys(p[: -len(".samples.csv")] + ".csv" if p.endswith(".samples.csv") else p
+                               for p in paths))  # fmt: skip
+    for path in paths:
+        frames.append(results.load(path))
+        if results.companion(path, "samples.csv").exists():
+            samples.append(results.load_samples(path))
+    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+    if df.empty:
+        raise AttnbenchError(f"{', '.join(paths)} has no rows yet")
+    return df, (pd.concat(samples, ignore_index=True) if samples else None)
+
+
+def cmd_report(args) -> int:
+    from attnbench import export, tables
+
+    if args.crossover and args.crossover[0] == args.crossover[1]:
+        raise AttnbenchError(f"--crossover needs two different mechanisms, got {args.crossover[0][:60]!r} twice")
+    if args.min_tokens is not None and args.min_tokens < 0:
+        raise AttnbenchError(f"--min-tokens must be >= 0, got {args.min_tokens}")
+    df, samples = _load_many(args.files)
+    crossover = tuple(args.crossover) if args.crossover else None
+    extra = tables.report_tables(df, baseline=args.baseline, crossover=crossover, samples=samples,
+                                 min_tokens=args.min_tokens)  # fmt: skip
+    if args.format == "term":
+        from attnbench.analysis import PivotTable
+
+        print_report(df)  # latency/memory pivots with status cells, model metrics, problems
+        for t in extra:
+            if isinstance(t, PivotTable) and t.metric in ("latency", "peak_memory"):
+                continue  # already shown by print_report
+            t = tables.as_table(t)
+            print_tables(render_tables(t.title, t.frame, index_name=t.frame.index.name or ""))
+    elif args.format == "md":
+        print("\n\n".join(export.to_markdown(t) for t in extra))
+    elif args.format == "latex":
+        print("\n\n".join(export.to_latex(t) for t in extra))
+    else:
+        sys.stdout.write(export.to_csv(extra))
+    if args.plot:
+        try:
+            Path(args.plot).mkdir(parents=True, exist_ok=True)
+        except (OSError, ValueError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            raise AttnbenchError(f"cannot create the plot folder {args.plot[:200]!r}: {reason}; choose another --plot"
+                                 ) from None  # fmt: skip
+        paths = export.write_plots(df, args.plot, baseline=args.baseline, samples=samples, min_tokens=args.min_tokens)
+        err_console.print(f"wrote {len(paths)} plot files to {esc(args.plot)}")
+        for path in paths:
+            err_console.print(f"  {esc(path)}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from attnbench import compare, results, tables
+
+    for path in (args.a, args.b):
+        metrics = set(results.load(path)["metric"])
+        if args.metric not in metrics:
+            raise AttnbenchError(f"{path} has no {args.metric[:60]!r} rows (it has: {', '.join(sorted(metrics))}); "
+                                 "check --metric")  # fmt: skip
+    frame, meta = compare.compare_runs(args.a, args.b, metric=args.metric, across_hardware=args.across_hardware)
+    for t in compare.comparison_tables(frame, meta):
+        t = tables.as_table(t)
+        print_tables(render_tables(t.title, t.frame, index_name=t.frame.index.name or ""))
+    console.print(esc(meta.summary(), 2000))
+    for note in meta.notes:
+        console.print(f"note: {esc(note, 2000)}")
+    return 0
+
+
+def gate_sides(args) -> tuple[list[str], list[str]]:
+    """BASELINE NEW, or A1 A2 ... -- B1 B2 ... (several files per side), or --baseline/--new lists."""
+    files = list(args.files or [])
+    base, new = list(args.baseline or []), list(args.new or [])
+    if new and not base:  # `A1 A2 -- B1 B2` arrives as files=[A1, A2], new=[B1, B2] (see main)
+        base, files = files, []
+    elif base and not new:
+        new, files = files, []
+    if files:
+        if len(files) != 2 or base or new:
+            raise AttnbenchError("gate takes BASELINE NEW, or several files per side as A1 A2 -- B1 B2")
+        base, new = [files[0]], [files[1]]
+    if not base or not new:
+        raise AttnbenchError("gate needs files on both sides: BASELINE NEW, or A1 A2 -- B1 B2")
+    return base, new
+
+
+def cmd_gate(args) -> int:
+    from attnbench.gate import gate
+
+    base, new = gate_sides(args)
+    result = gate(base, new, threshold=args.threshold, alpha=args.alpha, metric=args.metric,
+                  min_rounds=args.min_rounds, across_hardware=args.across_hardware,
+                  absolute=args.absolute)  # fmt: skip
+    print_gate(result)
+    return result.exit_code
+
+
+def cmd_ab(args) -> int:
+    from attnbench import ab
+    from attnbench.gate import gate
+
+    plan = ab.prepare(args.suite, baseline=args.baseline, candidate=args.candidate, rounds=args.rounds,
+                      out_dir=args.out, overrides=args.set or [])  # fmt: skip
+    console.print(f"A (baseline) = {esc(plan.sides['A'].describe(), 400)}")
+    console.print(f"B (candidate) = {esc(plan.sides['B'].describe(), 400)}")
+    console.print(f"{plan.rounds} rounds per side in the order {' '.join(plan.order)} -> {esc(plan.out_dir, 400)}")
+    try:
+        files = ab.execute(plan, log=lambda line: console.print(esc(line, 400)))
+    finally:
+        ab.cleanup(plan)
+    result = gate(files["A"], files["B"], threshold=args.threshold, alpha=args.alpha, metric="latency",
+                  absolute=args.absolute)  # fmt: skip
+    print_gate(result)
+    return result.exit_code
+
+
+def cmd_env(args) -> int:
+    from attnbench.measure.env import env_id, fingerprint
+    from attnbench.suite import resolve_device
+
+    device = resolve_device(args.device)
+    if device not in ("cpu", "cuda"):
+        raise AttnbenchError(f"--device must be auto, cpu or cuda, got {device[:40]!r}")
+    from types import SimpleNamespace
+
+    from attnbench.execute import apply_precision_settings
+
+    apply_precision_settings(SimpleNamespace(tf32=False))  # as every run does (tf32: false): the same env_id
+    fp = fingerprint(device)
+    console.print_json(json.dumps({"env_id": env_id(fp), **fp}, default=str))
+    if args.probe:
+        from attnbench.measure import peaks
+
+        console.print(f"probing {esc(device)} peaks (copy bandwidth, dense matmul per dtype)...")
+        result = peaks.get_or_probe(device, quick=args.quick, refresh=True)
+        cached = peaks.cache_path(result["fingerprint"])
+        table = RichTable(title=f"[bold]measured peaks on {esc(device)}[/] (cached: {esc(cached)})",
+                          title_justify="left", header_style="bold")  # fmt: skip
+        rows = peaks.table_rows(result)
+        for col in rows[0]:
+            table.add_column(col, overflow="fold")
+        for row in rows:
+            cells = ["" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row.values()]
+            table.add_row(*[esc(c) for c in cells])
+        console.print(table)
+        console.print("runs on this environment now add frac_bandwidth / frac_flops rows")
+    if args.stability is not None:
+        from attnbench.measure.stability import probe
+
+        if args.stability <= 0:
+            raise AttnbenchError(f"--stability takes a positive number of seconds, got {args.stability:g}")
+        console.print(f"timing a tiny op on the CPU for {args.stability:g} s, in windows...")
+        result = probe(args.stability)
+        console.print(esc(result.summary()))
+        if not result.steady:
+            console.print("timing on this machine moves between levels now: expect wide spreads and a gate that "
+                          "needs more rounds (README, 'Calibration on this machine')")  # fmt: skip
+    return 0

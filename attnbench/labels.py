@@ -1,0 +1,68 @@
+"""How a case, a shape and a group of cases are named on screen: one place for plan, summary, gate, compare,
+analysis and the report tables.
+
+Each function takes a mapping of results-row fields (a row's `to_dict()`, or a planned case's fields with
+`pass` for `pass_`); missing, None, NaN and NA fields are left out.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+_CASE_HEAD = ("mechanism", "level", "variant", "pass", "dtype")
+
+
+def has_value(v: Any) -> bool:
+    """Not None, NaN, NA or ''."""
+    if v is None or type(v).__name__ == "NAType":  # pandas.NA, without importing pandas
+        return False
+    return not (isinstance(v, float) and math.isnan(v)) and v != ""
+
+
+def text(v: Any) -> str:
+    """str(v), or '' where `v` has no value."""
+    return str(v) if has_value(v) else ""
+
+
+def case_label(fields: Mapping[str, Any], *, detail: bool = False) -> str:
+    """'rala_eager op fwd fp32 b8 14x14' (with the variant where there is one); `detail` adds heads and head
+    dim ('h2 d32') and the hardware kind ('@a100'). Falls back to the case_id when nothing else is known."""
+    parts = [text(fields.get(k)) for k in _CASE_HEAD]
+    if has_value(fields.get("batch")):
+        parts.append(f"b{fields['batch']}")
+    if has_value(fields.get("height")) and has_value(fields.get("width")):
+        parts.append(f"{fields['height']}x{fields['width']}")
+    if detail:
+        if fields.get("level") != "model":
+            parts += [f"{p}{fields[k]}" for p, k in (("h", "heads"), ("d", "head_dim")) if has_value(fields.get(k))]
+        if has_value(fields.get("hardware")):
+            parts.append(f"@{fields['hardware']}")
+    return " ".join(p for p in parts if p) or text(fields.get("case_id"))
+
+
+def mechanism_label(fields: Mapping[str, Any], *, size: bool = False) -> str:
+    """A table row: 'rala_eager', or 'rala_eager [ravlt_t]' where the case has a variant (the model at level
+    model, a configuration such as '+lepe+gate' at op/mixer level); `size` adds a model's image size (' @224')."""
+    text = str(fields["mechanism"]) + (f" [{fields['variant']}]" if has_value(fields.get("variant")) else "")
+    if size and fields.get("level") == "model":
+        text += f" @{fields['height']}"
+    return text
+
+
+def shape_label(fields: Mapping[str, Any]) -> str:
+    """A case's shape in a table column: '14²' or '16x24' (token grid); 'ravlt_t@224' at model level."""
+    if fields["level"] == "model":
+        return f"{fields['variant']}@{fields['height']}"
+    h, w = int(fields["height"]), int(fields["width"])
+    return f"{h}x{w}" if h != w else f"{h}²"
+
+
+def group_label(group: Mapping[str, Any]) -> str:
+    """'op fwd fp32 cpu, batch 1, heads 1, dim 64' (a shape 'HxW' where the group has one)."""
+    head = [str(group[k]) for k in ("level", "variant", "pass", "dtype", "device") if has_value(group.get(k))]
+    tail = [f"{k} {group[k]}" for k in ("batch", "heads", "dim") if has_value(group.get(k))]
+    if has_value(group.get("height")):
+        tail.insert(0, f"{group['height']}x{group['width']}")
+    return ", ".join([" ".join(head), *tail])

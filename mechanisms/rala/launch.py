@@ -1,0 +1,164 @@
+"""The host-side launch plan of the RALA Triton kernels, shared by the forward and backward launchers and
+by the ahead-of-time check: block sizes by head dim and dtype (per GPU architecture), splits along N by
+SM count, output layout, RoPE arguments, workspace size. Imports no triton.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, x - 1).bit_length()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """Block sizes and grid of one call. Programs per pass: (B*h, splits)."""
+
+    block_n: int  # tokens per block
+    pb: int  # padded d/2 (power of two >= 16); the d-block is 2*pb
+    splits: int  # programs per (b, h) along N
+    bps: int  # token blocks per split
+    num_warps: int
+    warps_b1: int = 0  # warps of the backward's first pass (_dstate_kernel) where it differs; 0: num_warps
+
+
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda" and not interpreting():
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 4  # the interpreter: several splits even at tiny shapes, so the merge paths are exercised
+
+
+@functools.cache
+def _device_arch(device: torch.device) -> int:
+    """Compute capability as an int (90 for sm_90); 90 where there is no CUDA device (interpreter)."""
+    if device.type == "cuda" and not interpreting():
+        major, minor = torch.cuda.get_device_capability(device)
+        return 10 * major + minor
+    return 90
+
+
+# Launch tables: (arch, pass, 16-bit?, d-block, token-major inputs) -> (BLOCK_N, num_warps), chosen by
+# compiling every kernel for the target and reading its registers and local memory
+# (scripts/aot_check.py, which fails CI on any spill): the largest token block that keeps every
+# kernel of the pass spill-free, preferring more programs per SM. "tok" = token-contiguous inputs
+# (the mixer's head split, RoPE tables from memory); "ch" = channel-contiguous (op level).
+# Architectures other than sm_80 / sm_90 use the sm_90 entries.
+LAUNCH_TABLE = {
+    # sm_90 (H100/H200)
+    (90, "fwd", True, 64, "ch"): (64, 4), (90, "fwd", True, 64, "tok"): (64, 4),
+    (90, "fwd", True, 128, "ch"): (32, 8), (90, "fwd", True, 128, "tok"): (32, 8),
+    (90, "bwd", True, 64, "ch"): (64, 8), (90, "bwd", True, 64, "tok"): (16, 4),
+    (90, "bwd", True, 128, "ch"): (32, 8), (90, "bwd", True, 128, "tok"): (16, 8),
+    # sm_80 (A100)
+    (80, "fwd", True, 64, "ch"): (64, 4), (80, "fwd", True, 64, "tok"): (64, 4),
+    (80, "fwd", True, 128, "ch"): (32, 8), (80, "fwd", True, 128, "tok"): (32, 8),
+    (80, "bwd", True, 64, "ch"): (16, 4), (80, "bwd", True, 64, "tok"): (16, 4),
+    (80, "bwd", True, 128, "ch"): (32, 8), (80, "bwd", True, 128, "tok"): (16, 8),
+}
+# Token-major inputs whose N is not a multiple of 16: no 16-byte accesses are possible (the token
+# stride has no known alignment), every access is scalar and needs more registers: smaller blocks.
+UNALIGNED_TOK = {("fwd", 64): (16, 4), ("bwd", 64): (16, 8), ("fwd", 128): (16, 8), ("bwd", 128): (16, 8)}
+# fp32 inputs: exact FMA dots (no tensor cores), the smallest token block; (BLOCK_N, warps, warps of B1)
+FP32_DEFAULT = (16, 8)
+FP32_TABLE = {(90, "bwd", 64, "ch"): (16, 8, 4)}  # sm_90: B1 at 8 warps gets 128 registers and spills 4 B
+
+
+def launch_entry(arch: int, backward: bool, dtype: torch.dtype, db: int, token_major: bool,
+                 aligned: bool = True) -> tuple:
+    """(BLOCK_N, num_warps[, warps of B1]) from the launch tables (d-blocks 32 use the 64 entries)."""
+    arch, pass_, db, layout = 80 if arch < 90 else 90, "bwd" if backward else "fwd", max(64, db), "ch"
+    if token_major:
+        layout = "tok"
+    if dtype == torch.float32:
+        return FP32_TABLE.get((arch, pass_, db, layout), FP32_DEFAULT)
+    if token_major and not aligned:
+        return UNALIGNED_TOK[(pass_, db)]
+    return LAUNCH_TABLE[(arch, pass_, True, db, layout)]
+
+
+@functools.cache
+def plan_launch(bh: int, n: int, d: int, dtype: torch.dtype, device: torch.device, *, backward: bool = False,
+                token_major: bool = False, arch: int | None = None, sms: int | None = None,
+                block_n: int | None = None, splits: int | None = None, num_warps: int | None = None) -> LaunchPlan:
+    """Autotune-free plan from the per-architecture launch table (`LAUNCH_TABLE`), which keeps every
+    kernel free of register spills on sm_80 and sm_90 (checked in CI by scripts/aot_check.py).
+    splits: B*h*splits <= 2 programs per SM (one wave). arch (e.g. 90) and sms default to the
+    device's; token_major: the inputs are token-contiguous (the mixer's layout).
+    """
+    db = max(32, _next_pow2(d))
+    entry = launch_entry(arch or _device_arch(device), backward, dtype, db, token_major, aligned=n % 16 == 0)
+    default_block, default_warps = entry[:2]
+    warps_b1 = entry[2] if len(entry) > 2 and num_warps is None else 0
+    if interpreting():  # tiny shapes on CPU: several blocks per split and several splits get tested
+        default_block = 16
+    block_n = block_n or max(16, min(default_block, _next_pow2(n)))
+    num_warps = num_warps or default_warps
+    n_blocks = _cdiv(n, block_n)
+    if splits is None:  # one wave of ~2 programs per SM (floor: no straggling partial second wave)
+        splits = 2 * (sms or _sm_count(device)) // bh
+    splits = max(1, min(splits, n_blocks))
+    bps = _cdiv(n_blocks, splits)
+    splits = _cdiv(n_blocks, bps)  # no empty split
+    return LaunchPlan(block_n=block_n, pb=db // 2, splits=splits, bps=bps, num_warps=num_warps, warps_b1=warps_b1)
+
+
+def empty_like_layout(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """An uninitialised (B, h, N, d) tensor laid out like `x` where that layout is a common one:
+    (B, N, h, d) memory, token-contiguous (B, h, d, N) memory (the mixer's head split), else
+    contiguous."""
+    b, h, n, d = x.shape
+    dtype = dtype or x.dtype
+    st = x.stride()
+    if st[3] == 1 and st[1] == d and st[2] == h * d and h > 1:
+        return torch.empty(b, n, h, d, dtype=dtype, device=x.device).transpose(1, 2)
+    if st[2] == 1 and n > 1:
+        return torch.empty(b, h, d, n, dtype=dtype, device=x.device).transpose(2, 3)
+    return torch.empty(b, h, n, d, dtype=dtype, device=x.device)
+
+
+@functools.cache
+def rope_angle_on(d: int, device: torch.device) -> torch.Tensor:
+    """The spec's (d/2,) fp32 angle buffer on `device` (cached)."""
+    from attnbench.layers import rope_angle
+
+    return rope_angle(d).to(device)
+
+
+def rope_args(rope, n: int, d: int, device: torch.device, token_major: bool = False):
+    """(ANGLE, SIN, COS, stride_n, stride_d, ROPE_FROM_MEM) for the kernels.
+
+    token_major (the inputs are token-contiguous, as the mixer's head split makes them): the tables
+    are handed over token-contiguous too ((d, N) memory, one small copy of 2 N d elements shared by
+    every (b, h)), so every tile of a kernel has one memory order; a table tile in the other order
+    would need a layout conversion through shared memory and its registers (spills at d >= 64)."""
+    angle = rope_angle_on(d, device)
+    if rope is None:
+        return angle, angle, angle, 0, 0, False
+    sin, cos = rope
+    if sin.shape != (n, d) or cos.shape != (n, d) or sin.stride() != cos.stride():
+        raise ValueError(f"rope tables must be two (N, d) = ({n}, {d}) tensors with equal strides, "
+                         f"got {tuple(sin.shape)} and {tuple(cos.shape)}")
+    if token_major and n > 1 and sin.stride(0) != 1:
+        sin, cos = sin.t().contiguous().t(), cos.t().contiguous().t()  # (N, d) views of (d, N) memory
+    return angle, sin, cos, sin.stride(0), sin.stride(1), True
+
+
+def workspace_size(bh: int, splits: int, d: int) -> int:
+    """fp32 elements of the forward's workspace (`state_ptrs`, `partial_ptrs`): one allocation
+    instead of nine keeps the host-side cost of a call low (it matters at ~50 us kernels)."""
+    return bh * (2 * d + d * d + 2) + bh * splits * (2 * d + d * d + 2)

@@ -1,0 +1,76 @@
+"""RALA, the readable reference (spec section 1, steps 4-9): the operator, its token mixer and its KV state.
+
+Every fast form (compiled, Triton) is tested against these functions; `rala_eager` (eager.py) runs them.
+
+Fan et al., "Breaking the Low-Rank Dilemma of Linear Attention", CVPR 2025. The operator follows
+the published classification code's order of operations so float32 outputs match it to ~1e-6.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from attnbench.layers import TokenMixer, apply_rope, rope_tables
+
+CITE_RALA = "Fan et al., Breaking the Low-Rank Dilemma of Linear Attention, CVPR 2025"
+
+
+def phi(t):
+    """The positive feature map ELU(t) + 1."""
+    return F.elu(t) + 1.0
+
+
+def default_rope(grid, head_dim, like):
+    """Op-level RoPE tables: built in float32 (the published buffer dtype; float64 for float64
+    inputs, so fp64 references stay exact), then cast to `like`'s dtype."""
+    build = torch.float64 if like.dtype == torch.float64 else torch.float32
+    sin, cos = rope_tables(grid[0], grid[1], head_dim, dtype=build, device=like.device)
+    return sin.to(like.dtype), cos.to(like.dtype)
+
+
+def rala_op(q, k, v, *, grid, rope=None):
+    """RALA operator on raw projections. q, k, v: (B, h, N, d); grid = (H, W), N = H*W.
+
+    rope: (sin, cos), each (N, d); None builds the default tables (`default_rope`).
+    """
+    n = q.shape[-2]
+    if grid[0] * grid[1] != n:
+        raise ValueError(f"grid {tuple(grid)} has {grid[0] * grid[1]} tokens but the inputs have {n}")
+    sin, cos = rope if rope is not None else default_rope(grid, q.shape[-1], q)
+    scale = q.shape[-1] ** -0.5
+    q = phi(q)
+    k = phi(k)  # (B, h, N, d)
+    q_mean = q.mean(dim=-2, keepdim=True)  # (B, h, 1, d)
+    alpha = torch.softmax(scale * q_mean @ k.transpose(-1, -2), dim=-1).transpose(-1, -2)  # (B, h, N, 1)
+    k = k * alpha * n  # query-aware token reweighting
+    q_rope = apply_rope(q, sin, cos)
+    k_rope = apply_rope(k, sin, cos)
+    z = 1 / (q @ k.mean(dim=-2, keepdim=True).transpose(-2, -1) + 1e-6)  # (B, h, N, 1), un-rotated
+    kv = (k_rope.transpose(-2, -1) * n**-0.5) @ (v * n**-0.5)  # (B, h, d, d)
+    return q_rope @ kv * z  # (B, h, N, d)
+
+
+def rala_mixer(dim: int, num_heads: int, operator=rala_op, **shell_options) -> TokenMixer:
+    """The RALA token mixer: state_dict keys qkvo.*, lepe.*, proj.* exactly as published."""
+    return TokenMixer(dim, num_heads, operator, **shell_options)
+
+
+def rala_kv_buffer(q: Tensor, k: Tensor, v: Tensor, *, grid, rope=None, query_aware: bool = True) -> Tensor:
+    """RALA's KV (spec step 8) from raw q, k, v (B, h, N, d): mean_m R(k~_m) v_m^T, (B, h, d, d).
+
+    k~_m = phi(k_m) alpha_m N with alpha = softmax_m(d^-0.5 mean_n phi(q_n) . phi(k_m)), or
+    k~ = phi(k) when query_aware is False. rope: (sin, cos) tables, None builds the default ones.
+    """
+    n = q.shape[-2]
+    if grid[0] * grid[1] != n:
+        raise ValueError(f"grid {tuple(grid)} has {grid[0] * grid[1]} tokens but the inputs have {n}")
+    sin, cos = rope if rope is not None else default_rope(grid, q.shape[-1], q)
+    k = phi(k)  # (B, h, N, d)
+    if query_aware:
+        q_mean = phi(q).mean(dim=-2, keepdim=True)  # (B, h, 1, d)
+        alpha = torch.softmax(q.shape[-1] ** -0.5 * q_mean @ k.transpose(-1, -2), dim=-1).transpose(-1, -2)
+        k = k * alpha * n  # (B, h, N, d)
+    k_rope = apply_rope(k, sin, cos)
+    return (k_rope.transpose(-2, -1) * n**-0.5) @ (v * n**-0.5)
