@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from attnbench import registry, verify
+from attnbench import verify
 from attnbench.measure.timing import synchronize
 from attnbench.plan import plan
 from attnbench.suite import load_suite
@@ -71,9 +71,4 @@ def expected_shape(case) -> tuple[int, ...]:
 
 
 def _verify(case) -> verify.Verdict:
-    mech = registry.get(case.mechanism)
-    common = dict(batch=case.batch, heads=case.heads, height=case.height, width=case.width, dtype=case.dtype,
-                  device=case.device, pass_=case.pass_, options=case.options_dict)  # fmt: skip
-    if case.level == "op":
-        return verify.verify_op(mech, head_dim=case.head_dim, **common)
-    return verify.verify_mixer(mech, dim=case.dim, **common)
+    return verify.verify_case(CaseInputs.of(case))
