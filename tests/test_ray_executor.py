@@ -18,6 +18,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from sleepy_suite import sleepy_suite  # noqa: E402
+
 from attnbench import results  # noqa: E402
 from attnbench.cli import main  # noqa: E402
 from attnbench.executors.ray_cluster import RayExecutor  # noqa: E402
@@ -25,23 +27,7 @@ from attnbench.runner import run_suite  # noqa: E402
 from attnbench.suite import load_suite  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SLEEPY = REPO / "tests" / "plugins" / "sleepy.py"
-
-SUITE = f"""\
-    name: rayscale
-    plugins: [{SLEEPY}]
-    mechanisms: [test_sleepy, softmax_sdpa]
-    level: op
-    dim: 16
-    resolution: [2, 3]
-    batch: [1, 2]
-    device: cpu
-    warmup: 0
-    verify: false
-    metrics: [latency]
-    repeats: {{min: 3, max: 3, min_time_s: 0}}
-    rounds: 2
-    """
+SUITE = sleepy_suite("rayscale")
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sleepy_suite import SLEEPY, sleepy_suite
 
 from attnbench import results, rounds
 from attnbench.cli import main
@@ -22,23 +23,7 @@ from attnbench.plan import plan
 from attnbench.suite import load_suite
 
 REPO = Path(__file__).resolve().parents[1]
-SLEEPY = REPO / "tests" / "plugins" / "sleepy.py"
-
-SUITE = f"""\
-    name: scale
-    plugins: [{SLEEPY}]
-    mechanisms: [test_sleepy, softmax_sdpa]
-    level: op
-    dim: 16
-    resolution: [2, 3]
-    batch: [1, 2]
-    device: cpu
-    warmup: 0
-    verify: false
-    metrics: [latency]
-    repeats: {{min: 3, max: 3, min_time_s: 0}}
-    rounds: 2
-    """
+SUITE = sleepy_suite("scale")
 
 
 def write_suite(tmp_path: Path, body: str = SUITE, name: str = "suite.yaml") -> Path:
