@@ -4,6 +4,7 @@ and printing through `cli_render`."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -264,6 +265,8 @@ def cmd_env(args) -> int:
     device = resolve_device(args.device)
     if device not in ("cpu", "cuda"):
         raise AttnbenchError(f"--device must be auto, cpu or cuda, got {device[:40]!r}")
+    if args.stability is not None and not (math.isfinite(args.stability) and args.stability > 0):
+        raise AttnbenchError(f"--stability takes a positive number of seconds, got {args.stability:g}")
     from types import SimpleNamespace
 
     from attnbench.execute import apply_precision_settings
@@ -290,8 +293,6 @@ def cmd_env(args) -> int:
     if args.stability is not None:
         from attnbench.measure.stability import probe
 
-        if args.stability <= 0:
-            raise AttnbenchError(f"--stability takes a positive number of seconds, got {args.stability:g}")
         console.print(f"timing a tiny op on the CPU for {args.stability:g} s, in windows...")
         result = probe(args.stability)
         console.print(esc(result.summary()))

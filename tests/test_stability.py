@@ -20,9 +20,10 @@ def test_probe_reports_windows_and_spread():
     assert ("steady" if result.steady else "UNSTEADY") in result.summary()
 
 
-def test_probe_refuses_non_positive_time():
+@pytest.mark.parametrize("seconds", [0, -1, math.inf, math.nan])
+def test_probe_refuses_non_positive_or_non_finite_time(seconds):
     with pytest.raises(ValueError, match="positive"):
-        stability.probe(0)
+        stability.probe(seconds)
 
 
 def test_env_stability_cli(capsys):
@@ -31,6 +32,10 @@ def test_env_stability_cli(capsys):
     assert "windows of 0.25 s" in out and "log-sd of window medians" in out
 
 
-def test_env_stability_cli_rejects_negative(capsys):
-    assert main(["env", "--device", "cpu", "--stability", "-1"]) == 2
-    assert "positive number of seconds" in capsys.readouterr().err
+@pytest.mark.parametrize("value", ["-1", "0", "inf", "nan"])
+def test_env_stability_cli_rejects_bad_seconds(capsys, value):
+    assert main(["env", "--device", "cpu", "--stability", value]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "positive number of seconds" in err[0]
+    assert captured.out == ""  # refused before the fingerprint is printed

@@ -48,8 +48,8 @@ class Stability:
 
 def probe(seconds: float = 8.0) -> Stability:
     """Time a tiny SDPA forward+backward on CPU in back-to-back windows for `seconds` (one thread)."""
-    if seconds <= 0:
-        raise ValueError(f"seconds must be positive, got {seconds}")
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"seconds must be positive and finite, got {seconds}")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
