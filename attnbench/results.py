@@ -92,7 +92,7 @@ def _cell(column: str, value: Any) -> str:
         return ""
     if isinstance(value, bool):
         return str(value)
-    if column in INT_COLUMNS or column in ("rep", "round"):
+    if column in INT_COLUMNS or column in ("rep", "round", "sweep"):
         try:
             number = int(value)
         except (TypeError, ValueError, OverflowError):
@@ -177,7 +177,7 @@ class ResultsWriter:
         self.path = check_out_path(path)
         samples_path = companion(self.path, "samples.csv")
         if samples_path.is_file() and samples_path.stat().st_size and _header(samples_path) != SAMPLE_COLUMNS:
-            raise ResultsError(f"{samples_path} was written by an older attnbench (no `round` column); "
+            raise ResultsError(f"{samples_path} was written by an older attnbench (no `round` or `sweep` column); "
                                "choose a new --out instead of resuming it")  # fmt: skip
         if self.path.exists() and self.path.stat().st_size and _header(self.path) == COLUMNS_V1:
             raise ResultsError(f"{self.path} was written by an older attnbench (schema 1, no worker/concurrent "
@@ -203,8 +203,8 @@ class ResultsWriter:
         self.rows.write(rows)
         self._keys = seen
 
-    def write_samples(self, case_id: str, metric: str, values: list[float], round: int = 0) -> None:
-        self.samples.write({"case_id": case_id, "metric": metric, "round": round, "rep": i, "value": v}
+    def write_samples(self, case_id: str, metric: str, values: list[float], round: int = 0, sweep: int = 0) -> None:
+        self.samples.write({"case_id": case_id, "metric": metric, "round": round, "sweep": sweep, "rep": i, "value": v}
                            for i, v in enumerate(values))  # fmt: skip
 
     def write_env(self, env_id: str, fp: dict[str, Any]) -> None:
@@ -362,21 +362,21 @@ def load(path: str | Path, *, dedupe: bool = True) -> pd.DataFrame:
 
 
 def load_samples(path: str | Path) -> pd.DataFrame:
-    """Raw repeat samples (case_id, metric, round, rep, value) of FILE.csv (or of the samples file itself).
+    """Raw repeat samples (case_id, metric, round, sweep, rep, value) of FILE.csv (or of the samples file itself).
 
-    Files written before rounds existed have no `round` column: all their samples are round 0."""
+    Files written before rounds (or sweeps) existed have no `round` (`sweep`) column: their samples are 0 there."""
     path = Path(path)
     if not path.name.endswith(".samples.csv"):
         path = companion(path, "samples.csv")
     if not path.exists():
         raise ResultsError(f"samples file {path} not found (it is written beside FILE.csv by `attnbench run`)")
-    has_round = "round" in _header(path) if path.is_file() else True
-    df = _read_validated(path, SAMPLE_COLUMNS if has_round else [c for c in SAMPLE_COLUMNS if c != "round"],
-                         check_sample)  # fmt: skip
+    header = _header(path) if path.is_file() else SAMPLE_COLUMNS
+    absent = [c for c in ("round", "sweep") if c not in header]
+    df = _read_validated(path, [c for c in SAMPLE_COLUMNS if c not in absent], check_sample)
     skipped = df.attrs.get("skipped_lines", [])
-    if not has_round:
-        df.insert(2, "round", "0")
-    for col in ("round", "rep"):
+    for col in absent:
+        df.insert(SAMPLE_COLUMNS.index(col), col, "0")
+    for col in ("round", "sweep", "rep"):
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
     df["value"] = pd.to_numeric(df["value"], errors="coerce").astype("float64")
     df.attrs["skipped_lines"] = skipped

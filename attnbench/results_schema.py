@@ -14,7 +14,7 @@ COLUMNS_V1 = [
 ]  # fmt: skip
 # schema 2 (issue #13): who measured the row and how many cases that host ran at once meanwhile
 COLUMNS = COLUMNS_V1 + ["worker", "concurrent"]
-SAMPLE_COLUMNS = ["case_id", "metric", "round", "rep", "value"]
+SAMPLE_COLUMNS = ["case_id", "metric", "round", "sweep", "rep", "value"]  # older files lack sweep (and round): 0
 ROW_KEY = ("case_id", "metric", "stat", "source")  # at most one row per key in a file (the writer refuses more)
 INT_COLUMNS = ["schema_version", "batch", "height", "width", "tokens", "heads", "head_dim", "dim", "concurrent"]
 STATUSES = ("ok", "skipped", "oom", "timeout", "crash", "error")
@@ -70,11 +70,11 @@ def check_row(row: dict[str, str]) -> str | None:
 
 
 def check_sample(row: dict[str, str]) -> str | None:
-    """Why a samples row is invalid, or None: case_id and metric set, rep (and round) an integer >= 0, a finite
-    value."""
+    """Why a samples row is invalid, or None: case_id and metric set, rep (and round, sweep) an integer >= 0, a
+    finite value."""
     if not row["case_id"] or not row["metric"]:
         return "case_id or metric is empty"
-    if row["rep"] == "" or row.get("round") == "":
-        return "rep or round is empty"
+    if row["rep"] == "" or row.get("round") == "" or row.get("sweep") == "":
+        return "rep, round or sweep is empty"
     return (_int_problem(row["rep"], "rep") or _int_problem(row.get("round", "0"), "round")
-            or _float_problem(row["value"], "value", required=True))  # fmt: skip
+            or _int_problem(row.get("sweep", "0"), "sweep") or _float_problem(row["value"], "value", required=True))

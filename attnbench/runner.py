@@ -1,10 +1,10 @@
 """Run a suite: plan -> execute -> write.
 
 The plan (attnbench.plan) gives the cases; every case runs in `rounds` rounds, each round in a fresh
-worker process where isolation is `process` (attnbench.isolation) and in a seeded shuffled order
-(attnbench.rounds); attnbench.execute turns each (case, round) into rows and raw samples; `record`
-appends them durably (attnbench.results) as each case finishes. `resume=True` skips cases whose case_id
-already has rows in the output file, and rounds already in its samples file. With an `executor`
+worker process where isolation is `process` (attnbench.isolation), visiting the cases `sweeps` times
+in seeded shuffled orders (attnbench.rounds); attnbench.execute turns each visit into rows and raw
+samples; `record` appends them durably (attnbench.results) as each visit finishes. `resume=True` skips
+cases whose case_id already has rows in the output file, and rounds complete in its samples file. With an `executor`
 (attnbench.executors: local worker pool, Ray) the executor schedules the cases and calls `record`.
 """
 
@@ -28,8 +28,8 @@ from attnbench.userinput import slug
 
 
 class Progress(Protocol):
-    """Callbacks of a run, counted in case-rounds (cases x rounds; a case that ends early counts its
-    remaining rounds as done). An optional `round_start(index, rounds)` is called when a round begins."""
+    """Callbacks of a run, counted in visits (cases x rounds x sweeps; a case that ends early counts its
+    remaining visits as done). An optional `round_start(index, rounds)` is called when a round begins."""
 
     def start(self, total: int, resumed: int) -> None: ...
     def case_start(self, index: int, case: Case) -> None: ...
@@ -53,18 +53,21 @@ class RunState:
     cases: list[Case]
     writer: ResultsWriter
     done: set[str]  # cases with rows when the run started (--resume)
-    prior: dict[str, dict[int, list[float]]]  # case_id -> {round: latency repeats} of finished timing rounds
+    prior: dict[str, dict[int, rounds.Sweeps]]  # case_id -> {round: its sweeps' repeats} of finished timing rounds
     rounds: int
     summary: RunSummary
-    step: int  # (case, round) steps done, for progress
+    step: int  # visits (case, round, sweep) done, for progress
     ended: set[str] = field(default_factory=set)  # cases with rows: done before, finished, or failed earlier
+    sweeps: int = 1
+    current: dict[str, rounds.Sweeps] = field(default_factory=dict)  # case_id -> this round's sweeps so far
 
     def pending(self, case: Case, round_index: int) -> bool:
         return case.case_id not in self.ended and round_index not in self.prior.get(case.case_id, {})
 
-    def earlier(self, case: Case) -> list[list[float]]:
-        """The case's latency repeats of its finished earlier rounds, in round order."""
-        return [v for _, v in sorted(self.prior.get(case.case_id, {}).items())]
+    def earlier(self, case: Case) -> rounds.History:
+        """The case's finished earlier rounds (in round order) and this round's sweeps so far."""
+        done = tuple(v for _, v in sorted(self.prior.get(case.case_id, {}).items()))
+        return rounds.History(done, tuple(self.current.get(case.case_id, ())))
 
 
 def default_out(suite: Suite, results_dir: str | Path = "results") -> Path:
@@ -119,17 +122,21 @@ class Runner:
                 if isolation_mode(suite) == "process":  # a fresh worker process for every round
                     self.pool = WorkerPool(suite, self.run_id, self.env_id, suite.memory_limit_gb)
                 try:
-                    for case in rounds.round_order(unit_list, round_index, suite.order_seed, n_rounds):
-                        if not state.pending(case, round_index):
-                            continue
-                        if self.progress:
-                            self.progress.case_start(state.step, case)
-                        if self.pool is not None:
-                            self.pool.worker = ""  # set when the case reaches the worker (not for planned skips)
-                        rows, samples = self.case_executor.run(case, prior=state.earlier(case), time_only=not final,
-                                                               pool=self.pool)  # fmt: skip
-                        worker = (self.pool.worker if self.pool is not None else "") or this_worker()
-                        self.record(state, case, round_index, rows, samples, worker=worker, concurrent=1)
+                    for sweep in range(state.sweeps):
+                        last = final and sweep == state.sweeps - 1
+                        for case in rounds.round_order(unit_list, round_index, suite.order_seed, n_rounds, sweep,
+                                                       state.sweeps):  # fmt: skip
+                            if not state.pending(case, round_index):
+                                continue
+                            if self.progress:
+                                self.progress.case_start(state.step, case)
+                            if self.pool is not None:
+                                self.pool.worker = ""  # set when the case reaches the worker (not planned skips)
+                            rows, samples = self.case_executor.run(case, prior=state.earlier(case), time_only=not last,
+                                                                   pool=self.pool)  # fmt: skip
+                            worker = (self.pool.worker if self.pool is not None else "") or this_worker()
+                            self.record(state, case, round_index, rows, samples, worker=worker, concurrent=1,
+                                        sweep=sweep)  # fmt: skip
                 finally:
                     if self.pool is not None:
                         self.pool.close()
@@ -139,28 +146,36 @@ class Runner:
         return state.summary
 
     def record(self, state: RunState, case: Case, round_index: int, rows: list[dict[str, Any]],
-               samples: dict[str, list[float]], *, worker: str, concurrent: int | None) -> str:  # fmt: skip
-        """Write one (case, round)'s samples, then (last round or failure) its rows; returns the status."""
-        n_rounds, final = state.rounds, round_index == state.rounds - 1
+               samples: dict[str, list[float]], *, worker: str, concurrent: int | None,
+               sweep: int = 0) -> str:  # fmt: skip
+        """Write one visit's samples (case, round, sweep), then (last visit or failure) its rows; returns the
+        status. A task that failed as a whole records its cases at sweep 0."""
+        n_rounds = state.rounds
+        final = round_index == n_rounds - 1 and sweep == state.sweeps - 1
         for metric, values in samples.items():  # samples first: rows mark the case done
-            state.writer.write_samples(case.case_id, metric, values, round=round_index)
-        if not final and not rows:  # a timing-only round went well: keep its repeats
-            state.prior.setdefault(case.case_id, {})[round_index] = samples.get("latency", [])
+            state.writer.write_samples(case.case_id, metric, values, round=round_index, sweep=sweep)
+        if not final and not rows:  # a timing-only visit went well: keep its repeats
+            state.current.setdefault(case.case_id, []).append(samples.get("latency", []))
+            if sweep == state.sweeps - 1:  # the round is complete
+                state.prior.setdefault(case.case_id, {})[round_index] = state.current.pop(case.case_id)
             status = "ok"
         else:
-            if not final and n_rounds > 1 and rows and rows[0]["status"] != "skipped":
+            state.current.pop(case.case_id, None)
+            if not final and rows and rows[0]["status"] != "skipped":
+                where = f"round {round_index + 1}/{n_rounds}"
+                where += f", sweep {sweep + 1}/{state.sweeps}" if state.sweeps > 1 else ""
                 for row in rows:
                     if row.get("message"):
-                        row["message"] = f"round {round_index + 1}/{n_rounds}: {row['message']}"
+                        row["message"] = f"{where}: {row['message']}"
             for row in rows:
                 row["worker"], row["concurrent"] = worker, concurrent
             state.writer.write_rows(rows)
             state.ended.add(case.case_id)
             status = rows[0]["status"] if rows else "error"
             state.summary.statuses[status] += 1
-            state.step += n_rounds - round_index - 1  # its later rounds will not run
+            state.step += (n_rounds - round_index) * state.sweeps - sweep - 1  # its later visits will not run
         state.step += 1
-        if self.progress:  # index = case-rounds accounted for so far
+        if self.progress:  # index = visits accounted for so far
             self.progress.case_end(state.step, case, status, rows)
         return status
 
@@ -183,16 +198,17 @@ class Runner:
         writer.write_env(setup.env_id, setup.fingerprint)
         writer.write_suite(suite.to_yaml())
         timed = "latency" in suite.metrics
-        n_rounds = suite.rounds if timed else 1
-        prior = rounds.prior_from_samples(self.out) if self.resume and n_rounds > 1 else {}
+        n_rounds, n_sweeps = (suite.rounds, suite.sweeps) if timed else (1, 1)
+        several = n_rounds > 1 or n_sweeps > 1
+        prior = rounds.prior_from_samples(self.out, n_sweeps) if self.resume and several else {}
         prior = {k: {r: v for r, v in by.items() if r < n_rounds - 1} for k, by in prior.items() if k not in done}
         summary = RunSummary(self.out, self.run_id, len(cases), resumed=sum(c.case_id in done for c in cases),
                              rounds=n_rounds)  # fmt: skip
-        total_steps = len(cases) * n_rounds
-        steps_done = sum(c.case_id in done for c in cases) * n_rounds + sum(len(v) for v in prior.values())
+        total_steps = len(cases) * n_rounds * n_sweeps
+        steps_done = (sum(c.case_id in done for c in cases) * n_rounds + sum(len(v) for v in prior.values())) * n_sweeps
         if self.progress:
             self.progress.start(total_steps, steps_done)
-        return RunState(cases, writer, done, prior, n_rounds, summary, steps_done, ended=set(done))
+        return RunState(cases, writer, done, prior, n_rounds, summary, steps_done, ended=set(done), sweeps=n_sweeps)
 
 
 RESUME_FREE_KEYS = {"timeout_s", "isolation", "memory_limit_gb"}  # may change between a run and its resume

@@ -34,26 +34,26 @@ def finite(values: Sequence[float] | np.ndarray) -> np.ndarray:
 
 
 def last_blocks(samples: pd.DataFrame) -> pd.DataFrame:
-    """Per (case_id, metric, round), the repeats from its last `rep == 0` on: a case-round measured twice in
-    one file (e.g. re-measured by --resume) counts with its latest block."""
+    """Per (case_id, metric, round, sweep), the repeats from its last `rep == 0` on: a case-round measured twice
+    in one file (e.g. re-measured by --resume) counts with its latest block."""
     if samples.empty:
         return samples
-    rounds = samples["round"] if "round" in samples.columns else pd.Series(0, index=samples.index)
-    keys = [samples["case_id"], samples["metric"], rounds]
+    zero = pd.Series(0, index=samples.index)
+    keys = [samples["case_id"], samples["metric"], samples.get("round", zero), samples.get("sweep", zero)]
     block = samples["rep"].eq(0).fillna(False).astype(int).groupby(keys).cumsum()
     return samples[block == block.groupby(keys).transform("max")]
 
 
 def round_medians(samples: pd.DataFrame | None, metric: str = "latency") -> dict[str, np.ndarray]:
-    """case_id -> median of each round's finite repeats of `metric`, in round order (files without a round
-    column are one round)."""
+    """case_id -> each round's value of `metric`, in round order: the median of its finite repeats, or with
+    several sweeps per round the lowest sweep median (attnbench.rounds.round_value). Files without a round
+    (sweep) column are one round (sweep)."""
     if samples is None or samples.empty:
         return {}
     s = last_blocks(samples[samples["metric"] == metric])
     s = s[np.isfinite(s["value"].to_numpy(float))]
-    if "round" not in s.columns:
-        s = s.assign(round=0)
-    meds = s.groupby(["case_id", "round"], sort=True)["value"].median()
+    s = s.assign(**{c: 0 for c in ("round", "sweep") if c not in s.columns})
+    meds = s.groupby(["case_id", "round", "sweep"], sort=True)["value"].median().groupby(level=[0, 1]).min()
     out: dict[str, np.ndarray] = {}
     for case_id in dict.fromkeys(s["case_id"]):  # first-seen order
         out[str(case_id)] = meds.loc[case_id].to_numpy(float)

@@ -17,6 +17,7 @@ from attnbench.errors import AttnbenchError, SuiteError
 from attnbench.suite_schema import (
     INT32,
     MAX_ROUNDS,
+    MAX_SWEEPS,
     MODEL_OPTIONS,
     Repeats,
     Suite,
@@ -193,6 +194,8 @@ def check_values(merged: dict[str, Any], where: Callable[[str], str], path: Path
         raise fail(where, "repeats", "`repeats.target_ci` must be a positive fraction (e.g. 0.02) or null")
     if not 1 <= _get(values, "rounds") <= MAX_ROUNDS:
         raise fail(where, "rounds", f"`rounds` must be between 1 and {MAX_ROUNDS}")
+    if not 1 <= _get(values, "sweeps") <= MAX_SWEEPS:
+        raise fail(where, "sweeps", f"`sweeps` must be between 1 and {MAX_SWEEPS}")
     if _get(values, "order_seed") < 0:
         raise fail(where, "order_seed", "`order_seed` must be >= 0")
     if _get(values, "warmup") < 0:

@@ -27,6 +27,7 @@ ISOLATIONS = ("auto", "inprocess", "process")
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_ROUNDS = 5  # the gate's calibration (README "Regression gating") holds at this default
 MAX_ROUNDS = 1000
+MAX_SWEEPS = 100
 INT32 = (1 << 31) - 1
 
 
@@ -72,6 +73,9 @@ class Suite:
     repeats: Repeats = key(factory=Repeats, doc="timed repeats per round: {min, max, min_time_s, target_ci}")
     rounds: int = key(DEFAULT_ROUNDS, doc=f"timed cases are measured in this many rounds (1-{MAX_ROUNDS}), each "
                       "in a fresh worker process")  # fmt: skip
+    sweeps: int = key(1, doc=f"visits of every timed case per round (1-{MAX_SWEEPS}), each sweep in its own shuffled "
+                      "order timing 1/sweeps of the repeats; a round's value is its fastest sweep's median "
+                      "(README: Sweeps)")  # fmt: skip
     order_seed: int = key(0, doc="seeds the shuffled case order of each round (recorded)")
     timeout_s: float = key(120.0, max=7 * 86400.0, doc="per case and round, in seconds")
     isolation: str = key("auto", allowed=ISOLATIONS, doc="auto: process on GPU or with rounds > 1, else inprocess")

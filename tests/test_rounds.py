@@ -80,12 +80,91 @@ def test_round_order_is_seeded_and_keeps_batch_ladders(tmp_path):
 
 
 def test_latency_summary_over_round_medians():
-    stats, note = rounds.latency_summary([5.0, 6.0, 7.0], [[1.0, 2.0, 3.0], [10.0, 11.0]])
+    history = rounds.History(([[1.0, 2.0, 3.0]], [[10.0, 11.0]]))
+    stats, note = rounds.latency_summary([5.0, 6.0, 7.0], history)
     assert stats["median"] == 6.0 and stats["n"] == 3 and stats["min"] == 2.0 and stats["mean"] == pytest.approx(
         (2 + 10.5 + 6) / 3)
     assert note == "over 3 round medians"
-    single, note = rounds.latency_summary([1.0, 2.0, 3.0, 10.0], [])
+    single, note = rounds.latency_summary([1.0, 2.0, 3.0, 10.0])
     assert single["median"] == 2.5 and single["n"] == 4 and note == ""
+
+
+def test_round_value_is_the_fastest_sweep_median():
+    assert rounds.round_value([[3.0, 1.0, 2.0]]) == 2.0  # one sweep: its median
+    assert rounds.round_value([[5.0, 6.0, 7.0], [2.0, 3.0], [4.0, 4.0, 9.0]]) == 2.5  # slow sweeps do not count
+    with pytest.raises(ValueError):
+        rounds.round_value([[]])
+    # a round of three sweeps (two earlier, this one), after one earlier round of two sweeps
+    history = rounds.History(([[9.0, 9.0], [3.0, 3.0]],), ([8.0], [5.0, 7.0]))
+    stats, note = rounds.latency_summary([4.0, 4.0], history)
+    assert stats["n"] == 2 and stats["min"] == 3.0 and stats["median"] == pytest.approx(3.5)
+    assert note == "over 2 round values (each the fastest of 3 sweep medians)"
+    one, note = rounds.latency_summary([4.0], rounds.History((), ([1.0], [2.0, 3.0])))
+    assert one["n"] == 4 and one["median"] == 2.5 and note == "one round of 3 sweeps"  # one round: raw repeats
+    assert rounds.History().then([1.0]).then([2.0]).sweeps == ([1.0], [2.0])
+
+
+def test_sweep_policy_shares_the_round_budget():
+    from attnbench.measure.timing import RepeatPolicy
+
+    policy = RepeatPolicy(min=10, max=50, min_time_s=0.1)
+    assert rounds.sweep_policy(policy, 1) is policy
+    share = rounds.sweep_policy(policy, 4)
+    assert (share.min, share.max, share.min_time_s) == (3, 13, pytest.approx(0.025))
+    tiny = rounds.sweep_policy(RepeatPolicy(min=1, max=1, min_time_s=0), 8)
+    assert (tiny.min, tiny.max) == (1, 1)
+
+
+def test_each_sweep_has_its_own_seeded_order(tmp_path):
+    units = [[object()] for _ in range(12)]
+    orders = [rounds.unit_order(len(units), 0, 3, 1, sweep, 4) for sweep in range(4)]
+    assert len({tuple(o) for o in orders}) == 4 and all(sorted(o) == list(range(12)) for o in orders)
+    assert orders[0] == rounds.unit_order(12, 0, 3, 5)  # sweep 0 keeps the round's own order
+    assert orders[2] == rounds.unit_order(12, 0, 3, 1, 2, 4)  # reproducible
+    assert rounds.unit_order(12, 0, 3, 1) == list(range(12))  # one round, one sweep: the plan's order
+
+
+def test_sweeps_spread_a_round_and_resume_by_whole_rounds(tmp_path):
+    """Each visit times its share; samples carry (round, sweep); rows are over round values (fastest sweep);
+    a resumed run keeps complete rounds and measures a partly measured round again."""
+    suite = write_suite(tmp_path, TINY.rstrip(" ") + "    rounds: 2\n    sweeps: 3\n")
+    out = tmp_path / "s.csv"
+    assert main(["run", str(suite), "--out", str(out), "--no-progress"]) == 0
+    samples = results.load_samples(out)
+    assert list(samples.columns) == results.SAMPLE_COLUMNS
+    visits = samples.groupby(["case_id", "round", "sweep"])["rep"].count()
+    assert len(visits) == 8 * 2 * 3 and set(visits) == {1}  # repeats {min 3, max 3} shared by 3 sweeps
+    df = results.load(out)
+    for case_id, rows in df[df.metric == "latency"].groupby("case_id"):
+        stat = dict(zip(rows.stat, rows.value))
+        s = samples[samples.case_id == case_id]
+        values = [min(g.groupby("sweep")["value"].median()) for _, g in s.groupby("round")]
+        assert stat["n"] == 2 and stat["min"] == pytest.approx(min(values))
+        assert set(rows.note) == {"over 2 round values (each the fastest of 3 sweep medians)"}
+    from attnbench import stats
+
+    medians = stats.round_medians(samples)
+    assert all(len(v) == 2 for v in medians.values())
+    # the same file, cut after round 0 plus one sweep of round 1: that round is measured again on resume
+    lines = results.companion(out, "samples.csv").read_text().splitlines()
+    keep = [ln for ln in lines[1:] if ln.split(",")[2] == "0" or ln.split(",")[3] == "0"]
+    results.companion(out, "samples.csv").write_text("\n".join([lines[0], *keep]) + "\n")
+    out.write_text(out.read_text().splitlines()[0] + "\n")
+    prior = rounds.prior_from_samples(out, 3)
+    assert len(prior) == 8 and all(set(by) == {0} and len(by[0]) == 3 for by in prior.values())
+    assert main(["run", str(suite), "--out", str(out), "--no-progress", "--resume"]) == 0
+    again = stats.round_medians(results.load_samples(out))
+    assert all(len(v) == 2 for v in again.values()) and len(results.load(out)[lambda d: d.metric == "latency"])
+
+
+def test_samples_without_round_or_sweep_columns_load(tmp_path):
+    old = tmp_path / "old.samples.csv"
+    old.write_text("case_id,metric,round,rep,value\nc,latency,0,0,1.5\nc,latency,1,0,2.5\n")
+    df = results.load_samples(old)
+    assert list(df.columns) == results.SAMPLE_COLUMNS and set(df["sweep"]) == {0}
+    older = tmp_path / "older.samples.csv"
+    older.write_text("case_id,metric,rep,value\nc,latency,0,1.5\n")
+    assert list(results.load_samples(older).columns) == results.SAMPLE_COLUMNS
 
 
 def test_writer_refuses_a_second_row_with_the_same_key(tmp_path):

@@ -77,7 +77,7 @@ def test_two_workers_give_the_single_process_case_set(tmp_path):
     suite = write_suite(tmp_path)
     one, two = tmp_path / "one.csv", tmp_path / "two.csv"
     assert main(["run", str(suite), "--out", str(one), "--no-progress", "--set", "isolation=inprocess"]) == 0
-    assert main(["run", str(suite), "--out", str(two), "--no-progress", "--workers", "2"]) == 0
+    assert main(["run", str(suite), "--out", str(two), "--no-progress", "--workers", "2", "--set", "sweeps=2"]) == 0
     a, b = latency_rows(one), latency_rows(two)
     assert sorted(a.case_id) == sorted(b.case_id) and b.case_id.is_unique and len(b) == 8
     assert (b.status == "ok").all() and b.worker.nunique() > 1
@@ -86,6 +86,9 @@ def test_two_workers_give_the_single_process_case_set(tmp_path):
     assert set(full.concurrent.dropna()) <= {1, 2}
     samples = results.load_samples(two)
     assert (samples.groupby("case_id")["round"].agg(lambda r: sorted(set(r))) .map(tuple) == (0, 1)).all()
+    visits = samples.groupby(["case_id", "round"])["sweep"].agg(lambda s: tuple(sorted(set(s))))
+    assert (visits == (0, 1)).all()  # a pool task runs its case's sweeps (back to back)
+    assert set(b.note) == {"over 2 round values (each the fastest of 2 sweep medians)"}
     import json
 
     envs = json.loads(results.companion(two, "env.json").read_text())

@@ -114,11 +114,12 @@ class LocalPool:
                     if runner.progress:
                         runner.progress.case_start(state.step, msg[1])
                 elif msg[0] == "case":
-                    _, task, case, rows, samples, worker, concurrent, env = msg
+                    _, task, case, rows, samples, worker, concurrent, env, sweep = msg
                     if env is not None and env[0] not in envs:
                         state.writer.write_env(*env)
                         envs.add(env[0])
-                    runner.record(state, case, task.round, rows, samples, worker=worker, concurrent=concurrent)
+                    runner.record(state, case, task.round, rows, samples, worker=worker, concurrent=concurrent,
+                                  sweep=sweep)  # fmt: skip
                 elif msg[0] == "task":
                     sched.finish(msg[2])
                     idle.append(msg[1])
@@ -148,26 +149,35 @@ class LocalPool:
             slot.round = task.round
         final = task.round == runner_rounds(runner, suite) - 1
         for case in todo:
-            results.put(("start", case))
-            while (token := inflight.enter(exclusive=suite.exclusive == "node")) is None:
-                time.sleep(0.02)  # exclusive: node - one case on this host at a time
-            slot.pool.worker = ""
-            try:
-                rows, samples = runner.case_executor.run(case, prior=priors[case.case_id], time_only=not final,
-                                                         pool=slot.pool)  # fmt: skip
-            finally:
-                concurrent = inflight.leave(token)
-            pool = slot.pool
-            env = (pool.env_id, pool.fingerprint) if pool.fingerprint is not None else None
-            if env is not None:
-                for row in rows:
-                    row["env_id"] = env[0]
-            worker = pool.worker or this_worker()  # a planned skip is decided here, in the driver
-            results.put(("case", task, case, rows, samples, worker, concurrent, env))
+            history = priors[case.case_id]
+            for sweep in range(runner_sweeps(suite)):  # a task's sweeps run back to back (README: Sweeps)
+                last = final and sweep == runner_sweeps(suite) - 1
+                results.put(("start", case))
+                while (token := inflight.enter(exclusive=suite.exclusive == "node")) is None:
+                    time.sleep(0.02)  # exclusive: node - one case on this host at a time
+                slot.pool.worker = ""
+                try:
+                    rows, samples = runner.case_executor.run(case, prior=history, time_only=not last, pool=slot.pool)
+                finally:
+                    concurrent = inflight.leave(token)
+                pool = slot.pool
+                env = (pool.env_id, pool.fingerprint) if pool.fingerprint is not None else None
+                if env is not None:
+                    for row in rows:
+                        row["env_id"] = env[0]
+                worker = pool.worker or this_worker()  # a planned skip is decided here, in the driver
+                results.put(("case", task, case, rows, samples, worker, concurrent, env, sweep))
+                if rows:  # the case ended (its last visit, or a failure)
+                    break
+                history = history.then(samples.get("latency", []))
 
 
 def runner_rounds(runner, suite) -> int:
     return suite.rounds if "latency" in suite.metrics else 1
+
+
+def runner_sweeps(suite) -> int:
+    return suite.sweeps if "latency" in suite.metrics else 1
 
 
 __all__ = ["LocalPool", "Task", "slot_settings", "visible_gpus"]

@@ -123,14 +123,20 @@ def run_unit_task(suite, run_id: str, key: str, todo: list, priors: dict, final:
     executor = CaseExecutor(suite, run_id, setup.env_id, peaks=cached_peaks(suite.device, setup.fingerprint))
     executor.oom_at.update(oom_at)
     out = []
+    sweeps = suite.sweeps if "latency" in suite.metrics else 1
     for case in todo:
-        while (token := ray.get(coordinator.enter.remote(node, suite.exclusive == "node"))) is None:
-            time.sleep(0.05)  # exclusive: node - one case on this node at a time
-        try:
-            rows, samples = executor.run(case, prior=priors[case.case_id], time_only=not final)
-        finally:
-            concurrent = ray.get(coordinator.leave.remote(node, token))
-        out.append((case, rows, samples, concurrent))
+        history = priors[case.case_id]
+        for sweep in range(sweeps):  # a task's sweeps run back to back (README: Sweeps)
+            while (token := ray.get(coordinator.enter.remote(node, suite.exclusive == "node"))) is None:
+                time.sleep(0.05)  # exclusive: node - one case on this node at a time
+            try:
+                rows, samples = executor.run(case, prior=history, time_only=not (final and sweep == sweeps - 1))
+            finally:
+                concurrent = ray.get(coordinator.leave.remote(node, token))
+            out.append((case, rows, samples, concurrent, sweep))
+            if rows:  # the case ended (its last visit, or a failure)
+                break
+            history = history.then(samples.get("latency", []))
     return {"env": (executor.env_id, setup.fingerprint), "worker": f"{node[:12]}/pid{os.getpid()}", "cases": out}
 
 
@@ -247,11 +253,12 @@ class RayExecutor:
         if env_id not in envs:
             state.writer.write_env(env_id, fp)
             envs.add(env_id)
-        for case, rows, samples, concurrent in result["cases"]:
+        for case, rows, samples, concurrent, sweep in result["cases"]:
             for row in rows:
                 row["env_id"] = env_id
             runner.case_executor.note_oom(case, rows)
-            runner.record(state, case, task.round, rows, samples, worker=result["worker"], concurrent=concurrent)
+            runner.record(state, case, task.round, rows, samples, worker=result["worker"], concurrent=concurrent,
+                          sweep=sweep)  # fmt: skip
 
     @staticmethod
     def _cancel_overdue(ray, coordinator, inflight: dict, budget_per_case: float) -> None:

@@ -8,6 +8,7 @@ from typing import Any, Callable
 from attnbench.errors import AttnbenchError
 from attnbench.metrics.row import MetricRow
 from attnbench.plan import Case
+from attnbench.rounds import History
 from attnbench.suite import Suite
 from attnbench.workloads.closure import Workload
 from attnbench.workloads.inputs import CaseInputs
@@ -21,7 +22,7 @@ class MetricContext:
     inputs: CaseInputs  # the case resolved once, with its seeded input factory
     suite: Suite
     peaks: dict[str, Any] | None  # the peaks measured by `attnbench env --probe` for this environment
-    prior: list[list[float]]  # latency repeats of the case's earlier rounds (attnbench.rounds)
+    prior: History  # the case's earlier rounds and this round's earlier sweeps (attnbench.rounds)
     work: Workload | None = None  # the timed closure, built once for the metrics that run it
     samples: dict[str, list[float]] = field(default_factory=dict)  # raw repeats, for FILE.samples.csv
     median_s: float | None = None  # the median latency in seconds once `latency` ran: rates derive from it

@@ -1,7 +1,8 @@
 """latency (ms: median, mean, min, p20, p80, std, n), throughput (items/s), tokens_per_s; on a GPU also its
 clocks, power and temperature, read right after the timed repeats.
 
-With several rounds (attnbench.rounds) the statistics are of the round medians, the last round's included.
+With several rounds (attnbench.rounds) the statistics are of the round values (the round's median, or with
+several sweeps its fastest sweep median), the last round's included.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ STAT_ORDER = ("median", "mean", "min", "p20", "p80", "std", "n")
 
 
 def time_repeats(work: Workload, case: Case, suite: Suite) -> list[float]:
-    """Latency repeats of one round in ms (warm-up outside; repeat policy of the suite)."""
+    """Latency repeats of one visit (a round, or one sweep of it) in ms: warm-up outside; the suite's repeat policy,
+    its share per sweep (attnbench.rounds.sweep_policy)."""
     policy = RepeatPolicy(suite.repeats.min, suite.repeats.max, suite.repeats.min_time_s, suite.repeats.target_ci)
+    policy = rounds.sweep_policy(policy, suite.sweeps)
     secs = time_fn(work.fn, device=case.device, warmup=suite.warmup, policy=policy, timeout_s=suite.timeout_s,
                    flush_l2=suite.flush_l2 and case.level == "op", cuda_graph=suite.cuda_graphs)  # fmt: skip
     return [s * 1e3 for s in secs]
