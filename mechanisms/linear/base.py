@@ -245,14 +245,18 @@ class PvtOperator(nn.Module):
     """What FLatten's and PolaFormer's operators share (both are PVT layers): parameters `scale` (1, 1, C),
     zero-initialised and used as softplus(scale); `dwc`, a depthwise Conv2d(d, d, kernel_size) shared by the
     heads and applied per head to v; `positional_encoding` (1, pos_grid^2, C), zero-initialised, added to k
-    (absent when pos_grid = 0). forward = `attention(q, k, v, grid)` + DWC(v); subclasses give `attention`."""
+    (absent when pos_grid = 0). forward = `attention(q, k, v, grid)` + DWC(v); subclasses give `attention`.
+    `own`: the subclass's parameters by name (initial values), registered right after `scale`, so that
+    parameters() and state_dict() keep the order the layers had: scale, own..., positional_encoding, dwc."""
 
-    def __init__(self, dim: int, num_heads: int, kernel_size: int, pos_grid: int):
+    def __init__(self, dim: int, num_heads: int, kernel_size: int, pos_grid: int, **own: Tensor):
         super().__init__()
         head_dim = dim // num_heads
         self.num_heads = num_heads
         self.pos_grid = pos_grid
         self.scale = nn.Parameter(torch.zeros(1, 1, dim))
+        for name, value in own.items():
+            self.register_parameter(name, nn.Parameter(value))
         self.dwc = nn.Conv2d(head_dim, head_dim, kernel_size, padding=kernel_size // 2, groups=head_dim)
         if pos_grid:
             self.positional_encoding = nn.Parameter(torch.zeros(1, pos_grid * pos_grid, dim))

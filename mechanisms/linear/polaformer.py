@@ -32,7 +32,7 @@ Bytes: the shell's minimum plus the operator's parameters.
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from attnbench.registry import Shape, register_mechanism
 from mechanisms.linear.base import LinearMixerBase, PvtOperator, compute_dtype, mean_kv, merge_head_dim, split_head_dim
@@ -48,9 +48,8 @@ class PolarityOperator(PvtOperator):
         head_dim = dim // num_heads
         if head_dim % 2:
             raise ValueError(f"polaformer splits v in two halves: head_dim must be even, got {head_dim}")
-        super().__init__(dim, num_heads, kernel_size, pos_grid)
+        super().__init__(dim, num_heads, kernel_size, pos_grid, power=torch.zeros(1, num_heads, 1, head_dim))
         self.alpha = alpha
-        self.power = nn.Parameter(torch.zeros(1, num_heads, 1, head_dim))
 
     def features(self, q: Tensor, k: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
         """(q_sim, q_opp, k'), each (B, h, N, 2d), in the compute dtype."""
