@@ -7,7 +7,8 @@ weights load and reproduce the published outputs:
   the buffer's dtype, exactly as the published model does.
 - `rope_tables` is the same computation as a pure function; `rotate_pairs` / `apply_rope` apply it.
 - `TokenMixer` is the shell around an attention operator: `qkvo` 1x1 conv, 5x5 depthwise `lepe`
-  on v, head split, operator, head merge, output gate, `proj`.
+  on v, head split, operator, head merge, output gate, `proj`; `rope_operator(attend)` is the
+  operator of mixers without a feature map (softmax): RoPE on q and k, then attend.
 """
 
 from __future__ import annotations
@@ -103,6 +104,19 @@ def merge_heads(t: Tensor, height: int, width: int) -> Tensor:
 
 # operator(q, k, v, *, grid, rope) -> (B, h, N, d); rope is (sin, cos) or None
 Operator = Callable[..., Tensor]
+
+
+def rope_operator(attend: Callable[[Tensor, Tensor, Tensor], Tensor]) -> Operator:
+    """The operator of a mixer with no feature map: RoPE on the raw q and k (when the caller passes
+    tables), then `attend(q, k, v)` on (B, h, N, d)."""
+
+    def operator(q: Tensor, k: Tensor, v: Tensor, *, grid: Tuple[int, int], rope: RopeTables | None) -> Tensor:
+        if rope is not None:
+            sin, cos = rope
+            q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
+        return attend(q, k, v)
+
+    return operator
 
 
 class TokenMixer(nn.Module):

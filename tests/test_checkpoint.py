@@ -56,6 +56,15 @@ def one_line(exc: pytest.ExceptionInfo) -> str:
     return message
 
 
+def refusal(path: Path, ckpt: object, model: torch.nn.Module | None = None, **options) -> str:
+    """Save `ckpt` at `path`, load it into `model` (default tiny(9)) with `options`: the load must raise
+    CheckpointError; its one-line message."""
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError) as exc:
+        load_checkpoint(tiny(9) if model is None else model, path, **options)
+    return one_line(exc)
+
+
 def test_training_checkpoint_with_namespace_args(tmp_path):
     ckpt, sd, _ = deit_checkpoint()
     path = tmp_path / "checkpoint.pth"
@@ -81,11 +90,7 @@ def test_ema_selection(tmp_path):
 
 def test_ema_missing_names_the_keys_present(tmp_path):
     ckpt, _, _ = deit_checkpoint(with_ema=False)
-    path = tmp_path / "no_ema.pth"
-    torch.save(ckpt, path)
-    with pytest.raises(CheckpointError) as exc:
-        load_checkpoint(tiny(9), path, ema=True)
-    message = one_line(exc)
+    message = refusal(tmp_path / "no_ema.pth", ckpt, ema=True)
     assert "model_ema" in message and "'model'" in message and "optimizer" in message
 
 
@@ -109,13 +114,9 @@ def test_wrong_keys_one_readable_error(tmp_path):
     sd = tiny(3).state_dict()
     del sd["layers.1.blocks.0.attn.qkvo.weight"]
     sd["layers.1.blocks.0.attn.qkv.weight"] = torch.zeros(3)
-    path = tmp_path / "wrong_keys.pth"
-    torch.save({"model": sd}, path)
     model = tiny(9)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(CheckpointError) as exc:
-        load_checkpoint(model, path)
-    message = one_line(exc)
+    message = refusal(tmp_path / "wrong_keys.pth", {"model": sd}, model)
     assert "1 missing keys [layers.1.blocks.0.attn.qkvo.weight]" in message
     assert "1 unexpected keys [layers.1.blocks.0.attn.qkv.weight]" in message
     assert same_weights(model, before)  # nothing was half-loaded
@@ -124,11 +125,7 @@ def test_wrong_keys_one_readable_error(tmp_path):
 def test_shape_mismatch(tmp_path):
     torch.manual_seed(0)
     other = RAVLT(**{**TINY, "num_classes": 7})
-    path = tmp_path / "seven_classes.pth"
-    torch.save({"model": other.state_dict()}, path)
-    with pytest.raises(CheckpointError) as exc:
-        load_checkpoint(tiny(9), path)
-    message = one_line(exc)
+    message = refusal(tmp_path / "seven_classes.pth", {"model": other.state_dict()})
     assert "2 shape mismatches [head.weight: checkpoint (7, 64, 1, 1) vs model (5, 64, 1, 1), head.bias:" in message
     assert "missing" not in message and "unexpected" not in message
 
@@ -136,11 +133,7 @@ def test_shape_mismatch(tmp_path):
 def test_long_lists_are_truncated(tmp_path):
     torch.manual_seed(0)
     other = RAVLT(**{**TINY, "embed_dims": (16, 32, 48, 32), "depths": (1, 2, 1, 1)})
-    path = tmp_path / "other.pth"
-    torch.save({"model": other.state_dict()}, path)
-    with pytest.raises(CheckpointError) as exc:
-        load_checkpoint(tiny(9), path)
-    message = one_line(exc)
+    message = refusal(tmp_path / "other.pth", {"model": other.state_dict()})
     assert "unexpected keys [layers.1.blocks.1." in message
     first = "layers.1.downsample.reduction.weight: checkpoint (48, 32, 3, 3) vs model (32, 32, 3, 3)"
     assert f"shape mismatches [{first}" in message

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from attnbench import results
 from attnbench.cli import main
@@ -28,6 +29,17 @@ def write_suite(tmp_path: Path, body: str, name: str = "suite.yaml") -> Path:
 def case_status(df):
     rows = df[df.metric.eq("latency") & df.stat.isin(["median", "value"])]
     return rows
+
+
+def run_quick_inprocess(tmp_path: Path, name: str, **keys):
+    """Run suite `name`: an op sweep on the CPU, in-process, with the fault plugin loaded, no warmup and 2 repeats,
+    plus the suite keys `keys`. Its rows."""
+    body = {"name": name, "plugins": [str(PLUGIN)], "level": "op", "device": "cpu", "isolation": "inprocess"}
+    quick = {"warmup": 0, "repeats": {"min": 2, "max": 2, "min_time_s": 0}}
+    suite = write_suite(tmp_path, yaml.safe_dump({**body, **quick, **keys}, sort_keys=False))
+    out = tmp_path / f"{name}.csv"
+    assert main(["run", str(suite), "--out", str(out), "--no-progress"]) == 0
+    return results.load(out)
 
 
 @pytest.mark.slow
@@ -71,22 +83,9 @@ def test_fault_injected_sweep_in_workers(tmp_path):
 
 
 def test_verify_catches_wrong_mechanism(tmp_path):
-    suite = write_suite(tmp_path, f"""\
-        name: verify
-        plugins: [{PLUGIN}]
-        mechanisms: [test_wrong, softmax_sdpa]
-        level: op
-        dim: 32
-        heads: 2
-        resolution: 5
-        device: cpu
-        isolation: inprocess
-        warmup: 0
-        repeats: {{min: 2, max: 2, min_time_s: 0}}
-        """)
-    out = tmp_path / "verify.csv"
-    assert main(["run", str(suite), "--out", str(out), "--no-progress"]) == 0
-    df = results.load(out)
+    df = run_quick_inprocess(
+        tmp_path, "verify", mechanisms=["test_wrong", "softmax_sdpa"], dim=32, heads=2, resolution=5
+    )
     wrong = df[df.mechanism == "test_wrong"]
     status = case_status(wrong)
     assert status.status.item() == "error" and "verify failed: rel_err" in status.message.item()
@@ -97,22 +96,10 @@ def test_verify_catches_wrong_mechanism(tmp_path):
 
 
 def test_inprocess_timeout_and_error_rows(tmp_path):
-    suite = write_suite(tmp_path, f"""\
-        name: t
-        plugins: [{PLUGIN}]
-        mechanisms: [test_raises, test_oom, softmax_eager]
-        level: op
-        dim: 16
-        resolution: 3
-        device: cpu
-        isolation: inprocess
-        verify: false
-        warmup: 0
-        repeats: {{min: 2, max: 2, min_time_s: 0}}
-        """)
-    out = tmp_path / "t.csv"
-    assert main(["run", str(suite), "--out", str(out), "--no-progress"]) == 0
-    st = {r.mechanism: r.status for r in case_status(results.load(out)).itertuples()}
+    df = run_quick_inprocess(
+        tmp_path, "t", mechanisms=["test_raises", "test_oom", "softmax_eager"], dim=16, resolution=3, verify=False
+    )
+    st = {r.mechanism: r.status for r in case_status(df).itertuples()}
     assert st == {"test_raises": "error", "test_oom": "oom", "softmax_eager": "ok"}
 
 

@@ -112,11 +112,14 @@ def _backbone(cfg: RavltConfig, height: int, width: int) -> tuple[int, int]:
     return conv, norm
 
 
-def _mixer_shapes(cfg: RavltConfig, height: int, width: int, batch: int):
+def _mixer_stages(cfg: RavltConfig, height: int, width: int, batch: int, mixer: MixerSpec, mixer_late: MixerSpec):
+    """(depth, mixer Shape, mechanism) of each stage: `mixer` in stages 1-2, `mixer_late` in 3-4 (as RAVLT builds)."""
+    early, late = resolve_mechanism(mixer, DEFAULT_MIXER), resolve_mechanism(mixer_late, DEFAULT_MIXER_LATE)
     for i, ((h, w), c, heads, depth) in enumerate(
         zip(stage_grids(height, width, len(cfg.depths)), cfg.embed_dims, cfg.num_heads, cfg.depths)
     ):
-        yield i, depth, Shape(batch=batch, heads=heads, height=h, width=w, head_dim=c // heads, dim=c)
+        shape = Shape(batch=batch, heads=heads, height=h, width=w, head_dim=c // heads, dim=c)
+        yield depth, shape, early if i < 2 else late
 
 
 def analytic_counts(
@@ -130,11 +133,10 @@ def analytic_counts(
 ) -> ModelCounts:
     """The three forward counts from the config and the mechanisms' mixer-level flops()."""
     cfg = _config(model)
-    mechs = resolve_mechanism(mixer, DEFAULT_MIXER), resolve_mechanism(mixer_late, DEFAULT_MIXER_LATE)
     conv, norm = _backbone(cfg, height, width)
     shell, attn = 0.0, 0.0
-    for i, depth, s in _mixer_shapes(cfg, height, width, 1):
-        mixer_macs = mechs[0 if i < 2 else 1].flops(s, level="mixer", pass_="fwd") / 2
+    for depth, s, mech in _mixer_stages(cfg, height, width, 1, mixer, mixer_late):
+        mixer_macs = mech.flops(s, level="mixer", pass_="fwd") / 2
         own = shell_macs(s.tokens, s.dim)
         shell += depth * own
         attn += depth * (mixer_macs - own)
@@ -160,11 +162,10 @@ def model_flops(
     if pass_ not in ("fwd", "fwd_bwd"):
         raise ValueError(f"unknown pass {pass_!r} (fwd | fwd_bwd)")
     cfg = _config(model)
-    mechs = resolve_mechanism(mixer, DEFAULT_MIXER), resolve_mechanism(mixer_late, DEFAULT_MIXER_LATE)
     conv, _ = _backbone(cfg, height, width)
     total = 2.0 * batch * conv * (BACKBONE_FWD_BWD if pass_ == "fwd_bwd" else 1.0)
-    for i, depth, s in _mixer_shapes(cfg, height, width, batch):
-        total += depth * mechs[0 if i < 2 else 1].flops(s, level="mixer", pass_=pass_)
+    for depth, s, mech in _mixer_stages(cfg, height, width, batch, mixer, mixer_late):
+        total += depth * mech.flops(s, level="mixer", pass_=pass_)
     return total
 
 

@@ -5,8 +5,9 @@ crop 224, ImageNet mean/std; other resolutions use resize = int(crop / 0.875). D
 transform's exact semantics are documented in `attnbench.models.imagenet_data`.
 
 Library entry points: `evaluate`, `evaluate_distributed` (under torchrun: disjoint shards, counts
-all-reduced, exact; both in `imagenet_eval`), `accuracy_rows` (what the runner calls for
-`metrics: [accuracy]`) and `sha256_file`. Command line, single process or under torchrun::
+all-reduced, exact; both in `imagenet_eval`, both taking the fields of `EvalOptions` as keywords),
+`accuracy_rows` (what the runner calls for `metrics: [accuracy]`) and `sha256_file`. Command line,
+single process or under torchrun::
 
     python -m attnbench.models.imagenet --model ravlt_t --checkpoint PATH --data DIR [--ema] [--batch-size N]
     torchrun --nproc_per_node 8 -m attnbench.models.imagenet --model ravlt_t --checkpoint PATH --data DIR
@@ -32,6 +33,7 @@ from attnbench.errors import AttnbenchError, CheckpointError
 from attnbench.metrics.row import MetricRow
 from attnbench.models.imagenet_data import DataError, EvalTransform, default_resize_size, load_eval_dataset
 from attnbench.models.imagenet_eval import (
+    EvalOptions,
     EvalResult,
     Progress,
     evaluate,
@@ -43,6 +45,7 @@ from attnbench.models.imagenet_eval import (
 
 __all__ = [
     "DataError",
+    "EvalOptions",
     "EvalResult",
     "accuracy_rows",
     "evaluate",

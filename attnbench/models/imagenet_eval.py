@@ -11,7 +11,7 @@ import hashlib
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence, Union
+from typing import Any, Callable, Sequence, Union
 
 import torch
 from torch import nn
@@ -24,6 +24,28 @@ from attnbench.models.imagenet_data import DataError, load_eval_dataset
 DataArg = Union[str, os.PathLike, Dataset]  # a folder / labels file, or a prepared dataset of (Tensor (3, s, s), int)
 Progress = Callable[[int, int], None]  # progress(done, total), called after every batch
 TOPK = 5
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How an evaluation runs: the keyword arguments of `evaluate` and `evaluate_distributed`.
+
+    `image_size` / `resize_size`: the protocol's center crop and shorter-side resize (default
+    int(image_size / 0.875)), for a folder or labels file; a prepared Dataset ignores them. The model is
+    moved to `device` / `dtype` (a torch.dtype or a name such as "fp16"). `limit` evaluates that many evenly
+    spaced images (a quick check that still covers every class). `progress(done, total)` is called after
+    every batch. `batch_size` and `num_workers` (DataLoader worker processes; 0 loads in the caller) are
+    per process.
+    """
+
+    batch_size: int = 64
+    image_size: int = 224
+    resize_size: int | None = None
+    num_workers: int = 2
+    device: str | torch.device = "cpu"
+    dtype: torch.dtype | str = torch.float32
+    limit: int | None = None
+    progress: Progress | None = None
 
 
 @dataclass(frozen=True)
@@ -128,23 +150,16 @@ def _one_line(e: DataError) -> str:
 
 
 def _run(
-    model: nn.Module,
-    dataset: Dataset,
-    indices: Sequence[int],
-    *,
-    batch_size: int,
-    num_workers: int,
-    device: torch.device,
-    dtype: torch.dtype,
-    progress: Progress | None,
+    model: nn.Module, dataset: Dataset, indices: Sequence[int], options: EvalOptions, device: torch.device
 ) -> _Tally:
-    """Evaluate `dataset[indices]` in order; counts stay on the device until the end (no per-batch sync)."""
+    """Evaluate `dataset[indices]` on `device` in order; counts stay on the device until the end (no per-batch sync)."""
+    dtype, progress = _torch_dtype(options.dtype), options.progress
     model.to(device=device, dtype=dtype).eval()
     loader = DataLoader(
         Subset(dataset, list(indices)),
-        batch_size=batch_size,
+        batch_size=options.batch_size,
         shuffle=False,
-        num_workers=num_workers,
+        num_workers=options.num_workers,
         pin_memory=device.type == "cuda",
         drop_last=False,
     )
@@ -187,30 +202,17 @@ def _run(
     return _Tally(int(correct1), int(correct5), done, seconds, num_classes)
 
 
-def evaluate(
-    model: nn.Module,
-    data: DataArg,
-    *,
-    batch_size: int = 64,
-    image_size: int = 224,
-    resize_size: int | None = None,
-    num_workers: int = 2,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | str = torch.float32,
-    limit: int | None = None,
-    progress: Progress | None = None,
-) -> EvalResult:
+def evaluate(model: nn.Module, data: DataArg, **options: Any) -> EvalResult:
     """Top-1 / top-5 accuracy (%) and images/s of `model` on an ImageNet-style validation folder.
 
     `data`: a folder or labels file (see `attnbench.models.imagenet_data`) or a prepared Dataset of
-    (Tensor (3, s, s), int) items (then `image_size`/`resize_size` are ignored). The model is moved to
-    `device`/`dtype` and put in eval mode. `limit` evaluates that many evenly spaced images (a quick
-    check that still covers every class). `progress(done, total)` is called after every batch.
+    (Tensor (3, s, s), int) items. `options`: the fields of `EvalOptions` (batch_size=64, image_size=224,
+    resize_size, num_workers=2, device="cpu", dtype=torch.float32, limit, progress). The model is put in
+    eval mode.
     """
-    dataset = _as_dataset(data, image_size, resize_size)
-    tally = _run(model, dataset, subset_indices(len(dataset), limit), batch_size=batch_size, num_workers=num_workers,
-                 device=torch.device(device), dtype=_torch_dtype(dtype), progress=progress)  # fmt: skip
-    return tally.result()
+    opts = EvalOptions(**options)
+    dataset = _as_dataset(data, opts.image_size, opts.resize_size)
+    return _run(model, dataset, subset_indices(len(dataset), opts.limit), opts, torch.device(opts.device)).result()
 
 
 def _rank_device(device: str | torch.device) -> torch.device:
@@ -221,32 +223,20 @@ def _rank_device(device: str | torch.device) -> torch.device:
     return device
 
 
-def evaluate_distributed(
-    model: nn.Module,
-    data: DataArg,
-    *,
-    batch_size: int = 64,
-    image_size: int = 224,
-    resize_size: int | None = None,
-    num_workers: int = 2,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype | str = torch.float32,
-    limit: int | None = None,
-    progress: Progress | None = None,
-    backend: str | None = None,
-) -> EvalResult:
+def evaluate_distributed(model: nn.Module, data: DataArg, *, backend: str | None = None, **options: Any) -> EvalResult:
     """`evaluate` across the ranks of a torch.distributed job (e.g. launched by torchrun); same result on every rank.
 
-    Uses the current process group, or initialises one from torchrun's environment (backend nccl on
-    GPU, gloo on CPU, unless `backend` says otherwise) and destroys it at the end. Rank r evaluates
-    the disjoint shard indices[r::world] (no padding, no duplicated samples); correct counts and
-    image totals are all-reduced, so top1/top5 are exactly the single-process values. `seconds` is
-    the slowest rank's loop time (ranks start together after a barrier). `progress` reports this
-    rank's shard. A bare device "cuda" means cuda:LOCAL_RANK.
+    `options`: as for `evaluate` (the fields of `EvalOptions`). Uses the current process group, or
+    initialises one from torchrun's environment (backend nccl on GPU, gloo on CPU, unless `backend` says
+    otherwise) and destroys it at the end. Rank r evaluates the disjoint shard indices[r::world] (no
+    padding, no duplicated samples); correct counts and image totals are all-reduced, so top1/top5 are
+    exactly the single-process values. `seconds` is the slowest rank's loop time (ranks start together
+    after a barrier). `progress` reports this rank's shard. A bare device "cuda" means cuda:LOCAL_RANK.
     """
     import torch.distributed as dist
 
-    dev = _rank_device(device)
+    opts = EvalOptions(**options)
+    dev = _rank_device(opts.device)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     own_group = not dist.is_initialized()
@@ -260,11 +250,10 @@ def evaluate_distributed(
         dist.init_process_group(backend=backend or ("nccl" if dev.type == "cuda" else "gloo"))
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
-        dataset = _as_dataset(data, image_size, resize_size)
-        shard = shard_indices(subset_indices(len(dataset), limit), rank, world)
+        dataset = _as_dataset(data, opts.image_size, opts.resize_size)
+        shard = shard_indices(subset_indices(len(dataset), opts.limit), rank, world)
         dist.barrier()
-        tally = _run(model, dataset, shard, batch_size=batch_size, num_workers=num_workers, device=dev,
-                     dtype=_torch_dtype(dtype), progress=progress)  # fmt: skip
+        tally = _run(model, dataset, shard, opts, dev)
         comm_device = dev if dist.get_backend() == "nccl" else torch.device("cpu")
         counts = torch.tensor([tally.correct1, tally.correct5, tally.images], dtype=torch.int64, device=comm_device)
         dist.all_reduce(counts, op=dist.ReduceOp.SUM)

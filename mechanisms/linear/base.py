@@ -22,7 +22,8 @@ the paper's layer has them (`shell_defaults`, e.g. PolaFormer's gate) or a calle
 `variant(level, options)` is the row's `variant`: "" for the paper's layer with default options, else
 what differs ("+lepe+gate", "features=128").
 Operators that read the layer input (InLine's kernel predictor reads the token mean of x) set
-`reads_input = True` and get `x=` (B, C, H, W) from the shell.
+`reads_input = True` and get `x=` (B, C, H, W) from the shell. `PvtOperator` holds what the two PVT
+layers (FLatten, PolaFormer) share: the learned scale, the positional table on k and the per-head DWC.
 
 KV buffer (read by the rank metrics, attnbench.workloads.rank_inputs): `kv_buffer(q, k, v, *, grid,
 rope=None) -> (B, h, r, d)`, the fixed-size state every query reads (r = d for most; 2d, m features,
@@ -238,3 +239,52 @@ class LinearMixerBase(LinearBase):
         _, own = split_shell_options(options)
         operator = self.build_operator(dim, num_heads, **self.resolve(own))
         return LinearMixer(dim, num_heads, operator, **self.shell(options))
+
+
+class PvtOperator(nn.Module):
+    """What FLatten's and PolaFormer's operators share (both are PVT layers): parameters `scale` (1, 1, C),
+    zero-initialised and used as softplus(scale); `dwc`, a depthwise Conv2d(d, d, kernel_size) shared by the
+    heads and applied per head to v; `positional_encoding` (1, pos_grid^2, C), zero-initialised, added to k
+    (absent when pos_grid = 0). forward = `attention(q, k, v, grid)` + DWC(v); subclasses give `attention`.
+    `own`: the subclass's parameters by name (initial values), registered right after `scale`, so that
+    parameters() and state_dict() keep the order the layers had: scale, own..., positional_encoding, dwc."""
+
+    def __init__(self, dim: int, num_heads: int, kernel_size: int, pos_grid: int, **own: Tensor):
+        super().__init__()
+        head_dim = dim // num_heads
+        self.num_heads = num_heads
+        self.pos_grid = pos_grid
+        self.scale = nn.Parameter(torch.zeros(1, 1, dim))
+        for name, value in own.items():
+            self.register_parameter(name, nn.Parameter(value))
+        self.dwc = nn.Conv2d(head_dim, head_dim, kernel_size, padding=kernel_size // 2, groups=head_dim)
+        if pos_grid:
+            self.positional_encoding = nn.Parameter(torch.zeros(1, pos_grid * pos_grid, dim))
+
+    @staticmethod
+    def param_count(dim: int, heads: int, kernel_size: int, pos_grid: int) -> int:
+        """Parameters of the shared parts: scale, dwc weight and bias, positional table."""
+        head_dim = dim // heads
+        return dim + head_dim * kernel_size**2 + head_dim + pos_grid * pos_grid * dim
+
+    def softplus_scale(self, dtype: torch.dtype) -> Tensor:
+        return torch.nn.functional.softplus(self.scale.to(dtype))  # (1, 1, C)
+
+    def with_positions(self, k_merged: Tensor, grid: tuple[int, int]) -> Tensor:
+        """(B, N, C) keys + the positional table at `grid` in their dtype (their `k = k + positional_encoding`)."""
+        if not self.pos_grid:
+            return k_merged
+        return k_merged + positional_encoding(self.positional_encoding.to(k_merged.dtype), self.pos_grid, grid)
+
+    def local(self, v: Tensor, grid: tuple[int, int]) -> Tensor:
+        """DWC(V): the conv on each head's (d, H, W) map of v; (B, h, N, d) -> (B, h, N, d)."""
+        batch, heads, _, head_dim = v.shape
+        v_map = to_map(v.reshape(batch * heads, 1, -1, head_dim), grid)  # (B*h, d, H, W)
+        return from_map(self.dwc(v_map), 1).reshape(batch, heads, -1, head_dim)
+
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, grid: tuple[int, int]) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, q, k, v, *, grid, rope=None):
+        check_grid(grid, q.shape[-2])
+        return self.attention(q, k, v, grid) + self.local(v, grid)

@@ -29,22 +29,10 @@ Bytes: the shell's minimum plus the operator's parameters.
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from attnbench.registry import Shape, register_mechanism
-from mechanisms.linear.base import (
-    LinearMixerBase,
-    check_grid,
-    compute_dtype,
-    from_map,
-    mean_kv,
-    merge_head_dim,
-    positional_encoding,
-    split_head_dim,
-    to_map,
-)
+from mechanisms.linear.base import LinearMixerBase, PvtOperator, compute_dtype, mean_kv, merge_head_dim, split_head_dim
 
 CITE = "Han et al., FLatten Transformer: Vision Transformer using Focused Linear Attention, ICCV 2023"
 
@@ -57,49 +45,33 @@ def focus(x: Tensor, scale: Tensor, p: float) -> Tensor:
     return x / x.norm(dim=-1, keepdim=True) * x_norm
 
 
-class FocusedLinearOperator(nn.Module):
-    """Focused linear attention + per-head DWC on v; parameters `scale` (1, 1, C), `dwc` and
+class FocusedLinearOperator(PvtOperator):
+    """Focused linear attention + per-head DWC on v; parameters (PvtOperator's) `scale` (1, 1, C), `dwc` and
     `positional_encoding` (1, pos_grid^2, C) added to k (absent when pos_grid = 0)."""
 
     def __init__(self, dim: int, num_heads: int, focusing_factor: float, kernel_size: int, pos_grid: int = 14):
-        super().__init__()
-        head_dim = dim // num_heads
-        self.num_heads = num_heads
+        super().__init__(dim, num_heads, kernel_size, pos_grid)
         self.focusing_factor = focusing_factor
-        self.pos_grid = pos_grid
-        self.scale = nn.Parameter(torch.zeros(1, 1, dim))
-        self.dwc = nn.Conv2d(head_dim, head_dim, kernel_size, padding=kernel_size // 2, groups=head_dim)
-        if pos_grid:
-            self.positional_encoding = nn.Parameter(torch.zeros(1, pos_grid * pos_grid, dim))
-
-    def with_positions(self, k: Tensor, grid: tuple[int, int]) -> Tensor:
-        """k + the learned positional table at `grid` (B, h, N, d), as their `k = k + positional_encoding`."""
-        if not self.pos_grid:
-            return k
-        table = positional_encoding(self.positional_encoding.to(k.dtype), self.pos_grid, grid)  # (1, N, C)
-        return split_head_dim(merge_head_dim(k) + table, self.num_heads)
 
     def features(self, x: Tensor) -> Tensor:
-        """(B, h, N, d) -> focused features (B, h, N, d); norms over all h*d channels. The power is
-        taken in float32 for 16-bit inputs (as autocast does for pow); f_p preserves the norm, so the
+        """(B, N, C) merged channels -> focused features (B, h, N, d); norms over all h*d channels. The power
+        is taken in float32 for 16-bit inputs (as autocast does for pow); f_p preserves the norm, so the
         result is cast back safely."""
         dtype = compute_dtype(x)
-        scale = F.softplus(self.scale.to(dtype))  # (1, 1, C)
-        focused = focus(merge_head_dim(x).to(dtype), scale, self.focusing_factor).to(x.dtype)  # (B, N, C)
+        focused = focus(x.to(dtype), self.softplus_scale(dtype), self.focusing_factor).to(x.dtype)  # (B, N, C)
         return split_head_dim(focused, self.num_heads)
 
-    def kv_buffer(self, q, k, v, *, grid, rope=None):
-        return mean_kv(self.features(self.with_positions(k, grid)), v)  # (B, h, d, d)
+    def key_features(self, k: Tensor, grid: tuple[int, int]) -> Tensor:
+        """(B, h, N, d) keys -> focused features of k + the positional table, (B, h, N, d)."""
+        return self.features(self.with_positions(merge_head_dim(k), grid))
 
-    def forward(self, q, k, v, *, grid, rope=None):
-        check_grid(grid, q.shape[-2])
-        batch, heads, _, head_dim = v.shape
-        qf, kf = self.features(q), self.features(self.with_positions(k, grid))  # (B, h, N, d)
+    def kv_buffer(self, q, k, v, *, grid, rope=None):
+        return mean_kv(self.key_features(k, grid), v)  # (B, h, d, d)
+
+    def attention(self, q, k, v, grid):
+        qf, kf = self.features(merge_head_dim(q)), self.key_features(k, grid)  # (B, h, N, d)
         z = 1 / (qf @ kf.mean(dim=-2, keepdim=True).transpose(-2, -1) + 1e-6)  # (B, h, N, 1)
-        out = qf @ mean_kv(kf, v) * z  # (B, h, N, d)
-        v_map = to_map(v.reshape(batch * heads, 1, -1, head_dim), grid)  # (B*h, d, H, W)
-        local = from_map(self.dwc(v_map), 1).reshape(batch, heads, -1, head_dim)  # (B, h, N, d)
-        return out + local
+        return qf @ mean_kv(kf, v) * z  # (B, h, N, d)
 
 
 @register_mechanism("flatten", family="linear", backend="torch", cite=CITE)
@@ -117,5 +89,4 @@ class Flatten(LinearMixerBase):
         return 2.0 * bhn * (2 * d * d + d + kernel_size**2 * d)
 
     def operator_params(self, dim, heads, *, focusing_factor, kernel_size, pos_grid) -> int:
-        head_dim = dim // heads
-        return dim + head_dim * kernel_size**2 + head_dim + pos_grid * pos_grid * dim
+        return PvtOperator.param_count(dim, heads, kernel_size, pos_grid)

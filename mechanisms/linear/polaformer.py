@@ -32,50 +32,31 @@ Bytes: the shell's minimum plus the operator's parameters.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from attnbench.registry import Shape, register_mechanism
-from mechanisms.linear.base import (
-    LinearMixerBase,
-    check_grid,
-    compute_dtype,
-    from_map,
-    mean_kv,
-    merge_head_dim,
-    positional_encoding,
-    split_head_dim,
-    to_map,
-)
+from mechanisms.linear.base import LinearMixerBase, PvtOperator, compute_dtype, mean_kv, merge_head_dim, split_head_dim
 
 CITE = "Meng et al., PolaFormer: Polarity-aware Linear Attention for Vision Transformers, ICLR 2025"
 
 
-class PolarityOperator(nn.Module):
-    """Polarity-aware linear attention + per-head DWC; parameters `scale`, `power`, `dwc`."""
+class PolarityOperator(PvtOperator):
+    """Polarity-aware linear attention + per-head DWC; parameters `power` (1, h, 1, d) and (PvtOperator's)
+    `scale`, `dwc`, `positional_encoding`."""
 
     def __init__(self, dim: int, num_heads: int, alpha: float, kernel_size: int, pos_grid: int = 14):
-        super().__init__()
         head_dim = dim // num_heads
         if head_dim % 2:
             raise ValueError(f"polaformer splits v in two halves: head_dim must be even, got {head_dim}")
-        self.num_heads = num_heads
+        super().__init__(dim, num_heads, kernel_size, pos_grid, power=torch.zeros(1, num_heads, 1, head_dim))
         self.alpha = alpha
-        self.pos_grid = pos_grid
-        self.scale = nn.Parameter(torch.zeros(1, 1, dim))
-        self.power = nn.Parameter(torch.zeros(1, num_heads, 1, head_dim))
-        self.dwc = nn.Conv2d(head_dim, head_dim, kernel_size, padding=kernel_size // 2, groups=head_dim)
-        if pos_grid:
-            self.positional_encoding = nn.Parameter(torch.zeros(1, pos_grid * pos_grid, dim))
 
     def features(self, q: Tensor, k: Tensor, grid: tuple[int, int]) -> tuple[Tensor, Tensor, Tensor]:
         """(q_sim, q_opp, k'), each (B, h, N, 2d), in the compute dtype."""
         dtype = compute_dtype(q)
-        scale = F.softplus(self.scale.to(dtype))  # (1, 1, C)
+        scale = self.softplus_scale(dtype)  # (1, 1, C)
         power = 1 + self.alpha * torch.sigmoid(self.power.to(dtype))  # (1, h, 1, d)
-        k_merged = merge_head_dim(k.to(dtype))  # (B, N, C)
-        if self.pos_grid:
-            k_merged = k_merged + positional_encoding(self.positional_encoding.to(dtype), self.pos_grid, grid)
+        k_merged = self.with_positions(merge_head_dim(k.to(dtype)), grid)  # (B, N, C)
         q = split_head_dim(merge_head_dim(q.to(dtype)) / scale, self.num_heads)
         k = split_head_dim(k_merged / scale, self.num_heads)
         q_pos, q_neg = q.relu() ** power, (-q).relu() ** power
@@ -87,17 +68,13 @@ class PolarityOperator(nn.Module):
         v1, v2 = v.to(kf.dtype).chunk(2, dim=-1)
         return torch.cat([mean_kv(kf, v1), mean_kv(kf, v2)], dim=-1)  # (B, h, 2d, d)
 
-    def forward(self, q, k, v, *, grid, rope=None):
-        check_grid(grid, q.shape[-2])
-        batch, heads, _, head_dim = v.shape
+    def attention(self, q, k, v, grid):
         q_sim, q_opp, kf = self.features(q, k, grid)  # (B, h, N, 2d)
         v1, v2 = v.to(kf.dtype).chunk(2, dim=-1)  # (B, h, N, d/2) each
         k_mean = kf.mean(dim=-2, keepdim=True).transpose(-2, -1)  # (B, h, 2d, 1)
         x_sim = q_sim @ mean_kv(kf, v1) / (q_sim @ k_mean + 1e-6)
         x_opp = q_opp @ mean_kv(kf, v2) / (q_opp @ k_mean + 1e-6)
-        out = torch.cat([x_sim, x_opp], dim=-1).to(v.dtype)  # (B, h, N, d)
-        v_map = to_map(v.reshape(batch * heads, 1, -1, head_dim), grid)  # (B*h, d, H, W)
-        return out + from_map(self.dwc(v_map), 1).reshape(batch, heads, -1, head_dim)
+        return torch.cat([x_sim, x_opp], dim=-1).to(v.dtype)  # (B, h, N, d)
 
 
 @register_mechanism("polaformer", family="linear", backend="torch", cite=CITE)
@@ -116,5 +93,4 @@ class PolaFormer(LinearMixerBase):
         return 2.0 * bhn * (4 * d * d + 4 * d + kernel_size**2 * d)
 
     def operator_params(self, dim, heads, *, alpha, kernel_size, pos_grid) -> int:
-        head_dim = dim // heads
-        return dim + dim + head_dim * kernel_size**2 + head_dim + pos_grid * pos_grid * dim
+        return PvtOperator.param_count(dim, heads, kernel_size, pos_grid) + dim  # + power (h * d)

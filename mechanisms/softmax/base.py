@@ -15,7 +15,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from attnbench.dtypes import DTYPE_BYTES
-from attnbench.layers import TokenMixer, apply_rope
+from attnbench.layers import TokenMixer, rope_operator
 from attnbench.registry import Mechanism, Shape
 from mechanisms.common import SOFTMAX_CORE_FWD_BWD, level_bytes, level_flops
 
@@ -35,15 +35,7 @@ class SoftmaxBase(Mechanism):
         return self.attend(q, k, v)
 
     def mixer(self, dim, num_heads):
-        attend = self.attend
-
-        def operator(q, k, v, *, grid, rope):
-            if rope is not None:
-                sin, cos = rope
-                q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
-            return attend(q, k, v)
-
-        return TokenMixer(dim, num_heads, operator)
+        return TokenMixer(dim, num_heads, rope_operator(self.attend))
 
     def flops(self, s: Shape, *, level: str, pass_: str) -> float:
         core = 4.0 * s.batch * s.heads * s.tokens**2 * s.head_dim

@@ -22,6 +22,8 @@ from attnbench.registry import register_mechanism
 from mechanisms.softmax.base import CITE_FA2, CITE_FA3, CITE_MEM_EFFICIENT, SoftmaxBase, last_dim_contiguous
 
 FLASH_HEAD_DIMS = tuple(range(8, 257, 8))  # FA2/FA3: head_dim <= 256, a multiple of 8
+# what both registrations here declare: softmax checked against softmax_eager, CUDA only, FlashAttention's head dims
+CUDA_KERNEL = dict(family="softmax", reference="softmax_eager", devices=("cuda",), head_dims=FLASH_HEAD_DIMS)
 
 
 # -- external packages: (B, N, h, d) kernels -------------------------------------------------------------
@@ -115,14 +117,7 @@ class BnhdKernel(SoftmaxBase):
 
 
 @register_mechanism(
-    "softmax_flash",
-    family="softmax",
-    backend="flash-attn",
-    reference="softmax_eager",
-    devices=("cuda",),
-    dtypes=("fp16", "bf16"),
-    head_dims=FLASH_HEAD_DIMS,
-    cite=f"{CITE_FA2}; {CITE_FA3}",
+    "softmax_flash", backend="flash-attn", dtypes=("fp16", "bf16"), cite=f"{CITE_FA2}; {CITE_FA3}", **CUDA_KERNEL
 )
 class SoftmaxFlash(BnhdKernel):
     """The flash-attn package on (B, N, h, d): FA3's flash_attn_interface.flash_attn_func on a Hopper GPU
@@ -146,14 +141,11 @@ class SoftmaxFlash(BnhdKernel):
 
 @register_mechanism(
     "softmax_xformers",
-    family="softmax",
     backend="xformers",
-    reference="softmax_eager",
     requires=("xformers",),
-    devices=("cuda",),
     dtypes=("fp32", "fp16", "bf16"),
-    head_dims=FLASH_HEAD_DIMS,
     cite=CITE_MEM_EFFICIENT,
+    **CUDA_KERNEL,
 )
 class SoftmaxXformers(BnhdKernel):
     """xformers.ops.memory_efficient_attention on (B, N, h, d); xformers' dispatcher picks the kernel

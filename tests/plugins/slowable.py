@@ -14,7 +14,7 @@ import os
 
 import torch.nn.functional as F
 
-from attnbench.layers import TokenMixer, apply_rope
+from attnbench.layers import TokenMixer, rope_operator
 from attnbench.registry import Mechanism, register_mechanism
 
 UNITS = 10
@@ -38,10 +38,4 @@ class Slowable(Mechanism):
         return slowable_attention(q, k, v)
 
     def mixer(self, dim, num_heads):
-        def operator(q, k, v, *, grid, rope):
-            if rope is not None:
-                sin, cos = rope
-                q, k = apply_rope(q, sin, cos), apply_rope(k, sin, cos)
-            return slowable_attention(q, k, v)
-
-        return TokenMixer(dim, num_heads, operator)
+        return TokenMixer(dim, num_heads, rope_operator(slowable_attention))
