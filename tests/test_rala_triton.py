@@ -165,6 +165,40 @@ def test_split_merge_is_deterministic_and_split_invariant():
         assert rel_err(many[i], one[i].double()) < 4e-6, what
 
 
+@pytest.fixture
+def many_splits(monkeypatch):
+    """Every launcher plans one split per token block of 16 (S up to the block count), so the
+    separate, parallel merges run; yields the list of plans made, to check S really exceeded 4."""
+    from mechanisms.rala import launch, triton_bwd, triton_kernels
+
+    plans = []
+
+    def plan(*args, **kwargs):
+        kwargs.update(block_n=16, splits=10_000)  # capped at the token blocks
+        plans.append(launch.plan_launch(*args, **kwargs))
+        return plans[-1]
+
+    monkeypatch.setattr(triton_kernels, "plan_launch", plan)
+    monkeypatch.setattr(triton_bwd, "plan_launch", plan)
+    return plans
+
+
+@pytest.mark.parametrize("batch,heads,grid,d,layout,rope_kind", [
+    (1, 2, (9, 10), 32, "bhnd", None),  # S = 6: the forward's `_merge_kernel`, channel-major, in-kernel RoPE
+    (1, 2, (9, 10), 20, "tokens", "default"),  # token-major + tables; d*d = 400: a chunk holds KV and ksum
+    (1, 1, (17, 17), 32, "bnhd", None),  # S = 19 > MERGE_SPLITS_BLOCK: two blocks of split records
+    (1, 1, (9, 10), 96, "tokens", "default"),  # d-block 128 with padding, 73 chunks per (b, h)
+], ids=lambda v: str(v).replace(" ", ""))
+def test_parallel_merge_many_splits(many_splits, batch, heads, grid, d, layout, rope_kind):
+    """S > FUSE_MERGE_MAX_SPLITS: the forward and backward merges run as (B*h, chunks) grids; out and
+    the gradients (T = <KV, dKV> + ksum . dksum summed from per-chunk shares) against float64 truth."""
+    from mechanisms.rala.launch import FUSE_MERGE_MAX_SPLITS
+
+    run_case(batch, heads, grid, d, layout=layout, rope_kind=rope_kind, seed=3)
+    n_blocks = -(-grid[0] * grid[1] // 16)
+    assert min(p.splits for p in many_splits) == n_blocks > FUSE_MERGE_MAX_SPLITS
+
+
 def test_mixer_matches_eager_mixer_with_shared_weights():
     mixer_level_case("fp32")
 

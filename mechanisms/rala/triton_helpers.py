@@ -211,12 +211,50 @@ def state_ptrs(WS, BH, d):
 
 @triton.jit
 def partial_ptrs(PART, BH, S, d):
-    """Split partials: qsum (BH, S, d) | KV_s (BH, S, d, d) | ks_s (BH, S, d) | m_s (BH, S) | l_s (BH, S)."""
+    """Split partials: qsum (BH, S, d) | records (BH, S, d*d + d) | m_s (BH, S) | l_s (BH, S).
+
+    A split's record is its KV_s (d, d) row-major followed by its ks_s (d,): one contiguous run of
+    d*d + d floats, so the merge can cut every record into the same flat chunks (`sum_partials`).
+    Returns (qsum, KV_s of record 0, ks_s of record 0, m_s, l_s); record r is at + r * (d*d + d)."""
     qsum = PART
-    kv_p = qsum + BH * S * d
-    ks_p = kv_p + BH * S * d * d
-    m_p = ks_p + BH * S * d
-    return qsum, kv_p, ks_p, m_p, m_p + BH * S
+    rec_p = qsum + BH * S * d
+    m_p = rec_p + BH * S * (d * d + d)
+    return qsum, rec_p, rec_p + d * d, m_p, m_p + BH * S
+
+
+@triton.jit
+def merged_max_sum(M_P, L_P, n_splits, SB: tl.constexpr):
+    """M = max_s m_s and L = sum_s exp(m_s - M) l_s over the n_splits (m_s, l_s) of one (b, h),
+    read SB at a time in a fixed order (deterministic): the max/sum rescaling rule's scalars."""
+    m_all = -float("inf")
+    for s0 in range(0, n_splits, SB):
+        s = s0 + tl.arange(0, SB)
+        m_all = tl.maximum(m_all, tl.max(tl.load(M_P + s, mask=s < n_splits, other=-float("inf")), 0))
+    l_all = 0.0
+    for s0 in range(0, n_splits, SB):
+        s = s0 + tl.arange(0, SB)
+        w = tl.exp(tl.load(M_P + s, mask=s < n_splits, other=-float("inf")) - m_all)  # 0 past n_splits
+        l_all += tl.sum(w * tl.load(L_P + s, mask=s < n_splits, other=0.0), 0)
+    return m_all, l_all
+
+
+@triton.jit
+def sum_partials(P, rec, n_splits, col, M_P, m_all, WEIGHTED: tl.constexpr, SB: tl.constexpr, CW: tl.constexpr):
+    """sum_s w_s P[s * rec + col + j] for j < CW: one flat chunk of the n_splits records of `rec`
+    floats starting at P (columns >= rec read as 0). w_s = exp(m_s - M) (WEIGHTED: the forward's
+    rescaling, m_s at M_P) or 1. Fixed order: blocks of SB splits in sequence, each reduced by
+    tl.sum's fixed tree (deterministic, no atomics). Returns (CW,) fp32."""
+    cols = col + tl.arange(0, CW)
+    acc = tl.zeros((CW,), dtype=tl.float32)
+    for s0 in range(0, n_splits, SB):
+        s = s0 + tl.arange(0, SB)
+        msk = (s < n_splits)[:, None] & (cols < rec)[None, :]
+        tile = tl.load(P + s[:, None] * rec + cols[None, :], mask=msk, other=0.0)  # (SB, CW)
+        if WEIGHTED:
+            w = tl.exp(tl.load(M_P + s, mask=s < n_splits, other=-float("inf")) - m_all)  # (SB,)
+            tile = tile * w[:, None]
+        acc += tl.sum(tile, 0)
+    return acc
 
 
 @triton.jit
