@@ -65,10 +65,10 @@ def test_roofline_counts_the_same_state_bytes():
         assert ("_merge_kernel" in [x.kernel for x in launches]) == (S > 4)
 
 
-def test_merge_chunks_cover_a_record_and_fit_the_t_shares():
-    """A parallel merge's chunks cover the d*d + d record, and their T shares fit the d + 1 slots per
-    (b, h) that the backward's workspace keeps for them."""
+def test_merge_chunks_cover_a_state():
+    """A parallel merge's chunks cover the d x d state (the last one maybe partly) and ksum fits the one
+    extra program."""
     for d in range(8, 129, 4):
         c = merge_chunks(d)
-        assert (c - 1) * MERGE_CHUNK < d * d + d <= c * MERGE_CHUNK
-        assert c <= d + 1
+        assert (c - 1) * MERGE_CHUNK < d * d <= c * MERGE_CHUNK
+        assert d <= MERGE_CHUNK

@@ -180,9 +180,9 @@ def workspace_size(bh: int, splits: int, d: int) -> int:
 
 
 def dworkspace_size(bh: int, splits: int, d: int) -> int:
-    """fp32 elements of the backward's workspace (triton_bwd.dws_ptrs): dKV, dksum, T's d + 1
-    shares per (b, h), then per split a d*d + d record and a dqbar partial."""
-    return bh * (d * d + 2 * d + 1) + bh * splits * (d * d + 2 * d)
+    """fp32 elements of the backward's workspace (triton_bwd.dws_ptrs): dKV, dksum, T per (b, h), per split
+    dKV_s, dksum_s, dqbar_s, then the parallel merge's T shares (merge_chunks(d) + 1 per (b, h))."""
+    return bh * (d * d + d + 1) + bh * splits * (d * d + 2 * d) + bh * (merge_chunks(d) + 1)
 
 
 STATE_TRAFFIC_BUDGET = 0.05  # split states may add at most this fraction to a pass's minimum HBM bytes
@@ -201,11 +201,11 @@ def state_traffic_fraction(n: int, d: int, itemsize: int, splits: int, backward:
 
 
 FUSE_MERGE_MAX_SPLITS = 4  # up to this many splits, the forward's pass (c) merges the split states itself
-MERGE_CHUNK = 128  # floats of a split record one merge program sums (CW); d*d + d <= (d + 1) * CW for d <= 128
-MERGE_SPLITS_BLOCK = 16  # split records a merge program loads at once (SB): (16, 128) fp32, 16 per thread
+MERGE_CHUNK = 256  # floats of a split's d x d state one merge program sums (CW); ksum (d <= CW) takes one more
+MERGE_SPLITS_BLOCK = 16  # split records a merge program loads at once (SB): (16, 256) fp32, 32 per thread
 MERGE_WARPS = 4
 
 
 def merge_chunks(d: int) -> int:
-    """Programs per (b, h) of the parallel merges: MERGE_CHUNK-float chunks of a d*d + d record."""
-    return _cdiv(d * d + d, MERGE_CHUNK)
+    """MERGE_CHUNK-float chunks of a d x d state: a parallel merge runs merge_chunks(d) + 1 programs per (b, h)."""
+    return _cdiv(d * d, MERGE_CHUNK)

@@ -93,7 +93,7 @@ def forward_estimate(batch: int, heads: int, n: int, d: int, dtype: torch.dtype,
         tokens * 2 * d * d, l2=tokens * (2 * d * es + table_l2))
     if not fused:  # reads the S states from L2, writes the merged one
         chunks = merge_chunks(d)
-        add("_merge_kernel", bh * chunks, bh * state, bh * chunks * 2 * s, 0.0, l2=bh * s * state)
+        add("_merge_kernel", bh * (chunks + 1), bh * state, bh * (chunks + 1) * 2 * s, 0.0, l2=bh * s * state)
     # pass (c): fused, every program rereads the S states (L2) and split 0 writes the merged state
     state_l2 = bh * s * (s if fused else 1) * state
     add("_out_kernel", bh * s, tokens * 2 * d * es + (bh * state if fused else 0), tokens * (d + 1 + sincos),

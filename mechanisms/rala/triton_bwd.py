@@ -19,9 +19,13 @@ Derivation (R_n is linear, with transpose R_n^T):
   through qbar = mean_n qp_n:     dqp_n += dqbar / N
   through phi:                    dq = dqp * phi'(q), dk = dkp * phi'(k), phi'(x) = 1 (x > 0) else exp(x)
 
-Passes (grid (B*h, S) like the forward; the merge in parallel over chunks of the d*d + d split records):
+Passes (grid (B*h, S) like the forward; the merge per (b, h) for S <= 4, in parallel for more):
   B1 `_dstate_kernel`:  over q, g: recompute num, den; partial dKV, dksum per split
-  `_dmerge_kernel`:     grid (B*h, chunks): sum the partials in a fixed order (deterministic); T in shares
+  `_dmerge_kernel`:     S <= 4: one program per (b, h) sums the partials in a fixed order; T
+  or `_dmerge_chunks_kernel` + `_dtotal_kernel`: S > 4: grid (B*h, chunks + 1) sums chunks of the
+                        partials, each with its share of T; then one program per (b, h) adds the
+                        shares in order (deterministic, no atomics; one launch more, where a
+                        single program would otherwise read S d x d partials serially)
   B2 `_dkv_kernel`:     over k, v: recompute alpha, rk; write dk, dv; partial dqbar per split
   B3 `_dq_kernel`:      over q, g: recompute num, den; dq (needs dqbar from every split of B2)
 Extra memory: one fp32 workspace of O(B h S d^2) (dKV, dksum, T and the split partials); HBM
@@ -35,6 +39,7 @@ import triton
 import triton.language as tl
 
 from mechanisms.rala.launch import (
+    FUSE_MERGE_MAX_SPLITS,
     MERGE_CHUNK,
     MERGE_SPLITS_BLOCK,
     MERGE_WARPS,
@@ -60,6 +65,7 @@ from mechanisms.rala.triton_helpers import (
     store_rows_halves,
     store_tile,
     store_vec_halves,
+    sum_in_order,
     sum_partials,
 )
 from mechanisms.rala.triton_kernels import (
@@ -84,15 +90,14 @@ def rotate_t(ye, yo, ce, se, co, so):
 
 @triton.jit
 def dws_ptrs(DWS, BH, S, d):
-    """The backward's workspace (`dworkspace_size`): dKV (BH, d, d) | dksum (BH, d) | T's shares
-    (BH, d + 1), one per merge chunk | per split: records dKV_s | dksum_s (BH, S, d*d + d) | dqbar_s (BH, S, d).
-    Returns (dKV, dksum, T shares, dKV_s of record 0, dksum_s of record 0, dqbar_s); record r at + r * (d*d + d)."""
+    """The backward's workspace: dKV (BH, d, d) | dksum (BH, d) | T (BH) | then per split:
+    dKV_s (BH, S, d, d) | dksum_s (BH, S, d) | dqbar_s (BH, S, d)."""
     dkv = DWS
     dks = dkv + BH * d * d
-    t_p = dks + BH * d
-    rec_p = t_p + BH * (d + 1)
-    dqb_p = rec_p + BH * S * (d * d + d)
-    return dkv, dks, t_p, rec_p, rec_p + d * d, dqb_p
+    t_all = dks + BH * d
+    dkv_p = t_all + BH
+    dks_p = dkv_p + BH * S * d * d
+    return dkv, dks, t_all, dkv_p, dks_p, dks_p + BH * S * d
 
 
 @triton.jit
@@ -153,30 +158,64 @@ def _dstate_kernel(
                 kv_e, kv_o, ks_e, ks_o, ANGLE, SIN, COS, srn, srd, eps, sqn, sqd, sgn, sgd,
                 BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, True, SPLIT)
     part = bh * tl.num_programs(1) + sp
-    store_rows_halves(DKV_P + part * (d * d + d), dkv_e, dkv_o, d, PB, DB)  # split s's record: dKV_s | dksum_s
-    store_vec_halves(DKS_P + part * (d * d + d), dks_e, dks_o, d, PB)
+    store_rows_halves(DKV_P + part * d * d, dkv_e, dkv_o, d, PB, DB)
+    store_vec_halves(DKS_P + part * d, dks_e, dks_o, d, PB)
 
 
 @triton.jit(do_not_specialize=["n_splits"])
-def _dmerge_kernel(WS, DWS, n_splits, d, SB: tl.constexpr, CW: tl.constexpr):
-    """dKV, dksum = sums of the split records, in parallel: grid (B*h, chunks), program (bh, c) sums
-    the flat chunk [c*CW, (c+1)*CW) of the S records (dKV_s | dksum_s) in a fixed order and stores
-    its share of T = <KV, dKV>_F + ksum . dksum (the matching chunk of the forward's KV | ksum); B2
-    adds the shares in order. Deterministic, no atomics."""
+def _dmerge_kernel(WS, DWS, n_splits, d, DB: tl.constexpr):
+    """dKV, dksum = sums of the split partials (fixed order); T = <KV, dKV>_F + ksum . dksum."""
+    bh = tl.program_id(0)
+    _qbar, KV, KS, _ml, _part = state_ptrs(WS, tl.num_programs(0), d)
+    DKV, DKS, T, DKV_P, DKS_P, _dqb = dws_ptrs(DWS, tl.num_programs(0), n_splits, d)
+    row = tl.arange(0, DB)
+    msk2 = (row < d)[:, None] & (row < d)[None, :]
+    off2 = row[:, None] * d + row[None, :]
+    dkv = tl.zeros((DB, DB), dtype=tl.float32)
+    dks = tl.zeros((DB,), dtype=tl.float32)
+    for s in range(0, n_splits):
+        part = bh * n_splits + s
+        dkv += tl.load(DKV_P + part * d * d + off2, mask=msk2, other=0.0)
+        dks += tl.load(DKS_P + part * d + row, mask=row < d, other=0.0)
+    kv = tl.load(KV + bh * d * d + off2, mask=msk2, other=0.0)
+    ks = tl.load(KS + bh * d + row, mask=row < d, other=0.0)
+    tl.store(DKV + bh * d * d + off2, dkv, mask=msk2)
+    tl.store(DKS + bh * d + row, dks, mask=row < d)
+    tl.store(T + bh, tl.sum(tl.sum(kv * dkv, 1), 0) + tl.sum(ks * dks, 0))
+
+
+@triton.jit(do_not_specialize=["n_splits"])
+def _dmerge_chunks_kernel(WS, DWS, n_splits, d, SB: tl.constexpr, CW: tl.constexpr):
+    """The merge for S > FUSE_MERGE_MAX_SPLITS, in parallel: grid (B*h, chunks + 1). Program (bh, c <
+    chunks) sums the flat chunk [c*CW, (c+1)*CW) of the S row-major dKV_s, program (bh, chunks) the S
+    dksum_s, in a fixed order; each stores its share of T = <KV, dKV>_F + ksum . dksum after the
+    workspace's dqbar partials, which `_dtotal_kernel` adds in order. Deterministic, no atomics."""
     bh = tl.program_id(0)
     c = tl.program_id(1)
+    n_kv = tl.num_programs(1) - 1  # chunks of dKV
     _qbar, KV, KS, _ml, _part = state_ptrs(WS, tl.num_programs(0), d)
-    DKV, DKS, T_P, REC_P, _dks_p, _dqb = dws_ptrs(DWS, tl.num_programs(0), n_splits, d)
-    rec = d * d + d
-    acc = sum_partials(REC_P + bh * n_splits * rec, rec, n_splits, c * CW, REC_P, 0.0, False, SB, CW)  # (CW,)
-    f = c * CW + tl.arange(0, CW)  # flat index into the record
-    in_kv = f < d * d
-    in_ks = (f >= d * d) & (f < rec)
-    f_ks = tl.where(in_ks, f - d * d, 0)
-    state = tl.load(KV + bh * d * d + f, mask=in_kv, other=0.0) + tl.load(KS + bh * d + f_ks, mask=in_ks, other=0.0)
-    tl.store(DKV + bh * d * d + f, acc, mask=in_kv)
-    tl.store(DKS + bh * d + f_ks, acc, mask=in_ks)
-    tl.store(T_P + bh * (d + 1) + c, tl.sum(state * acc, 0))
+    DKV, DKS, _t, DKV_P, DKS_P, DQB_P = dws_ptrs(DWS, tl.num_programs(0), n_splits, d)
+    col = c * CW + tl.arange(0, CW)
+    if c < n_kv:
+        acc = sum_partials(DKV_P + bh * n_splits * d * d, d * d, n_splits, c * CW, DKV_P, 0.0, False, SB, CW)
+        tl.store(DKV + bh * d * d + col, acc, mask=col < d * d)
+        share = tl.sum(acc * tl.load(KV + bh * d * d + col, mask=col < d * d, other=0.0), 0)
+    else:
+        j = tl.arange(0, CW)
+        acc = sum_partials(DKS_P + bh * n_splits * d, d, n_splits, 0, DKS_P, 0.0, False, SB, CW)
+        tl.store(DKS + bh * d + j, acc, mask=j < d)
+        share = tl.sum(acc * tl.load(KS + bh * d + j, mask=j < d, other=0.0), 0)
+    tl.store(DQB_P + tl.num_programs(0) * n_splits * d + bh * tl.num_programs(1) + c, share)
+
+
+@triton.jit(do_not_specialize=["n_splits"])
+def _dtotal_kernel(DWS, n_splits, n_shares, d, SB: tl.constexpr):
+    """T = the parallel merge's n_shares shares added in a fixed order, one program per (b, h), stored
+    where `_dmerge_kernel` puts it (B2 reads one scalar either way)."""
+    bh = tl.program_id(0)
+    _dkv, _dks, T, _dkv_p, _dks_p, DQB_P = dws_ptrs(DWS, tl.num_programs(0), n_splits, d)
+    shares = DQB_P + tl.num_programs(0) * n_splits * d + bh * n_shares
+    tl.store(T + bh, sum_in_order(shares, n_shares, SB))
 
 
 @triton.jit
@@ -216,7 +255,7 @@ def _dkv_block(
 @triton.jit(do_not_specialize=["N", "W", "n_heads", "bps"])
 def _dkv_kernel(
     K, V, DK, DV, WS, DWS, ANGLE, SIN, COS,
-    N, W, d, n_heads, bps, scale, n_tparts,
+    N, W, d, n_heads, bps, scale,
     skb, skh, skn, skd, svb, svh, svn, svd, sdkb, sdkh, sdkn, sdkd, sdvb, sdvh, sdvn, sdvd, srn, srd,
     BLOCK_N: tl.constexpr, PB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr, DOT_DTYPE: tl.constexpr,
     SPLIT: tl.constexpr,
@@ -226,7 +265,7 @@ def _dkv_kernel(
     bh = tl.program_id(0)
     sp = tl.program_id(1)
     QBAR, _kv, _ks, ML, _part = state_ptrs(WS, tl.num_programs(0), d)
-    DKV, DKS, T_P, _rec_p, _dks_p, DQB_P = dws_ptrs(DWS, tl.num_programs(0), tl.num_programs(1), d)
+    DKV, DKS, T, _dkv_p, _dks_p, DQB_P = dws_ptrs(DWS, tl.num_programs(0), tl.num_programs(1), d)
     b64 = (bh // n_heads).to(tl.int64)
     h64 = (bh % n_heads).to(tl.int64)
     k_base = K + b64 * skb + h64 * skh
@@ -236,8 +275,7 @@ def _dkv_kernel(
     qbar_e, qbar_o = load_vec_halves(QBAR + bh * d, d, PB)  # (PB,) each
     m_fin = tl.load(ML + bh * 2)
     inv_l = 1.0 / tl.load(ML + bh * 2 + 1)
-    tparts = tl.arange(0, 2 * DB)  # T = the merge chunks' shares (n_tparts <= d + 1 <= 2 DB), added in a fixed order
-    t_all = tl.sum(tl.load(T_P + bh * (d + 1) + tparts, mask=tparts < n_tparts, other=0.0), 0)
+    t_all = tl.load(T + bh)
     dkv_e, dkv_o = load_rows_halves(DKV + bh * d * d, d, PB, DB)  # (PB, DB) each
     dkv_e = dkv_e.to(DOT_DTYPE)
     dkv_o = dkv_o.to(DOT_DTYPE)
@@ -333,14 +371,20 @@ def rala_backward(g, q, k, v, grid, rope, ws, *, plan=None):
     split = token_major(q)
     angle, sin, cos, srn, srd, from_mem = rope_args(rope, n, d, dev, token_major=split)
     meta = stream_meta(plan, from_mem, q.dtype, split)
-    s, w, chunks = plan.splits, grid[1], merge_chunks(d)
+    s, nw, w = plan.splits, plan.num_warps, grid[1]
     dws = torch.empty(dworkspace_size(bh, s, d), dtype=torch.float32, device=dev)
     dq, dk, dv = empty_like_layout(q), empty_like_layout(k), empty_like_layout(v)
     meta_b1 = dict(meta, num_warps=plan.warps_b1 or plan.num_warps)
     _dstate_kernel[(bh, s)](q, g, ws, dws, angle, sin, cos, n, w, d, h, plan.bps, EPS,
                             *q.stride(), *g.stride(), srn, srd, **meta_b1)
-    _dmerge_kernel[(bh, chunks)](ws, dws, s, d, SB=MERGE_SPLITS_BLOCK, CW=MERGE_CHUNK, num_warps=MERGE_WARPS)
-    _dkv_kernel[(bh, s)](k, v, dk, dv, ws, dws, angle, sin, cos, n, w, d, h, plan.bps, d**-0.5, chunks,
+    if s <= FUSE_MERGE_MAX_SPLITS:  # few splits: one program per (b, h) sums them and T
+        _dmerge_kernel[(bh,)](ws, dws, s, d, DB=2 * plan.pb, num_warps=nw)
+    else:  # many: in parallel over chunks of dKV, then T from the chunks' shares
+        chunks = merge_chunks(d) + 1
+        _dmerge_chunks_kernel[(bh, chunks)](ws, dws, s, d, SB=MERGE_SPLITS_BLOCK, CW=MERGE_CHUNK,
+                                            num_warps=MERGE_WARPS)
+        _dtotal_kernel[(bh,)](dws, s, chunks, d, SB=MERGE_SPLITS_BLOCK, num_warps=MERGE_WARPS)
+    _dkv_kernel[(bh, s)](k, v, dk, dv, ws, dws, angle, sin, cos, n, w, d, h, plan.bps, d**-0.5,
                          *k.stride(), *v.stride(), *dk.stride(), *dv.stride(), srn, srd, **meta)
     _dq_kernel[(bh, s)](q, g, dq, ws, dws, angle, sin, cos, n, w, d, h, plan.bps, EPS, 1.0 / n,
                         *q.stride(), *g.stride(), *dq.stride(), srn, srd, **meta)

@@ -211,15 +211,12 @@ def state_ptrs(WS, BH, d):
 
 @triton.jit
 def partial_ptrs(PART, BH, S, d):
-    """Split partials: qsum (BH, S, d) | records (BH, S, d*d + d) | m_s (BH, S) | l_s (BH, S).
-
-    A split's record is its KV_s (d, d) row-major followed by its ks_s (d,): one contiguous run of
-    d*d + d floats, so the merge can cut every record into the same flat chunks (`sum_partials`).
-    Returns (qsum, KV_s of record 0, ks_s of record 0, m_s, l_s); record r is at + r * (d*d + d)."""
+    """Split partials: qsum (BH, S, d) | KV_s (BH, S, d, d) | ks_s (BH, S, d) | m_s (BH, S) | l_s (BH, S)."""
     qsum = PART
-    rec_p = qsum + BH * S * d
-    m_p = rec_p + BH * S * (d * d + d)
-    return qsum, rec_p, rec_p + d * d, m_p, m_p + BH * S
+    kv_p = qsum + BH * S * d
+    ks_p = kv_p + BH * S * d * d
+    m_p = ks_p + BH * S * d
+    return qsum, kv_p, ks_p, m_p, m_p + BH * S
 
 
 @triton.jit
@@ -275,3 +272,13 @@ def block_range(N, bps, BLOCK_N: tl.constexpr, TAIL: tl.constexpr):
         b_main = b1
         has_tail = b1 < b0  # never
     return b0, b_main, has_tail
+
+
+@triton.jit
+def sum_in_order(P, n, SB: tl.constexpr):
+    """sum_i P[i] for i < n, SB at a time in a fixed order (deterministic, no atomics)."""
+    acc = 0.0
+    for i0 in range(0, n, SB):
+        i = i0 + tl.arange(0, SB)
+        acc += tl.sum(tl.load(P + i, mask=i < n, other=0.0), 0)
+    return acc

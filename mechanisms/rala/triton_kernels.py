@@ -14,13 +14,13 @@ Grid of passes (a), (b), (c): (B*h, S) programs; program (bh, s) streams token b
 program in one wave, so small B*h still fills the GPU, and two per SM only where the split states
 stay within 5 % of the minimum traffic. No (B, h, N, d) intermediate reaches memory: pass (a)
 writes (B*h, S, d) partial sums, pass (b) per-split softmax states (running max m, running sum l,
-and a record of unnormalised KV (d, d) then ksum (d,)). They are merged with the max/sum rescaling
-rule  M = max_s m_s,  w_s = exp(m_s - M),  L = sum_s w_s l_s,  KV = sum_s w_s KV_s / L  in a fixed
-order (deterministic, no atomics): for S <= 4 by every program of pass (c) itself (one launch
-fewer), else by `_merge_kernel` in parallel, grid (B*h, chunks): program (bh, c) sums one
-128-float chunk of the S records (d*d + d floats each: 33 programs per (b, h) at d = 64, 73 at
-d = 96) after recomputing M and L from the S scalars, so no program reads more than S x 512 B
-(S <= ~264 at B*h = 1). The merged small state (qbar, KV, ksum, M, L) is what the backward
+unnormalised KV and ksum). They are merged with the max/sum rescaling rule  M = max_s m_s,
+w_s = exp(m_s - M),  L = sum_s w_s l_s,  KV = sum_s w_s KV_s / L  in a fixed order (deterministic,
+no atomics): for S <= 4 by every program of pass (c) itself (one launch fewer), else by
+`_merge_kernel` in parallel, grid (B*h, chunks + 1): program (bh, c) sums one 256-float chunk of
+the S row-major KV_s, the last one the S ks_s and stores (M, L) (17 programs per (b, h) at d = 64,
+37 at d = 96), each after recomputing M and L from the S scalars, so no program reads more than
+S x 1 KB (S <= ~264 at B*h = 1). The merged small state (qbar, KV, ksum, M, L) is what the backward
 (triton_bwd.py) reuses. Everything fp32 lives in one workspace allocation.
 
 HBM traffic: q twice, k and v once, out once (the minimum, 5 N d elements per (b, h)), plus the
@@ -220,8 +220,8 @@ def _state_kernel(
                 BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, True, SPLIT)
 
     part = bh * n_splits + sp
-    store_rows_halves(KV_P + part * (d * d + d), kv_e, kv_o, d, PB, DB)  # split s's record: KV_s | ks_s
-    store_vec_halves(KS_P + part * (d * d + d), ks_e, ks_o, d, PB)
+    store_rows_halves(KV_P + part * d * d, kv_e, kv_o, d, PB, DB)
+    store_vec_halves(KS_P + part * d, ks_e, ks_o, d, PB)
     tl.store(M_P + part, m_run)
     tl.store(L_P + part, l_run)
 
@@ -247,10 +247,10 @@ def merged_state(WS, bh, n_splits, d, PB: tl.constexpr):
         part = bh * n_splits + s
         w = tl.exp(tl.load(M_P + part) - m_all)
         l_all += w * tl.load(L_P + part)
-        p_e, p_o = load_rows_halves(KV_P + part * (d * d + d), d, PB, DB)
+        p_e, p_o = load_rows_halves(KV_P + part * d * d, d, PB, DB)
         kv_e += w * p_e
         kv_o += w * p_o
-        k_e, k_o = load_vec_halves(KS_P + part * (d * d + d), d, PB)
+        k_e, k_o = load_vec_halves(KS_P + part * d, d, PB)
         ks_e += w * k_e
         ks_o += w * k_o
     inv_l = 1.0 / l_all
@@ -269,25 +269,28 @@ def store_state(WS, bh, kv_e, kv_o, ks_e, ks_o, m_all, l_all, d, PB: tl.constexp
 
 @triton.jit(do_not_specialize=["n_splits"])
 def _merge_kernel(WS, n_splits, d, SB: tl.constexpr, CW: tl.constexpr):
-    """Merge of the split states when S > FUSE_MERGE_MAX_SPLITS, in parallel: grid (B*h, chunks).
+    """Merge of the split states when S > FUSE_MERGE_MAX_SPLITS, in parallel: grid (B*h, chunks + 1).
 
-    Program (bh, c) merges the flat chunk [c*CW, (c+1)*CW) of the S records (KV_s | ks_s, d*d + d
-    floats each): M and L are recomputed from the S (m_s, l_s) scalars by every program (2 S loads),
-    then sum_s exp(m_s - M) record_s[chunk] / L is stored where `store_state` puts KV and ksum (the
-    layout the backward reads); program c = 0 also stores (M, L). Fixed order, no atomics."""
+    Program (bh, c < chunks) merges the flat chunk [c*CW, (c+1)*CW) of the S row-major KV_s (d*d
+    floats each), program (bh, chunks) the S ks_s (d floats) and stores (M, L). Every program
+    recomputes M and L from the S (m_s, l_s) scalars (2 S loads), then stores
+    sum_s exp(m_s - M) part_s / L where `store_state` puts KV and ksum (the layout the backward
+    reads). Fixed order, no atomics."""
     bh = tl.program_id(0)
     c = tl.program_id(1)
+    n_kv = tl.num_programs(1) - 1  # chunks of KV
     _qbar, KV, KS, ML, PART = state_ptrs(WS, tl.num_programs(0), d)
-    _qsum, REC_P, _ks_p, M_P, L_P = partial_ptrs(PART, tl.num_programs(0), n_splits, d)
-    rec = d * d + d
+    _qsum, KV_P, KS_P, M_P, L_P = partial_ptrs(PART, tl.num_programs(0), n_splits, d)
     m_all, l_all = merged_max_sum(M_P + bh * n_splits, L_P + bh * n_splits, n_splits, SB)
-    acc = sum_partials(REC_P + bh * n_splits * rec, rec, n_splits, c * CW, M_P + bh * n_splits, m_all, True, SB, CW)
-    acc = acc * (1.0 / l_all)  # (CW,)
-    f = c * CW + tl.arange(0, CW)  # flat index into the record
-    in_ks = (f >= d * d) & (f < rec)
-    tl.store(KV + bh * d * d + f, acc, mask=f < d * d)
-    tl.store(KS + bh * d + tl.where(in_ks, f - d * d, 0), acc, mask=in_ks)
-    if c == 0:
+    inv_l = 1.0 / l_all
+    col = c * CW + tl.arange(0, CW)
+    if c < n_kv:
+        acc = sum_partials(KV_P + bh * n_splits * d * d, d * d, n_splits, c * CW, M_P + bh * n_splits, m_all,
+                           True, SB, CW)  # (CW,)
+        tl.store(KV + bh * d * d + col, acc * inv_l, mask=col < d * d)
+    else:
+        acc = sum_partials(KS_P + bh * n_splits * d, d, n_splits, 0, M_P + bh * n_splits, m_all, True, SB, CW)
+        tl.store(KS + bh * d + tl.arange(0, CW), acc * inv_l, mask=tl.arange(0, CW) < d)
         tl.store(ML + bh * 2, m_all)
         tl.store(ML + bh * 2 + 1, l_all)
 
@@ -399,7 +402,8 @@ def rala_forward(q, k, v, grid, rope=None, *, plan: LaunchPlan | None = None):
                            *k.stride(), *v.stride(), srn, srd, **meta)
     fuse = s <= FUSE_MERGE_MAX_SPLITS
     if not fuse:
-        _merge_kernel[(bh, merge_chunks(d))](ws, s, d, SB=MERGE_SPLITS_BLOCK, CW=MERGE_CHUNK, num_warps=MERGE_WARPS)
+        _merge_kernel[(bh, merge_chunks(d) + 1)](ws, s, d, SB=MERGE_SPLITS_BLOCK, CW=MERGE_CHUNK,
+                                                 num_warps=MERGE_WARPS)
     _out_kernel[(bh, s)](q, out, ws, angle, sin, cos, n, w, d, h, plan.bps, EPS, s, *q.stride(), *out.stride(),
                          srn, srd, FUSE_MERGE=fuse, **meta)
     return out, ws
