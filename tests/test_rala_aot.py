@@ -48,16 +48,19 @@ def test_aot_compile_every_planned_kernel_for_sm80_sm90():
 
 def test_launch_recorder_sees_every_kernel():
     """The meta-tensor recorder (no compilation) sees the launches the launchers make: every kernel
-    is launched by some planned case on each target, and the grid is (B*h, splits)."""
+    is launched by some planned case on each target; grids (B*h, splits), parallel merges (B*h, chunks + 1)."""
     code = r"""
 import torch
 from mechanisms.rala import aot
+from mechanisms.rala.launch import merge_chunks
 for arch in aot.ARCHS.values():
     names = set()
     for level, shape in (("op", (64, 1, 56, 56)), ("mixer", (1, 1, 56, 56))):
         for launch in aot.planned_launches(level, shape, 64, torch.bfloat16, arch):
             names.add(launch.name)
-            if launch.name not in ("_merge_kernel", "_dmerge_kernel"):
+            if launch.name in ("_merge_kernel", "_dmerge_chunks_kernel"):  # parallel merges: (B*h, chunks + 1)
+                assert launch.grid == (shape[0] * shape[1], merge_chunks(64) + 1), launch.grid
+            else:
                 assert launch.grid[0] == shape[0] * shape[1], launch.grid
     assert names == set(aot.all_kernel_names()), (arch.name, sorted(names))
 print("ok")

@@ -165,6 +165,61 @@ def test_split_merge_is_deterministic_and_split_invariant():
         assert rel_err(many[i], one[i].double()) < 4e-6, what
 
 
+@pytest.fixture
+def many_splits(monkeypatch):
+    """Every launcher plans one split per token block of 16 (S up to the block count), so the
+    separate, parallel merges run; yields the list of plans made, to check S really exceeded 4."""
+    from mechanisms.rala import launch, triton_bwd, triton_kernels
+
+    plans = []
+
+    def plan(*args, **kwargs):
+        kwargs.update(block_n=16, splits=10_000)  # capped at the token blocks
+        plans.append(launch.plan_launch(*args, **kwargs))
+        return plans[-1]
+
+    monkeypatch.setattr(triton_kernels, "plan_launch", plan)
+    monkeypatch.setattr(triton_bwd, "plan_launch", plan)
+    return plans
+
+
+@pytest.mark.parametrize("batch,heads,grid,d,layout,rope_kind", [
+    (1, 2, (9, 10), 32, "bhnd", None),  # S = 6: the forward's `_merge_kernel`, channel-major, in-kernel RoPE
+    (1, 2, (9, 10), 20, "tokens", "default"),  # token-major + tables; d*d = 400: a partly filled last chunk
+    (1, 1, (17, 17), 32, "bnhd", None),  # S = 19 > MERGE_SPLITS_BLOCK: two blocks of split records
+    (1, 1, (9, 10), 96, "tokens", "default"),  # d-block 128 with padding, 36 + 1 chunks per (b, h)
+], ids=lambda v: str(v).replace(" ", ""))
+def test_parallel_merge_many_splits(many_splits, batch, heads, grid, d, layout, rope_kind):
+    """S > FUSE_MERGE_MAX_SPLITS: the forward and backward merges run as (B*h, chunks) grids; out and
+    the gradients (T from the chunks' shares, added in order by `_dtotal_kernel`) against float64 truth."""
+    from mechanisms.rala.launch import FUSE_MERGE_MAX_SPLITS
+
+    run_case(batch, heads, grid, d, layout=layout, rope_kind=rope_kind, seed=3)
+    n_blocks = -(-grid[0] * grid[1] // 16)
+    assert min(p.splits for p in many_splits) == n_blocks > FUSE_MERGE_MAX_SPLITS
+
+
+@pytest.mark.parametrize("eps", [1e-6, 0.5])
+def test_backward_t_identity(eps):
+    """The backward's T = <KV, dKV>_F + ksum . dksum is -eps sum_n dden_n ("~0 up to the epsilon" in triton_bwd),
+    in float64 from the definitions, with a rotation R (any linear map) and a large eps for an O(1) T."""
+    gen = torch.Generator().manual_seed(5)
+    n, d = 30, 8
+    q, k, v, g = (torch.randn(n, d, generator=gen, dtype=torch.float64) for _ in range(4))
+    rot = torch.linalg.qr(torch.randn(n, d, d, generator=gen, dtype=torch.float64))[0]  # R_n per token
+    qp, kp = torch.nn.functional.elu(q) + 1, torch.nn.functional.elu(k) + 1
+    alpha = torch.softmax(d**-0.5 * kp @ qp.mean(0), 0)  # (N,)
+    kv = torch.einsum("m,mij,mj,mk->ik", alpha, rot, kp, v)  # sum_m alpha_m R_m(kp_m) v_m^T
+    ksum = alpha @ kp
+    rq = torch.einsum("nij,nj->ni", rot, qp)
+    num, den = rq @ kv, qp @ ksum + eps
+    gn = g / den[:, None]
+    dden = -(gn * num).sum(1) / den
+    dkv, dksum = rq.T @ gn, dden @ qp
+    t = (kv * dkv).sum() + ksum @ dksum
+    assert abs(t.item() - (-eps * dden.sum()).item()) <= 1e-12 * max(1.0, (kv * dkv).sum().abs().item())
+
+
 def test_mixer_matches_eager_mixer_with_shared_weights():
     mixer_level_case("fp32")
 

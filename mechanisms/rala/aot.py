@@ -155,8 +155,11 @@ class CompileJob:
         names = [k for k, _ in self.signature]
         const = {names[path[0]]: val for path, val in self.constexprs}
         dt = self.signature[0][1].lstrip("*")
-        parts = [dt, f"BN{const.get('BLOCK_N', '-')}", f"DB{const.get('DB', 2 * const.get('PB', 0)) or '-'}",
-                 f"w{self.num_warps}"]
+        if "CW" in const:  # the parallel merges: chunk width x split records per load
+            parts = [dt, f"CW{const['CW']} SB{const['SB']}", f"w{self.num_warps}"]
+        else:
+            parts = [dt, f"BN{const.get('BLOCK_N', '-')}", f"DB{const.get('DB', 2 * const.get('PB', 0)) or '-'}",
+                     f"w{self.num_warps}"]
         if "ROPE_FROM_MEM" in const:
             parts.append("rope:tab" if const["ROPE_FROM_MEM"] else "rope:calc")
         unit = [k for k, v in const.items() if v == 1 and k[0] == "s" and k[-1] in "nd"]
@@ -203,6 +206,7 @@ class Result:
     smem: int = 0  # dynamic shared memory per program (bytes)
     scalar16: int = 0  # 2-byte scalar global loads + stores in the PTX (expected only in the masked tail)
     vec: int = 0  # 16-byte global accesses in the PTX: ld/st .v4.b32 and cp.async.cg (pipelined loads)
+    divs: int = 0  # fp32 divisions and reciprocals in the PTX (div.*.f32, rcp.*.f32): per token, not per element
     error: str = ""
     seconds: float = 0.0
     cases: list = field(default_factory=list)
@@ -267,6 +271,7 @@ def compile_job(job: CompileJob) -> Result:
         ptx = ck.asm["ptx"]
         res.scalar16 = len(re.findall(r"(?:ld|st)\.global\S*\.b16\s", ptx))
         res.vec = len(re.findall(r"(?:(?:ld|st)\.global\S*\.v4\.b32|cp\.async\.cg\.shared\.global)\s", ptx))
+        res.divs = len(re.findall(r"\b(?:div|rcp)\.[a-z.]*f32\s", ptx))
     except Exception as exc:  # a compile error is a row, not a crash
         res.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300]
     res.seconds = time.perf_counter() - t0

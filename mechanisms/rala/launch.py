@@ -1,6 +1,6 @@
 """The host-side launch plan of the RALA Triton kernels, shared by the forward and backward launchers and
 by the ahead-of-time check: block sizes by head dim and dtype (per GPU architecture), splits along N by
-SM count, output layout, RoPE arguments, workspace size. Imports no triton.
+SM count and split-state traffic, output layout, RoPE arguments, workspace sizes. Imports no triton.
 """
 
 from __future__ import annotations
@@ -97,8 +97,19 @@ def plan_launch(bh: int, n: int, d: int, dtype: torch.dtype, device: torch.devic
                 block_n: int | None = None, splits: int | None = None, num_warps: int | None = None) -> LaunchPlan:
     """Autotune-free plan from the per-architecture launch table (`LAUNCH_TABLE`), which keeps every
     kernel free of register spills on sm_80 and sm_90 (checked in CI by scripts/aot_check.py).
-    splits: B*h*splits <= 2 programs per SM (one wave). arch (e.g. 90) and sms default to the
-    device's; token_major: the inputs are token-contiguous (the mixer's layout).
+    arch (e.g. 90) and sms default to the device's; token_major: the inputs are token-contiguous
+    (the mixer's layout).
+
+    splits S along N (one wave, never a partial second one): at least SMs // (B*h), so every SM
+    gets a program; more, up to 2 SMs // (B*h) (two programs per SM, better latency hiding), only
+    while the split states stay within STATE_TRAFFIC_BUDGET (5 %) of the pass's minimum HBM bytes
+    (`state_traffic_fraction`). Each split costs one fp32 d x d state written to HBM: at B=2, h=16,
+    N=1024, d=64, bf16 (sm_90, 132 SMs) that is 2.5 % of the forward's minimum per split, so
+    2 programs per SM (S = 8, the rule before) would add 23 %; S = 4 (128 programs for 132 SMs)
+    adds 12.7 %. 5 % is out of reach there: even S = 1 adds 5.1 % (its state and the merged copy)
+    and leaves 100 of 132 SMs idle, which costs far more than the state traffic, so the fill floor
+    wins. At the benchmark's B=64, h=1, N=3136 the rule keeps S = 4 (4.1 %). An estimate
+    (scripts/rala_roofline.py), to be checked on the first GPU run.
     """
     db = max(32, _next_pow2(d))
     entry = launch_entry(arch or _device_arch(device), backward, dtype, db, token_major, aligned=n % 16 == 0)
@@ -109,8 +120,12 @@ def plan_launch(bh: int, n: int, d: int, dtype: torch.dtype, device: torch.devic
     block_n = block_n or max(16, min(default_block, _next_pow2(n)))
     num_warps = num_warps or default_warps
     n_blocks = _cdiv(n, block_n)
-    if splits is None:  # one wave of ~2 programs per SM (floor: no straggling partial second wave)
-        splits = 2 * (sms or _sm_count(device)) // bh
+    if splits is None:
+        n_sm = sms or _sm_count(device)
+        splits = max(1, n_sm // bh)  # every SM busy (floor: no straggling partial second wave)
+        while (splits < 2 * n_sm // bh and splits < n_blocks
+               and state_traffic_fraction(n, d, dtype.itemsize, splits + 1, backward) <= STATE_TRAFFIC_BUDGET):
+            splits += 1  # a second program per SM where the split states stay cheap
     splits = max(1, min(splits, n_blocks))
     bps = _cdiv(n_blocks, splits)
     splits = _cdiv(n_blocks, bps)  # no empty split
@@ -162,3 +177,35 @@ def workspace_size(bh: int, splits: int, d: int) -> int:
     """fp32 elements of the forward's workspace (`state_ptrs`, `partial_ptrs`): one allocation
     instead of nine keeps the host-side cost of a call low (it matters at ~50 us kernels)."""
     return bh * (2 * d + d * d + 2) + bh * splits * (2 * d + d * d + 2)
+
+
+def dworkspace_size(bh: int, splits: int, d: int) -> int:
+    """fp32 elements of the backward's workspace (triton_bwd.dws_ptrs): dKV, dksum, T per (b, h), per split
+    dKV_s, dksum_s, dqbar_s, then the parallel merge's T shares (merge_chunks(d) + 1 per (b, h))."""
+    return bh * (d * d + d + 1) + bh * splits * (d * d + 2 * d) + bh * (merge_chunks(d) + 1)
+
+
+STATE_TRAFFIC_BUDGET = 0.05  # split states may add at most this fraction to a pass's minimum HBM bytes
+
+
+def state_traffic_fraction(n: int, d: int, itemsize: int, splits: int, backward: bool = False) -> float:
+    """HBM bytes of the split states as a fraction of the pass's minimum traffic.
+
+    Each of the `splits` programs of a (b, h) writes one fp32 state (d*d + d + 2 words: KV or dKV,
+    ksum or dksum, m, l) and the merge writes one more (the merged state the backward reads); the
+    merge and pass (c) read them back from L2 (written just before, a few MB), so only the writes
+    reach HBM. Minimum: 5 N d elements forward (q twice, k, v, out), 9 N d backward (q, g twice,
+    k, v, dq, dk, dv). Also used by roofline.py."""
+    minimum = (9 if backward else 5) * n * d * itemsize
+    return (splits + 1) * 4 * (d * d + d + 2) / minimum
+
+
+FUSE_MERGE_MAX_SPLITS = 4  # up to this many splits, the forward's pass (c) merges the split states itself
+MERGE_CHUNK = 256  # floats of a split's d x d state one merge program sums (CW); ksum (d <= CW) takes one more
+MERGE_SPLITS_BLOCK = 16  # split records a merge program loads at once (SB): (16, 256) fp32, 32 per thread
+MERGE_WARPS = 4
+
+
+def merge_chunks(d: int) -> int:
+    """MERGE_CHUNK-float chunks of a d x d state: a parallel merge runs merge_chunks(d) + 1 programs per (b, h)."""
+    return _cdiv(d * d, MERGE_CHUNK)

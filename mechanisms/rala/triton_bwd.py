@@ -19,9 +19,13 @@ Derivation (R_n is linear, with transpose R_n^T):
   through qbar = mean_n qp_n:     dqp_n += dqbar / N
   through phi:                    dq = dqp * phi'(q), dk = dkp * phi'(k), phi'(x) = 1 (x > 0) else exp(x)
 
-Passes (grid (B*h, S) like the forward, then one merge program per (b, h)):
+Passes (grid (B*h, S) like the forward; the merge per (b, h) for S <= 4, in parallel for more):
   B1 `_dstate_kernel`:  over q, g: recompute num, den; partial dKV, dksum per split
-  `_dmerge_kernel`:     sum the partials in a fixed order (deterministic); T
+  `_dmerge_kernel`:     S <= 4: one program per (b, h) sums the partials in a fixed order; T
+  or `_dmerge_chunks_kernel` + `_dtotal_kernel`: S > 4: grid (B*h, chunks + 1) sums chunks of the
+                        partials, each with its share of T; then one program per (b, h) adds the
+                        shares in order (deterministic, no atomics; one launch more, where a
+                        single program would otherwise read S d x d partials serially)
   B2 `_dkv_kernel`:     over k, v: recompute alpha, rk; write dk, dv; partial dqbar per split
   B3 `_dq_kernel`:      over q, g: recompute num, den; dq (needs dqbar from every split of B2)
 Extra memory: one fp32 workspace of O(B h S d^2) (dKV, dksum, T and the split partials); HBM
@@ -34,7 +38,17 @@ import torch
 import triton
 import triton.language as tl
 
-from mechanisms.rala.launch import empty_like_layout, plan_launch, rope_args
+from mechanisms.rala.launch import (
+    FUSE_MERGE_MAX_SPLITS,
+    MERGE_CHUNK,
+    MERGE_SPLITS_BLOCK,
+    MERGE_WARPS,
+    dworkspace_size,
+    empty_like_layout,
+    merge_chunks,
+    plan_launch,
+    rope_args,
+)
 from mechanisms.rala.triton_helpers import (
     block_range,
     dot_halves,
@@ -51,6 +65,8 @@ from mechanisms.rala.triton_helpers import (
     store_rows_halves,
     store_tile,
     store_vec_halves,
+    sum_in_order,
+    sum_partials,
 )
 from mechanisms.rala.triton_kernels import (
     EPS,
@@ -166,6 +182,40 @@ def _dmerge_kernel(WS, DWS, n_splits, d, DB: tl.constexpr):
     tl.store(DKV + bh * d * d + off2, dkv, mask=msk2)
     tl.store(DKS + bh * d + row, dks, mask=row < d)
     tl.store(T + bh, tl.sum(tl.sum(kv * dkv, 1), 0) + tl.sum(ks * dks, 0))
+
+
+@triton.jit(do_not_specialize=["n_splits"])
+def _dmerge_chunks_kernel(WS, DWS, n_splits, d, SB: tl.constexpr, CW: tl.constexpr):
+    """The merge for S > FUSE_MERGE_MAX_SPLITS, in parallel: grid (B*h, chunks + 1). Program (bh, c <
+    chunks) sums the flat chunk [c*CW, (c+1)*CW) of the S row-major dKV_s, program (bh, chunks) the S
+    dksum_s, in a fixed order; each stores its share of T = <KV, dKV>_F + ksum . dksum after the
+    workspace's dqbar partials, which `_dtotal_kernel` adds in order. Deterministic, no atomics."""
+    bh = tl.program_id(0)
+    c = tl.program_id(1)
+    n_kv = tl.num_programs(1) - 1  # chunks of dKV
+    _qbar, KV, KS, _ml, _part = state_ptrs(WS, tl.num_programs(0), d)
+    DKV, DKS, _t, DKV_P, DKS_P, DQB_P = dws_ptrs(DWS, tl.num_programs(0), n_splits, d)
+    col = c * CW + tl.arange(0, CW)
+    if c < n_kv:
+        acc = sum_partials(DKV_P + bh * n_splits * d * d, d * d, n_splits, c * CW, DKV_P, 0.0, False, SB, CW)
+        tl.store(DKV + bh * d * d + col, acc, mask=col < d * d)
+        share = tl.sum(acc * tl.load(KV + bh * d * d + col, mask=col < d * d, other=0.0), 0)
+    else:
+        j = tl.arange(0, CW)
+        acc = sum_partials(DKS_P + bh * n_splits * d, d, n_splits, 0, DKS_P, 0.0, False, SB, CW)
+        tl.store(DKS + bh * d + j, acc, mask=j < d)
+        share = tl.sum(acc * tl.load(KS + bh * d + j, mask=j < d, other=0.0), 0)
+    tl.store(DQB_P + tl.num_programs(0) * n_splits * d + bh * tl.num_programs(1) + c, share)
+
+
+@triton.jit(do_not_specialize=["n_splits"])
+def _dtotal_kernel(DWS, n_splits, n_shares, d, SB: tl.constexpr):
+    """T = the parallel merge's n_shares shares added in a fixed order, one program per (b, h), stored
+    where `_dmerge_kernel` puts it (B2 reads one scalar either way)."""
+    bh = tl.program_id(0)
+    _dkv, _dks, T, _dkv_p, _dks_p, DQB_P = dws_ptrs(DWS, tl.num_programs(0), n_splits, d)
+    shares = DQB_P + tl.num_programs(0) * n_splits * d + bh * n_shares
+    tl.store(T + bh, sum_in_order(shares, n_shares, SB))
 
 
 @triton.jit
@@ -322,12 +372,18 @@ def rala_backward(g, q, k, v, grid, rope, ws, *, plan=None):
     angle, sin, cos, srn, srd, from_mem = rope_args(rope, n, d, dev, token_major=split)
     meta = stream_meta(plan, from_mem, q.dtype, split)
     s, nw, w = plan.splits, plan.num_warps, grid[1]
-    dws = torch.empty(bh * (d * d + d + 1) + bh * s * (d * d + 2 * d), dtype=torch.float32, device=dev)
+    dws = torch.empty(dworkspace_size(bh, s, d), dtype=torch.float32, device=dev)
     dq, dk, dv = empty_like_layout(q), empty_like_layout(k), empty_like_layout(v)
     meta_b1 = dict(meta, num_warps=plan.warps_b1 or plan.num_warps)
     _dstate_kernel[(bh, s)](q, g, ws, dws, angle, sin, cos, n, w, d, h, plan.bps, EPS,
                             *q.stride(), *g.stride(), srn, srd, **meta_b1)
-    _dmerge_kernel[(bh,)](ws, dws, s, d, DB=2 * plan.pb, num_warps=nw)
+    if s <= FUSE_MERGE_MAX_SPLITS:  # few splits: one program per (b, h) sums them and T
+        _dmerge_kernel[(bh,)](ws, dws, s, d, DB=2 * plan.pb, num_warps=nw)
+    else:  # many: in parallel over chunks of dKV, then T from the chunks' shares
+        chunks = merge_chunks(d) + 1
+        _dmerge_chunks_kernel[(bh, chunks)](ws, dws, s, d, SB=MERGE_SPLITS_BLOCK, CW=MERGE_CHUNK,
+                                            num_warps=MERGE_WARPS)
+        _dtotal_kernel[(bh,)](dws, s, chunks, d, SB=MERGE_SPLITS_BLOCK, num_warps=MERGE_WARPS)
     _dkv_kernel[(bh, s)](k, v, dk, dv, ws, dws, angle, sin, cos, n, w, d, h, plan.bps, d**-0.5,
                          *k.stride(), *v.stride(), *dk.stride(), *dv.stride(), srn, srd, **meta)
     _dq_kernel[(bh, s)](q, g, dq, ws, dws, angle, sin, cos, n, w, d, h, plan.bps, EPS, 1.0 / n,

@@ -220,6 +220,41 @@ def partial_ptrs(PART, BH, S, d):
 
 
 @triton.jit
+def merged_max_sum(M_P, L_P, n_splits, SB: tl.constexpr):
+    """M = max_s m_s and L = sum_s exp(m_s - M) l_s over the n_splits (m_s, l_s) of one (b, h),
+    read SB at a time in a fixed order (deterministic): the max/sum rescaling rule's scalars."""
+    m_all = -float("inf")
+    for s0 in range(0, n_splits, SB):
+        s = s0 + tl.arange(0, SB)
+        m_all = tl.maximum(m_all, tl.max(tl.load(M_P + s, mask=s < n_splits, other=-float("inf")), 0))
+    l_all = 0.0
+    for s0 in range(0, n_splits, SB):
+        s = s0 + tl.arange(0, SB)
+        w = tl.exp(tl.load(M_P + s, mask=s < n_splits, other=-float("inf")) - m_all)  # 0 past n_splits
+        l_all += tl.sum(w * tl.load(L_P + s, mask=s < n_splits, other=0.0), 0)
+    return m_all, l_all
+
+
+@triton.jit
+def sum_partials(P, rec, n_splits, col, M_P, m_all, WEIGHTED: tl.constexpr, SB: tl.constexpr, CW: tl.constexpr):
+    """sum_s w_s P[s * rec + col + j] for j < CW: one flat chunk of the n_splits records of `rec`
+    floats starting at P (columns >= rec read as 0). w_s = exp(m_s - M) (WEIGHTED: the forward's
+    rescaling, m_s at M_P) or 1. Fixed order: blocks of SB splits in sequence, each reduced by
+    tl.sum's fixed tree (deterministic, no atomics). Returns (CW,) fp32."""
+    cols = col + tl.arange(0, CW)
+    acc = tl.zeros((CW,), dtype=tl.float32)
+    for s0 in range(0, n_splits, SB):
+        s = s0 + tl.arange(0, SB)
+        msk = (s < n_splits)[:, None] & (cols < rec)[None, :]
+        tile = tl.load(P + s[:, None] * rec + cols[None, :], mask=msk, other=0.0)  # (SB, CW)
+        if WEIGHTED:
+            w = tl.exp(tl.load(M_P + s, mask=s < n_splits, other=-float("inf")) - m_all)  # (SB,)
+            tile = tile * w[:, None]
+        acc += tl.sum(tile, 0)
+    return acc
+
+
+@triton.jit
 def block_range(N, bps, BLOCK_N: tl.constexpr, TAIL: tl.constexpr):
     """Split s's token blocks [b0, b1). TAIL (token-major inputs): the unmasked main loop runs
     [b0, b_main) and the block b_main (N % BLOCK_N tokens) runs masked when has_tail (last split
@@ -237,3 +272,13 @@ def block_range(N, bps, BLOCK_N: tl.constexpr, TAIL: tl.constexpr):
         b_main = b1
         has_tail = b1 < b0  # never
     return b0, b_main, has_tail
+
+
+@triton.jit
+def sum_in_order(P, n, SB: tl.constexpr):
+    """sum_i P[i] for i < n, SB at a time in a fixed order (deterministic, no atomics)."""
+    acc = 0.0
+    for i0 in range(0, n, SB):
+        i = i0 + tl.arange(0, SB)
+        acc += tl.sum(tl.load(P + i, mask=i < n, other=0.0), 0)
+    return acc

@@ -10,15 +10,25 @@ Per (batch, head), with phi(x) = ELU(x) + 1, c = d^-0.5 and R_n the 2D rotation 
     out_n = R_n(phi(q_n)) @ KV / (phi(q_n) . ksum + 1e-6)           pass (c)  _out_kernel
 
 Grid of passes (a), (b), (c): (B*h, S) programs; program (bh, s) streams token blocks
-[s*bps, (s+1)*bps) of BLOCK_N tokens. S ("splits") is chosen so that B*h*S fills one wave of ~2
-programs per SM, so small B*h still fills the GPU. No (B, h, N, d) intermediate reaches memory:
-pass (a) writes (B*h, S, d) partial sums, pass (b) per-split softmax states (running max m,
-running sum l, unnormalised KV and ksum). They are merged in a fixed order with the max/sum
-rescaling rule  M = max_s m_s,  w_s = exp(m_s - M),  L = sum_s w_s l_s,  KV = sum_s w_s KV_s / L
-(deterministic, no atomics) by `_merge_kernel` (grid B*h), or, for S <= 4, by every program of
-pass (c) itself (one launch fewer). The merged small state (qbar, KV, ksum, M, L) is what the
-backward (triton_bwd.py) reuses. Everything fp32 lives in one workspace allocation. HBM traffic:
-q twice, k and v once, out once (the (B*h, S, d, d) partials are small next to it).
+[s*bps, (s+1)*bps) of BLOCK_N tokens. S ("splits", `plan_launch`) gives every SM at least one
+program in one wave, so small B*h still fills the GPU, and two per SM only where the split states
+stay within 5 % of the minimum traffic. No (B, h, N, d) intermediate reaches memory: pass (a)
+writes (B*h, S, d) partial sums, pass (b) per-split softmax states (running max m, running sum l,
+unnormalised KV and ksum). They are merged with the max/sum rescaling rule  M = max_s m_s,
+w_s = exp(m_s - M),  L = sum_s w_s l_s,  KV = sum_s w_s KV_s / L  in a fixed order (deterministic,
+no atomics): for S <= 4 by every program of pass (c) itself (one launch fewer), else by
+`_merge_kernel` in parallel, grid (B*h, chunks + 1): program (bh, c) sums one 256-float chunk of
+the S row-major KV_s, the last one the S ks_s and stores (M, L) (17 programs per (b, h) at d = 64,
+37 at d = 96), each after recomputing M and L from the S scalars, so no program reads more than
+S x 1 KB (S <= ~264 at B*h = 1). The merged small state (qbar, KV, ksum, M, L) is what the backward
+(triton_bwd.py) reuses. Everything fp32 lives in one workspace allocation.
+
+HBM traffic: q twice, k and v once, out once (the minimum, 5 N d elements per (b, h)), plus the
+split states: S + 1 fp32 states of d*d + d + 2 words per (b, h) written (the S partials and the
+merged one), read back from L2 (`launch.state_traffic_fraction`). That is 4.1 % of the minimum
+at the benchmark's B=64, h=1, N=3136, d=64, bf16 (S = 4 on 132 SMs) and 12.7 % at B=2, h=16,
+N=1024 (S = 4; the rule before, 2 programs per SM, chose S = 8: 23 % written, 43 % if the
+partials were also read from HBM). Why not under 5 % there: plan_launch's docstring.
 
 Layout and precision: inputs are addressed through their strides, so (B, h, N, d), (B, N, h, d)
 and the token-contiguous views made by the mixer's head split are read without a copy. All math
@@ -33,11 +43,21 @@ split, SPLIT) load the halves as two token-contiguous tiles and the launcher han
 over token-major too, so no tile changes its register layout. Token loops: with token-major inputs
 an unmasked main loop over whole blocks plus one masked tail block (the mask is then constant along
 the contiguous tokens, so loads are 16 bytes wide); channel-major inputs keep one masked loop.
-Normaliser: one reciprocal per token, multiplied into the d outputs. Without tables the angles
-come from the token's (row, col): theta = pos * angle[j] in fp32 with `angle` the spec's (d/2,)
-buffer read from a tiny tensor (so theta is bitwise the reference tables' fp32 product), sin/cos
-in-kernel (`sincos`). With tables (the mixer passes its Rope2d's (sin, cos)), they are loaded
-instead (any dtype, read as fp32).
+Normaliser: one reciprocal per token (`out_tile`: 1 / den of shape (BLOCK_N,)), multiplied into
+the d outputs; the backward reuses it. Without tables the angles come from the token's (row, col):
+theta = pos * angle[j] in fp32 with `angle` the spec's (d/2,) buffer read from a tiny tensor (so
+theta is bitwise the reference tables' fp32 product), sin/cos in-kernel (`sincos`). With tables
+(the mixer passes its Rope2d's (sin, cos)), they are loaded instead (any dtype, read as fp32).
+
+Why the op level computes sin/cos in every (b, h) instead of loading (N, d/2) tables made once
+per call (roofline.rope_choice prints these figures): per pair and token a table costs 8 bytes of
+fp32 sin + cos read from L2, the in-kernel form 2 MUFU ops (+ ~5 FMA-pipe ops of range
+reduction). H100 SXM: MUFU 16/clk/SM x 132 x 1.98 GHz = 4.2 T ops/s, so tables are cheaper only
+where L2 delivers over 8 B / 2 ops x 4.2 T/s = 16.7 TB/s to the SMs, about 3x the ~5.5 TB/s
+assumed (microbenchmarks of H100 report ~5-7 TB/s). Per token of pass (b) at d = 64, bf16: HBM
+256 B (k, v) = 88 ps at 2.9 TB/s; in-kernel sin/cos 64 MUFU = 15 ps (all MUFU of the pass 31 ps,
+35 % of the HBM time); tables 256 B from L2 on top of the 256 B of k, v crossing it = 93 ps at
+5.5 TB/s, more than the HBM time: L2 would become the limit (and on H200, 4 TB/s HBM, clearly so).
 
 Head dims: any d divisible by 4 up to 128; the d-block is the next power of two (96 -> 128)
 with masked loads and stores.
@@ -50,9 +70,14 @@ import triton
 import triton.language as tl
 
 from mechanisms.rala.launch import (
+    FUSE_MERGE_MAX_SPLITS,
+    MERGE_CHUNK,
+    MERGE_SPLITS_BLOCK,
+    MERGE_WARPS,
     LaunchPlan,
     empty_like_layout,
     interpreting,
+    merge_chunks,
     plan_launch,
     rope_args,
     workspace_size,
@@ -64,6 +89,7 @@ from mechanisms.rala.triton_helpers import (
     load_rows_halves,
     load_tile,
     load_vec_halves,
+    merged_max_sum,
     mm,
     partial_ptrs,
     phi,
@@ -74,11 +100,11 @@ from mechanisms.rala.triton_helpers import (
     store_rows_halves,
     store_tile,
     store_vec_halves,
+    sum_partials,
     tile_mask,
 )
 
 EPS = 1e-6  # the spec's normaliser epsilon (after dividing ksum by L, as the reference has it)
-FUSE_MERGE_MAX_SPLITS = 4  # up to this many splits, pass (c) merges the split states itself
 DOT_DTYPES = {torch.float32: tl.float32, torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}
 
 
@@ -202,7 +228,8 @@ def _state_kernel(
 
 @triton.jit
 def merged_state(WS, bh, n_splits, d, PB: tl.constexpr):
-    """Combine the S partial states of one (b, h) in a fixed order (deterministic, no atomics):
+    """Pass (c)'s own merge (S <= FUSE_MERGE_MAX_SPLITS): one program combines the S partial states
+    of one (b, h) in a fixed order (deterministic, no atomics):
     M = max_s m_s, w_s = exp(m_s - M), L = sum_s w_s l_s, KV = sum_s w_s KV_s / L, ksum likewise.
     Returns KV's even and odd rows (PB, DB), ksum's halves (PB,) x2, M, L."""
     DB: tl.constexpr = 2 * PB
@@ -241,11 +268,31 @@ def store_state(WS, bh, kv_e, kv_o, ks_e, ks_o, m_all, l_all, d, PB: tl.constexp
 
 
 @triton.jit(do_not_specialize=["n_splits"])
-def _merge_kernel(WS, n_splits, d, PB: tl.constexpr):
-    """Merge of the split states, one program per (b, h) (used when S > FUSE_MERGE_MAX_SPLITS)."""
+def _merge_kernel(WS, n_splits, d, SB: tl.constexpr, CW: tl.constexpr):
+    """Merge of the split states when S > FUSE_MERGE_MAX_SPLITS, in parallel: grid (B*h, chunks + 1).
+
+    Program (bh, c < chunks) merges the flat chunk [c*CW, (c+1)*CW) of the S row-major KV_s (d*d
+    floats each), program (bh, chunks) the S ks_s (d floats) and stores (M, L). Every program
+    recomputes M and L from the S (m_s, l_s) scalars (2 S loads), then stores
+    sum_s exp(m_s - M) part_s / L where `store_state` puts KV and ksum (the layout the backward
+    reads). Fixed order, no atomics."""
     bh = tl.program_id(0)
-    kv_e, kv_o, ks_e, ks_o, m_all, l_all = merged_state(WS, bh, n_splits, d, PB)
-    store_state(WS, bh, kv_e, kv_o, ks_e, ks_o, m_all, l_all, d, PB)
+    c = tl.program_id(1)
+    n_kv = tl.num_programs(1) - 1  # chunks of KV
+    _qbar, KV, KS, ML, PART = state_ptrs(WS, tl.num_programs(0), d)
+    _qsum, KV_P, KS_P, M_P, L_P = partial_ptrs(PART, tl.num_programs(0), n_splits, d)
+    m_all, l_all = merged_max_sum(M_P + bh * n_splits, L_P + bh * n_splits, n_splits, SB)
+    inv_l = 1.0 / l_all
+    col = c * CW + tl.arange(0, CW)
+    if c < n_kv:
+        acc = sum_partials(KV_P + bh * n_splits * d * d, d * d, n_splits, c * CW, M_P + bh * n_splits, m_all,
+                           True, SB, CW)  # (CW,)
+        tl.store(KV + bh * d * d + col, acc * inv_l, mask=col < d * d)
+    else:
+        acc = sum_partials(KS_P + bh * n_splits * d, d, n_splits, 0, M_P + bh * n_splits, m_all, True, SB, CW)
+        tl.store(KS + bh * d + tl.arange(0, CW), acc * inv_l, mask=tl.arange(0, CW) < d)
+        tl.store(ML + bh * 2, m_all)
+        tl.store(ML + bh * 2 + 1, l_all)
 
 
 @triton.jit
@@ -355,7 +402,8 @@ def rala_forward(q, k, v, grid, rope=None, *, plan: LaunchPlan | None = None):
                            *k.stride(), *v.stride(), srn, srd, **meta)
     fuse = s <= FUSE_MERGE_MAX_SPLITS
     if not fuse:
-        _merge_kernel[(bh,)](ws, s, d, PB=plan.pb, num_warps=nw)
+        _merge_kernel[(bh, merge_chunks(d) + 1)](ws, s, d, SB=MERGE_SPLITS_BLOCK, CW=MERGE_CHUNK,
+                                                 num_warps=MERGE_WARPS)
     _out_kernel[(bh, s)](q, out, ws, angle, sin, cos, n, w, d, h, plan.bps, EPS, s, *q.stride(), *out.stride(),
                          srn, srd, FUSE_MERGE=fuse, **meta)
     return out, ws

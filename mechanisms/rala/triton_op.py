@@ -96,8 +96,8 @@ def rala_triton_op(q, k, v, *, grid, rope=None):
 )
 class RalaTriton(RalaBase):
     """RALA as Triton kernels: 3 launches forward (qbar; split-N online-softmax state; output, which
-    merges the split states; a separate merge launch when N is split more than 4 ways), 4 backward;
-    no (B, h, N, d) intermediate in memory.
+    merges the split states; a separate merge launch, parallel over chunks of the d x d state, when N
+    is split more than 4 ways), 4 backward; no (B, h, N, d) intermediate in memory.
 
     bytes() (RalaBase's, shared by every RALA form) at op level counts q read twice (pass (a) for
     qbar, pass (c) for the output), k and v once, out once: 5 B h N d elements. Mixer level: the

@@ -1,0 +1,74 @@
+"""The RALA Triton launch plan's split rule and the split-state traffic it trades (no triton needed).
+
+Truth: the closed-form bytes of the split states (each of S programs per (b, h) writes one fp32 state of
+d*d + d + 2 words, the merge one more) over the minimum traffic (5 N d elements forward, 9 N d backward),
+and the invariants `plan_launch` documents: one wave, every SM busy, a second program per SM only
+within the 5 % budget.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mechanisms.rala.launch import (
+    MERGE_CHUNK,
+    STATE_TRAFFIC_BUDGET,
+    merge_chunks,
+    plan_launch,
+    state_traffic_fraction,
+)
+from mechanisms.rala.roofline import DEVICES, forward_estimate
+
+META = torch.device("meta")
+
+
+def test_issue_shape_splits_and_state_traffic():
+    """B=2, h=16, N=1024, d=64, bf16 on sm_90 (132 SMs): 4 splits (128 programs), 12.7 % extra."""
+    plan = plan_launch(32, 1024, 64, torch.bfloat16, META, arch=90, sms=132)
+    assert plan.splits == 4
+    expected = (4 + 1) * 4 * (64 * 64 + 64 + 2) / (5 * 1024 * 64 * 2)
+    assert state_traffic_fraction(1024, 64, 2, plan.splits) == pytest.approx(expected)
+    assert 0.12 < expected < 0.13
+    # the benchmark's B=64, h=1, 56x56: 2 programs per SM stay within the budget
+    bench = plan_launch(64, 3136, 64, torch.bfloat16, META, arch=90, sms=132)
+    assert bench.splits == 4 and state_traffic_fraction(3136, 64, 2, 4) <= STATE_TRAFFIC_BUDGET
+
+
+@pytest.mark.parametrize("backward", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("arch,sms", [(90, 132), (80, 108)])
+def test_split_rule_invariants(arch, sms, dtype, backward):
+    for bh in (1, 2, 5, 16, 32, 64, 128, 300):
+        for n in (49, 196, 1024, 3136, 12544):
+            for d in (32, 64, 96, 128):
+                p = plan_launch(bh, n, d, dtype, META, arch=arch, sms=sms, backward=backward)
+                n_blocks = -(-n // p.block_n)
+                tag = (bh, n, d, p)
+                assert 1 <= p.splits <= n_blocks, tag
+                assert (p.splits - 1) * p.bps < n_blocks <= p.splits * p.bps, tag  # no empty split
+                assert bh * p.splits <= max(bh, 2 * sms), tag  # one wave of at most 2 programs per SM
+                floor = min(max(1, sms // bh), n_blocks)
+                assert p.splits >= -(-n_blocks // -(-n_blocks // floor)), tag  # every SM busy (up to rounding)
+                if p.splits > max(1, sms // bh):  # a second program per SM only within the budget
+                    assert state_traffic_fraction(n, d, dtype.itemsize, p.splits, backward) <= STATE_TRAFFIC_BUDGET
+
+
+def test_roofline_counts_the_same_state_bytes():
+    """The roofline's HBM bytes above the minimum = split states (S + 1 per (b, h)) + qbar partials."""
+    for batch, heads, grid, d in ((2, 16, 32, 64), (64, 1, 56, 64), (1, 1, 56, 96), (8, 4, 56, 64)):
+        n = grid * grid
+        launches, s = forward_estimate(batch, heads, n, d, torch.bfloat16, DEVICES["h100"])
+        bh, S = batch * heads, s["plan"].splits
+        qsum = bh * S * d * 4
+        assert s["hbm_bytes"] - s["min_bytes"] - qsum == pytest.approx(s["state_traffic_frac"] * s["min_bytes"])
+        assert ("_merge_kernel" in [x.kernel for x in launches]) == (S > 4)
+
+
+def test_merge_chunks_cover_a_state():
+    """A parallel merge's chunks cover the d x d state (the last one maybe partly) and ksum fits the one
+    extra program."""
+    for d in range(8, 129, 4):
+        c = merge_chunks(d)
+        assert (c - 1) * MERGE_CHUNK < d * d <= c * MERGE_CHUNK
+        assert d <= MERGE_CHUNK
