@@ -114,17 +114,14 @@ def collect_garbage() -> None:
     """Free what a case left in reference cycles, then freeze the survivors (gc.freeze): they are the process's
     long-lived objects (torch, the mechanisms, lazily imported modules), which a full collection would
     otherwise walk again after every case - about 160 ms per case on this project's 2-core CPU, far more than
-    a small case's timing. What a later case leaves behind is still collected. At exit they are unfrozen, so
-    the interpreter's shutdown frees them as usual (extension modules check for leaks then)."""
-    global _unfreeze_at_exit
+    a small case's timing. What a later case leaves behind is still collected. At exit they are unfrozen
+    (registered below), so the interpreter's shutdown frees them as usual (extension modules check for leaks
+    then)."""
     gc.collect()
     gc.freeze()
-    if not _unfreeze_at_exit:
-        atexit.register(gc.unfreeze)
-        _unfreeze_at_exit = True
 
 
-_unfreeze_at_exit = False
+atexit.register(gc.unfreeze)
 
 
 # -- one case ----------------------------------------------------------------------------------------

@@ -62,6 +62,11 @@ class History:
         return History(self.rounds, (*self.sweeps, list(repeats)))
 
 
+def visits(suite) -> tuple[int, int]:
+    """(rounds, sweeps) of a run of `suite`: the suite's when it times cases (latency), else one of each."""
+    return (suite.rounds, suite.sweeps) if "latency" in suite.metrics else (1, 1)
+
+
 def unit_order(n_units: int, round_index: int, seed: int, rounds: int, sweep: int = 0, sweeps: int = 1) -> list[int]:
     """Indices of the units in one sweep's order: shuffled by (seed, round), and by the sweep's index from the
     second sweep on, when there are several rounds or sweeps; the plan's order for a single visit."""

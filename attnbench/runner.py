@@ -197,8 +197,7 @@ class Runner:
         self.case_executor.env_id, self.case_executor.peaks = setup.env_id, setup.peaks
         writer.write_env(setup.env_id, setup.fingerprint)
         writer.write_suite(suite.to_yaml())
-        timed = "latency" in suite.metrics
-        n_rounds, n_sweeps = (suite.rounds, suite.sweeps) if timed else (1, 1)
+        n_rounds, n_sweeps = rounds.visits(suite)
         several = n_rounds > 1 or n_sweeps > 1
         prior = rounds.prior_from_samples(self.out, n_sweeps) if self.resume and several else {}
         prior = {k: {r: v for r, v in by.items() if r < n_rounds - 1} for k, by in prior.items() if k not in done}

@@ -17,6 +17,7 @@ import threading
 import time
 from typing import Any
 
+from attnbench import rounds
 from attnbench.errors import AttnbenchError
 from attnbench.execute import this_worker
 from attnbench.executors.schedule import Concurrency, RoundScheduler, Task
@@ -70,7 +71,6 @@ class LocalPool:
         self.workers = workers
 
     def run(self, runner):
-        from attnbench import rounds
 
         suite = runner.suite
         if suite.hardware:
@@ -147,11 +147,12 @@ class LocalPool:
             slot.pool = WorkerPool(suite, runner.run_id, runner.env_id, suite.memory_limit_gb, threads=slot.threads,
                                    env=slot.env, extra_fp=slot_extra)  # fmt: skip
             slot.round = task.round
-        final = task.round == runner_rounds(runner, suite) - 1
+        n_rounds, n_sweeps = rounds.visits(suite)
+        final = task.round == n_rounds - 1
         for case in todo:
             history = priors[case.case_id]
-            for sweep in range(runner_sweeps(suite)):  # a task's sweeps run back to back (README: Sweeps)
-                last = final and sweep == runner_sweeps(suite) - 1
+            for sweep in range(n_sweeps):  # a task's sweeps run back to back (README: Sweeps)
+                last = final and sweep == n_sweeps - 1
                 results.put(("start", case))
                 while (token := inflight.enter(exclusive=suite.exclusive == "node")) is None:
                     time.sleep(0.02)  # exclusive: node - one case on this host at a time
@@ -172,12 +173,6 @@ class LocalPool:
                 history = history.then(samples.get("latency", []))
 
 
-def runner_rounds(runner, suite) -> int:
-    return suite.rounds if "latency" in suite.metrics else 1
-
-
-def runner_sweeps(suite) -> int:
-    return suite.sweeps if "latency" in suite.metrics else 1
 
 
 __all__ = ["LocalPool", "Task", "slot_settings", "visible_gpus"]

@@ -113,6 +113,7 @@ def run_unit_task(suite, run_id: str, key: str, todo: list, priors: dict, final:
     import ray
 
     coordinator.task_started.remote(key)
+    from attnbench import rounds
     from attnbench.execute import CaseExecutor, cached_peaks, prepare_process
 
     node = ray.get_runtime_context().get_node_id()
@@ -123,7 +124,7 @@ def run_unit_task(suite, run_id: str, key: str, todo: list, priors: dict, final:
     executor = CaseExecutor(suite, run_id, setup.env_id, peaks=cached_peaks(suite.device, setup.fingerprint))
     executor.oom_at.update(oom_at)
     out = []
-    sweeps = suite.sweeps if "latency" in suite.metrics else 1
+    sweeps = rounds.visits(suite)[1]
     for case in todo:
         history = priors[case.case_id]
         for sweep in range(sweeps):  # a task's sweeps run back to back (README: Sweeps)
