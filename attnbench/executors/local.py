@@ -71,7 +71,6 @@ class LocalPool:
         self.workers = workers
 
     def run(self, runner):
-
         suite = runner.suite
         if suite.hardware:
             raise AttnbenchError(f"the suite names hardware kinds ({', '.join(suite.hardware)}): run it with "
