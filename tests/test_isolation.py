@@ -56,7 +56,8 @@ def test_fault_injected_sweep_in_workers(tmp_path):
         device: cpu
         isolation: process
         memory_limit_gb: 4
-        timeout_s: 10
+        timeout_s: 5
+        rounds: 2
         warmup: 0
         verify: false
         repeats: {{min: 2, max: 2, min_time_s: 0}}

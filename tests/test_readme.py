@@ -48,8 +48,8 @@ PLACEHOLDERS = {  # README text -> file made by an earlier command (names relati
     "A100.csv": "results/smoke_b.csv",
     "A1.csv A2.csv -- B1.csv B2.csv": "results/smoke.csv results/smoke.csv -- results/smoke_b.csv results/smoke_b.csv",
     # the gating recipe and `ab` on two tiny cases (the commands and their files are the README's)
-    "suites/smoke.yaml --out base.csv": f"suites/smoke.yaml --out results/base.csv {TINY}",
-    "suites/smoke.yaml --out new.csv": f"suites/smoke.yaml --out results/new.csv {TINY}",
+    "suites/smoke.yaml --out base.csv": f"suites/smoke.yaml --out results/base.csv --rounds 3 {TINY}",
+    "suites/smoke.yaml --out new.csv": f"suites/smoke.yaml --out results/new.csv --rounds 3 {TINY}",
     "gate base.csv new.csv": "gate results/base.csv results/new.csv",
     "ab suites/smoke.yaml --baseline origin/main": f"ab suites/smoke.yaml --baseline HEAD --rounds 3 {TINY}",
 }

@@ -80,8 +80,8 @@ class RaisesOom(Mechanism):
 class Unbounded(Mechanism):
     def op(self, q, k, v, *, grid):
         hoard = []
-        while True:  # grows until the worker's memory limit stops it
-            hoard.append(torch.ones(64 * 2**20))
+        while True:  # grows until the worker's RLIMIT_AS stops it; empty() reserves address space without
+            hoard.append(torch.empty(64 * 2**20))  # writing 256 MB a step, so a loaded host reaches the limit in ms
 
 
 @register_mechanism("test_wrong", family="test", reference="softmax_eager")
