@@ -152,6 +152,20 @@ def test_rala_compiled_available_here(monkeypatch):
     assert "cannot build" in compiled.compile_unavailable_reason("cpu")
 
 
+def test_rala_core_halves_is_rala_op_for_any_tables():
+    """rala_compiled's formulation (channel halves, alpha on v, z before the rotation) is the reference
+    function in exact arithmetic: fp64, random tables that do not repeat within a channel pair (so no
+    property of the spec's tables is relied on), and the default tables."""
+    from mechanisms.rala.compiled import rala_core_halves
+    from mechanisms.rala.naive import default_rope
+
+    q, k, v = (t.double() for t in qkv(2, 3, 35, 16, seed=5))
+    gen = torch.Generator().manual_seed(6)
+    random_tables = tuple(torch.randn(35, 16, generator=gen, dtype=torch.float64) for _ in range(2))
+    for rope in (random_tables, default_rope((5, 7), 16, q)):
+        assert rel_err(rala_core_halves(q, k, v, *rope), rala_op(q, k, v, grid=(5, 7), rope=rope)) <= 1e-13
+
+
 @pytest.mark.slow  # one inductor compile: ~10-20 s on 2 cores when the inductor cache is cold
 def test_rala_compiled_matches_eager_without_recompiling():
     import torch._dynamo.config as dynamo_config
