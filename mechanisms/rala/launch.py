@@ -72,7 +72,17 @@ LAUNCH_TABLE = {
 }
 # Token-major inputs whose N is not a multiple of 16: no 16-byte accesses are possible (the token
 # stride has no known alignment), every access is scalar and needs more registers: smaller blocks.
-UNALIGNED_TOK = {("fwd", 64): (16, 4), ("bwd", 64): (16, 8), ("fwd", 128): (16, 8), ("bwd", 128): (16, 8)}
+UNALIGNED_TOK = {("fwd", 64): (16, 4), ("bwd", 64): (16, 8), ("fwd", 128): (16, 8),
+                 ("bwd", 128): (16, 8)}  # bwd 128: only for a caller's own plan (rala_backward copies, see below)
+def backward_wants_channel_major(n: int, d: int) -> bool:
+    """Token-contiguous inputs whose N is not a multiple of 16 at d-block 128 (d 65..128): the backward's
+    scalar-access kernels (_dkv, _dq) spill on sm_90 at any block/warp choice (aot_check: 32-40 B at
+    8 warps, 144-164 B at 16), so `rala_backward` first copies q, k, v and g to channel-contiguous memory
+    (4 N d elements each way) and runs the spill-free channel-major kernels. RAVLT's d = 96 stages have
+    56² and 28² grids (N a multiple of 16): only unusual grids pay the copy."""
+    return n % 16 != 0 and _next_pow2(d) >= 128
+
+
 # fp32 inputs: exact FMA dots (no tensor cores), the smallest token block; (BLOCK_N, warps, warps of B1)
 FP32_DEFAULT = (16, 8)
 FP32_TABLE = {(90, "bwd", 64, "ch"): (16, 8, 4)}  # sm_90: B1 at 8 warps gets 128 registers and spills 4 B

@@ -43,6 +43,7 @@ from mechanisms.rala.launch import (
     MERGE_CHUNK,
     MERGE_SPLITS_BLOCK,
     MERGE_WARPS,
+    backward_wants_channel_major,
     dworkspace_size,
     empty_like_layout,
     merge_chunks,
@@ -367,6 +368,8 @@ def rala_backward(g, q, k, v, grid, rope, ws, *, plan=None):
     """Gradients (dq, dk, dv) of sum(out * g); `ws` = the forward's workspace (its small state)."""
     b, h, n, d = q.shape
     bh, dev = b * h, q.device
+    if token_major(q) and backward_wants_channel_major(n, d):
+        g, q, k, v = (t.contiguous() for t in (g, q, k, v))  # dq, dk, dv then come back contiguous
     plan = plan or plan_launch(bh, n, d, q.dtype, dev, backward=True, token_major=token_major(q))
     split = token_major(q)
     angle, sin, cos, srn, srd, from_mem = rope_args(rope, n, d, dev, token_major=split)

@@ -90,6 +90,7 @@ from mechanisms.rala.triton_helpers import (
     load_tile,
     load_vec_halves,
     merged_max_sum,
+    merged_state,
     mm,
     partial_ptrs,
     phi,
@@ -98,6 +99,7 @@ from mechanisms.rala.triton_helpers import (
     rotate,
     state_ptrs,
     store_rows_halves,
+    store_state,
     store_tile,
     store_vec_halves,
     sum_partials,
@@ -224,47 +226,6 @@ def _state_kernel(
     store_vec_halves(KS_P + part * d, ks_e, ks_o, d, PB)
     tl.store(M_P + part, m_run)
     tl.store(L_P + part, l_run)
-
-
-@triton.jit
-def merged_state(WS, bh, n_splits, d, PB: tl.constexpr):
-    """Pass (c)'s own merge (S <= FUSE_MERGE_MAX_SPLITS): one program combines the S partial states
-    of one (b, h) in a fixed order (deterministic, no atomics):
-    M = max_s m_s, w_s = exp(m_s - M), L = sum_s w_s l_s, KV = sum_s w_s KV_s / L, ksum likewise.
-    Returns KV's even and odd rows (PB, DB), ksum's halves (PB,) x2, M, L."""
-    DB: tl.constexpr = 2 * PB
-    _qbar, _kv, _ks, _ml, PART = state_ptrs(WS, tl.num_programs(0), d)
-    _qsum, KV_P, KS_P, M_P, L_P = partial_ptrs(PART, tl.num_programs(0), n_splits, d)
-    m_all = tl.load(M_P + bh * n_splits)
-    for s in range(1, n_splits):
-        m_all = tl.maximum(m_all, tl.load(M_P + bh * n_splits + s))
-    l_all = 0.0
-    kv_e = tl.zeros((PB, DB), dtype=tl.float32)
-    kv_o = tl.zeros((PB, DB), dtype=tl.float32)
-    ks_e = tl.zeros((PB,), dtype=tl.float32)
-    ks_o = tl.zeros((PB,), dtype=tl.float32)
-    for s in range(0, n_splits):
-        part = bh * n_splits + s
-        w = tl.exp(tl.load(M_P + part) - m_all)
-        l_all += w * tl.load(L_P + part)
-        p_e, p_o = load_rows_halves(KV_P + part * d * d, d, PB, DB)
-        kv_e += w * p_e
-        kv_o += w * p_o
-        k_e, k_o = load_vec_halves(KS_P + part * d, d, PB)
-        ks_e += w * k_e
-        ks_o += w * k_o
-    inv_l = 1.0 / l_all
-    return kv_e * inv_l, kv_o * inv_l, ks_e * inv_l, ks_o * inv_l, m_all, l_all
-
-
-@triton.jit
-def store_state(WS, bh, kv_e, kv_o, ks_e, ks_o, m_all, l_all, d, PB: tl.constexpr):
-    """Store the merged state of one (b, h) where the backward finds it."""
-    _qbar, KV, KS, ML, _part = state_ptrs(WS, tl.num_programs(0), d)
-    store_rows_halves(KV + bh * d * d, kv_e, kv_o, d, PB, 2 * PB)
-    store_vec_halves(KS + bh * d, ks_e, ks_o, d, PB)
-    tl.store(ML + bh * 2, m_all)
-    tl.store(ML + bh * 2 + 1, l_all)
 
 
 @triton.jit(do_not_specialize=["n_splits"])
