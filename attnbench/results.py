@@ -15,9 +15,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Iterable
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from attnbench.errors import ResultsError
 from attnbench.results_schema import (  # the schema, re-exported: results.COLUMNS, results.check_row, ...
@@ -36,6 +34,9 @@ from attnbench.results_schema import (  # the schema, re-exported: results.COLUM
     check_row,
     check_sample,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "COLUMNS", "COLUMNS_V1", "COMPANIONS", "INT_COLUMNS", "MAX_INT", "MAX_TEXT", "READABLE_SCHEMAS", "ROW_KEY",
@@ -260,6 +261,7 @@ def _read_validated(path: Path, columns: list[str], check: Callable[[dict[str, s
     header's number of fields (an unbalanced quote, a short row), repeats the header or fails `check`
     (schema, types, finiteness) is skipped with a one-line warning naming the line; the rest are kept.
     A torn last line (no newline: an interrupted write) is dropped with a warning."""
+    import pandas as pd
     data = _read_bytes(path)
     if not data.strip():
         return pd.DataFrame(columns=columns)
@@ -344,6 +346,7 @@ def load(path: str | Path, *, dedupe: bool = True) -> pd.DataFrame:
     dedupe keeps the last row per (case_id, metric, stat, note, source) - a case measured twice
     (e.g. a run appended to a file) reports its latest measurement.
     """
+    import pandas as pd
     path = Path(path)
     header = _header(path) if path.is_file() else COLUMNS
     df = _read_validated(path, COLUMNS if "worker" in header else COLUMNS_V1, check_row)
@@ -365,6 +368,7 @@ def load_samples(path: str | Path) -> pd.DataFrame:
     """Raw repeat samples (case_id, metric, round, sweep, rep, value) of FILE.csv (or of the samples file itself).
 
     Files written before rounds (or sweeps) existed have no `round` (`sweep`) column: their samples are 0 there."""
+    import pandas as pd
     path = Path(path)
     if not path.name.endswith(".samples.csv"):
         path = companion(path, "samples.csv")

@@ -28,6 +28,9 @@ FIXTURES = SHARED / "fixtures"
 
 
 def pytest_collection_modifyitems(config, items):
+    # tests marked slow first (stable order otherwise): under `-n 2` the long ones then start at once on
+    # both workers instead of one of them finishing alone at the end of the run
+    items.sort(key=lambda item: "slow" not in item.keywords)
     if HAS_CUDA:
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (none present); runs in scripts/gpu_check.sh")

@@ -191,11 +191,14 @@ def test_torn_last_line_is_dropped_with_warning(tmp_path):
 
 def test_fraction_rows_use_cached_peaks(tmp_path, monkeypatch):
     """With peaks cached for this environment, rows gain frac_bandwidth = achieved_gbps / copy GB/s."""
+    from attnbench.execute import prepare_process
     from attnbench.measure import peaks
-    from attnbench.measure.env import fingerprint
+    from attnbench.suite import load_suite
 
     monkeypatch.setenv("ATTNBENCH_CACHE_DIR", str(tmp_path / "cache"))
-    fp = fingerprint("cpu")
+    # the run's own fingerprint (smoke.yaml's threads: 1, the precision settings), not this process's state,
+    # which depends on the tests that ran before in it
+    fp = prepare_process(load_suite(REPO / "suites" / "smoke.yaml")).fingerprint
     peaks.save_peaks({"schema_version": peaks.SCHEMA_VERSION, "fingerprint": fp, "key": peaks.peaks_key(fp),
                       "copy": {"value": 10.0, "unit": "GB/s"},
                       "matmul": {"fp32": {"value": 0.5, "unit": "TFLOP/s"}}})  # fmt: skip

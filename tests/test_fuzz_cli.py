@@ -19,6 +19,7 @@ import fuzz_cli  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_fuzzed_inputs_are_all_answered(tmp_path, capsys):
     tallies = fuzz_cli.fuzz(tmp_path / "fz", scale=1.0, seed=17)
     table = fuzz_cli.summary_table(tallies)
