@@ -7,7 +7,9 @@
 #   1. GPU tests            python3 -m pytest -m gpu --maxfail=10 --continue-on-collection-errors -q -ra tests        (~40% of the budget)
 #   2. bandwidth probe      python3 -m attnbench env --probe            (<= 45 s), then the static roofline
 #                           ESTIMATE of the forward (scripts/rala_roofline.py, B=64 h=1 56x56 d=64 bf16)
-#                           to check the benchmark's frac_bandwidth against
+#                           to check the benchmark's frac_bandwidth against; the forward and backward
+#                           timed at split counts S = 1..16 beside the planner's (scripts/rala_splits.py,
+#                           B=2 h=16 32x32 d=64 bf16; <= 40 s) -> DIR/rala-splits-<gpu>-<date>.csv
 #   3. kernel benchmarks    python3 -m attnbench run suites/rala_kernels.yaml     --out DIR/rala_kernels-<gpu>-<date>.csv
 #                           python3 -m attnbench run suites/rala_kernels_h4.yaml  --out DIR/rala_kernels_h4-<gpu>-<date>.csv
 #                           (the first suite gets half of what is left, the second the rest; rows are
@@ -58,6 +60,7 @@ if [ "$DRY_RUN" = 1 ]; then
   echo "1. timeout ${TESTS_S}s  $PY -m pytest -m gpu --maxfail=10 --continue-on-collection-errors -q -ra tests"
   echo "2. timeout ${PROBE_S}s  $PY -m attnbench env --probe"
   echo "   timeout 20s  $PY scripts/rala_roofline.py"
+  echo "   timeout 40s  $PY scripts/rala_splits.py --out $RESULTS/rala-splits-$GPU-$DATE.csv"
   echo "3. timeout (left - ${REPORT_RESERVE}s)/2  $PY -m attnbench run ${SUITES[0]} --out ${CSVS[0]} [--resume if it exists]"
   echo "   timeout left - ${REPORT_RESERVE}s      $PY -m attnbench run ${SUITES[1]} --out ${CSVS[1]} [--resume if it exists]"
   echo "4. timeout left     $PY -m attnbench report ${CSVS[*]}"
@@ -93,6 +96,7 @@ echo "gpu_check.sh: GPU '${GPU_NAME:-unknown}', budget ${BUDGET}s"
 stage "gpu tests" "$TESTS_S" "$PY" -m pytest -m gpu --maxfail=10 --continue-on-collection-errors -q -ra tests
 stage "bandwidth probe" "$PROBE_S" "$PY" -m attnbench env --probe
 stage "roofline estimate" 20 "$PY" scripts/rala_roofline.py
+stage "split counts" 40 "$PY" scripts/rala_splits.py --out "$RESULTS/rala-splits-$GPU-$DATE.csv"
 for i in 0 1; do
   avail=$(( $(left) - REPORT_RESERVE - GRACE ))
   [ "$i" = 0 ] && avail=$(( avail / 2 ))
