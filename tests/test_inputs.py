@@ -167,7 +167,8 @@ def test_env_id_and_peaks_match_what_runs_record(tmp_path):
                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)  # fmt: skip
     assert probe.returncode == 0, probe.stderr
     env_id = json.loads(probe.stdout[: probe.stdout.index("\n}") + 2])["env_id"]
-    suite = write(tmp_path, TINY + "metrics: [latency, flops]\nwarmup: 0\nrepeats: {min: 3, max: 3, min_time_s: 0}\n")
+    suite = write(tmp_path, TINY + "metrics: [latency, flops]\nwarmup: 0\nrepeats: {min: 3, max: 3, min_time_s: 0}\n"
+                  "rounds: 2\n")  # fresh workers record the env_id, as in any run with rounds
     argv = [sys.executable, "-m", "attnbench", "run", str(suite), "--out", str(tmp_path / "r.csv"), "--no-progress"]
     run = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert run.returncode == 0, run.stderr

@@ -115,6 +115,7 @@ def test_pruned_cases_become_skipped_rows(tmp_path):
         batch: 64
         device: cpu
         memory_limit_gb: 1
+        rounds: 2
         warmup: 0
         repeats: {min: 1, max: 1, min_time_s: 0}
         """)
