@@ -9,7 +9,7 @@ Fan et al., "Breaking the Low-Rank Dilemma of Linear Attention", CVPR 2025 (spec
   The operator is RALA's own, so this is mixer-only (its op would be rala_eager's).
 - `rala_no_rope`: no rotary embedding: steps 6-9 with R = identity (sin = 0, cos = 1 tables).
 
-The operators reuse mechanisms/rala/naive.py (phi, default_rope, rala_op, rala_mixer) unchanged.
+The operators reuse mechanisms/rala/naive.py (phi, op_tables, rala_op, rala_mixer) unchanged.
 
 KV buffers (rank metrics, attnbench.workloads.rank_inputs): `rala_kv_buffer` (naive.py) computes spec step 8,
 KV = mean_m R(k~_m) v_m^T (B, h, d, d), from raw q, k, v; RalaBase exposes it as `kv_buffer`
@@ -26,12 +26,7 @@ from attnbench.registry import Mechanism, Shape, register_mechanism
 from mechanisms.common import mixer_bytes, pass_factor, shell_flops
 from mechanisms.rala.base import RalaBase
 from mechanisms.rala.costs import rala_core_flops
-from mechanisms.rala.naive import CITE_RALA, default_rope, phi, rala_kv_buffer, rala_mixer, rala_op
-
-
-def _check_grid(grid, n: int) -> None:
-    if grid[0] * grid[1] != n:
-        raise ValueError(f"grid {tuple(grid)} has {grid[0] * grid[1]} tokens but the inputs have {n}")
+from mechanisms.rala.naive import CITE_RALA, op_tables, phi, rala_kv_buffer, rala_mixer, rala_op
 
 
 def identity_rope(n: int, head_dim: int, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -45,8 +40,7 @@ def identity_rope(n: int, head_dim: int, like: Tensor) -> tuple[Tensor, Tensor]:
 def rala_no_qaware_op(q: Tensor, k: Tensor, v: Tensor, *, grid, rope=None) -> Tensor:
     """RALA without the query-aware weights (alpha = 1/N): (B, h, N, d) x3 -> (B, h, N, d)."""
     n = q.shape[-2]
-    _check_grid(grid, n)
-    sin, cos = rope if rope is not None else default_rope(grid, q.shape[-1], q)
+    sin, cos = op_tables(q, grid, rope)
     q, k = phi(q), phi(k)  # (B, h, N, d)
     z = 1 / (q @ k.mean(dim=-2, keepdim=True).transpose(-2, -1) + 1e-6)  # (B, h, N, 1), un-rotated
     kv = (apply_rope(k, sin, cos).transpose(-2, -1) * n**-0.5) @ (v * n**-0.5)  # (B, h, d, d)

@@ -33,7 +33,7 @@ import torch
 
 from attnbench.registry import register_mechanism
 from mechanisms.rala.base import RalaBase
-from mechanisms.rala.naive import CITE_RALA, default_rope, phi
+from mechanisms.rala.naive import CITE_RALA, op_tables, phi
 
 # fullgraph: a graph break or a hit recompile limit raises instead of silently running eager code
 COMPILE_OPTIONS = {"dynamic": True, "fullgraph": True}
@@ -91,13 +91,9 @@ def compiled_rala_core() -> Callable[..., torch.Tensor]:
 
 
 def rala_op_compiled(q, k, v, *, grid, rope=None):
-    """Same signature and result as `rala_op`: default tables built eagerly (`default_rope`, as `rala_op`
-    builds them), then the cached compiled `rala_core_halves`."""
-    n = q.shape[-2]
-    if grid[0] * grid[1] != n:
-        raise ValueError(f"grid {tuple(grid)} has {grid[0] * grid[1]} tokens but the inputs have {n}")
-    sin, cos = rope if rope is not None else default_rope(grid, q.shape[-1], q)
-    return compiled_rala_core()(q, k, v, sin, cos)
+    """Same signature and result as `rala_op`: default tables built eagerly (as `rala_op`
+    builds them: `op_tables`), then the cached compiled `rala_core_halves`."""
+    return compiled_rala_core()(q, k, v, *op_tables(q, grid, rope))
 
 
 def _cpp_compiler() -> str | None:

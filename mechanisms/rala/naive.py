@@ -30,15 +30,22 @@ def default_rope(grid, head_dim, like):
     return sin.to(like.dtype), cos.to(like.dtype)
 
 
+def op_tables(q, grid, rope):
+    """The operator's RoPE tables: `rope` as given, or the default ones for `grid` (`default_rope`), after
+    checking that `grid` has q's N tokens (ValueError otherwise)."""
+    n = q.shape[-2]
+    if grid[0] * grid[1] != n:
+        raise ValueError(f"grid {tuple(grid)} has {grid[0] * grid[1]} tokens but the inputs have {n}")
+    return rope if rope is not None else default_rope(grid, q.shape[-1], q)
+
+
 def rala_op(q, k, v, *, grid, rope=None):
     """RALA operator on raw projections. q, k, v: (B, h, N, d); grid = (H, W), N = H*W.
 
     rope: (sin, cos), each (N, d); None builds the default tables (`default_rope`).
     """
     n = q.shape[-2]
-    if grid[0] * grid[1] != n:
-        raise ValueError(f"grid {tuple(grid)} has {grid[0] * grid[1]} tokens but the inputs have {n}")
-    sin, cos = rope if rope is not None else default_rope(grid, q.shape[-1], q)
+    sin, cos = op_tables(q, grid, rope)
     scale = q.shape[-1] ** -0.5
     q = phi(q)
     k = phi(k)  # (B, h, N, d)
@@ -64,9 +71,7 @@ def rala_kv_buffer(q: Tensor, k: Tensor, v: Tensor, *, grid, rope=None, query_aw
     k~ = phi(k) when query_aware is False. rope: (sin, cos) tables, None builds the default ones.
     """
     n = q.shape[-2]
-    if grid[0] * grid[1] != n:
-        raise ValueError(f"grid {tuple(grid)} has {grid[0] * grid[1]} tokens but the inputs have {n}")
-    sin, cos = rope if rope is not None else default_rope(grid, q.shape[-1], q)
+    sin, cos = op_tables(q, grid, rope)
     k = phi(k)  # (B, h, N, d)
     if query_aware:
         q_mean = phi(q).mean(dim=-2, keepdim=True)  # (B, h, 1, d)
