@@ -83,9 +83,9 @@ def main(argv=None) -> int:
     rows = []
     for splits in sorted(set(wanted) | {chosen}):
         fwd_plan = plan_launch(b * h, n, d, dtype, dev, splits=splits)
-        bwd_plan = plan_launch(b * h, n, d, dtype, dev, backward=True, splits=splits)
         if any(r["splits"] == fwd_plan.splits for r in rows):
             continue  # more splits than token blocks: clamped to a count already timed
+        bwd_plan = plan_launch(b * h, n, d, dtype, dev, backward=True, splits=splits)
         _, ws = rala_forward(q, k, v, grid, plan=fwd_plan)
         rows.append({
             "batch": b, "heads": h, "tokens": n, "head_dim": d, "dtype": args.dtype, "splits": fwd_plan.splits,
