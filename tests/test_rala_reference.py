@@ -166,6 +166,28 @@ def test_rala_core_halves_is_rala_op_for_any_tables():
         assert rel_err(rala_core_halves(q, k, v, *rope), rala_op(q, k, v, grid=(5, 7), rope=rope)) <= 1e-13
 
 
+def test_default_rope_is_built_once_and_usable_everywhere(monkeypatch):
+    """Op-level default tables are cached per (grid, d, dtype, device), equal to rope_tables, ordinary
+    tensors even when first built under inference_mode (a later training call can save them for
+    backward), and never cached while compiling (fake tensors)."""
+    from attnbench.layers import rope_tables
+    from mechanisms.rala.naive import default_rope
+
+    q, k, v = qkv(1, 2, 12, 8, seed=3)
+    with torch.inference_mode():
+        first = default_rope((3, 4), 8, q)
+    assert not any(t.is_inference() for t in first)
+    assert all(a is b for a, b in zip(default_rope((3, 4), 8, q), first))
+    assert all(torch.equal(a, b) for a, b in zip(first, rope_tables(3, 4, 8)))
+    fp64 = default_rope((3, 4), 8, q.double())
+    assert fp64[0].dtype == torch.float64 and fp64[0] is not first[0]
+    q.requires_grad_(True)
+    rala_op(q, k, v, grid=(3, 4)).sum().backward()
+    assert torch.isfinite(q.grad).all()
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert default_rope((3, 4), 8, q)[0] is not first[0]
+
+
 @pytest.mark.slow  # one inductor compile: ~10-20 s on 2 cores when the inductor cache is cold
 def test_rala_compiled_matches_eager_without_recompiling():
     import torch._dynamo.config as dynamo_config

@@ -8,6 +8,8 @@ the published classification code's order of operations so float32 outputs match
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -24,10 +26,30 @@ def phi(t):
 
 def default_rope(grid, head_dim, like):
     """Op-level RoPE tables: built in float32 (the published buffer dtype; float64 for float64
-    inputs, so fp64 references stay exact), then cast to `like`'s dtype."""
-    build = torch.float64 if like.dtype == torch.float64 else torch.float32
-    sin, cos = rope_tables(grid[0], grid[1], head_dim, dtype=build, device=like.device)
-    return sin.to(like.dtype), cos.to(like.dtype)
+    inputs, so fp64 references stay exact), then cast to `like`'s dtype.
+
+    Cached per (grid, head_dim, dtype, device) for the process (`_cached_rope`): the tables depend on
+    nothing else, and the mixer level gets them the same way, built once by its caller's Rope2d and
+    passed in (a RAVLT stage builds them once per forward for all its blocks). So op-level times of
+    every RALA form exclude building them (~0.15-0.3 ms at 56x56, d=64 on the 2-core CPU), as
+    mixer-level times always did. Read-only: callers must not modify the returned tensors."""
+    if torch.compiler.is_compiling() or like.device.type == "meta":
+        return _build_rope(tuple(grid), head_dim, like.dtype, like.device)  # never cache fake/meta tensors
+    return _cached_rope(tuple(grid), head_dim, like.dtype, like.device)
+
+
+def _build_rope(grid, head_dim, dtype, device):
+    build = torch.float64 if dtype == torch.float64 else torch.float32
+    sin, cos = rope_tables(grid[0], grid[1], head_dim, dtype=build, device=device)
+    return sin.to(dtype), cos.to(dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_rope(grid, head_dim, dtype, device):
+    # ordinary tensors even when first asked for under inference_mode (inference tensors could not be
+    # saved for a later backward) and outside any autograd graph
+    with torch.inference_mode(False), torch.no_grad():
+        return _build_rope(grid, head_dim, dtype, device)
 
 
 def op_tables(q, grid, rope):
