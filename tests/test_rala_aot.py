@@ -68,3 +68,27 @@ print("ok")
     done = subprocess.run([sys.executable, "-c", code], env=_env(), cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
+
+
+def test_backward_layout_choice():
+    """Token-major (mixer) inputs: compiled fp32 backwards and fp16/bf16 at N % 16 != 0 with d-block 128
+    run on channel-major copies (their token-major kernels spill), other 16-bit cases keep the
+    token-major kernels; the interpreter keeps them for fp32 so CPU tests cover them. The AOT plan
+    launches what a GPU run would."""
+    import torch
+
+    from mechanisms.rala import aot
+    from mechanisms.rala.launch import backward_wants_channel_major
+
+    assert backward_wants_channel_major(64, 32, torch.float32, compiled=True)
+    assert not backward_wants_channel_major(64, 32, torch.float32, compiled=False)
+    assert not backward_wants_channel_major(64, 64, torch.bfloat16, compiled=True)
+    assert backward_wants_channel_major(35, 96, torch.float16, compiled=True)
+    assert not backward_wants_channel_major(35, 64, torch.float16, compiled=True)
+    backward = {"_dstate_kernel", "_dkv_kernel", "_dq_kernel"}
+    for dtype, d, grid, split in ((torch.float32, 64, (8, 8), False), (torch.bfloat16, 64, (8, 8), True),
+                                  (torch.float16, 96, (5, 7), False), (torch.float16, 96, (8, 8), True)):
+        launches = aot.planned_launches("mixer", (1, 2, *grid), d, dtype, aot.ARCHS["sm_90"])
+        forward = {bool(x.kwargs["SPLIT"]) for x in launches if x.name == "_out_kernel"}
+        bwd = {bool(x.kwargs["SPLIT"]) for x in launches if x.name in backward}
+        assert forward == {True} and bwd == {split}, (dtype, d, grid, forward, bwd)

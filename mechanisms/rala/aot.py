@@ -119,7 +119,7 @@ def planned_launches(level: str, shape: tuple, d: int, dtype: torch.dtype, arch:
                      bwd: dict | None = None) -> list[Launch]:
     """The kernel launches rala_forward + rala_backward make for this case on `arch` (fwd / bwd:
     plan_launch overrides such as block_n, num_warps, to try a table entry)."""
-    from mechanisms.rala.launch import plan_launch
+    from mechanisms.rala.launch import backward_wants_channel_major, plan_launch
     from mechanisms.rala.triton_bwd import rala_backward
     from mechanisms.rala.triton_kernels import rala_forward, token_major
 
@@ -132,9 +132,10 @@ def planned_launches(level: str, shape: tuple, d: int, dtype: torch.dtype, arch:
         fplan = plan_launch(b * h, n, d, dtype, dev, arch=arch.cc, sms=arch.sms, token_major=token_major(q),
                             **(fwd or {}))
         out, ws = rala_forward(q, k, v, grid, rope, plan=fplan)
+        bwd_tok = token_major(q) and not backward_wants_channel_major(n, d, dtype, compiled=True)  # as on a GPU
         bplan = plan_launch(b * h, n, d, dtype, dev, backward=True, arch=arch.cc, sms=arch.sms,
-                            token_major=token_major(q), **(bwd or {}))
-        rala_backward(torch.empty_like(out), q, k, v, grid, rope, ws, plan=bplan)
+                            token_major=bwd_tok, **(bwd or {}))
+        rala_backward(torch.empty_like(out), q, k, v, grid, rope, ws, plan=bplan, compiled=True)
     return log
 
 

@@ -74,12 +74,22 @@ LAUNCH_TABLE = {
 # stride has no known alignment), every access is scalar and needs more registers: smaller blocks.
 UNALIGNED_TOK = {("fwd", 64): (16, 4), ("bwd", 64): (16, 8), ("fwd", 128): (16, 8),
                  ("bwd", 128): (16, 8)}  # bwd 128: only for a caller's own plan (rala_backward copies, see below)
-def backward_wants_channel_major(n: int, d: int) -> bool:
-    """Token-contiguous inputs whose N is not a multiple of 16 at d-block 128 (d 65..128): the backward's
-    scalar-access kernels (_dkv, _dq) spill on sm_90 at any block/warp choice (aot_check: 32-40 B at
-    8 warps, 144-164 B at 16), so `rala_backward` first copies q, k, v and g to channel-contiguous memory
-    (4 N d elements each way) and runs the spill-free channel-major kernels. RAVLT's d = 96 stages have
-    56² and 28² grids (N a multiple of 16): only unusual grids pay the copy."""
+def backward_wants_channel_major(n: int, d: int, dtype: torch.dtype, *, compiled: bool | None = None) -> bool:
+    """Whether `rala_backward` first copies token-contiguous q, k, v and g to channel-contiguous memory
+    (4 N d elements each way) and runs the channel-major kernels, because every token-major choice spills:
+
+    - fp16/bf16 with N not a multiple of 16 at d-block 128 (d 65..128): the scalar-access kernels
+      (_dkv, _dq) spill on sm_90 at any block/warp choice (aot_check: 32-40 B at 8 warps, 144-164 B at
+      16). RAVLT's d = 96 stages have 56² and 28² grids (N a multiple of 16): only unusual grids pay.
+    - fp32 at any d: the token-major fp32 backward spills at d-block 32-64 too (results/
+      aot-sm90-sm80-20261203.txt: _dkv 268-460 B, _dstate 16-104 B, _dq 4-96 B; 16 warps: still 268 B
+      in _dkv), the channel-major one does not below d-block 128. fp32 runs exact FMA dots (no tensor
+      cores), so the backward is compute-bound and the copies' traffic matters less than the spills'
+      latency in its inner loop (an estimate, to be checked on a GPU). Only where kernels are compiled
+      (`compiled`, default: not the interpreter): the interpreter has no registers, and its fp32 runs are
+      how CPU tests cover the token-major backward kernels that fp16/bf16 use on GPUs."""
+    if dtype == torch.float32 and (not interpreting() if compiled is None else compiled):
+        return True
     return n % 16 != 0 and _next_pow2(d) >= 128
 
 

@@ -364,11 +364,12 @@ def _dq_kernel(
                       BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, True, SPLIT)
 
 
-def rala_backward(g, q, k, v, grid, rope, ws, *, plan=None):
-    """Gradients (dq, dk, dv) of sum(out * g); `ws` = the forward's workspace (its small state)."""
+def rala_backward(g, q, k, v, grid, rope, ws, *, plan=None, compiled=None):
+    """Gradients (dq, dk, dv) of sum(out * g); `ws` = the forward's workspace (its small state).
+    compiled: plan as for compiled kernels (True) or the interpreter (False); None: as this process runs."""
     b, h, n, d = q.shape
     bh, dev = b * h, q.device
-    if token_major(q) and backward_wants_channel_major(n, d):
+    if token_major(q) and backward_wants_channel_major(n, d, q.dtype, compiled=compiled):
         g, q, k, v = (t.contiguous() for t in (g, q, k, v))  # dq, dk, dv then come back contiguous
     plan = plan or plan_launch(bh, n, d, q.dtype, dev, backward=True, token_major=token_major(q))
     split = token_major(q)
