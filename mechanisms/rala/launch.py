@@ -117,7 +117,7 @@ def plan_launch(bh: int, n: int, d: int, dtype: torch.dtype, device: torch.devic
                 block_n: int | None = None, splits: int | None = None, num_warps: int | None = None) -> LaunchPlan:
     """Autotune-free plan from the per-architecture launch table (`LAUNCH_TABLE`), which keeps every
     fp16/bf16 kernel free of register spills on sm_80 and sm_90 (checked in CI by scripts/aot_check.py;
-    fp32 at d-block 128 and the token-major fp32 backward still spill: results/aot-sm90-sm80-20261203.txt).
+    fp32 kernels at d-block 128 still spill: results/aot-sm90-sm80-20261203b.txt).
     arch (e.g. 90) and sms default to the device's; token_major: the inputs are token-contiguous
     (the mixer's layout).
 
