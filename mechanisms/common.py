@@ -79,3 +79,9 @@ def level_bytes(s: Shape, *, level: str, dtype: str, reads: int = 3, writes: int
     if level == "mixer":
         return mixer_bytes(s, dtype, gate=gate, lepe=lepe)
     raise ValueError(f"no analytic bytes for level {level!r}")
+
+
+def check_grid(grid, n: int) -> None:
+    """ValueError unless the (H, W) token grid has the inputs' N tokens (every op that takes `grid`)."""
+    if grid[0] * grid[1] != n:
+        raise ValueError(f"grid {tuple(grid)} has {grid[0] * grid[1]} tokens but the inputs have {n}")

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from attnbench.dtypes import DTYPE_BYTES
 from attnbench.layers import TokenMixer, merge_heads, split_heads
 from attnbench.registry import Mechanism, Shape
-from mechanisms.common import mixer_bytes, op_bytes, pass_factor, shell_flops
+from mechanisms.common import check_grid, mixer_bytes, op_bytes, pass_factor, shell_flops
 
 SHELL_OPTIONS = ("gate", "lepe")
 
@@ -70,11 +70,6 @@ def split_shell_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[s
     shell = {key: options[key] for key in SHELL_OPTIONS if key in options}
     own = {key: value for key, value in options.items() if key not in SHELL_OPTIONS}
     return shell, own
-
-
-def check_grid(grid: tuple[int, int], n: int) -> None:
-    if grid[0] * grid[1] != n:
-        raise ValueError(f"grid {tuple(grid)} has {grid[0] * grid[1]} tokens but the inputs have {n}")
 
 
 def merge_head_dim(t: Tensor) -> Tensor:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnbench.layers import TokenMixer, apply_rope, rope_tables
+from mechanisms.common import check_grid
 
 CITE_RALA = "Fan et al., Breaking the Low-Rank Dilemma of Linear Attention, CVPR 2025"
 
@@ -55,9 +56,7 @@ def _cached_rope(grid, head_dim, dtype, device):
 def op_tables(q, grid, rope):
     """The operator's RoPE tables: `rope` as given, or the default ones for `grid` (`default_rope`), after
     checking that `grid` has q's N tokens (ValueError otherwise)."""
-    n = q.shape[-2]
-    if grid[0] * grid[1] != n:
-        raise ValueError(f"grid {tuple(grid)} has {grid[0] * grid[1]} tokens but the inputs have {n}")
+    check_grid(grid, q.shape[-2])
     return rope if rope is not None else default_rope(grid, q.shape[-1], q)
 
 

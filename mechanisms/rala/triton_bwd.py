@@ -371,8 +371,8 @@ def rala_backward(g, q, k, v, grid, rope, ws, *, plan=None, compiled=None):
     bh, dev = b * h, q.device
     if token_major(q) and backward_wants_channel_major(n, d, q.dtype, compiled=compiled):
         g, q, k, v = (t.contiguous() for t in (g, q, k, v))  # dq, dk, dv then come back contiguous
-    plan = plan or plan_launch(bh, n, d, q.dtype, dev, backward=True, token_major=token_major(q))
-    split = token_major(q)
+    split = token_major(q)  # after the copy: the layout the kernels read
+    plan = plan or plan_launch(bh, n, d, q.dtype, dev, backward=True, token_major=split)
     angle, sin, cos, srn, srd, from_mem = rope_args(rope, n, d, dev, token_major=split)
     meta = stream_meta(plan, from_mem, q.dtype, split)
     s, nw, w = plan.splits, plan.num_warps, grid[1]

@@ -21,6 +21,7 @@ import os
 import torch
 
 from attnbench.registry import register_mechanism
+from mechanisms.common import check_grid
 from mechanisms.rala.base import RalaBase
 from mechanisms.rala.naive import CITE_RALA
 
@@ -60,8 +61,7 @@ def _validate(q, k, v, grid, rope) -> None:
         raise ValueError(f"rala_triton supports fp32/fp16/bf16 inputs of one dtype, got {q.dtype}, {k.dtype}, "
                          f"{v.dtype}")
     n, d = q.shape[-2:]
-    if grid[0] * grid[1] != n:
-        raise ValueError(f"grid {tuple(grid)} has {grid[0] * grid[1]} tokens but the inputs have {n}")
+    check_grid(grid, n)
     if d % 4 or not 8 <= d <= 128:
         raise ValueError(f"rala_triton needs a head dim divisible by 4 in [8, 128], got {d}")
     if rope is not None and (rope[0].device != q.device or rope[1].device != q.device):
