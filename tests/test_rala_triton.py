@@ -166,6 +166,31 @@ def test_split_merge_is_deterministic_and_split_invariant():
         assert rel_err(many[i], one[i].double()) < 4e-6, what
 
 
+@pytest.mark.parametrize("splits,layout,rope_kind", [(2, "bhnd", None), (6, "tokens", "default")])
+def test_value_column_split_is_the_same_forward(splits, layout, rope_kind):
+    """fp32 at d-block 128 splits KV's value columns over 2 programs (LaunchPlan.vb = 64; pass (b) on a
+    (B*h, S, 2) grid): out and the merged state the backward reads (qbar, KV, ksum, M, L) equal the
+    one-program forward (vb = 128), with the merge fused into pass (c) (S = 2) and separate (S = 6)."""
+    import dataclasses
+
+    from mechanisms.rala.launch import plan_launch
+    from mechanisms.rala.triton_kernels import rala_forward
+
+    b, h, grid, d = 1, 2, (9, 10), 96
+    n = grid[0] * grid[1]
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (with_layout(torch.randn(b, h, n, d, generator=gen, dtype=torch.float64), layout, torch.float32)
+               .detach() for _ in range(3))
+    rope = rope_tables(*grid, d) if rope_kind else None
+    plan = plan_launch(b * h, n, d, torch.float32, q.device, block_n=16, splits=splits)
+    assert plan.vb == 64 and plan.splits == splits
+    split_out, split_ws = rala_forward(q, k, v, grid, rope, plan=plan)
+    whole_out, whole_ws = rala_forward(q, k, v, grid, rope, plan=dataclasses.replace(plan, vb=128))
+    assert rel_err(split_out, whole_out.double()) < 1e-6
+    small = b * h * (2 * d + d * d + 2)  # the workspace's head: qbar, KV, ksum, (M, L) (state_ptrs)
+    assert rel_err(split_ws[:small], whole_ws[:small].double()) < 1e-6
+
+
 @pytest.fixture
 def many_splits(monkeypatch):
     """Every launcher plans one split per token block of 16 (S up to the block count), so the

@@ -30,6 +30,11 @@ class LaunchPlan:
     bps: int  # token blocks per split
     num_warps: int
     warps_b1: int = 0  # warps of the backward's first pass (_dstate_kernel) where it differs; 0: num_warps
+    vb: int = 0  # value columns per program of the forward's pass (b); 0: the whole d-block (2*pb)
+
+    def __post_init__(self):
+        if not self.vb:
+            object.__setattr__(self, "vb", 2 * self.pb)
 
 
 def interpreting() -> bool:
@@ -93,6 +98,11 @@ def backward_wants_channel_major(n: int, d: int, dtype: torch.dtype, *, compiled
     return n % 16 != 0 and _next_pow2(d) >= 128
 
 
+# fp32 at d-block 128: pass (b)'s d x d fp32 state with fp32 operand tiles exceeds 255 registers at any
+# block/warp choice (aot_check, sm_90: 64 B spilled channel-major, 60 B token-major), so it splits KV's
+# value columns over 2 programs of 64 (grid (B*h, S, 2)): 0 and 8 B. Both compute the k side (phi,
+# scores, rotation) and read k (the second read from L2: the two programs run side by side).
+FP32_VALUE_COLUMNS = {128: 64}
 # fp32 inputs: exact FMA dots (no tensor cores), the smallest token block; (BLOCK_N, warps, warps of B1)
 FP32_DEFAULT = (16, 8)
 FP32_TABLE = {(90, "bwd", 64, "ch"): (16, 8, 4)}  # sm_90: B1 at 8 warps gets 128 registers and spills 4 B
@@ -150,7 +160,9 @@ def plan_launch(bh: int, n: int, d: int, dtype: torch.dtype, device: torch.devic
     splits = max(1, min(splits, n_blocks))
     bps = _cdiv(n_blocks, splits)
     splits = _cdiv(n_blocks, bps)  # no empty split
-    return LaunchPlan(block_n=block_n, pb=db // 2, splits=splits, bps=bps, num_warps=num_warps, warps_b1=warps_b1)
+    vb = FP32_VALUE_COLUMNS.get(db, db) if dtype == torch.float32 and not backward else db
+    return LaunchPlan(block_n=block_n, pb=db // 2, splits=splits, bps=bps, num_warps=num_warps, warps_b1=warps_b1,
+                      vb=vb)
 
 
 def empty_like_layout(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:

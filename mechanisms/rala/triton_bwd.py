@@ -138,7 +138,7 @@ def _dstate_kernel(
     _dkv, _dks, _t, DKV_P, DKS_P, _dqb = dws_ptrs(DWS, tl.num_programs(0), tl.num_programs(1), d)
     q_base = Q + (bh // n_heads).to(tl.int64) * sqb + (bh % n_heads).to(tl.int64) * sqh
     g_base = G + (bh // n_heads).to(tl.int64) * sgb + (bh % n_heads).to(tl.int64) * sgh
-    kv_e, kv_o = load_rows_halves(KV + bh * d * d, d, PB, DB)
+    kv_e, kv_o = load_rows_halves(KV + bh * d * d, d, 0, PB, DB)
     kv_e = kv_e.to(DOT_DTYPE)
     kv_o = kv_o.to(DOT_DTYPE)
     ks_e, ks_o = load_vec_halves(KS + bh * d, d, PB)
@@ -159,7 +159,7 @@ def _dstate_kernel(
                 kv_e, kv_o, ks_e, ks_o, ANGLE, SIN, COS, srn, srd, eps, sqn, sqd, sgn, sgd,
                 BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, True, SPLIT)
     part = bh * tl.num_programs(1) + sp
-    store_rows_halves(DKV_P + part * d * d, dkv_e, dkv_o, d, PB, DB)
+    store_rows_halves(DKV_P + part * d * d, dkv_e, dkv_o, d, 0, PB, DB)
     store_vec_halves(DKS_P + part * d, dks_e, dks_o, d, PB)
 
 
@@ -277,7 +277,7 @@ def _dkv_kernel(
     m_fin = tl.load(ML + bh * 2)
     inv_l = 1.0 / tl.load(ML + bh * 2 + 1)
     t_all = tl.load(T + bh)
-    dkv_e, dkv_o = load_rows_halves(DKV + bh * d * d, d, PB, DB)  # (PB, DB) each
+    dkv_e, dkv_o = load_rows_halves(DKV + bh * d * d, d, 0, PB, DB)  # (PB, DB) each
     dkv_e = dkv_e.to(DOT_DTYPE)
     dkv_o = dkv_o.to(DOT_DTYPE)
     dks_e, dks_o = load_vec_halves(DKS + bh * d, d, PB)
@@ -340,7 +340,7 @@ def _dq_kernel(
     dq_base = DQ + b64 * sdqb + h64 * sdqh
     _qbar, KV, KS, _ml, _part = state_ptrs(WS, tl.num_programs(0), d)
     _dkv, _dks, _t, _dkv_p, _dks_p, DQB_P = dws_ptrs(DWS, tl.num_programs(0), n_splits, d)
-    kv_e, kv_o = load_rows_halves(KV + bh * d * d, d, PB, DB)
+    kv_e, kv_o = load_rows_halves(KV + bh * d * d, d, 0, PB, DB)
     kv_e = kv_e.to(DOT_DTYPE)
     kv_o = kv_o.to(DOT_DTYPE)
     ks_e, ks_o = load_vec_halves(KS + bh * d, d, PB)

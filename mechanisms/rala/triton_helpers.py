@@ -177,20 +177,21 @@ def rotate(xe, xo, ce, se, co, so):
 
 
 @triton.jit
-def load_rows_halves(ptr, d, PB: tl.constexpr, DB: tl.constexpr):
-    """A row-major (d, d) fp32 matrix as its even and odd rows, each (PB, DB), zero padded."""
+def load_rows_halves(ptr, d, c0, PB: tl.constexpr, CB: tl.constexpr):
+    """Columns [c0, c0 + CB) of a row-major (d, d) fp32 matrix as its even and odd rows, each (PB, CB),
+    zero padded (c0 = 0, CB = the d-block: the whole matrix)."""
     pair = tl.arange(0, PB)
-    col = tl.arange(0, DB)
+    col = c0 + tl.arange(0, CB)
     off = (2 * pair)[:, None] * d + col[None, :]
     msk = (2 * pair < d)[:, None] & (col < d)[None, :]
     return tl.load(ptr + off, mask=msk, other=0.0), tl.load(ptr + off + d, mask=msk, other=0.0)
 
 
 @triton.jit
-def store_rows_halves(ptr, xe, xo, d, PB: tl.constexpr, DB: tl.constexpr):
+def store_rows_halves(ptr, xe, xo, d, c0, PB: tl.constexpr, CB: tl.constexpr):
     """Inverse of `load_rows_halves`."""
     pair = tl.arange(0, PB)
-    col = tl.arange(0, DB)
+    col = c0 + tl.arange(0, CB)
     off = (2 * pair)[:, None] * d + col[None, :]
     msk = (2 * pair < d)[:, None] & (col < d)[None, :]
     tl.store(ptr + off, xe, mask=msk)
@@ -276,7 +277,7 @@ def merged_state(WS, bh, n_splits, d, PB: tl.constexpr):
         part = bh * n_splits + s
         w = tl.exp(tl.load(M_P + part) - m_all)
         l_all += w * tl.load(L_P + part)
-        p_e, p_o = load_rows_halves(KV_P + part * d * d, d, PB, DB)
+        p_e, p_o = load_rows_halves(KV_P + part * d * d, d, 0, PB, DB)
         kv_e += w * p_e
         kv_o += w * p_o
         k_e, k_o = load_vec_halves(KS_P + part * d, d, PB)
@@ -290,10 +291,21 @@ def merged_state(WS, bh, n_splits, d, PB: tl.constexpr):
 def store_state(WS, bh, kv_e, kv_o, ks_e, ks_o, m_all, l_all, d, PB: tl.constexpr):
     """Store the merged state of one (b, h) where the backward finds it."""
     _qbar, KV, KS, ML, _part = state_ptrs(WS, tl.num_programs(0), d)
-    store_rows_halves(KV + bh * d * d, kv_e, kv_o, d, PB, 2 * PB)
+    store_rows_halves(KV + bh * d * d, kv_e, kv_o, d, 0, PB, 2 * PB)
     store_vec_halves(KS + bh * d, ks_e, ks_o, d, PB)
     tl.store(ML + bh * 2, m_all)
     tl.store(ML + bh * 2 + 1, l_all)
+
+
+@triton.jit
+def value_columns_start(VB: tl.constexpr, PB: tl.constexpr):
+    """First value column of this program: program_id(2) * VB where the forward splits KV's columns
+    (VB < the d-block), else the constant 0 (no index arithmetic or branches in the compiled kernel)."""
+    if VB == 2 * PB:
+        c0 = 0
+    else:
+        c0 = tl.program_id(2) * VB
+    return c0
 
 
 @triton.jit

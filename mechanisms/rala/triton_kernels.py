@@ -12,7 +12,8 @@ Per (batch, head), with phi(x) = ELU(x) + 1, c = d^-0.5 and R_n the 2D rotation 
 Grid of passes (a), (b), (c): (B*h, S) programs; program (bh, s) streams token blocks
 [s*bps, (s+1)*bps) of BLOCK_N tokens. S ("splits", `plan_launch`) gives every SM at least one
 program in one wave, so small B*h still fills the GPU, and two per SM only where the split states
-stay within 5 % of the minimum traffic. No (B, h, N, d) intermediate reaches memory: pass (a)
+stay within 5 % of the minimum traffic (fp32 at d-block 128: pass (b) on (B*h, S, 2), each program
+KV's value columns of one half, `LaunchPlan.vb`). No (B, h, N, d) intermediate reaches memory: pass (a)
 writes (B*h, S, d) partial sums, pass (b) per-split softmax states (running max m, running sum l,
 unnormalised KV and ksum). They are merged with the max/sum rescaling rule  M = max_s m_s,
 w_s = exp(m_s - M),  L = sum_s w_s l_s,  KV = sum_s w_s KV_s / L  in a fixed order (deterministic,
@@ -104,6 +105,7 @@ from mechanisms.rala.triton_helpers import (
     store_vec_halves,
     sum_partials,
     tile_mask,
+    value_columns_start,
 )
 
 EPS = 1e-6  # the spec's normaliser epsilon (after dividing ksum by L, as the reference has it)
@@ -145,14 +147,15 @@ def _qbar_kernel(
 @triton.jit
 def _state_block(
     m_run, l_run, kv_e, kv_o, ks_e, ks_o, qbar_e, qbar_o, k_base, v_base, tok,
-    N, W, d, scale, skn, skd, svn, svd, ANGLE, SIN, COS, srn, srd,
-    BLOCK_N: tl.constexpr, PB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr,
+    N, W, d, dv, scale, skn, skd, svn, svd, ANGLE, SIN, COS, srn, srd,
+    BLOCK_N: tl.constexpr, PB: tl.constexpr, VB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr,
     DOT_DTYPE: tl.constexpr, MASK_N: tl.constexpr, SPLIT: tl.constexpr,
 ):
-    """One token block of pass (b): the online-softmax update of (m, l, KV, ksum)."""
+    """One token block of pass (b): the online-softmax update of (m, l, KV, ksum); v_base and dv (valid
+    columns) address this program's VB value columns."""
     ke, ko = load_halves(k_base, tok, N, skn, skd, d, BLOCK_N, PB, MASK_N, SPLIT)
     kp_e, kp_o = phi_halves(ke, ko, tok, N, d, PB, MASK_N)  # (BLOCK_N, PB) each
-    vx = load_tile(v_base, tok, N, svn, svd, d, 2 * PB, MASK_N)  # (BLOCK_N, DB), input dtype
+    vx = load_tile(v_base, tok, N, svn, svd, dv, VB, MASK_N)  # (BLOCK_N, VB), input dtype
     s_blk = scale * dot_halves(kp_e, kp_o, qbar_e, qbar_o)  # (BLOCK_N,)
     if MASK_N:
         s_blk = tl.where(tok < N, s_blk, -float("inf"))
@@ -162,7 +165,7 @@ def _state_block(
     l_run = l_run * rescale + tl.sum(p, 0)
     ce, se, co, so = rope_cs(tok, N, W, d, ANGLE, SIN, COS, srn, srd, BLOCK_N, PB, ROPE_FROM_MEM, FAST, MASK_N, SPLIT)
     rk_e, rk_o = rotate(kp_e, kp_o, ce, se, co, so)  # R(phi(k)) halves (BLOCK_N, PB)
-    kv_e = kv_e * rescale + mm(tl.trans(rk_e * p[:, None]), vx, DOT_DTYPE)  # (PB, DB)
+    kv_e = kv_e * rescale + mm(tl.trans(rk_e * p[:, None]), vx, DOT_DTYPE)  # (PB, VB)
     kv_o = kv_o * rescale + mm(tl.trans(rk_o * p[:, None]), vx, DOT_DTYPE)
     ks_e = ks_e * rescale + tl.sum(kp_e * p[:, None], 0)  # (PB,)
     ks_o = ks_o * rescale + tl.sum(kp_o * p[:, None], 0)
@@ -174,22 +177,24 @@ def _state_kernel(
     K, V, WS, ANGLE, SIN, COS,
     N, W, d, n_heads, bps, scale, inv_n,
     skb, skh, skn, skd, svb, svh, svn, svd, srn, srd,
-    BLOCK_N: tl.constexpr, PB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    SPLIT: tl.constexpr,
+    BLOCK_N: tl.constexpr, PB: tl.constexpr, VB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr,
 ):
     """Pass (b): split s's online-softmax state over its tokens.
 
     Writes m (running max), l (sum of exp(s - m)), KV_s = sum exp(s_m - m) R(phi(k_m)) v_m^T and
-    ks_s = sum exp(s_m - m) phi(k_m) to the split partials. Split 0 also stores qbar.
+    ks_s = sum exp(s_m - m) phi(k_m) to the split partials. Split 0 also stores qbar. Program
+    (bh, s, c) computes KV_s's value columns [c VB, (c + 1) VB) (VB < the d-block: `LaunchPlan.vb`);
+    the programs of c > 0 repeat the k side and leave ks_s, m, l, qbar to c = 0.
     """
-    DB: tl.constexpr = 2 * PB
     bh = tl.program_id(0)
     sp = tl.program_id(1)
+    c0 = value_columns_start(VB, PB)
     n_splits = tl.num_programs(1)
     QBAR, _kv, _ks, _ml, PART = state_ptrs(WS, tl.num_programs(0), d)
     QSUM, KV_P, KS_P, M_P, L_P = partial_ptrs(PART, tl.num_programs(0), n_splits, d)
     k_base = K + (bh // n_heads).to(tl.int64) * skb + (bh % n_heads).to(tl.int64) * skh
-    v_base = V + (bh // n_heads).to(tl.int64) * svb + (bh % n_heads).to(tl.int64) * svh
+    v_base = V + (bh // n_heads).to(tl.int64) * svb + (bh % n_heads).to(tl.int64) * svh + c0 * svd
     qsum_e = tl.zeros((PB,), dtype=tl.float32)
     qsum_o = tl.zeros((PB,), dtype=tl.float32)
     for s in range(0, n_splits):  # fixed order: deterministic
@@ -198,34 +203,35 @@ def _state_kernel(
         qsum_o += po
     qbar_e = qsum_e * inv_n  # (PB,)
     qbar_o = qsum_o * inv_n
-    if sp == 0:
+    if sp == 0 and c0 == 0:
         store_vec_halves(QBAR + bh * d, qbar_e, qbar_o, d, PB)
 
     m_run = -float("inf")
     l_run = 0.0
-    kv_e = tl.zeros((PB, DB), dtype=tl.float32)  # rows 0, 2, 4, ... of KV
-    kv_o = tl.zeros((PB, DB), dtype=tl.float32)  # rows 1, 3, 5, ...
+    kv_e = tl.zeros((PB, VB), dtype=tl.float32)  # rows 0, 2, 4, ... of KV
+    kv_o = tl.zeros((PB, VB), dtype=tl.float32)  # rows 1, 3, 5, ...
     ks_e = tl.zeros((PB,), dtype=tl.float32)
     ks_o = tl.zeros((PB,), dtype=tl.float32)
     b0, b_main, has_tail = block_range(N, bps, BLOCK_N, SPLIT)
     for blk in range(b0, b_main):
         m_run, l_run, kv_e, kv_o, ks_e, ks_o = _state_block(
             m_run, l_run, kv_e, kv_o, ks_e, ks_o, qbar_e, qbar_o, k_base, v_base, blk * BLOCK_N + tl.arange(0, BLOCK_N),
-            N, W, d, scale, skn, skd, svn, svd, ANGLE, SIN, COS, srn, srd,
-            BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, not SPLIT, SPLIT)
+            N, W, d, d - c0, scale, skn, skd, svn, svd, ANGLE, SIN, COS, srn, srd,
+            BLOCK_N, PB, VB, ROPE_FROM_MEM, FAST, DOT_DTYPE, not SPLIT, SPLIT)
     if SPLIT:  # compile-time: the masked tail exists only with the unmasked main loop
         if has_tail:
             m_run, l_run, kv_e, kv_o, ks_e, ks_o = _state_block(
                 m_run, l_run, kv_e, kv_o, ks_e, ks_o, qbar_e, qbar_o, k_base, v_base,
                 b_main * BLOCK_N + tl.arange(0, BLOCK_N),
-                N, W, d, scale, skn, skd, svn, svd, ANGLE, SIN, COS, srn, srd,
-                BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, True, SPLIT)
+                N, W, d, d - c0, scale, skn, skd, svn, svd, ANGLE, SIN, COS, srn, srd,
+                BLOCK_N, PB, VB, ROPE_FROM_MEM, FAST, DOT_DTYPE, True, SPLIT)
 
     part = bh * n_splits + sp
-    store_rows_halves(KV_P + part * d * d, kv_e, kv_o, d, PB, DB)
-    store_vec_halves(KS_P + part * d, ks_e, ks_o, d, PB)
-    tl.store(M_P + part, m_run)
-    tl.store(L_P + part, l_run)
+    store_rows_halves(KV_P + part * d * d, kv_e, kv_o, d, c0, PB, VB)
+    if c0 == 0:
+        store_vec_halves(KS_P + part * d, ks_e, ks_o, d, PB)
+        tl.store(M_P + part, m_run)
+        tl.store(L_P + part, l_run)
 
 
 @triton.jit(do_not_specialize=["n_splits"])
@@ -300,6 +306,8 @@ def _out_kernel(
 
     FUSE_MERGE (few splits): every program merges the split states itself (S d^2 floats from L2)
     and split 0 stores the result, which saves the merge kernel's launch; else they were merged.
+    (Not split along KV's value columns like pass (b) at fp32 d-block 128: its spills there come from the
+    q and RoPE tiles, aot_check measured no gain from halving KV.)
     """
     DB: tl.constexpr = 2 * PB
     bh = tl.program_id(0)
@@ -312,7 +320,7 @@ def _out_kernel(
         if sp == 0:
             store_state(WS, bh, kv_e, kv_o, ks_e, ks_o, m_all, l_all, d, PB)
     else:
-        kv_e, kv_o = load_rows_halves(KV + bh * d * d, d, PB, DB)  # (PB, DB) each
+        kv_e, kv_o = load_rows_halves(KV + bh * d * d, d, 0, PB, DB)  # (PB, DB) each
         ks_e, ks_o = load_vec_halves(KS + bh * d, d, PB)  # (PB,) each
     kv_e = kv_e.to(DOT_DTYPE)
     kv_o = kv_o.to(DOT_DTYPE)
@@ -346,7 +354,7 @@ def rala_forward(q, k, v, grid, rope=None, *, plan: LaunchPlan | None = None):
     """Launch passes (a), (b), merge, (c). q, k, v: (B, h, N, d), any strides.
 
     Returns out (B, h, N, d) (q's layout where possible) and the fp32 workspace whose head is the
-    small state the backward needs (`state_views`: qbar, KV, ksum, final max and sum).
+    small state the backward needs (`triton_helpers.state_ptrs`: qbar, KV, ksum, final max and sum).
     """
     b, h, n, d = q.shape
     bh, dev = b * h, q.device
@@ -359,8 +367,9 @@ def rala_forward(q, k, v, grid, rope=None, *, plan: LaunchPlan | None = None):
     out = empty_like_layout(q)
     _qbar_kernel[(bh, s)](q, ws, n, d, h, plan.bps, *q.stride(), BLOCK_N=plan.block_n, DB=2 * plan.pb,
                             SPLIT=split, num_warps=nw)
-    _state_kernel[(bh, s)](k, v, ws, angle, sin, cos, n, w, d, h, plan.bps, d**-0.5, 1.0 / n,
-                           *k.stride(), *v.stride(), srn, srd, **meta)
+    cols = 2 * plan.pb // plan.vb  # programs per (b, h, split) along KV's value columns (LaunchPlan.vb)
+    _state_kernel[(bh, s, cols)](k, v, ws, angle, sin, cos, n, w, d, h, plan.bps, d**-0.5, 1.0 / n,
+                                 *k.stride(), *v.stride(), srn, srd, VB=plan.vb, **meta)
     fuse = s <= FUSE_MERGE_MAX_SPLITS
     if not fuse:
         _merge_kernel[(bh, merge_chunks(d) + 1)](ws, s, d, SB=MERGE_SPLITS_BLOCK, CW=MERGE_CHUNK,
