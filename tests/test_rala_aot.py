@@ -71,10 +71,10 @@ print("ok")
 
 
 def test_backward_layout_choice():
-    """Token-major (mixer) inputs: compiled fp32 backwards and fp16/bf16 at N % 16 != 0 with d-block 128
-    run on channel-major copies (their token-major kernels spill), other 16-bit cases keep the
-    token-major kernels; the interpreter keeps them for fp32 so CPU tests cover them. The AOT plan
-    launches what a GPU run would."""
+    """Token-major (mixer) inputs: compiled fp32 backwards, fp16/bf16 backwards at N % 16 != 0 with d-block
+    128, and the fp32 forward's q passes at d-block 128 run on channel-major copies (their token-major
+    kernels spill); other cases keep the token-major kernels, and the interpreter keeps them for fp32 so
+    CPU tests cover them. The AOT plan launches what a GPU run would."""
     import torch
 
     from mechanisms.rala import aot
@@ -86,9 +86,14 @@ def test_backward_layout_choice():
     assert backward_wants_channel_major(35, 96, torch.float16, compiled=True)
     assert not backward_wants_channel_major(35, 64, torch.float16, compiled=True)
     backward = {"_dstate_kernel", "_dkv_kernel", "_dq_kernel"}
-    for dtype, d, grid, split in ((torch.float32, 64, (8, 8), False), (torch.bfloat16, 64, (8, 8), True),
-                                  (torch.float16, 96, (5, 7), False), (torch.float16, 96, (8, 8), True)):
+    cases = (  # dtype, d, grid, token-major pass (c), token-major backward
+        (torch.float32, 64, (8, 8), True, False), (torch.float32, 96, (8, 8), False, False),
+        (torch.bfloat16, 64, (8, 8), True, True), (torch.float16, 96, (5, 7), True, False),
+        (torch.float16, 96, (8, 8), True, True),
+    )
+    for dtype, d, grid, fwd_split, bwd_split in cases:
         launches = aot.planned_launches("mixer", (1, 2, *grid), d, dtype, aot.ARCHS["sm_90"])
         forward = {bool(x.kwargs["SPLIT"]) for x in launches if x.name == "_out_kernel"}
+        state = {bool(x.kwargs["SPLIT"]) for x in launches if x.name == "_state_kernel"}
         bwd = {bool(x.kwargs["SPLIT"]) for x in launches if x.name in backward}
-        assert forward == {True} and bwd == {split}, (dtype, d, grid, forward, bwd)
+        assert forward == {fwd_split} and state == {True} and bwd == {bwd_split}, (dtype, d, grid, forward, bwd)

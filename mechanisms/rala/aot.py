@@ -131,7 +131,7 @@ def planned_launches(level: str, shape: tuple, d: int, dtype: torch.dtype, arch:
     with recording(log):
         fplan = plan_launch(b * h, n, d, dtype, dev, arch=arch.cc, sms=arch.sms, token_major=token_major(q),
                             **(fwd or {}))
-        out, ws = rala_forward(q, k, v, grid, rope, plan=fplan)
+        out, ws = rala_forward(q, k, v, grid, rope, plan=fplan, compiled=True)
         bwd_tok = token_major(q) and not backward_wants_channel_major(n, d, dtype, compiled=True)  # as on a GPU
         bplan = plan_launch(b * h, n, d, dtype, dev, backward=True, arch=arch.cc, sms=arch.sms,
                             token_major=bwd_tok, **(bwd or {}))

@@ -103,6 +103,17 @@ def backward_wants_channel_major(n: int, d: int, dtype: torch.dtype, *, compiled
 # value columns over 2 programs of 64 (grid (B*h, S, 2)): 0 and 8 B. Both compute the k side (phi,
 # scores, rotation) and read k (the second read from L2: the two programs run side by side).
 FP32_VALUE_COLUMNS = {128: 64}
+def out_pass_wants_channel_major(d: int, dtype: torch.dtype, *, compiled: bool | None = None) -> bool:
+    """fp32 with token-contiguous inputs at d-block 128: the forward's pass (c) spills (aot_check: 172-296 B
+    on sm_90 and sm_80, from its q and RoPE tiles), the channel-major one does not (0 B, RoPE tables from
+    memory too), so `rala_forward` copies q to channel-major memory (N d elements each way) for passes (a)
+    and (c), and out comes back contiguous. Only where kernels are compiled (`compiled`, default: not the
+    interpreter), like `backward_wants_channel_major`."""
+    if compiled is None:
+        compiled = not interpreting()
+    return compiled and dtype == torch.float32 and _next_pow2(d) >= 128
+
+
 # fp32 inputs: exact FMA dots (no tensor cores), the smallest token block; (BLOCK_N, warps, warps of B1)
 FP32_DEFAULT = (16, 8)
 FP32_TABLE = {(90, "bwd", 64, "ch"): (16, 8, 4)}  # sm_90: B1 at 8 warps gets 128 registers and spills 4 B

@@ -79,6 +79,7 @@ from mechanisms.rala.launch import (
     empty_like_layout,
     interpreting,
     merge_chunks,
+    out_pass_wants_channel_major,
     plan_launch,
     rope_args,
     workspace_size,
@@ -350,11 +351,12 @@ def stream_meta(plan: LaunchPlan, from_mem: bool, dtype: torch.dtype, split: boo
                 DOT_DTYPE=DOT_DTYPES[dtype], SPLIT=split, num_warps=plan.num_warps)
 
 
-def rala_forward(q, k, v, grid, rope=None, *, plan: LaunchPlan | None = None):
+def rala_forward(q, k, v, grid, rope=None, *, plan: LaunchPlan | None = None, compiled: bool | None = None):
     """Launch passes (a), (b), merge, (c). q, k, v: (B, h, N, d), any strides.
 
     Returns out (B, h, N, d) (q's layout where possible) and the fp32 workspace whose head is the
     small state the backward needs (`triton_helpers.state_ptrs`: qbar, KV, ksum, final max and sum).
+    compiled: plan as for compiled kernels (True) or the interpreter (False); None: as this process runs.
     """
     b, h, n, d = q.shape
     bh, dev = b * h, q.device
@@ -364,9 +366,14 @@ def rala_forward(q, k, v, grid, rope=None, *, plan: LaunchPlan | None = None):
     meta = stream_meta(plan, from_mem, q.dtype, split)
     s, nw, w = plan.splits, plan.num_warps, grid[1]
     ws = torch.empty(workspace_size(bh, s, d), dtype=torch.float32, device=dev)
+    qsplit, qrope, qmeta = split, (angle, sin, cos, srn, srd), meta
+    if split and out_pass_wants_channel_major(d, q.dtype, compiled=compiled):
+        q, qsplit = q.contiguous(), False  # passes (a) and (c) read q channel-major; out comes back contiguous
+        *qrope, from_mem_q = rope_args(rope, n, d, dev, token_major=False)
+        qmeta = stream_meta(plan, from_mem_q, q.dtype, False)
     out = empty_like_layout(q)
     _qbar_kernel[(bh, s)](q, ws, n, d, h, plan.bps, *q.stride(), BLOCK_N=plan.block_n, DB=2 * plan.pb,
-                            SPLIT=split, num_warps=nw)
+                            SPLIT=qsplit, num_warps=nw)
     cols = 2 * plan.pb // plan.vb  # programs per (b, h, split) along KV's value columns (LaunchPlan.vb)
     _state_kernel[(bh, s, cols)](k, v, ws, angle, sin, cos, n, w, d, h, plan.bps, d**-0.5, 1.0 / n,
                                  *k.stride(), *v.stride(), srn, srd, VB=plan.vb, **meta)
@@ -374,6 +381,6 @@ def rala_forward(q, k, v, grid, rope=None, *, plan: LaunchPlan | None = None):
     if not fuse:
         _merge_kernel[(bh, merge_chunks(d) + 1)](ws, s, d, SB=MERGE_SPLITS_BLOCK, CW=MERGE_CHUNK,
                                                  num_warps=MERGE_WARPS)
-    _out_kernel[(bh, s)](q, out, ws, angle, sin, cos, n, w, d, h, plan.bps, EPS, s, *q.stride(), *out.stride(),
-                         srn, srd, FUSE_MERGE=fuse, **meta)
+    _out_kernel[(bh, s)](q, out, ws, *qrope[:3], n, w, d, h, plan.bps, EPS, s, *q.stride(), *out.stride(),
+                         *qrope[3:], FUSE_MERGE=fuse, **qmeta)
     return out, ws
