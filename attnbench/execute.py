@@ -27,6 +27,7 @@ import torch
 
 from attnbench import registry
 from attnbench.errors import AttnbenchError, MechanismUnavailable
+from attnbench.layers import PER_CASE_CACHES
 from attnbench.measure.env import env_id as make_env_id
 from attnbench.measure.env import fingerprint
 from attnbench.measure.timing import CaseTimeout
@@ -234,6 +235,8 @@ class CaseExecutor:
                 return rows + [self.row(case, started, r) for r in exc.rows], {}
             rows, samples = [self.status_row(case, started, status, message)], {}
         finally:
+            for clear in PER_CASE_CACHES:
+                clear()
             collect_garbage()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

@@ -19,6 +19,10 @@ import torch
 from torch import Tensor, nn
 
 RopeTables = Tuple[Tensor, Tensor]  # (sin, cos), each (H*W, head_dim)
+# cache_clear callables of process-wide tensor caches (e.g. the op-level RoPE tables of
+# mechanisms/rala/naive.py): the runner calls them after every case, so no cached tensor outlives the
+# case that built it (device memory, and peak-memory figures that must not depend on earlier cases)
+PER_CASE_CACHES: list = []
 
 
 def rope_angle(head_dim: int, dtype: torch.dtype = torch.float32) -> Tensor:

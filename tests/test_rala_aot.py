@@ -97,3 +97,14 @@ def test_backward_layout_choice():
         state = {bool(x.kwargs["SPLIT"]) for x in launches if x.name == "_state_kernel"}
         bwd = {bool(x.kwargs["SPLIT"]) for x in launches if x.name in backward}
         assert forward == {fwd_split} and state == {True} and bwd == {bwd_split}, (dtype, d, grid, forward, bwd)
+
+
+def test_launch_plan_rejects_bad_value_columns():
+    """LaunchPlan.vb must be a power of two dividing the d-block (else columns would go unwritten)."""
+    from mechanisms.rala.launch import LaunchPlan
+
+    assert LaunchPlan(block_n=16, pb=64, splits=1, bps=1, num_warps=8).vb == 128
+    assert LaunchPlan(block_n=16, pb=64, splits=1, bps=1, num_warps=8, vb=64).vb == 64
+    for bad in (256, 48):
+        with pytest.raises(ValueError, match="vb"):
+            LaunchPlan(block_n=16, pb=64, splits=1, bps=1, num_warps=8, vb=bad)

@@ -203,3 +203,35 @@ def test_rala_compiled_matches_eager_without_recompiling():
         err_compiled = (out.double() - truth).abs().max().item()
         floor = 1e-6 * truth.abs().max().item()
         assert err_compiled <= 2 * err_eager + floor, (err_compiled, err_eager)
+
+
+@pytest.mark.slow  # compiles the forward and the backward graph: ~10-30 s on 2 cores with a cold cache
+def test_rala_compiled_gradients_match_eager():
+    """rala_compiled under autograd (the fwd_bwd pass): dq, dk, dv within the fp64-reference rule of eager's;
+    the extra graph outputs phi(q), phi(k) are detached, so they take no gradient."""
+    from mechanisms.rala.compiled import compiled_rala_core
+
+    mech, eager = get("rala_compiled"), get("rala_eager")
+    grid = (5, 6)
+    q64, k64, v64 = (t.double() for t in qkv(2, 2, 30, 16, seed=21))
+    g = torch.randn(2, 2, 30, 16, generator=torch.Generator().manual_seed(22), dtype=torch.float64)
+
+    def grads(fn, dtype):
+        leaves = [t.to(dtype).requires_grad_() for t in (q64, k64, v64)]
+        return torch.autograd.grad(fn(*leaves, grid=grid), leaves, g.to(dtype))
+
+    truth = grads(lambda q, k, v, grid: rala_op(q, k, v, grid=grid), torch.float64)
+    ref = grads(eager.op, torch.float32)
+    got = grads(mech.op, torch.float32)
+    for name, t, r, c in zip("qkv", truth, ref, got):
+        err_c, err_e = (c.double() - t).abs().max().item(), (r.double() - t).abs().max().item()
+        assert err_c <= 2 * err_e + 1e-6 * t.abs().max().item(), (name, err_c, err_e)
+    args = [t.float().requires_grad_() for t in (q64, k64, v64)]
+    outs = compiled_rala_core()(*args, *default_rope_for(grid, 16))
+    assert not outs[1].requires_grad and not outs[2].requires_grad
+
+
+def default_rope_for(grid, d):
+    from mechanisms.rala.naive import default_rope
+
+    return default_rope(grid, d, torch.empty(0))

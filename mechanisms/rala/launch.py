@@ -35,6 +35,8 @@ class LaunchPlan:
     def __post_init__(self):
         if not self.vb:
             object.__setattr__(self, "vb", 2 * self.pb)
+        if self.vb & (self.vb - 1) or (2 * self.pb) % self.vb:
+            raise ValueError(f"vb must be a power of two dividing the d-block {2 * self.pb}, got {self.vb}")
 
 
 def interpreting() -> bool:

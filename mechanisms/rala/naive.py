@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attnbench.layers import TokenMixer, apply_rope, rope_tables
+from attnbench.layers import PER_CASE_CACHES, TokenMixer, apply_rope, rope_tables
 from mechanisms.common import check_grid
 
 CITE_RALA = "Fan et al., Breaking the Low-Rank Dilemma of Linear Attention, CVPR 2025"
@@ -29,7 +29,8 @@ def default_rope(grid, head_dim, like):
     """Op-level RoPE tables: built in float32 (the published buffer dtype; float64 for float64
     inputs, so fp64 references stay exact), then cast to `like`'s dtype.
 
-    Cached per (grid, head_dim, dtype, device) for the process (`_cached_rope`): the tables depend on
+    Cached per (grid, head_dim, dtype, device) (`_cached_rope`; the runner empties it after each case,
+    attnbench.layers.PER_CASE_CACHES, so peak-memory figures do not depend on earlier cases): the tables depend on
     nothing else, and the mixer level gets them the same way, built once by its caller's Rope2d and
     passed in (a RAVLT stage builds them once per forward for all its blocks). So op-level times of
     every RALA form exclude building them (~0.15-0.3 ms at 56x56, d=64 on the 2-core CPU), as
@@ -45,12 +46,15 @@ def _build_rope(grid, head_dim, dtype, device):
     return sin.to(dtype), cos.to(dtype)
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=8)
 def _cached_rope(grid, head_dim, dtype, device):
     # ordinary tensors even when first asked for under inference_mode (inference tensors could not be
     # saved for a later backward) and outside any autograd graph
     with torch.inference_mode(False), torch.no_grad():
         return _build_rope(grid, head_dim, dtype, device)
+
+
+PER_CASE_CACHES.append(_cached_rope.cache_clear)  # the runner empties it after each case
 
 
 def op_tables(q, grid, rope):

@@ -32,7 +32,9 @@ N=1024 (S = 4; the rule before, 2 programs per SM, chose S = 8: 23 % written, 43
 partials were also read from HBM). Why not under 5 % there: plan_launch's docstring.
 
 Layout and precision: inputs are addressed through their strides, so (B, h, N, d), (B, N, h, d)
-and the token-contiguous views made by the mixer's head split are read without a copy. All math
+and the token-contiguous views made by the mixer's head split are read without a copy, except where a
+token-major kernel would spill (compiled fp32: the backward's inputs, and at d-block 128 the forward's
+q; fp16/bf16 backward at N % 16 != 0 and d-block 128: launch.py). All math
 is fp32; tl.dot operands are cast to the input dtype (fp16/bf16 tensor cores, fp32 accumulation)
 or stay fp32 with input_precision="ieee" (no TF32) for fp32 inputs.
 

@@ -72,8 +72,9 @@ def rala_triton_op(q, k, v, *, grid, rope=None):
     """RALA operator (spec section 1, steps 4-9) in Triton. q, k, v: (B, h, N, d), any strides.
 
     Returns (B, h, N, d) in q's dtype, laid out like q where that is (B, N, h, d) or the mixer's
-    token-contiguous view (no copy at the head merge), else contiguous. rope: (sin, cos) tables,
-    each (N, d), or None for the default rotation computed in-kernel.
+    token-contiguous view (no copy at the head merge), else contiguous (also compiled fp32 token-major
+    inputs at d-block 128, whose q passes read a channel-major copy: launch.out_pass_wants_channel_major).
+    rope: (sin, cos) tables, each (N, d), or None for the default rotation computed in-kernel.
     """
     _validate(q, k, v, grid, rope)
     grid = (int(grid[0]), int(grid[1]))
