@@ -43,6 +43,12 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def compiling_kernels(compiled: bool | None) -> bool:
+    """The layout choices below plan for compiled kernels (True) or the interpreter (False); None: as this
+    process runs them."""
+    return not interpreting() if compiled is None else compiled
+
+
 @functools.cache
 def _sm_count(device: torch.device) -> int:
     if device.type == "cuda" and not interpreting():
@@ -95,7 +101,7 @@ def backward_wants_channel_major(n: int, d: int, dtype: torch.dtype, *, compiled
       latency in its inner loop (an estimate, to be checked on a GPU). Only where kernels are compiled
       (`compiled`, default: not the interpreter): the interpreter has no registers, and its fp32 runs are
       how CPU tests cover the token-major backward kernels that fp16/bf16 use on GPUs."""
-    if dtype == torch.float32 and (not interpreting() if compiled is None else compiled):
+    if dtype == torch.float32 and compiling_kernels(compiled):
         return True
     return n % 16 != 0 and _next_pow2(d) >= 128
 
@@ -111,9 +117,7 @@ def out_pass_wants_channel_major(d: int, dtype: torch.dtype, *, compiled: bool |
     memory too), so `rala_forward` copies q to channel-major memory (N d elements each way) for passes (a)
     and (c), and out comes back contiguous. Only where kernels are compiled (`compiled`, default: not the
     interpreter), like `backward_wants_channel_major`."""
-    if compiled is None:
-        compiled = not interpreting()
-    return compiled and dtype == torch.float32 and _next_pow2(d) >= 128
+    return compiling_kernels(compiled) and dtype == torch.float32 and _next_pow2(d) >= 128
 
 
 # fp32 inputs: exact FMA dots (no tensor cores), the smallest token block; (BLOCK_N, warps, warps of B1)
