@@ -210,6 +210,7 @@ def test_rala_compiled_gradients_match_eager():
     """rala_compiled under autograd (the fwd_bwd pass): dq, dk, dv within the fp64-reference rule of eager's;
     the extra graph outputs phi(q), phi(k) are detached, so they take no gradient."""
     from mechanisms.rala.compiled import compiled_rala_core
+    from mechanisms.rala.naive import default_rope
 
     mech, eager = get("rala_compiled"), get("rala_eager")
     grid = (5, 6)
@@ -227,11 +228,5 @@ def test_rala_compiled_gradients_match_eager():
         err_c, err_e = (c.double() - t).abs().max().item(), (r.double() - t).abs().max().item()
         assert err_c <= 2 * err_e + 1e-6 * t.abs().max().item(), (name, err_c, err_e)
     args = [t.float().requires_grad_() for t in (q64, k64, v64)]
-    outs = compiled_rala_core()(*args, *default_rope_for(grid, 16))
+    outs = compiled_rala_core()(*args, *default_rope(grid, 16, args[0]))
     assert not outs[1].requires_grad and not outs[2].requires_grad
-
-
-def default_rope_for(grid, d):
-    from mechanisms.rala.naive import default_rope
-
-    return default_rope(grid, d, torch.empty(0))
