@@ -170,28 +170,36 @@ def test_split_merge_is_deterministic_and_split_invariant():
 
 
 @pytest.mark.parametrize("splits,layout,rope_kind", [(2, "bhnd", None), (6, "tokens", "default")])
-def test_value_column_split_is_the_same_forward(splits, layout, rope_kind):
-    """fp32 at d-block 128 splits KV's value columns over 2 programs (LaunchPlan.vb = 64; pass (b) on a
-    (B*h, S, 2) grid): out and the merged state the backward reads (qbar, KV, ksum, M, L) equal the
-    one-program forward (vb = 128), with the merge fused into pass (c) (S = 2) and separate (S = 6)."""
+def test_value_column_split_is_the_same(splits, layout, rope_kind):
+    """fp32 at d-block 128 splits dKV's value columns (LaunchPlan.vb = 64). Forward: pass (b) on a (B*h, S, 2)
+    grid; out and the merged state the backward reads (qbar, KV, ksum, M, L) equal the one-program forward
+    (vb = 128), with the merge fused into pass (c) (S = 2) and separate (S = 6). Backward: B2 (_dkv) reads
+    dKV 64 value columns at a time in each token block; dq, dk, dv equal the register-resident dKV's."""
     import dataclasses
 
     from mechanisms.rala.launch import plan_launch
+    from mechanisms.rala.triton_bwd import rala_backward
     from mechanisms.rala.triton_kernels import rala_forward
 
     b, h, grid, d = 1, 2, (9, 10), 96
     n = grid[0] * grid[1]
     gen = torch.Generator().manual_seed(4)
-    q, k, v = (with_layout(torch.randn(b, h, n, d, generator=gen, dtype=torch.float64), layout, torch.float32)
-               .detach() for _ in range(3))
+    q, k, v, g = (with_layout(torch.randn(b, h, n, d, generator=gen, dtype=torch.float64), layout, torch.float32)
+                  .detach() for _ in range(4))
     rope = rope_tables(*grid, d) if rope_kind else None
     plan = plan_launch(b * h, n, d, torch.float32, q.device, block_n=16, splits=splits)
-    assert plan.vb == 64 and plan.splits == splits
+    bplan = plan_launch(b * h, n, d, torch.float32, q.device, block_n=16, splits=splits, backward=True,
+                        token_major=layout == "tokens")
+    assert plan.vb == 64 and plan.splits == splits and bplan.vb == 64
     split_out, split_ws = rala_forward(q, k, v, grid, rope, plan=plan)
     whole_out, whole_ws = rala_forward(q, k, v, grid, rope, plan=dataclasses.replace(plan, vb=128))
     assert rel_err(split_out, whole_out.double()) < 1e-6
     small = b * h * (2 * d + d * d + 2)  # the workspace's head: qbar, KV, ksum, (M, L) (state_ptrs)
     assert rel_err(split_ws[:small], whole_ws[:small].double()) < 1e-6
+    split_grads = rala_backward(g, q, k, v, grid, rope, whole_ws, plan=bplan)
+    whole_grads = rala_backward(g, q, k, v, grid, rope, whole_ws, plan=dataclasses.replace(bplan, vb=128))
+    for what, split_grad, whole_grad in zip(("dq", "dk", "dv"), split_grads, whole_grads):
+        assert rel_err(split_grad, whole_grad.double()) < 1e-6, what
 
 
 @pytest.mark.parametrize("d", [96, 64])

@@ -30,7 +30,8 @@ class LaunchPlan:
     bps: int  # token blocks per split
     num_warps: int
     warps_b1: int = 0  # warps of the backward's first pass (_dstate_kernel) where it differs; 0: num_warps
-    vb: int = 0  # value columns per program of the forward's pass (b); 0: the whole d-block (2*pb)
+    vb: int = 0  # dKV/KV value columns: per program of the forward's pass (b), per step of the backward's
+    # _dkv token loop; 0: the whole d-block (2*pb)
 
     def __post_init__(self):
         if not self.vb:
@@ -96,8 +97,8 @@ def backward_wants_channel_major(n: int, d: int, dtype: torch.dtype, *, compiled
       16). RAVLT's d = 96 stages have 56² and 28² grids (N a multiple of 16): only unusual grids pay.
     - fp32 at any d: the token-major fp32 backward spills at d-block 32-64 too (results/
       aot-sm90-sm80-20261203.txt: _dkv 268-460 B, _dstate 16-104 B, _dq 4-96 B; 16 warps: still 268 B
-      in _dkv), the channel-major one does not below d-block 128. fp32 runs exact FMA dots (no tensor
-      cores), so the backward is compute-bound and the copies' traffic matters less than the spills'
+      in _dkv), the channel-major one does not (at d-block 128: with FP32_VALUE_COLUMNS). fp32 runs exact
+      FMA dots (no tensor cores), so the backward is compute-bound and the copies' traffic matters less than the spills'
       latency in its inner loop (an estimate, to be checked on a GPU). Only where kernels are compiled
       (`compiled`, default: not the interpreter): the interpreter has no registers, and its fp32 runs are
       how CPU tests cover the token-major backward kernels that fp16/bf16 use on GPUs."""
@@ -106,10 +107,14 @@ def backward_wants_channel_major(n: int, d: int, dtype: torch.dtype, *, compiled
     return n % 16 != 0 and _next_pow2(d) >= 128
 
 
-# fp32 at d-block 128: pass (b)'s d x d fp32 state with fp32 operand tiles exceeds 255 registers at any
-# block/warp choice (aot_check, sm_90: 64 B spilled channel-major, 60 B token-major), so it splits KV's
-# value columns over 2 programs of 64 (grid (B*h, S, 2)): 0 and 8 B. Both compute the k side (phi,
-# scores, rotation) and read k (the second read from L2: the two programs run side by side).
+# fp32 at d-block 128: a register-resident d x d fp32 state with fp32 operand tiles exceeds 255 registers
+# at any block/warp choice. Forward, pass (b) (aot_check, sm_90: 64 B spilled channel-major, 60 B
+# token-major): KV's value columns split over 2 programs of 64 (grid (B*h, S, 2)), 0 B (token-major with
+# unaligned N: 16 warps, FP32_UNALIGNED_TOK). Both compute the k side (phi, scores, rotation) and read k
+# (the second read from L2: the two programs run side by side). Backward, _dkv (488-576 B on sm_90 and
+# sm_80): dKV is read 64 value columns at a time in every token block from the workspace (L1/L2, 32 KB
+# per step) instead of held in registers: 150-182 registers, 0 B, shared memory 139 -> 37 KB. Its
+# columns cannot go to separate programs: dk sums over them.
 FP32_VALUE_COLUMNS = {128: 64}
 def out_pass_wants_channel_major(d: int, dtype: torch.dtype, *, compiled: bool | None = None) -> bool:
     """fp32 with token-contiguous inputs at d-block 128: the forward's pass (c) spills (aot_check: 172-296 B
@@ -123,6 +128,10 @@ def out_pass_wants_channel_major(d: int, dtype: torch.dtype, *, compiled: bool |
 # fp32 inputs: exact FMA dots (no tensor cores), the smallest token block; (BLOCK_N, warps, warps of B1)
 FP32_DEFAULT = (16, 8)
 FP32_TABLE = {(90, "bwd", 64, "ch"): (16, 8, 4)}  # sm_90: B1 at 8 warps gets 128 registers and spills 4 B
+# fp32, token-major inputs whose N is not a multiple of 16 (scalar accesses), sm_90, forward at d-block 128:
+# pass (b) at 8 warps needs 255 registers and spills 8 B; at 16 warps 128, no spill (aligned N keeps 8
+# warps: at 16 its tiles lose their 16-byte accesses). sm_80 fits at 8 warps (255 registers, 0 B).
+FP32_UNALIGNED_TOK = {(90, "fwd", 128): (16, 16)}
 
 
 def launch_entry(arch: int, backward: bool, dtype: torch.dtype, db: int, token_major: bool,
@@ -132,6 +141,8 @@ def launch_entry(arch: int, backward: bool, dtype: torch.dtype, db: int, token_m
     if token_major:
         layout = "tok"
     if dtype == torch.float32:
+        if token_major and not aligned and (arch, pass_, db) in FP32_UNALIGNED_TOK:
+            return FP32_UNALIGNED_TOK[(arch, pass_, db)]
         return FP32_TABLE.get((arch, pass_, db, layout), FP32_DEFAULT)
     if token_major and not aligned:
         return UNALIGNED_TOK[(pass_, db)]
@@ -143,8 +154,8 @@ def plan_launch(bh: int, n: int, d: int, dtype: torch.dtype, device: torch.devic
                 token_major: bool = False, arch: int | None = None, sms: int | None = None,
                 block_n: int | None = None, splits: int | None = None, num_warps: int | None = None) -> LaunchPlan:
     """Autotune-free plan from the per-architecture launch table (`LAUNCH_TABLE`), which keeps every
-    fp16/bf16 kernel free of register spills on sm_80 and sm_90 (checked in CI by scripts/aot_check.py;
-    fp32 kernels at d-block 128 still spill: results/aot-sm90-sm80-20261203b.txt).
+    kernel free of register spills on sm_80 and sm_90 (checked in CI by scripts/aot_check.py; the full
+    grid, fp32 included: results/aot-sm90-sm80-20261203c.txt).
     arch (e.g. 90) and sms default to the device's; token_major: the inputs are token-contiguous
     (the mixer's layout).
 
@@ -177,7 +188,7 @@ def plan_launch(bh: int, n: int, d: int, dtype: torch.dtype, device: torch.devic
     splits = max(1, min(splits, n_blocks))
     bps = _cdiv(n_blocks, splits)
     splits = _cdiv(n_blocks, bps)  # no empty split
-    vb = FP32_VALUE_COLUMNS.get(db, db) if dtype == torch.float32 and not backward else db
+    vb = FP32_VALUE_COLUMNS.get(db, db) if dtype == torch.float32 else db
     return LaunchPlan(block_n=block_n, pb=db // 2, splits=splits, bps=bps, num_warps=num_warps, warps_b1=warps_b1,
                       vb=vb)
 

@@ -50,6 +50,7 @@ from mechanisms.rala.launch import (
     plan_launch,
     rope_args,
 )
+from mechanisms.rala.triton_bwd_merge import _dmerge_chunks_kernel, _dmerge_kernel, _dtotal_kernel, dws_ptrs
 from mechanisms.rala.triton_helpers import (
     block_range,
     dot_halves,
@@ -66,8 +67,6 @@ from mechanisms.rala.triton_helpers import (
     store_rows_halves,
     store_tile,
     store_vec_halves,
-    sum_in_order,
-    sum_partials,
 )
 from mechanisms.rala.triton_kernels import (
     EPS,
@@ -87,18 +86,6 @@ def dphi(x):
 def rotate_t(ye, yo, ce, se, co, so):
     """R^T(y) on halves (the transpose of `rotate`, = rotation by -theta for shared angles)."""
     return ye * ce + yo * so, yo * co - ye * se
-
-
-@triton.jit
-def dws_ptrs(DWS, BH, S, d):
-    """The backward's workspace: dKV (BH, d, d) | dksum (BH, d) | T (BH) | then per split:
-    dKV_s (BH, S, d, d) | dksum_s (BH, S, d) | dqbar_s (BH, S, d)."""
-    dkv = DWS
-    dks = dkv + BH * d * d
-    t_all = dks + BH * d
-    dkv_p = t_all + BH
-    dks_p = dkv_p + BH * S * d * d
-    return dkv, dks, t_all, dkv_p, dks_p, dks_p + BH * S * d
 
 
 @triton.jit
@@ -163,84 +150,45 @@ def _dstate_kernel(
     store_vec_halves(DKS_P + part * d, dks_e, dks_o, d, PB)
 
 
-@triton.jit(do_not_specialize=["n_splits"])
-def _dmerge_kernel(WS, DWS, n_splits, d, DB: tl.constexpr):
-    """dKV, dksum = sums of the split partials (fixed order); T = <KV, dKV>_F + ksum . dksum."""
-    bh = tl.program_id(0)
-    _qbar, KV, KS, _ml, _part = state_ptrs(WS, tl.num_programs(0), d)
-    DKV, DKS, T, DKV_P, DKS_P, _dqb = dws_ptrs(DWS, tl.num_programs(0), n_splits, d)
-    row = tl.arange(0, DB)
-    msk2 = (row < d)[:, None] & (row < d)[None, :]
-    off2 = row[:, None] * d + row[None, :]
-    dkv = tl.zeros((DB, DB), dtype=tl.float32)
-    dks = tl.zeros((DB,), dtype=tl.float32)
-    for s in range(0, n_splits):
-        part = bh * n_splits + s
-        dkv += tl.load(DKV_P + part * d * d + off2, mask=msk2, other=0.0)
-        dks += tl.load(DKS_P + part * d + row, mask=row < d, other=0.0)
-    kv = tl.load(KV + bh * d * d + off2, mask=msk2, other=0.0)
-    ks = tl.load(KS + bh * d + row, mask=row < d, other=0.0)
-    tl.store(DKV + bh * d * d + off2, dkv, mask=msk2)
-    tl.store(DKS + bh * d + row, dks, mask=row < d)
-    tl.store(T + bh, tl.sum(tl.sum(kv * dkv, 1), 0) + tl.sum(ks * dks, 0))
-
-
-@triton.jit(do_not_specialize=["n_splits"])
-def _dmerge_chunks_kernel(WS, DWS, n_splits, d, SB: tl.constexpr, CW: tl.constexpr):
-    """The merge for S > FUSE_MERGE_MAX_SPLITS, in parallel: grid (B*h, chunks + 1). Program (bh, c <
-    chunks) sums the flat chunk [c*CW, (c+1)*CW) of the S row-major dKV_s, program (bh, chunks) the S
-    dksum_s, in a fixed order; each stores its share of T = <KV, dKV>_F + ksum . dksum after the
-    workspace's dqbar partials, which `_dtotal_kernel` adds in order. Deterministic, no atomics."""
-    bh = tl.program_id(0)
-    c = tl.program_id(1)
-    n_kv = tl.num_programs(1) - 1  # chunks of dKV
-    _qbar, KV, KS, _ml, _part = state_ptrs(WS, tl.num_programs(0), d)
-    DKV, DKS, _t, DKV_P, DKS_P, DQB_P = dws_ptrs(DWS, tl.num_programs(0), n_splits, d)
-    col = c * CW + tl.arange(0, CW)
-    if c < n_kv:
-        acc = sum_partials(DKV_P + bh * n_splits * d * d, d * d, n_splits, c * CW, DKV_P, 0.0, False, SB, CW)
-        tl.store(DKV + bh * d * d + col, acc, mask=col < d * d)
-        share = tl.sum(acc * tl.load(KV + bh * d * d + col, mask=col < d * d, other=0.0), 0)
-    else:
-        j = tl.arange(0, CW)
-        acc = sum_partials(DKS_P + bh * n_splits * d, d, n_splits, 0, DKS_P, 0.0, False, SB, CW)
-        tl.store(DKS + bh * d + j, acc, mask=j < d)
-        share = tl.sum(acc * tl.load(KS + bh * d + j, mask=j < d, other=0.0), 0)
-    tl.store(DQB_P + tl.num_programs(0) * n_splits * d + bh * tl.num_programs(1) + c, share)
-
-
-@triton.jit(do_not_specialize=["n_splits"])
-def _dtotal_kernel(DWS, n_splits, n_shares, d, SB: tl.constexpr):
-    """T = the parallel merge's n_shares shares added in a fixed order, one program per (b, h), stored
-    where `_dmerge_kernel` puts it (B2 reads one scalar either way)."""
-    bh = tl.program_id(0)
-    _dkv, _dks, T, _dkv_p, _dks_p, DQB_P = dws_ptrs(DWS, tl.num_programs(0), n_splits, d)
-    shares = DQB_P + tl.num_programs(0) * n_splits * d + bh * n_shares
-    tl.store(T + bh, sum_in_order(shares, n_shares, SB))
+@triton.jit
+def _dkv_values(dv_base, v_base, dkv_e, dkv_o, rk_e, rk_o, alpha, tok, N, d, c0, svn, svd, sdvn, sdvd,
+                VB: tl.constexpr, DOT_DTYPE: tl.constexpr, MASK_N: tl.constexpr):
+    """Value columns [c0, c0 + VB) of dv_m = alpha_m dKV^T rk_m (stored), and their share of u_m = dKV v_m
+    (rotated channels, as halves); dkv_e, dkv_o: dKV's columns [c0, c0 + VB), (PB, VB) each."""
+    vx = load_tile(v_base + c0 * svd, tok, N, svn, svd, d - c0, VB, MASK_N)  # (BLOCK_N, VB)
+    dv = (mm(rk_e, dkv_e, DOT_DTYPE) + mm(rk_o, dkv_o, DOT_DTYPE)) * alpha[:, None]  # (BLOCK_N, VB)
+    store_tile(dv_base + c0 * sdvd, dv, tok, N, sdvn, sdvd, d - c0, VB, MASK_N)
+    return mm(vx, tl.trans(dkv_e), DOT_DTYPE), mm(vx, tl.trans(dkv_o), DOT_DTYPE)  # (BLOCK_N, PB) each
 
 
 @triton.jit
 def _dkv_block(
     dqb_e, dqb_o, k_base, v_base, dk_base, dv_base, tok, N, W, d, scale, qbar_e, qbar_o, m_fin, inv_l, t_all,
-    dkv_e, dkv_o, dks_e, dks_o, ANGLE, SIN, COS, srn, srd,
+    dkv_e, dkv_o, dkv_bh, dks_e, dks_o, ANGLE, SIN, COS, srn, srd,
     skn, skd, svn, svd, sdkn, sdkd, sdvn, sdvd,
-    BLOCK_N: tl.constexpr, PB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    MASK_N: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_N: tl.constexpr, PB: tl.constexpr, VB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, MASK_N: tl.constexpr, SPLIT: tl.constexpr,
 ):
     ke, ko = load_halves(k_base, tok, N, skn, skd, d, BLOCK_N, PB, MASK_N, SPLIT)
     kp_e, kp_o = phi_halves(ke, ko, tok, N, d, PB, MASK_N)  # (BLOCK_N, PB)
-    vx = load_tile(v_base, tok, N, svn, svd, d, 2 * PB, MASK_N)  # (BLOCK_N, DB)
     alpha = tl.exp(scale * dot_halves(kp_e, kp_o, qbar_e, qbar_o) - m_fin) * inv_l  # (BLOCK_N,)
     if MASK_N:
         alpha = tl.where(tok < N, alpha, 0.0)
     ce, se, co, so = rope_cs(tok, N, W, d, ANGLE, SIN, COS, srn, srd, BLOCK_N, PB, ROPE_FROM_MEM, FAST, MASK_N, SPLIT)
     rk_e, rk_o = rotate(kp_e, kp_o, ce, se, co, so)
-    # dv_m = alpha_m dKV^T rk_m
-    dv = (mm(rk_e, dkv_e, DOT_DTYPE) + mm(rk_o, dkv_o, DOT_DTYPE)) * alpha[:, None]  # (BLOCK_N, DB)
-    store_tile(dv_base, dv, tok, N, sdvn, sdvd, d, 2 * PB, MASK_N)
-    # u_m = dKV v_m (rotated channels, as halves)
-    u_e = mm(vx, tl.trans(dkv_e), DOT_DTYPE)  # (BLOCK_N, PB)
-    u_o = mm(vx, tl.trans(dkv_o), DOT_DTYPE)
+    # dv = alpha dKV^T rk and u = dKV v (rotated channels, as halves)
+    if VB == 2 * PB:  # dKV held in registers (dkv_e, dkv_o)
+        u_e, u_o = _dkv_values(dv_base, v_base, dkv_e, dkv_o, rk_e, rk_o, alpha, tok, N, d, 0,
+                               svn, svd, sdvn, sdvd, VB, DOT_DTYPE, MASK_N)
+    else:  # dKV's value columns VB at a time, read from the workspace (L1/L2) in each token block
+        u_e = tl.zeros((BLOCK_N, PB), dtype=tl.float32)
+        u_o = tl.zeros((BLOCK_N, PB), dtype=tl.float32)
+        for c in tl.range(0, 2 * PB // VB, num_stages=1, disable_licm=True):
+            ce_kv, co_kv = load_rows_halves(dkv_bh, d, c * VB, PB, VB)
+            ue_c, uo_c = _dkv_values(dv_base, v_base, ce_kv.to(DOT_DTYPE), co_kv.to(DOT_DTYPE), rk_e, rk_o, alpha,
+                                     tok, N, d, c * VB, svn, svd, sdvn, sdvd, VB, DOT_DTYPE, MASK_N)
+            u_e += ue_c
+            u_o += uo_c
     t_blk = tl.sum(rk_e * u_e, 1) + tl.sum(rk_o * u_o, 1) + dot_halves(kp_e, kp_o, dks_e, dks_o)
     ds = alpha * (t_blk - t_all)  # (BLOCK_N,)
     g_e, g_o = rotate_t(u_e, u_o, ce, se, co, so)  # R^T(dKV v)
@@ -258,10 +206,12 @@ def _dkv_kernel(
     K, V, DK, DV, WS, DWS, ANGLE, SIN, COS,
     N, W, d, n_heads, bps, scale,
     skb, skh, skn, skd, svb, svh, svn, svd, sdkb, sdkh, sdkn, sdkd, sdvb, sdvh, sdvn, sdvd, srn, srd,
-    BLOCK_N: tl.constexpr, PB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    SPLIT: tl.constexpr,
+    BLOCK_N: tl.constexpr, PB: tl.constexpr, VB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr,
 ):
-    """B2: dk, dv for split s's tokens and dqbar_s = c sum_m ds_m kp_m."""
+    """B2: dk, dv for split s's tokens and dqbar_s = c sum_m ds_m kp_m. VB (`LaunchPlan.vb`): dKV's value
+    columns per step; the whole d-block: dKV stays in registers, fewer: read VB columns at a time in
+    every token block (fp32 at d-block 128, where the register-resident dKV spills)."""
     DB: tl.constexpr = 2 * PB
     bh = tl.program_id(0)
     sp = tl.program_id(1)
@@ -277,9 +227,14 @@ def _dkv_kernel(
     m_fin = tl.load(ML + bh * 2)
     inv_l = 1.0 / tl.load(ML + bh * 2 + 1)
     t_all = tl.load(T + bh)
-    dkv_e, dkv_o = load_rows_halves(DKV + bh * d * d, d, 0, PB, DB)  # (PB, DB) each
-    dkv_e = dkv_e.to(DOT_DTYPE)
-    dkv_o = dkv_o.to(DOT_DTYPE)
+    dkv_bh = DKV + bh * d * d
+    if VB == DB:
+        dkv_e, dkv_o = load_rows_halves(dkv_bh, d, 0, PB, DB)  # (PB, DB) each
+        dkv_e = dkv_e.to(DOT_DTYPE)
+        dkv_o = dkv_o.to(DOT_DTYPE)
+    else:  # read in the token loop
+        dkv_e = 0.0
+        dkv_o = 0.0
     dks_e, dks_o = load_vec_halves(DKS + bh * d, d, PB)
     dqb_e = tl.zeros((PB,), dtype=tl.float32)
     dqb_o = tl.zeros((PB,), dtype=tl.float32)
@@ -287,15 +242,16 @@ def _dkv_kernel(
     for blk in range(b0, b_main):
         dqb_e, dqb_o = _dkv_block(
             dqb_e, dqb_o, k_base, v_base, dk_base, dv_base, blk * BLOCK_N + tl.arange(0, BLOCK_N), N, W, d, scale,
-            qbar_e, qbar_o, m_fin, inv_l, t_all, dkv_e, dkv_o, dks_e, dks_o, ANGLE, SIN, COS, srn, srd,
-            skn, skd, svn, svd, sdkn, sdkd, sdvn, sdvd, BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, not SPLIT, SPLIT)
+            qbar_e, qbar_o, m_fin, inv_l, t_all, dkv_e, dkv_o, dkv_bh, dks_e, dks_o, ANGLE, SIN, COS, srn, srd,
+            skn, skd, svn, svd, sdkn, sdkd, sdvn, sdvd, BLOCK_N, PB, VB, ROPE_FROM_MEM, FAST, DOT_DTYPE, not SPLIT,
+            SPLIT)
     if SPLIT:  # compile-time: the masked tail exists only with the unmasked main loop
         if has_tail:
             dqb_e, dqb_o = _dkv_block(
                 dqb_e, dqb_o, k_base, v_base, dk_base, dv_base, b_main * BLOCK_N + tl.arange(0, BLOCK_N), N, W, d,
-                scale,
-                qbar_e, qbar_o, m_fin, inv_l, t_all, dkv_e, dkv_o, dks_e, dks_o, ANGLE, SIN, COS, srn, srd,
-                skn, skd, svn, svd, sdkn, sdkd, sdvn, sdvd, BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, True, SPLIT)
+                scale, qbar_e, qbar_o, m_fin, inv_l, t_all, dkv_e, dkv_o, dkv_bh, dks_e, dks_o, ANGLE, SIN, COS,
+                srn, srd, skn, skd, svn, svd, sdkn, sdkd, sdvn, sdvd, BLOCK_N, PB, VB, ROPE_FROM_MEM, FAST,
+                DOT_DTYPE, True, SPLIT)
     store_vec_halves(DQB_P + (bh * tl.num_programs(1) + sp) * d, scale * dqb_e, scale * dqb_o, d, PB)
 
 
@@ -389,7 +345,7 @@ def rala_backward(g, q, k, v, grid, rope, ws, *, plan=None, compiled=None):
                                             num_warps=MERGE_WARPS)
         _dtotal_kernel[(bh,)](dws, s, chunks, d, SB=MERGE_SPLITS_BLOCK, num_warps=MERGE_WARPS)
     _dkv_kernel[(bh, s)](k, v, dk, dv, ws, dws, angle, sin, cos, n, w, d, h, plan.bps, d**-0.5,
-                         *k.stride(), *v.stride(), *dk.stride(), *dv.stride(), srn, srd, **meta)
+                         *k.stride(), *v.stride(), *dk.stride(), *dv.stride(), srn, srd, VB=plan.vb, **meta)
     _dq_kernel[(bh, s)](q, g, dq, ws, dws, angle, sin, cos, n, w, d, h, plan.bps, EPS, 1.0 / n,
                         *q.stride(), *g.stride(), *dq.stride(), srn, srd, **meta)
     return dq, dk, dv
