@@ -9,13 +9,15 @@ same function (see `rala_core_halves`) without the interleave and returns phi(q)
 computed once; the op-level RoPE tables come from `op_tables` outside the graph (inside it, inductor
 evaluated sin/cos per element of the (N, d) tables). What each step gained, side by side at 56x56,
 d=64, fp32, 2 threads (2026-12-03): rala_core_halves with every size symbolic 1.38 ms, head dim static
-1.14, phi stored too 0.78 (SDPA 19.0 ms in the same run).
+1.14, phi stored too 0.78 (SDPA 19.0 ms in the same run); then alpha applied to phi(k) rather than v
+0.69 -> 0.63, the head dim made static inside the graph rather than by marking the caller's tensors
+0.68 -> 0.65 (SDPA 17.4-17.8 ms).
 
 Compiled lazily on first use and cached for the process; `dynamic=True` makes batch, heads and
 tokens symbolic from the first compile, so a sweep over batch / tokens / grids reuses one graph per
 dtype, device and head dim instead of recompiling per shape (RECOMPILE_LIMIT lists the exceptions);
-the head dim is marked static (`_head_dim_static`). The mixer is the eager TokenMixer shell (convs run
-eagerly) around the compiled operator, so op- and mixer-level numbers isolate the operator's compiled
+the head dim is made static inside the graph (`rala_core_static_d`). The mixer is the eager TokenMixer
+shell (convs run eagerly) around the compiled operator, so op- and mixer-level numbers isolate the operator's compiled
 form. Costs are those of the eager reference (the same function; the analytic count does not follow
 the reordering).
 
@@ -97,30 +99,30 @@ def rala_core_parts(q, k, v, sin, cos):
     return rotate_in_halves(q * z) @ kv, q.detach(), k.detach()  # detached: no gradient flows back through them
 
 
+def rala_core_static_d(q, k, v, sin, cos):
+    """`rala_core_parts` with the head dim specialised, for tracing: dynamo's `mark_static` called inside the
+    traced function makes q's channel size a constant of the graph (and k's, v's and the tables', which
+    dynamo ties to it), so inductor can unroll and fully vectorise the channel loops (56x56, d=64, 2 threads:
+    1.38 -> 0.78 ms per call with phi stored as well, side by side). Inside, not on the caller's tensors
+    before each call: marking 5 tensors there cost ~70 us per call (0.68 -> 0.65 ms at 56x56, side by
+    side), and this leaves the caller's tensors unmarked. Batch, heads and tokens stay symbolic; a sweep
+    compiles once per head dim (a new d fails the graph's d guard and compiles the next graph)."""
+    torch._dynamo.mark_static(q, q.dim() - 1)
+    return rala_core_parts(q, k, v, sin, cos)
+
+
 @functools.lru_cache(maxsize=1)
 def compiled_rala_core() -> Callable[..., tuple]:
-    """torch.compile(rala_core_parts, dynamic=True, fullgraph=True), built once per process; compiles on
-    first call. Call it through `rala_op_compiled` (which keeps the head dim static)."""
+    """torch.compile(rala_core_static_d, dynamic=True, fullgraph=True), built once per process; compiles on
+    first call."""
     _raise_recompile_limit()
-    return torch.compile(rala_core_parts, **COMPILE_OPTIONS)
-
-
-def _head_dim_static(t: torch.Tensor) -> torch.Tensor:
-    """A view of `t` whose last (channel) dimension dynamo treats as a constant. With it symbolic,
-    inductor cannot unroll or fully vectorise the channel loops (56x56, d=64, 2 threads: 1.38 -> 0.78 ms
-    per call with phi stored as well, measured side by side); tokens, batch and heads stay symbolic, so
-    a sweep compiles once per head dim, as before (dynamo specialised d anyway). A view, so the
-    caller's tensor carries no dynamo marking."""
-    t = t.view(t.shape)
-    torch._dynamo.mark_static(t, t.dim() - 1)
-    return t
+    return torch.compile(rala_core_static_d, **COMPILE_OPTIONS)
 
 
 def rala_op_compiled(q, k, v, *, grid, rope=None):
     """Same signature and result as `rala_op`: the op-level tables from `op_tables` (as `rala_op`
     gets them), then the cached compiled `rala_core_parts` with a static head dim."""
-    args = (q, k, v, *op_tables(q, grid, rope))
-    return compiled_rala_core()(*(_head_dim_static(t) for t in args))[0]
+    return compiled_rala_core()(q, k, v, *op_tables(q, grid, rope))[0]
 
 
 def _cpp_compiler() -> str | None:
