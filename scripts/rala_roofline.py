@@ -52,7 +52,7 @@ def main(argv=None) -> int:
     print(f"  shape            B={a.batch} h={a.heads} N={n} d={a.head_dim} {a.dtype} "
           f"{'mixer (RoPE tables)' if a.mixer else 'op (in-kernel RoPE)'}")
     print(f"  plan             BLOCK_N={plan.block_n} d-block={2 * plan.pb} splits={plan.splits} "
-          f"blocks/split={plan.bps} warps={plan.num_warps}")
+          f"blocks/split={plan.bps} warps={plan.num_warps} value columns/program of pass (b)={plan.vb}")
     print(f"  {'launch':15s} {'programs':>8s} {'B/token':>8s} {'L2 B/tok':>8s} {'MUFU/tok':>8s} {'est us':>7s}  bound")
     for x in launches:
         bpt, mpt = x.per_token(tokens)

@@ -65,6 +65,29 @@ def test_roofline_counts_the_same_state_bytes():
         assert ("_merge_kernel" in [x.kernel for x in launches]) == (S > 4)
 
 
+def test_roofline_models_fp32_d_block_128():
+    """fp32 at d-block 128: pass (b) runs 2 programs per split over KV's value columns (k side and its MUFU
+    work twice, k's second read from L2), the mixer's token-major q is copied first, FLOPs count at the FMA
+    rate; fp32 at d-block 64 and bf16 keep one program per split and no copy."""
+    dev = DEVICES["h200"]
+    n, bh = 56 * 56, 4
+
+    def est(d, dtype, mixer):
+        launches, s = forward_estimate(1, bh, n, d, dtype, dev, rope_tables=mixer)
+        return {x.kernel: x for x in launches}, s
+
+    wide, s = est(96, torch.float32, True)
+    assert s["q_copy"] and s["value_column_programs"] == 2 and wide["copy q"].hbm_bytes == 2 * bh * n * 96 * 4
+    narrow, _ = est(64, torch.float32, True)
+    assert "copy q" not in narrow and wide["_state_kernel"].programs == 2 * bh * s["plan"].splits
+    op, _ = est(96, torch.float32, False)
+    assert "copy q" not in op
+    half, _ = est(96, torch.bfloat16, True)
+    assert half["_state_kernel"].mufu * 2 == pytest.approx(wide["_state_kernel"].mufu)
+    flops = wide["_out_kernel"].flops
+    assert wide["_out_kernel"].us >= flops / (dev.fp32_tflops * 1e6) > flops / (dev.dense_tflops * 1e6)
+
+
 def test_merge_chunks_cover_a_state():
     """A parallel merge's chunks cover the d x d state (the last one maybe partly) and ksum fits the one
     extra program."""

@@ -26,7 +26,14 @@ from dataclasses import dataclass
 
 import torch
 
-from mechanisms.rala.launch import FUSE_MERGE_MAX_SPLITS, _next_pow2, merge_chunks, plan_launch, state_traffic_fraction
+from mechanisms.rala.launch import (
+    FUSE_MERGE_MAX_SPLITS,
+    _next_pow2,
+    merge_chunks,
+    out_pass_wants_channel_major,
+    plan_launch,
+    state_traffic_fraction,
+)
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,7 @@ class Device:
     clock_ghz: float
     copy_gbps: float  # assumed achievable copy bandwidth, GB/s (replace with the probe's measurement)
     dense_tflops: float  # bf16/fp16 dense tensor-core peak, TFLOP/s
+    fp32_tflops: float  # fp32 FMA (CUDA-core) peak, TFLOP/s: fp32 kernels run exact FMA dots, no tensor cores
     l2_gbps: float = 5500.0  # assumed L2 -> SM read bandwidth, GB/s
     mufu_per_clk_sm: int = 16
     launch_us: float = 4.0
@@ -47,9 +55,9 @@ class Device:
 
 
 DEVICES = {
-    "h200": Device("H200 SXM", 90, 132, 1.98, 4000.0, 989.0),
-    "h100": Device("H100 SXM", 90, 132, 1.98, 2900.0, 989.0),
-    "a100": Device("A100 SXM 80GB", 80, 108, 1.41, 1700.0, 312.0, l2_gbps=4000.0),
+    "h200": Device("H200 SXM", 90, 132, 1.98, 4000.0, 989.0, 67.0),
+    "h100": Device("H100 SXM", 90, 132, 1.98, 2900.0, 989.0, 67.0),
+    "a100": Device("A100 SXM 80GB", 80, 108, 1.41, 1700.0, 312.0, 19.5, l2_gbps=4000.0),
 }
 ES = {torch.float16: 2, torch.bfloat16: 2, torch.float32: 4}
 
@@ -71,7 +79,10 @@ class LaunchEstimate:
 
 def forward_estimate(batch: int, heads: int, n: int, d: int, dtype: torch.dtype, dev: Device, *,
                      rope_tables: bool = False) -> tuple[list[LaunchEstimate], dict]:
-    """Per-launch estimates of rala_forward (op level: in-kernel RoPE; rope_tables: the mixer's)."""
+    """Per-launch estimates of rala_forward (op level: in-kernel RoPE; rope_tables: the mixer's, token-major
+    inputs). fp32: FLOPs at the FMA rate; at d-block 128 pass (b) runs `cols` programs per split over KV's
+    value columns (each recomputes the k side: its MUFU work, and k read again from L2), and token-major q
+    is first copied channel-major (a launch of its own: N d elements read and written)."""
     bh = batch * heads
     plan = plan_launch(bh, n, d, dtype, torch.device("meta"), arch=dev.cc, sms=dev.sms, token_major=rope_tables)
     es = ES[dtype]
@@ -80,17 +91,22 @@ def forward_estimate(batch: int, heads: int, n: int, d: int, dtype: torch.dtype,
     state = 4 * (d * d + d + 2)  # bytes of one fp32 split state (KV, ksum, m, l)
     sincos = 0 if rope_tables else d  # d/2 pairs x (sin, cos) per token, in every (b, h)
     table_l2 = 2 * d * es if rope_tables else 0  # the mixer's (N, d) sin and cos, from L2
+    cols = 2 * plan.pb // plan.vb  # pass (b) programs per split along KV's value columns (fp32 d-block 128)
+    flops_rate, flops_unit = (dev.fp32_tflops, "FMA") if dtype == torch.float32 else (dev.dense_tflops, "tensor")
     launches = []
 
     def add(kernel, programs, hbm, mufu, flops, l2=0.0):
         t, bound = max((hbm / (dev.copy_gbps * 1e3), "memory"), (l2 / (dev.l2_gbps * 1e3), "L2"),
-                       (mufu / dev.mufu_per_us, "MUFU"), (flops / (dev.dense_tflops * 1e6), "tensor"))
+                       (mufu / dev.mufu_per_us, "MUFU"), (flops / (flops_rate * 1e6), flops_unit))
         launches.append(LaunchEstimate(kernel, programs, hbm, mufu, flops, t + dev.launch_us, bound, l2))
 
     fused = s <= FUSE_MERGE_MAX_SPLITS
+    q_copy = rope_tables and out_pass_wants_channel_major(d, dtype, compiled=True)
+    if q_copy:
+        add("copy q", bh, 2 * tokens * d * es, 0.0, 0.0)
     add("_qbar_kernel", bh * s, tokens * d * es + bh * s * d * 4, tokens * d, 0.0)
-    add("_state_kernel", bh * s, tokens * 2 * d * es + bh * s * state, tokens * (d + 1 + sincos),
-        tokens * 2 * d * d, l2=tokens * (2 * d * es + table_l2))
+    add("_state_kernel", bh * s * cols, tokens * 2 * d * es + bh * s * state, tokens * (d + 1 + sincos) * cols,
+        tokens * 2 * d * d, l2=tokens * (2 * d * es + table_l2) + tokens * d * es * (cols - 1))
     if not fused:  # reads the S states from L2, writes the merged one
         chunks = merge_chunks(d)
         add("_merge_kernel", bh * (chunks + 1), bh * state, bh * (chunks + 1) * 2 * s, 0.0, l2=bh * s * state)
@@ -105,7 +121,9 @@ def forward_estimate(batch: int, heads: int, n: int, d: int, dtype: torch.dtype,
         "plan": plan,
         "min_bytes": min_bytes,
         "hbm_bytes": hbm,
-        "partial_traffic_frac": hbm / min_bytes - 1.0,  # split states written + qbar partials
+        "partial_traffic_frac": hbm / min_bytes - 1.0,  # split states written + qbar partials (+ the q copy)
+        "q_copy": q_copy,
+        "value_column_programs": cols,
         "state_traffic_frac": state_traffic_fraction(n, d, es, s),
         "state_traffic_frac_if_read_from_hbm": state_traffic_fraction(n, d, es, s) + s * state / (5 * n * d * es),
         "est_us": total_us,
