@@ -367,10 +367,13 @@ def test_gpu_half_precision(dtype, batch, heads, grid, d, layout):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("batch,heads,grid,d,layout", [GPU_CASES[0], GPU_CASES[2], GPU_CASES[4]],
+@pytest.mark.parametrize("batch,heads,grid,d,layout",
+                         [GPU_CASES[0], GPU_CASES[2], GPU_CASES[4], (2, 2, (7, 9), 96, "tokens")],
                          ids=lambda v: str(v).replace(" ", ""))
 def test_gpu_fp32(batch, heads, grid, d, layout):
-    """fp32 compiled: IEEE dots (no TF32) and the fast in-kernel sin/cos stay within the fp32 rule."""
+    """fp32 compiled: IEEE dots (no TF32) and the fast in-kernel sin/cos stay within the fp32 rule. d = 96
+    (d-block 128): KV's split value columns and the backward's dKV in column steps; token-major with N = 63
+    (not a multiple of 16): the forward's channel-major q copy at 16 warps and the backward's copies."""
     run_case(batch, heads, grid, d, dtype="fp32", layout=layout, device="cuda")
 
 
