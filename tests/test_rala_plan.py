@@ -8,6 +8,8 @@ within the 5 % budget.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -84,8 +86,31 @@ def test_roofline_models_fp32_d_block_128():
     assert "copy q" not in op
     half, _ = est(96, torch.bfloat16, True)
     assert half["_state_kernel"].mufu * 2 == pytest.approx(wide["_state_kernel"].mufu)
-    flops = wide["_out_kernel"].flops
-    assert wide["_out_kernel"].us >= flops / (dev.fp32_tflops * 1e6) > flops / (dev.dense_tflops * 1e6)
+    # a slow FMA rate makes fp32 passes FMA-bound at exactly flops / rate + launch; bf16 never uses it
+    slow = dataclasses.replace(dev, fp32_tflops=1.0)
+    fp32_slow = {x.kernel: x for x in forward_estimate(1, bh, n, 96, torch.float32, slow, rope_tables=True)[0]}
+    out = fp32_slow["_out_kernel"]
+    assert out.bound == "FMA" and out.us == pytest.approx(out.flops / 1e6 + dev.launch_us)
+    fast_tc = dataclasses.replace(dev, dense_tflops=1e-3)
+    assert [x.us for x in forward_estimate(1, bh, n, 96, torch.float32, fast_tc, rope_tables=True)[0]] == [
+        x.us for x in wide.values()]
+    assert forward_estimate(1, bh, n, 96, torch.bfloat16, slow, rope_tables=True)[0][-1].bound != "FMA"
+
+
+def test_fp32_unaligned_token_major_warps_follow_the_compiler(monkeypatch):
+    """FP32_UNALIGNED_TOK: 16 warps for fp32 token-major inputs with N % 16 != 0 in the sm_90 forward at
+    d-block 128, only with triton >= 3.9 (3.6 and 3.8 spill at 16 and not at 8); everything else keeps 8."""
+    from mechanisms.rala import launch
+
+    f32 = torch.float32
+    for version, warps in (((3, 9), 16), ((3, 10), 16), ((3, 6), 8), ((0, 0), 8)):
+        monkeypatch.setattr(launch, "triton_version", lambda v=version: v)
+        assert launch.launch_entry(90, False, f32, 128, True, aligned=False)[1] == warps, version
+        assert launch.launch_entry(90, False, f32, 128, True, aligned=True)[1] == 8
+        assert launch.launch_entry(80, False, f32, 128, True, aligned=False)[1] == 8
+        assert launch.launch_entry(90, False, f32, 64, True, aligned=False)[1] == 8
+        assert launch.launch_entry(90, True, f32, 128, True, aligned=False)[1] == 8
+        assert launch.launch_entry(90, False, f32, 128, False, aligned=False)[1] == 8
 
 
 def test_merge_chunks_cover_a_state():

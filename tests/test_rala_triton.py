@@ -171,7 +171,7 @@ def test_split_merge_is_deterministic_and_split_invariant():
 
 @pytest.mark.parametrize("splits,layout,rope_kind", [(2, "bhnd", None), (6, "tokens", "default")])
 def test_value_column_split_is_the_same(splits, layout, rope_kind):
-    """fp32 at d-block 128 splits dKV's value columns (LaunchPlan.vb = 64). Forward: pass (b) on a (B*h, S, 2)
+    """fp32 at d-block 128 splits KV's and dKV's value columns (LaunchPlan.vb = 64). Forward: pass (b) on a (B*h, S, 2)
     grid; out and the merged state the backward reads (qbar, KV, ksum, M, L) equal the one-program forward
     (vb = 128), with the merge fused into pass (c) (S = 2) and separate (S = 6). Backward: B2 (_dkv) reads
     dKV 64 value columns at a time in each token block; dq, dk, dv equal the register-resident dKV's."""

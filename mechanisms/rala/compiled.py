@@ -106,8 +106,10 @@ def rala_core_static_d(q, k, v, sin, cos):
     1.38 -> 0.78 ms per call with phi stored as well, side by side). Inside, not on the caller's tensors
     before each call: marking 5 tensors there cost ~70 us per call (0.68 -> 0.65 ms at 56x56, side by
     side), and this leaves the caller's tensors unmarked. Batch, heads and tokens stay symbolic; a sweep
-    compiles once per head dim (a new d fails the graph's d guard and compiles the next graph)."""
-    torch._dynamo.mark_static(q, q.dim() - 1)
+    compiles once per head dim (a new d fails the graph's d guard and compiles the next graph). Where dynamo
+    runs the frame eagerly instead (disabled, skipped, past its recompile limit) nothing is marked."""
+    if torch.compiler.is_compiling():
+        torch._dynamo.mark_static(q, q.dim() - 1)
     return rala_core_parts(q, k, v, sin, cos)
 
 

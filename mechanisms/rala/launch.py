@@ -69,7 +69,9 @@ def _device_arch(device: torch.device) -> int:
 # Launch tables: (arch, pass, 16-bit?, d-block, token-major inputs) -> (BLOCK_N, num_warps), chosen by
 # compiling every kernel for the target and reading its registers and local memory
 # (scripts/aot_check.py, which fails CI on any spill): the largest token block that keeps every
-# kernel of the pass spill-free, preferring more programs per SM. "tok" = token-contiguous inputs
+# kernel of the pass spill-free, preferring more programs per SM, with triton 3.9 (CI's) and 3.6 (the GPU
+# image's) both: sm_90 bwd 128 "ch" (32 -> 16) and sm_80 fwd 64 "tok" (64 -> 32) are one step smaller
+# than 3.9 alone allows, because 3.6 spilled 8-16 B there (results/aot-sm90-sm80-triton36-20261203.txt). "tok" = token-contiguous inputs
 # (the mixer's head split, RoPE tables from memory); "ch" = channel-contiguous (op level).
 # Architectures other than sm_80 / sm_90 use the sm_90 entries.
 LAUNCH_TABLE = {
@@ -77,9 +79,9 @@ LAUNCH_TABLE = {
     (90, "fwd", True, 64, "ch"): (64, 4), (90, "fwd", True, 64, "tok"): (64, 4),
     (90, "fwd", True, 128, "ch"): (32, 8), (90, "fwd", True, 128, "tok"): (32, 8),
     (90, "bwd", True, 64, "ch"): (64, 8), (90, "bwd", True, 64, "tok"): (16, 4),
-    (90, "bwd", True, 128, "ch"): (32, 8), (90, "bwd", True, 128, "tok"): (16, 8),
+    (90, "bwd", True, 128, "ch"): (16, 8), (90, "bwd", True, 128, "tok"): (16, 8),
     # sm_80 (A100)
-    (80, "fwd", True, 64, "ch"): (64, 4), (80, "fwd", True, 64, "tok"): (64, 4),
+    (80, "fwd", True, 64, "ch"): (64, 4), (80, "fwd", True, 64, "tok"): (32, 4),
     (80, "fwd", True, 128, "ch"): (32, 8), (80, "fwd", True, 128, "tok"): (32, 8),
     (80, "bwd", True, 64, "ch"): (16, 4), (80, "bwd", True, 64, "tok"): (16, 4),
     (80, "bwd", True, 128, "ch"): (32, 8), (80, "bwd", True, 128, "tok"): (16, 8),
@@ -128,10 +130,25 @@ def out_pass_wants_channel_major(d: int, dtype: torch.dtype, *, compiled: bool |
 # fp32 inputs: exact FMA dots (no tensor cores), the smallest token block; (BLOCK_N, warps, warps of B1)
 FP32_DEFAULT = (16, 8)
 FP32_TABLE = {(90, "bwd", 64, "ch"): (16, 8, 4)}  # sm_90: B1 at 8 warps gets 128 registers and spills 4 B
-# fp32, token-major inputs whose N is not a multiple of 16 (scalar accesses), sm_90, forward at d-block 128:
-# pass (b) at 8 warps needs 255 registers and spills 8 B; at 16 warps 128, no spill (aligned N keeps 8
-# warps: at 16 its tiles lose their 16-byte accesses). sm_80 fits at 8 warps (255 registers, 0 B).
-FP32_UNALIGNED_TOK = {(90, "fwd", 128): (16, 16)}
+# fp32, token-major inputs whose N is not a multiple of 16 (scalar accesses), sm_90, forward at d-block 128,
+# by compiler: with triton 3.9 pass (b) at 8 warps needs 255 registers and spills 8 B, at 16 warps 128 and
+# none; with triton 3.6 (the GPU image's) and 3.8 it is the other way round (8 warps: 0 B; 16: pass (b) 8 B
+# on 3.6, pass (c) 4 B on both). So 16 warps from triton 3.9 on (the newest measured), the default 8 before.
+# Aligned N keeps 8 warps (at 16 its tiles lose their 16-byte accesses); sm_80 fits at 8 (255 registers, 0 B).
+FP32_UNALIGNED_TOK = {(90, "fwd", 128): ((3, 9), (16, 16))}  # key: ((min triton major, minor), entry)
+
+
+@functools.cache
+def triton_version() -> tuple[int, int]:
+    """(major, minor) of the installed triton, read from its package metadata (this module imports no triton);
+    (0, 0) when it is not installed."""
+    from importlib import metadata
+
+    try:
+        major, minor = metadata.version("triton").split(".")[:2]
+        return int(major), int("".join(ch for ch in minor if ch.isdigit()) or 0)
+    except (metadata.PackageNotFoundError, ValueError):
+        return 0, 0
 
 
 def launch_entry(arch: int, backward: bool, dtype: torch.dtype, db: int, token_major: bool,
@@ -141,8 +158,9 @@ def launch_entry(arch: int, backward: bool, dtype: torch.dtype, db: int, token_m
     if token_major:
         layout = "tok"
     if dtype == torch.float32:
-        if token_major and not aligned and (arch, pass_, db) in FP32_UNALIGNED_TOK:
-            return FP32_UNALIGNED_TOK[(arch, pass_, db)]
+        min_triton, unaligned = FP32_UNALIGNED_TOK.get((arch, pass_, db), (None, None))
+        if token_major and not aligned and unaligned and triton_version() >= min_triton:
+            return unaligned
         return FP32_TABLE.get((arch, pass_, db, layout), FP32_DEFAULT)
     if token_major and not aligned:
         return UNALIGNED_TOK[(pass_, db)]

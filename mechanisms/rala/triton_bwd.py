@@ -19,20 +19,24 @@ Derivation (R_n is linear, with transpose R_n^T):
   through qbar = mean_n qp_n:     dqp_n += dqbar / N
   through phi:                    dq = dqp * phi'(q), dk = dkp * phi'(k), phi'(x) = 1 (x > 0) else exp(x)
 
-Passes (grid (B*h, S) like the forward; the merge per (b, h) for S <= 4, in parallel for more):
+Passes (grid (B*h, S) like the forward; the merge per (b, h) for S <= 4, in parallel for more; the merge
+kernels and the workspace layout live in triton_bwd_merge.py):
   B1 `_dstate_kernel`:  over q, g: recompute num, den; partial dKV, dksum per split
   `_dmerge_kernel`:     S <= 4: one program per (b, h) sums the partials in a fixed order; T
   or `_dmerge_chunks_kernel` + `_dtotal_kernel`: S > 4: grid (B*h, chunks + 1) sums chunks of the
                         partials, each with its share of T; then one program per (b, h) adds the
                         shares in order (deterministic, no atomics; one launch more, where a
                         single program would otherwise read S d x d partials serially)
-  B2 `_dkv_kernel`:     over k, v: recompute alpha, rk; write dk, dv; partial dqbar per split
+  B2 `_dkv_kernel`:     over k, v: recompute alpha, rk; write dk, dv; partial dqbar per split (fp32 at
+                        d-block 128: dKV read VB value columns at a time, `LaunchPlan.vb`)
   B3 `_dq_kernel`:      over q, g: recompute num, den; dq (needs dqbar from every split of B2)
 Extra memory: one fp32 workspace of O(B h S d^2) (dKV, dksum, T and the split partials); HBM
 traffic: q and g read twice, k and v once, dq, dk, dv written once.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 import triton
@@ -74,6 +78,11 @@ from mechanisms.rala.triton_kernels import (
     stream_meta,
     token_major,
 )
+
+# tl.range's disable_licm (triton >= 3.5): keeps the column loop's dKV loads in the loop. Without it triton
+# 3.6 hoists them and `_dkv` spills 8 B at fp32 d-block 128 (with it: 251-252 registers, 0 B; triton 3.9:
+# 156-182 registers with it, 244-254 without, 0 B either way).
+RANGE_DISABLE_LICM = tl.constexpr("disable_licm" in inspect.signature(tl.range.__init__).parameters)
 
 
 @triton.jit
@@ -162,6 +171,17 @@ def _dkv_values(dv_base, v_base, dkv_e, dkv_o, rk_e, rk_o, alpha, tok, N, d, c0,
 
 
 @triton.jit
+def _dkv_column_step(u_e, u_o, dv_base, v_base, dkv_bh, rk_e, rk_o, alpha, tok, N, d, c0, svn, svd, sdvn, sdvd,
+                     PB: tl.constexpr, VB: tl.constexpr, DOT_DTYPE: tl.constexpr, MASK_N: tl.constexpr):
+    """One step of the column loop: dKV's value columns [c0, c0 + VB) read from the workspace, then
+    `_dkv_values`; returns u + this step's share."""
+    ce_kv, co_kv = load_rows_halves(dkv_bh, d, c0, PB, VB)
+    ue_c, uo_c = _dkv_values(dv_base, v_base, ce_kv.to(DOT_DTYPE), co_kv.to(DOT_DTYPE), rk_e, rk_o, alpha,
+                             tok, N, d, c0, svn, svd, sdvn, sdvd, VB, DOT_DTYPE, MASK_N)
+    return u_e + ue_c, u_o + uo_c
+
+
+@triton.jit
 def _dkv_block(
     dqb_e, dqb_o, k_base, v_base, dk_base, dv_base, tok, N, W, d, scale, qbar_e, qbar_o, m_fin, inv_l, t_all,
     dkv_e, dkv_o, dkv_bh, dks_e, dks_o, ANGLE, SIN, COS, srn, srd,
@@ -183,12 +203,14 @@ def _dkv_block(
     else:  # dKV's value columns VB at a time, read from the workspace (L1/L2) in each token block
         u_e = tl.zeros((BLOCK_N, PB), dtype=tl.float32)
         u_o = tl.zeros((BLOCK_N, PB), dtype=tl.float32)
-        for c in tl.range(0, 2 * PB // VB, num_stages=1, disable_licm=True):
-            ce_kv, co_kv = load_rows_halves(dkv_bh, d, c * VB, PB, VB)
-            ue_c, uo_c = _dkv_values(dv_base, v_base, ce_kv.to(DOT_DTYPE), co_kv.to(DOT_DTYPE), rk_e, rk_o, alpha,
-                                     tok, N, d, c * VB, svn, svd, sdvn, sdvd, VB, DOT_DTYPE, MASK_N)
-            u_e += ue_c
-            u_o += uo_c
+        if RANGE_DISABLE_LICM:  # the loads stay in the loop (hoisted, they would be the registers saved)
+            for c in tl.range(0, 2 * PB // VB, num_stages=1, disable_licm=True):
+                u_e, u_o = _dkv_column_step(u_e, u_o, dv_base, v_base, dkv_bh, rk_e, rk_o, alpha, tok, N, d, c * VB,
+                                            svn, svd, sdvn, sdvd, PB, VB, DOT_DTYPE, MASK_N)
+        else:  # triton before 3.5: no disable_licm
+            for c in tl.range(0, 2 * PB // VB, num_stages=1):
+                u_e, u_o = _dkv_column_step(u_e, u_o, dv_base, v_base, dkv_bh, rk_e, rk_o, alpha, tok, N, d, c * VB,
+                                            svn, svd, sdvn, sdvd, PB, VB, DOT_DTYPE, MASK_N)
     t_blk = tl.sum(rk_e * u_e, 1) + tl.sum(rk_o * u_o, 1) + dot_halves(kp_e, kp_o, dks_e, dks_o)
     ds = alpha * (t_blk - t_all)  # (BLOCK_N,)
     g_e, g_o = rotate_t(u_e, u_o, ce, se, co, so)  # R^T(dKV v)
@@ -338,7 +360,7 @@ def rala_backward(g, q, k, v, grid, rope, ws, *, plan=None, compiled=None):
     _dstate_kernel[(bh, s)](q, g, ws, dws, angle, sin, cos, n, w, d, h, plan.bps, EPS,
                             *q.stride(), *g.stride(), srn, srd, **meta_b1)
     if s <= FUSE_MERGE_MAX_SPLITS:  # few splits: one program per (b, h) sums them and T
-        _dmerge_kernel[(bh,)](ws, dws, s, d, DB=2 * plan.pb, num_warps=nw)
+        _dmerge_kernel[(bh,)](ws, dws, s, d, DB=2 * plan.pb, RB=min(2 * plan.pb, 32), num_warps=nw)
     else:  # many: in parallel over chunks of dKV, then T from the chunks' shares
         chunks = merge_chunks(d) + 1
         _dmerge_chunks_kernel[(bh, chunks)](ws, dws, s, d, SB=MERGE_SPLITS_BLOCK, CW=MERGE_CHUNK,

@@ -24,25 +24,29 @@ def dws_ptrs(DWS, BH, S, d):
 
 
 @triton.jit(do_not_specialize=["n_splits"])
-def _dmerge_kernel(WS, DWS, n_splits, d, DB: tl.constexpr):
-    """dKV, dksum = sums of the split partials (fixed order); T = <KV, dKV>_F + ksum . dksum."""
+def _dmerge_kernel(WS, DWS, n_splits, d, DB: tl.constexpr, RB: tl.constexpr):
+    """dKV, dksum = sums of the split partials (fixed order); T = <KV, dKV>_F + ksum . dksum. dKV RB rows at a
+    time (a whole d x d fp32 tile and KV's beside it spilled at d-block 128 with triton 3.6: 116 B on sm_90)."""
     bh = tl.program_id(0)
     _qbar, KV, KS, _ml, _part = state_ptrs(WS, tl.num_programs(0), d)
     DKV, DKS, T, DKV_P, DKS_P, _dqb = dws_ptrs(DWS, tl.num_programs(0), n_splits, d)
-    row = tl.arange(0, DB)
-    msk2 = (row < d)[:, None] & (row < d)[None, :]
-    off2 = row[:, None] * d + row[None, :]
-    dkv = tl.zeros((DB, DB), dtype=tl.float32)
+    col = tl.arange(0, DB)
+    t_all = tl.zeros((RB,), dtype=tl.float32)
+    for r0 in range(0, DB, RB):
+        row = r0 + tl.arange(0, RB)
+        msk2 = (row < d)[:, None] & (col < d)[None, :]
+        off2 = row[:, None] * d + col[None, :]
+        dkv = tl.zeros((RB, DB), dtype=tl.float32)
+        for s in range(0, n_splits):
+            dkv += tl.load(DKV_P + (bh * n_splits + s) * d * d + off2, mask=msk2, other=0.0)
+        tl.store(DKV + bh * d * d + off2, dkv, mask=msk2)
+        t_all += tl.sum(tl.load(KV + bh * d * d + off2, mask=msk2, other=0.0) * dkv, 1)
     dks = tl.zeros((DB,), dtype=tl.float32)
     for s in range(0, n_splits):
-        part = bh * n_splits + s
-        dkv += tl.load(DKV_P + part * d * d + off2, mask=msk2, other=0.0)
-        dks += tl.load(DKS_P + part * d + row, mask=row < d, other=0.0)
-    kv = tl.load(KV + bh * d * d + off2, mask=msk2, other=0.0)
-    ks = tl.load(KS + bh * d + row, mask=row < d, other=0.0)
-    tl.store(DKV + bh * d * d + off2, dkv, mask=msk2)
-    tl.store(DKS + bh * d + row, dks, mask=row < d)
-    tl.store(T + bh, tl.sum(tl.sum(kv * dkv, 1), 0) + tl.sum(ks * dks, 0))
+        dks += tl.load(DKS_P + (bh * n_splits + s) * d + col, mask=col < d, other=0.0)
+    ks = tl.load(KS + bh * d + col, mask=col < d, other=0.0)
+    tl.store(DKS + bh * d + col, dks, mask=col < d)
+    tl.store(T + bh, tl.sum(t_all, 0) + tl.sum(ks * dks, 0))
 
 
 @triton.jit(do_not_specialize=["n_splits"])
