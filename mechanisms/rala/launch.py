@@ -71,7 +71,8 @@ def _device_arch(device: torch.device) -> int:
 # (scripts/aot_check.py, which fails CI on any spill): the largest token block that keeps every
 # kernel of the pass spill-free, preferring more programs per SM, with triton 3.9 (CI's) and 3.6 (the GPU
 # image's) both: sm_90 bwd 128 "ch" (32 -> 16) and sm_80 fwd 64 "tok" (64 -> 32) are one step smaller
-# than 3.9 alone allows, because 3.6 spilled 8-16 B there (results/aot-sm90-sm80-triton36-20261203.txt). "tok" = token-contiguous inputs
+# than 3.9 alone allows, because 3.6 spilled 8-16 B at the larger ones (results/aot-sm90-sm80-triton36-20261203.txt,
+# its header). "tok" = token-contiguous inputs
 # (the mixer's head split, RoPE tables from memory); "ch" = channel-contiguous (op level).
 # Architectures other than sm_80 / sm_90 use the sm_90 entries.
 LAUNCH_TABLE = {
@@ -173,7 +174,7 @@ def plan_launch(bh: int, n: int, d: int, dtype: torch.dtype, device: torch.devic
                 block_n: int | None = None, splits: int | None = None, num_warps: int | None = None) -> LaunchPlan:
     """Autotune-free plan from the per-architecture launch table (`LAUNCH_TABLE`), which keeps every
     kernel free of register spills on sm_80 and sm_90 (checked in CI by scripts/aot_check.py; the full
-    grid, fp32 included: results/aot-sm90-sm80-20261203c.txt).
+    grid, fp32 included, with triton 3.9 and 3.6: results/aot-sm90-sm80-20261203d.txt, -triton36-20261203.txt).
     arch (e.g. 90) and sms default to the device's; token_major: the inputs are token-contiguous
     (the mixer's layout).
 
