@@ -91,6 +91,8 @@ LAUNCH_TABLE = {
 # stride has no known alignment), every access is scalar and needs more registers: smaller blocks.
 UNALIGNED_TOK = {("fwd", 64): (16, 4), ("bwd", 64): (16, 8), ("fwd", 128): (16, 8),
                  ("bwd", 128): (16, 8)}  # bwd 128: only for a caller's own plan (rala_backward copies, see below)
+
+
 def backward_wants_channel_major(n: int, d: int, dtype: torch.dtype, *, compiled: bool | None = None) -> bool:
     """Whether `rala_backward` first copies token-contiguous q, k, v and g to channel-contiguous memory
     (4 N d elements each way) and runs the channel-major kernels, because every token-major choice spills:
@@ -119,6 +121,8 @@ def backward_wants_channel_major(n: int, d: int, dtype: torch.dtype, *, compiled
 # per step) instead of held in registers: 150-182 registers, 0 B, shared memory 139 -> 37 KB. Its
 # columns cannot go to separate programs: dk sums over them.
 FP32_VALUE_COLUMNS = {128: 64}
+
+
 def out_pass_wants_channel_major(d: int, dtype: torch.dtype, *, compiled: bool | None = None) -> bool:
     """fp32 with token-contiguous inputs at d-block 128: the forward's pass (c) spills (aot_check: 172-296 B
     on sm_90 and sm_80, from its q and RoPE tiles), the channel-major one does not (0 B, RoPE tables from
