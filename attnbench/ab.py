@@ -71,14 +71,18 @@ def resolve_side(spec: str, repo: Path = PROJECT_ROOT) -> Side:
     path = Path(spec).expanduser()
     if path.is_dir():
         if not _is_tree(path):
-            raise AttnbenchError(f"{spec} is a directory without attnbench/ and mechanisms/; give the root of a "
-                                 "checkout or a git revision")  # fmt: skip
+            raise AttnbenchError(
+                f"{spec} is a directory without attnbench/ and mechanisms/; give the root of a "
+                "checkout or a git revision"
+            )
         head = _git(["rev-parse", "HEAD"], path)
         return Side(spec, path.resolve(), revision=head.stdout.strip() if head.returncode == 0 else "")
     commit = _git(["rev-parse", "--verify", "--quiet", f"{spec}^{{commit}}"], repo)
     if commit.returncode != 0:
-        raise AttnbenchError(f"{spec!r} is neither a directory nor a git revision of {repo}; give a checkout "
-                             "folder or a commit, branch or tag")  # fmt: skip
+        raise AttnbenchError(
+            f"{spec!r} is neither a directory nor a git revision of {repo}; give a checkout "
+            "folder or a commit, branch or tag"
+        )
     sha = commit.stdout.strip()
     where = Path(tempfile.mkdtemp(prefix=f"attnbench-ab-{sha[:8]}-"))
     made = _git(["worktree", "add", "--detach", str(where), sha], repo)
@@ -96,16 +100,29 @@ def _env(side: Side) -> dict[str, str]:
 
 
 def _supports_rounds(side: Side) -> bool:
-    proc = subprocess.run([sys.executable, "-m", "attnbench", "run", "--help"], cwd=side.path, env=_env(side),
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "attnbench", "run", "--help"],
+        cwd=side.path,
+        env=_env(side),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise AttnbenchError(f"attnbench in {side.path} does not start: {last}")
     return "--rounds" in proc.stdout
 
 
-def prepare(suite: str | Path, *, baseline: str, candidate: str | None = None, rounds: int = 6,
-            out_dir: str | Path | None = None, overrides: Sequence[str] = ()) -> Plan:  # fmt: skip
+def prepare(
+    suite: str | Path,
+    *,
+    baseline: str,
+    candidate: str | None = None,
+    rounds: int = 6,
+    out_dir: str | Path | None = None,
+    overrides: Sequence[str] = (),
+) -> Plan:
     """Resolve both trees (making worktrees for revisions) and the output folder; nothing is measured."""
     suite = Path(suite).resolve()
     if not suite.is_file():
@@ -148,8 +165,10 @@ def execute(plan: Plan, log: Callable[[str], None] = print) -> dict[str, list[Pa
         if proc.returncode != 0:
             lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
             reason = next((ln for ln in reversed(lines) if "error" in ln.lower()), lines[-1] if lines else "")
-            raise AttnbenchError(f"side {name} ({side.spec}) round {index} failed (exit {proc.returncode}): "
-                                 f"{reason.strip()}; its earlier rounds are in {plan.out_dir}")  # fmt: skip
+            raise AttnbenchError(
+                f"side {name} ({side.spec}) round {index} failed (exit {proc.returncode}): "
+                f"{reason.strip()}; its earlier rounds are in {plan.out_dir}"
+            )
         files[name].append(out)
     return files
 

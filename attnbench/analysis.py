@@ -40,8 +40,20 @@ from attnbench.errors import AttnbenchError
 from attnbench.labels import group_label, mechanism_label
 from attnbench.results_schema import STATS
 
-CASE_KEYS = ("mechanism", "level", "variant", "pass", "dtype", "device", "batch", "height", "width", "heads",
-             "head_dim", "dim")  # fmt: skip
+CASE_KEYS = (
+    "mechanism",
+    "level",
+    "variant",
+    "pass",
+    "dtype",
+    "device",
+    "batch",
+    "height",
+    "width",
+    "heads",
+    "head_dim",
+    "dim",
+)
 CURVE_KEYS = ("level", "variant", "pass", "dtype", "device", "batch", "heads", "head_dim", "dim")
 # pivot tables: rows are "mechanism [variant]", so the variant (model name) is not a group key
 SHAPE_GROUP = ("level", "pass", "dtype", "device", "batch", "heads", "head_dim", "dim")  # columns: token grids
@@ -136,13 +148,26 @@ def _choose_axis(frame: pd.DataFrame) -> str:
     return "batch" if one_grid and frame["batch"].nunique() > 1 else "shape"
 
 
-def _pivot(frame: pd.DataFrame, value: str, low: str | None, high: str | None, *, by: str, metric: str, unit: str,
-           what: str, interval: str) -> list[PivotTable]:  # fmt: skip
+def _pivot(
+    frame: pd.DataFrame,
+    value: str,
+    low: str | None,
+    high: str | None,
+    *,
+    by: str,
+    metric: str,
+    unit: str,
+    what: str,
+    interval: str,
+) -> list[PivotTable]:
     if by not in ("shape", "batch"):
         raise AnalysisError(f"pivot axis {by!r} is not one of shape, batch, auto")
     keys = list(SHAPE_GROUP if by == "shape" else BATCH_GROUP)
-    col = frame["height"].astype(str) + "x" + frame["width"].astype(str) if by == "shape" else "batch " + frame[
-        "batch"].astype(str)  # fmt: skip
+    col = (
+        frame["height"].astype(str) + "x" + frame["width"].astype(str)
+        if by == "shape"
+        else "batch " + frame["batch"].astype(str)
+    )
     frame = frame.assign(_row=_row_label(frame), _col=col, _status=frame["status"].where(frame["status"] != "ok", ""))
     tables = []
     for key, g in frame.groupby(keys, sort=False, dropna=False):
@@ -158,16 +183,33 @@ def _pivot(frame: pd.DataFrame, value: str, low: str | None, high: str | None, *
             return out
 
         group = dict(zip(keys, key))
-        tables.append(PivotTable(
-            title=f"{what} — {group_label(group)}", metric=metric, unit=unit, values=wide(value).astype(float),
-            low=wide(low).astype(float) if low else None, high=wide(high).astype(float) if high else None,
-            status=wide("_status").fillna(""), interval=interval, group=group, axis=by,
-        ))  # fmt: skip
+        tables.append(
+            PivotTable(
+                title=f"{what} — {group_label(group)}",
+                metric=metric,
+                unit=unit,
+                values=wide(value).astype(float),
+                low=wide(low).astype(float) if low else None,
+                high=wide(high).astype(float) if high else None,
+                status=wide("_status").fillna(""),
+                interval=interval,
+                group=group,
+                axis=by,
+            )
+        )
     return tables
 
 
-def speedup(df: pd.DataFrame, baseline: str, *, metric: str = "latency", samples: pd.DataFrame | None = None,
-            confidence: float = 0.95, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:  # fmt: skip
+def speedup(
+    df: pd.DataFrame,
+    baseline: str,
+    *,
+    metric: str = "latency",
+    samples: pd.DataFrame | None = None,
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Per case, speedup = median(baseline) / median(mechanism) at the same shape (> 1: faster than baseline).
 
     Columns: CASE_KEYS, tokens, case_id, baseline, value, baseline_value, speedup, low, high, interval.
@@ -183,28 +225,57 @@ def speedup(df: pd.DataFrame, baseline: str, *, metric: str = "latency", samples
     num = pairs[["case_id_base", "center_base", "p20_base", "p80_base"]].set_axis(den.columns, axis=1)
     raw = stats.samples_by_case(samples, metric)
     num_ids, den_ids = pairs["case_id_base"].astype(str).tolist(), pairs["case_id"].astype(str).tolist()
-    low, high, kinds = stats.ratio_intervals(num, den, [raw.get(k) for k in num_ids], [raw.get(k) for k in den_ids],
-                                       [f"{a}/{b}" for a, b in zip(num_ids, den_ids)], confidence=confidence,
-                                       n_boot=n_boot, seed=seed)  # fmt: skip
+    low, high, kinds = stats.ratio_intervals(
+        num,
+        den,
+        [raw.get(k) for k in num_ids],
+        [raw.get(k) for k in den_ids],
+        [f"{a}/{b}" for a, b in zip(num_ids, den_ids)],
+        confidence=confidence,
+        n_boot=n_boot,
+        seed=seed,
+    )
     same = np.array([a == b for a, b in zip(num_ids, den_ids)], bool)  # the baseline itself: exactly 1
     low[same], high[same] = 1.0, 1.0
     kinds = ["same case" if s else k for s, k in zip(same, kinds)]
     out = pairs[["case_id", *CASE_KEYS, "tokens"]].assign(
-        baseline=baseline, value=pairs["center"], baseline_value=pairs["center_base"],
-        speedup=pairs["center_base"] / pairs["center"], low=low, high=high, interval=kinds)  # fmt: skip
+        baseline=baseline,
+        value=pairs["center"],
+        baseline_value=pairs["center_base"],
+        speedup=pairs["center_base"] / pairs["center"],
+        low=low,
+        high=high,
+        interval=kinds,
+    )
     return out.reset_index(drop=True)
 
 
-def speedup_tables(df: pd.DataFrame, baseline: str, *, metric: str = "latency", by: str = "auto",
-                   samples: pd.DataFrame | None = None, confidence: float = 0.95,
-                   seed: int = 0) -> list[PivotTable]:  # fmt: skip
+def speedup_tables(
+    df: pd.DataFrame,
+    baseline: str,
+    *,
+    metric: str = "latency",
+    by: str = "auto",
+    samples: pd.DataFrame | None = None,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> list[PivotTable]:
     """Pivots of `speedup` (baseline / mechanism) with low/high from its interval."""
     sp = speedup(df, baseline, metric=metric, samples=samples, confidence=confidence, seed=seed)
     frame = sp.assign(status="ok")
     by = _choose_axis(frame) if by == "auto" else by
     kinds = sorted({k for k in sp["interval"] if k and k != "same case"})
-    return _pivot(frame, "speedup", "low", "high", by=by, metric="speedup", unit="x",
-                  what=f"speedup vs {baseline} ({metric} median ratio)", interval=" / ".join(kinds))  # fmt: skip
+    return _pivot(
+        frame,
+        "speedup",
+        "low",
+        "high",
+        by=by,
+        metric="speedup",
+        unit="x",
+        what=f"speedup vs {baseline} ({metric} median ratio)",
+        interval=" / ".join(kinds),
+    )
 
 
 # -- crossovers ----------------------------------------------------------------------------------------
@@ -232,13 +303,15 @@ def find_crossovers(tokens: Sequence[float], a: Sequence[float], b: Sequence[flo
         if i + 1 < len(n) and d[i] * d[i + 1] < 0:
             x0, x1 = math.log(n[i]), math.log(n[i + 1])
             x = x0 + d[i] * (x1 - x0) / (d[i] - d[i + 1])
-            out.append(Crossing(math.exp(x), (n[i], va[i], vb[i]), (n[i + 1], va[i + 1], vb[i + 1]),
-                                "a" if d[i] < 0 else "b"))  # fmt: skip
+            out.append(
+                Crossing(math.exp(x), (n[i], va[i], vb[i]), (n[i + 1], va[i + 1], vb[i + 1]), "a" if d[i] < 0 else "b")
+            )
     return out
 
 
-def crossovers(df: pd.DataFrame, a: str, b: str, *, metric: str = "latency",
-               group_keys: Sequence[str] = CURVE_KEYS) -> pd.DataFrame:  # fmt: skip
+def crossovers(
+    df: pd.DataFrame, a: str, b: str, *, metric: str = "latency", group_keys: Sequence[str] = CURVE_KEYS
+) -> pd.DataFrame:
     """Crossover token counts of mechanisms a and b per group (one row per crossing, or one saying none).
 
     Several crossings in one group (crossings > 1) usually mean noise around a near-tie; each is a row.
@@ -249,8 +322,10 @@ def crossovers(df: pd.DataFrame, a: str, b: str, *, metric: str = "latency",
     vals = metric_frame(df, metric)
     for m in (a, b):
         if m not in set(vals["mechanism"]):
-            raise AnalysisError(f"{m!r} has no ok {metric} rows (mechanisms with rows: "
-                                f"{', '.join(sorted(set(vals['mechanism']))) or 'none'})")  # fmt: skip
+            raise AnalysisError(
+                f"{m!r} has no ok {metric} rows (mechanisms with rows: "
+                f"{', '.join(sorted(set(vals['mechanism']))) or 'none'})"
+            )
     vals = vals[vals["mechanism"].isin((a, b)) & (vals["center"] > 0)].assign(logv=lambda f: np.log(f["center"]))
     rows = []
     for key, g in vals.groupby(list(group_keys), sort=False, dropna=False):
@@ -259,24 +334,59 @@ def crossovers(df: pd.DataFrame, a: str, b: str, *, metric: str = "latency",
             continue
         n = curve.index.to_numpy(float)
         va, vb = np.exp(curve[a].to_numpy()), np.exp(curve[b].to_numpy())
-        base = {**dict(zip(group_keys, key)), "a": a, "b": b, "tokens_min": n.min(), "tokens_max": n.max(),
-                "n_points": len(n)}  # fmt: skip
+        base = {
+            **dict(zip(group_keys, key)),
+            "a": a,
+            "b": b,
+            "tokens_min": n.min(),
+            "tokens_max": n.max(),
+            "n_points": len(n),
+        }
         if len(n) < 2:
             rows.append({**base, "result": "too_few_points"})
             continue
         found = find_crossovers(n, va, vb)
         for c in found:
             below, above = (a, b) if c.faster_below == "a" else (b, a)
-            rows.append({**base, "result": "crossover", "crossings": len(found), "tokens": c.tokens,
-                         "faster_below": below, "faster_above": above,
-                         "lo_tokens": c.lower[0], "lo_a": c.lower[1], "lo_b": c.lower[2],
-                         "hi_tokens": c.upper[0], "hi_a": c.upper[1], "hi_b": c.upper[2]})  # fmt: skip
+            rows.append(
+                {
+                    **base,
+                    "result": "crossover",
+                    "crossings": len(found),
+                    "tokens": c.tokens,
+                    "faster_below": below,
+                    "faster_above": above,
+                    "lo_tokens": c.lower[0],
+                    "lo_a": c.lower[1],
+                    "lo_b": c.lower[2],
+                    "hi_tokens": c.upper[0],
+                    "hi_a": c.upper[1],
+                    "hi_b": c.upper[2],
+                }
+            )
         if not found:
             faster = a if np.mean(np.log(va / vb)) < 0 else b
             rows.append({**base, "result": "none_in_range", "crossings": 0, "faster": faster})
-    columns = [*group_keys, "a", "b", "result", "crossings", "tokens", "faster_below", "faster_above", "faster",
-               "lo_tokens", "lo_a", "lo_b", "hi_tokens", "hi_a", "hi_b", "tokens_min", "tokens_max",
-               "n_points"]  # fmt: skip
+    columns = [
+        *group_keys,
+        "a",
+        "b",
+        "result",
+        "crossings",
+        "tokens",
+        "faster_below",
+        "faster_above",
+        "faster",
+        "lo_tokens",
+        "lo_a",
+        "lo_b",
+        "hi_tokens",
+        "hi_a",
+        "hi_b",
+        "tokens_min",
+        "tokens_max",
+        "n_points",
+    ]
     out = pd.DataFrame(rows).reindex(columns=columns)
     for c in ("faster_below", "faster_above", "faster"):
         out[c] = out[c].astype(object).fillna("")
@@ -284,9 +394,14 @@ def crossovers(df: pd.DataFrame, a: str, b: str, *, metric: str = "latency",
 
 
 # -- scaling exponents ---------------------------------------------------------------------------------
-def scaling_exponents(df: pd.DataFrame, metrics: Sequence[str] = ("latency", "peak_memory"), *,
-                      min_tokens: int | None = None, confidence: float = 0.95,
-                      group_keys: Sequence[str] = CURVE_KEYS) -> pd.DataFrame:  # fmt: skip
+def scaling_exponents(
+    df: pd.DataFrame,
+    metrics: Sequence[str] = ("latency", "peak_memory"),
+    *,
+    min_tokens: int | None = None,
+    confidence: float = 0.95,
+    group_keys: Sequence[str] = CURVE_KEYS,
+) -> pd.DataFrame:
     """Fitted exponents per (group, mechanism, metric) over cases with tokens >= min_tokens.
 
     Columns: group_keys, mechanism, metric, exponent, ci_low, ci_high, r2, n_points, tokens_min, tokens_max,
@@ -304,11 +419,33 @@ def scaling_exponents(df: pd.DataFrame, metrics: Sequence[str] = ("latency", "pe
             if np.unique(n).size < 2:
                 continue
             fit = stats.fit_power_law(n, center, confidence=confidence)
-            rows.append({**dict(zip([*group_keys, "mechanism"], key)), "metric": metric, "exponent": fit.exponent,
-                         "ci_low": fit.ci_low, "ci_high": fit.ci_high, "r2": fit.r2, "n_points": fit.n,
-                         "tokens_min": n.min(), "tokens_max": n.max(), "prefactor": fit.prefactor})  # fmt: skip
-    columns = [*group_keys, "mechanism", "metric", "exponent", "ci_low", "ci_high", "r2", "n_points", "tokens_min",
-               "tokens_max", "prefactor"]  # fmt: skip
+            rows.append(
+                {
+                    **dict(zip([*group_keys, "mechanism"], key)),
+                    "metric": metric,
+                    "exponent": fit.exponent,
+                    "ci_low": fit.ci_low,
+                    "ci_high": fit.ci_high,
+                    "r2": fit.r2,
+                    "n_points": fit.n,
+                    "tokens_min": n.min(),
+                    "tokens_max": n.max(),
+                    "prefactor": fit.prefactor,
+                }
+            )
+    columns = [
+        *group_keys,
+        "mechanism",
+        "metric",
+        "exponent",
+        "ci_low",
+        "ci_high",
+        "r2",
+        "n_points",
+        "tokens_min",
+        "tokens_max",
+        "prefactor",
+    ]
     return pd.DataFrame(rows).reindex(columns=columns)
 
 

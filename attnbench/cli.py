@@ -27,8 +27,11 @@ from attnbench.errors import AttnbenchError
 def _gate_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", default="5%", help="slowdown that matters, e.g. 5%% or 0.05 (default 5%%)")
     p.add_argument("--alpha", type=float, default=0.05, help="family-wise significance level (Holm)")
-    p.add_argument("--absolute", action="store_true",
-                   help="judge changes as measured, without removing the run-wide shift (median over >= 8 cases)")
+    p.add_argument(
+        "--absolute",
+        action="store_true",
+        help="judge changes as measured, without removing the run-wide shift (median over >= 8 cases)",
+    )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,16 +52,30 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("suite", help="suite YAML file (see suites/)")
     r.add_argument("--out", help="results CSV (default results/<suite>-<UTC timestamp>.csv)")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a suite key (value is YAML)")
-    r.add_argument("--rounds", type=int, metavar="N",
-                   help="measure timed cases in N rounds, each in a fresh worker process (suite key rounds, default 5)")
+    r.add_argument(
+        "--rounds",
+        type=int,
+        metavar="N",
+        help="measure timed cases in N rounds, each in a fresh worker process (suite key rounds, default 5)",
+    )
     r.add_argument("--resume", action="store_true", help="skip cases that already have rows in --out")
-    r.add_argument("--workers", metavar="N|auto",
-                   help="run cases on N isolated local workers, one per device (auto: one per visible GPU; "
-                        "on CPU the cores are split between them)")
-    r.add_argument("--executor", choices=("local", "ray"), default="local",
-                   help="ray: every (case ladder, round) is a Ray task (pip install 'attnbench[distributed]')")
-    r.add_argument("--address", metavar="ADDR",
-                   help="Ray cluster to join (e.g. head-node:6379 or auto); default: start a local Ray instance")
+    r.add_argument(
+        "--workers",
+        metavar="N|auto",
+        help="run cases on N isolated local workers, one per device (auto: one per visible GPU; "
+        "on CPU the cores are split between them)",
+    )
+    r.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="ray: every (case ladder, round) is a Ray task (pip install 'attnbench[distributed]')",
+    )
+    r.add_argument(
+        "--address",
+        metavar="ADDR",
+        help="Ray cluster to join (e.g. head-node:6379 or auto); default: start a local Ray instance",
+    )
     r.add_argument("--no-progress", action="store_true", help="no live progress bar")
     r.add_argument("--dry-run", action="store_true", help="validate the suite and plan its cases; run nothing")
     r.set_defaults(func=cmd_run, needs_mechanisms=True)
@@ -75,8 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="tables from saved results CSVs")
     rep.add_argument("files", nargs="+", help="results CSV files")
-    rep.add_argument("--format", choices=("term", "md", "latex", "csv"), default="term",
-                     help="terminal tables (default), Markdown, LaTeX (booktabs) or tidy CSV on stdout")
+    rep.add_argument(
+        "--format",
+        choices=("term", "md", "latex", "csv"),
+        default="term",
+        help="terminal tables (default), Markdown, LaTeX (booktabs) or tidy CSV on stdout",
+    )
     rep.add_argument("--plot", metavar="DIR", help="also write PNG and PDF plots (latency/memory/speedup vs tokens)")
     rep.add_argument("--baseline", metavar="MECH", help="add speedup tables vs this mechanism")
     rep.add_argument("--crossover", nargs=2, metavar=("A", "B"), help="token count where A and B cross")
@@ -87,29 +108,47 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("a", help="results CSV of run A")
     cmp_.add_argument("b", help="results CSV of run B")
     cmp_.add_argument("--metric", default="latency")
-    cmp_.add_argument("--across-hardware", action="store_true",
-                      help="pair cases although the env files say A and B ran on different hardware")
+    cmp_.add_argument(
+        "--across-hardware",
+        action="store_true",
+        help="pair cases although the env files say A and B ran on different hardware",
+    )
     cmp_.set_defaults(func=cmd_compare)
 
-    g = sub.add_parser("gate", help="fail (exit 1) when NEW is significantly slower than BASELINE",
-                       usage="attnbench gate BASELINE NEW | A1 [A2 ...] -- B1 [B2 ...] [options]")
-    g.add_argument("files", nargs="*", metavar="FILE",
-                   help="results CSVs (with their .samples.csv) or pytest-benchmark JSONs (--benchmark-save-data); "
-                        "BASELINE NEW, or several per side separated by --: each file's rounds count")
+    g = sub.add_parser(
+        "gate",
+        help="fail (exit 1) when NEW is significantly slower than BASELINE",
+        usage="attnbench gate BASELINE NEW | A1 [A2 ...] -- B1 [B2 ...] [options]",
+    )
+    g.add_argument(
+        "files",
+        nargs="*",
+        metavar="FILE",
+        help="results CSVs (with their .samples.csv) or pytest-benchmark JSONs (--benchmark-save-data); "
+        "BASELINE NEW, or several per side separated by --: each file's rounds count",
+    )
     g.add_argument("--baseline", nargs="+", metavar="FILE", help="baseline files (instead of the positional form)")
     g.add_argument("--new", nargs="+", metavar="FILE", help="new files (instead of the positional form)")
     _gate_options(g)
     g.add_argument("--metric", default="latency", help="metric to compare (default latency)")
-    g.add_argument("--min-rounds", type=int, default=3,
-                   help="rounds per side below which a case gets no verdict (default 3)")
-    g.add_argument("--across-hardware", action="store_true",
-                   help="gate although the env files say the sides ran on different hardware")
+    g.add_argument(
+        "--min-rounds", type=int, default=3, help="rounds per side below which a case gets no verdict (default 3)"
+    )
+    g.add_argument(
+        "--across-hardware",
+        action="store_true",
+        help="gate although the env files say the sides ran on different hardware",
+    )
     g.set_defaults(func=cmd_gate)
 
     ab_ = sub.add_parser("ab", help="interleaved A/B on this machine: two trees, rounds A B B A ..., gate verdict")
     ab_.add_argument("suite", help="suite YAML file (both sides run it)")
-    ab_.add_argument("--baseline", required=True, metavar="DIR|REV",
-                     help="a checkout directory, or a git revision (checked out into a temporary worktree)")
+    ab_.add_argument(
+        "--baseline",
+        required=True,
+        metavar="DIR|REV",
+        help="a checkout directory, or a git revision (checked out into a temporary worktree)",
+    )
     ab_.add_argument("--candidate", metavar="DIR|REV", help="the tree to test (default: this checkout)")
     ab_.add_argument("--rounds", type=int, default=6, help="rounds per side (default 6), in the order A B B A ...")
     ab_.add_argument("--out", metavar="DIR", help="folder for the per-round CSVs (default results/ab-<UTC>)")
@@ -121,8 +160,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--probe", action="store_true", help="measure copy bandwidth and matmul peaks (cached per env)")
     e.add_argument("--quick", action="store_true", help="smaller, faster probe")
-    e.add_argument("--stability", type=float, nargs="?", const=8.0, metavar="SECONDS",
-                   help="time a tiny op in 0.25 s windows (default 8 s) and say how steady timing is right now")
+    e.add_argument(
+        "--stability",
+        type=float,
+        nargs="?",
+        const=8.0,
+        metavar="SECONDS",
+        help="time a tiny op in 0.25 s windows (default 8 s) and say how steady timing is right now",
+    )
     e.set_defaults(func=cmd_env)
     return p
 
@@ -139,7 +184,7 @@ def _one_line_warnings(message, category, filename, lineno, file=None, line=None
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "gate" in argv and "--" in argv[argv.index("gate"):]:  # gate A1 A2 -- B1 B2: the sides' separator
+    if "gate" in argv and "--" in argv[argv.index("gate") :]:  # gate A1 A2 -- B1 B2: the sides' separator
         cut = argv.index("--", argv.index("gate"))
         argv[cut] = "--new"
     args = parser.parse_args(argv)
@@ -163,8 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         detail = " ".join(str(exc).split())[:300]
-        err_console.print(f"attnbench: internal error ({type(exc).__name__}: {detail}); this is a bug: rerun "
-                          "with --debug and report the traceback", markup=False, highlight=False, soft_wrap=True)
+        err_console.print(
+            f"attnbench: internal error ({type(exc).__name__}: {detail}); this is a bug: rerun "
+            "with --debug and report the traceback",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
         return 1
     finally:
         warnings.showwarning = previous

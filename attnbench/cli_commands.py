@@ -36,8 +36,10 @@ def _warn_if_busy(device: str) -> None:
     cores = os.cpu_count() or 1
     if device == "cpu" and load > 0.5 * cores:
         # stdout, with the run's other information: stderr carries only errors
-        console.print(f"[yellow]warning[/]: load average {load:.1f} on {cores} cores: CPU timings will include "
-                      "contention (recorded as load_average_1m in the env file)")  # fmt: skip
+        console.print(
+            f"[yellow]warning[/]: load average {load:.1f} on {cores} cores: CPU timings will include "
+            "contention (recorded as load_average_1m in the env file)"
+        )
 
 
 def cmd_run(args) -> int:
@@ -56,25 +58,28 @@ def cmd_run(args) -> int:
 
         cases = plan(suite)
         skipped = sum(c.skip is not None for c in cases)
-        console.print(f"{len(cases)} cases ({skipped} skipped by the plan), {suite.rounds} rounds; "
-                      "nothing run (--dry-run)")  # fmt: skip
+        console.print(
+            f"{len(cases)} cases ({skipped} skipped by the plan), {suite.rounds} rounds; nothing run (--dry-run)"
+        )
         return 0
     _warn_if_busy(suite.device)
     if suite.rounds > 1 and suite.isolation == "inprocess" and "latency" in suite.metrics:
-        console.print(f"[yellow]warning[/]: isolation: inprocess runs all {suite.rounds} rounds in this process: "
-                      "their spread misses between-process noise, so `gate` on this run can fail identical code; "
-                      "use isolation: auto or process")  # fmt: skip
+        console.print(
+            f"[yellow]warning[/]: isolation: inprocess runs all {suite.rounds} rounds in this process: "
+            "their spread misses between-process noise, so `gate` on this run can fail identical code; "
+            "use isolation: auto or process"
+        )
     from attnbench.executors import make_executor
 
     executor = make_executor(suite, executor=args.executor, workers=args.workers, address=args.address)
     t0 = time.perf_counter()
     with RichProgress(enabled=not args.no_progress) as progress:
         try:
-            summary = run_suite(suite, out, resume=args.resume, progress=progress, debug=args.debug,
-                                executor=executor)  # fmt: skip
+            summary = run_suite(suite, out, resume=args.resume, progress=progress, debug=args.debug, executor=executor)
         except KeyboardInterrupt:
-            err_console.print(f"interrupted: rows measured so far are in {esc(out)}; continue with --resume --out "
-                              f"{esc(out)}")  # fmt: skip
+            err_console.print(
+                f"interrupted: rows measured so far are in {esc(out)}; continue with --resume --out {esc(out)}"
+            )
             return 130
     rounds = f" x {summary.rounds} rounds" if summary.rounds > 1 else ""
     console.print(f"{summary.total} cases{rounds} in {time.perf_counter() - t0:.1f} s; rows in {esc(out)}")
@@ -91,12 +96,16 @@ def cmd_list(args) -> int:
     device = resolve_device(args.device)
     names = registry.names(family=args.family)
     if args.family and not names:
-        raise AttnbenchError(f"no mechanisms in family {args.family[:60]!r} (families: "
-                             f"{', '.join(registry.families())})")  # fmt: skip
+        raise AttnbenchError(
+            f"no mechanisms in family {args.family[:60]!r} (families: {', '.join(registry.families())})"
+        )
     table = RichTable(title=f"mechanisms (availability on {esc(device)})", title_justify="left", header_style="bold")
     narrow = console.width < 100  # levels, dtypes and upstream are dropped rather than squeezed
-    columns = ("name", "family", "backend", "available / reason") if narrow else (
-        "name", "family", "backend", "levels", "dtypes", "checked against", "available / reason")
+    columns = (
+        ("name", "family", "backend", "available / reason")
+        if narrow
+        else ("name", "family", "backend", "levels", "dtypes", "checked against", "available / reason")
+    )
     for col in columns:
         table.add_column(col, overflow="fold", no_wrap=col not in ("available / reason", "checked against"))
     n_ok = 0
@@ -124,8 +133,9 @@ def cmd_suite_keys(args) -> int:
         lines += ["| " + " | ".join(r[h].replace("|", "\\|") for h in header) + " |" for r in rows]
         print("\n".join(lines))
         return 0
-    table = RichTable(title="suite keys (a sweep axis takes a scalar or a list)", title_justify="left",
-                      header_style="bold")  # fmt: skip
+    table = RichTable(
+        title="suite keys (a sweep axis takes a scalar or a list)", title_justify="left", header_style="bold"
+    )
     for h in header:
         table.add_column(h, overflow="fold", style="cyan" if h == "key" else None, no_wrap=h == "key")
     for r in rows:
@@ -141,8 +151,7 @@ def _load_many(paths: list[str]):
 
     frames, samples = [], []
     # a shell glob such as results/run-*.csv also matches the companion samples file: map it back
-    paths = list(dict.fromkeys(p[: -len(".samples.csv")] + ".csv" if p.endswith(".samples.csv") else p
-                               for p in paths))  # fmt: skip
+    paths = list(dict.fromkeys(p[: -len(".samples.csv")] + ".csv" if p.endswith(".samples.csv") else p for p in paths))
     for path in paths:
         frames.append(results.load(path))
         if results.companion(path, "samples.csv").exists():
@@ -162,8 +171,9 @@ def cmd_report(args) -> int:
         raise AttnbenchError(f"--min-tokens must be >= 0, got {args.min_tokens}")
     df, samples = _load_many(args.files)
     crossover = tuple(args.crossover) if args.crossover else None
-    extra = tables.report_tables(df, baseline=args.baseline, crossover=crossover, samples=samples,
-                                 min_tokens=args.min_tokens)  # fmt: skip
+    extra = tables.report_tables(
+        df, baseline=args.baseline, crossover=crossover, samples=samples, min_tokens=args.min_tokens
+    )
     if args.format == "term":
         from attnbench.analysis import PivotTable
 
@@ -184,8 +194,9 @@ def cmd_report(args) -> int:
             Path(args.plot).mkdir(parents=True, exist_ok=True)
         except (OSError, ValueError) as exc:
             reason = getattr(exc, "strerror", None) or exc
-            raise AttnbenchError(f"cannot create the plot folder {args.plot[:200]!r}: {reason}; choose another --plot"
-                                 ) from None  # fmt: skip
+            raise AttnbenchError(
+                f"cannot create the plot folder {args.plot[:200]!r}: {reason}; choose another --plot"
+            ) from None
         paths = export.write_plots(df, args.plot, baseline=args.baseline, samples=samples, min_tokens=args.min_tokens)
         err_console.print(f"wrote {len(paths)} plot files to {esc(args.plot)}")
         for path in paths:
@@ -199,8 +210,9 @@ def cmd_compare(args) -> int:
     for path in (args.a, args.b):
         metrics = set(results.load(path)["metric"])
         if args.metric not in metrics:
-            raise AttnbenchError(f"{path} has no {args.metric[:60]!r} rows (it has: {', '.join(sorted(metrics))}); "
-                                 "check --metric")  # fmt: skip
+            raise AttnbenchError(
+                f"{path} has no {args.metric[:60]!r} rows (it has: {', '.join(sorted(metrics))}); check --metric"
+            )
     frame, meta = compare.compare_runs(args.a, args.b, metric=args.metric, across_hardware=args.across_hardware)
     for t in compare.comparison_tables(frame, meta):
         t = tables.as_table(t)
@@ -232,9 +244,16 @@ def cmd_gate(args) -> int:
     from attnbench.gate import gate
 
     base, new = gate_sides(args)
-    result = gate(base, new, threshold=args.threshold, alpha=args.alpha, metric=args.metric,
-                  min_rounds=args.min_rounds, across_hardware=args.across_hardware,
-                  absolute=args.absolute)  # fmt: skip
+    result = gate(
+        base,
+        new,
+        threshold=args.threshold,
+        alpha=args.alpha,
+        metric=args.metric,
+        min_rounds=args.min_rounds,
+        across_hardware=args.across_hardware,
+        absolute=args.absolute,
+    )
     print_gate(result)
     return result.exit_code
 
@@ -243,8 +262,14 @@ def cmd_ab(args) -> int:
     from attnbench import ab
     from attnbench.gate import gate
 
-    plan = ab.prepare(args.suite, baseline=args.baseline, candidate=args.candidate, rounds=args.rounds,
-                      out_dir=args.out, overrides=args.set or [])  # fmt: skip
+    plan = ab.prepare(
+        args.suite,
+        baseline=args.baseline,
+        candidate=args.candidate,
+        rounds=args.rounds,
+        out_dir=args.out,
+        overrides=args.set or [],
+    )
     console.print(f"A (baseline) = {esc(plan.sides['A'].describe(), 400)}")
     console.print(f"B (candidate) = {esc(plan.sides['B'].describe(), 400)}")
     console.print(f"{plan.rounds} rounds per side in the order {' '.join(plan.order)} -> {esc(plan.out_dir, 400)}")
@@ -252,8 +277,9 @@ def cmd_ab(args) -> int:
         files = ab.execute(plan, log=lambda line: console.print(esc(line, 400)))
     finally:
         ab.cleanup(plan)
-    result = gate(files["A"], files["B"], threshold=args.threshold, alpha=args.alpha, metric="latency",
-                  absolute=args.absolute)  # fmt: skip
+    result = gate(
+        files["A"], files["B"], threshold=args.threshold, alpha=args.alpha, metric="latency", absolute=args.absolute
+    )
     print_gate(result)
     return result.exit_code
 
@@ -280,8 +306,11 @@ def cmd_env(args) -> int:
         console.print(f"probing {esc(device)} peaks (copy bandwidth, dense matmul per dtype)...")
         result = peaks.get_or_probe(device, quick=args.quick, refresh=True)
         cached = peaks.cache_path(result["fingerprint"])
-        table = RichTable(title=f"[bold]measured peaks on {esc(device)}[/] (cached: {esc(cached)})",
-                          title_justify="left", header_style="bold")  # fmt: skip
+        table = RichTable(
+            title=f"[bold]measured peaks on {esc(device)}[/] (cached: {esc(cached)})",
+            title_justify="left",
+            header_style="bold",
+        )
         rows = peaks.table_rows(result)
         for col in rows[0]:
             table.add_column(col, overflow="fold")
@@ -297,6 +326,8 @@ def cmd_env(args) -> int:
         result = probe(args.stability)
         console.print(esc(result.summary()))
         if not result.steady:
-            console.print("timing on this machine moves between levels now: expect wide spreads and a gate that "
-                          "needs more rounds (README, 'Calibration on this machine')")  # fmt: skip
+            console.print(
+                "timing on this machine moves between levels now: expect wide spreads and a gate that "
+                "needs more rounds (README, 'Calibration on this machine')"
+            )
     return 0

@@ -29,8 +29,16 @@ def esc(value: Any, limit: int = MAX_SHOWN) -> str:
     return escape(text)
 
 
-def fit_tables(title: str, header: list[str], rows: list[list[str]], *, keep: int = 1, width: int | None = None,
-               styles: list[str | None] | None = None, index_style: str | None = "cyan") -> list[RichTable]:
+def fit_tables(
+    title: str,
+    header: list[str],
+    rows: list[list[str]],
+    *,
+    keep: int = 1,
+    width: int | None = None,
+    styles: list[str | None] | None = None,
+    index_style: str | None = "cyan",
+) -> list[RichTable]:
     """Tables of `rows` (plain strings) that fit `width` without cutting a number: the first `keep` columns
     are repeated in every table and may wrap; the other columns keep their full width, and when they do not
     all fit, they are stacked into further tables (title "(continued)")."""
@@ -46,17 +54,21 @@ def fit_tables(title: str, header: list[str], rows: list[list[str]], *, keep: in
         groups[-1].append(i)
     tables = []
     for g, cols in enumerate(groups or [[]]):
-        shown = (esc(title) if g == 0 else f"{esc(title)} (continued)")
-        table = RichTable(title=f"[bold]{shown}[/]", title_justify="left", header_style="bold",
-                          min_width=min(len(title), width))  # fmt: skip
+        shown = esc(title) if g == 0 else f"{esc(title)} (continued)"
+        table = RichTable(
+            title=f"[bold]{shown}[/]", title_justify="left", header_style="bold", min_width=min(len(title), width)
+        )
         for i in range(keep):
-            table.add_column(heads[i], style=index_style if i == 0 else None, overflow="fold",
-                             max_width=max(12, width - sum(need[j] for j in cols) - 2 * keep - 1))  # fmt: skip
+            table.add_column(
+                heads[i],
+                style=index_style if i == 0 else None,
+                overflow="fold",
+                max_width=max(12, width - sum(need[j] for j in cols) - 2 * keep - 1),
+            )
         for i in cols:
             table.add_column(heads[i], justify="right", no_wrap=True, min_width=need[i] - 3)
         for r, row in enumerate(cells):
-            table.add_row(*[row[i] for i in range(keep)], *[row[i] for i in cols],
-                          style=styles[r] if styles else None)  # fmt: skip
+            table.add_row(*[row[i] for i in range(keep)], *[row[i] for i in cols], style=styles[r] if styles else None)
         tables.append(table)
     return tables
 
@@ -81,8 +93,19 @@ def print_report(df, out: Console = console) -> None:
 
     for t in summary.summary_tables(df):
         print_tables(render_tables(t.title, t.frame), out)
-    single = ("params", "macs", "macs_with_attn", "flops", "flops_counted", "top1", "top5", "kv_rank", "kv_erank",
-              "out_rank", "out_erank")  # fmt: skip
+    single = (
+        "params",
+        "macs",
+        "macs_with_attn",
+        "flops",
+        "flops_counted",
+        "top1",
+        "top5",
+        "kv_rank",
+        "kv_erank",
+        "out_rank",
+        "out_erank",
+    )
     model_or_rank = df[df["level"].eq("model") | df["metric"].isin(("kv_erank", "out_erank"))]
     for t in summary.metric_tables(model_or_rank, single):
         print_tables(render_tables(t.title, t.frame, index_name="mechanism [model]"), out)
@@ -147,8 +170,10 @@ def print_gate(result, out: Console = console) -> None:
 
     rows = format_rows(result)
     colours = {"regression": "red", "improvement": "green", "too_few_rounds": "yellow"}
-    title = (f"gate: {result.metric}, threshold {result.threshold:.1%}, alpha {result.alpha:g} "
-             "(Welch t on log round medians, Holm-corrected)")  # fmt: skip
+    title = (
+        f"gate: {result.metric}, threshold {result.threshold:.1%}, alpha {result.alpha:g} "
+        "(Welch t on log round medians, Holm-corrected)"
+    )
     if rows:
         header = list(rows[0])
         if out.width < 120 and "id" in header:  # the case id is the least readable column: dropped when narrow

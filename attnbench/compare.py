@@ -89,9 +89,17 @@ def _side(rows: pd.DataFrame, samples: pd.DataFrame | None, metric: str) -> tupl
     return deduped, len(side) - len(deduped)
 
 
-def compare_frames(rows_a: pd.DataFrame, rows_b: pd.DataFrame, *, samples_a: pd.DataFrame | None = None,
-                   samples_b: pd.DataFrame | None = None, metric: str = "latency", confidence: float = 0.95,
-                   n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:  # fmt: skip
+def compare_frames(
+    rows_a: pd.DataFrame,
+    rows_b: pd.DataFrame,
+    *,
+    samples_a: pd.DataFrame | None = None,
+    samples_b: pd.DataFrame | None = None,
+    metric: str = "latency",
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Per identity: IDENTITY, tokens, presence ("both" | "only_a" | "only_b"), status_a, status_b,
     median_a, median_b, ratio (B/A), low, high, interval, n_a, n_b, case_id_a, case_id_b; A's order first."""
     a, _ = _side(rows_a, samples_a, metric)
@@ -104,17 +112,27 @@ def compare_frames(rows_a: pd.DataFrame, rows_b: pd.DataFrame, *, samples_a: pd.
     num = m[["center_b", "p20_b", "p80_b"]].set_axis(["center", "p20", "p80"], axis=1)
     den = m[["center_a", "p20_a", "p80_a"]].set_axis(["center", "p20", "p80"], axis=1)
     keys = ["/".join(str(m.at[i, k]) for k in IDENTITY) for i in m.index]
-    low, high, kinds = stats.ratio_intervals(num, den, list(m["samples_b"]), list(m["samples_a"]), keys,
-                                                confidence=confidence, n_boot=n_boot, seed=seed)  # fmt: skip
+    low, high, kinds = stats.ratio_intervals(
+        num, den, list(m["samples_b"]), list(m["samples_a"]), keys, confidence=confidence, n_boot=n_boot, seed=seed
+    )
     ratio = (m["center_b"] / m["center_a"]).to_numpy(float)
     has = np.isfinite(ratio)
     out = m[list(IDENTITY)].assign(
-        tokens=m["tokens"], presence=m["presence"], status_a=m["status_a"].fillna(""),
-        status_b=m["status_b"].fillna(""), median_a=m["center_a"], median_b=m["center_b"], ratio=ratio,
-        low=np.where(has, low, np.nan), high=np.where(has, high, np.nan),
-        interval=[k if h else "" for k, h in zip(kinds, has)], n_a=m["n_a"], n_b=m["n_b"],
-        case_id_a=m["case_id_a"].fillna(""), case_id_b=m["case_id_b"].fillna(""),
-    )  # fmt: skip
+        tokens=m["tokens"],
+        presence=m["presence"],
+        status_a=m["status_a"].fillna(""),
+        status_b=m["status_b"].fillna(""),
+        median_a=m["center_a"],
+        median_b=m["center_b"],
+        ratio=ratio,
+        low=np.where(has, low, np.nan),
+        high=np.where(has, high, np.nan),
+        interval=[k if h else "" for k, h in zip(kinds, has)],
+        n_a=m["n_a"],
+        n_b=m["n_b"],
+        case_id_a=m["case_id_a"].fillna(""),
+        case_id_b=m["case_id_b"].fillna(""),
+    )
     return out
 
 
@@ -133,11 +151,15 @@ def env_summary(rows: pd.DataFrame, envs: Mapping[str, Mapping[str, Any]]) -> di
         return {
             "device": str(fp.get("gpu_name") or fp.get("device") or "?"),
             "device memory": f"{mem / 2**30:.0f} GiB" if mem else "?",
-            "cpu": str(fp.get("cpu_model") or "?"), "torch": str(versions.get("torch") or "?"),
-            "triton": str(versions.get("triton") or "?"), "cuda": str(fp.get("cuda_version") or "?"),
-            "driver": str(fp.get("driver") or "?"), "threads": str(fp.get("torch_threads") or "?"),
-            "tf32 matmul": str(fp.get("tf32_matmul", "?")), "git commit": commit_txt,
-        }  # fmt: skip
+            "cpu": str(fp.get("cpu_model") or "?"),
+            "torch": str(versions.get("torch") or "?"),
+            "triton": str(versions.get("triton") or "?"),
+            "cuda": str(fp.get("cuda_version") or "?"),
+            "driver": str(fp.get("driver") or "?"),
+            "threads": str(fp.get("torch_threads") or "?"),
+            "tf32 matmul": str(fp.get("tf32_matmul", "?")),
+            "git commit": commit_txt,
+        }
 
     each = [one(fp) for fp in fps]
     return {k: " / ".join(dict.fromkeys(e[k] for e in each)) for k in each[0]}
@@ -180,13 +202,22 @@ def run_hardware(path: str | Path, rows: pd.DataFrame) -> set[str]:
 def check_same_hardware(label_a: str, hw_a: set[str], label_b: str, hw_b: set[str]) -> None:
     """Refuse to pair runs measured on different hardware (unknown hardware on a side is not refused)."""
     if hw_a and hw_b and hw_a != hw_b:
-        raise ResultsError(f"{label_a} was measured on {' + '.join(sorted(hw_a))} but {label_b} on "
-                           f"{' + '.join(sorted(hw_b))}; pass --across-hardware to compare them anyway")  # fmt: skip
+        raise ResultsError(
+            f"{label_a} was measured on {' + '.join(sorted(hw_a))} but {label_b} on "
+            f"{' + '.join(sorted(hw_b))}; pass --across-hardware to compare them anyway"
+        )
 
 
-def compare_runs(path_a: str | Path, path_b: str | Path, *, metric: str = "latency", confidence: float = 0.95,
-                 n_boot: int = 2000, seed: int = 0,
-                 across_hardware: bool = False) -> tuple[pd.DataFrame, CompareMeta]:  # fmt: skip
+def compare_runs(
+    path_a: str | Path,
+    path_b: str | Path,
+    *,
+    metric: str = "latency",
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+    across_hardware: bool = False,
+) -> tuple[pd.DataFrame, CompareMeta]:
     """Load two results CSVs (with their samples and env files when present) and compare them (B/A).
     Runs whose env files name different hardware are refused unless `across_hardware`."""
     path_a, path_b = Path(path_a), Path(path_b)
@@ -199,28 +230,47 @@ def compare_runs(path_a: str | Path, path_b: str | Path, *, metric: str = "laten
         samples.append(results.load_samples(path) if has else None)
         if not has:
             notes.append(f"{path} has no samples file: its intervals are p20-p80 bands, not bootstrap CIs")
-    frame = compare_frames(rows_a, rows_b, samples_a=samples[0], samples_b=samples[1], metric=metric,
-                           confidence=confidence, n_boot=n_boot, seed=seed)  # fmt: skip
+    frame = compare_frames(
+        rows_a,
+        rows_b,
+        samples_a=samples[0],
+        samples_b=samples[1],
+        metric=metric,
+        confidence=confidence,
+        n_boot=n_boot,
+        seed=seed,
+    )
     for path, rows in ((path_a, rows_a), (path_b, rows_b)):
         dropped = _side(rows, None, metric)[1]
         if dropped:
-            notes.append(f"{path}: {dropped} cases share an identity with a later one (another device or options) "
-                         "and were left out")  # fmt: skip
+            notes.append(
+                f"{path}: {dropped} cases share an identity with a later one (another device or options) "
+                "and were left out"
+            )
     env_a, env_b = env_summary(rows_a, _read_env(path_a)), env_summary(rows_b, _read_env(path_b))
     if not env_a or not env_b:
-        notes.append("no environment recorded for " + " and ".join(
-            str(p) for p, e in ((path_a, env_a), (path_b, env_b)) if not e) + " (FILE.env.json missing)")  # fmt: skip
+        notes.append(
+            "no environment recorded for "
+            + " and ".join(str(p) for p, e in ((path_a, env_a), (path_b, env_b)) if not e)
+            + " (FILE.env.json missing)"
+        )
     both = frame[frame["presence"] == "both"]
     ok = both["ratio"].to_numpy(float)
     ok = ok[np.isfinite(ok) & (ok > 0)]
     units = rows_a.loc[(rows_a["metric"] == metric) & rows_a["stat"].isin(("median", "value")), "unit"]
     meta = CompareMeta(
-        path_a=str(path_a), path_b=str(path_b), metric=metric, unit=str(units.iloc[0]) if len(units) else "",
-        n_both=len(both), n_ratio=int(ok.size), n_only_a=int((frame["presence"] == "only_a").sum()),
+        path_a=str(path_a),
+        path_b=str(path_b),
+        metric=metric,
+        unit=str(units.iloc[0]) if len(units) else "",
+        n_both=len(both),
+        n_ratio=int(ok.size),
+        n_only_a=int((frame["presence"] == "only_a").sum()),
         n_only_b=int((frame["presence"] == "only_b").sum()),
         geomean_ratio=float(np.exp(np.log(ok).mean())) if ok.size else math.nan,
-        env=env_fields(env_a, env_b), notes=tuple(notes),
-    )  # fmt: skip
+        env=env_fields(env_a, env_b),
+        notes=tuple(notes),
+    )
     return frame, meta
 
 
@@ -236,11 +286,25 @@ def comparison_tables(frame: pd.DataFrame, meta: CompareMeta) -> list[Table]:
         else:
             ratio = {"only_a": "only in A", "only_b": "only in B"}.get(r["presence"], "")
         status = r["status_a"] if r["status_a"] not in ("", "ok") else r["status_b"]
-        lines.append({"case": name, f"A {meta.unit}": fmt_number(r["median_a"]) or r["status_a"],
-                      f"B {meta.unit}": fmt_number(r["median_b"]) or r["status_b"], "B/A": ratio,
-                      "interval": r["interval"], "status": "" if status == "ok" else status})  # fmt: skip
-    cases = Table(f"compare {meta.metric}: B = {meta.path_b} vs A = {meta.path_a}",
-                  pd.DataFrame(lines).set_index("case") if lines else pd.DataFrame())  # fmt: skip
-    env = pd.DataFrame([{"property": f.name, "A": f.a, "B": f.b, "differs": "*" if f.differs else ""}
-                        for f in meta.env]).set_index("property") if meta.env else pd.DataFrame()  # fmt: skip
+        lines.append(
+            {
+                "case": name,
+                f"A {meta.unit}": fmt_number(r["median_a"]) or r["status_a"],
+                f"B {meta.unit}": fmt_number(r["median_b"]) or r["status_b"],
+                "B/A": ratio,
+                "interval": r["interval"],
+                "status": "" if status == "ok" else status,
+            }
+        )
+    cases = Table(
+        f"compare {meta.metric}: B = {meta.path_b} vs A = {meta.path_a}",
+        pd.DataFrame(lines).set_index("case") if lines else pd.DataFrame(),
+    )
+    env = (
+        pd.DataFrame(
+            [{"property": f.name, "A": f.a, "B": f.b, "differs": "*" if f.differs else ""} for f in meta.env]
+        ).set_index("property")
+        if meta.env
+        else pd.DataFrame()
+    )
     return [cases, Table("environments (* = differs)", env)]

@@ -46,8 +46,13 @@ from attnbench.workloads.inputs import CaseInputs
 # the built-in metrics by suite name, in row order: those that run the timed workload first (latency before
 # memory and cost: rates derive from its median), then those that do not
 METRICS = {m.name: m for m in (latency.METRIC, memory.METRIC, cost.METRIC, rank.METRIC, accuracy.METRIC)}
-PRIMARY_ROW_METRIC = {"latency": "latency", "memory": "peak_memory", "flops": "flops", "rank": "out_erank",
-                      "accuracy": "top1"}  # fmt: skip
+PRIMARY_ROW_METRIC = {
+    "latency": "latency",
+    "memory": "peak_memory",
+    "flops": "flops",
+    "rank": "out_erank",
+    "accuracy": "top1",
+}
 WORKER_MARGIN_S = 2.0  # the worker checks timeout_s between calls; the parent kills a call that hangs
 
 Rows = list[dict[str, Any]]
@@ -90,8 +95,9 @@ class ProcessSetup:
     peaks: dict[str, Any] | None  # cached peaks of this process's own fingerprint (before extra_fp)
 
 
-def prepare_process(suite: Suite, *, threads: int | None = None, load_plugins: bool = False,
-                    extra_fp: dict[str, Any] | None = None) -> ProcessSetup:  # fmt: skip
+def prepare_process(
+    suite: Suite, *, threads: int | None = None, load_plugins: bool = False, extra_fp: dict[str, Any] | None = None
+) -> ProcessSetup:
     """Ready this process to measure `suite`'s cases: built-in mechanisms and the suite's plugins registered
     (`load_plugins`: a fresh worker), torch threads (`threads`, default the suite's), precision settings.
     Returns its fingerprint (updated with `extra_fp`), env_id and cached peaks."""
@@ -146,23 +152,35 @@ def classify_exception(exc: BaseException) -> tuple[str, str]:
     first = text.splitlines()[0] if text else type(exc).__name__
     oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None), MemoryError) if t is not None)
     lowered = text.lower()
-    if isinstance(exc, oom_types) or any(m in lowered for m in ("out of memory", "can't allocate memory",
-                                                                 "cannot allocate memory")):  # fmt: skip
+    if isinstance(exc, oom_types) or any(
+        m in lowered for m in ("out of memory", "can't allocate memory", "cannot allocate memory")
+    ):
         return "oom", first[:300]
     return "error", first[:500]
 
 
 def oom_key(case: Case) -> tuple:
     """A batch ladder: cases that differ only in batch (an OOM at batch b predicts one above b)."""
-    return (case.mechanism, case.level, case.variant, case.pass_, case.dtype, case.height, case.width,
-            case.heads, case.dim, case.hardware)  # fmt: skip
+    return (
+        case.mechanism,
+        case.level,
+        case.variant,
+        case.pass_,
+        case.dtype,
+        case.height,
+        case.width,
+        case.heads,
+        case.dim,
+        case.hardware,
+    )
 
 
 class CaseExecutor:
     """Measures cases in this process for one run (`run_id`), rows marked with `env_id`."""
 
-    def __init__(self, suite: Suite, run_id: str, env_id: str = "", *, peaks: dict[str, Any] | None = None,
-                 debug: bool = False):  # fmt: skip
+    def __init__(
+        self, suite: Suite, run_id: str, env_id: str = "", *, peaks: dict[str, Any] | None = None, debug: bool = False
+    ):
         self.suite = suite
         self.run_id = run_id
         self.env_id = env_id
@@ -172,9 +190,20 @@ class CaseExecutor:
 
     def row(self, case: Case, started: str, r: MetricRow, *, status: str = "ok", message: str = "") -> dict[str, Any]:
         row = case.row_fields()
-        row.update(schema_version=SCHEMA_VERSION, run_id=self.run_id, metric=r.metric, value=r.value, unit=r.unit,
-                   stat=r.stat, status=status, message=message, source=r.source, note=r.note, env_id=self.env_id,
-                   started_at=started)  # fmt: skip
+        row.update(
+            schema_version=SCHEMA_VERSION,
+            run_id=self.run_id,
+            metric=r.metric,
+            value=r.value,
+            unit=r.unit,
+            stat=r.stat,
+            status=status,
+            message=message,
+            source=r.source,
+            note=r.note,
+            env_id=self.env_id,
+            started_at=started,
+        )
         return row
 
     def status_row(self, case: Case, started: str, status: str, message: str) -> dict[str, Any]:
@@ -185,8 +214,9 @@ class CaseExecutor:
             key = oom_key(case)
             self.oom_at[key] = min(case.batch, self.oom_at.get(key, case.batch))
 
-    def run(self, case: Case, *, prior: History | None = None, time_only: bool = False,
-            pool: Any = None) -> tuple[Rows, Samples]:  # fmt: skip
+    def run(
+        self, case: Case, *, prior: History | None = None, time_only: bool = False, pool: Any = None
+    ) -> tuple[Rows, Samples]:
         """Rows of one case in one visit (a round, or one sweep of it): planned skips, predicted OOMs and prunes
         here; the rest measured in-process or in `pool`'s worker. time_only (visits before the last): latency
         samples and no rows when all went well; `prior`: the case's earlier rounds and this round's earlier
@@ -216,8 +246,9 @@ class CaseExecutor:
         self.note_oom(case, rows)
         return rows, samples
 
-    def measure(self, case: Case, started: str | None = None, *, prior: History | None = None,
-                time_only: bool = False) -> tuple[Rows, Samples]:  # fmt: skip
+    def measure(
+        self, case: Case, started: str | None = None, *, prior: History | None = None, time_only: bool = False
+    ) -> tuple[Rows, Samples]:
         """Measure one case in this process; any exception becomes a status row (the sweep goes on)."""
         started = started or now()
         try:
@@ -276,8 +307,11 @@ class CaseExecutor:
         status = "ok" if verdict.ok else "error"
         message = "" if verdict.ok else verdict.message()
         note = f"output {verdict.note}; tolerance {verdict.tolerance:.3g}"
-        rows = [self.row(case, started, MetricRow("rel_err", verdict.rel_err, "", note=note), status=status,
-                         message=message)]  # fmt: skip
+        rows = [
+            self.row(
+                case, started, MetricRow("rel_err", verdict.rel_err, "", note=note), status=status, message=message
+            )
+        ]
         if verdict.grad_rel_err is not None:
             grad = MetricRow("grad_rel_err", verdict.grad_rel_err, "", note=f"grads {verdict.note}")
             rows.append(self.row(case, started, grad, status=status, message=message))

@@ -42,9 +42,23 @@ def to_markdown(table: AnyTable) -> str:
     return "\n".join(lines) + "\n"
 
 
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "±": r"$\pm$", "×": r"$\times$", "²": r"$^2$", "—": "---", "≥": r"$\geq$"}  # fmt: skip
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "×": r"$\times$",
+    "²": r"$^2$",
+    "—": "---",
+    "≥": r"$\geq$",
+}
 _LATEX_RE = re.compile("|".join(re.escape(k) for k in _LATEX_SPECIAL))
 
 
@@ -64,8 +78,12 @@ def to_latex(table: AnyTable, caption: str | None = None, label: str | None = No
     lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(cap)}}}"]
     if label:
         lines.append(rf"\label{{{label}}}")
-    lines += [rf"\begin{{tabular}}{{l{'r' * (len(head) - 1)}}}", r"\toprule",
-              " & ".join(latex_escape(h) for h in head) + r" \\", r"\midrule"]  # fmt: skip
+    lines += [
+        rf"\begin{{tabular}}{{l{'r' * (len(head) - 1)}}}",
+        r"\toprule",
+        " & ".join(latex_escape(h) for h in head) + r" \\",
+        r"\midrule",
+    ]
     lines += [" & ".join(latex_escape(c) for c in row) + r" \\" for row in body]
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"
@@ -87,8 +105,13 @@ def tidy(tables: Sequence[AnyTable]) -> pd.DataFrame:
         return pd.DataFrame()
     out = pd.concat(parts, ignore_index=True)
     first = [c for c in (*analysis.BATCH_GROUP, "batch") if c in out.columns]
-    return out[[*dict.fromkeys([*first, "metric", "unit", "axis", "mechanism", "column", "value", "low", "high",
-                                "interval", "status"])]]  # fmt: skip
+    return out[
+        [
+            *dict.fromkeys(
+                [*first, "metric", "unit", "axis", "mechanism", "column", "value", "low", "high", "interval", "status"]
+            )
+        ]
+    ]
 
 
 def to_csv(tables: Sequence[AnyTable]) -> str:
@@ -135,8 +158,14 @@ def _save(fig, out_dir: Path, stem: str, formats: Sequence[str]) -> list[Path]:
     return paths
 
 
-def plot_vs_tokens(df: pd.DataFrame, out_dir: str | Path, metric: str = "latency", *, min_tokens: int | None = None,
-                   formats: Sequence[str] = ("png", "pdf")) -> list[Path]:  # fmt: skip
+def plot_vs_tokens(
+    df: pd.DataFrame,
+    out_dir: str | Path,
+    metric: str = "latency",
+    *,
+    min_tokens: int | None = None,
+    formats: Sequence[str] = ("png", "pdf"),
+) -> list[Path]:
     """Per group, `metric` vs tokens (log-log), one line per mechanism, error bars p20-p80, dashed power-law
     fits in the mechanism's colour (over tokens >= min_tokens) with the exponent in the legend.
     Files: <metric>-<group slug>.<fmt>."""
@@ -163,8 +192,14 @@ def plot_vs_tokens(df: pd.DataFrame, out_dir: str | Path, metric: str = "latency
     return paths
 
 
-def plot_speedup(df: pd.DataFrame, out_dir: str | Path, baseline: str, *, samples: pd.DataFrame | None = None,
-                 formats: Sequence[str] = ("png", "pdf")) -> list[Path]:  # fmt: skip
+def plot_speedup(
+    df: pd.DataFrame,
+    out_dir: str | Path,
+    baseline: str,
+    *,
+    samples: pd.DataFrame | None = None,
+    formats: Sequence[str] = ("png", "pdf"),
+) -> list[Path]:
     """Per group, speedup vs `baseline` (baseline / mechanism latency) against tokens, with its interval."""
     sp = analysis.speedup(df, baseline, samples=samples)
     styles = _styles(df)
@@ -188,8 +223,10 @@ _LINES = ("-", "-.", ":", "--", (0, (3, 1, 1, 1)))
 def _styles(df: pd.DataFrame) -> dict[str, dict]:
     """One style per mechanism (order of first appearance), the same in every figure of a report:
     10 colours, then a new marker and line style for each further 10, so no two mechanisms look alike."""
-    return {m: {"color": f"C{i % 10}", "marker": _MARKERS[(i // 10) % 5], "ls": _LINES[(i // 10) % 5]}
-            for i, m in enumerate(dict.fromkeys(df["mechanism"]))}  # fmt: skip
+    return {
+        m: {"color": f"C{i % 10}", "marker": _MARKERS[(i // 10) % 5], "ls": _LINES[(i // 10) % 5]}
+        for i, m in enumerate(dict.fromkeys(df["mechanism"]))
+    }
 
 
 def _axes(ax, ylabel: str, title: str) -> None:
@@ -202,9 +239,15 @@ def _axes(ax, ylabel: str, title: str) -> None:
     ax.legend(fontsize=8)
 
 
-def write_plots(df: pd.DataFrame, out_dir: str | Path, *, baseline: str | None = None,
-                samples: pd.DataFrame | None = None, min_tokens: int | None = None,
-                formats: Sequence[str] = ("png", "pdf")) -> list[Path]:  # fmt: skip
+def write_plots(
+    df: pd.DataFrame,
+    out_dir: str | Path,
+    *,
+    baseline: str | None = None,
+    samples: pd.DataFrame | None = None,
+    min_tokens: int | None = None,
+    formats: Sequence[str] = ("png", "pdf"),
+) -> list[Path]:
     """Latency and peak memory vs tokens, and speedup vs `baseline` when given; returns the files written."""
     paths = plot_vs_tokens(df, out_dir, "latency", min_tokens=min_tokens, formats=formats)
     paths += plot_vs_tokens(df, out_dir, "peak_memory", min_tokens=min_tokens, formats=formats)

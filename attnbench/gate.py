@@ -212,21 +212,39 @@ def gate_rounds(
             verdict = "too_few_rounds"
         cases.append(
             GateCase(
-                key=key, name=names.get(key, key), n_base=int(b.size), n_new=int(n.size),
-                median_base=median_base, median_new=median_new, ratio=ratio, change=ratio - 1,
-                ci_low=ci_low, ci_high=ci_high, noise=max(stats.log_sd(b), stats.log_sd(n)), vs_run=vs_run, p_raw=p_raw,
-                p_holm=p_holm.get(key, math.nan), verdict=verdict,
+                key=key,
+                name=names.get(key, key),
+                n_base=int(b.size),
+                n_new=int(n.size),
+                median_base=median_base,
+                median_new=median_new,
+                ratio=ratio,
+                change=ratio - 1,
+                ci_low=ci_low,
+                ci_high=ci_high,
+                noise=max(stats.log_sd(b), stats.log_sd(n)),
+                vs_run=vs_run,
+                p_raw=p_raw,
+                p_holm=p_holm.get(key, math.nan),
+                verdict=verdict,
             )
-        )  # fmt: skip
+        )
 
     return GateResult(
-        baseline="baseline", new="new", metric=metric, unit=unit, threshold=threshold, alpha=alpha,
-        min_rounds=min_rounds, higher_is_better=higher_is_better, cases=tuple(cases),
+        baseline="baseline",
+        new="new",
+        metric=metric,
+        unit=unit,
+        threshold=threshold,
+        alpha=alpha,
+        min_rounds=min_rounds,
+        higher_is_better=higher_is_better,
+        cases=tuple(cases),
         only_in_baseline=tuple(CaseRef(k, names.get(k, k)) for k in base if k not in new),
         only_in_new=tuple(CaseRef(k, names.get(k, k)) for k in new if k not in base),
         notes=_round_notes(cases, min_rounds) + _shift_notes(shift, len(judged), absolute),
         run_shift=shift,
-    )  # fmt: skip
+    )
 
 
 def estimate_run_shift(arrays: Mapping[str, tuple[np.ndarray, np.ndarray]], judged: Sequence[str]) -> float:
@@ -245,8 +263,10 @@ def _shift_notes(shift: float, n_judged: int, absolute: bool) -> tuple[str, ...]
         return ()
     if n_judged < MIN_SHIFT_CASES:
         return (f"only {n_judged} judged cases: changes are judged as measured (no run-wide shift removed)",)
-    return (f"run-wide shift {shift:+.1%} (median over {n_judged} cases) removed before judging each case; a change "
-            "that slows every case alike is not flagged here: check it with `attnbench ab` or --absolute",)
+    return (
+        f"run-wide shift {shift:+.1%} (median over {n_judged} cases) removed before judging each case; a change "
+        "that slows every case alike is not flagged here: check it with `attnbench ab` or --absolute",
+    )
 
 
 def _verdict(change: float, p_holm: float, threshold: float, alpha: float, higher_is_better: bool) -> str:
@@ -261,12 +281,16 @@ def _round_notes(cases: list[GateCase], min_rounds: int) -> tuple[str, ...]:
     if not few:
         return ()
     least = min(min(c.n_base, c.n_new) for c in few)
-    what = (f"{len(few)} of {len(cases)} cases have fewer than {min_rounds} rounds on a side (down to {least}) and "
-            "were not judged")  # fmt: skip
+    what = (
+        f"{len(few)} of {len(cases)} cases have fewer than {min_rounds} rounds on a side (down to {least}) and "
+        "were not judged"
+    )
     if len(few) == len(cases):
         what = f"no verdict: every case has fewer than {min_rounds} rounds on a side (down to {least})"
-    return (f"{what}; run with --rounds {max(5, min_rounds)} or pass several files per side "
-            "(gate A1.csv A2.csv A3.csv -- B1.csv B2.csv B3.csv)",)
+    return (
+        f"{what}; run with --rounds {max(5, min_rounds)} or pass several files per side "
+        "(gate A1.csv A2.csv A3.csv -- B1.csv B2.csv B3.csv)",
+    )
 
 
 def gate(
@@ -312,10 +336,16 @@ def gate(
             f"({len(new_set.samples)} cases); compare runs of the same suite"
         )
     result = gate_rounds(
-        base_set.samples, new_set.samples, threshold=threshold, alpha=alpha, metric=metric,
-        min_rounds=min_rounds, names={**new_set.names, **base_set.names}, unit=base_set.unit or new_set.unit,
+        base_set.samples,
+        new_set.samples,
+        threshold=threshold,
+        alpha=alpha,
+        metric=metric,
+        min_rounds=min_rounds,
+        names={**new_set.names, **base_set.names},
+        unit=base_set.unit or new_set.unit,
         absolute=absolute,
-    )  # fmt: skip
+    )
     return replace(result, baseline=base_set.label, new=new_set.label)
 
 

@@ -66,8 +66,9 @@ def load_side(paths: str | Path | Sequence[str | Path], metric: str = "latency")
     sets = [load_samples(p, metric) for p in paths]
     kinds = {s.kind for s in sets}
     if len(kinds) > 1:
-        raise GateError(f"{' '.join(map(str, paths))} mixes results CSVs and pytest-benchmark JSONs; "
-                        "give one kind per side")  # fmt: skip
+        raise GateError(
+            f"{' '.join(map(str, paths))} mixes results CSVs and pytest-benchmark JSONs; give one kind per side"
+        )
     samples: dict[str, list[np.ndarray]] = {}
     names: dict[str, str] = {}
     aliases: dict[str, str] = {}
@@ -77,10 +78,13 @@ def load_side(paths: str | Path | Sequence[str | Path], metric: str = "latency")
         names.update(s.names)
         aliases.update(s.aliases)
     return SampleSet(
-        paths=tuple(p for s in sets for p in s.paths), kind=sets[0].kind,
-        samples={k: np.concatenate(v) for k, v in samples.items()}, names=names,
-        unit=next((s.unit for s in sets if s.unit), ""), aliases=aliases,
-    )  # fmt: skip
+        paths=tuple(p for s in sets for p in s.paths),
+        kind=sets[0].kind,
+        samples={k: np.concatenate(v) for k, v in samples.items()},
+        names=names,
+        unit=next((s.unit for s in sets if s.unit), ""),
+        aliases=aliases,
+    )
 
 
 def load_samples(path: str | Path, metric: str = "latency") -> SampleSet:
@@ -105,8 +109,10 @@ def _load_results_csv(path: Path, metric: str) -> SampleSet:
     df = results.load_samples(samples_path)
     skipped = df.attrs.get("skipped_lines", [])
     if skipped:  # NaN/inf or malformed samples must not make a gate pass: refuse to judge instead
-        raise GateError(f"{samples_path} has {len(skipped)} invalid sample lines (first: {skipped[0]}); a gate "
-                        "cannot judge damaged samples: re-run, or repair the file")  # fmt: skip
+        raise GateError(
+            f"{samples_path} has {len(skipped)} invalid sample lines (first: {skipped[0]}); a gate "
+            "cannot judge damaged samples: re-run, or repair the file"
+        )
     available = sorted(set(df["metric"]))
     if df[df["metric"] == metric].empty:
         raise GateError(f"{samples_path} has no {metric!r} samples (it has {available}); pick one with --metric")
@@ -119,8 +125,7 @@ def _load_results_csv(path: Path, metric: str) -> SampleSet:
             names[str(case_id)] = case_label(g.iloc[0].to_dict())
         units = rows.loc[(rows["metric"] == metric) & (rows["unit"] != ""), "unit"]
         unit = str(units.iloc[0]) if len(units) else ""
-    return SampleSet(paths=(main if main.is_file() else path,), kind="results", samples=samples, names=names,
-                     unit=unit)  # fmt: skip
+    return SampleSet(paths=(main if main.is_file() else path,), kind="results", samples=samples, names=names, unit=unit)
 
 
 def _load_benchmark_json(path: Path, metric: str) -> SampleSet:
@@ -130,8 +135,10 @@ def _load_benchmark_json(path: Path, metric: str) -> SampleSet:
     samples: dict[str, np.ndarray] = {}
     aliases: dict[str, str] = {}  # fullname -> name
     try:
-        doc = json.loads(read_user_text(path, "pytest-benchmark JSON file", max_bytes=MAX_JSON_BYTES),
-                         parse_constant=_refuse_constant)  # fmt: skip
+        doc = json.loads(
+            read_user_text(path, "pytest-benchmark JSON file", max_bytes=MAX_JSON_BYTES),
+            parse_constant=_refuse_constant,
+        )
         benches = doc["benchmarks"]
         if not isinstance(benches, list):
             raise TypeError("`benchmarks` is not a list")
@@ -165,11 +172,15 @@ def _benchmark_data(path: Path, key: str, data: Any) -> np.ndarray:
     """stats.data of one benchmark in ms: a flat list of finite, non-negative seconds, else GateError (a
     gate must not pass because a timing was NaN or overflowed to inf, e.g. 1e999999)."""
     if not isinstance(data, list) or any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in data):
-        raise GateError(f"{path}: benchmark {key[:80]!r} has stats.data that is not a list of numbers; "
-                        "pass a file saved with --benchmark-save-data")  # fmt: skip
+        raise GateError(
+            f"{path}: benchmark {key[:80]!r} has stats.data that is not a list of numbers; "
+            "pass a file saved with --benchmark-save-data"
+        )
     values = np.asarray(data, dtype=float)
     bad = values[~np.isfinite(values) | (values < 0)]
     if bad.size:
-        raise GateError(f"{path}: benchmark {key[:80]!r} has {bad.size} invalid timings (e.g. {bad[0]!r}); a gate "
-                        "cannot judge non-finite or negative times: re-run the benchmark")  # fmt: skip
+        raise GateError(
+            f"{path}: benchmark {key[:80]!r} has {bad.size} invalid timings (e.g. {bad[0]!r}); a gate "
+            "cannot judge non-finite or negative times: re-run the benchmark"
+        )
     return values * 1e3  # s per iteration -> ms

@@ -25,8 +25,15 @@ STARTUP_GRACE_S = 60.0  # importing torch and building modules in a fresh proces
 _SPAWN_ENV_LOCK = threading.Lock()  # a pool slot's environment (CUDA_VISIBLE_DEVICES) is set around its spawn
 
 
-def _worker_main(conn, suite, run_id: str, env_id: str, memory_limit_bytes: int | None,
-                 threads: int | None = None, extra_fp: dict | None = None) -> None:  # fmt: skip
+def _worker_main(
+    conn,
+    suite,
+    run_id: str,
+    env_id: str,
+    memory_limit_bytes: int | None,
+    threads: int | None = None,
+    extra_fp: dict | None = None,
+) -> None:
     if memory_limit_bytes:
         import resource
 
@@ -76,9 +83,17 @@ class WorkerPool:
     `env` (e.g. CUDA_VISIBLE_DEVICES, set before the child imports torch) and `extra_fp` (recorded in the
     worker's own fingerprint, whose env_id then marks its rows; `fingerprint` holds it once started)."""
 
-    def __init__(self, suite, run_id: str, env_id: str, memory_limit_gb: float | None = None, *,
-                 threads: int | None = None, env: dict[str, str] | None = None,
-                 extra_fp: dict[str, Any] | None = None):  # fmt: skip
+    def __init__(
+        self,
+        suite,
+        run_id: str,
+        env_id: str,
+        memory_limit_gb: float | None = None,
+        *,
+        threads: int | None = None,
+        env: dict[str, str] | None = None,
+        extra_fp: dict[str, Any] | None = None,
+    ):
         self.suite = suite
         self.run_id = run_id
         self.env_id = env_id

@@ -54,8 +54,10 @@ def load_entry_points(group: str = ENTRY_POINT_GROUP) -> list[str]:
                 ep.load()
             except Exception as exc:
                 dist = getattr(getattr(ep, "dist", None), "name", None) or "an installed package"
-                raise PluginError(f"mechanisms entry point {ep.name!r} = {ep.value!r} of {dist} failed to load: "
-                                  f"{type(exc).__name__}: {exc}") from exc
+                raise PluginError(
+                    f"mechanisms entry point {ep.name!r} = {ep.value!r} of {dist} failed to load: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
             _LOADED_ENTRY_POINTS.add(ep.value)
         loaded.append(ep.value)
     return loaded

@@ -55,8 +55,20 @@ class Case:
     def case_id(self) -> str:
         """Short stable hash of the defining fields (not the suite name: the same case in two
         suites is the same measurement)."""
-        keys = ("mechanism", "level", "variant", "pass_", "device", "dtype", "batch", "height", "width",
-                "heads", "head_dim", "dim")  # fmt: skip
+        keys = (
+            "mechanism",
+            "level",
+            "variant",
+            "pass_",
+            "device",
+            "dtype",
+            "batch",
+            "height",
+            "width",
+            "heads",
+            "head_dim",
+            "dim",
+        )
         blob = {k: getattr(self, k) for k in keys}
         blob["options"] = list(self.options)
         if self.hardware:  # only then: case_ids of suites without hardware kinds are unchanged
@@ -83,8 +95,9 @@ def _freeze(options: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in options.items()))
 
 
-def skip_reason(mech: registry.Mechanism, *, level: str, device: str, dtype: str, pass_: str,
-                heads: int | None, dim: int | None) -> str | None:  # fmt: skip
+def skip_reason(
+    mech: registry.Mechanism, *, level: str, device: str, dtype: str, pass_: str, heads: int | None, dim: int | None
+) -> str | None:
     """Why `mech` cannot run this case, or None."""
     ok, reason = mech.available(device)
     if not ok:
@@ -134,27 +147,76 @@ def plan(suite: Suite) -> list[Case]:
                             model_opts.update(_freeze(suite.options.get(model, {})))
                             for size in suite.resolution:
                                 for batch in suite.batch:
-                                    reason = skip_reason(mech, level=level, device=suite.device, dtype=dtype,
-                                                         pass_=pass_, heads=None, dim=None)  # fmt: skip
+                                    reason = skip_reason(
+                                        mech,
+                                        level=level,
+                                        device=suite.device,
+                                        dtype=dtype,
+                                        pass_=pass_,
+                                        heads=None,
+                                        dim=None,
+                                    )
                                     if reason is None and size % 32:
-                                        reason = ("impossible shape: RAVLT needs an image size divisible by 32, "
-                                                  f"got {size}")
-                                    cases.append(Case(suite.name, mech.name, mech.family, mech.backend, level,
-                                                      model, pass_, suite.device, dtype, batch, size, size,
-                                                      None, None, None, tuple(sorted(model_opts.items())),
-                                                      reason))  # fmt: skip
+                                        reason = (
+                                            f"impossible shape: RAVLT needs an image size divisible by 32, got {size}"
+                                        )
+                                    cases.append(
+                                        Case(
+                                            suite.name,
+                                            mech.name,
+                                            mech.family,
+                                            mech.backend,
+                                            level,
+                                            model,
+                                            pass_,
+                                            suite.device,
+                                            dtype,
+                                            batch,
+                                            size,
+                                            size,
+                                            None,
+                                            None,
+                                            None,
+                                            tuple(sorted(model_opts.items())),
+                                            reason,
+                                        )
+                                    )
                         continue
                     for dim in suite.dim:
                         for heads in suite.heads:
                             for height, width in suite.grids:
                                 for batch in suite.batch:
-                                    reason = skip_reason(mech, level=level, device=suite.device, dtype=dtype,
-                                                         pass_=pass_, heads=heads, dim=dim)  # fmt: skip
+                                    reason = skip_reason(
+                                        mech,
+                                        level=level,
+                                        device=suite.device,
+                                        dtype=dtype,
+                                        pass_=pass_,
+                                        heads=heads,
+                                        dim=dim,
+                                    )
                                     head_dim = dim // heads if dim % heads == 0 else None
-                                    cases.append(Case(suite.name, mech.name, mech.family, mech.backend, level,
-                                                      variant,
-                                                      pass_, suite.device, dtype, batch, height, width, heads,
-                                                      head_dim, dim, opts, reason))  # fmt: skip
+                                    cases.append(
+                                        Case(
+                                            suite.name,
+                                            mech.name,
+                                            mech.family,
+                                            mech.backend,
+                                            level,
+                                            variant,
+                                            pass_,
+                                            suite.device,
+                                            dtype,
+                                            batch,
+                                            height,
+                                            width,
+                                            heads,
+                                            head_dim,
+                                            dim,
+                                            opts,
+                                            reason,
+                                        )
+                                    )
     if suite.hardware:  # every case once per hardware kind, kind-major
         cases = [replace(c, hardware=kind) for kind in suite.hardware for c in cases]
     return cases

@@ -77,8 +77,7 @@ def prune_reason(case: Case, suite: Suite) -> str | None:
         return None
     avail = available_memory(case.device, suite.memory_limit_gb)
     if avail and need > PRUNE_FRACTION * avail:
-        return (f"pruned: predicted {need / 2**30:.1f} GiB > {PRUNE_FRACTION:.0%} of {avail / 2**30:.1f} GiB "
-                "available")  # fmt: skip
+        return f"pruned: predicted {need / 2**30:.1f} GiB > {PRUNE_FRACTION:.0%} of {avail / 2**30:.1f} GiB available"
     return None
 
 
@@ -87,8 +86,9 @@ def predicted_call_seconds(case: Case, peaks: dict[str, Any] | None = None) -> f
     if case.level not in ("op", "mixer"):
         return None
     try:
-        flops = analytic(registry.get(case.mechanism), "flops", _shape(case), case.options_dict, level=case.level,
-                         pass_=case.pass_)  # fmt: skip
+        flops = analytic(
+            registry.get(case.mechanism), "flops", _shape(case), case.options_dict, level=case.level, pass_=case.pass_
+        )
     except Exception:  # a plugin's cost function failing: no bound
         return None
     if flops is None:  # no analytic count
@@ -104,6 +104,8 @@ def too_slow_reason(case: Case, suite: Suite, peaks: dict[str, Any] | None = Non
     """`skipped` message when one call of `case` cannot finish within the suite's timeout_s, else None."""
     seconds = predicted_call_seconds(case, peaks)
     if seconds is not None and seconds > suite.timeout_s:
-        return (f"predicted: one call needs at least {seconds:.3g} s (analytic FLOPs at the peak rate), more than "
-                f"timeout_s {suite.timeout_s:g}; shrink the case or raise timeout_s")  # fmt: skip
+        return (
+            f"predicted: one call needs at least {seconds:.3g} s (analytic FLOPs at the peak rate), more than "
+            f"timeout_s {suite.timeout_s:g}; shrink the case or raise timeout_s"
+        )
     return None

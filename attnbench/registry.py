@@ -275,9 +275,7 @@ def get(name: str) -> Mechanism:
             ) from None
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise UnknownMechanism(
-            f"unknown mechanism {name!r}{hint} (`python -m attnbench list` shows all)"
-        ) from None
+        raise UnknownMechanism(f"unknown mechanism {name!r}{hint} (`python -m attnbench list` shows all)") from None
 
 
 def names(family: str | None = None) -> list[str]:

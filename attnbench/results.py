@@ -39,10 +39,29 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
-    "COLUMNS", "COLUMNS_V1", "COMPANIONS", "INT_COLUMNS", "MAX_INT", "MAX_TEXT", "READABLE_SCHEMAS", "ROW_KEY",
-    "SAMPLE_COLUMNS", "SCHEMA_VERSION", "SOURCES", "STATS", "STATUSES", "ResultsWriter", "check_out_path", "check_row",
-    "check_sample", "companion", "done_case_ids", "load", "load_samples", "row_keys",
-]  # fmt: skip
+    "COLUMNS",
+    "COLUMNS_V1",
+    "COMPANIONS",
+    "INT_COLUMNS",
+    "MAX_INT",
+    "MAX_TEXT",
+    "READABLE_SCHEMAS",
+    "ROW_KEY",
+    "SAMPLE_COLUMNS",
+    "SCHEMA_VERSION",
+    "SOURCES",
+    "STATS",
+    "STATUSES",
+    "ResultsWriter",
+    "check_out_path",
+    "check_row",
+    "check_sample",
+    "companion",
+    "done_case_ids",
+    "load",
+    "load_samples",
+    "row_keys",
+]
 MAX_WARNINGS = 10  # bad lines warned about one by one per file; the rest are counted in one more warning
 
 
@@ -155,8 +174,10 @@ def check_out_path(path: str | Path) -> Path:
         raise ResultsError(f"--out must name a .csv file, got {shown}")
     longest = max(len(companion(p, kind).name.encode()) for kind in COMPANIONS)
     if longest > NAME_MAX or len(text.encode()) > 4000:
-        raise ResultsError(f"--out {shown} is too long: with its companion FILE.samples.csv the name needs {longest} "
-                           f"bytes, at most {NAME_MAX} fit; choose a shorter name")  # fmt: skip
+        raise ResultsError(
+            f"--out {shown} is too long: with its companion FILE.samples.csv the name needs {longest} "
+            f"bytes, at most {NAME_MAX} fit; choose a shorter name"
+        )
     for part in p.parent.parts:
         if len(part.encode()) > NAME_MAX:
             raise ResultsError(f"--out {shown}: a folder name is longer than {NAME_MAX} bytes")
@@ -166,8 +187,10 @@ def check_out_path(path: str | Path) -> Path:
         except OSError:
             blocked = False
         if blocked:
-            raise ResultsError(f"{target} is a directory, so the results of --out {shown} cannot be written there; "
-                               "choose another --out")  # fmt: skip
+            raise ResultsError(
+                f"{target} is a directory, so the results of --out {shown} cannot be written there; "
+                "choose another --out"
+            )
     return p
 
 
@@ -178,17 +201,22 @@ class ResultsWriter:
         self.path = check_out_path(path)
         samples_path = companion(self.path, "samples.csv")
         if samples_path.is_file() and samples_path.stat().st_size and _header(samples_path) != SAMPLE_COLUMNS:
-            raise ResultsError(f"{samples_path} was written by an older attnbench (no `round` or `sweep` column); "
-                               "choose a new --out instead of resuming it")  # fmt: skip
+            raise ResultsError(
+                f"{samples_path} was written by an older attnbench (no `round` or `sweep` column); "
+                "choose a new --out instead of resuming it"
+            )
         if self.path.exists() and self.path.stat().st_size and _header(self.path) == COLUMNS_V1:
-            raise ResultsError(f"{self.path} was written by an older attnbench (schema 1, no worker/concurrent "
-                               "columns); choose a new --out instead of resuming it")  # fmt: skip
+            raise ResultsError(
+                f"{self.path} was written by an older attnbench (schema 1, no worker/concurrent "
+                "columns); choose a new --out instead of resuming it"
+            )
         try:
             self.rows = _Appender(self.path, COLUMNS)
             self.samples = _Appender(samples_path, SAMPLE_COLUMNS)
         except (OSError, ValueError) as exc:
-            raise ResultsError(f"cannot write results to {self.path}: {getattr(exc, 'strerror', None) or exc}; "
-                               "choose a writable --out") from None  # fmt: skip
+            raise ResultsError(
+                f"cannot write results to {self.path}: {getattr(exc, 'strerror', None) or exc}; choose a writable --out"
+            ) from None
         self._keys = row_keys(self.path)  # rows already in the file (a resumed run)
 
     def write_rows(self, rows: list[dict[str, Any]]) -> None:
@@ -198,15 +226,19 @@ class ResultsWriter:
         seen = set(self._keys)
         for key in keys:
             if key in seen:
-                raise ResultsError(f"duplicate row {dict(zip(ROW_KEY, key))} for {self.path}: a metric needs one row "
-                                   "per (case_id, metric, stat, source); give the second convention its own metric")
+                raise ResultsError(
+                    f"duplicate row {dict(zip(ROW_KEY, key))} for {self.path}: a metric needs one row "
+                    "per (case_id, metric, stat, source); give the second convention its own metric"
+                )
             seen.add(key)
         self.rows.write(rows)
         self._keys = seen
 
     def write_samples(self, case_id: str, metric: str, values: list[float], round: int = 0, sweep: int = 0) -> None:
-        self.samples.write({"case_id": case_id, "metric": metric, "round": round, "sweep": sweep, "rep": i, "value": v}
-                           for i, v in enumerate(values))  # fmt: skip
+        self.samples.write(
+            {"case_id": case_id, "metric": metric, "round": round, "sweep": sweep, "rep": i, "value": v}
+            for i, v in enumerate(values)
+        )
 
     def write_env(self, env_id: str, fp: dict[str, Any]) -> None:
         path = companion(self.path, "env.json")
@@ -262,13 +294,16 @@ def _read_validated(path: Path, columns: list[str], check: Callable[[dict[str, s
     (schema, types, finiteness) is skipped with a one-line warning naming the line; the rest are kept.
     A torn last line (no newline: an interrupted write) is dropped with a warning."""
     import pandas as pd
+
     data = _read_bytes(path)
     if not data.strip():
         return pd.DataFrame(columns=columns)
     lines = data.split(b"\n")
     if len(lines) < 2:
-        raise ResultsError(f"{path} is not an attnbench results file (no complete header line); pass a results "
-                           ".csv file written by `attnbench run`")  # fmt: skip
+        raise ResultsError(
+            f"{path} is not an attnbench results file (no complete header line); pass a results "
+            ".csv file written by `attnbench run`"
+        )
     if lines[-1]:
         warnings.warn(f"{path}: dropped a torn last line left by an interrupted run", stacklevel=3)
     lines = lines[:-1]
@@ -279,8 +314,10 @@ def _read_validated(path: Path, columns: list[str], check: Callable[[dict[str, s
         header = []
     missing = [c for c in columns if c not in header]
     if missing:
-        raise ResultsError(f"{path} is not an attnbench results file: missing columns {missing[:8]}"
-                           f"{' ...' if len(missing) > 8 else ''}; pass a file written by `attnbench run`")  # fmt: skip
+        raise ResultsError(
+            f"{path} is not an attnbench results file: missing columns {missing[:8]}"
+            f"{' ...' if len(missing) > 8 else ''}; pass a file written by `attnbench run`"
+        )
     index = [header.index(c) for c in columns]
     rows: list[list[str]] = []
     bad: list[str] = []
@@ -326,8 +363,9 @@ def _read_bytes(path: Path) -> bytes:
     except FileNotFoundError:
         raise ResultsError(f"results file {path} not found") from None
     except (OSError, ValueError) as exc:
-        raise ResultsError(f"cannot open results file {str(path)[:200]!r}: {getattr(exc, 'strerror', None) or exc}"
-                           ) from None  # fmt: skip
+        raise ResultsError(
+            f"cannot open results file {str(path)[:200]!r}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
     if stat.S_ISDIR(st.st_mode):
         raise ResultsError(f"{path} is a directory; pass a results .csv file written by `attnbench run`")
     if not stat.S_ISREG(st.st_mode):
@@ -347,11 +385,12 @@ def load(path: str | Path, *, dedupe: bool = True) -> pd.DataFrame:
     (e.g. a run appended to a file) reports its latest measurement.
     """
     import pandas as pd
+
     path = Path(path)
     header = _header(path) if path.is_file() else COLUMNS
     df = _read_validated(path, COLUMNS if "worker" in header else COLUMNS_V1, check_row)
     skipped = df.attrs.get("skipped_lines", [])
-    for col in COLUMNS[len(COLUMNS_V1):]:  # a schema-1 file: who measured it and how concurrently is unknown
+    for col in COLUMNS[len(COLUMNS_V1) :]:  # a schema-1 file: who measured it and how concurrently is unknown
         if col not in df.columns:
             df[col] = ""
     df["value"] = pd.to_numeric(df["value"].replace("", None), errors="coerce").astype("float64")
@@ -369,6 +408,7 @@ def load_samples(path: str | Path) -> pd.DataFrame:
 
     Files written before rounds (or sweeps) existed have no `round` (`sweep`) column: their samples are 0 there."""
     import pandas as pd
+
     path = Path(path)
     if not path.name.endswith(".samples.csv"):
         path = companion(path, "samples.csv")

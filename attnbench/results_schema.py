@@ -8,10 +8,36 @@ import math
 SCHEMA_VERSION = 2
 READABLE_SCHEMAS = ("1", "2")  # schema 1 lacks worker/concurrent: loaded with them empty
 COLUMNS_V1 = [
-    "schema_version", "run_id", "case_id", "suite", "mechanism", "family", "backend", "level", "variant",
-    "pass", "device", "dtype", "batch", "height", "width", "tokens", "heads", "head_dim", "dim", "metric",
-    "value", "unit", "stat", "status", "message", "source", "note", "env_id", "started_at",
-]  # fmt: skip
+    "schema_version",
+    "run_id",
+    "case_id",
+    "suite",
+    "mechanism",
+    "family",
+    "backend",
+    "level",
+    "variant",
+    "pass",
+    "device",
+    "dtype",
+    "batch",
+    "height",
+    "width",
+    "tokens",
+    "heads",
+    "head_dim",
+    "dim",
+    "metric",
+    "value",
+    "unit",
+    "stat",
+    "status",
+    "message",
+    "source",
+    "note",
+    "env_id",
+    "started_at",
+]
 # schema 2 (issue #13): who measured the row and how many cases that host ran at once meanwhile
 COLUMNS = COLUMNS_V1 + ["worker", "concurrent"]
 SAMPLE_COLUMNS = ["case_id", "metric", "round", "sweep", "rep", "value"]  # older files lack sweep (and round): 0
@@ -52,8 +78,10 @@ def check_row(row: dict[str, str]) -> str | None:
     """Why a results row (as text) is invalid, or None: schema_version 1 or 2, known status/stat/source,
     integer shape columns, a finite value (required for status ok)."""
     if row["schema_version"] not in READABLE_SCHEMAS:
-        return (f"schema_version {row['schema_version'][:20]!r} is not one of {', '.join(READABLE_SCHEMAS)} "
-                "(written by another version?)")  # fmt: skip
+        return (
+            f"schema_version {row['schema_version'][:20]!r} is not one of {', '.join(READABLE_SCHEMAS)} "
+            "(written by another version?)"
+        )
     if not row["case_id"] or not row["metric"]:
         return "case_id or metric is empty"
     if row["status"] not in STATUSES:
@@ -76,5 +104,9 @@ def check_sample(row: dict[str, str]) -> str | None:
         return "case_id or metric is empty"
     if row["rep"] == "" or row.get("round") == "" or row.get("sweep") == "":
         return "rep, round or sweep is empty"
-    return (_int_problem(row["rep"], "rep") or _int_problem(row.get("round", "0"), "round")
-            or _int_problem(row.get("sweep", "0"), "sweep") or _float_problem(row["value"], "value", required=True))
+    return (
+        _int_problem(row["rep"], "rep")
+        or _int_problem(row.get("round", "0"), "round")
+        or _int_problem(row.get("sweep", "0"), "sweep")
+        or _float_problem(row["value"], "value", required=True)
+    )

@@ -35,8 +35,19 @@ from attnbench.plan import Case
 
 def ladder_key(case: Case) -> tuple:
     """Cases that differ only in batch form one ladder (OOM prediction runs along it)."""
-    return (case.mechanism, case.level, case.variant, case.pass_, case.dtype, case.height, case.width,
-            case.heads, case.dim, case.options, case.hardware)  # fmt: skip
+    return (
+        case.mechanism,
+        case.level,
+        case.variant,
+        case.pass_,
+        case.dtype,
+        case.height,
+        case.width,
+        case.heads,
+        case.dim,
+        case.options,
+        case.hardware,
+    )
 
 
 def units(cases: Sequence[Case]) -> list[list[Case]]:
@@ -76,8 +87,9 @@ def unit_order(n_units: int, round_index: int, seed: int, rounds: int, sweep: in
     return list(range(n_units))
 
 
-def round_order(unit_list: Sequence[Sequence[Case]], round_index: int, seed: int, rounds: int, sweep: int = 0,
-                sweeps: int = 1) -> list[Case]:  # fmt: skip
+def round_order(
+    unit_list: Sequence[Sequence[Case]], round_index: int, seed: int, rounds: int, sweep: int = 0, sweeps: int = 1
+) -> list[Case]:
     """The cases of one sweep of a round: units shuffled (`unit_order`), each ladder kept together."""
     return [case for i in unit_order(len(unit_list), round_index, seed, rounds, sweep, sweeps) for case in unit_list[i]]
 
@@ -88,8 +100,7 @@ def sweep_policy(policy: RepeatPolicy, sweeps: int) -> RepeatPolicy:
     if sweeps <= 1:
         return policy
     low = max(1, math.ceil(policy.min / sweeps))
-    return RepeatPolicy(low, max(low, math.ceil(policy.max / sweeps)), policy.min_time_s / sweeps,
-                        policy.target_ci)  # fmt: skip
+    return RepeatPolicy(low, max(low, math.ceil(policy.max / sweeps)), policy.min_time_s / sweeps, policy.target_ci)
 
 
 def round_value(sweeps: Sequence[Sequence[float]]) -> float:

@@ -88,8 +88,16 @@ class Runner:
     """One run of a suite into `out`. `case_executor` (attnbench.execute.CaseExecutor) measures, and holds the
     run's env_id, peaks and OOM ladder; `pool` is the round's worker (isolation: process)."""
 
-    def __init__(self, suite: Suite, out: str | Path, *, resume: bool = False, progress: Progress | None = None,
-                 debug: bool = False, executor: Any = None):  # fmt: skip
+    def __init__(
+        self,
+        suite: Suite,
+        out: str | Path,
+        *,
+        resume: bool = False,
+        progress: Progress | None = None,
+        debug: bool = False,
+        executor: Any = None,
+    ):
         self.suite = suite
         self.out = Path(out)
         self.resume = resume
@@ -109,8 +117,10 @@ class Runner:
             return self.executor.run(self)
         suite = self.suite
         if suite.hardware:
-            raise AttnbenchError(f"the suite names hardware kinds ({', '.join(suite.hardware)}): run it with "
-                                 "--executor ray on a cluster that has them")  # fmt: skip
+            raise AttnbenchError(
+                f"the suite names hardware kinds ({', '.join(suite.hardware)}): run it with "
+                "--executor ray on a cluster that has them"
+            )
         state = self.open_run()
         n_rounds = state.rounds
         unit_list = rounds.units(state.cases)
@@ -124,19 +134,22 @@ class Runner:
                 try:
                     for sweep in range(state.sweeps):
                         last = final and sweep == state.sweeps - 1
-                        for case in rounds.round_order(unit_list, round_index, suite.order_seed, n_rounds, sweep,
-                                                       state.sweeps):  # fmt: skip
+                        for case in rounds.round_order(
+                            unit_list, round_index, suite.order_seed, n_rounds, sweep, state.sweeps
+                        ):
                             if not state.pending(case, round_index):
                                 continue
                             if self.progress:
                                 self.progress.case_start(state.step, case)
                             if self.pool is not None:
                                 self.pool.worker = ""  # set when the case reaches the worker (not planned skips)
-                            rows, samples = self.case_executor.run(case, prior=state.earlier(case), time_only=not last,
-                                                                   pool=self.pool)  # fmt: skip
+                            rows, samples = self.case_executor.run(
+                                case, prior=state.earlier(case), time_only=not last, pool=self.pool
+                            )
                             worker = (self.pool.worker if self.pool is not None else "") or this_worker()
-                            self.record(state, case, round_index, rows, samples, worker=worker, concurrent=1,
-                                        sweep=sweep)  # fmt: skip
+                            self.record(
+                                state, case, round_index, rows, samples, worker=worker, concurrent=1, sweep=sweep
+                            )
                 finally:
                     if self.pool is not None:
                         self.pool.close()
@@ -145,9 +158,18 @@ class Runner:
             state.writer.close()
         return state.summary
 
-    def record(self, state: RunState, case: Case, round_index: int, rows: list[dict[str, Any]],
-               samples: dict[str, list[float]], *, worker: str, concurrent: int | None,
-               sweep: int = 0) -> str:  # fmt: skip
+    def record(
+        self,
+        state: RunState,
+        case: Case,
+        round_index: int,
+        rows: list[dict[str, Any]],
+        samples: dict[str, list[float]],
+        *,
+        worker: str,
+        concurrent: int | None,
+        sweep: int = 0,
+    ) -> str:
         """Write one visit's samples (case, round, sweep), then (last visit or failure) its rows; returns the
         status. A task that failed as a whole records its cases at sweep 0."""
         n_rounds = state.rounds
@@ -201,8 +223,9 @@ class Runner:
         several = n_rounds > 1 or n_sweeps > 1
         prior = rounds.prior_from_samples(self.out, n_sweeps) if self.resume and several else {}
         prior = {k: {r: v for r, v in by.items() if r < n_rounds - 1} for k, by in prior.items() if k not in done}
-        summary = RunSummary(self.out, self.run_id, len(cases), resumed=sum(c.case_id in done for c in cases),
-                             rounds=n_rounds)  # fmt: skip
+        summary = RunSummary(
+            self.out, self.run_id, len(cases), resumed=sum(c.case_id in done for c in cases), rounds=n_rounds
+        )
         total_steps = len(cases) * n_rounds * n_sweeps
         steps_done = (sum(c.case_id in done for c in cases) * n_rounds + sum(len(v) for v in prior.values())) * n_sweeps
         if self.progress:
@@ -227,16 +250,27 @@ def check_resume_matches(out: Path, suite: Suite) -> None:
     except (yaml.YAMLError, OSError, UnicodeDecodeError):
         return  # unreadable: the rows' case_ids still make the resume exact per case
     current = suite.resolved
-    diff = sorted(k for k in set(stored) | set(current)
-                  if k not in RESUME_FREE_KEYS and stored.get(k) != current.get(k))  # fmt: skip
+    diff = sorted(
+        k for k in set(stored) | set(current) if k not in RESUME_FREE_KEYS and stored.get(k) != current.get(k)
+    )
     if diff:
-        raise AttnbenchError(f"--resume: {out} was run with different settings ({', '.join(diff)}); "
-                             "resume with the same suite and --set values, or choose another --out")  # fmt: skip
+        raise AttnbenchError(
+            f"--resume: {out} was run with different settings ({', '.join(diff)}); "
+            "resume with the same suite and --set values, or choose another --out"
+        )
 
 
-def run_suite(suite: Suite, out: str | Path | None = None, *, resume: bool = False,
-              progress: Progress | None = None, debug: bool = False, executor: Any = None) -> RunSummary:  # fmt: skip
+def run_suite(
+    suite: Suite,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    progress: Progress | None = None,
+    debug: bool = False,
+    executor: Any = None,
+) -> RunSummary:
     """Run every case of `suite`, appending rows to `out` (default results/<suite>-<UTC>.csv); `executor`
     (attnbench.executors) runs the cases on a local worker pool or a Ray cluster instead of this process."""
-    return Runner(suite, out or default_out(suite), resume=resume, progress=progress, debug=debug,
-                  executor=executor).run()  # fmt: skip
+    return Runner(
+        suite, out or default_out(suite), resume=resume, progress=progress, debug=debug, executor=executor
+    ).run()

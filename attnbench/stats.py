@@ -128,8 +128,9 @@ def log_sd(x: np.ndarray) -> float:
 
 
 # -- ratios of medians with uncertainty (speedup, compare) -----------------------------------------------
-def ratio_band(num: np.ndarray, num_p20: np.ndarray, num_p80: np.ndarray, den: np.ndarray, den_p20: np.ndarray,
-               den_p80: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def ratio_band(
+    num: np.ndarray, num_p20: np.ndarray, num_p80: np.ndarray, den: np.ndarray, den_p20: np.ndarray, den_p80: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(low, high) of num/den from each side's p20-p80 band, added in quadrature in log space (NaN if missing)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.asarray(num, float) / np.asarray(den, float)
@@ -138,11 +139,13 @@ def ratio_band(num: np.ndarray, num_p20: np.ndarray, num_p80: np.ndarray, den: n
     return ratio * np.exp(-down), ratio * np.exp(up)
 
 
-def bootstrap_ratio(num: np.ndarray, den: np.ndarray, *, confidence: float = 0.95, n_boot: int = 2000,
-                    seed: int = 0, key: str = "") -> tuple[float, float]:  # fmt: skip
+def bootstrap_ratio(
+    num: np.ndarray, den: np.ndarray, *, confidence: float = 0.95, n_boot: int = 2000, seed: int = 0, key: str = ""
+) -> tuple[float, float]:
     """Percentile bootstrap CI of median(num) / median(den), seeded from (seed, key)."""
-    return bootstrap_ratio_ci(np.asarray(den, float), np.asarray(num, float), confidence=confidence,
-                                    n_boot=n_boot, rng=seeded_rng(seed, key))  # fmt: skip
+    return bootstrap_ratio_ci(
+        np.asarray(den, float), np.asarray(num, float), confidence=confidence, n_boot=n_boot, rng=seeded_rng(seed, key)
+    )
 
 
 def samples_by_case(samples: pd.DataFrame | None, metric: str = "latency") -> dict[str, np.ndarray]:
@@ -158,18 +161,32 @@ def samples_by_case(samples: pd.DataFrame | None, metric: str = "latency") -> di
     return {k: finite(v) for k, v in out.items()}
 
 
-def ratio_intervals(num: pd.DataFrame, den: pd.DataFrame, num_samples: Sequence[np.ndarray | None],
-                    den_samples: Sequence[np.ndarray | None], keys: Sequence[str], *, confidence: float = 0.95,
-                    n_boot: int = 2000, seed: int = 0,
-                    min_samples: int = 5) -> tuple[np.ndarray, np.ndarray, list[str]]:  # fmt: skip
+def ratio_intervals(
+    num: pd.DataFrame,
+    den: pd.DataFrame,
+    num_samples: Sequence[np.ndarray | None],
+    den_samples: Sequence[np.ndarray | None],
+    keys: Sequence[str],
+    *,
+    confidence: float = 0.95,
+    n_boot: int = 2000,
+    seed: int = 0,
+    min_samples: int = 5,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(low, high, interval) of center(num) / center(den), row by row (frames with center, p20, p80).
 
     Rows whose two sides both have >= min_samples raw samples (5, as in the gate: fewer make a bootstrap CI
     meaningless) get a bootstrap CI seeded by (seed, keys[i]); the others the p20-p80 band (module
     docstring); '' where neither is available.
     """
-    low, high = ratio_band(num["center"].to_numpy(float), num["p20"].to_numpy(float), num["p80"].to_numpy(float),
-                           den["center"].to_numpy(float), den["p20"].to_numpy(float), den["p80"].to_numpy(float))
+    low, high = ratio_band(
+        num["center"].to_numpy(float),
+        num["p20"].to_numpy(float),
+        num["p80"].to_numpy(float),
+        den["center"].to_numpy(float),
+        den["p20"].to_numpy(float),
+        den["p80"].to_numpy(float),
+    )
     kinds = ["p20-p80" if np.isfinite(lo) and np.isfinite(hi) else "" for lo, hi in zip(low, high)]
     for i, (sa, sb) in enumerate(zip(num_samples, den_samples)):
         if isinstance(sa, np.ndarray) and isinstance(sb, np.ndarray) and min(sa.size, sb.size) >= min_samples:

@@ -34,8 +34,16 @@ from attnbench.suite_schema import (
 )
 from attnbench.userinput import MAX_SUITE_BYTES, YamlInputError, compose_yaml, load_yaml, read_user_text
 
-__all__ = ["DEFAULT_METRICS", "DEFAULT_ROUNDS", "METRICS", "Repeats", "Suite", "expand_mechanisms", "load_suite",
-           "resolve_device"]  # fmt: skip
+__all__ = [
+    "DEFAULT_METRICS",
+    "DEFAULT_ROUNDS",
+    "METRICS",
+    "Repeats",
+    "Suite",
+    "expand_mechanisms",
+    "load_suite",
+    "resolve_device",
+]
 
 
 def _apply_set(raw: dict[str, Any], assignment: str) -> str:
@@ -158,10 +166,15 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     for name in ("rounds", "order_seed"):
         merged.setdefault(name, values.get(name, default(name)))
     fields = {f.name: values[yaml_name(f)] for f in key_fields(Suite) if yaml_name(f) in values}
-    fields.update(device=device, repeats=repeats, plugins=plugins,
-                  options={k: dict(v) for k, v in values.get("options", {}).items()},
-                  hardware=tuple(dict.fromkeys(values.get("hardware", ()))), path=str(path),
-                  resolved=_jsonable(merged))  # fmt: skip
+    fields.update(
+        device=device,
+        repeats=repeats,
+        plugins=plugins,
+        options={k: dict(v) for k, v in values.get("options", {}).items()},
+        hardware=tuple(dict.fromkeys(values.get("hardware", ()))),
+        path=str(path),
+        resolved=_jsonable(merged),
+    )
     suite = Suite(**fields)
     validate_mechanisms(suite, where)
     return suite

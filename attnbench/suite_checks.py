@@ -156,8 +156,10 @@ def coerce(kind: str, key: str, value: Any, where: Callable[[str], str]) -> Any:
             items = [items]
         grids = []
         for item in items:
-            ok = isinstance(item, list) and len(item) == 2 and all(
-                isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in item
+            ok = (
+                isinstance(item, list)
+                and len(item) == 2
+                and all(isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in item)
             )
             if not ok:
                 raise bad("[H, W] or a list of [H, W] pairs of positive integers")
@@ -215,8 +217,9 @@ def check_values(merged: dict[str, Any], where: Callable[[str], str], path: Path
             raise fail(where, f"options.{mech}", f"`options.{mech}` must be a mapping of constructor options")
         for name in opts:
             if not isinstance(name, str) or text_problem(name, MAX_NAME):
-                raise fail(where, f"options.{mech}", f"option names under `options.{mech}` must be names, "
-                            f"got {show(name)}")  # fmt: skip
+                raise fail(
+                    where, f"options.{mech}", f"option names under `options.{mech}` must be names, got {show(name)}"
+                )
     checkpoints = values.get("checkpoints", {})
     for model, spec in list(checkpoints.items()):
         if isinstance(spec, str):
@@ -266,8 +269,9 @@ def validate_mechanisms(suite: Suite, where: Callable[[str], str]) -> None:
         if entry.startswith("family:"):
             fam = entry.split(":", 1)[1]
             if not registry.names(family=fam):
-                raise fail(where, "mechanisms", f"no mechanisms in family {fam!r} (families: "
-                            f"{', '.join(registry.families())})")  # fmt: skip
+                raise fail(
+                    where, "mechanisms", f"no mechanisms in family {fam!r} (families: {', '.join(registry.families())})"
+                )
             continue
         try:
             registry.get(entry)
@@ -277,20 +281,29 @@ def validate_mechanisms(suite: Suite, where: Callable[[str], str]) -> None:
         if mech in suite.models:
             bad = sorted(set(opts) - MODEL_OPTIONS)
             if bad:
-                raise fail(where, f"options.{mech}", f"unknown model options {bad} for {mech} "
-                            f"(known: {', '.join(sorted(MODEL_OPTIONS))})")  # fmt: skip
+                raise fail(
+                    where,
+                    f"options.{mech}",
+                    f"unknown model options {bad} for {mech} (known: {', '.join(sorted(MODEL_OPTIONS))})",
+                )
             if "checkpoint" in opts:
                 _check_file(where, f"options.{mech}.checkpoint", opts["checkpoint"], Path("."), "checkpoint")
             if not isinstance(opts.get("ema", False), bool):
                 raise fail(where, f"options.{mech}.ema", "`ema` must be true or false")
             late = opts.get("mixer_late", "softmax_eager")
             if not isinstance(late, str) or late not in registry.names():
-                raise fail(where, f"options.{mech}.mixer_late", f"`mixer_late` must name a registered mechanism, "
-                            f"got {show(late)}")  # fmt: skip
+                raise fail(
+                    where,
+                    f"options.{mech}.mixer_late",
+                    f"`mixer_late` must name a registered mechanism, got {show(late)}",
+                )
             continue
         if mech not in registry.names():
-            raise fail(where, f"options.{mech}", f"options given for {mech!r}, which is neither a registered "
-                        "mechanism nor one of `models:`")  # fmt: skip
+            raise fail(
+                where,
+                f"options.{mech}",
+                f"options given for {mech!r}, which is neither a registered mechanism nor one of `models:`",
+            )
         m = registry.get(mech)
         taken = {"weights"}  # rank metrics: which weights to load (random or a checkpoint)
         declared = getattr(m, "option_defaults", None)  # mechanisms that list their options
@@ -329,8 +342,9 @@ def _check_option_values(mech, opts: dict[str, Any], where: Callable[[str], str]
         key = f"{prefix}.{name}"
         if name == "weights":
             if value != "random":
-                _check_file(where, key, value.partition("::")[0] if isinstance(value, str) else value, Path("."),
-                            "checkpoint")  # fmt: skip
+                _check_file(
+                    where, key, value.partition("::")[0] if isinstance(value, str) else value, Path("."), "checkpoint"
+                )
             continue
         default = defaults.get(name)
         if isinstance(default, bool):

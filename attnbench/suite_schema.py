@@ -31,9 +31,16 @@ MAX_SWEEPS = 100
 INT32 = (1 << 31) - 1
 
 
-def key(default: Any = dataclasses.MISSING, *, doc: str, allowed: tuple[str, ...] | None = None,
-        max: float | None = None, yaml_name: str | None = None, factory: Any = None,
-        shown_default: Any = dataclasses.MISSING) -> Any:  # fmt: skip
+def key(
+    default: Any = dataclasses.MISSING,
+    *,
+    doc: str,
+    allowed: tuple[str, ...] | None = None,
+    max: float | None = None,
+    yaml_name: str | None = None,
+    factory: Any = None,
+    shown_default: Any = dataclasses.MISSING,
+) -> Any:
     """A dataclass field that is a suite key: `doc` (one line), `allowed` values, an upper bound `max` (beyond it
     a value is a typo), the key's YAML spelling when it is not the field name, and the default as a suite
     file writes it when it differs from the field's (device: `auto`, resolved to cpu or cuda)."""
@@ -48,16 +55,18 @@ class Repeats:
     min: int = key(5, doc="at least this many timed repeats per round", max=1_000_000)
     max: int = key(100, doc="at most this many timed repeats per round", max=1_000_000)
     min_time_s: float = key(0.5, doc="keep repeating until this much timed work (seconds) is done", max=86400.0)
-    target_ci: float | None = key(None, doc="stop early once the median's 95% CI half-width / median is below this",
-                                  max=1.0)  # fmt: skip
+    target_ci: float | None = key(
+        None, doc="stop early once the median's 95% CI half-width / median is below this", max=1.0
+    )
 
 
 @dataclass(frozen=True)
 class Suite:
     name: str = key(doc="the suite's name (required); it also names the default results file")
     mechanisms: tuple[str, ...] = key(doc="required: mechanism names or family:<family> (expanded by the plan)")
-    level: tuple[str, ...] = key(("op",), allowed=LEVELS, doc="op: the bare operator; mixer: the token mixer; "
-                                 "model: the RAVLT backbone")  # fmt: skip
+    level: tuple[str, ...] = key(
+        ("op",), allowed=LEVELS, doc="op: the bare operator; mixer: the token mixer; model: the RAVLT backbone"
+    )
     models: tuple[str, ...] = key((), doc="model names for level model (e.g. ravlt_t)")
     dim: tuple[int, ...] = key((64,), max=1 << 16, doc="mixer channels (op level: heads * head_dim)")
     heads: tuple[int, ...] = key((1,), max=1 << 12, doc="attention heads")
@@ -65,37 +74,49 @@ class Suite:
     grid: tuple[tuple[int, int], ...] = key((), max=1 << 15, doc="non-square [H, W] grids, in addition to resolution")
     batch: tuple[int, ...] = key((1,), max=1 << 20, doc="items per call")
     dtype: tuple[str, ...] = key(("fp32",), allowed=DTYPES, doc="input and parameter dtype")
-    pass_: tuple[str, ...] = key(("fwd",), allowed=PASSES, yaml_name="pass",
-                                 doc="fwd (under torch.no_grad) or fwd_bwd (forward + backward of sum(out * g))")
+    pass_: tuple[str, ...] = key(
+        ("fwd",),
+        allowed=PASSES,
+        yaml_name="pass",
+        doc="fwd (under torch.no_grad) or fwd_bwd (forward + backward of sum(out * g))",
+    )
     device: str = key("cpu", allowed=DEVICES, shown_default="auto", doc="auto = cuda if available, else cpu")
     threads: int | None = key(None, max=1 << 12, doc="CPU threads (null: torch's default); recorded")
     warmup: int = key(3, max=100_000, doc="untimed calls before each case's timed repeats")
     repeats: Repeats = key(factory=Repeats, doc="timed repeats per round: {min, max, min_time_s, target_ci}")
-    rounds: int = key(DEFAULT_ROUNDS, doc=f"timed cases are measured in this many rounds (1-{MAX_ROUNDS}), each "
-                      "in a fresh worker process")  # fmt: skip
-    sweeps: int = key(1, doc=f"visits of every timed case per round (1-{MAX_SWEEPS}), each sweep in its own shuffled "
-                      "order timing 1/sweeps of the repeats; a round's value is its fastest sweep's median "
-                      "(README: Sweeps)")  # fmt: skip
+    rounds: int = key(
+        DEFAULT_ROUNDS,
+        doc=f"timed cases are measured in this many rounds (1-{MAX_ROUNDS}), each in a fresh worker process",
+    )
+    sweeps: int = key(
+        1,
+        doc=f"visits of every timed case per round (1-{MAX_SWEEPS}), each sweep in its own shuffled "
+        "order timing 1/sweeps of the repeats; a round's value is its fastest sweep's median "
+        "(README: Sweeps)",
+    )
     order_seed: int = key(0, doc="seeds the shuffled case order of each round (recorded)")
     timeout_s: float = key(120.0, max=7 * 86400.0, doc="per case and round, in seconds")
     isolation: str = key("auto", allowed=ISOLATIONS, doc="auto: process on GPU or with rounds > 1, else inprocess")
     verify: bool = key(True, doc="compare each case's output (and gradients) with its reference mechanism")
-    options: dict[str, dict[str, Any]] = key(factory=dict, doc="per-mechanism (or per-model) options, e.g. "
-                                             "{performer: {features: 256}}")  # fmt: skip
-    plugins: tuple[str, ...] = key((), doc="modules or .py paths (relative to the suite file) that register "
-                                   "mechanisms")  # fmt: skip
+    options: dict[str, dict[str, Any]] = key(
+        factory=dict, doc="per-mechanism (or per-model) options, e.g. {performer: {features: 256}}"
+    )
+    plugins: tuple[str, ...] = key((), doc="modules or .py paths (relative to the suite file) that register mechanisms")
     metrics: tuple[str, ...] = key(DEFAULT_METRICS, allowed=METRICS, doc="what is measured per case")
     data: str | None = key(None, doc="accuracy: the ImageNet val folder or labels file")
-    checkpoints: dict[str, dict[str, Any]] = key(factory=dict, doc="accuracy: {model: {path: ..., ema: false}} "
-                                                 "(or {model: path})")  # fmt: skip
+    checkpoints: dict[str, dict[str, Any]] = key(
+        factory=dict, doc="accuracy: {model: {path: ..., ema: false}} (or {model: path})"
+    )
     flush_l2: bool = key(True, doc="GPU op level: flush L2 between repeats")
     cuda_graphs: bool = key(False, doc="GPU: time CUDA-graph replays of the captured call")
-    memory_limit_gb: float | None = key(None, max=float(1 << 20), doc="RLIMIT_AS of process workers (CPU); also "
-                                        "caps the memory used for pruning")  # fmt: skip
+    memory_limit_gb: float | None = key(
+        None, max=float(1 << 20), doc="RLIMIT_AS of process workers (CPU); also caps the memory used for pruning"
+    )
     tf32: bool = key(False, doc="GPU fp32: allow TF32 matmuls/convolutions (recorded)")
     hardware: tuple[str, ...] = key((), doc="--executor ray: every case once per hardware kind")
-    exclusive: str | None = key(None, allowed=("node",), doc="node: one case per node at a time (--workers, Ray); "
-                                "null: one per device")  # fmt: skip
+    exclusive: str | None = key(
+        None, allowed=("node",), doc="node: one case per node at a time (--workers, Ray); null: one per device"
+    )
     path: str = ""  # the suite file (not a key)
     resolved: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # the resolved suite, as YAML
 
@@ -182,8 +203,16 @@ def default(name: str, cls: type = Suite) -> Any:
     raise KeyError(name)
 
 
-_KIND_TEXT = {"str": "string", "int": "integer", "float": "number", "bool": "true/false", "strlist": "string(s)",
-              "intlist": "integer(s)", "grids": "[H, W] pair(s)", "mapping": "mapping"}  # fmt: skip
+_KIND_TEXT = {
+    "str": "string",
+    "int": "integer",
+    "float": "number",
+    "bool": "true/false",
+    "strlist": "string(s)",
+    "intlist": "integer(s)",
+    "grids": "[H, W] pair(s)",
+    "mapping": "mapping",
+}
 
 
 def key_reference() -> list[dict[str, str]]:
@@ -205,10 +234,18 @@ def key_reference() -> list[dict[str, str]]:
             text = text.removesuffix("\n...").strip()
             type_text = _KIND_TEXT[kind.rstrip("?")] + (" or null" if kind.endswith("?") else "")
             allowed = f.metadata["allowed"]
-            rows.append({"key": prefix + name, "type": type_text, "default": text,
-                         "allowed": " | ".join(allowed) if allowed else "", "meaning": f.metadata["doc"]})  # fmt: skip
-    rows.insert(len(key_fields(Suite)), {"key": GPU_KEY, "type": "mapping", "default": "{}", "allowed": "",
-                                         "meaning": GPU_DOC})  # fmt: skip
+            rows.append(
+                {
+                    "key": prefix + name,
+                    "type": type_text,
+                    "default": text,
+                    "allowed": " | ".join(allowed) if allowed else "",
+                    "meaning": f.metadata["doc"],
+                }
+            )
+    rows.insert(
+        len(key_fields(Suite)), {"key": GPU_KEY, "type": "mapping", "default": "{}", "allowed": "", "meaning": GPU_DOC}
+    )
     return rows
 
 

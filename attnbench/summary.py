@@ -19,8 +19,23 @@ def case_frame(df: pd.DataFrame) -> pd.DataFrame:
     """One line per case: identity, status, message and the headline numbers."""
     if df.empty:
         return pd.DataFrame()
-    ident = ["case_id", "mechanism", "family", "level", "variant", "pass", "device", "dtype", "batch", "height",
-             "width", "tokens", "heads", "head_dim", "dim"]  # fmt: skip
+    ident = [
+        "case_id",
+        "mechanism",
+        "family",
+        "level",
+        "variant",
+        "pass",
+        "device",
+        "dtype",
+        "batch",
+        "height",
+        "width",
+        "tokens",
+        "heads",
+        "head_dim",
+        "dim",
+    ]
     first = df.groupby("case_id", sort=False).first().reset_index()[ident]
     status = df.groupby("case_id", sort=False).apply(_case_status, include_groups=False).rename("status")
     message = df[df["status"] != "ok"].groupby("case_id", sort=False)["message"].first().rename("message")
@@ -108,8 +123,9 @@ def metric_tables(df: pd.DataFrame, metrics: tuple[str, ...]) -> list[Table]:
     if sel.empty:
         return []
     sel = sel.assign(
-        col=sel["metric"] + sel["note"].map(_convention) + sel["source"].map(
-            lambda s: " reported" if s == "reported" else ""),
+        col=sel["metric"]
+        + sel["note"].map(_convention)
+        + sel["source"].map(lambda s: " reported" if s == "reported" else ""),
         shape=sel.apply(shape_label, axis=1),
     )
     sel = sel.assign(who=[mechanism_label(r, size=True) for r in sel.to_dict("records")])

@@ -85,15 +85,24 @@ def crossover_table(cross: pd.DataFrame) -> Table:
             what = f"N* = {fmt_number(r['tokens'])} (grid ~{math.sqrt(r['tokens']):.0f}²)"
             what += f", 1 of {r['crossings']:.0f} (noise near a tie?)" if r["crossings"] > 1 else ""
             faster = f"{r['faster_below']} below, {r['faster_above']} above"
-            bracket = (f"{r['lo_tokens']:.0f}: {fmt_number(r['lo_a'])} vs {fmt_number(r['lo_b'])}; "
-                       f"{r['hi_tokens']:.0f}: {fmt_number(r['hi_a'])} vs {fmt_number(r['hi_b'])}")  # fmt: skip
+            bracket = (
+                f"{r['lo_tokens']:.0f}: {fmt_number(r['lo_a'])} vs {fmt_number(r['lo_b'])}; "
+                f"{r['hi_tokens']:.0f}: {fmt_number(r['hi_a'])} vs {fmt_number(r['hi_b'])}"
+            )
         elif r["result"] == "none_in_range":
             what, faster, bracket = "none in range", f"{r['faster']} throughout", ""
         else:
             what, faster, bracket = "too few points", "", ""
         span = f"{r['tokens_min']:.0f}-{r['tokens_max']:.0f} ({r['n_points']:.0f} pts)"
-        lines.append({"group": group, "crossover": what, "faster": faster, "bracket (tokens: A vs B)": bracket,
-                      "tokens measured": span})  # fmt: skip
+        lines.append(
+            {
+                "group": group,
+                "crossover": what,
+                "faster": faster,
+                "bracket (tokens: A vs B)": bracket,
+                "tokens measured": span,
+            }
+        )
     title = f"crossover {cross['a'].iloc[0]} (A) vs {cross['b'].iloc[0]} (B)" if len(cross) else "crossover"
     return Table(title, pd.DataFrame(lines).set_index("group") if lines else pd.DataFrame())
 
@@ -103,9 +112,16 @@ def scaling_table(exps: pd.DataFrame, *, min_tokens: int | None = None) -> Table
     lines = []
     for _, r in exps.iterrows():
         ci = f" [{r['ci_low']:.2f}, {r['ci_high']:.2f}]" if pd.notna(r["ci_low"]) else ""
-        lines.append({"mechanism": r["mechanism"], "group": group_label(r.to_dict()), "metric": r["metric"],
-                      "exponent [95% CI]": f"{r['exponent']:.2f}{ci}", "R²": f"{r['r2']:.3f}",
-                      "tokens": f"{r['tokens_min']:.0f}-{r['tokens_max']:.0f} ({r['n_points']} pts)"})  # fmt: skip
+        lines.append(
+            {
+                "mechanism": r["mechanism"],
+                "group": group_label(r.to_dict()),
+                "metric": r["metric"],
+                "exponent [95% CI]": f"{r['exponent']:.2f}{ci}",
+                "R²": f"{r['r2']:.3f}",
+                "tokens": f"{r['tokens_min']:.0f}-{r['tokens_max']:.0f} ({r['n_points']} pts)",
+            }
+        )
     above = f", tokens >= {min_tokens}" if min_tokens else ""
     title = f"scaling exponents (log-log least squares{above})"
     return Table(title, pd.DataFrame(lines).set_index("mechanism") if lines else pd.DataFrame())
@@ -113,10 +129,16 @@ def scaling_table(exps: pd.DataFrame, *, min_tokens: int | None = None) -> Table
 
 def pareto_table(points: pd.DataFrame, cost: str) -> Table:
     """analysis.pareto_front -> models with accuracy, cost and a mark on the front."""
-    lines = [{"model": f"{mechanism_label(r)} @{r['height']}", "context": _context(r),
-              "accuracy": f"{r['accuracy']:.2f} ({r['accuracy_source']})",
-              f"{cost} ({r['cost_unit']})": fmt_number(r["cost"]), "front": "*" if r["on_front"] else ""}
-             for _, r in points.iterrows()]  # fmt: skip
+    lines = [
+        {
+            "model": f"{mechanism_label(r)} @{r['height']}",
+            "context": _context(r),
+            "accuracy": f"{r['accuracy']:.2f} ({r['accuracy_source']})",
+            f"{cost} ({r['cost_unit']})": fmt_number(r["cost"]),
+            "front": "*" if r["on_front"] else "",
+        }
+        for _, r in points.iterrows()
+    ]
     return Table(f"accuracy vs {cost}: Pareto front (*)", pd.DataFrame(lines).set_index("model"))
 
 
@@ -127,9 +149,15 @@ def _context(r: pd.Series) -> str:
 
 
 # -- everything a report shows -------------------------------------------------------------------------
-def report_tables(df: pd.DataFrame, *, baseline: str | None = None, crossover: tuple[str, str] | None = None,
-                  samples: pd.DataFrame | None = None, min_tokens: int | None = None,
-                  by: str = "auto") -> list[AnyTable]:  # fmt: skip
+def report_tables(
+    df: pd.DataFrame,
+    *,
+    baseline: str | None = None,
+    crossover: tuple[str, str] | None = None,
+    samples: pd.DataFrame | None = None,
+    min_tokens: int | None = None,
+    by: str = "auto",
+) -> list[AnyTable]:
     """Latency and peak-memory pivots, speedups vs `baseline`, the crossover of a pair, scaling exponents,
     and accuracy-vs-cost fronts (model level), in that order; sections without data are left out."""
     tables: list[AnyTable] = [*analysis.pivot_tables(df, "latency", by=by)]

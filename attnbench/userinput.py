@@ -100,8 +100,10 @@ class _BoundedLoader(yaml.SafeLoader):
             except TypeError:
                 raise YamlInputError("a mapping key must be a plain value", key_node.start_mark.line + 1) from None
             if key in seen:
-                raise YamlInputError(f"duplicate key {str(key)[:60]!r} (first on line {seen[key]}); keep one",
-                                     key_node.start_mark.line + 1)  # fmt: skip
+                raise YamlInputError(
+                    f"duplicate key {str(key)[:60]!r} (first on line {seen[key]}); keep one",
+                    key_node.start_mark.line + 1,
+                )
             seen[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
 

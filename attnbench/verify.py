@@ -44,8 +44,10 @@ class Verdict:
 
     def message(self) -> str:
         grad = f", grads {self.grad_rel_err:.3g}" if self.grad_rel_err is not None else ""
-        return (f"verify failed: rel_err {self.rel_err:.3g}{grad} vs {self.reference} exceeds tolerance "
-                f"{self.tolerance:.3g}")  # fmt: skip
+        return (
+            f"verify failed: rel_err {self.rel_err:.3g}{grad} vs {self.reference} exceeds tolerance "
+            f"{self.tolerance:.3g}"
+        )
 
 
 def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -95,8 +97,11 @@ def verify_op(inputs: CaseInputs) -> Verdict:
     small, note = _reduced(inputs)
     qkv = small.qkv()  # (B, h, N, d) each, in the case dtype
     s = small.shape
-    g = small.randn((s.batch, s.heads, s.height * s.width, s.head_dim), OP_GRAD_SEED, dtype=torch.float64) \
-        if small.pass_ == "fwd_bwd" else None  # fmt: skip
+    g = (
+        small.randn((s.batch, s.heads, s.height * s.width, s.head_dim), OP_GRAD_SEED, dtype=torch.float64)
+        if small.pass_ == "fwd_bwd"
+        else None
+    )
     options = small.op_options()
     ref_opts = options if ref_mech is mech else None
     out, grads = _run_op(mech, *qkv, small.grid, g, options)
@@ -114,9 +119,14 @@ def verify_mixer(inputs: CaseInputs) -> Verdict:
     if ref is not None:
         missing, unexpected = ref.load_state_dict(cand.state_dict(), strict=False)
         if missing or unexpected:
-            return Verdict(float("nan"), None, 0.0, ref_mech.name,
-                           f"not comparable: parameters differ from {ref_mech.name} ({len(missing)} missing, "
-                           f"{len(unexpected)} unexpected)")  # fmt: skip
+            return Verdict(
+                float("nan"),
+                None,
+                0.0,
+                ref_mech.name,
+                f"not comparable: parameters differ from {ref_mech.name} ({len(missing)} missing, "
+                f"{len(unexpected)} unexpected)",
+            )
     x = small.x(offset=MIXER_X_SEED, dtype=torch.float32, device="cpu")  # (B, C, H, W)
     g = small.x(offset=MIXER_GRAD_SEED, dtype=torch.float64) if small.pass_ == "fwd_bwd" else None
 

@@ -59,8 +59,16 @@ def mixer_bytes(s: Shape, dtype: str, *, gate: bool = True, lepe: bool = True) -
     return float((activations + shell_params(s.dim, gate=gate, lepe=lepe)) * DTYPE_BYTES[dtype])
 
 
-def level_flops(s: Shape, *, level: str, pass_: str, core_fwd: float, core_fwd_bwd: float = MATMUL_FWD_BWD,
-                gate: bool = True, lepe: bool = True) -> float:  # fmt: skip
+def level_flops(
+    s: Shape,
+    *,
+    level: str,
+    pass_: str,
+    core_fwd: float,
+    core_fwd_bwd: float = MATMUL_FWD_BWD,
+    gate: bool = True,
+    lepe: bool = True,
+) -> float:
     """FLOPs at op level (the attention core) or mixer level (core + the shell's convs), with the
     core's own fwd_bwd multiplier (softmax: 3.5) and the matmul one (3) for the shell."""
     core = core_fwd * pass_factor(pass_, core_fwd_bwd)
@@ -71,8 +79,9 @@ def level_flops(s: Shape, *, level: str, pass_: str, core_fwd: float, core_fwd_b
     raise ValueError(f"no analytic FLOPs for level {level!r}")
 
 
-def level_bytes(s: Shape, *, level: str, dtype: str, reads: int = 3, writes: int = 1, gate: bool = True,
-                lepe: bool = True) -> float:  # fmt: skip
+def level_bytes(
+    s: Shape, *, level: str, dtype: str, reads: int = 3, writes: int = 1, gate: bool = True, lepe: bool = True
+) -> float:
     """Minimum traffic at op level (`reads` inputs, `writes` outputs) or mixer level (x, weights, y)."""
     if level == "op":
         return op_bytes(s, dtype, reads=reads, writes=writes)

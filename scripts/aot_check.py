@@ -61,8 +61,11 @@ def main(argv=None) -> int:
         jobs = {job: c for job, c in jobs.items() if job.kernel in args.kernel}
     n_cases = len({c for v in jobs.values() for c in v})
     n_launches = sum(launched.values())
-    print(f"aot_check: {n_cases} cases, {n_launches} kernel launches -> {len(jobs)} unique compilations "
-          f"for {', '.join(a.name for a in archs)} ({time.perf_counter() - t0:.1f} s to plan)", flush=True)
+    print(
+        f"aot_check: {n_cases} cases, {n_launches} kernel launches -> {len(jobs)} unique compilations "
+        f"for {', '.join(a.name for a in archs)} ({time.perf_counter() - t0:.1f} s to plan)",
+        flush=True,
+    )
 
     ctx = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=ctx) as pool:
@@ -77,12 +80,17 @@ def main(argv=None) -> int:
         worst = {}
         for r in results:
             key = (r.job.cc, r.job.kernel)
-            if key not in worst or (bool(r.error), r.local, r.regs) > (bool(worst[key].error), worst[key].local,
-                                                                        worst[key].regs):
+            if key not in worst or (bool(r.error), r.local, r.regs) > (
+                bool(worst[key].error),
+                worst[key].local,
+                worst[key].regs,
+            ):
                 worst[key] = r
         rows = [r for r in results if r in worst.values() or r.error or r.local]
-    head = f"{'arch':6s} {'kernel':16s} {'config':48s} {'regs':>4s} {'spill':>5s} {'smem':>6s} {'occ':>3s} " \
-           f"{'b16':>4s} {'v4':>4s} {'div':>4s} {'cases':>5s}"
+    head = (
+        f"{'arch':6s} {'kernel':16s} {'config':48s} {'regs':>4s} {'spill':>5s} {'smem':>6s} {'occ':>3s} "
+        f"{'b16':>4s} {'v4':>4s} {'div':>4s} {'cases':>5s}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -90,13 +98,17 @@ def main(argv=None) -> int:
         if r.error:
             print(f"{a.name:6s} {r.job.kernel:16s} {r.job.config():48s} ERROR {r.error}")
             continue
-        print(f"{a.name:6s} {r.job.kernel:16s} {r.job.config():48s} {r.regs:4d} {r.local:5d} {r.smem:6d} "
-              f"{r.occupancy(a):3d} {r.scalar16:4d} {r.vec:4d} {r.divs:4d} {len(r.cases):5d}")
+        print(
+            f"{a.name:6s} {r.job.kernel:16s} {r.job.config():48s} {r.regs:4d} {r.local:5d} {r.smem:6d} "
+            f"{r.occupancy(a):3d} {r.scalar16:4d} {r.vec:4d} {r.divs:4d} {len(r.cases):5d}"
+        )
     for a in archs:
         mine = [r for r in results if r.job.cc == a.cc]
-        print(f"{a.name}: {len(mine)} compilations, {sum(1 for r in mine if r.error)} errors, "
-              f"{sum(1 for r in mine if r.local)} with spills, max regs {max((r.regs for r in mine), default=0)}, "
-              f"{sum(1 for r in mine if r.scalar16)} with 2-byte scalar global accesses")
+        print(
+            f"{a.name}: {len(mine)} compilations, {sum(1 for r in mine if r.error)} errors, "
+            f"{sum(1 for r in mine if r.local)} with spills, max regs {max((r.regs for r in mine), default=0)}, "
+            f"{sum(1 for r in mine if r.scalar16)} with 2-byte scalar global accesses"
+        )
     fails = aot.failures(results, launched, archs)
     total = time.perf_counter() - t0
     if fails:

@@ -41,10 +41,26 @@ SLOWED = "test_slowable"
 def run_suite(suite: Path, out: Path, slowdown: float, extra: list[str]) -> float:
     """One `attnbench run` in a fresh process; returns its wall time in seconds."""
     plugin = REPO / "tests" / "plugins" / "slowable.py"
-    cmd = [sys.executable, "-m", "attnbench", "run", str(suite), "--out", str(out), "--no-progress",
-           "--set", f"plugins=[{plugin}]",
-           "--set", f"mechanisms=[softmax_eager, softmax_sdpa, softmax_flash, rala_eager, {SLOWED}]",
-           "--set", "metrics=[latency]", "--set", "verify=false", "--set", "device=cpu"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "attnbench",
+        "run",
+        str(suite),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        f"plugins=[{plugin}]",
+        "--set",
+        f"mechanisms=[softmax_eager, softmax_sdpa, softmax_flash, rala_eager, {SLOWED}]",
+        "--set",
+        "metrics=[latency]",
+        "--set",
+        "verify=false",
+        "--set",
+        "device=cpu",
+    ]
     for assignment in extra:
         cmd += ["--set", assignment]
     env = dict(os.environ, ATTNBENCH_TEST_SLOWDOWN=str(slowdown), PYTHONPATH=str(REPO))
@@ -58,8 +74,13 @@ def run_suite(suite: Path, out: Path, slowdown: float, extra: list[str]) -> floa
 def judge(a: Path, b: Path) -> dict:
     result = gate(a, b)
     named = {c.name.split(" ")[0] for c in result.regressions}
-    return {"failed": result.exit_code == 1, "caught": SLOWED in named, "other": bool(named - {SLOWED}),
-            "named": sorted(named), "slowed_change": _median_change(result)}  # fmt: skip
+    return {
+        "failed": result.exit_code == 1,
+        "caught": SLOWED in named,
+        "other": bool(named - {SLOWED}),
+        "named": sorted(named),
+        "slowed_change": _median_change(result),
+    }
 
 
 def _median_change(result) -> float | None:
@@ -67,43 +88,68 @@ def _median_change(result) -> float | None:
     return changes[len(changes) // 2] if changes else None
 
 
-def summarize(outcomes: dict[str, list[dict]], walls: list[float], loads: list[float], noise: list[float],
-              work: Path, table: str | None) -> None:  # fmt: skip
+def summarize(
+    outcomes: dict[str, list[dict]],
+    walls: list[float],
+    loads: list[float],
+    noise: list[float],
+    work: Path,
+    table: str | None,
+) -> None:
     rows = []
     for kind, found in outcomes.items():
         n = len(found)
         changes = sorted(o["slowed_change"] for o in found if o["slowed_change"] is not None)
-        rows.append({
-            "pairs": kind, "n": n, "gate_failed": sum(o["failed"] for o in found),
-            "slowed_caught": sum(o["caught"] for o in found) if kind != "A/A" else "",
-            "other_named": sum(o["other"] for o in found),
-            "median_measured_change_of_slowed": f"{changes[len(changes) // 2]:+.1%}" if changes else "",
-        })  # fmt: skip
+        rows.append(
+            {
+                "pairs": kind,
+                "n": n,
+                "gate_failed": sum(o["failed"] for o in found),
+                "slowed_caught": sum(o["caught"] for o in found) if kind != "A/A" else "",
+                "other_named": sum(o["other"] for o in found),
+                "median_measured_change_of_slowed": f"{changes[len(changes) // 2]:+.1%}" if changes else "",
+            }
+        )
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
     from attnbench.measure.env import fingerprint
 
     fp = fingerprint("cpu")
-    machine = (f"{fp.get('cpu_model') or platform.machine()}, {os.cpu_count()} cores, "
-               f"{fp.get('memory_bytes', 0) / 2**30:.0f} GiB, torch {fp.get('versions', {}).get('torch')}")
+    machine = (
+        f"{fp.get('cpu_model') or platform.machine()}, {os.cpu_count()} cores, "
+        f"{fp.get('memory_bytes', 0) / 2**30:.0f} GiB, torch {fp.get('versions', {}).get('torch')}"
+    )
     median_wall = sorted(walls)[len(walls) // 2] if walls else float("nan")
     loads = loads or [float("nan")]
     host = f"{sorted(noise)[len(noise) // 2]:.3f}" if noise else "nan"  # median over pairs
-    print(f"\nmachine: {machine}; date {stamp}; runs: {len(walls)}, median wall {median_wall:.1f} s per run; "
-          f"load average before a run: max {max(loads):.2f}; host timing noise (log-sd of 0.25 s window medians of "
-          f"a tiny op, median over pairs; attnbench env --stability): {host}; work folder {work}")  # fmt: skip
+    print(
+        f"\nmachine: {machine}; date {stamp}; runs: {len(walls)}, median wall {median_wall:.1f} s per run; "
+        f"load average before a run: max {max(loads):.2f}; host timing noise (log-sd of 0.25 s window medians of "
+        f"a tiny op, median over pairs; attnbench env --stability): {host}; work folder {work}"
+    )
     print("| pairs | n | gate failed | test_slowable caught | another mechanism named | measured change |")
     print("|:--|--:|--:|--:|--:|--:|")
     for r in rows:
-        print(f"| {r['pairs']} | {r['n']} | {r['gate_failed']} | {r['slowed_caught']} | {r['other_named']} | "
-              f"{r['median_measured_change_of_slowed']} |")  # fmt: skip
+        print(
+            f"| {r['pairs']} | {r['n']} | {r['gate_failed']} | {r['slowed_caught']} | {r['other_named']} | "
+            f"{r['median_measured_change_of_slowed']} |"
+        )
     if table:
         with open(table, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=[*rows[0], "machine", "date", "median_run_wall_s",
-                                                    "max_load_1m", "host_log_sd"])  # fmt: skip
+            writer = csv.DictWriter(
+                fh, fieldnames=[*rows[0], "machine", "date", "median_run_wall_s", "max_load_1m", "host_log_sd"]
+            )
             writer.writeheader()
             for r in rows:
-                writer.writerow(r | {"machine": machine, "date": stamp, "median_run_wall_s": f"{median_wall:.1f}",
-                                     "max_load_1m": f"{max(loads):.2f}", "host_log_sd": host})  # fmt: skip
+                writer.writerow(
+                    r
+                    | {
+                        "machine": machine,
+                        "date": stamp,
+                        "median_run_wall_s": f"{median_wall:.1f}",
+                        "max_load_1m": f"{max(loads):.2f}",
+                        "host_log_sd": host,
+                    }
+                )
         print(f"wrote {table}")
 
 
@@ -116,8 +162,11 @@ def main() -> int:
     p.add_argument("--table", help="write the summary CSV here (e.g. results/gate-calibration-cpu.csv)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra suite override")
     p.add_argument("--stop-after-s", type=float, help="start no new pair after this many seconds (table says n)")
-    p.add_argument("--rejudge", action="store_true",
-                   help="measure nothing: gate the runs already in --work again (e.g. after a change to the gate)")
+    p.add_argument(
+        "--rejudge",
+        action="store_true",
+        help="measure nothing: gate the runs already in --work again (e.g. after a change to the gate)",
+    )
     args = p.parse_args()
 
     work = Path(args.work or tempfile.mkdtemp(prefix="gate-calibration-"))

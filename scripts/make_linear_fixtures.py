@@ -72,7 +72,7 @@ def _stub(name: str, **attrs) -> types.ModuleType:
             module.__path__ = []  # a package, so children can be registered
             sys.modules[sub] = module
             if i > 1:
-                setattr(sys.modules[".".join(parts[:i - 1])], parts[i - 1], module)
+                setattr(sys.modules[".".join(parts[: i - 1])], parts[i - 1], module)
             print(f"  stub module {sub}")
     module = sys.modules[name]
     for key, value in attrs.items():
@@ -194,8 +194,9 @@ def nystromformer(module_file, grid, heads):
     q, k, v = lf.qkv("nystromformer", grid, heads)
     d = lf.HEAD_DIM
     # dim = d so that their scale sqrt(dim / heads) is sqrt(d); qkv then replaced by an identity on [q, k, v]
-    layer = module_file.NysAttention(d, num_heads=1, in_dim=d, qkv_bias=False, num_landmarks=64,
-                                     kernel_size=0, init_option="exact").double()  # fmt: skip
+    layer = module_file.NysAttention(
+        d, num_heads=1, in_dim=d, qkv_bias=False, num_landmarks=64, kernel_size=0, init_option="exact"
+    ).double()
     layer.qkv = nn.Linear(3 * d, 3 * d, bias=False).double()
     identity_(layer.qkv)
     identity_(layer.proj)
@@ -277,8 +278,7 @@ def linear_elu(path: str):
 def linear_relu(path: str):
     _stub("efficientvit.models.nn.act", build_act=None)
     _stub("efficientvit.models.nn.norm", build_norm=None)
-    _stub("efficientvit.models.utils", get_same_padding=None, list_sum=None, resize=None, val2list=None,
-          val2tuple=None)  # fmt: skip
+    _stub("efficientvit.models.utils", get_same_padding=None, list_sum=None, resize=None, val2list=None, val2tuple=None)
     module_file = load_file(path, "efficientvit_ops")
 
     def run(_, grid, heads):
@@ -321,8 +321,13 @@ def load_upstream(name: str, path: str):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--src", action="append", default=[], metavar="MECHANISM=PATH",
-                        help="the authors' file for one mechanism (repeat)")  # fmt: skip
+    parser.add_argument(
+        "--src",
+        action="append",
+        default=[],
+        metavar="MECHANISM=PATH",
+        help="the authors' file for one mechanism (repeat)",
+    )
     parser.add_argument("--out", default=str(lf.FIXTURE_DIR))
     args = parser.parse_args(argv)
     torch.set_default_dtype(torch.float32)

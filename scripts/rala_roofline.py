@@ -47,12 +47,18 @@ def main(argv=None) -> int:
     launches, s = forward_estimate(a.batch, a.heads, n, a.head_dim, dtype, dev, rope_tables=a.mixer)
     tokens = a.batch * a.heads * n
     plan = s["plan"]
-    print(f"rala_triton forward roofline (ESTIMATE, not a measurement): {dev.name}, sm_{dev.cc}, {dev.sms} SMs, "
-          f"copy {dev.copy_gbps:.0f} GB/s{' (given)' if a.copy_gbps else ' (assumed)'}")
-    print(f"  shape            B={a.batch} h={a.heads} N={n} d={a.head_dim} {a.dtype} "
-          f"{'mixer (RoPE tables)' if a.mixer else 'op (in-kernel RoPE)'}")
-    print(f"  plan             BLOCK_N={plan.block_n} d-block={2 * plan.pb} splits={plan.splits} "
-          f"blocks/split={plan.bps} warps={plan.num_warps} value columns/program of pass (b)={plan.vb}")
+    print(
+        f"rala_triton forward roofline (ESTIMATE, not a measurement): {dev.name}, sm_{dev.cc}, {dev.sms} SMs, "
+        f"copy {dev.copy_gbps:.0f} GB/s{' (given)' if a.copy_gbps else ' (assumed)'}"
+    )
+    print(
+        f"  shape            B={a.batch} h={a.heads} N={n} d={a.head_dim} {a.dtype} "
+        f"{'mixer (RoPE tables)' if a.mixer else 'op (in-kernel RoPE)'}"
+    )
+    print(
+        f"  plan             BLOCK_N={plan.block_n} d-block={2 * plan.pb} splits={plan.splits} "
+        f"blocks/split={plan.bps} warps={plan.num_warps} value columns/program of pass (b)={plan.vb}"
+    )
     print(f"  {'launch':15s} {'programs':>8s} {'B/token':>8s} {'L2 B/tok':>8s} {'MUFU/tok':>8s} {'est us':>7s}  bound")
     for x in launches:
         bpt, mpt = x.per_token(tokens)
@@ -60,17 +66,23 @@ def main(argv=None) -> int:
         print(f"  {x.kernel:15s} {x.programs:8d} {bpt:8.1f} {l2t:8.1f} {mpt:8.1f} {x.us:7.1f}  {x.bound}")
     print(f"  minimum bytes    {s['min_bytes'] / 1e6:.1f} MB (q twice, k, v, out), copy time {s['copy_us']:.1f} us")
     extra = 100 * s["partial_traffic_frac"]
-    print(f"  kernel bytes     {s['hbm_bytes'] / 1e6:.1f} MB (+{extra:.1f} % over the minimum: "
-          f"split states {100 * s['state_traffic_frac']:.1f} % written and read back from L2, "
-          f"{100 * s['state_traffic_frac_if_read_from_hbm']:.1f} % if read from HBM; qbar partials)")
+    print(
+        f"  kernel bytes     {s['hbm_bytes'] / 1e6:.1f} MB (+{extra:.1f} % over the minimum: "
+        f"split states {100 * s['state_traffic_frac']:.1f} % written and read back from L2, "
+        f"{100 * s['state_traffic_frac_if_read_from_hbm']:.1f} % if read from HBM; qbar partials)"
+    )
     print(f"  MUFU per token   {s['mufu_per_token']:.0f}")
-    print(f"  estimate         {s['est_us']:.1f} us -> {100 * s['frac_bandwidth']:.0f} % of copy bandwidth "
-          f"(frac_bandwidth)")
+    print(
+        f"  estimate         {s['est_us']:.1f} us -> {100 * s['frac_bandwidth']:.0f} % of copy bandwidth "
+        f"(frac_bandwidth)"
+    )
     r = rope_choice(a.head_dim, dtype, dev)
-    print(f"  RoPE, per token of pass (b): HBM {r['hbm_ps']:.0f} ps; in-kernel sin/cos {r['sincos_mufu_ps']:.0f} ps "
-          f"of MUFU (all MUFU {r['all_mufu_ps']:.0f} ps); (N, d/2) fp32 tables: +{r['table_bytes_per_token']} B "
-          f"of L2 reads, L2 {r['l2_ps_without_tables']:.0f} -> {r['l2_ps_with_tables']:.0f} ps at "
-          f"{dev.l2_gbps:.0f} GB/s (assumed); tables pay off above {r['breakeven_l2_gbps']:.0f} GB/s of L2")
+    print(
+        f"  RoPE, per token of pass (b): HBM {r['hbm_ps']:.0f} ps; in-kernel sin/cos {r['sincos_mufu_ps']:.0f} ps "
+        f"of MUFU (all MUFU {r['all_mufu_ps']:.0f} ps); (N, d/2) fp32 tables: +{r['table_bytes_per_token']} B "
+        f"of L2 reads, L2 {r['l2_ps_without_tables']:.0f} -> {r['l2_ps_with_tables']:.0f} ps at "
+        f"{dev.l2_gbps:.0f} GB/s (assumed); tables pay off above {r['breakeven_l2_gbps']:.0f} GB/s of L2"
+    )
     return 0
 
 

@@ -24,8 +24,19 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
-COLUMNS = ["batch", "heads", "tokens", "head_dim", "dtype", "splits", "planner_choice", "fwd_ms", "bwd_ms",
-           "state_traffic_fwd", "state_traffic_bwd"]
+COLUMNS = [
+    "batch",
+    "heads",
+    "tokens",
+    "head_dim",
+    "dtype",
+    "splits",
+    "planner_choice",
+    "fwd_ms",
+    "bwd_ms",
+    "state_traffic_fwd",
+    "state_traffic_bwd",
+]
 
 
 def _ints(text: str, what: str, count: int | None = None) -> list[int]:
@@ -57,8 +68,10 @@ def main(argv=None) -> int:
     if args.dry_run:
         for backward in (False, True):
             plan = plan_launch(b * h, n, d, dtype, torch.device("cpu"), backward=backward, arch=90, sms=132)
-            print(f"{'bwd' if backward else 'fwd'}: planner S={plan.splits} (BLOCK_N {plan.block_n}, "
-                  f"{plan.num_warps} warps); timed S: {sorted(set(wanted) | {plan.splits})}")
+            print(
+                f"{'bwd' if backward else 'fwd'}: planner S={plan.splits} (BLOCK_N {plan.block_n}, "
+                f"{plan.num_warps} warps); timed S: {sorted(set(wanted) | {plan.splits})}"
+            )
         return 0
     if not torch.cuda.is_available() and not interpreting():
         print("rala_splits: needs a CUDA GPU (none here); --dry-run prints the plans", file=sys.stderr)
@@ -87,21 +100,32 @@ def main(argv=None) -> int:
             continue  # more splits than token blocks: clamped to a count already timed
         bwd_plan = plan_launch(b * h, n, d, dtype, dev, backward=True, splits=splits)
         _, ws = rala_forward(q, k, v, grid, plan=fwd_plan)
-        rows.append({
-            "batch": b, "heads": h, "tokens": n, "head_dim": d, "dtype": args.dtype, "splits": fwd_plan.splits,
-            "planner_choice": splits == chosen,
-            "fwd_ms": median_ms(lambda p=fwd_plan: rala_forward(q, k, v, grid, plan=p)),
-            "bwd_ms": median_ms(lambda p=bwd_plan, w=ws: rala_backward(g, q, k, v, grid, None, w, plan=p)),
-            "state_traffic_fwd": state_traffic_fraction(n, d, dtype.itemsize, fwd_plan.splits),
-            "state_traffic_bwd": state_traffic_fraction(n, d, dtype.itemsize, bwd_plan.splits, backward=True),
-        })  # fmt: skip
-    print(f"RALA Triton, B={b} h={h} N={n} ({height}x{width}) d={d} {args.dtype}, "
-          f"{torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'interpreter (untimed)'}")
+        rows.append(
+            {
+                "batch": b,
+                "heads": h,
+                "tokens": n,
+                "head_dim": d,
+                "dtype": args.dtype,
+                "splits": fwd_plan.splits,
+                "planner_choice": splits == chosen,
+                "fwd_ms": median_ms(lambda p=fwd_plan: rala_forward(q, k, v, grid, plan=p)),
+                "bwd_ms": median_ms(lambda p=bwd_plan, w=ws: rala_backward(g, q, k, v, grid, None, w, plan=p)),
+                "state_traffic_fwd": state_traffic_fraction(n, d, dtype.itemsize, fwd_plan.splits),
+                "state_traffic_bwd": state_traffic_fraction(n, d, dtype.itemsize, bwd_plan.splits, backward=True),
+            }
+        )
+    print(
+        f"RALA Triton, B={b} h={h} N={n} ({height}x{width}) d={d} {args.dtype}, "
+        f"{torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'interpreter (untimed)'}"
+    )
     print(f"{'S':>4} {'fwd ms':>9} {'bwd ms':>9} {'state fwd':>10} {'state bwd':>10}")
     for r in rows:
         mark = "  <- planner" if r["planner_choice"] else ""
-        print(f"{r['splits']:>4} {r['fwd_ms']:>9.4f} {r['bwd_ms']:>9.4f} {r['state_traffic_fwd']:>10.1%} "
-              f"{r['state_traffic_bwd']:>10.1%}{mark}")
+        print(
+            f"{r['splits']:>4} {r['fwd_ms']:>9.4f} {r['bwd_ms']:>9.4f} {r['state_traffic_fwd']:>10.1%} "
+            f"{r['state_traffic_bwd']:>10.1%}{mark}"
+        )
     if args.out:
         with open(args.out, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=COLUMNS)

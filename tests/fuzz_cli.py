@@ -46,16 +46,48 @@ BASE_SUITE = {
     "verify": False,
     "metrics": ["flops"],
 }
-KEYS = ["name", "plugins", "mechanisms", "level", "models", "dim", "heads", "resolution", "grid", "batch", "dtype",
-        "pass", "device", "threads", "warmup", "repeats", "timeout_s", "isolation", "verify", "options", "gpu",
-        "metrics", "data", "checkpoints", "flush_l2", "cuda_graphs", "memory_limit_gb", "tf32", "unknown_key"]
+KEYS = [
+    "name",
+    "plugins",
+    "mechanisms",
+    "level",
+    "models",
+    "dim",
+    "heads",
+    "resolution",
+    "grid",
+    "batch",
+    "dtype",
+    "pass",
+    "device",
+    "threads",
+    "warmup",
+    "repeats",
+    "timeout_s",
+    "isolation",
+    "verify",
+    "options",
+    "gpu",
+    "metrics",
+    "data",
+    "checkpoints",
+    "flush_l2",
+    "cuda_graphs",
+    "memory_limit_gb",
+    "tf32",
+    "unknown_key",
+]
 OPTION_TARGETS = {
-    "agent": ["agent_num"], "performer": ["features", "seed"], "nystromformer": ["landmarks", "pinv_iters"],
-    "flatten": ["focusing_factor", "kernel_size"], "polaformer": ["alpha", "kernel_size"],
-    "rala_eager": ["gate", "lepe", "weights"], "softmax_eager": ["bogus"],
+    "agent": ["agent_num"],
+    "performer": ["features", "seed"],
+    "nystromformer": ["landmarks", "pinv_iters"],
+    "flatten": ["focusing_factor", "kernel_size"],
+    "polaformer": ["alpha", "kernel_size"],
+    "rala_eager": ["gate", "lepe", "weights"],
+    "softmax_eager": ["bogus"],
     "ravlt_t": ["checkpoint", "mixer_late", "ema"],
     "nope": ["x"],
-}  # fmt: skip
+}
 
 
 class Hang(BaseException):
@@ -82,12 +114,55 @@ class Tally:
 
 
 def scalar_pool(rng: random.Random):
-    return rng.choice([
-        0, -1, 1, 2, 3, 7, 64, 1_000, 10**9, 10**30, 2**63, -(2**63), 1.5, 0.0, -0.0, float("inf"), float("nan"),
-        -float("inf"), 1e308, 1e-300, True, False, None, "", "x", "a[/]b", "[bold red]x", "[/]", "a" * 100_000,
-        "/abs/path/fz", "../../fz_escape", "fz/../../../up", "name\x00nul", "é✓", "\t", "${HOME}", "~", ".",
-        "..", "family:linear", "family:", "fp32", "cuda", "model", "x" * 300,
-    ])  # fmt: skip
+    return rng.choice(
+        [
+            0,
+            -1,
+            1,
+            2,
+            3,
+            7,
+            64,
+            1_000,
+            10**9,
+            10**30,
+            2**63,
+            -(2**63),
+            1.5,
+            0.0,
+            -0.0,
+            float("inf"),
+            float("nan"),
+            -float("inf"),
+            1e308,
+            1e-300,
+            True,
+            False,
+            None,
+            "",
+            "x",
+            "a[/]b",
+            "[bold red]x",
+            "[/]",
+            "a" * 100_000,
+            "/abs/path/fz",
+            "../../fz_escape",
+            "fz/../../../up",
+            "name\x00nul",
+            "é✓",
+            "\t",
+            "${HOME}",
+            "~",
+            ".",
+            "..",
+            "family:linear",
+            "family:",
+            "fp32",
+            "cuda",
+            "model",
+            "x" * 300,
+        ]
+    )
 
 
 def value_pool(rng: random.Random, depth: int = 0):
@@ -160,13 +235,46 @@ def suite_text(rng: random.Random) -> bytes:
 def set_values(rng: random.Random) -> list[str]:
     out = []
     for _ in range(rng.randrange(1, 4)):
-        key = rng.choice(KEYS + ["repeats.min", "repeats.max", "gpu.batch", "options.performer.features",
-                                 "options.agent.agent_num", "gpu.unknown", "a.b.c", "", "=", "name.x"])  # fmt: skip
-        value = rng.choice([
-            json.dumps(value_pool(rng)), "[1,2", "{a: 1", "&a [*a]", ".inf", ".nan", "1_000", "10**9", "0x10",
-            "a[/]b", "'a[/]b'", '"a[/]b"', "!!python/object:os.system", "[" * 3000 + "]" * 3000, "~", "yes",
-            "2026-01-01", "1e999", "- a\n- b", "{gpu: 5}", "\x00",
-        ])  # fmt: skip
+        key = rng.choice(
+            KEYS
+            + [
+                "repeats.min",
+                "repeats.max",
+                "gpu.batch",
+                "options.performer.features",
+                "options.agent.agent_num",
+                "gpu.unknown",
+                "a.b.c",
+                "",
+                "=",
+                "name.x",
+            ]
+        )
+        value = rng.choice(
+            [
+                json.dumps(value_pool(rng)),
+                "[1,2",
+                "{a: 1",
+                "&a [*a]",
+                ".inf",
+                ".nan",
+                "1_000",
+                "10**9",
+                "0x10",
+                "a[/]b",
+                "'a[/]b'",
+                '"a[/]b"',
+                "!!python/object:os.system",
+                "[" * 3000 + "]" * 3000,
+                "~",
+                "yes",
+                "2026-01-01",
+                "1e999",
+                "- a\n- b",
+                "{gpu: 5}",
+                "\x00",
+            ]
+        )
         out += ["--set", f"{key}={value}" if rng.random() < 0.95 else key]
     return out
 
@@ -187,11 +295,50 @@ def mutate_csv(rng: random.Random, text: str) -> bytes:
     elif choice == 3:  # a second header
         rows.insert(rng.randrange(len(rows) + 1), header)
     elif choice in (4, 5, 6, 7):  # one field replaced by a nasty value
-        col = rng.choice([c for c in ("value", "batch", "height", "width", "tokens", "schema_version", "status",
-                                      "stat", "metric", "mechanism", "level", "dim", "heads", "pass", "case_id",
-                                      "rep") if c in cols])  # fmt: skip
-        val = rng.choice(["nan", "inf", "-inf", "1.5", "1e30", str(10**30), "", "x", "a[/]b", "[bold]x", "-1", "0",
-                          "2", "1e999", "None", "\x00"])  # fmt: skip
+        col = rng.choice(
+            [
+                c
+                for c in (
+                    "value",
+                    "batch",
+                    "height",
+                    "width",
+                    "tokens",
+                    "schema_version",
+                    "status",
+                    "stat",
+                    "metric",
+                    "mechanism",
+                    "level",
+                    "dim",
+                    "heads",
+                    "pass",
+                    "case_id",
+                    "rep",
+                )
+                if c in cols
+            ]
+        )
+        val = rng.choice(
+            [
+                "nan",
+                "inf",
+                "-inf",
+                "1.5",
+                "1e30",
+                str(10**30),
+                "",
+                "x",
+                "a[/]b",
+                "[bold]x",
+                "-1",
+                "0",
+                "2",
+                "1e999",
+                "None",
+                "\x00",
+            ]
+        )
         idx = cols.index(col)
         for _ in range(rng.randrange(1, 4)):
             i = rng.randrange(len(rows))
@@ -319,9 +466,19 @@ def fuzz(workdir: Path, scale: float = 1.0, seed: int = 17, progress: Callable[[
         # a small real run: the source of the results-file mutations
         seed_csv = workdir / "seed.csv"
         seed_suite = workdir / "seed.yaml"
-        seed_suite.write_text(_yaml({**BASE_SUITE, "name": "seed", "mechanisms": ["softmax_eager", "rala_eager"],
-                                     "resolution": [2, 3], "batch": [1, 2], "metrics": ["latency", "flops"],
-                                     "repeats": {"min": 5, "max": 5, "min_time_s": 0}}))  # fmt: skip
+        seed_suite.write_text(
+            _yaml(
+                {
+                    **BASE_SUITE,
+                    "name": "seed",
+                    "mechanisms": ["softmax_eager", "rala_eager"],
+                    "resolution": [2, 3],
+                    "batch": [1, 2],
+                    "metrics": ["latency", "flops"],
+                    "repeats": {"min": 5, "max": 5, "min_time_s": 0},
+                }
+            )
+        )
         with contextlib.redirect_stdout(io.StringIO()):
             assert main(["run", str(seed_suite), "--out", str(seed_csv), "--no-progress"]) == 0
         seed_text = seed_csv.read_text()
@@ -337,9 +494,18 @@ def fuzz(workdir: Path, scale: float = 1.0, seed: int = 17, progress: Callable[[
             if outcome.verdict not in ("ok0", "ok2"):
                 tally.failures.append(outcome)
 
-        n = {k: max(1, int(v * scale)) for k, v in
-             {"suite": 330, "set": 250, "results": 220, "gate": 110, "out": 60, "checkpoint": 8,
-              "argv": 40}.items()}  # fmt: skip
+        n = {
+            k: max(1, int(v * scale))
+            for k, v in {
+                "suite": 330,
+                "set": 250,
+                "results": 220,
+                "gate": 110,
+                "out": 60,
+                "checkpoint": 8,
+                "argv": 40,
+            }.items()
+        }
 
         for i in range(n["suite"]):
             path = workdir / "suites" / f"s{i}.yaml"
@@ -357,25 +523,50 @@ def fuzz(workdir: Path, scale: float = 1.0, seed: int = 17, progress: Callable[[
         base = workdir / "base.yaml"
         base.write_text(_yaml(BASE_SUITE))
         for i in range(n["set"]):
-            record(invoke("set", ["run", str(base), "--dry-run", "--no-progress", "--out",
-                                  str(workdir / "out" / f"set{i}.csv"), *set_values(rng)]))  # fmt: skip
+            record(
+                invoke(
+                    "set",
+                    [
+                        "run",
+                        str(base),
+                        "--dry-run",
+                        "--no-progress",
+                        "--out",
+                        str(workdir / "out" / f"set{i}.csv"),
+                        *set_values(rng),
+                    ],
+                )
+            )
         for i in range(n["results"]):
             d = workdir / "res" / str(i)
             d.mkdir(parents=True, exist_ok=True)
             path = d / "r.csv"
             path.write_bytes(mutate_csv(rng, seed_text))
             if rng.random() < 0.5:
-                (d / "r.samples.csv").write_bytes(mutate_csv(rng, samples_text) if rng.random() < 0.5
-                                                  else samples_text.encode())  # fmt: skip
+                (d / "r.samples.csv").write_bytes(
+                    mutate_csv(rng, samples_text) if rng.random() < 0.5 else samples_text.encode()
+                )
             cmd = rng.choice(["report", "report_md", "report_x", "compare", "gate"])
             if cmd == "report":
                 argv = ["report", str(path)]
             elif cmd == "report_md":
-                argv = ["report", str(path), "--format", rng.choice(["md", "latex", "csv"]), "--baseline",
-                        rng.choice(["softmax_eager", "rala_eager", "nope", "a[/]b"])]  # fmt: skip
+                argv = [
+                    "report",
+                    str(path),
+                    "--format",
+                    rng.choice(["md", "latex", "csv"]),
+                    "--baseline",
+                    rng.choice(["softmax_eager", "rala_eager", "nope", "a[/]b"]),
+                ]
             elif cmd == "report_x":
-                a, b = rng.choice([("softmax_eager", "rala_eager"), ("softmax_eager", "softmax_eager"),
-                                   ("x", "x"), ("a[/]b", "rala_eager")])  # fmt: skip
+                a, b = rng.choice(
+                    [
+                        ("softmax_eager", "rala_eager"),
+                        ("softmax_eager", "softmax_eager"),
+                        ("x", "x"),
+                        ("a[/]b", "rala_eager"),
+                    ]
+                )
                 argv = ["report", str(path), "--crossover", a, b, "--min-tokens", str(rng.choice([0, 4, -1, 10**9]))]
             elif cmd == "compare":
                 argv = ["compare", str(seed_csv), str(path)]
@@ -402,21 +593,50 @@ def fuzz(workdir: Path, scale: float = 1.0, seed: int = 17, progress: Callable[[
                     rows[j] = ",".join(parts) + "\n"
                 (d / "a.samples.csv").write_text(samples_text)
                 (d / "b.samples.csv").write_text("".join(rows))
-            extra = rng.choice([[], ["--threshold", rng.choice(["5%", "x", "-1", "nan", "1e999%", "150"])],
-                                ["--alpha", rng.choice(["0.05", "2", "nan"])], ["--metric", "a[/]b"]])  # fmt: skip
+            extra = rng.choice(
+                [
+                    [],
+                    ["--threshold", rng.choice(["5%", "x", "-1", "nan", "1e999%", "150"])],
+                    ["--alpha", rng.choice(["0.05", "2", "nan"])],
+                    ["--metric", "a[/]b"],
+                ]
+            )
             record(invoke("gate", ["gate", str(a), str(b), *extra]))
         for i in range(n["out"]):
-            name = rng.choice([
-                "x" * 300 + ".csv", "a\x00b.csv", "dir.csv/", "noext", "ok.csv", "sub/deeper/ok.csv",
-                "../outside/esc.csv", "[bold]x.csv", "ok.CSV", "a" * 5000, "", " ", "-", ".csv", "x.env.json",
-                "blocked.csv",
-            ])  # fmt: skip
+            name = rng.choice(
+                [
+                    "x" * 300 + ".csv",
+                    "a\x00b.csv",
+                    "dir.csv/",
+                    "noext",
+                    "ok.csv",
+                    "sub/deeper/ok.csv",
+                    "../outside/esc.csv",
+                    "[bold]x.csv",
+                    "ok.CSV",
+                    "a" * 5000,
+                    "",
+                    " ",
+                    "-",
+                    ".csv",
+                    "x.env.json",
+                    "blocked.csv",
+                ]
+            )
             d = workdir / "outs" / str(i)
             d.mkdir(parents=True, exist_ok=True)
             (d / "blocked.env.json").mkdir(exist_ok=True)  # a directory where FILE.env.json should go
             suite = d / "s.yaml"
-            suite.write_text(_yaml({**BASE_SUITE, "name": rng.choice(["fz", "/abs/path/fz", "../../fz_escape",
-                                                                      "a[/]b", "fz/../../../up", "x" * 400])}))
+            suite.write_text(
+                _yaml(
+                    {
+                        **BASE_SUITE,
+                        "name": rng.choice(
+                            ["fz", "/abs/path/fz", "../../fz_escape", "a[/]b", "fz/../../../up", "x" * 400]
+                        ),
+                    }
+                )
+            )
             argv = ["run", str(suite), "--no-progress"]
             if name or rng.random() < 0.5:
                 argv += ["--out", str(d / name) if name not in ("", " ", "-") else name]
@@ -428,9 +648,20 @@ def fuzz(workdir: Path, scale: float = 1.0, seed: int = 17, progress: Callable[[
         torch_ckpts = _checkpoints(workdir / "ckpt", rng, n["checkpoint"])
         for j, (path, model, good) in enumerate(torch_ckpts):
             suite = workdir / "ckpt" / f"s{j}.yaml"
-            suite.write_text(_yaml({**BASE_SUITE, "name": "ck", "level": "model", "models": [model],
-                                    "resolution": 32, "metrics": ["flops"], "batch": 1,
-                                    "options": {model: {"checkpoint": str(path)}}}))  # fmt: skip
+            suite.write_text(
+                _yaml(
+                    {
+                        **BASE_SUITE,
+                        "name": "ck",
+                        "level": "model",
+                        "models": [model],
+                        "resolution": 32,
+                        "metrics": ["flops"],
+                        "batch": 1,
+                        "options": {model: {"checkpoint": str(path)}},
+                    }
+                )
+            )
             out_csv = workdir / "ckpt" / f"s{j}.csv"
             outcome = invoke("checkpoint", ["run", str(suite), "--no-progress", "--out", str(out_csv)])
             if outcome.verdict == "ok0":  # bad weights must be an error row, never a measurement
@@ -442,10 +673,15 @@ def fuzz(workdir: Path, scale: float = 1.0, seed: int = 17, progress: Callable[[
             record(outcome)
         shutil.rmtree(workdir / "ckpt", ignore_errors=True)
         # cases that would run far past timeout_s in-process: refused by prediction, within the limit
-        for j, over in enumerate([{"resolution": 1_000, "mechanisms": ["softmax_sdpa"]}, {"resolution": 1_000},
-                                  {"resolution": 1_000, "batch": 64, "mechanisms": ["softmax_sdpa"]},
-                                  {"mechanisms": ["performer"], "options": {"performer": {"features": 10**9}},
-                                   "resolution": 64}, {"grid": [[4, 30_000]], "resolution": 2}]):  # fmt: skip
+        for j, over in enumerate(
+            [
+                {"resolution": 1_000, "mechanisms": ["softmax_sdpa"]},
+                {"resolution": 1_000},
+                {"resolution": 1_000, "batch": 64, "mechanisms": ["softmax_sdpa"]},
+                {"mechanisms": ["performer"], "options": {"performer": {"features": 10**9}}, "resolution": 64},
+                {"grid": [[4, 30_000]], "resolution": 2},
+            ]
+        ):
             suite = workdir / f"slow{j}.yaml"
             suite.write_text(_yaml({**BASE_SUITE, "name": "slow", "metrics": ["latency"], "timeout_s": 5, **over}))
             out_csv = workdir / f"slow{j}.csv"
@@ -458,15 +694,21 @@ def fuzz(workdir: Path, scale: float = 1.0, seed: int = 17, progress: Callable[[
                     outcome.verdict, outcome.detail = "bad_output", f"nothing refused: {set(df['status'])}"
             record(outcome)
         for _ in range(n["argv"]):
-            argv = rng.choice([
-                ["list", "--family", rng.choice(["nope", "a[/]b", "linear", "[bold]x"])],
-                ["list", "--device", rng.choice(["cpu", "tpu", "a[/]b"])],
-                ["list", "--plugin", rng.choice(["nope_module", "/missing.py", "a[/]b", str(workdir)])],
-                ["env", "--device", rng.choice(["cpu", "gpu5", "[/]"])],
-                ["report"], ["gate", "a"], ["run"], ["bogus"], ["--debug"],
-                ["report", str(seed_csv), "--min-tokens", rng.choice(["x", "-5", "1e3"])],
-                ["compare", str(seed_csv), str(seed_csv), "--metric", rng.choice(["latency", "nope", "a[/]b"])],
-            ])  # fmt: skip
+            argv = rng.choice(
+                [
+                    ["list", "--family", rng.choice(["nope", "a[/]b", "linear", "[bold]x"])],
+                    ["list", "--device", rng.choice(["cpu", "tpu", "a[/]b"])],
+                    ["list", "--plugin", rng.choice(["nope_module", "/missing.py", "a[/]b", str(workdir)])],
+                    ["env", "--device", rng.choice(["cpu", "gpu5", "[/]"])],
+                    ["report"],
+                    ["gate", "a"],
+                    ["run"],
+                    ["bogus"],
+                    ["--debug"],
+                    ["report", str(seed_csv), "--min-tokens", rng.choice(["x", "-5", "1e3"])],
+                    ["compare", str(seed_csv), str(seed_csv), "--metric", rng.choice(["latency", "nope", "a[/]b"])],
+                ]
+            )
             record(invoke("argv", argv))
         del np
     finally:
@@ -503,8 +745,10 @@ def _checkpoints(d: Path, rng: random.Random, n: int) -> list[tuple[Path | str, 
         elif kind == 0:
             torch.save({"model": sd}, path)
         elif kind == 1:
-            torch.save({"model": {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
-                                  for k, v in sd.items()}}, path)  # fmt: skip
+            torch.save(
+                {"model": {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in sd.items()}},
+                path,
+            )
         elif kind == 2:
             torch.save({k: v.to(torch.int64) for k, v in sd.items()}, path)
         elif kind == 3:

@@ -16,8 +16,7 @@ FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures" / "linear"
 HEAD_DIM = 8
 BATCH = 1
 CASES = [((14, 14), 1), ((14, 14), 4), ((16, 16), 1), ((16, 16), 4)]  # (grid, heads): N = 196, 256
-SPECIAL = ("scale", "power", "positional_encoding", "an_bias", "na_bias", "ah_bias", "aw_bias", "ha_bias",
-           "wa_bias")  # fmt: skip
+SPECIAL = ("scale", "power", "positional_encoding", "an_bias", "na_bias", "ah_bias", "aw_bias", "ha_bias", "wa_bias")
 
 
 def case_key(grid: tuple[int, int], heads: int) -> str:

@@ -13,14 +13,49 @@ from attnbench import analysis, results, stats
 N = np.array([49, 196, 784, 3136, 12544], dtype=float)  # 7x7 .. 112x112
 
 
-def case_rows(mech: str, h: int, median: float | None, *, p20: float | None = None, p80: float | None = None,
-              level: str = "op", pass_: str = "fwd", batch: int = 1, device: str = "cpu", status: str = "ok",
-              memory: float | None = None, variant: str = "") -> list[dict]:  # fmt: skip
+def case_rows(
+    mech: str,
+    h: int,
+    median: float | None,
+    *,
+    p20: float | None = None,
+    p80: float | None = None,
+    level: str = "op",
+    pass_: str = "fwd",
+    batch: int = 1,
+    device: str = "cpu",
+    status: str = "ok",
+    memory: float | None = None,
+    variant: str = "",
+) -> list[dict]:
     """Result rows of one square-grid case (the runner's columns; case_id from the identity)."""
-    base = dict(schema_version=1, run_id="r", suite="synthetic", mechanism=mech, family=mech.split("_")[0],
-                backend="torch", level=level, variant=variant, device=device, dtype="fp32", batch=batch, height=h,
-                width=h, tokens=h * h, heads=1, head_dim=64, dim=64, source="measured", note="", env_id="e1",
-                message="", started_at="2025-01-01T00:00:00", status=status, unit="ms", metric="latency")  # fmt: skip
+    base = dict(
+        schema_version=1,
+        run_id="r",
+        suite="synthetic",
+        mechanism=mech,
+        family=mech.split("_")[0],
+        backend="torch",
+        level=level,
+        variant=variant,
+        device=device,
+        dtype="fp32",
+        batch=batch,
+        height=h,
+        width=h,
+        tokens=h * h,
+        heads=1,
+        head_dim=64,
+        dim=64,
+        source="measured",
+        note="",
+        env_id="e1",
+        message="",
+        started_at="2025-01-01T00:00:00",
+        status=status,
+        unit="ms",
+        metric="latency",
+    )
     base["pass"] = pass_
     base["case_id"] = f"{mech}-{level}-{variant}-{pass_}-{device}-{batch}-{h}"
     if status != "ok" or median is None:
@@ -67,8 +102,9 @@ def test_crossovers_per_group(tmp_path):
     for n_side in (7, 14, 28, 56, 112):
         n = n_side * n_side
         rows += case_rows("linear_x", n_side, a * n) + case_rows("quad_y", n_side, b * n * n)
-        rows += case_rows("linear_x", n_side, 1e-6 * n, pass_="fwd_bwd") + case_rows("quad_y", n_side, b * n * n,
-                                                                                      pass_="fwd_bwd")  # fmt: skip
+        rows += case_rows("linear_x", n_side, 1e-6 * n, pass_="fwd_bwd") + case_rows(
+            "quad_y", n_side, b * n * n, pass_="fwd_bwd"
+        )
     rows += case_rows("linear_x", 14, 1.0, batch=8) + case_rows("quad_y", 14, 2.0, batch=8)
     rows += case_rows("quad_y", 28, None, status="oom", batch=8)
     cross = analysis.crossovers(frame(rows, tmp_path), "linear_x", "quad_y")
@@ -140,10 +176,15 @@ def test_pareto_front_prefers_measured_accuracy(tmp_path):
         (row,) = case_rows("rala_eager", 224, 1.0, level="model", variant=variant, batch=64)[:1]
         return dict(row, metric=metric, value=value, source=source, stat=stat, unit="")
 
-    rows = [model_rows("t", "top1", 82.8, "reported"), model_rows("t", "top1", 82.5),
-            model_rows("s", "top1", 84.4, "reported"), model_rows("b", "top1", 84.0, "reported"),
-            model_rows("t", "latency", 10.0, stat="median"), model_rows("s", "latency", 20.0, stat="median"),
-            model_rows("b", "latency", 40.0, stat="median")]  # fmt: skip
+    rows = [
+        model_rows("t", "top1", 82.8, "reported"),
+        model_rows("t", "top1", 82.5),
+        model_rows("s", "top1", 84.4, "reported"),
+        model_rows("b", "top1", 84.0, "reported"),
+        model_rows("t", "latency", 10.0, stat="median"),
+        model_rows("s", "latency", 20.0, stat="median"),
+        model_rows("b", "latency", 40.0, stat="median"),
+    ]
     front = analysis.pareto_front(frame(rows, tmp_path), "latency")
     got = {r["variant"]: (r["accuracy"], r["accuracy_source"], r["on_front"]) for _, r in front.iterrows()}
     assert got == {"t": (82.5, "measured", True), "s": (84.4, "reported", True), "b": (84.0, "reported", False)}
@@ -164,9 +205,12 @@ def test_speedup_band_and_bootstrap(tmp_path):
 
     rng = np.random.default_rng(1)
     samples = pd.DataFrame(
-        [{"case_id": f"{m}-op--fwd-cpu-1-14", "metric": "latency", "rep": i, "value": v}
-         for m, med in (("base_m", 2.0), ("fast_m", 1.0)) for i, v in enumerate(med * rng.uniform(0.95, 1.05, 41))]
-    )  # fmt: skip
+        [
+            {"case_id": f"{m}-op--fwd-cpu-1-14", "metric": "latency", "rep": i, "value": v}
+            for m, med in (("base_m", 2.0), ("fast_m", 1.0))
+            for i, v in enumerate(med * rng.uniform(0.95, 1.05, 41))
+        ]
+    )
     boot = analysis.speedup(df, "base_m", samples=samples).set_index("mechanism")
     assert boot.at["fast_m", "interval"] == "95% bootstrap CI"
     assert boot.at["fast_m", "low"] < 2.0 < boot.at["fast_m", "high"]

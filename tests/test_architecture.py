@@ -11,8 +11,15 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "attnbench"
-RUN_PATH = ["attnbench/runner.py", "attnbench/execute.py", "attnbench/isolation.py", "attnbench/predict.py",
-            "attnbench/verify.py", "attnbench/metrics", "attnbench/workloads"]  # fmt: skip
+RUN_PATH = [
+    "attnbench/runner.py",
+    "attnbench/execute.py",
+    "attnbench/isolation.py",
+    "attnbench/predict.py",
+    "attnbench/verify.py",
+    "attnbench/metrics",
+    "attnbench/workloads",
+]
 MAX_LINES = 400
 
 
@@ -34,7 +41,7 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = (package[: len(package) - node.level + 1] if node.level else [])
+            base = package[: len(package) - node.level + 1] if node.level else []
             module = ".".join(base + ([node.module] if node.module else []))
             targets = [module] + [f"{module}.{alias.name}" for alias in node.names]
         elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module":

@@ -15,8 +15,15 @@ from attnbench.models import RAVLT, load_checkpoint
 from attnbench.models.checkpoint import check_state_dict
 from attnbench.models.counting import meta_model
 
-TINY = dict(embed_dims=(16, 32, 32, 32), depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 2), num_classes=5,
-            projection=64, layerscales=(True,) * 4, layer_init_values=(1.0,) * 4)  # fmt: skip
+TINY = dict(
+    embed_dims=(16, 32, 32, 32),
+    depths=(1, 1, 1, 1),
+    num_heads=(1, 2, 2, 2),
+    num_classes=5,
+    projection=64,
+    layerscales=(True,) * 4,
+    layer_init_values=(1.0,) * 4,
+)
 
 
 def tiny(seed: int) -> RAVLT:
@@ -40,11 +47,25 @@ def deit_checkpoint(with_ema: bool = True) -> tuple[dict, dict, dict]:
         "optimizer": opt.state_dict(),
         "lr_scheduler": {"t_initial": 300, "lr_min": 1e-5, "base_values": [1e-3], "noise_range_t": None},
         "epoch": 299,
-        "scaler": {"scale": 65536.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
-                   "_growth_tracker": 17},
-        "args": argparse.Namespace(model="RAVLT_T", batch_size=128, lr=1e-3, drop_path=0.1, input_size=224,
-                                   model_ema=True, data_path="/data/imagenet", resume="", dist_eval=True),
-    }  # fmt: skip
+        "scaler": {
+            "scale": 65536.0,
+            "growth_factor": 2.0,
+            "backoff_factor": 0.5,
+            "growth_interval": 2000,
+            "_growth_tracker": 17,
+        },
+        "args": argparse.Namespace(
+            model="RAVLT_T",
+            batch_size=128,
+            lr=1e-3,
+            drop_path=0.1,
+            input_size=224,
+            model_ema=True,
+            data_path="/data/imagenet",
+            resume="",
+            dist_eval=True,
+        ),
+    }
     if with_ema:
         ckpt["model_ema"] = ema
     return ckpt, sd, ema
@@ -156,8 +177,13 @@ def test_truncated_and_garbage_files(tmp_path):
     blobs = []
     for seed in range(20):  # random bytes hit many unpickler paths (IndexError, KeyError, EOFError, ...)
         blob = tmp_path / f"garbage{seed}.pth"
-        blob.write_bytes(bytes(torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(seed),
-                                             dtype=torch.uint8).tolist()))  # fmt: skip
+        blob.write_bytes(
+            bytes(
+                torch.randint(
+                    0, 256, (4096,), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8
+                ).tolist()
+            )
+        )
         blobs.append(blob)
     for bad in (cut, *blobs):
         with pytest.raises(CheckpointError) as exc:

@@ -24,8 +24,9 @@ PLUGIN = REPO / "tests" / "plugins" / "faulty.py"
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "attnbench", *args], capture_output=True, text=True, cwd=REPO,
-                          env=full_env, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "attnbench", *args], capture_output=True, text=True, cwd=REPO, env=full_env, timeout=300
+    )
 
 
 def write_suite(tmp_path: Path, body: str) -> Path:
@@ -36,8 +37,9 @@ def write_suite(tmp_path: Path, body: str) -> Path:
 
 def test_smoke_suite_writes_four_files_with_schema(tmp_path):
     out = tmp_path / "smoke.csv"
-    proc = run_cli("run", "suites/smoke.yaml", "--out", str(out), "--no-progress", "--set", "device=cpu",
-                   "--rounds", "2")  # fmt: skip
+    proc = run_cli(
+        "run", "suites/smoke.yaml", "--out", str(out), "--no-progress", "--set", "device=cpu", "--rounds", "2"
+    )
     assert proc.returncode == 0, proc.stderr
     assert "latency ms" in proc.stdout and "cases:" in proc.stdout
     for kind in ("env.json", "suite.yaml", "samples.csv"):
@@ -66,7 +68,9 @@ def test_smoke_suite_writes_four_files_with_schema(tmp_path):
 
 
 def test_faults_become_rows_and_interrupt_resumes_exactly_once(tmp_path):
-    suite = write_suite(tmp_path, f"""\
+    suite = write_suite(
+        tmp_path,
+        f"""\
         name: faults
         plugins: [{PLUGIN}]
         mechanisms: [softmax_eager, test_raises, test_interrupt, softmax_sdpa]
@@ -79,7 +83,8 @@ def test_faults_become_rows_and_interrupt_resumes_exactly_once(tmp_path):
         warmup: 0
         repeats: {{min: 2, max: 2, min_time_s: 0}}
         metrics: [latency]
-        """)
+        """,
+    )
     out = tmp_path / "faults.csv"
     marker = tmp_path / "interrupt-now"
     marker.write_text("x")
@@ -89,8 +94,9 @@ def test_faults_become_rows_and_interrupt_resumes_exactly_once(tmp_path):
     assert "--resume" in first.stderr and "Traceback" not in first.stderr
     partial = results.load(out)
     assert 0 < partial["case_id"].nunique() < 12
-    second = run_cli("run", str(suite), "--out", str(out), "--resume", "--no-progress",
-                     env={"ATTNBENCH_TEST_INTERRUPT": str(marker)})  # fmt: skip
+    second = run_cli(
+        "run", str(suite), "--out", str(out), "--resume", "--no-progress", env={"ATTNBENCH_TEST_INTERRUPT": str(marker)}
+    )
     assert second.returncode == 0, second.stderr
     df = results.load(out, dedupe=False)
     status_rows = df[(df.metric == "latency") & (df.stat.isin(["median", "value"]))]
@@ -102,7 +108,9 @@ def test_faults_become_rows_and_interrupt_resumes_exactly_once(tmp_path):
 
 def test_cpu_peak_memory_is_per_case(tmp_path):
     """A 100 MiB case right after a 400 MiB one must report ~100 MiB, not the process high-water mark."""
-    suite = write_suite(tmp_path, f"""\
+    suite = write_suite(
+        tmp_path,
+        f"""\
         name: mem
         plugins: [{PLUGIN}]
         mechanisms: [test_alloc]
@@ -114,7 +122,8 @@ def test_cpu_peak_memory_is_per_case(tmp_path):
         warmup: 0
         repeats: {{min: 1, max: 1, min_time_s: 0}}
         metrics: [memory]
-        """)
+        """,
+    )
     out_big, out = tmp_path / "big.csv", tmp_path / "small.csv"
     for path, mb in ((out_big, 400), (out, 100)):
         opts = f"options={{test_alloc: {{mb: {mb}}}}}"
@@ -163,18 +172,28 @@ def test_list_shows_reasons():
     reason = {row.split()[0]: row for row in rows if row.startswith("softmax_")}
     for usable in ("softmax_eager", "softmax_sdpa", "softmax_sdpa_math"):
         assert reason[usable].rstrip().endswith("yes"), reason[usable]
-    assert "no: SDPA efficient backend needs CUDA (this is cpu): PyTorch has no CPU kernel for the " \
-           "memory-efficient backend" in reason["softmax_sdpa_efficient"]  # fmt: skip
-    assert "no: SDPA cudnn backend needs CUDA (this is cpu): cuDNN attention is a CUDA library" in \
-           reason["softmax_sdpa_cudnn"]  # fmt: skip
+    assert (
+        "no: SDPA efficient backend needs CUDA (this is cpu): PyTorch has no CPU kernel for the "
+        "memory-efficient backend" in reason["softmax_sdpa_efficient"]
+    )
+    assert (
+        "no: SDPA cudnn backend needs CUDA (this is cpu): cuDNN attention is a CUDA library"
+        in reason["softmax_sdpa_cudnn"]
+    )
     assert "no:" in reason["softmax_flash"] and "CUDA" in reason["softmax_flash"]
 
 
 def test_torn_last_line_is_dropped_with_warning(tmp_path):
     out = tmp_path / "torn.csv"
     w = results.ResultsWriter(out)
-    row = {c: "" for c in results.COLUMNS} | {"case_id": "a", "metric": "latency", "value": 1.5, "stat": "median",
-                                             "status": "ok", "schema_version": 1}  # fmt: skip
+    row = {c: "" for c in results.COLUMNS} | {
+        "case_id": "a",
+        "metric": "latency",
+        "value": 1.5,
+        "stat": "median",
+        "status": "ok",
+        "schema_version": 1,
+    }
     w.write_rows([row])
     w.close()
     with open(out, "a") as fh:
@@ -199,12 +218,38 @@ def test_fraction_rows_use_cached_peaks(tmp_path, monkeypatch):
     # the run's own fingerprint (smoke.yaml's threads: 1, the precision settings), not this process's state,
     # which depends on the tests that ran before in it
     fp = prepare_process(load_suite(REPO / "suites" / "smoke.yaml")).fingerprint
-    peaks.save_peaks({"schema_version": peaks.SCHEMA_VERSION, "fingerprint": fp, "key": peaks.peaks_key(fp),
-                      "copy": {"value": 10.0, "unit": "GB/s"},
-                      "matmul": {"fp32": {"value": 0.5, "unit": "TFLOP/s"}}})  # fmt: skip
+    peaks.save_peaks(
+        {
+            "schema_version": peaks.SCHEMA_VERSION,
+            "fingerprint": fp,
+            "key": peaks.peaks_key(fp),
+            "copy": {"value": 10.0, "unit": "GB/s"},
+            "matmul": {"fp32": {"value": 0.5, "unit": "TFLOP/s"}},
+        }
+    )
     out = tmp_path / "f.csv"
-    assert main(["run", "suites/smoke.yaml", "--out", str(out), "--no-progress", "--set", "device=cpu", "--rounds", "1",
-                 "--set", "mechanisms=[softmax_sdpa]", "--set", "level=op", "--set", "pass=fwd"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "run",
+                "suites/smoke.yaml",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--set",
+                "device=cpu",
+                "--rounds",
+                "1",
+                "--set",
+                "mechanisms=[softmax_sdpa]",
+                "--set",
+                "level=op",
+                "--set",
+                "pass=fwd",
+            ]
+        )
+        == 0
+    )
     df = results.load(out)
     for _, rows in df.groupby("case_id"):
         value = dict(zip(rows.metric, rows.value))
@@ -215,7 +260,9 @@ def test_fraction_rows_use_cached_peaks(tmp_path, monkeypatch):
 def test_gate_fails_a_deliberately_slowed_mechanism(tmp_path, monkeypatch):
     """Baseline vs a run where one mechanism does 3x the work (real compute): gate exits 1 naming it;
     the baseline against itself passes (exit 0). Both runs have the default 5 rounds in fresh workers."""
-    suite = write_suite(tmp_path, f"""\
+    suite = write_suite(
+        tmp_path,
+        f"""\
         name: gate
         plugins: [{REPO / "tests" / "plugins" / "slowable.py"}]
         mechanisms: [test_slowable]
@@ -227,7 +274,8 @@ def test_gate_fails_a_deliberately_slowed_mechanism(tmp_path, monkeypatch):
         warmup: 1
         repeats: {{min: 20, max: 20, min_time_s: 0}}
         metrics: [latency]
-        """)
+        """,
+    )
     base, slow = tmp_path / "base.csv", tmp_path / "slow.csv"
     monkeypatch.setenv("ATTNBENCH_TEST_SLOWDOWN", "0")
     assert main(["run", str(suite), "--out", str(base), "--no-progress"]) == 0
@@ -242,9 +290,30 @@ def test_shell_options_reach_mixer_costs(tmp_path):
     """`options: {rala_eager: {gate: false}}` builds a 3C qkvo and the analytic FLOPs follow it
     (equal to FlopCounterMode's count), instead of failing or ignoring the option."""
     out = tmp_path / "opts.csv"
-    assert main(["run", "suites/smoke.yaml", "--out", str(out), "--no-progress", "--set", "device=cpu", "--rounds", "1",
-                 "--set", "mechanisms=[rala_eager]", "--set", "level=mixer", "--set", "pass=fwd",
-                 "--set", "options={rala_eager: {gate: false}}"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "run",
+                "suites/smoke.yaml",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--set",
+                "device=cpu",
+                "--rounds",
+                "1",
+                "--set",
+                "mechanisms=[rala_eager]",
+                "--set",
+                "level=mixer",
+                "--set",
+                "pass=fwd",
+                "--set",
+                "options={rala_eager: {gate: false}}",
+            ]
+        )
+        == 0
+    )
     df = results.load(out)
     assert (df.status == "ok").all()
     for _, rows in df.groupby("case_id"):
@@ -275,9 +344,28 @@ def test_more_user_errors_are_one_line(tmp_path, capsys, setup, args, pattern):
         (tmp_path / "b.csv").write_bytes(b"\xff\xfe garbage")
     smoke = tmp_path / "smoke.csv"
     if "{smoke}" in args:
-        assert main(["run", "suites/smoke.yaml", "--out", str(smoke), "--no-progress", "--set", "device=cpu",
-                     "--rounds", "1", "--set", "mechanisms=[softmax_sdpa]", "--set", "level=op",
-                     "--set", "pass=fwd"]) == 0  # fmt: skip
+        assert (
+            main(
+                [
+                    "run",
+                    "suites/smoke.yaml",
+                    "--out",
+                    str(smoke),
+                    "--no-progress",
+                    "--set",
+                    "device=cpu",
+                    "--rounds",
+                    "1",
+                    "--set",
+                    "mechanisms=[softmax_sdpa]",
+                    "--set",
+                    "level=op",
+                    "--set",
+                    "pass=fwd",
+                ]
+            )
+            == 0
+        )
         capsys.readouterr()
     argv = [a.replace("{tmp}", str(tmp_path)).replace("{smoke}", str(smoke)) for a in args]
     assert main(argv) == 2
@@ -287,8 +375,23 @@ def test_more_user_errors_are_one_line(tmp_path, capsys, setup, args, pattern):
 
 def test_resume_refuses_a_different_suite(tmp_path, capsys):
     out = tmp_path / "r.csv"
-    base = ["run", "suites/smoke.yaml", "--out", str(out), "--no-progress", "--set", "device=cpu", "--rounds", "1",
-            "--set", "mechanisms=[softmax_sdpa]", "--set", "level=op", "--set", "pass=fwd"]  # fmt: skip
+    base = [
+        "run",
+        "suites/smoke.yaml",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        "device=cpu",
+        "--rounds",
+        "1",
+        "--set",
+        "mechanisms=[softmax_sdpa]",
+        "--set",
+        "level=op",
+        "--set",
+        "pass=fwd",
+    ]
     assert main(base) == 0
     assert main(base + ["--resume"]) == 0  # same settings: nothing left to run
     assert main(base + ["--resume", "--set", "batch=[2]"]) == 2
@@ -298,9 +401,31 @@ def test_resume_refuses_a_different_suite(tmp_path, capsys):
 def test_worker_that_cannot_start_becomes_a_row(tmp_path):
     """A memory limit too small for the worker to import torch: the case is a crash row, the run ends normally."""
     out = tmp_path / "w.csv"
-    assert main(["run", "suites/smoke.yaml", "--out", str(out), "--no-progress", "--set", "device=cpu",
-                 "--set", "mechanisms=[softmax_sdpa]", "--set", "level=op", "--set", "pass=fwd",
-                 "--set", "resolution=[4]", "--set", "isolation=process",
-                 "--set", "memory_limit_gb=0.05"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "run",
+                "suites/smoke.yaml",
+                "--out",
+                str(out),
+                "--no-progress",
+                "--set",
+                "device=cpu",
+                "--set",
+                "mechanisms=[softmax_sdpa]",
+                "--set",
+                "level=op",
+                "--set",
+                "pass=fwd",
+                "--set",
+                "resolution=[4]",
+                "--set",
+                "isolation=process",
+                "--set",
+                "memory_limit_gb=0.05",
+            ]
+        )
+        == 0
+    )
     rows = results.load(out)
     assert (rows.status == "crash").all() and rows.message.str.contains("worker").all()

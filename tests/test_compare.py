@@ -10,18 +10,44 @@ import pytest
 from attnbench import compare, export, results
 
 
-def case_rows(mech: str, h: int, median: float | None, *, device: str = "cuda", status: str = "ok",
-              env_id: str = "envA") -> list[dict]:  # fmt: skip
-    base = dict(schema_version=1, run_id="r", suite="synthetic", mechanism=mech, family="f", backend="torch",
-                level="op", variant="", device=device, dtype="bf16", batch=8, height=h, width=h, tokens=h * h,
-                heads=2, head_dim=32, dim=64, source="measured", note="", env_id=env_id, message="",
-                started_at="2025-01-01T00:00:00", status=status, unit="ms", metric="latency",
-                case_id=f"{mech}-{device}-{h}")  # fmt: skip
+def case_rows(
+    mech: str, h: int, median: float | None, *, device: str = "cuda", status: str = "ok", env_id: str = "envA"
+) -> list[dict]:
+    base = dict(
+        schema_version=1,
+        run_id="r",
+        suite="synthetic",
+        mechanism=mech,
+        family="f",
+        backend="torch",
+        level="op",
+        variant="",
+        device=device,
+        dtype="bf16",
+        batch=8,
+        height=h,
+        width=h,
+        tokens=h * h,
+        heads=2,
+        head_dim=32,
+        dim=64,
+        source="measured",
+        note="",
+        env_id=env_id,
+        message="",
+        started_at="2025-01-01T00:00:00",
+        status=status,
+        unit="ms",
+        metric="latency",
+        case_id=f"{mech}-{device}-{h}",
+    )
     base["pass"] = "fwd"
     if status != "ok":
         return [dict(base, value=None, stat="value", message="CUDA out of memory")]
-    return [dict(base, value=v, stat=s) for s, v in (("median", median), ("p20", 0.9 * median),
-                                                     ("p80", 1.1 * median), ("n", 31.0))]  # fmt: skip
+    return [
+        dict(base, value=v, stat=s)
+        for s, v in (("median", median), ("p20", 0.9 * median), ("p80", 1.1 * median), ("n", 31.0))
+    ]
 
 
 def write_run(path, rows, samples: dict[str, np.ndarray] | None, env: dict) -> None:
@@ -34,8 +60,18 @@ def write_run(path, rows, samples: dict[str, np.ndarray] | None, env: dict) -> N
 
 
 def env(env_id: str, gpu: str, commit: str) -> dict:
-    return {"id": env_id, "fp": {"device": "cuda", "gpu_name": gpu, "cpu_model": "Xeon", "git_commit": commit,
-                                 "git_dirty": False, "versions": {"torch": "2.11.0"}, "cuda_version": "13.0"}}
+    return {
+        "id": env_id,
+        "fp": {
+            "device": "cuda",
+            "gpu_name": gpu,
+            "cpu_model": "Xeon",
+            "git_commit": commit,
+            "git_dirty": False,
+            "versions": {"torch": "2.11.0"},
+            "cuda_version": "13.0",
+        },
+    }
 
 
 @pytest.fixture
@@ -45,8 +81,9 @@ def runs(tmp_path):
     medians = {("x", 14): 1.0, ("x", 28): 4.0, ("y", 14): 2.0, ("only_a", 14): 1.0}
     rows_a = sum((case_rows(m, h, v, env_id="envA") for (m, h), v in medians.items()), [])
     samples_a = {f"{m}-cuda-{h}": v * rng.uniform(0.97, 1.03, 31) for (m, h), v in medians.items()}
-    rows_b = case_rows("x", 14, 0.5, device="gpu1", env_id="envB") + case_rows("x", 28, 2.0, device="gpu1",
-                                                                                 env_id="envB")  # fmt: skip
+    rows_b = case_rows("x", 14, 0.5, device="gpu1", env_id="envB") + case_rows(
+        "x", 28, 2.0, device="gpu1", env_id="envB"
+    )
     rows_b += case_rows("y", 14, None, status="oom", device="gpu1", env_id="envB")
     rows_b += case_rows("only_b", 14, 3.0, device="gpu1", env_id="envB")
     samples_b = {f"x-gpu1-{h}": v * rng.uniform(0.97, 1.03, 31) for h, v in ((14, 0.5), (28, 2.0))}

@@ -82,10 +82,18 @@ OP = dict(batch=2, heads=2, height=6, width=10, head_dim=16)
 # SDPA's math fallback (taken in the mixer, whose v is a strided view) count 3x, so those are not compared.
 @pytest.mark.parametrize(
     "name, level, pass_",
-    [("rala_eager", "op", "fwd"), ("rala_eager", "op", "fwd_bwd"), ("rala_eager", "mixer", "fwd"),
-     ("rala_eager", "mixer", "fwd_bwd"), ("softmax_eager", "op", "fwd"), ("softmax_eager", "mixer", "fwd"),
-     ("softmax_sdpa", "op", "fwd"), ("softmax_sdpa", "op", "fwd_bwd"), ("softmax_sdpa", "mixer", "fwd")],
-)  # fmt: skip
+    [
+        ("rala_eager", "op", "fwd"),
+        ("rala_eager", "op", "fwd_bwd"),
+        ("rala_eager", "mixer", "fwd"),
+        ("rala_eager", "mixer", "fwd_bwd"),
+        ("softmax_eager", "op", "fwd"),
+        ("softmax_eager", "mixer", "fwd"),
+        ("softmax_sdpa", "op", "fwd"),
+        ("softmax_sdpa", "op", "fwd_bwd"),
+        ("softmax_sdpa", "mixer", "fwd"),
+    ],
+)
 def test_mechanism_flops_match_counter(name, level, pass_):
     mech = get(name)
     batch, heads, height, width, head_dim = 2, 2, 6, 10, 16
@@ -121,11 +129,17 @@ def test_grouped_conv_backward_is_counted_per_group():
 # --- the model-level workload's static rows --------------------------------------------------------
 @pytest.mark.parametrize("pass_", ["fwd", "fwd_bwd"])
 def test_model_workload(pass_):
-    w = build_model_workload("ravlt_t", "rala_eager", batch=1, height=64, width=64, dtype="fp32", device="cpu",
-                             pass_=pass_)  # fmt: skip
+    w = build_model_workload(
+        "ravlt_t", "rala_eager", batch=1, height=64, width=64, dtype="fp32", device="cpu", pass_=pass_
+    )
     rows = {(r.metric, r.note.split(";")[0]): r for r in w.static}
-    assert set(rows) == {("params", "model parameters"), ("macs", "macs_no_attn"), ("macs_with_attn", "macs_with_attn"),
-                         ("flops", "analytic"), ("flops_counted", "flopcountermode")}  # fmt: skip
+    assert set(rows) == {
+        ("params", "model parameters"),
+        ("macs", "macs_no_attn"),
+        ("macs_with_attn", "macs_with_attn"),
+        ("flops", "analytic"),
+        ("flops_counted", "flopcountermode"),
+    }
     assert rows[("params", "model parameters")].value == 14_897_768
     assert close(rows[("flops", "analytic")].value, rows[("flops_counted", "flopcountermode")].value)
     assert all("per batch of 1" in r.note for r in w.static if r.metric != "params")

@@ -12,18 +12,44 @@ from attnbench import analysis, export, results, tables
 from attnbench.tables import Table
 
 
-def case_rows(mech: str, h: int, median: float | None, *, pass_: str = "fwd", status: str = "ok",
-              memory: float | None = None) -> list[dict]:  # fmt: skip
-    base = dict(schema_version=1, run_id="r", suite="synthetic", mechanism=mech, family="f", backend="torch",
-                level="op", variant="", device="cpu", dtype="fp32", batch=1, height=h, width=h, tokens=h * h,
-                heads=1, head_dim=64, dim=64, source="measured", note="", env_id="e1", message="",
-                started_at="2025-01-01T00:00:00", status=status, unit="ms", metric="latency",
-                case_id=f"{mech}-{pass_}-{h}")  # fmt: skip
+def case_rows(
+    mech: str, h: int, median: float | None, *, pass_: str = "fwd", status: str = "ok", memory: float | None = None
+) -> list[dict]:
+    base = dict(
+        schema_version=1,
+        run_id="r",
+        suite="synthetic",
+        mechanism=mech,
+        family="f",
+        backend="torch",
+        level="op",
+        variant="",
+        device="cpu",
+        dtype="fp32",
+        batch=1,
+        height=h,
+        width=h,
+        tokens=h * h,
+        heads=1,
+        head_dim=64,
+        dim=64,
+        source="measured",
+        note="",
+        env_id="e1",
+        message="",
+        started_at="2025-01-01T00:00:00",
+        status=status,
+        unit="ms",
+        metric="latency",
+        case_id=f"{mech}-{pass_}-{h}",
+    )
     base["pass"] = pass_
     if status != "ok":
         return [dict(base, value=None, stat="value", message=status)]
-    rows = [dict(base, value=median, stat=s) for s, median in (("median", median), ("p20", median * 0.9),
-                                                                ("p80", median * 1.1))]  # fmt: skip
+    rows = [
+        dict(base, value=median, stat=s)
+        for s, median in (("median", median), ("p20", median * 0.9), ("p80", median * 1.1))
+    ]
     if memory is not None:
         rows.append(dict(base, metric="peak_memory", value=memory, stat="value", unit="B"))
     return rows
@@ -72,7 +98,8 @@ def test_latex_booktabs_structure_and_escaping(run):
     assert r"$\pm$10\%" in lines[mid + 1]
     assert not re.search(r"(?<!\\)[_%#]", "\n".join(lines[mid + 1 : bottom]))  # every special escaped
     assert export.latex_escape("a_b & {c} ~ 100% $x^2$ #1 \\") == (
-        r"a\_b \& \{c\} \textasciitilde{} 100\% \$x\textasciicircum{}2\$ \#1 \textbackslash{}")
+        r"a\_b \& \{c\} \textasciitilde{} 100\% \$x\textasciicircum{}2\$ \#1 \textbackslash{}"
+    )
     default = export.to_latex(lat)
     assert r"\caption{latency ms (median) --- op fwd fp32 cpu" in default and r"\label" not in default
 
@@ -105,10 +132,15 @@ def test_plots_written(run, tmp_path):
     out = tmp_path / "plots"
     paths = export.write_plots(run, out, baseline="softmax_sdpa")
     names = sorted(p.name for p in paths)
-    assert names == sorted(f"{stem}.{ext}" for stem in ("latency-op-fwd-fp32-cpu-b1-h1-d64",
-                                                         "peak_memory-op-fwd-fp32-cpu-b1-h1-d64",
-                                                         "speedup-vs-softmax_sdpa-op-fwd-fp32-cpu-b1-h1-d64")
-                           for ext in ("png", "pdf"))  # fmt: skip
+    assert names == sorted(
+        f"{stem}.{ext}"
+        for stem in (
+            "latency-op-fwd-fp32-cpu-b1-h1-d64",
+            "peak_memory-op-fwd-fp32-cpu-b1-h1-d64",
+            "speedup-vs-softmax_sdpa-op-fwd-fp32-cpu-b1-h1-d64",
+        )
+        for ext in ("png", "pdf")
+    )
     for p in paths:
         head = p.read_bytes()[:8]
         assert p.stat().st_size > 1000 and head.startswith(b"\x89PNG" if p.suffix == ".png" else b"%PDF")

@@ -22,8 +22,14 @@ BETWEEN = 0.05  # lognormal sd of a round's level (process, layout, load): the n
 WITHIN = 0.01  # lognormal sd of repeats inside one round
 
 
-def run_rounds(rng: np.random.Generator, center: float, rounds: int = 5, reps: int = 20,
-               between: float = BETWEEN, within: float = WITHIN) -> list[np.ndarray]:  # fmt: skip
+def run_rounds(
+    rng: np.random.Generator,
+    center: float,
+    rounds: int = 5,
+    reps: int = 20,
+    between: float = BETWEEN,
+    within: float = WITHIN,
+) -> list[np.ndarray]:
     """One case's repeats in `rounds` rounds: each round's level drawn around center, repeats tight around it."""
     levels = center * rng.lognormal(0.0, between, rounds)
     return [lvl * rng.lognormal(0.0, within, reps) for lvl in levels]
@@ -34,11 +40,25 @@ def write_run(path: Path, samples: dict[str, list[np.ndarray]], metric: str = "l
     writer = results.ResultsWriter(path)
     for i, (case_id, rounds) in enumerate(samples.items()):
         row = {c: "" for c in results.COLUMNS} | {
-            "schema_version": 1, "run_id": "r", "case_id": case_id, "suite": "s", "mechanism": f"mech{i}",
-            "level": "op", "pass": "fwd", "device": "cpu", "dtype": "fp32", "batch": 1, "height": 14, "width": 14,
-            "metric": metric, "value": float(np.median([np.median(r) for r in rounds])), "unit": unit,
-            "stat": "median", "status": "ok", "source": "measured",
-        }  # fmt: skip
+            "schema_version": 1,
+            "run_id": "r",
+            "case_id": case_id,
+            "suite": "s",
+            "mechanism": f"mech{i}",
+            "level": "op",
+            "pass": "fwd",
+            "device": "cpu",
+            "dtype": "fp32",
+            "batch": 1,
+            "height": 14,
+            "width": 14,
+            "metric": metric,
+            "value": float(np.median([np.median(r) for r in rounds])),
+            "unit": unit,
+            "stat": "median",
+            "status": "ok",
+            "source": "measured",
+        }
         writer.write_rows([row])
         for r, values in enumerate(rounds):
             writer.write_samples(case_id, metric, [float(v) for v in values], round=r)
@@ -60,8 +80,14 @@ def write_benchmark_json(path: Path, samples: dict[str, np.ndarray], prefix: str
     return path
 
 
-def hierarchical_pair(rng: np.random.Generator, n_cases: int, shifts: dict[int, float] | None = None,
-                      rounds: int = 5, centers: np.ndarray | None = None, **kw) -> tuple[dict, dict]:  # fmt: skip
+def hierarchical_pair(
+    rng: np.random.Generator,
+    n_cases: int,
+    shifts: dict[int, float] | None = None,
+    rounds: int = 5,
+    centers: np.ndarray | None = None,
+    **kw,
+) -> tuple[dict, dict]:
     """Baseline and new runs (case -> rounds of repeats) from one hierarchical distribution; case i of new
     scaled by shifts[i]. Case levels drawn once per call unless `centers` fixes them (several runs of a suite)."""
     shifts = shifts or {}
@@ -137,10 +163,15 @@ def test_log_ratio_test_matches_welch_on_logs():
 
 
 def test_round_medians_use_the_last_block_of_each_round():
-    s = pd.DataFrame({
-        "case_id": ["x"] * 7, "metric": ["latency"] * 7, "round": [0, 0, 1, 1, 1, 1, 1],
-        "rep": [0, 1, 0, 1, 0, 1, 2], "value": [1.0, 3.0, 9.0, 9.0, 4.0, 5.0, 6.0],
-    })  # fmt: skip
+    s = pd.DataFrame(
+        {
+            "case_id": ["x"] * 7,
+            "metric": ["latency"] * 7,
+            "round": [0, 0, 1, 1, 1, 1, 1],
+            "rep": [0, 1, 0, 1, 0, 1, 2],
+            "value": [1.0, 3.0, 9.0, 9.0, 4.0, 5.0, 6.0],
+        }
+    )
     # round 1 measured twice (a resumed run re-measured it): its last block 4, 5, 6 counts
     np.testing.assert_allclose(stats.round_medians(s)["x"], [2.0, 5.0])
 
@@ -266,10 +297,19 @@ def test_pytest_benchmark_json_needs_several_runs_per_side(tmp_path):
     with pytest.raises(GateError, match="save at least 3 runs per side"):
         gate(base_files[0], new_files[0])
     # a moved test file: no fullname matches, so cases align by name
-    moved = [write_benchmark_json(tmp_path / f"m{i}.json", {k: np.array(v) * 1.5 if k == "c2" else np.array(v)
-                                  for k, v in ((b["name"], [x * 1e3 for x in b["stats"]["data"]])
-                                               for b in json.loads(f.read_text())["benchmarks"])},
-                                  prefix="bench/test_speed.py::") for i, f in enumerate(base_files)]  # fmt: skip
+    moved = [
+        write_benchmark_json(
+            tmp_path / f"m{i}.json",
+            {
+                k: np.array(v) * 1.5 if k == "c2" else np.array(v)
+                for k, v in (
+                    (b["name"], [x * 1e3 for x in b["stats"]["data"]]) for b in json.loads(f.read_text())["benchmarks"]
+                )
+            },
+            prefix="bench/test_speed.py::",
+        )
+        for i, f in enumerate(base_files)
+    ]
     assert [c.key for c in gate(base_files, moved).regressions] == ["c2"]
 
 

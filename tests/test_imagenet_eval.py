@@ -294,8 +294,15 @@ def test_evaluate_matches_brute_force(val_dir):
     top1, top5, n = _brute_force(model, val_dir)
     assert n == 15 and 0 < top1 < top5 < 100  # the fixture discriminates
     calls = []
-    result = evaluate(model, val_dir, batch_size=4, image_size=CROP, num_workers=0, dtype=torch.float64,
-                      progress=lambda done, total: calls.append((done, total)))  # fmt: skip
+    result = evaluate(
+        model,
+        val_dir,
+        batch_size=4,
+        image_size=CROP,
+        num_workers=0,
+        dtype=torch.float64,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     assert isinstance(result, EvalResult)
     assert (result.top1, result.top5, result.images, result.num_classes) == (top1, top5, 15, 7)
     assert calls == [(4, 15), (8, 15), (12, 15), (15, 15)]
@@ -364,8 +371,20 @@ def test_distributed_two_ranks_equal_single_process(val_dir, tmp_path):
     """)
     )
     env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(script),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
@@ -414,8 +433,17 @@ def tiny_checkpoint(tmp_path, monkeypatch):
 
 def test_accuracy_rows(val_dir, tiny_checkpoint):
     path, loaded = tiny_checkpoint
-    rows = accuracy_rows("ravlt_t", data=str(val_dir), checkpoint=str(path), ema=False, image_size=CROP,
-                         batch_size=4, device="cpu", dtype="fp64", num_workers=0)  # fmt: skip
+    rows = accuracy_rows(
+        "ravlt_t",
+        data=str(val_dir),
+        checkpoint=str(path),
+        ema=False,
+        image_size=CROP,
+        batch_size=4,
+        device="cpu",
+        dtype="fp64",
+        num_workers=0,
+    )
     top1, top5, _ = _brute_force(TinyClassifier(7), val_dir)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     note = f"sha256={digest}..., images=15, ema=false, protocol=resize18-bicubic/crop16"
@@ -493,8 +521,17 @@ def test_real_ravlt_checkpoint_roundtrip(tmp_path, one_thread):
         logits = model(x)  # (3, 1000)
     ranks = [int((logits[i] > logits[i, y]).sum()) for i, y in enumerate([0, 500, 999])]
     assert ranks[0] == 0 and ranks[1] == 1 and ranks[2] > 1
-    rows = accuracy_rows("ravlt_t", data=root, checkpoint=ckpt, ema=True, image_size=64, batch_size=2,
-                         device="cpu", dtype="fp32", num_workers=0)  # fmt: skip
+    rows = accuracy_rows(
+        "ravlt_t",
+        data=root,
+        checkpoint=ckpt,
+        ema=True,
+        image_size=64,
+        batch_size=2,
+        device="cpu",
+        dtype="fp32",
+        num_workers=0,
+    )
     assert rows[0].value == pytest.approx(100 * 1 / 3)  # the decoy (non-EMA) weights would give 0
     assert rows[1].value == pytest.approx(100 * sum(r < 5 for r in ranks) / 3)
     assert "ema=true" in rows[0].note and "images=3" in rows[0].note and "crop64" in rows[0].note

@@ -30,9 +30,19 @@ def write(tmp_path: Path, text: str, name: str = "s.yaml") -> Path:
     return path
 
 
-@pytest.mark.parametrize(("name", "expected"), [("/abs/path", "abs-path"), ("../../x", "x"), ("a[/]b", "a-b"),
-                                                ("résumé run", "resume-run"), ("", "suite"), ("..", "suite"),
-                                                ("x" * 300, "x" * 80), ("ok_name-1.2", "ok_name-1.2")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("/abs/path", "abs-path"),
+        ("../../x", "x"),
+        ("a[/]b", "a-b"),
+        ("résumé run", "resume-run"),
+        ("", "suite"),
+        ("..", "suite"),
+        ("x" * 300, "x" * 80),
+        ("ok_name-1.2", "ok_name-1.2"),
+    ],
+)
 def test_slug_is_a_plain_file_name(name, expected):
     out = slug(name)
     assert out == expected
@@ -87,9 +97,19 @@ def test_suite_only_from_regular_files(tmp_path):
 
 
 def _row(**kw) -> dict:
-    base = {c: "" for c in results.COLUMNS} | {"schema_version": 1, "run_id": "r", "case_id": "c1", "metric": "latency",
-                                               "value": 1.5, "stat": "median", "status": "ok", "source": "measured",
-                                               "batch": 1, "height": 4, "width": 4}  # fmt: skip
+    base = {c: "" for c in results.COLUMNS} | {
+        "schema_version": 1,
+        "run_id": "r",
+        "case_id": "c1",
+        "metric": "latency",
+        "value": 1.5,
+        "stat": "median",
+        "status": "ok",
+        "source": "measured",
+        "batch": 1,
+        "height": 4,
+        "width": 4,
+    }
     return base | kw
 
 
@@ -163,12 +183,19 @@ def test_gate_refuses_non_finite_benchmark_data(tmp_path):
 
 def test_env_id_and_peaks_match_what_runs_record(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "ATTNBENCH_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "200"}
-    probe = subprocess.run([sys.executable, "-m", "attnbench", "env", "--device", "cpu", "--probe", "--quick"],
-                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)  # fmt: skip
+    probe = subprocess.run(
+        [sys.executable, "-m", "attnbench", "env", "--device", "cpu", "--probe", "--quick"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert probe.returncode == 0, probe.stderr
     env_id = json.loads(probe.stdout[: probe.stdout.index("\n}") + 2])["env_id"]
-    suite = write(tmp_path, TINY + "metrics: [latency, flops]\nwarmup: 0\nrepeats: {min: 3, max: 3, min_time_s: 0}\n"
-                  "rounds: 2\n")  # fresh workers record the env_id, as in any run with rounds
+    suite = write(
+        tmp_path, TINY + "metrics: [latency, flops]\nwarmup: 0\nrepeats: {min: 3, max: 3, min_time_s: 0}\nrounds: 2\n"
+    )  # fresh workers record the env_id, as in any run with rounds
     argv = [sys.executable, "-m", "attnbench", "run", str(suite), "--out", str(tmp_path / "r.csv"), "--no-progress"]
     run = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert run.returncode == 0, run.stderr
@@ -181,8 +208,9 @@ def test_tables_keep_numbers_whole_at_80_columns(tmp_path):
     csv = REPO / "results" / "resolution-cpu-20261127.csv"
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "80"}
     for args in (["report", str(csv)], ["compare", str(csv), str(csv)], ["list"]):
-        proc = subprocess.run([sys.executable, "-m", "attnbench", *args], capture_output=True, text=True, env=env,
-                              timeout=300)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", "attnbench", *args], capture_output=True, text=True, env=env, timeout=300
+        )
         assert proc.returncode == 0, proc.stderr
         lines = proc.stdout.splitlines()
         assert all(len(line) <= 80 for line in lines), max(lines, key=len)

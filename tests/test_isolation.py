@@ -44,7 +44,9 @@ def run_quick_inprocess(tmp_path: Path, name: str, **keys):
 
 @pytest.mark.slow
 def test_fault_injected_sweep_in_workers(tmp_path):
-    suite = write_suite(tmp_path, f"""\
+    suite = write_suite(
+        tmp_path,
+        f"""\
         name: faults
         plugins: [{PLUGIN}]
         mechanisms: [softmax_eager, test_abort, test_segfault, test_hang, test_oom, test_unbounded, softmax_sdpa]
@@ -62,7 +64,8 @@ def test_fault_injected_sweep_in_workers(tmp_path):
         verify: false
         repeats: {{min: 2, max: 2, min_time_s: 0}}
         metrics: [latency]
-        """)
+        """,
+    )
     out = tmp_path / "faults.csv"
     assert main(["run", str(suite), "--out", str(out), "--no-progress"]) == 0
     rows = case_status(results.load(out))
@@ -105,7 +108,9 @@ def test_inprocess_timeout_and_error_rows(tmp_path):
 
 
 def test_pruned_cases_become_skipped_rows(tmp_path):
-    suite = write_suite(tmp_path, """\
+    suite = write_suite(
+        tmp_path,
+        """\
         name: prune
         mechanisms: [softmax_sdpa]
         level: op
@@ -118,7 +123,8 @@ def test_pruned_cases_become_skipped_rows(tmp_path):
         rounds: 2
         warmup: 0
         repeats: {min: 1, max: 1, min_time_s: 0}
-        """)
+        """,
+    )
     out = tmp_path / "p.csv"
     assert main(["run", str(suite), "--out", str(out), "--no-progress", "--set", "verify=false"]) == 0
     rows = case_status(results.load(out))
@@ -132,7 +138,9 @@ def test_pruned_cases_become_skipped_rows(tmp_path):
 def test_sigkill_then_resume_each_case_once(tmp_path, n_rounds):
     """SIGKILL mid-sweep, then --resume: every case exactly once. With rounds, the kill lands in round 2 and the
     resumed run re-measures no round that was already in FILE.samples.csv (except the last, which writes rows)."""
-    suite = write_suite(tmp_path, f"""\
+    suite = write_suite(
+        tmp_path,
+        f"""\
         name: kill
         mechanisms: [softmax_eager, softmax_sdpa, rala_eager]
         level: [op, mixer]
@@ -146,7 +154,8 @@ def test_sigkill_then_resume_each_case_once(tmp_path, n_rounds):
         warmup: 0
         repeats: {{min: 30, max: 30, min_time_s: 0}}
         metrics: [latency]
-        """)
+        """,
+    )
     out = tmp_path / "kill.csv"
     watched = out if n_rounds == 1 else results.companion(out, "samples.csv")
     mark = 60 if n_rounds == 1 else int(42 * 31 * 1.5)  # rows mid-sweep, or samples mid round 2
@@ -186,7 +195,9 @@ def test_prediction_counts_materialised_scores(tmp_path):
     from attnbench.predict import predicted_bytes, prune_reason
     from attnbench.suite import load_suite
 
-    suite = write_suite(tmp_path, """\
+    suite = write_suite(
+        tmp_path,
+        """\
         name: prune2
         mechanisms: [softmax_eager, softmax_sdpa]
         level: op
@@ -196,7 +207,8 @@ def test_prediction_counts_materialised_scores(tmp_path):
         batch: 1
         device: cpu
         memory_limit_gb: 1
-        """)
+        """,
+    )
     eager, sdpa = plan(load_suite(suite))
     n = 128 * 128
     assert predicted_bytes(eager) == 4 * n * 64 * 4 + 2 * n * n * 4  # q, k, v, out + scores and probabilities

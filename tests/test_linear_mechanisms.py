@@ -19,8 +19,19 @@ from attnbench.layers import Rope2d
 from attnbench.registry import Shape, get, names
 from mechanisms.linear.performer import performer_projection
 
-OP_AND_MIXER = ["linear_elu", "linear_relu", "efficient_attention", "performer", "cosformer", "hydra",
-                "nystromformer", "mlla", "inline", "rala_no_qaware", "rala_no_rope"]  # fmt: skip
+OP_AND_MIXER = [
+    "linear_elu",
+    "linear_relu",
+    "efficient_attention",
+    "performer",
+    "cosformer",
+    "hydra",
+    "nystromformer",
+    "mlla",
+    "inline",
+    "rala_no_qaware",
+    "rala_no_rope",
+]
 MIXER_ONLY = ["flatten", "agent", "polaformer", "rala_no_gate"]
 ALL = OP_AND_MIXER + MIXER_ONLY
 CASES = [(n, "op") for n in OP_AND_MIXER] + [(n, "mixer") for n in ALL]
@@ -74,8 +85,9 @@ def spec_rope(x, grid):
     angle = (1.0 / 10000 ** torch.linspace(0, 1, d // 4, dtype=torch.float64)).repeat_interleave(2)  # (d/2,)
     rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")
     theta = torch.cat([rows.reshape(-1, 1) * angle, cols.reshape(-1, 1) * angle], dim=-1)[:, ::2]  # (N, d/2)
-    z = torch.view_as_complex(x.reshape(*x.shape[:-1], d // 2, 2).contiguous()) * torch.polar(torch.ones_like(theta),
-                                                                                              theta)  # fmt: skip
+    z = torch.view_as_complex(x.reshape(*x.shape[:-1], d // 2, 2).contiguous()) * torch.polar(
+        torch.ones_like(theta), theta
+    )
     return torch.view_as_real(z).flatten(-2)
 
 
@@ -165,11 +177,18 @@ def ref_rala_no_rope(q, k, v, grid):
 
 
 OP_REFERENCES = {
-    "linear_elu": ref_linear_elu, "linear_relu": ref_linear_relu, "efficient_attention": ref_efficient,
-    "performer": ref_performer, "cosformer": ref_cosformer, "hydra": ref_hydra, "mlla": ref_mlla,
-    "inline": ref_inline, "nystromformer": ref_nystrom_softmax, "rala_no_qaware": ref_rala_no_qaware,
+    "linear_elu": ref_linear_elu,
+    "linear_relu": ref_linear_relu,
+    "efficient_attention": ref_efficient,
+    "performer": ref_performer,
+    "cosformer": ref_cosformer,
+    "hydra": ref_hydra,
+    "mlla": ref_mlla,
+    "inline": ref_inline,
+    "nystromformer": ref_nystrom_softmax,
+    "rala_no_qaware": ref_rala_no_qaware,
     "rala_no_rope": ref_rala_no_rope,
-}  # fmt: skip
+}
 
 
 def test_registered_names_and_levels():
@@ -191,8 +210,9 @@ def test_op_matches_fp64_reference(name):
         torch.testing.assert_close(out, ref_nystrom_softmax(q, q, v, grid), rtol=1e-7, atol=1e-9)
         return
     q, k, v = qkv(grid=grid, scale=0.5 if name == "performer" else 1.0)
-    torch.testing.assert_close(get(name).op(q, k, v, grid=grid), OP_REFERENCES[name](q, k, v, grid),
-                               rtol=1e-9, atol=1e-11)  # fmt: skip
+    torch.testing.assert_close(
+        get(name).op(q, k, v, grid=grid), OP_REFERENCES[name](q, k, v, grid), rtol=1e-9, atol=1e-11
+    )
 
 
 def nystrom_segments(n: int, m: int) -> list[list[int]]:
@@ -317,9 +337,16 @@ def test_inline_mixer_reference(h):
     c = h * d
     mixer = get("inline").mixer(c, h).double()
     randomize(mixer, std=0.3)
-    assert set(mixer.state_dict()) == {"qkvo.weight", "qkvo.bias", "proj.weight", "proj.bias",
-                                       "operator.residual.0.weight", "operator.residual.0.bias",
-                                       "operator.residual.2.weight", "operator.residual.2.bias"}  # fmt: skip
+    assert set(mixer.state_dict()) == {
+        "qkvo.weight",
+        "qkvo.bias",
+        "proj.weight",
+        "proj.bias",
+        "operator.residual.0.weight",
+        "operator.residual.0.bias",
+        "operator.residual.2.weight",
+        "operator.residual.2.bias",
+    }
     x = rand(2, c, *grid, seed=4)
     t = torch.einsum("oc,bchw->bohw", mixer.qkvo.weight[:, :, 0, 0], x) + mixer.qkvo.bias[:, None, None]
     q, k, v = (split(t[:, i * c : (i + 1) * c].flatten(2).transpose(1, 2), h) for i in range(3))
@@ -349,7 +376,13 @@ def test_rala_no_gate_mixer_is_rala_without_gate():
     dim, h, grid = 16, 2, (6, 5)
     mixer = get("rala_no_gate").mixer(dim, h).double()
     assert mixer.qkvo.out_channels == 3 * dim and set(mixer.state_dict()) == {
-        "qkvo.weight", "qkvo.bias", "lepe.weight", "lepe.bias", "proj.weight", "proj.bias"}  # fmt: skip
+        "qkvo.weight",
+        "qkvo.bias",
+        "lepe.weight",
+        "lepe.bias",
+        "proj.weight",
+        "proj.bias",
+    }
     x = rand(2, dim, *grid, seed=4)
     rope = Rope2d(dim // h).double()(grid)
     t = mixer.qkvo(x)
@@ -441,15 +474,25 @@ def test_options_reach_costs_and_operators():
 
 SHELL_KEYS = {"qkvo.weight", "qkvo.bias", "proj.weight", "proj.bias"}
 PAPER_LAYERS = {  # the default mixer's parameters: the paper's layer, no LePE, no gate unless the paper has it
-    "linear_elu": set(), "linear_relu": set(), "efficient_attention": set(), "cosformer": set(), "hydra": set(),
-    "nystromformer": set(), "performer": {"operator.projection"},
+    "linear_elu": set(),
+    "linear_relu": set(),
+    "efficient_attention": set(),
+    "cosformer": set(),
+    "hydra": set(),
+    "nystromformer": set(),
+    "performer": {"operator.projection"},
     "flatten": {"operator.scale", "operator.dwc.weight", "operator.dwc.bias", "operator.positional_encoding"},
-    "agent": {f"operator.{b}_bias" for b in ("an", "na", "ah", "aw", "ha", "wa")} | {"operator.dwc.weight",
-                                                                                     "operator.dwc.bias"},
+    "agent": {f"operator.{b}_bias" for b in ("an", "na", "ah", "aw", "ha", "wa")}
+    | {"operator.dwc.weight", "operator.dwc.bias"},
     "inline": {f"operator.residual.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")},
-    "polaformer": {"operator.scale", "operator.power", "operator.dwc.weight", "operator.dwc.bias",
-                   "operator.positional_encoding"},
-}  # fmt: skip
+    "polaformer": {
+        "operator.scale",
+        "operator.power",
+        "operator.dwc.weight",
+        "operator.dwc.bias",
+        "operator.positional_encoding",
+    },
+}
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_LAYERS))
@@ -470,8 +513,9 @@ def test_default_mixer_is_the_papers_layer(name):
 def test_mlla_mixer_is_its_token_mixer():
     mech = get("mlla")
     mixer = mech.mixer(16, 2)
-    assert set(mixer.state_dict()) == {f"{m}.{p}" for m in ("in_proj", "act_proj", "dwc", "qk", "lepe", "out_proj")
-                                       for p in ("weight", "bias")}  # fmt: skip
+    assert set(mixer.state_dict()) == {
+        f"{m}.{p}" for m in ("in_proj", "act_proj", "dwc", "qk", "lepe", "out_proj") for p in ("weight", "bias")
+    }
     assert mixer.lepe.kernel_size == (3, 3) and mixer.dwc.kernel_size == (3, 3)
     assert mech.variant("mixer", {}) == ""
     shell = mech.mixer(16, 2, gate=True, lepe=True)  # the shared shell around MLLA's op, on request
@@ -524,20 +568,33 @@ def test_variant_names_options_that_differ_from_the_defaults(tmp_path):
     assert perf.variant("op", {"features": 256, "seed": 0}) == ""
     assert perf.variant("op", {"features": 128, "eps": 0.0}) == "eps=0.0 features=128"
     suite = tmp_path / "s.yaml"
-    suite.write_text("name: v\nmechanisms: [flatten, performer, softmax_eager]\nlevel: [op, mixer]\ndim: 16\n"
-                     "heads: 2\nresolution: 6\nbatch: 1\ndevice: cpu\n"
-                     "options: {flatten: {lepe: true}, performer: {features: 64}}\n")  # fmt: skip
+    suite.write_text(
+        "name: v\nmechanisms: [flatten, performer, softmax_eager]\nlevel: [op, mixer]\ndim: 16\n"
+        "heads: 2\nresolution: 6\nbatch: 1\ndevice: cpu\n"
+        "options: {flatten: {lepe: true}, performer: {features: 64}}\n"
+    )
     got = {(c.mechanism, c.level): c.variant for c in plan(load_suite(suite))}
-    assert got == {("flatten", "op"): "", ("flatten", "mixer"): "+lepe", ("performer", "op"): "features=64",
-                   ("performer", "mixer"): "features=64", ("softmax_eager", "op"): "",
-                   ("softmax_eager", "mixer"): ""}  # fmt: skip
+    assert got == {
+        ("flatten", "op"): "",
+        ("flatten", "mixer"): "+lepe",
+        ("performer", "op"): "features=64",
+        ("performer", "mixer"): "features=64",
+        ("softmax_eager", "op"): "",
+        ("softmax_eager", "mixer"): "",
+    }
 
 
 def test_agent_in_a_backbone_uses_the_authors_per_stage_agents():
     from attnbench.models.ravlt import RAVLT
 
-    model = RAVLT(embed_dims=(16, 32, 64, 128), depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8), num_classes=0,
-                  mixer="agent", mixer_late="agent")  # fmt: skip
+    model = RAVLT(
+        embed_dims=(16, 32, 64, 128),
+        depths=(1, 1, 1, 1),
+        num_heads=(1, 2, 4, 8),
+        num_classes=0,
+        mixer="agent",
+        mixer_late="agent",
+    )
     ops = [layer.blocks[0].attn.operator for layer in model.layers]
     assert [op.an_bias.shape[1] for op in ops] == [9, 16, 49, 49]  # Agent-PVT's agent_num by stage
     assert [op.ah_bias.shape[3] for op in ops] == [56, 28, 14, 7]  # the stage grids at 224 px

@@ -19,8 +19,16 @@ from attnbench.registry import get
 from mechanisms.linear.performer import favor_attention
 
 REL_TOL = 1e-5
-OP_FIXTURES = ["linear_elu", "linear_relu", "efficient_attention", "performer", "cosformer", "nystromformer",
-               "mlla", "inline"]  # fmt: skip
+OP_FIXTURES = [
+    "linear_elu",
+    "linear_relu",
+    "efficient_attention",
+    "performer",
+    "cosformer",
+    "nystromformer",
+    "mlla",
+    "inline",
+]
 MIXER_FIXTURES = ["flatten", "agent", "inline", "polaformer", "mlla", "cosformer", "efficient_attention"]
 CASE_IDS = [lf.case_key(grid, heads) for grid, heads in lf.CASES]
 
@@ -48,8 +56,12 @@ def shell_state(params: dict, q: str | list, kv: list, proj: str, gate=None) -> 
     pieces = [q, *kv] + ([gate] if gate else [])
     weight = torch.cat([conv1x1(params[f"{name}.weight"])[rows] for name, rows in pieces])
     bias = torch.cat([params[f"{name}.bias"][rows] for name, rows in pieces])
-    return {"qkvo.weight": weight, "qkvo.bias": bias, "proj.weight": conv1x1(params[f"{proj}.weight"]),
-            "proj.bias": params[f"{proj}.bias"]}  # fmt: skip
+    return {
+        "qkvo.weight": weight,
+        "qkvo.bias": bias,
+        "proj.weight": conv1x1(params[f"{proj}.weight"]),
+        "proj.bias": params[f"{proj}.bias"],
+    }
 
 
 def our_state(name: str, params: dict, channels: int) -> dict:
@@ -67,10 +79,19 @@ def our_state(name: str, params: dict, channels: int) -> dict:
         state = shell_state(params, ("queries", every), [("keys", every), ("values", every)], "reprojection")
         return state
     elif name == "mlla":
-        rename = {"in_proj": "in_proj", "act_proj": "act_proj", "dwc": "dwc", "attn.qk": "qk", "attn.lepe": "lepe",
-                  "out_proj": "out_proj"}  # fmt: skip
-        state = {f"{ours}.{leaf}": params[f"{theirs}.{leaf}"] for theirs, ours in rename.items()
-                 for leaf in ("weight", "bias")}  # fmt: skip
+        rename = {
+            "in_proj": "in_proj",
+            "act_proj": "act_proj",
+            "dwc": "dwc",
+            "attn.qk": "qk",
+            "attn.lepe": "lepe",
+            "out_proj": "out_proj",
+        }
+        state = {
+            f"{ours}.{leaf}": params[f"{theirs}.{leaf}"]
+            for theirs, ours in rename.items()
+            for leaf in ("weight", "bias")
+        }
         return {key: conv1x1(value) if key.endswith("weight") else value for key, value in state.items()}
     else:
         raise KeyError(name)
@@ -154,8 +175,14 @@ def test_list_shows_the_upstream_each_mechanism_matches():
 
     repo = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(repo), "COLUMNS": "250"}
-    proc = subprocess.run([sys.executable, "-m", "attnbench", "list", "--family", "linear"], capture_output=True,
-                          text=True, cwd=repo, env=env, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "attnbench", "list", "--family", "linear"],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "checked against" in proc.stdout
     for name in set(OP_FIXTURES) | set(MIXER_FIXTURES):

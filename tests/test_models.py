@@ -24,8 +24,14 @@ SPEC = {
     "ravlt_l": ((96, 192, 448, 640), (4, 7, 19, 8), (1, 2, 7, 10)),
 }
 ENTRIES = {"ravlt_t": 302, "ravlt_s": 462, "ravlt_b": 622, "ravlt_l": 822}
-SMALL = dict(embed_dims=(32, 64, 128, 128), depths=(1, 2, 1, 1), num_heads=(1, 1, 2, 2), num_classes=10,
-             layerscales=(True,) * 4, layer_init_values=(1.0,) * 4)  # fmt: skip
+SMALL = dict(
+    embed_dims=(32, 64, 128, 128),
+    depths=(1, 2, 1, 1),
+    num_heads=(1, 1, 2, 2),
+    num_classes=10,
+    layerscales=(True,) * 4,
+    layer_init_values=(1.0,) * 4,
+)
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
@@ -144,8 +150,14 @@ def test_init_follows_spec(tiny_t):
 def test_layer_scale_init(name, inits):
     cfg = RAVLT_CONFIGS[name]
     assert cfg.layer_init_values == inits and cfg.layerscales == (True,) * 4
-    small = RAVLT(embed_dims=(8, 16, 16, 16), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), num_classes=2,
-                  layerscales=cfg.layerscales, layer_init_values=cfg.layer_init_values)  # fmt: skip
+    small = RAVLT(
+        embed_dims=(8, 16, 16, 16),
+        depths=(1, 1, 1, 1),
+        num_heads=(1, 1, 1, 1),
+        num_classes=2,
+        layerscales=cfg.layerscales,
+        layer_init_values=cfg.layer_init_values,
+    )
     for layer, value in zip(small.layers, inits):
         gamma = layer.blocks[0].gamma_1
         assert torch.equal(gamma, torch.full_like(gamma, value))

@@ -63,8 +63,10 @@ def test_quick_probe_measures_with_units(quick_cpu):
     assert result["key"] == peaks.peaks_key(fp) and result["fingerprint"] == fp
     assert torch.get_float32_matmul_precision() == fp["float32_matmul_precision"]  # restored
     rows = peaks.table_rows(result)
-    assert [(r["measure"], r["dtype"], r["unit"]) for r in rows] == [("copy bandwidth", "", "GB/s"),
-                                                                      ("matmul", "fp32", "TFLOP/s")]  # fmt: skip
+    assert [(r["measure"], r["dtype"], r["unit"]) for r in rows] == [
+        ("copy bandwidth", "", "GB/s"),
+        ("matmul", "fp32", "TFLOP/s"),
+    ]
 
 
 def test_size_rule_reduces_then_skips(monkeypatch):
@@ -80,8 +82,12 @@ def test_size_rule_reduces_then_skips(monkeypatch):
     assert n is None and "skipped" in note
     entry = peaks._matmul_throughput("cpu", "fp16", 2048, quick=True)
     assert entry["value"] is None and "skipped" in entry["skipped"]
-    assert peaks.table_rows({"copy": {"value": 1.0, "unit": "GB/s", "buffer_bytes": 2**20},
-                             "matmul": {"fp16": entry}})[1]["note"] == entry["skipped"]  # fmt: skip
+    assert (
+        peaks.table_rows({"copy": {"value": 1.0, "unit": "GB/s", "buffer_bytes": 2**20}, "matmul": {"fp16": entry}})[1][
+            "note"
+        ]
+        == entry["skipped"]
+    )
 
 
 def test_cache_round_trip(quick_cpu, cache, monkeypatch):
@@ -108,8 +114,11 @@ def test_cache_round_trip(quick_cpu, cache, monkeypatch):
 def test_fractions_closed_form():
     measured = {"copy": {"value": 2000.0}, "matmul": {"bf16": {"value": 800.0}, "fp16": {"value": None}}}
     assert peaks.fractions(measured, achieved_gbps=500.0, achieved_tflops=200.0, dtype="bf16") == {
-        "frac_bandwidth": 0.25, "frac_flops": 0.25}  # fmt: skip
+        "frac_bandwidth": 0.25,
+        "frac_flops": 0.25,
+    }
     assert peaks.fractions(measured, achieved_gbps=3000.0, achieved_tflops=1.0, dtype="fp16") == {
-        "frac_bandwidth": 1.5}  # skipped peak: no frac_flops  # fmt: skip
+        "frac_bandwidth": 1.5
+    }  # skipped peak: no frac_flops
     assert peaks.fractions(measured, achieved_tflops=400.0, dtype="fp32") == {}
     assert peaks.fractions(measured, dtype="bf16") == {}

@@ -38,8 +38,14 @@ def _nvidia_backend() -> bool:
 @pytest.mark.aot
 @pytest.mark.skipif(not _nvidia_backend(), reason="triton's NVIDIA backend (ptxas, cuobjdump) is not installed")
 def test_aot_compile_every_planned_kernel_for_sm80_sm90():
-    done = subprocess.run([sys.executable, str(REPO / "scripts" / "aot_check.py"), "--ci"], env=_env(), cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "aot_check.py"), "--ci"],
+        env=_env(),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     print(done.stdout[-6000:])
     print(done.stderr[-3000:], file=sys.stderr)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
@@ -65,8 +71,9 @@ for arch in aot.ARCHS.values():
     assert names == set(aot.all_kernel_names()), (arch.name, sorted(names))
 print("ok")
 """
-    done = subprocess.run([sys.executable, "-c", code], env=_env(), cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=_env(), cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0 and "ok" in done.stdout, done.stderr[-3000:]
 
 
@@ -87,8 +94,10 @@ def test_backward_layout_choice():
     assert not backward_wants_channel_major(35, 64, torch.float16, compiled=True)
     backward = {"_dstate_kernel", "_dkv_kernel", "_dq_kernel"}
     cases = (  # dtype, d, grid, token-major pass (c), token-major backward
-        (torch.float32, 64, (8, 8), True, False), (torch.float32, 96, (8, 8), False, False),
-        (torch.bfloat16, 64, (8, 8), True, True), (torch.float16, 96, (5, 7), True, False),
+        (torch.float32, 64, (8, 8), True, False),
+        (torch.float32, 96, (8, 8), False, False),
+        (torch.bfloat16, 64, (8, 8), True, True),
+        (torch.float16, 96, (5, 7), True, False),
         (torch.float16, 96, (8, 8), True, True),
     )
     for dtype, d, grid, fwd_split, bwd_split in cases:

@@ -93,7 +93,8 @@ def test_roofline_models_fp32_d_block_128():
     assert out.bound == "FMA" and out.us == pytest.approx(out.flops / 1e6 + dev.launch_us)
     fast_tc = dataclasses.replace(dev, dense_tflops=1e-3)
     assert [x.us for x in forward_estimate(1, bh, n, 96, torch.float32, fast_tc, rope_tables=True)[0]] == [
-        x.us for x in wide.values()]
+        x.us for x in wide.values()
+    ]
     assert forward_estimate(1, bh, n, 96, torch.bfloat16, slow, rope_tables=True)[0][-1].bound != "FMA"
 
 

@@ -35,8 +35,7 @@ def test_refuses_without_a_gpu_in_one_line():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU path: the interpreter runs the launches untimed")
 def test_every_split_count_launches_in_the_interpreter(tmp_path, capsys):
     out = tmp_path / "splits.csv"
-    assert rala_splits.main(["--shape", "1,2,4,8,16", "--splits", "1,2,64", "--dtype", "fp16",
-                             "--out", str(out)]) == 0  # fmt: skip
+    assert rala_splits.main(["--shape", "1,2,4,8,16", "--splits", "1,2,64", "--dtype", "fp16", "--out", str(out)]) == 0
     rows = list(csv.DictReader(out.open()))
     assert [int(r["splits"]) for r in rows] == [1, 2]  # 64 is clamped to the 2 token blocks: not timed twice
     assert sum(r["planner_choice"] == "True" for r in rows) == 1

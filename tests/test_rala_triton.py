@@ -64,8 +64,9 @@ def run_case(batch, heads, grid, d, *, dtype="fp32", layout="bhnd", rope_kind=No
     """Compare triton and eager (both in `dtype`) with float64 truth on out, dq, dk, dv."""
     gen = torch.Generator().manual_seed(seed)
     n = grid[0] * grid[1]
-    q64, k64, v64, g64 = (torch.randn(batch, heads, n, d, generator=gen, dtype=torch.float64).to(device)
-                          for _ in range(4))
+    q64, k64, v64, g64 = (
+        torch.randn(batch, heads, n, d, generator=gen, dtype=torch.float64).to(device) for _ in range(4)
+    )
     rope64 = rope = None
     if rope_kind == "default":  # the tables the mixer shell passes (fp32 buffer), in float64 for the truth
         rope = rope_tables(*grid, d, device=device)
@@ -81,8 +82,11 @@ def run_case(batch, heads, grid, d, *, dtype="fp32", layout="bhnd", rope_kind=No
 
     dt = DTYPES[dtype]
     rope_dt = None if rope is None else tuple(t.to(dt) for t in rope)
-    eager = grads(lambda q, k, v: rala_op(q, k, v, grid=grid, rope=rope_dt),
-                  [with_layout(t, "bhnd", dt) for t in (q64, k64, v64)], g64)
+    eager = grads(
+        lambda q, k, v: rala_op(q, k, v, grid=grid, rope=rope_dt),
+        [with_layout(t, "bhnd", dt) for t in (q64, k64, v64)],
+        g64,
+    )
     tri_in = [with_layout(t, layout, dt) for t in (q64, k64, v64)]
     tri = grads(lambda q, k, v: rala_triton_op(q, k, v, grid=grid, rope=rope), tri_in, g64)
     assert tri[0].dtype == dt and tri[0].shape == truth[0].shape
@@ -132,12 +136,16 @@ def test_in_kernel_rope_equals_default_tables():
     assert rel_err(a, b.double()) < 2e-6
 
 
-@pytest.mark.parametrize("grid,layout,rope_kind", [
-    ((8, 8), "tokens", "default"),  # N = 64: whole blocks of 16, the unmasked main loop only
-    ((7, 10), "tokens", "default"),  # N = 70: main loop + a masked tail of 6 tokens
-    ((8, 8), "bhnd", None),
-    ((5, 13), "bnhd", None),  # N = 65: a tail of one token
-], ids=lambda v: str(v).replace(" ", ""))
+@pytest.mark.parametrize(
+    "grid,layout,rope_kind",
+    [
+        ((8, 8), "tokens", "default"),  # N = 64: whole blocks of 16, the unmasked main loop only
+        ((7, 10), "tokens", "default"),  # N = 70: main loop + a masked tail of 6 tokens
+        ((8, 8), "bhnd", None),
+        ((5, 13), "bnhd", None),  # N = 65: a tail of one token
+    ],
+    ids=lambda v: str(v).replace(" ", ""),
+)
 def test_main_loop_and_masked_tail(grid, layout, rope_kind):
     """Token-major inputs (halves loaded as two tiles, tables handed over token-major) and
     channel-major ones, with N a multiple of BLOCK_N (16 here) and not."""
@@ -184,12 +192,15 @@ def test_value_column_split_is_the_same(splits, layout, rope_kind):
     b, h, grid, d = 1, 2, (9, 10), 96
     n = grid[0] * grid[1]
     gen = torch.Generator().manual_seed(4)
-    q, k, v, g = (with_layout(torch.randn(b, h, n, d, generator=gen, dtype=torch.float64), layout, torch.float32)
-                  .detach() for _ in range(4))
+    q, k, v, g = (
+        with_layout(torch.randn(b, h, n, d, generator=gen, dtype=torch.float64), layout, torch.float32).detach()
+        for _ in range(4)
+    )
     rope = rope_tables(*grid, d) if rope_kind else None
     plan = plan_launch(b * h, n, d, torch.float32, q.device, block_n=16, splits=splits)
-    bplan = plan_launch(b * h, n, d, torch.float32, q.device, block_n=16, splits=splits, backward=True,
-                        token_major=layout == "tokens")
+    bplan = plan_launch(
+        b * h, n, d, torch.float32, q.device, block_n=16, splits=splits, backward=True, token_major=layout == "tokens"
+    )
     assert plan.vb == 64 and plan.splits == splits and bplan.vb == 64
     split_out, split_ws = rala_forward(q, k, v, grid, rope, plan=plan)
     whole_out, whole_ws = rala_forward(q, k, v, grid, rope, plan=dataclasses.replace(plan, vb=128))
@@ -212,8 +223,10 @@ def test_forward_channel_major_q_copy(d):
     grid = (5, 7)
     n = grid[0] * grid[1]
     gen = torch.Generator().manual_seed(8)
-    q, k, v = (with_layout(torch.randn(1, 2, n, d, generator=gen, dtype=torch.float64), "tokens", torch.float32)
-               .detach() for _ in range(3))
+    q, k, v = (
+        with_layout(torch.randn(1, 2, n, d, generator=gen, dtype=torch.float64), "tokens", torch.float32).detach()
+        for _ in range(3)
+    )
     rope = rope_tables(*grid, d)
     gpu_like, _ = rala_forward(q, k, v, grid, rope, compiled=True)
     interp, _ = rala_forward(q, k, v, grid, rope, compiled=False)
@@ -239,12 +252,16 @@ def many_splits(monkeypatch):
     return plans
 
 
-@pytest.mark.parametrize("batch,heads,grid,d,layout,rope_kind", [
-    (1, 2, (9, 10), 32, "bhnd", None),  # S = 6: the forward's `_merge_kernel`, channel-major, in-kernel RoPE
-    (1, 2, (9, 10), 20, "tokens", "default"),  # token-major + tables; d*d = 400: a partly filled last chunk
-    (1, 1, (17, 17), 32, "bnhd", None),  # S = 19 > MERGE_SPLITS_BLOCK: two blocks of split records
-    (1, 1, (9, 10), 96, "tokens", "default"),  # d-block 128 with padding, 36 + 1 chunks per (b, h)
-], ids=lambda v: str(v).replace(" ", ""))
+@pytest.mark.parametrize(
+    "batch,heads,grid,d,layout,rope_kind",
+    [
+        (1, 2, (9, 10), 32, "bhnd", None),  # S = 6: the forward's `_merge_kernel`, channel-major, in-kernel RoPE
+        (1, 2, (9, 10), 20, "tokens", "default"),  # token-major + tables; d*d = 400: a partly filled last chunk
+        (1, 1, (17, 17), 32, "bnhd", None),  # S = 19 > MERGE_SPLITS_BLOCK: two blocks of split records
+        (1, 1, (9, 10), 96, "tokens", "default"),  # d-block 128 with padding, 36 + 1 chunks per (b, h)
+    ],
+    ids=lambda v: str(v).replace(" ", ""),
+)
 def test_parallel_merge_many_splits(many_splits, batch, heads, grid, d, layout, rope_kind):
     """S > FUSE_MERGE_MAX_SPLITS: the forward and backward merges run as (B*h, chunks) grids; out and
     the gradients (T from the chunks' shares, added in order by `_dtotal_kernel`) against float64 truth."""
@@ -367,9 +384,11 @@ def test_gpu_half_precision(dtype, batch, heads, grid, d, layout):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("batch,heads,grid,d,layout",
-                         [GPU_CASES[0], GPU_CASES[2], GPU_CASES[4], (2, 2, (7, 9), 96, "tokens")],
-                         ids=lambda v: str(v).replace(" ", ""))
+@pytest.mark.parametrize(
+    "batch,heads,grid,d,layout",
+    [GPU_CASES[0], GPU_CASES[2], GPU_CASES[4], (2, 2, (7, 9), 96, "tokens")],
+    ids=lambda v: str(v).replace(" ", ""),
+)
 def test_gpu_fp32(batch, heads, grid, d, layout):
     """fp32 compiled: IEEE dots (no TF32) and the fast in-kernel sin/cos stay within the fp32 rule. d = 96
     (d-block 128): KV's split value columns and the backward's dKV in column steps; token-major with N = 63

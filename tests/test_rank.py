@@ -16,15 +16,28 @@ from attnbench.workloads.rank_inputs import _record_operator, kv_buffer_fn
 from mechanisms.rala.fused_form import fused_state
 
 # mechanisms whose KV buffer is linear in v (so rank(KV) <= rank(V)); hydra's diag(sum k*v) is not
-KV_LINEAR_IN_V = ["linear_elu", "linear_relu", "efficient_attention", "performer", "cosformer", "mlla", "inline",
-                  "nystromformer", "rala_eager", "rala_no_qaware", "rala_no_rope", "rala_no_gate"]  # fmt: skip
+KV_LINEAR_IN_V = [
+    "linear_elu",
+    "linear_relu",
+    "efficient_attention",
+    "performer",
+    "cosformer",
+    "mlla",
+    "inline",
+    "nystromformer",
+    "rala_eager",
+    "rala_no_qaware",
+    "rala_no_rope",
+    "rala_no_gate",
+]
 KV_ON_OPERATOR = ["flatten", "agent", "polaformer"]
 
 
 def low_rank(b, h, n, d, r, seed):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(b, h, n, r, generator=g, dtype=torch.float64) @ torch.randn(b, h, r, d, generator=g,
-                                                                                   dtype=torch.float64)  # fmt: skip
+    return torch.randn(b, h, n, r, generator=g, dtype=torch.float64) @ torch.randn(
+        b, h, r, d, generator=g, dtype=torch.float64
+    )
 
 
 def test_erank_of_identity_is_d():
@@ -91,10 +104,17 @@ def test_rala_kv_buffer_matches_the_fused_form():
 
 @pytest.mark.parametrize(
     "name,level,has_kv",
-    [("softmax_eager", "op", False), ("softmax_eager", "mixer", False), ("linear_elu", "op", True),
-     ("linear_elu", "mixer", True), ("rala_eager", "mixer", True), ("flatten", "mixer", True),
-     ("performer", "op", True), ("rala_no_gate", "mixer", True)],
-)  # fmt: skip
+    [
+        ("softmax_eager", "op", False),
+        ("softmax_eager", "mixer", False),
+        ("linear_elu", "op", True),
+        ("linear_elu", "mixer", True),
+        ("rala_eager", "mixer", True),
+        ("flatten", "mixer", True),
+        ("performer", "op", True),
+        ("rala_no_gate", "mixer", True),
+    ],
+)
 def test_rank_rows(name, level, has_kv):
     mech = get(name)
     kw = dict(level=level, batch=2, heads=2, height=6, width=6, dim=32, dtype="fp32", device="cpu")
@@ -144,7 +164,9 @@ def test_rala_output_has_higher_effective_rank_than_linear_attention():
     the margins leave room for other platforms' rounding. A RALA without its rotation, or a rank metric that
     measured something else, fails."""
     kw = dict(level="op", batch=2, heads=2, height=14, width=14, dim=64, dtype="fp32", device="cpu")
-    erank = {name: {r.metric: r.value for r in rank_rows(get(name), **kw)}["out_erank"]
-             for name in ("rala_eager", "rala_no_rope", "linear_elu")}  # fmt: skip
+    erank = {
+        name: {r.metric: r.value for r in rank_rows(get(name), **kw)}["out_erank"]
+        for name in ("rala_eager", "rala_no_rope", "linear_elu")
+    }
     assert erank["rala_eager"] > 1.15 * erank["linear_elu"], erank
     assert erank["rala_eager"] > 1.3 * erank["rala_no_rope"], erank

@@ -35,8 +35,7 @@ def local_ray(tmp_path_factory):
     """One local Ray instance for the module (start-up costs seconds): 2 CPUs, 2 fake GPUs, fake kinds."""
     pids = tmp_path_factory.mktemp("pids")
     os.environ["ATTNBENCH_TEST_PIDS"] = str(pids)  # inherited by the Ray workers started below
-    ray.init(num_cpus=2, num_gpus=2, resources={"H100": 1, "A100": 1}, include_dashboard=False,
-             log_to_driver=False)  # fmt: skip
+    ray.init(num_cpus=2, num_gpus=2, resources={"H100": 1, "A100": 1}, include_dashboard=False, log_to_driver=False)
     yield pids
     ray.shutdown()
     os.environ.pop("ATTNBENCH_TEST_PIDS", None)
@@ -86,8 +85,11 @@ def test_gpu_placement_gives_each_task_its_own_device(tmp_path, local_ray):
 
 @pytest.mark.slow
 def test_every_case_once_per_hardware_kind(tmp_path, local_ray, capsys):
-    one_unit = SUITE.replace("rounds: 2", "rounds: 1\n    hardware: [H100, A100]").replace(
-        "[test_sleepy, softmax_sdpa]", "[softmax_sdpa]").replace("resolution: [2, 3]", "resolution: 2")
+    one_unit = (
+        SUITE.replace("rounds: 2", "rounds: 1\n    hardware: [H100, A100]")
+        .replace("[test_sleepy, softmax_sdpa]", "[softmax_sdpa]")
+        .replace("resolution: [2, 3]", "resolution: 2")
+    )
     suite = write_suite(tmp_path, one_unit)
     out = tmp_path / "hw.csv"
     assert main(["run", str(suite), "--out", str(out), "--no-progress", "--executor", "ray"]) == 0
@@ -130,16 +132,30 @@ def test_killed_ray_worker_is_retried(tmp_path, local_ray):
 
 @pytest.mark.slow
 def test_driver_sigkill_then_resume_with_ray(tmp_path):
-    body = SUITE.replace("min: 3, max: 3", "min: 20, max: 20").replace("softmax_sdpa", "test_sleepy").replace(
-        "resolution: [2, 3]", "resolution: 2")  # one unit, two rounds: killed after round 1, resumed for round 2
+    body = (
+        SUITE.replace("min: 3, max: 3", "min: 20, max: 20")
+        .replace("softmax_sdpa", "test_sleepy")
+        .replace("resolution: [2, 3]", "resolution: 2")
+    )  # one unit, two rounds: killed after round 1, resumed for round 2
     suite = write_suite(tmp_path, body)
     out = tmp_path / "d.csv"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("ATTNBENCH_TEST_PIDS", None)
-    cmd = [sys.executable, "-m", "attnbench", "run", str(suite), "--out", str(out), "--no-progress",
-           "--executor", "ray"]  # fmt: skip
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "attnbench",
+        "run",
+        str(suite),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--executor",
+        "ray",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     samples = results.companion(out, "samples.csv")
     deadline = time.time() + 240
     while time.time() < deadline and not (samples.exists() and samples.read_text().count("\n") > 20):
@@ -156,8 +172,19 @@ def test_driver_sigkill_then_resume_with_ray(tmp_path):
 def test_bad_address_is_one_line(tmp_path, capsys):
     suite = write_suite(tmp_path)
     t0 = time.perf_counter()
-    code = main(["run", str(suite), "--out", str(tmp_path / "a.csv"), "--no-progress", "--executor", "ray",
-                 "--address", "127.0.0.1:9"])  # fmt: skip
+    code = main(
+        [
+            "run",
+            str(suite),
+            "--out",
+            str(tmp_path / "a.csv"),
+            "--no-progress",
+            "--executor",
+            "ray",
+            "--address",
+            "127.0.0.1:9",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "no Ray cluster answers there" in err and len(err.strip().splitlines()) == 1
     assert time.perf_counter() - t0 < 30

@@ -95,8 +95,10 @@ def test_readme_commands_are_extracted():
     assert "python -m attnbench env --probe" in commands and "python -m attnbench env" in commands
     assert {"make run", "make test"} <= set(commands)  # the quick start is exactly these two
     quick = re.search(r"## Quick start\n.*?```bash\n(.*?)```", README.read_text(), flags=re.S)
-    assert quick and [ln.split("#")[0].strip() for ln in quick.group(1).strip().splitlines()] == ["make run",
-                                                                                                  "make test"]
+    assert quick and [ln.split("#")[0].strip() for ln in quick.group(1).strip().splitlines()] == [
+        "make run",
+        "make test",
+    ]
 
 
 @pytest.mark.slow
@@ -109,10 +111,16 @@ def test_every_readme_command_runs(tmp_path):
     bindir = tmp_path / "bin"
     bindir.mkdir()
     for tool, prefix in (("python", ""), ("python3", ""), ("pytest", "-m pytest ")):
-        (bindir / tool).write_text(f"#!/bin/sh\nexec {sys.executable} {prefix}\"$@\"\n")  # this venv's Python
+        (bindir / tool).write_text(f'#!/bin/sh\nexec {sys.executable} {prefix}"$@"\n')  # this venv's Python
         (bindir / tool).chmod(0o755)
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "PYTHONPATH": str(work), "COLUMNS": "80",
-           "ATTNBENCH_CACHE_DIR": str(tmp_path / "cache"), **BENCH_ENV}  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": f"{bindir}:{os.environ['PATH']}",
+        "PYTHONPATH": str(work),
+        "COLUMNS": "80",
+        "ATTNBENCH_CACHE_DIR": str(tmp_path / "cache"),
+        **BENCH_ENV,
+    }
     env.pop("TRITON_INTERPRET", None) if shutil.which("nvidia-smi") else None
     for key in [k for k in env if k.startswith("PYTEST_XDIST") or k == "PYTEST_CURRENT_TEST"]:
         env.pop(key)  # under `pytest -n`: pytest-benchmark in a README command would take itself for an xdist worker
@@ -140,9 +148,10 @@ def test_every_readme_command_runs(tmp_path):
         assert proc.returncode in ok, f"README command failed (exit {proc.returncode}): {command}\n{out[-3000:]}"
         assert "Traceback" not in out, f"{command}\n{out[-3000:]}"
         ran.append(command)
-        if command.startswith("python -m attnbench run suites/smoke.yaml --out results/smoke.csv") and not (
-            work / "results" / "smoke_b.csv"
-        ).exists():  # a second run of the same cases, for compare/gate (B.csv, NEW.csv)
+        if (
+            command.startswith("python -m attnbench run suites/smoke.yaml --out results/smoke.csv")
+            and not (work / "results" / "smoke_b.csv").exists()
+        ):  # a second run of the same cases, for compare/gate (B.csv, NEW.csv)
             for kind in ("csv", "samples.csv", "env.json", "suite.yaml"):
                 shutil.copy(work / "results" / f"smoke.{kind}", work / "results" / f"smoke_b.{kind}")
     print("\n".join(f"{d:6.1f} s  {c}" for d, c in durations))

@@ -82,8 +82,12 @@ def test_round_order_is_seeded_and_keeps_batch_ladders(tmp_path):
 def test_latency_summary_over_round_medians():
     history = rounds.History(([[1.0, 2.0, 3.0]], [[10.0, 11.0]]))
     stats, note = rounds.latency_summary([5.0, 6.0, 7.0], history)
-    assert stats["median"] == 6.0 and stats["n"] == 3 and stats["min"] == 2.0 and stats["mean"] == pytest.approx(
-        (2 + 10.5 + 6) / 3)
+    assert (
+        stats["median"] == 6.0
+        and stats["n"] == 3
+        and stats["min"] == 2.0
+        and stats["mean"] == pytest.approx((2 + 10.5 + 6) / 3)
+    )
     assert note == "over 3 round medians"
     single, note = rounds.latency_summary([1.0, 2.0, 3.0, 10.0])
     assert single["median"] == 2.5 and single["n"] == 4 and note == ""
@@ -169,8 +173,16 @@ def test_samples_without_round_or_sweep_columns_load(tmp_path):
 
 def test_writer_refuses_a_second_row_with_the_same_key(tmp_path):
     writer = results.ResultsWriter(tmp_path / "d.csv")
-    row = {"schema_version": results.SCHEMA_VERSION, "run_id": "r", "case_id": "c", "metric": "rel_err",
-           "stat": "value", "status": "ok", "source": "measured", "value": 1e-7}  # fmt: skip
+    row = {
+        "schema_version": results.SCHEMA_VERSION,
+        "run_id": "r",
+        "case_id": "c",
+        "metric": "rel_err",
+        "stat": "value",
+        "status": "ok",
+        "source": "measured",
+        "value": 1e-7,
+    }
     writer.write_rows([row, row | {"metric": "grad_rel_err"}])
     with pytest.raises(ResultsError, match="duplicate row"):
         writer.write_rows([row | {"note": "grads"}])  # differs only in the note: refused
@@ -187,8 +199,15 @@ def test_writer_refuses_a_second_row_with_the_same_key(tmp_path):
 def _smoke_sized(path: Path) -> list[str]:
     """--set overrides that shrink a shipped suite to seconds on 2 CPU cores, keeping its mechanisms and metrics."""
     raw = yaml.safe_load(path.read_text())
-    sets = ["device=cpu", "batch=[1]", "warmup=0", "repeats={min: 1, max: 2, min_time_s: 0}", "rounds=2",
-            "isolation=inprocess", "timeout_s=60"]  # fmt: skip
+    sets = [
+        "device=cpu",
+        "batch=[1]",
+        "warmup=0",
+        "repeats={min: 1, max: 2, min_time_s: 0}",
+        "rounds=2",
+        "isolation=inprocess",
+        "timeout_s=60",
+    ]
     levels = raw.get("level", "op")
     if "model" in (levels if isinstance(levels, list) else [levels]):
         sets += ["resolution=[64]", "models=[ravlt_t]"]
@@ -223,8 +242,9 @@ def _copy_tree(dst: Path) -> Path:
 
 @pytest.mark.slow
 def test_ab_interleaves_two_trees_and_gates(tmp_path, capsys):
-    suite = write_suite(tmp_path, TINY.replace("resolution: [3, 4]", "resolution: [4]").replace(
-        "batch: [1, 2]", "batch: 1"))
+    suite = write_suite(
+        tmp_path, TINY.replace("resolution: [3, 4]", "resolution: [4]").replace("batch: [1, 2]", "batch: 1")
+    )
     a, b = _copy_tree(tmp_path / "A"), _copy_tree(tmp_path / "B")
     out = tmp_path / "ab"
     code = main(["ab", str(suite), "--baseline", str(a), "--candidate", str(b), "--rounds", "3", "--out", str(out)])
@@ -236,8 +256,23 @@ def test_ab_interleaves_two_trees_and_gates(tmp_path, capsys):
     assert names == ["A-r01.csv", "B-r01.csv", "B-r02.csv", "A-r02.csv", "A-r03.csv", "B-r03.csv"]
     # each side imports its own tree: break B's mechanisms and only B fails
     (b / "mechanisms" / "__init__.py").write_text("raise ImportError('tree B is broken on purpose')\n")
-    assert main(["ab", str(suite), "--baseline", str(a), "--candidate", str(b), "--rounds", "3",
-                 "--out", str(tmp_path / "ab2")]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "ab",
+                str(suite),
+                "--baseline",
+                str(a),
+                "--candidate",
+                str(b),
+                "--rounds",
+                "3",
+                "--out",
+                str(tmp_path / "ab2"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "side B" in err and len(err.strip().splitlines()) == 1
     assert (tmp_path / "ab2" / "A-r01.csv").exists()  # the round measured before the failure is kept
@@ -245,11 +280,17 @@ def test_ab_interleaves_two_trees_and_gates(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_ab_checks_out_a_git_revision(tmp_path, capsys, monkeypatch):
-    if shutil.which("git") is None or subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO,
-                                                     capture_output=True).returncode != 0:  # fmt: skip
+    if (
+        shutil.which("git") is None
+        or subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True).returncode != 0
+    ):
         pytest.skip("needs a git checkout")
-    suite = write_suite(tmp_path, TINY.replace("softmax_sdpa, softmax_eager", "softmax_sdpa").replace(
-        "resolution: [3, 4]", "resolution: [4]").replace("batch: [1, 2]", "batch: 1"))
+    suite = write_suite(
+        tmp_path,
+        TINY.replace("softmax_sdpa, softmax_eager", "softmax_sdpa")
+        .replace("resolution: [3, 4]", "resolution: [4]")
+        .replace("batch: [1, 2]", "batch: 1"),
+    )
     scratch = tmp_path / "tmp"  # this test's temporary worktrees only (others may run ab beside it under -n)
     scratch.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(scratch))

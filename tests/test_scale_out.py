@@ -85,7 +85,7 @@ def test_two_workers_give_the_single_process_case_set(tmp_path):
     assert not full.duplicated(list(results.ROW_KEY)).any()
     assert set(full.concurrent.dropna()) <= {1, 2}
     samples = results.load_samples(two)
-    assert (samples.groupby("case_id")["round"].agg(lambda r: sorted(set(r))) .map(tuple) == (0, 1)).all()
+    assert (samples.groupby("case_id")["round"].agg(lambda r: sorted(set(r))).map(tuple) == (0, 1)).all()
     visits = samples.groupby(["case_id", "round"])["sweep"].agg(lambda s: tuple(sorted(set(s))))
     assert (visits == (0, 1)).all()  # a pool task runs its case's sweeps (back to back)
     assert set(b.note) == {"over 2 round values (each the fastest of 2 sweep medians)"}
@@ -155,8 +155,12 @@ def test_driver_sigkill_then_resume_with_workers_each_case_once(tmp_path):
     suite = write_suite(tmp_path, SLOW)
     argv = ["run", str(suite), "--out", str(out), "--workers", "2"]
     proc = _run_cli(argv)
-    _wait_for(lambda: results.companion(out, "samples.csv").exists()
-              and results.companion(out, "samples.csv").read_text().count("\n") > 40)  # fmt: skip
+    _wait_for(
+        lambda: (
+            results.companion(out, "samples.csv").exists()
+            and results.companion(out, "samples.csv").read_text().count("\n") > 40
+        )
+    )
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     again = _run_cli(argv + ["--resume"])
@@ -168,14 +172,17 @@ def test_driver_sigkill_then_resume_with_workers_each_case_once(tmp_path):
     assert set(samples["round"]) == {0, 1}
 
 
-@pytest.mark.parametrize(("args", "pattern"), [
-    (["--workers", "0"], "positive number of workers"),
-    (["--workers", "many"], "positive number of workers"),
-    (["--address", "127.0.0.1:9"], "use it with --executor ray"),
-    (["--executor", "ray", "--workers", "2"], "--workers is for the local pool"),
-    (["--set", "hardware=[H100]"], "run it with --executor ray"),
-    (["--set", "exclusive=socket"], "exclusive"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("args", "pattern"),
+    [
+        (["--workers", "0"], "positive number of workers"),
+        (["--workers", "many"], "positive number of workers"),
+        (["--address", "127.0.0.1:9"], "use it with --executor ray"),
+        (["--executor", "ray", "--workers", "2"], "--workers is for the local pool"),
+        (["--set", "hardware=[H100]"], "run it with --executor ray"),
+        (["--set", "exclusive=socket"], "exclusive"),
+    ],
+)
 def test_user_errors_are_one_line(tmp_path, capsys, args, pattern):
     suite = write_suite(tmp_path)
     assert main(["run", str(suite), "--out", str(tmp_path / "e.csv"), "--no-progress", *args]) == 2
@@ -202,9 +209,17 @@ def test_exclusive_node_runs_one_case_at_a_time(tmp_path):
 def _gate_run(path: Path, gpu: str, env_id: str) -> Path:
     writer = results.ResultsWriter(path)
     writer.write_env(env_id, {"device": "cuda", "gpu_name": gpu})
-    row = {c: "" for c in results.COLUMNS} | {"schema_version": 2, "case_id": "c1", "metric": "latency",
-                                             "stat": "median", "value": 1.0, "unit": "ms", "status": "ok",
-                                             "source": "measured", "env_id": env_id}  # fmt: skip
+    row = {c: "" for c in results.COLUMNS} | {
+        "schema_version": 2,
+        "case_id": "c1",
+        "metric": "latency",
+        "stat": "median",
+        "value": 1.0,
+        "unit": "ms",
+        "status": "ok",
+        "source": "measured",
+        "env_id": env_id,
+    }
     writer.write_rows([row])
     for r in range(3):
         writer.write_samples("c1", "latency", [1.0 + 0.01 * r, 1.01, 0.99], round=r)
@@ -223,10 +238,21 @@ def test_gate_refuses_different_hardware_unless_asked(tmp_path, capsys):
 
 
 def test_slurm_script_dry_run_starts_ray_then_the_sweep(tmp_path):
-    env = {**os.environ, "DRY_RUN": "1", "SLURM_JOB_NODELIST": "gpu01,gpu02,gpu03", "HARDWARE": "H100",
-           "PATH": "/usr/bin:/bin"}  # no scontrol on PATH: the dry run reads the node list itself
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "slurm_ray.sbatch"), "suites/resolution.yaml",
-                           "--set", "dtype=bf16"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "DRY_RUN": "1",
+        "SLURM_JOB_NODELIST": "gpu01,gpu02,gpu03",
+        "HARDWARE": "H100",
+        "PATH": "/usr/bin:/bin",
+    }  # no scontrol on PATH: the dry run reads the node list itself
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "slurm_ray.sbatch"), "suites/resolution.yaml", "--set", "dtype=bf16"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     head = [i for i, line in enumerate(lines) if "ray start --head" in line]
@@ -239,8 +265,37 @@ def test_slurm_script_dry_run_starts_ray_then_the_sweep(tmp_path):
 
 def test_schema_1_files_still_load_and_are_not_appended_to(tmp_path, capsys):
     old = tmp_path / "v1.csv"
-    row = ["1", "r", "c1", "s", "m", "f", "b", "op", "", "fwd", "cpu", "fp32", "1", "2", "2", "4", "1", "16", "16",
-           "latency", "1.5", "ms", "median", "ok", "", "measured", "", "e", "t"]  # fmt: skip
+    row = [
+        "1",
+        "r",
+        "c1",
+        "s",
+        "m",
+        "f",
+        "b",
+        "op",
+        "",
+        "fwd",
+        "cpu",
+        "fp32",
+        "1",
+        "2",
+        "2",
+        "4",
+        "1",
+        "16",
+        "16",
+        "latency",
+        "1.5",
+        "ms",
+        "median",
+        "ok",
+        "",
+        "measured",
+        "",
+        "e",
+        "t",
+    ]
     old.write_text(",".join(results.COLUMNS_V1) + "\n" + ",".join(row) + "\n")
     df = results.load(old)
     assert list(df.columns) == results.COLUMNS and df.worker.tolist() == [""] and df.concurrent.isna().all()

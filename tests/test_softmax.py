@@ -56,8 +56,9 @@ def test_mixer_level_same_weights():
         xd = x.double()
         t = torch.nn.functional.conv2d(xd, eager.qkvo.weight.double(), eager.qkvo.bias.double())
         c = 64
-        lepe = torch.nn.functional.conv2d(t[:, 2 * c : 3 * c], eager.lepe.weight.double(), eager.lepe.bias.double(),
-                                          padding=2, groups=c)  # fmt: skip
+        lepe = torch.nn.functional.conv2d(
+            t[:, 2 * c : 3 * c], eager.lepe.weight.double(), eager.lepe.bias.double(), padding=2, groups=c
+        )
         qkv = t[:, : 3 * c].reshape(2, 3, 2, 32, 35).permute(1, 0, 2, 4, 3)  # (3, B, h, N, d)
         sin, cos = (r.double() for r in Rope2d(32).double()((5, 7)))
 
@@ -68,8 +69,9 @@ def test_mixer_level_same_weights():
         q = qkv[0] * cos + rot(qkv[0]) * sin
         k = qkv[1] * cos + rot(qkv[1]) * sin
         out = attention_fp64(q, k, qkv[2]).transpose(-1, -2).reshape(2, c, 5, 7)
-        ref = torch.nn.functional.conv2d((out + lepe) * t[:, 3 * c :], eager.proj.weight.double(),
-                                         eager.proj.bias.double())  # fmt: skip
+        ref = torch.nn.functional.conv2d(
+            (out + lepe) * t[:, 3 * c :], eager.proj.weight.double(), eager.proj.bias.double()
+        )
     err_eager = rel_err(y_eager, ref)
     assert err_eager < 1e-5
     assert rel_err(y_sdpa, ref) <= 2 * err_eager + 1e-6

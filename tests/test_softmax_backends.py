@@ -216,8 +216,10 @@ def test_refused_backend_becomes_unavailable_with_reason(monkeypatch):
 
 
 # -- flash-attn / FA3 / xformers glue, against the stand-ins -----------------------------------------------
-@pytest.mark.parametrize(("name", "dtype"), [("softmax_flash", "fp16"), ("softmax_flash", "bf16"),
-                                             ("softmax_xformers", "fp32"), ("softmax_xformers", "bf16")])  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "dtype"),
+    [("softmax_flash", "fp16"), ("softmax_flash", "bf16"), ("softmax_xformers", "fp32"), ("softmax_xformers", "bf16")],
+)
 def test_standin_op_matches_eager(standins, name, dtype):
     mech = standins[name]
     assert mech.available("cpu") == (True, "")
@@ -277,9 +279,11 @@ def test_standin_contract_matches_the_real_kernels(standins):
 
 # -- real backends on CUDA -------------------------------------------------------------------------------
 GPU_DTYPES = ("fp16", "bf16")
-SDPA_KERNELS = {"softmax_sdpa_flash": "ScaledDotProductFlashAttentionBackward0",
-                "softmax_sdpa_efficient": "ScaledDotProductEfficientAttentionBackward0",
-                "softmax_sdpa_cudnn": "ScaledDotProductCudnnAttentionBackward0"}  # fmt: skip
+SDPA_KERNELS = {
+    "softmax_sdpa_flash": "ScaledDotProductFlashAttentionBackward0",
+    "softmax_sdpa_efficient": "ScaledDotProductEfficientAttentionBackward0",
+    "softmax_sdpa_cudnn": "ScaledDotProductCudnnAttentionBackward0",
+}
 
 
 def _need_cuda(name: str, dtype: str | None = None):
@@ -299,8 +303,10 @@ def _need_cuda(name: str, dtype: str | None = None):
 @pytest.mark.parametrize("name", PINNED + EXTERNAL)
 def test_gpu_backend_matches_eager(name, dtype):
     _need_cuda(name, dtype)
-    for shape in (dict(batch=2, heads=3, height=14, width=14, head_dim=64), dict(batch=1, heads=2, height=7,
-                                                                                  width=7, head_dim=32)):  # fmt: skip
+    for shape in (
+        dict(batch=2, heads=3, height=14, width=14, head_dim=64),
+        dict(batch=1, heads=2, height=7, width=7, head_dim=32),
+    ):
         assert_matches_eager(name, dtype, device="cuda", **shape)
     assert_grads_match_eager(name, dtype, device="cuda", shape=(2, 3, 196, 64))
     assert_mixer_matches_eager(name, dtype, device="cuda", dim=128, heads=2)

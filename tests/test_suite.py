@@ -74,8 +74,11 @@ MALFORMED = [
     ("bad yaml", BASE + "batch: [1, 2\n", r":\d+: malformed YAML"),
     ("not a mapping", "- a\n- b\n", r":1: a suite must be a YAML mapping"),
     ("missing name", BASE.replace("name: t\n", ""), r":1: missing required key `name`"),
-    ("unknown mechanism", BASE.replace("rala_eager]", "rala_eagre]"),
-     r":2: unknown mechanism 'rala_eagre'; did you mean rala_eager"),
+    (
+        "unknown mechanism",
+        BASE.replace("rala_eager]", "rala_eagre]"),
+        r":2: unknown mechanism 'rala_eagre'; did you mean rala_eager",
+    ),
     ("empty sweep", BASE.replace("batch: 1", "batch: []"), r":7: `batch` is an empty sweep"),
     ("wrong type", BASE.replace("dim: 64", "dim: sixty"), r":4: `dim` must be an integer or a list"),
     ("bad dtype", BASE.replace("dtype: fp32", "dtype: fp8"), r":8: `dtype` value 'fp8' is not one of"),
@@ -123,8 +126,11 @@ def test_gpu_block_merges_deeply_and_set_can_edit_it(tmp_path):
 
 
 def test_options_are_checked_and_keep_their_types(tmp_path):
-    path = write(tmp_path, BASE.replace("[softmax_eager, rala_eager]", "[performer, rala_eager]")
-                 + "options: {performer: {features: 64, seed: 3}, rala_eager: {lepe: false}}\n")  # fmt: skip
+    path = write(
+        tmp_path,
+        BASE.replace("[softmax_eager, rala_eager]", "[performer, rala_eager]")
+        + "options: {performer: {features: 64, seed: 3}, rala_eager: {lepe: false}}\n",
+    )
     cases = plan(load_suite(path))
     perf = next(c for c in cases if c.mechanism == "performer")
     assert perf.options_dict == {"features": 64, "seed": 3}
@@ -141,15 +147,27 @@ def test_defaults_and_key_reference_come_from_the_dataclass(tmp_path):
 
     suite = load_suite(write(tmp_path, "name: t\nmechanisms: [softmax_eager]\nresolution: 7\ndevice: cpu\n"))
     assert (suite.level, suite.dim, suite.heads, suite.batch, suite.dtype, suite.pass_) == (
-        ("op",), (64,), (1,), (1,), ("fp32",), ("fwd",))  # fmt: skip
+        ("op",),
+        (64,),
+        (1,),
+        (1,),
+        ("fp32",),
+        ("fwd",),
+    )
     assert (suite.warmup, suite.timeout_s, suite.verify, suite.isolation, suite.rounds) == (3, 120.0, True, "auto", 5)
     assert (suite.repeats.min, suite.repeats.max, suite.repeats.min_time_s) == (5, 100, 0.5)
     rows = {r["key"]: r for r in key_reference()}
     assert set(kinds()) | {"repeats.min", "repeats.max", "repeats.min_time_s", "repeats.target_ci"} == set(rows)
     assert (rows["dtype"]["type"], rows["dtype"]["default"], rows["dtype"]["allowed"]) == (
-        "string(s)", "[fp32]", "fp32 | fp16 | bf16")  # fmt: skip
+        "string(s)",
+        "[fp32]",
+        "fp32 | fp16 | bf16",
+    )
     assert (rows["device"]["default"], rows["threads"]["type"], rows["name"]["default"]) == (
-        "auto", "integer or null", "(required)")  # fmt: skip
+        "auto",
+        "integer or null",
+        "(required)",
+    )
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = readme.split("## Suites", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
     assert set(re.findall(r"^(\w+):", block, flags=re.M)) == set(kinds())

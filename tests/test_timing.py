@@ -53,8 +53,11 @@ def test_cuda_timer_agrees_with_triton_do_bench_and_torch_benchmark():
     triton_ms = do_bench(fn, warmup=100, rep=500, return_mode="median") / 1e3
     assert ours_flush == pytest.approx(triton_ms, rel=0.10)
     ours_warm = summarize(time_fn(fn, device="cuda", warmup=10, policy=policy, flush_l2=False))["median"]
-    torch_s = tub.Timer(stmt="fn(); torch.cuda.synchronize()", globals={"fn": fn, "torch": torch}) \
-        .blocked_autorange(min_run_time=1.0).median  # fmt: skip
+    torch_s = (
+        tub.Timer(stmt="fn(); torch.cuda.synchronize()", globals={"fn": fn, "torch": torch})
+        .blocked_autorange(min_run_time=1.0)
+        .median
+    )
     assert ours_warm == pytest.approx(torch_s, rel=0.10)
 
 
@@ -62,7 +65,13 @@ def test_gpu_telemetry_parsing():
     from attnbench.measure.env import parse_telemetry
 
     got = parse_telemetry("1980, 2619, 312.45, 61")
-    assert got == {"gpu_clock_mhz": (1980.0, "MHz"), "gpu_mem_clock_mhz": (2619.0, "MHz"),
-                   "gpu_power_w": (312.45, "W"), "gpu_temp_c": (61.0, "C")}  # fmt: skip
-    assert parse_telemetry("1980, [N/A], [Not Supported], 40") == {"gpu_clock_mhz": (1980.0, "MHz"),
-                                                                    "gpu_temp_c": (40.0, "C")}  # fmt: skip
+    assert got == {
+        "gpu_clock_mhz": (1980.0, "MHz"),
+        "gpu_mem_clock_mhz": (2619.0, "MHz"),
+        "gpu_power_w": (312.45, "W"),
+        "gpu_temp_c": (61.0, "C"),
+    }
+    assert parse_telemetry("1980, [N/A], [Not Supported], 40") == {
+        "gpu_clock_mhz": (1980.0, "MHz"),
+        "gpu_temp_c": (40.0, "C"),
+    }

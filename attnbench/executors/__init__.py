@@ -27,14 +27,15 @@ def parse_workers(text: str | None) -> int | str | None:
     return n
 
 
-def make_executor(suite: Suite, *, executor: str = "local", workers: str | None = None,
-                  address: str | None = None):  # fmt: skip
+def make_executor(suite: Suite, *, executor: str = "local", workers: str | None = None, address: str | None = None):
     """The executor for the CLI options, or None for the in-process / single-worker path."""
     n = parse_workers(workers)
     if executor == "ray":
         if n is not None:
-            raise AttnbenchError("--workers is for the local pool; with --executor ray, Ray places one task per "
-                                 "GPU (or per `threads` CPUs) on every node")  # fmt: skip
+            raise AttnbenchError(
+                "--workers is for the local pool; with --executor ray, Ray places one task per "
+                "GPU (or per `threads` CPUs) on every node"
+            )
         from attnbench.executors.ray_cluster import RayExecutor
 
         return RayExecutor(address=address)
@@ -42,8 +43,10 @@ def make_executor(suite: Suite, *, executor: str = "local", workers: str | None 
         raise AttnbenchError("--address names a Ray cluster: use it with --executor ray")
     if n is None:
         if suite.hardware:
-            raise AttnbenchError(f"the suite names hardware kinds ({', '.join(suite.hardware)}): run it with "
-                                 "--executor ray on a cluster that has them")  # fmt: skip
+            raise AttnbenchError(
+                f"the suite names hardware kinds ({', '.join(suite.hardware)}): run it with "
+                "--executor ray on a cluster that has them"
+            )
         return None
     from attnbench.executors.local import LocalPool
 

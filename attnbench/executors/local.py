@@ -41,11 +41,14 @@ def slot_settings(device: str, workers: int | str, threads: int | None) -> list[
         gpus = visible_gpus()
         n = len(gpus) if workers == "auto" else int(workers)
         if not gpus:
-            raise AttnbenchError("--workers: no GPU is visible; run a cpu suite (--set device=cpu) or check "
-                                 "CUDA_VISIBLE_DEVICES")  # fmt: skip
+            raise AttnbenchError(
+                "--workers: no GPU is visible; run a cpu suite (--set device=cpu) or check CUDA_VISIBLE_DEVICES"
+            )
         if n > len(gpus):
-            raise AttnbenchError(f"--workers {n} but only {len(gpus)} GPU(s) are visible: a worker needs a GPU "
-                                 "of its own (give at most that many, or `auto`)")  # fmt: skip
+            raise AttnbenchError(
+                f"--workers {n} but only {len(gpus)} GPU(s) are visible: a worker needs a GPU "
+                "of its own (give at most that many, or `auto`)"
+            )
         return [{"env": {"CUDA_VISIBLE_DEVICES": gpus[i]}, "threads": threads} for i in range(n)]
     cores = os.cpu_count() or 1
     n = max(1, cores // (threads or 1)) if workers == "auto" else int(workers)
@@ -73,14 +76,20 @@ class LocalPool:
     def run(self, runner):
         suite = runner.suite
         if suite.hardware:
-            raise AttnbenchError(f"the suite names hardware kinds ({', '.join(suite.hardware)}): run it with "
-                                 "--executor ray on a cluster that has them")  # fmt: skip
+            raise AttnbenchError(
+                f"the suite names hardware kinds ({', '.join(suite.hardware)}): run it with "
+                "--executor ray on a cluster that has them"
+            )
         slots = [_Slot(i, s) for i, s in enumerate(slot_settings(suite.device, self.workers, suite.threads))]
         state = runner.open_run()
         unit_list = rounds.units(state.cases)
         sched = RoundScheduler(unit_list, state.rounds, suite.order_seed)
-        extra = {"executor": "local", "workers": len(slots), "exclusive": suite.exclusive or "device",
-                 "hostname": socket.gethostname()}  # fmt: skip
+        extra = {
+            "executor": "local",
+            "workers": len(slots),
+            "exclusive": suite.exclusive or "device",
+            "hostname": socket.gethostname(),
+        }
         inflight = Concurrency()
         results: queue.Queue = queue.Queue()
         envs = {runner.env_id}
@@ -117,8 +126,9 @@ class LocalPool:
                     if env is not None and env[0] not in envs:
                         state.writer.write_env(*env)
                         envs.add(env[0])
-                    runner.record(state, case, task.round, rows, samples, worker=worker, concurrent=concurrent,
-                                  sweep=sweep)  # fmt: skip
+                    runner.record(
+                        state, case, task.round, rows, samples, worker=worker, concurrent=concurrent, sweep=sweep
+                    )
                 elif msg[0] == "task":
                     sched.finish(msg[2])
                     idle.append(msg[1])
@@ -135,16 +145,24 @@ class LocalPool:
         return state.summary
 
     @staticmethod
-    def _run_task(runner, slot: _Slot, job: tuple, extra: dict[str, Any], inflight: Concurrency,
-                  results: queue.Queue) -> None:  # fmt: skip
+    def _run_task(
+        runner, slot: _Slot, job: tuple, extra: dict[str, Any], inflight: Concurrency, results: queue.Queue
+    ) -> None:
         task, todo, priors = job
         suite = runner.suite
         if slot.pool is None or slot.round != task.round:  # a fresh worker process for every round
             if slot.pool is not None:
                 slot.pool.close()
             slot_extra = dict(extra, cuda_visible_devices=slot.env.get("CUDA_VISIBLE_DEVICES"))
-            slot.pool = WorkerPool(suite, runner.run_id, runner.env_id, suite.memory_limit_gb, threads=slot.threads,
-                                   env=slot.env, extra_fp=slot_extra)  # fmt: skip
+            slot.pool = WorkerPool(
+                suite,
+                runner.run_id,
+                runner.env_id,
+                suite.memory_limit_gb,
+                threads=slot.threads,
+                env=slot.env,
+                extra_fp=slot_extra,
+            )
             slot.round = task.round
         n_rounds, n_sweeps = rounds.visits(suite)
         final = task.round == n_rounds - 1
@@ -170,8 +188,6 @@ class LocalPool:
                 if rows:  # the case ended (its last visit, or a failure)
                     break
                 history = history.then(samples.get("latency", []))
-
-
 
 
 __all__ = ["LocalPool", "Task", "slot_settings", "visible_gpus"]

@@ -37,8 +37,9 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise AttnbenchError(f"--executor ray needs Ray, which is not installed: pip install "
-                             f"'attnbench[{EXTRA}]' (the `{EXTRA}` extra)") from None  # fmt: skip
+        raise AttnbenchError(
+            f"--executor ray needs Ray, which is not installed: pip install 'attnbench[{EXTRA}]' (the `{EXTRA}` extra)"
+        ) from None
     return ray
 
 
@@ -48,13 +49,16 @@ def _check_reachable(address: str) -> None:
         return
     host, sep, port = address.rpartition(":")
     if not sep or not port.isdigit():
-        raise AttnbenchError(f"--address {address!r}: give the head node as HOST:PORT (e.g. head:6379), "
-                             "ray://HOST:PORT or auto")  # fmt: skip
+        raise AttnbenchError(
+            f"--address {address!r}: give the head node as HOST:PORT (e.g. head:6379), ray://HOST:PORT or auto"
+        )
     try:
         socket.create_connection((host, int(port)), timeout=5).close()
     except OSError as exc:
-        raise AttnbenchError(f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start "
-                             "one with `ray start --head` and pass the address it prints") from None  # fmt: skip
+        raise AttnbenchError(
+            f"--address {address}: no Ray cluster answers there ({exc.strerror or exc}); start "
+            "one with `ray start --head` and pass the address it prints"
+        ) from None
 
 
 def connect(ray, address: str | None, num_cpus: int | None = None) -> bool:
@@ -107,8 +111,18 @@ class Coordinator:
         return dict(self.started)
 
 
-def run_unit_task(suite, run_id: str, key: str, todo: list, priors: dict, final: bool, oom_at: dict,
-                  extra_fp: dict, threads: int | None, coordinator) -> dict[str, Any]:  # fmt: skip
+def run_unit_task(
+    suite,
+    run_id: str,
+    key: str,
+    todo: list,
+    priors: dict,
+    final: bool,
+    oom_at: dict,
+    extra_fp: dict,
+    threads: int | None,
+    coordinator,
+) -> dict[str, Any]:
     """The body of one Ray task: one round of one unit, measured in this (fresh) worker process."""
     import ray
 
@@ -117,8 +131,12 @@ def run_unit_task(suite, run_id: str, key: str, todo: list, priors: dict, final:
     from attnbench.execute import CaseExecutor, cached_peaks, prepare_process
 
     node = ray.get_runtime_context().get_node_id()
-    extra = dict(extra_fp, hostname=socket.gethostname(), ray_node_id=node,
-                 cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))  # fmt: skip
+    extra = dict(
+        extra_fp,
+        hostname=socket.gethostname(),
+        ray_node_id=node,
+        cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
+    )
     setup = prepare_process(suite, threads=threads, load_plugins=True, extra_fp=extra)
     # peaks looked up with the recorded fingerprint (extras included), as before the executor module existed
     executor = CaseExecutor(suite, run_id, setup.env_id, peaks=cached_peaks(suite.device, setup.fingerprint))
@@ -147,8 +165,14 @@ class RayExecutor:
     `gpus_per_task` (default 1 on cuda, 0 on cpu) and `local_cpus` (CPUs of a local instance started here)
     exist for tests and laptops; the CLI uses the defaults."""
 
-    def __init__(self, address: str | None = None, *, gpus_per_task: float | None = None,
-                 local_cpus: int | None = None, max_retries: int = MAX_RETRIES):  # fmt: skip
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        gpus_per_task: float | None = None,
+        local_cpus: int | None = None,
+        max_retries: int = MAX_RETRIES,
+    ):
         self.address = address
         self.gpus_per_task = gpus_per_task
         self.local_cpus = local_cpus
@@ -182,8 +206,7 @@ class RayExecutor:
                         todo = [c for c in unit_list[task.unit] if state.pending(c, task.round)]
                         for case in [c for c in todo if c.skip]:  # a planned skip needs no worker: made here
                             rows, samples = runner.case_executor.run(case)
-                            runner.record(state, case, task.round, rows, samples, worker=this_worker(),
-                                          concurrent=None)  # fmt: skip
+                            runner.record(state, case, task.round, rows, samples, worker=this_worker(), concurrent=None)
                         todo = [c for c in todo if not c.skip]
                         if not todo:
                             sched.finish(task)
@@ -192,9 +215,17 @@ class RayExecutor:
                         key = f"{task.unit}/{task.round}"
                         oom_at = {k: v for k, v in runner.case_executor.oom_at.items() if k == oom_key(todo[0])}
                         ref = remote.options(**options[kind]).remote(
-                            suite, runner.run_id, key, todo, {c.case_id: state.earlier(c) for c in todo},
-                            task.round == state.rounds - 1, oom_at, dict(extra, hardware_kind=kind or None),
-                            threads, coordinator)  # fmt: skip
+                            suite,
+                            runner.run_id,
+                            key,
+                            todo,
+                            {c.case_id: state.earlier(c) for c in todo},
+                            task.round == state.rounds - 1,
+                            oom_at,
+                            dict(extra, hardware_kind=kind or None),
+                            threads,
+                            coordinator,
+                        )
                         inflight[ref] = (task, todo, key)
                     if not inflight:
                         continue
@@ -226,11 +257,14 @@ class RayExecutor:
         for kind in suite.hardware:
             resource = kind_resource(kind, cluster)
             if resource is None:
-                have = sorted(k for k in cluster if not k.startswith("node:") and k not in ("memory",
-                              "object_store_memory"))  # fmt: skip
-                raise AttnbenchError(f"hardware kind {kind!r} is not in the Ray cluster (resources: {', '.join(have)});"
-                                     f" start its nodes with `ray start --resources='{{\"{kind}\": 1}}'` or use "
-                                     "a GPU type Ray detects (accelerator_type)")  # fmt: skip
+                have = sorted(
+                    k for k in cluster if not k.startswith("node:") and k not in ("memory", "object_store_memory")
+                )
+                raise AttnbenchError(
+                    f"hardware kind {kind!r} is not in the Ray cluster (resources: {', '.join(have)});"
+                    f" start its nodes with `ray start --resources='{{\"{kind}\": 1}}'` or use "
+                    "a GPU type Ray detects (accelerator_type)"
+                )
             options[kind] = dict(base, resources={resource: 0.001})
         return options
 
@@ -243,8 +277,11 @@ class RayExecutor:
         except (RayError, OSError) as exc:
             status = "timeout" if isinstance(exc, TaskCancelledError) else "crash"
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-            message = ("ran past its time budget; Ray task cancelled" if status == "timeout"
-                       else f"Ray task failed after {self.max_retries} retries: {type(exc).__name__}: {reason}")
+            message = (
+                "ran past its time budget; Ray task cancelled"
+                if status == "timeout"
+                else f"Ray task failed after {self.max_retries} retries: {type(exc).__name__}: {reason}"
+            )
             started = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
             for case in todo:
                 rows = [runner.case_executor.status_row(case, started, status, message)]
@@ -258,8 +295,9 @@ class RayExecutor:
             for row in rows:
                 row["env_id"] = env_id
             runner.case_executor.note_oom(case, rows)
-            runner.record(state, case, task.round, rows, samples, worker=result["worker"], concurrent=concurrent,
-                          sweep=sweep)  # fmt: skip
+            runner.record(
+                state, case, task.round, rows, samples, worker=result["worker"], concurrent=concurrent, sweep=sweep
+            )
 
     @staticmethod
     def _cancel_overdue(ray, coordinator, inflight: dict, budget_per_case: float) -> None:

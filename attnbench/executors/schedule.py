@@ -29,8 +29,9 @@ class RoundScheduler:
     def __init__(self, unit_list: Sequence[Sequence[Case]], n_rounds: int, seed: int):
         self.units = [list(u) for u in unit_list]
         self.n_rounds = n_rounds
-        self.queue = [Task(u, r) for r in range(n_rounds)
-                      for u in rounds.unit_order(len(self.units), r, seed, n_rounds)]  # fmt: skip
+        self.queue = [
+            Task(u, r) for r in range(n_rounds) for u in rounds.unit_order(len(self.units), r, seed, n_rounds)
+        ]
         self.next_round = [0] * len(self.units)  # per unit: the lowest round not finished
         self.busy: set[int] = set()  # units with a task in flight
 

@@ -136,8 +136,12 @@ def gpu_telemetry(index: int | None = None) -> dict[str, tuple[float, str]]:
         index = torch.cuda.current_device() if torch.cuda.is_available() else 0
     query = ",".join(f for f, _, _ in TELEMETRY_FIELDS)
     try:
-        res = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits", "-i", str(index)],
-                             capture_output=True, text=True, timeout=10)  # fmt: skip
+        res = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits", "-i", str(index)],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return {}
     lines = res.stdout.strip().splitlines()

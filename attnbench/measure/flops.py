@@ -76,8 +76,21 @@ def _conv_flops(x_shape, w_shape, out_shape, transposed: bool) -> int:
     return 2 * batch * math.prod(spatial) * math.prod(w_shape)
 
 
-def _conv_backward_flops(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
-                         _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:  # fmt: skip
+def _conv_backward_flops(
+    grad_out_shape,
+    x_shape,
+    w_shape,
+    _bias,
+    _stride,
+    _padding,
+    _dilation,
+    transposed,
+    _output_padding,
+    _groups,
+    output_mask,
+    out_shape=None,
+    **kwargs,
+) -> int:
     """Group-aware: grad_input and grad_weight each cost one forward (grad_out_shape = forward output)."""
     forward = _conv_flops(x_shape, w_shape, grad_out_shape, transposed)
     return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))

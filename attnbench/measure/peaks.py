@@ -66,8 +66,9 @@ POLICY = {False: RepeatPolicy(min=5, max=100, min_time_s=0.5), True: RepeatPolic
 
 
 # -- measuring -------------------------------------------------------------------------------------------
-def probe(device: str = "cpu", *, dtypes: tuple[str, ...] = DTYPES, quick: bool = False,
-          fp: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def probe(
+    device: str = "cpu", *, dtypes: tuple[str, ...] = DTYPES, quick: bool = False, fp: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Measure copy bandwidth and matmul throughput per dtype on `device`; returns a JSON-able dict.
 
     `fp` is the environment fingerprint the result belongs to (default: fingerprint(device), taken
@@ -96,9 +97,14 @@ def probe(device: str = "cpu", *, dtypes: tuple[str, ...] = DTYPES, quick: bool 
         "env_id": env_id(fp),
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "quick": quick,
-        "timing": {"method": "attnbench.measure.timing.time_fn", "stat": "median", "warmup": WARMUP[quick],
-                   "repeats_min": POLICY[quick].min, "repeats_max": POLICY[quick].max,
-                   "min_time_s": POLICY[quick].min_time_s},  # fmt: skip
+        "timing": {
+            "method": "attnbench.measure.timing.time_fn",
+            "stat": "median",
+            "warmup": WARMUP[quick],
+            "repeats_min": POLICY[quick].min,
+            "repeats_max": POLICY[quick].max,
+            "min_time_s": POLICY[quick].min_time_s,
+        },
         "settings": {
             "threads": torch.get_num_threads(),
             "fp32_matmul": "TF32 off (float32 matmul precision 'highest')",
@@ -121,8 +127,15 @@ def _copy_bandwidth(device: str, nbytes: int, quick: bool) -> dict[str, Any]:
     dst = torch.empty_like(src)
     timing = _timed(lambda: dst.copy_(src), device, quick)
     moved = 2 * nbytes
-    return {"metric": "copy_bandwidth", "value": moved / timing["median_s"] / 1e9, "unit": "GB/s",
-            "op": "dst.copy_(src)", "buffer_bytes": nbytes, "bytes_moved": moved, **timing}  # fmt: skip
+    return {
+        "metric": "copy_bandwidth",
+        "value": moved / timing["median_s"] / 1e9,
+        "unit": "GB/s",
+        "op": "dst.copy_(src)",
+        "buffer_bytes": nbytes,
+        "bytes_moved": moved,
+        **timing,
+    }
 
 
 def _matmul_throughput(device: str, dtype: str, target: int, quick: bool) -> dict[str, Any]:
@@ -157,8 +170,10 @@ def _affordable_size(device: str, dtype: str, target: int, budget_s: float) -> t
     n = min(PILOT_N, target)
     seconds = _one_call(device, dtype, n)
     if seconds > budget_s:
-        return None, (f"one {n}^3 {dtype} matmul takes {seconds:.2f} s here (no fast kernel?), over the "
-                      f"{budget_s:g} s budget per call: skipped")  # fmt: skip
+        return None, (
+            f"one {n}^3 {dtype} matmul takes {seconds:.2f} s here (no fast kernel?), over the "
+            f"{budget_s:g} s budget per call: skipped"
+        )
     while n < target:
         step = min(2 * n, target)
         predicted = seconds * (step / n) ** 3
@@ -183,8 +198,9 @@ def _one_call(device: str, dtype: str, n: int) -> float:
 
 
 # -- using a measurement ---------------------------------------------------------------------------------
-def fractions(peaks: dict[str, Any], *, achieved_gbps: float | None = None, achieved_tflops: float | None = None,
-              dtype: str) -> dict[str, float]:  # fmt: skip
+def fractions(
+    peaks: dict[str, Any], *, achieved_gbps: float | None = None, achieved_tflops: float | None = None, dtype: str
+) -> dict[str, float]:
     """frac_bandwidth = achieved_gbps / copy bandwidth; frac_flops = achieved_tflops / matmul peak of `dtype`.
 
     Only the fractions that can be formed are returned (an achieved value was given and the peak was
@@ -203,13 +219,27 @@ def fractions(peaks: dict[str, Any], *, achieved_gbps: float | None = None, achi
 def table_rows(peaks: dict[str, Any]) -> list[dict[str, Any]]:
     """One flat row per measurement (measure, dtype, value, unit, size, note), e.g. for `env --probe`."""
     copy = peaks["copy"]
-    rows = [{"measure": "copy bandwidth", "dtype": "", "value": copy["value"], "unit": copy["unit"],
-             "size": f"{copy['buffer_bytes'] / 2**20:g} MiB", "note": "dst.copy_(src), 2 x size moved"}]  # fmt: skip
+    rows = [
+        {
+            "measure": "copy bandwidth",
+            "dtype": "",
+            "value": copy["value"],
+            "unit": copy["unit"],
+            "size": f"{copy['buffer_bytes'] / 2**20:g} MiB",
+            "note": "dst.copy_(src), 2 x size moved",
+        }
+    ]
     for dtype, entry in peaks["matmul"].items():
-        rows.append({"measure": "matmul", "dtype": dtype, "value": entry["value"], "unit": entry["unit"],
-                     "size": f"{entry['size']}^3" if "size" in entry else "",
-                     "note": entry.get("skipped") or entry.get("note") or
-                     ("TF32 off" if dtype == "fp32" else "")})  # fmt: skip
+        rows.append(
+            {
+                "measure": "matmul",
+                "dtype": dtype,
+                "value": entry["value"],
+                "unit": entry["unit"],
+                "size": f"{entry['size']}^3" if "size" in entry else "",
+                "note": entry.get("skipped") or entry.get("note") or ("TF32 off" if dtype == "fp32" else ""),
+            }
+        )
     return rows
 
 
@@ -254,8 +284,9 @@ def load_peaks(device: str = "cpu", *, fp: dict[str, Any] | None = None) -> dict
     return peaks
 
 
-def get_or_probe(device: str = "cpu", *, dtypes: tuple[str, ...] = DTYPES, quick: bool = False,
-                 refresh: bool = False) -> dict[str, Any]:  # fmt: skip
+def get_or_probe(
+    device: str = "cpu", *, dtypes: tuple[str, ...] = DTYPES, quick: bool = False, refresh: bool = False
+) -> dict[str, Any]:
     """Cached peaks for this environment if they cover `dtypes` (and are a full probe unless `quick`),
     else probe now and cache the result. `refresh` always probes."""
     fp = fingerprint(device)
@@ -265,4 +296,3 @@ def get_or_probe(device: str = "cpu", *, dtypes: tuple[str, ...] = DTYPES, quick
     peaks = probe(device, dtypes=dtypes, quick=quick, fp=fp)
     save_peaks(peaks)
     return peaks
-

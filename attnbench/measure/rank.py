@@ -19,8 +19,16 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["RANK_METRICS", "RTOL_CAP", "RankStats", "effective_rank", "numerical_rank", "rank_rtol", "rank_stats",
-           "singular_values"]  # fmt: skip
+__all__ = [
+    "RANK_METRICS",
+    "RTOL_CAP",
+    "RankStats",
+    "effective_rank",
+    "numerical_rank",
+    "rank_rtol",
+    "rank_stats",
+    "singular_values",
+]
 
 RANK_METRICS = ("kv_rank", "kv_erank", "out_rank", "out_erank")
 RTOL_CAP = 1e-2

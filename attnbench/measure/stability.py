@@ -38,9 +38,11 @@ class Stability:
 
     def summary(self) -> str:
         verdict = "steady" if self.steady else "UNSTEADY"
-        return (f"{verdict}: {self.windows} windows of {WINDOW_S:g} s, tiny-op median {self.median_us:.1f} us "
-                f"(fast level {self.fast_us:.1f} us), log-sd of window medians {self.log_sd:.3f}, "
-                f"{self.slow_fraction:.0%} of windows > {SLOW_FACTOR:g}x the fast level")  # fmt: skip
+        return (
+            f"{verdict}: {self.windows} windows of {WINDOW_S:g} s, tiny-op median {self.median_us:.1f} us "
+            f"(fast level {self.fast_us:.1f} us), log-sd of window medians {self.log_sd:.3f}, "
+            f"{self.slow_fraction:.0%} of windows > {SLOW_FACTOR:g}x the fast level"
+        )
 
     def as_dict(self) -> dict:
         return asdict(self) | {"steady": self.steady}
@@ -76,7 +78,10 @@ def probe(seconds: float = 8.0) -> Stability:
     fast = ordered[len(ordered) // 10]
     logs = [math.log(m) for m in medians]
     return Stability(
-        seconds=seconds, windows=len(medians), fast_us=fast, median_us=statistics.median(medians),
+        seconds=seconds,
+        windows=len(medians),
+        fast_us=fast,
+        median_us=statistics.median(medians),
         log_sd=statistics.stdev(logs) if len(logs) > 1 else 0.0,
         slow_fraction=sum(m > SLOW_FACTOR * fast for m in medians) / len(medians),
-    )  # fmt: skip
+    )

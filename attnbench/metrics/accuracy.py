@@ -27,9 +27,17 @@ def accuracy_rows(ctx: MetricContext) -> list[MetricRow]:
     from attnbench.models.imagenet import accuracy_rows as evaluate
 
     try:
-        rows += evaluate(case.variant, data=suite.data, checkpoint=spec["path"], ema=spec.get("ema", False),
-                         image_size=case.height, batch_size=case.batch, device=case.device, dtype=case.dtype,
-                         num_workers=min(4, os.cpu_count() or 1))  # fmt: skip
+        rows += evaluate(
+            case.variant,
+            data=suite.data,
+            checkpoint=spec["path"],
+            ema=spec.get("ema", False),
+            image_size=case.height,
+            batch_size=case.batch,
+            device=case.device,
+            dtype=case.dtype,
+            num_workers=min(4, os.cpu_count() or 1),
+        )
     except AttnbenchError as exc:
         raise PartialRows(rows, str(exc)) from None
     return rows

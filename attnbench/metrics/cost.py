@@ -67,8 +67,9 @@ def with_rates(rows: list[MetricRow], median_s: float | None) -> list[MetricRow]
     for row in rows:
         out.append(row)
         if row.metric == "flops" and median_s and row.source == "measured":
-            out.append(MetricRow("achieved_tflops", row.value / median_s / 1e12, "TFLOP/s", note=row.note,
-                                 stat="median"))  # fmt: skip
+            out.append(
+                MetricRow("achieved_tflops", row.value / median_s / 1e12, "TFLOP/s", note=row.note, stat="median")
+            )
     return out
 
 

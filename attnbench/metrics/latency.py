@@ -24,8 +24,15 @@ def time_repeats(work: Workload, case: Case, suite: Suite) -> list[float]:
     its share per sweep (attnbench.rounds.sweep_policy)."""
     policy = RepeatPolicy(suite.repeats.min, suite.repeats.max, suite.repeats.min_time_s, suite.repeats.target_ci)
     policy = rounds.sweep_policy(policy, suite.sweeps)
-    secs = time_fn(work.fn, device=case.device, warmup=suite.warmup, policy=policy, timeout_s=suite.timeout_s,
-                   flush_l2=suite.flush_l2 and case.level == "op", cuda_graph=suite.cuda_graphs)  # fmt: skip
+    secs = time_fn(
+        work.fn,
+        device=case.device,
+        warmup=suite.warmup,
+        policy=policy,
+        timeout_s=suite.timeout_s,
+        flush_l2=suite.flush_l2 and case.level == "op",
+        cuda_graph=suite.cuda_graphs,
+    )
     return [s * 1e3 for s in secs]
 
 
@@ -33,8 +40,9 @@ def latency_rows(ctx: MetricContext) -> list[MetricRow]:
     work = ctx.work
     ctx.samples["latency"] = time_repeats(work, ctx.case, ctx.suite)
     stats, note = rounds.latency_summary(ctx.samples["latency"], ctx.prior)
-    rows = [MetricRow("latency", stats[stat], "count" if stat == "n" else "ms", note=note, stat=stat)
-            for stat in STAT_ORDER]  # fmt: skip
+    rows = [
+        MetricRow("latency", stats[stat], "count" if stat == "n" else "ms", note=note, stat=stat) for stat in STAT_ORDER
+    ]
     median_s = ctx.median_s = stats["median"] / 1e3
     rows.append(MetricRow("throughput", work.items / median_s, "items/s", stat="median"))
     rows.append(MetricRow("tokens_per_s", work.tokens / median_s, "tokens/s", stat="median"))

@@ -36,8 +36,9 @@ def _rows(kind: str, stats: RankStats, dtype: torch.dtype, context: str) -> list
     ]
 
 
-def inputs_rank_rows(inputs: CaseInputs, *, options: dict[str, Any] | None = None,
-                     weights: str = "random") -> list[MetricRow]:  # fmt: skip
+def inputs_rank_rows(
+    inputs: CaseInputs, *, options: dict[str, Any] | None = None, weights: str = "random"
+) -> list[MetricRow]:
     """The rank rows of the case `inputs` describe (op or mixer level)."""
     tdtype = inputs.torch_dtype
     measured = rank_tensors(inputs, options=options, weights=weights)
@@ -48,9 +49,21 @@ def inputs_rank_rows(inputs: CaseInputs, *, options: dict[str, Any] | None = Non
     return rows
 
 
-def rank_rows(mech: Mechanism, *, level: str, batch: int, heads: int, height: int, width: int, dim: int, dtype: str,
-              device: str | torch.device, options: dict[str, Any] | None = None, weights: str = "random",
-              seed: int = 0) -> list[MetricRow]:  # fmt: skip
+def rank_rows(
+    mech: Mechanism,
+    *,
+    level: str,
+    batch: int,
+    heads: int,
+    height: int,
+    width: int,
+    dim: int,
+    dtype: str,
+    device: str | torch.device,
+    options: dict[str, Any] | None = None,
+    weights: str = "random",
+    seed: int = 0,
+) -> list[MetricRow]:
     """`inputs_rank_rows` with the case given as keywords: level "op" (q, k, v (B, h, N, dim/heads), seeds
     seed..seed+2) or "mixer" (seeded init or `weights` from a checkpoint, x (B, dim, H, W) with seed + 10)."""
     if dim % heads:

@@ -42,8 +42,9 @@ class CheckpointInfo:
 def read_checkpoint(path: str | Path) -> Any:
     """torch.load with weights_only=True and argparse.Namespace allow-listed for this call only."""
     if not str(path).strip():
-        raise CheckpointError("checkpoint path is empty; give the path of a .pth file (random weights are never "
-                              "substituted)")  # fmt: skip
+        raise CheckpointError(
+            "checkpoint path is empty; give the path of a .pth file (random weights are never substituted)"
+        )
     path = Path(path)
     try:
         found = path.is_file()
@@ -59,8 +60,9 @@ def read_checkpoint(path: str | Path) -> Any:
         raise CheckpointError(_unpickling_message(path, exc)) from None
     except Exception as exc:  # corrupt bytes can fail anywhere in the (weights-only, non-executing) unpickler
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read (truncated or corrupt file?): {first[:200]}"
-                              ) from None  # fmt: skip
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} cannot be read (truncated or corrupt file?): {first[:200]}"
+        ) from None
 
 
 def _unpickling_message(path: Path, exc: Exception) -> str:
@@ -172,16 +174,22 @@ def check_values(model: nn.Module, sd: Mapping[str, torch.Tensor], *, where: str
     """Refuse weights that would measure something else than the model: a floating-point entry stored with
     an integer (or bool) dtype, and non-finite values (NaN/inf) in any floating-point entry."""
     expected = model.state_dict()
-    wrong = [f"{k}: {str(v.dtype).replace('torch.', '')} (model {str(expected[k].dtype).replace('torch.', '')})"
-             for k, v in sd.items()
-             if k in expected and expected[k].is_floating_point() and not v.is_floating_point()]  # fmt: skip
+    wrong = [
+        f"{k}: {str(v.dtype).replace('torch.', '')} (model {str(expected[k].dtype).replace('torch.', '')})"
+        for k, v in sd.items()
+        if k in expected and expected[k].is_floating_point() and not v.is_floating_point()
+    ]
     if wrong:
-        raise CheckpointError(f"{where} stores {len(wrong)} floating-point weights with an integer dtype "
-                              f"{_shortlist(wrong)}; re-save the float weights")  # fmt: skip
+        raise CheckpointError(
+            f"{where} stores {len(wrong)} floating-point weights with an integer dtype "
+            f"{_shortlist(wrong)}; re-save the float weights"
+        )
     bad = [k for k, v in sd.items() if v.is_floating_point() and v.numel() and not bool(torch.isfinite(v).all())]
     if bad:
-        raise CheckpointError(f"{where} has non-finite values (NaN/inf) in {len(bad)} entries {_shortlist(bad)}; "
-                              "the weights are damaged: use another checkpoint")  # fmt: skip
+        raise CheckpointError(
+            f"{where} has non-finite values (NaN/inf) in {len(bad)} entries {_shortlist(bad)}; "
+            "the weights are damaged: use another checkpoint"
+        )
 
 
 def load_checkpoint(model: nn.Module, path: str | Path, ema: bool = False) -> CheckpointInfo:

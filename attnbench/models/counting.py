@@ -176,8 +176,14 @@ def count_model(model: nn.Module, height: int, width: int, *, batch: int = 1) ->
     so build big models there for counting: `with torch.device("meta"): m = create_ravlt(...)`.
     """
     param = next(model.parameters())
-    x = torch.zeros(batch, getattr(getattr(model, "config", None), "in_chans", 3), height, width,
-                    device=param.device, dtype=param.dtype)  # (B, 3, H, W)
+    x = torch.zeros(
+        batch,
+        getattr(getattr(model, "config", None), "in_chans", 3),
+        height,
+        width,
+        device=param.device,
+        dtype=param.dtype,
+    )  # (B, 3, H, W)
     norm = [0]
 
     def hook(per_element: int):
@@ -186,8 +192,11 @@ def count_model(model: nn.Module, height: int, width: int, *, batch: int = 1) ->
 
         return count
 
-    costs = {nn.BatchNorm2d: BN_MACS_PER_ELEMENT, nn.LayerNorm: LN_MACS_PER_ELEMENT,
-             nn.AdaptiveAvgPool2d: POOL_MACS_PER_ELEMENT}  # fmt: skip
+    costs = {
+        nn.BatchNorm2d: BN_MACS_PER_ELEMENT,
+        nn.LayerNorm: LN_MACS_PER_ELEMENT,
+        nn.AdaptiveAvgPool2d: POOL_MACS_PER_ELEMENT,
+    }
     handles = [
         m.register_forward_hook(hook(cost)) for m in model.modules() for kind, cost in costs.items() if type(m) is kind
     ]

@@ -57,6 +57,7 @@ __all__ = [
     "subset_indices",
 ]
 
+
 def load_pretrained(model_name: str, checkpoint: str | os.PathLike, *, ema: bool = False) -> nn.Module:
     """create_ravlt(model_name) with the checkpoint's weights (`model_ema` when ema), in eval mode."""
     from attnbench.models.checkpoint import load_checkpoint
@@ -139,8 +140,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64, help="per process")
     p.add_argument("--image-size", type=int, default=224, help="center crop size")
     p.add_argument("--resize-size", type=int, default=None, help="shorter-side resize (default int(crop / 0.875))")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                   help="DataLoader worker processes per rank (0: load in the main process)")  # fmt: skip
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="DataLoader worker processes per rank (0: load in the main process)",
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (under torchrun: cuda:LOCAL_RANK)")
     p.add_argument("--dtype", default="fp32", choices=sorted(TORCH_DTYPES))
     p.add_argument("--limit", type=int, default=None, help="evaluate this many evenly spaced images")

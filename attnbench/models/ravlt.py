@@ -199,8 +199,16 @@ class Stage(nn.Module):
         super().__init__()
         self.RoPE = Rope2d(dim // num_heads)
         self.blocks = nn.ModuleList(
-            Block(dim, num_heads, ffn_dim, mechanism, drop_path=drop_paths[j], layerscale=layerscale,
-                  layer_init_value=layer_init_value, stage=stage)
+            Block(
+                dim,
+                num_heads,
+                ffn_dim,
+                mechanism,
+                drop_path=drop_paths[j],
+                layerscale=layerscale,
+                layer_init_value=layer_init_value,
+                stage=stage,
+            )
             for j in range(depth)
         )
         self.downsample = Downsample(dim, out_dim) if out_dim is not None else None
@@ -216,11 +224,18 @@ def stem(in_chans: int, dim: int) -> nn.Sequential:
     """Four 3x3 convs (s2, s1, s1, s2) with BatchNorm, GELU between: (B, 3, H, W) -> (B, C0, H/4, W/4)."""
     half = dim // 2
     return nn.Sequential(
-        nn.Conv2d(in_chans, half, 3, 2, 1), nn.BatchNorm2d(half), nn.GELU(),
-        nn.Conv2d(half, half, 3, 1, 1), nn.BatchNorm2d(half), nn.GELU(),
-        nn.Conv2d(half, half, 3, 1, 1), nn.BatchNorm2d(half), nn.GELU(),
-        nn.Conv2d(half, dim, 3, 2, 1), nn.BatchNorm2d(dim),
-    )  # fmt: skip
+        nn.Conv2d(in_chans, half, 3, 2, 1),
+        nn.BatchNorm2d(half),
+        nn.GELU(),
+        nn.Conv2d(half, half, 3, 1, 1),
+        nn.BatchNorm2d(half),
+        nn.GELU(),
+        nn.Conv2d(half, half, 3, 1, 1),
+        nn.BatchNorm2d(half),
+        nn.GELU(),
+        nn.Conv2d(half, dim, 3, 2, 1),
+        nn.BatchNorm2d(dim),
+    )
 
 
 class PatchEmbed(nn.Module):
@@ -256,10 +271,17 @@ class RAVLT(nn.Module):
     ):
         super().__init__()
         self.config = RavltConfig(
-            tuple(embed_dims), tuple(depths), tuple(num_heads), tuple(float(r) for r in mlp_ratios),
-            float(drop_path_rate), int(projection), tuple(bool(s) for s in layerscales),
-            tuple(float(v) for v in layer_init_values), int(num_classes), int(in_chans),
-        )  # fmt: skip
+            tuple(embed_dims),
+            tuple(depths),
+            tuple(num_heads),
+            tuple(float(r) for r in mlp_ratios),
+            float(drop_path_rate),
+            int(projection),
+            tuple(bool(s) for s in layerscales),
+            tuple(float(v) for v in layer_init_values),
+            int(num_classes),
+            int(in_chans),
+        )
         early = resolve_mechanism(mixer, DEFAULT_MIXER)
         late = resolve_mechanism(mixer_late, DEFAULT_MIXER_LATE)
         self.mixer_names = (early.name, late.name)

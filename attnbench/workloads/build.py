@@ -37,8 +37,9 @@ def _op(inputs: CaseInputs) -> Workload:
     def forward():
         return mech.op(q, k, v, grid=inputs.grid, **options)
 
-    return Workload(fn=timed_call(forward, [q, k, v], inputs.pass_), items=s.batch, tokens=s.batch * s.tokens,
-                    forward=forward)  # fmt: skip
+    return Workload(
+        fn=timed_call(forward, [q, k, v], inputs.pass_), items=s.batch, tokens=s.batch * s.tokens, forward=forward
+    )
 
 
 def _mixer(inputs: CaseInputs) -> Workload:
@@ -63,15 +64,39 @@ def _mixer(inputs: CaseInputs) -> Workload:
     )
 
 
-def op_workload(mech: Mechanism, *, batch, heads, height, width, head_dim, dtype, device, pass_,
-                options: dict[str, Any] | None = None, seed: int = 0) -> Workload:  # fmt: skip
+def op_workload(
+    mech: Mechanism,
+    *,
+    batch,
+    heads,
+    height,
+    width,
+    head_dim,
+    dtype,
+    device,
+    pass_,
+    options: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> Workload:
     """Op level: q, k, v (B, h, N, d) random normal; fn = mech.op(q, k, v, grid=(H, W), **options)."""
     shape = Shape(batch, heads, height, width, head_dim, heads * head_dim)
     return _op(CaseInputs(mech, "op", shape, dtype, device, pass_, dict(options or {}), seed=seed))
 
 
-def mixer_workload(mech: Mechanism, *, batch, heads, height, width, dim, dtype, device, pass_,
-                   options: dict[str, Any] | None = None, seed: int = 0) -> Workload:  # fmt: skip
+def mixer_workload(
+    mech: Mechanism,
+    *,
+    batch,
+    heads,
+    height,
+    width,
+    dim,
+    dtype,
+    device,
+    pass_,
+    options: dict[str, Any] | None = None,
+    seed: int = 0,
+) -> Workload:
     """Mixer level: the mechanism's token mixer on x (B, C, H, W) with RoPE tables from a Rope2d."""
     shape = Shape(batch, heads, height, width, dim // heads, dim)
     return _mixer(CaseInputs(mech, "mixer", shape, dtype, device, pass_, dict(options or {}), seed=seed))

@@ -56,15 +56,29 @@ class CaseInputs:
     def of(cls, case: Case, *, seed: int = 0) -> CaseInputs:
         """Resolve a planned case: its registered mechanism, its shape, its options."""
         shape = Shape(case.batch, case.heads, case.height, case.width, case.head_dim, case.dim)
-        return cls(registry.get(case.mechanism), case.level, shape, case.dtype, case.device, case.pass_,
-                   case.options_dict, case.variant, seed)  # fmt: skip
+        return cls(
+            registry.get(case.mechanism),
+            case.level,
+            shape,
+            case.dtype,
+            case.device,
+            case.pass_,
+            case.options_dict,
+            case.variant,
+            seed,
+        )
 
-    def at(self, *, batch: int | None = None, height: int | None = None, width: int | None = None,
-           seed: int | None = None) -> CaseInputs:  # fmt: skip
+    def at(
+        self, *, batch: int | None = None, height: int | None = None, width: int | None = None, seed: int | None = None
+    ) -> CaseInputs:
         """The same case at another batch, grid or seed (verification's reduced shape)."""
         s = self.shape
-        shape = replace(s, batch=s.batch if batch is None else batch, height=s.height if height is None else height,
-                        width=s.width if width is None else width)  # fmt: skip
+        shape = replace(
+            s,
+            batch=s.batch if batch is None else batch,
+            height=s.height if height is None else height,
+            width=s.width if width is None else width,
+        )
         return replace(self, shape=shape, seed=self.seed if seed is None else seed)
 
     @property
@@ -75,11 +89,23 @@ class CaseInputs:
     def grid(self) -> tuple[int, int]:
         return (self.shape.height, self.shape.width)
 
-    def randn(self, shape, offset: int, *, dtype: torch.dtype | None = None, device: str | None = None,
-              requires_grad: bool = False) -> torch.Tensor:  # fmt: skip
+    def randn(
+        self,
+        shape,
+        offset: int,
+        *,
+        dtype: torch.dtype | None = None,
+        device: str | None = None,
+        requires_grad: bool = False,
+    ) -> torch.Tensor:
         """N(0, 1) of `shape` from seed + offset, in the case dtype on its device unless told otherwise."""
-        return seeded_randn(shape, dtype=dtype or self.torch_dtype, device=device or self.device,
-                            seed=self.seed + offset, requires_grad=requires_grad)  # fmt: skip
+        return seeded_randn(
+            shape,
+            dtype=dtype or self.torch_dtype,
+            device=device or self.device,
+            seed=self.seed + offset,
+            requires_grad=requires_grad,
+        )
 
     def qkv(self, *, layout: str = "bhnd", requires_grad: bool = False) -> tuple[torch.Tensor, ...]:
         """q, k, v, each (B, h, N, d), from seeds seed + 0, 1, 2; layout "bnhd": the values drawn as
@@ -87,18 +113,30 @@ class CaseInputs:
         s = self.shape
         n = s.height * s.width
         if layout == "bnhd":
-            return tuple(self.randn((s.batch, n, s.heads, s.head_dim), QKV_SEED + i).transpose(1, 2)
-                         .requires_grad_(requires_grad) for i in range(3))  # fmt: skip
-        return tuple(self.randn((s.batch, s.heads, n, s.head_dim), QKV_SEED + i, requires_grad=requires_grad)
-                     for i in range(3))  # fmt: skip
+            return tuple(
+                self.randn((s.batch, n, s.heads, s.head_dim), QKV_SEED + i)
+                .transpose(1, 2)
+                .requires_grad_(requires_grad)
+                for i in range(3)
+            )
+        return tuple(
+            self.randn((s.batch, s.heads, n, s.head_dim), QKV_SEED + i, requires_grad=requires_grad) for i in range(3)
+        )
 
-    def x(self, *, offset: int = X_SEED, dtype: torch.dtype | None = None, device: str | None = None,
-          requires_grad: bool = False) -> torch.Tensor:  # fmt: skip
+    def x(
+        self,
+        *,
+        offset: int = X_SEED,
+        dtype: torch.dtype | None = None,
+        device: str | None = None,
+        requires_grad: bool = False,
+    ) -> torch.Tensor:
         """(B, C, H, W) from seed + offset: C = dim (mixer input) or 3 (the model's image)."""
         s = self.shape
         channels = 3 if self.level == "model" else s.dim
-        return self.randn((s.batch, channels, s.height, s.width), offset, dtype=dtype, device=device,
-                          requires_grad=requires_grad)  # fmt: skip
+        return self.randn(
+            (s.batch, channels, s.height, s.width), offset, dtype=dtype, device=device, requires_grad=requires_grad
+        )
 
     def op_options(self) -> dict[str, Any]:
         """The case's options the op takes as keywords (mixer-only options such as gate or lepe dropped)."""

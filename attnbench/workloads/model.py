@@ -50,13 +50,25 @@ def _analytic_rows(
         return []
     backward = "fwd_bwd = 3x fwd (softmax cores 3.5x)" if pass_ == "fwd_bwd" else "forward"
     return [
-        MetricRow("macs", counts.macs_no_attn, "MAC",
-                  note=f"macs_no_attn; convs + norms (fvcore inference), attention matmuls excluded; forward, {per}"),
-        MetricRow("macs_with_attn", counts.macs_with_attn, "MAC",
-                  note=f"macs_with_attn; fvcore-style, attention matmuls included; forward, {per}"),
-        MetricRow("flops", flops, "FLOP",
-                  note=f"analytic; 2 per conv/matmul MAC (FlopCounterMode convention), {backward}, {per}"),
-    ]  # fmt: skip
+        MetricRow(
+            "macs",
+            counts.macs_no_attn,
+            "MAC",
+            note=f"macs_no_attn; convs + norms (fvcore inference), attention matmuls excluded; forward, {per}",
+        ),
+        MetricRow(
+            "macs_with_attn",
+            counts.macs_with_attn,
+            "MAC",
+            note=f"macs_with_attn; fvcore-style, attention matmuls included; forward, {per}",
+        ),
+        MetricRow(
+            "flops",
+            flops,
+            "FLOP",
+            note=f"analytic; 2 per conv/matmul MAC (FlopCounterMode convention), {backward}, {per}",
+        ),
+    ]
 
 
 def model_workload(inputs: CaseInputs) -> Workload:
@@ -103,8 +115,11 @@ def model_workload(inputs: CaseInputs) -> Workload:
     static += _analytic_rows(model_name, mixer, mixer_late, batch=batch, height=height, width=width, pass_=pass_)
     step = "one training step (forward + backward)" if pass_ == "fwd_bwd" else "forward"
     if _counter_safe(mixer) and _counter_safe(mixer_late):  # else no counted row: analytic only
-        static.append(MetricRow("flops_counted", float(count_flops(fn)), "FLOP",
-                                note=f"flopcountermode; {step}, per batch of {batch}"))  # fmt: skip
+        static.append(
+            MetricRow(
+                "flops_counted", float(count_flops(fn)), "FLOP", note=f"flopcountermode; {step}, per batch of {batch}"
+            )
+        )
     h1, w1 = stage_grids(height, width)[0]
     return Workload(fn=fn, items=batch, tokens=batch * h1 * w1, module=model, forward=forward, static=static)
 
@@ -125,8 +140,17 @@ def build_model_workload(
     """`model_workload` with the case given as keywords: `mixer` a registered name, a Mechanism, or None
     (the published stage 1-2 mixer)."""
     shape = Shape(batch, None, height, width, None, None)
-    inputs = CaseInputs(resolve_mechanism(mixer, DEFAULT_MIXER), "model", shape, dtype, device, pass_,
-                        dict(options or {}), variant=model_name, seed=seed)  # fmt: skip
+    inputs = CaseInputs(
+        resolve_mechanism(mixer, DEFAULT_MIXER),
+        "model",
+        shape,
+        dtype,
+        device,
+        pass_,
+        dict(options or {}),
+        variant=model_name,
+        seed=seed,
+    )
     return model_workload(inputs)
 
 

@@ -88,8 +88,9 @@ def _record_operator(module: nn.Module) -> Iterator[dict[str, Any]]:
         owner = module.operator
 
         def hook(mod, args, kwargs, output):
-            record.update(q=args[0], k=args[1], v=args[2], grid=kwargs["grid"], rope=kwargs.get("rope"),
-                          out=output, owner=mod)  # fmt: skip
+            record.update(
+                q=args[0], k=args[1], v=args[2], grid=kwargs["grid"], rope=kwargs.get("rope"), out=output, owner=mod
+            )
 
         handle = owner.register_forward_hook(hook, with_kwargs=True)
         try:

@@ -143,8 +143,13 @@ class LinearBase(Mechanism):
         parts = []
         if level == "mixer":
             resolved = self.shell(shell)
-            parts.append("".join(("+" if resolved[key] else "-") + key for key in SHELL_OPTIONS
-                                 if resolved[key] != self.shell_defaults.get(key, False)))  # fmt: skip
+            parts.append(
+                "".join(
+                    ("+" if resolved[key] else "-") + key
+                    for key in SHELL_OPTIONS
+                    if resolved[key] != self.shell_defaults.get(key, False)
+                )
+            )
         resolved_own = self.resolve(own)
         parts += [f"{key}={resolved_own[key]}" for key in sorted(own) if resolved_own[key] != self.option_defaults[key]]
         return " ".join(part for part in parts if part)

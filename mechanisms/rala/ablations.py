@@ -35,8 +35,6 @@ def identity_rope(n: int, head_dim: int, like: Tensor) -> tuple[Tensor, Tensor]:
     return sin, torch.ones_like(sin)
 
 
-
-
 def rala_no_qaware_op(q: Tensor, k: Tensor, v: Tensor, *, grid, rope=None) -> Tensor:
     """RALA without the query-aware weights (alpha = 1/N): (B, h, N, d) x3 -> (B, h, N, d)."""
     n = q.shape[-2]
@@ -101,4 +99,3 @@ class RalaNoGate(Mechanism):
         if level != "mixer":
             raise ValueError(f"rala_no_gate is mixer-only: no bytes for level {level!r}")
         return mixer_bytes(s, dtype, gate=False)
-

@@ -115,8 +115,16 @@ def meta_inputs(level: str, shape: tuple, d: int, dtype: torch.dtype):
     return q, k, v, rope
 
 
-def planned_launches(level: str, shape: tuple, d: int, dtype: torch.dtype, arch: Arch, *, fwd: dict | None = None,
-                     bwd: dict | None = None) -> list[Launch]:
+def planned_launches(
+    level: str,
+    shape: tuple,
+    d: int,
+    dtype: torch.dtype,
+    arch: Arch,
+    *,
+    fwd: dict | None = None,
+    bwd: dict | None = None,
+) -> list[Launch]:
     """The kernel launches rala_forward + rala_backward make for this case on `arch` (fwd / bwd:
     plan_launch overrides such as block_n, num_warps, to try a table entry)."""
     from mechanisms.rala.launch import backward_wants_channel_major, plan_launch
@@ -129,12 +137,14 @@ def planned_launches(level: str, shape: tuple, d: int, dtype: torch.dtype, arch:
     dev = torch.device("meta")
     log: list[Launch] = []
     with recording(log):
-        fplan = plan_launch(b * h, n, d, dtype, dev, arch=arch.cc, sms=arch.sms, token_major=token_major(q),
-                            **(fwd or {}))
+        fplan = plan_launch(
+            b * h, n, d, dtype, dev, arch=arch.cc, sms=arch.sms, token_major=token_major(q), **(fwd or {})
+        )
         out, ws = rala_forward(q, k, v, grid, rope, plan=fplan, compiled=True)
         bwd_tok = token_major(q) and not backward_wants_channel_major(n, d, dtype, compiled=True)  # as on a GPU
-        bplan = plan_launch(b * h, n, d, dtype, dev, backward=True, arch=arch.cc, sms=arch.sms,
-                            token_major=bwd_tok, **(bwd or {}))
+        bplan = plan_launch(
+            b * h, n, d, dtype, dev, backward=True, arch=arch.cc, sms=arch.sms, token_major=bwd_tok, **(bwd or {})
+        )
         rala_backward(torch.empty_like(out), q, k, v, grid, rope, ws, plan=bplan, compiled=True)
     return log
 
@@ -159,8 +169,12 @@ class CompileJob:
         if "CW" in const:  # the parallel merges: chunk width x split records per load
             parts = [dt, f"CW{const['CW']} SB{const['SB']}", f"w{self.num_warps}"]
         else:
-            parts = [dt, f"BN{const.get('BLOCK_N', '-')}", f"DB{const.get('DB', 2 * const.get('PB', 0)) or '-'}",
-                     f"w{self.num_warps}"]
+            parts = [
+                dt,
+                f"BN{const.get('BLOCK_N', '-')}",
+                f"DB{const.get('DB', 2 * const.get('PB', 0)) or '-'}",
+                f"w{self.num_warps}",
+            ]
         if "ROPE_FROM_MEM" in const:
             parts.append("rope:tab" if const["ROPE_FROM_MEM"] else "rope:calc")
         unit = [k for k, v in const.items() if v == 1 and k[0] == "s" and k[-1] in "nd"]
@@ -233,8 +247,9 @@ def resource_usage(cubin: bytes) -> tuple[int, int]:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        out = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", f.name], capture_output=True, text=True,
-                             check=True).stdout
+        out = subprocess.run(
+            [_tool("cuobjdump"), "--dump-resource-usage", f.name], capture_output=True, text=True, check=True
+        ).stdout
     m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", out)
     if m is None:
         raise RuntimeError(f"cuobjdump printed no resource usage: {out[:200]}")
@@ -281,8 +296,14 @@ def compile_job(job: CompileJob) -> Result:
 
 def full_cases(archs, levels=LEVELS, dtypes=tuple(DTYPES), head_dims=HEAD_DIMS):
     """Every (arch, level, dtype, d, shape) of the full table."""
-    return [(arch, level, dt, d, shape) for arch in archs for level in levels for dt in dtypes for d in head_dims
-            for shape in (OP_SHAPES if level == "op" else MIXER_SHAPES)]
+    return [
+        (arch, level, dt, d, shape)
+        for arch in archs
+        for level in levels
+        for dt in dtypes
+        for d in head_dims
+        for shape in (OP_SHAPES if level == "op" else MIXER_SHAPES)
+    ]
 
 
 def ci_cases(archs):
@@ -316,8 +337,12 @@ def enumerate_jobs(cases):
 def all_kernel_names() -> list[str]:
     from mechanisms.rala import triton_bwd, triton_kernels
 
-    return sorted(n for mod in (triton_kernels, triton_bwd) for n in vars(mod)
-                  if n.startswith("_") and n.endswith("_kernel") and hasattr(getattr(mod, n), "params"))
+    return sorted(
+        n
+        for mod in (triton_kernels, triton_bwd)
+        for n in vars(mod)
+        if n.startswith("_") and n.endswith("_kernel") and hasattr(getattr(mod, n), "params")
+    )
 
 
 def failures(results: list[Result], launched: dict, archs) -> list[str]:

@@ -29,5 +29,6 @@ class RalaBase(Mechanism):
         return level_flops(s, level=level, pass_=pass_, core_fwd=rala_core_flops(s), gate=gate, lepe=lepe)
 
     def bytes(self, s: Shape, *, level: str, dtype: str, gate: bool = True, lepe: bool = True) -> float:
-        return level_bytes(s, level=level, dtype=dtype, reads=RALA_OP_READS, writes=RALA_OP_WRITES,
-                           gate=gate, lepe=lepe)  # fmt: skip
+        return level_bytes(
+            s, level=level, dtype=dtype, reads=RALA_OP_READS, writes=RALA_OP_WRITES, gate=gate, lepe=lepe
+        )

@@ -153,8 +153,11 @@ def _cpp_smoke_test(compiler: str) -> str | None:
     try:
         done = subprocess.run(
             [compiler, "-fsyntax-only", f"-I{include}", "-x", "c++", "-"],
-            input=source, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
+            input=source,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"the C++ compiler {compiler} cannot be run: {exc}"
     if done.returncode != 0:

@@ -77,20 +77,32 @@ def _device_arch(device: torch.device) -> int:
 # Architectures other than sm_80 / sm_90 use the sm_90 entries.
 LAUNCH_TABLE = {
     # sm_90 (H100/H200)
-    (90, "fwd", True, 64, "ch"): (64, 4), (90, "fwd", True, 64, "tok"): (64, 4),
-    (90, "fwd", True, 128, "ch"): (32, 8), (90, "fwd", True, 128, "tok"): (32, 8),
-    (90, "bwd", True, 64, "ch"): (64, 8), (90, "bwd", True, 64, "tok"): (16, 4),
-    (90, "bwd", True, 128, "ch"): (16, 8), (90, "bwd", True, 128, "tok"): (16, 8),
+    (90, "fwd", True, 64, "ch"): (64, 4),
+    (90, "fwd", True, 64, "tok"): (64, 4),
+    (90, "fwd", True, 128, "ch"): (32, 8),
+    (90, "fwd", True, 128, "tok"): (32, 8),
+    (90, "bwd", True, 64, "ch"): (64, 8),
+    (90, "bwd", True, 64, "tok"): (16, 4),
+    (90, "bwd", True, 128, "ch"): (16, 8),
+    (90, "bwd", True, 128, "tok"): (16, 8),
     # sm_80 (A100)
-    (80, "fwd", True, 64, "ch"): (64, 4), (80, "fwd", True, 64, "tok"): (32, 4),
-    (80, "fwd", True, 128, "ch"): (32, 8), (80, "fwd", True, 128, "tok"): (32, 8),
-    (80, "bwd", True, 64, "ch"): (16, 4), (80, "bwd", True, 64, "tok"): (16, 4),
-    (80, "bwd", True, 128, "ch"): (32, 8), (80, "bwd", True, 128, "tok"): (16, 8),
+    (80, "fwd", True, 64, "ch"): (64, 4),
+    (80, "fwd", True, 64, "tok"): (32, 4),
+    (80, "fwd", True, 128, "ch"): (32, 8),
+    (80, "fwd", True, 128, "tok"): (32, 8),
+    (80, "bwd", True, 64, "ch"): (16, 4),
+    (80, "bwd", True, 64, "tok"): (16, 4),
+    (80, "bwd", True, 128, "ch"): (32, 8),
+    (80, "bwd", True, 128, "tok"): (16, 8),
 }
 # Token-major inputs whose N is not a multiple of 16: no 16-byte accesses are possible (the token
 # stride has no known alignment), every access is scalar and needs more registers: smaller blocks.
-UNALIGNED_TOK = {("fwd", 64): (16, 4), ("bwd", 64): (16, 8), ("fwd", 128): (16, 8),
-                 ("bwd", 128): (16, 8)}  # bwd 128: only for a caller's own plan (rala_backward copies, see below)
+UNALIGNED_TOK = {
+    ("fwd", 64): (16, 4),
+    ("bwd", 64): (16, 8),
+    ("fwd", 128): (16, 8),
+    ("bwd", 128): (16, 8),
+}  # bwd 128: only for a caller's own plan (rala_backward copies, see below)
 
 
 def backward_wants_channel_major(n: int, d: int, dtype: torch.dtype, *, compiled: bool | None = None) -> bool:
@@ -156,8 +168,9 @@ def triton_version() -> tuple[int, int]:
         return 0, 0
 
 
-def launch_entry(arch: int, backward: bool, dtype: torch.dtype, db: int, token_major: bool,
-                 aligned: bool = True) -> tuple:
+def launch_entry(
+    arch: int, backward: bool, dtype: torch.dtype, db: int, token_major: bool, aligned: bool = True
+) -> tuple:
     """(BLOCK_N, num_warps[, warps of B1]) from the launch tables (d-blocks 32 use the 64 entries)."""
     arch, pass_, db, layout = 80 if arch < 90 else 90, "bwd" if backward else "fwd", max(64, db), "ch"
     if token_major:
@@ -173,9 +186,21 @@ def launch_entry(arch: int, backward: bool, dtype: torch.dtype, db: int, token_m
 
 
 @functools.cache
-def plan_launch(bh: int, n: int, d: int, dtype: torch.dtype, device: torch.device, *, backward: bool = False,
-                token_major: bool = False, arch: int | None = None, sms: int | None = None,
-                block_n: int | None = None, splits: int | None = None, num_warps: int | None = None) -> LaunchPlan:
+def plan_launch(
+    bh: int,
+    n: int,
+    d: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    *,
+    backward: bool = False,
+    token_major: bool = False,
+    arch: int | None = None,
+    sms: int | None = None,
+    block_n: int | None = None,
+    splits: int | None = None,
+    num_warps: int | None = None,
+) -> LaunchPlan:
     """Autotune-free plan from the per-architecture launch table (`LAUNCH_TABLE`), which keeps every
     kernel free of register spills on sm_80 and sm_90 (checked in CI by scripts/aot_check.py; the full
     grid, fp32 included, with triton 3.9 and 3.6: results/aot-sm90-sm80-20261203d.txt, -triton36-20261203.txt).
@@ -205,15 +230,19 @@ def plan_launch(bh: int, n: int, d: int, dtype: torch.dtype, device: torch.devic
     if splits is None:
         n_sm = sms or _sm_count(device)
         splits = max(1, n_sm // bh)  # every SM busy (floor: no straggling partial second wave)
-        while (splits < 2 * n_sm // bh and splits < n_blocks
-               and state_traffic_fraction(n, d, dtype.itemsize, splits + 1, backward) <= STATE_TRAFFIC_BUDGET):
+        while (
+            splits < 2 * n_sm // bh
+            and splits < n_blocks
+            and state_traffic_fraction(n, d, dtype.itemsize, splits + 1, backward) <= STATE_TRAFFIC_BUDGET
+        ):
             splits += 1  # a second program per SM where the split states stay cheap
     splits = max(1, min(splits, n_blocks))
     bps = _cdiv(n_blocks, splits)
     splits = _cdiv(n_blocks, bps)  # no empty split
     vb = FP32_VALUE_COLUMNS.get(db, db) if dtype == torch.float32 else db
-    return LaunchPlan(block_n=block_n, pb=db // 2, splits=splits, bps=bps, num_warps=num_warps, warps_b1=warps_b1,
-                      vb=vb)
+    return LaunchPlan(
+        block_n=block_n, pb=db // 2, splits=splits, bps=bps, num_warps=num_warps, warps_b1=warps_b1, vb=vb
+    )
 
 
 def empty_like_layout(x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -250,8 +279,10 @@ def rope_args(rope, n: int, d: int, device: torch.device, token_major: bool = Fa
         return angle, angle, angle, 0, 0, False
     sin, cos = rope
     if sin.shape != (n, d) or cos.shape != (n, d) or sin.stride() != cos.stride():
-        raise ValueError(f"rope tables must be two (N, d) = ({n}, {d}) tensors with equal strides, "
-                         f"got {tuple(sin.shape)} and {tuple(cos.shape)}")
+        raise ValueError(
+            f"rope tables must be two (N, d) = ({n}, {d}) tensors with equal strides, "
+            f"got {tuple(sin.shape)} and {tuple(cos.shape)}"
+        )
     if token_major and n > 1 and sin.stride(0) != 1:
         sin, cos = sin.t().contiguous().t(), cos.t().contiguous().t()  # (N, d) views of (d, N) memory
     return angle, sin, cos, sin.stride(0), sin.stride(1), True

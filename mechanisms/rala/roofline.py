@@ -77,8 +77,9 @@ class LaunchEstimate:
         return self.hbm_bytes / tokens, self.mufu / tokens
 
 
-def forward_estimate(batch: int, heads: int, n: int, d: int, dtype: torch.dtype, dev: Device, *,
-                     rope_tables: bool = False) -> tuple[list[LaunchEstimate], dict]:
+def forward_estimate(
+    batch: int, heads: int, n: int, d: int, dtype: torch.dtype, dev: Device, *, rope_tables: bool = False
+) -> tuple[list[LaunchEstimate], dict]:
     """Per-launch estimates of rala_forward (op level: in-kernel RoPE; rope_tables: the mixer's, token-major
     inputs). fp32: FLOPs at the FMA rate; at d-block 128 pass (b) runs `cols` programs per split over KV's
     value columns (each recomputes the k side: its MUFU work, and k read again from L2), and token-major q
@@ -96,8 +97,12 @@ def forward_estimate(batch: int, heads: int, n: int, d: int, dtype: torch.dtype,
     launches = []
 
     def add(kernel, programs, hbm, mufu, flops, l2=0.0):
-        t, bound = max((hbm / (dev.copy_gbps * 1e3), "memory"), (l2 / (dev.l2_gbps * 1e3), "L2"),
-                       (mufu / dev.mufu_per_us, "MUFU"), (flops / (flops_rate * 1e6), flops_unit))
+        t, bound = max(
+            (hbm / (dev.copy_gbps * 1e3), "memory"),
+            (l2 / (dev.l2_gbps * 1e3), "L2"),
+            (mufu / dev.mufu_per_us, "MUFU"),
+            (flops / (flops_rate * 1e6), flops_unit),
+        )
         launches.append(LaunchEstimate(kernel, programs, hbm, mufu, flops, t + dev.launch_us, bound, l2))
 
     fused = s <= FUSE_MERGE_MAX_SPLITS
@@ -105,15 +110,27 @@ def forward_estimate(batch: int, heads: int, n: int, d: int, dtype: torch.dtype,
     if q_copy:
         add("copy q", bh, 2 * tokens * d * es, 0.0, 0.0)
     add("_qbar_kernel", bh * s, tokens * d * es + bh * s * d * 4, tokens * d, 0.0)
-    add("_state_kernel", bh * s * cols, tokens * 2 * d * es + bh * s * state, tokens * (d + 1 + sincos) * cols,
-        tokens * 2 * d * d, l2=tokens * (2 * d * es + table_l2) + tokens * d * es * (cols - 1))
+    add(
+        "_state_kernel",
+        bh * s * cols,
+        tokens * 2 * d * es + bh * s * state,
+        tokens * (d + 1 + sincos) * cols,
+        tokens * 2 * d * d,
+        l2=tokens * (2 * d * es + table_l2) + tokens * d * es * (cols - 1),
+    )
     if not fused:  # reads the S states from L2, writes the merged one
         chunks = merge_chunks(d)
         add("_merge_kernel", bh * (chunks + 1), bh * state, bh * (chunks + 1) * 2 * s, 0.0, l2=bh * s * state)
     # pass (c): fused, every program rereads the S states (L2) and split 0 writes the merged state
     state_l2 = bh * s * (s if fused else 1) * state
-    add("_out_kernel", bh * s, tokens * 2 * d * es + (bh * state if fused else 0), tokens * (d + 1 + sincos),
-        tokens * 2 * d * d, l2=tokens * (2 * d * es + table_l2) + state_l2)
+    add(
+        "_out_kernel",
+        bh * s,
+        tokens * 2 * d * es + (bh * state if fused else 0),
+        tokens * (d + 1 + sincos),
+        tokens * 2 * d * d,
+        l2=tokens * (2 * d * es + table_l2) + state_l2,
+    )
     min_bytes = 5 * tokens * d * es
     total_us = sum(x.us for x in launches)
     hbm = sum(x.hbm_bytes for x in launches)

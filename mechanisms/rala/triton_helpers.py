@@ -76,13 +76,15 @@ def load_tile(base, tok, N, sn, sd, d, DB: tl.constexpr, MASK_N: tl.constexpr):
 @triton.jit
 def store_tile(base, x, tok, N, sn, sd, d, DB: tl.constexpr, MASK_N: tl.constexpr):
     ch = tl.arange(0, DB)
-    tl.store(base + tok[:, None] * sn + ch[None, :] * sd, x.to(base.dtype.element_ty),
-             mask=tile_mask(tok, N, ch, d, MASK_N))
+    tl.store(
+        base + tok[:, None] * sn + ch[None, :] * sd, x.to(base.dtype.element_ty), mask=tile_mask(tok, N, ch, d, MASK_N)
+    )
 
 
 @triton.jit
-def load_halves(base, tok, N, sn, sd, d, BLOCK_N: tl.constexpr, PB: tl.constexpr, MASK_N: tl.constexpr,
-                SPLIT: tl.constexpr):
+def load_halves(
+    base, tok, N, sn, sd, d, BLOCK_N: tl.constexpr, PB: tl.constexpr, MASK_N: tl.constexpr, SPLIT: tl.constexpr
+):
     """Even and odd channels of a (BLOCK_N, d) tile, each (BLOCK_N, PB) fp32, zero padded.
 
     SPLIT (token-contiguous memory, the mixer's layout): the even and odd channels are separate
@@ -100,8 +102,9 @@ def load_halves(base, tok, N, sn, sd, d, BLOCK_N: tl.constexpr, PB: tl.constexpr
 
 
 @triton.jit
-def store_halves(base, xe, xo, tok, N, sn, sd, d, BLOCK_N: tl.constexpr, PB: tl.constexpr, MASK_N: tl.constexpr,
-                 SPLIT: tl.constexpr):
+def store_halves(
+    base, xe, xo, tok, N, sn, sd, d, BLOCK_N: tl.constexpr, PB: tl.constexpr, MASK_N: tl.constexpr, SPLIT: tl.constexpr
+):
     """Inverse of `load_halves` (cast to the destination's dtype)."""
     if SPLIT:
         pair = tl.arange(0, PB)
@@ -124,8 +127,10 @@ def phi_halves(xe, xo, tok, N, d, PB: tl.constexpr, MASK_N: tl.constexpr):
 def load_vec_halves(ptr, d, PB: tl.constexpr):
     """A (d,) fp32 vector as its even and odd entries, each (PB,), zero padded."""
     pair = tl.arange(0, PB)
-    return (tl.load(ptr + 2 * pair, mask=2 * pair < d, other=0.0),
-            tl.load(ptr + 2 * pair + 1, mask=2 * pair < d, other=0.0))
+    return (
+        tl.load(ptr + 2 * pair, mask=2 * pair < d, other=0.0),
+        tl.load(ptr + 2 * pair + 1, mask=2 * pair < d, other=0.0),
+    )
 
 
 @triton.jit
@@ -143,9 +148,21 @@ def dot_halves(xe, xo, ye, yo):
 
 @triton.jit
 def rope_cs(
-    tok, N, W, d, ANGLE, SIN, COS, stride_rn, stride_rd,
-    BLOCK_N: tl.constexpr, PB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr,
-    MASK_N: tl.constexpr, SPLIT: tl.constexpr,
+    tok,
+    N,
+    W,
+    d,
+    ANGLE,
+    SIN,
+    COS,
+    stride_rn,
+    stride_rd,
+    BLOCK_N: tl.constexpr,
+    PB: tl.constexpr,
+    ROPE_FROM_MEM: tl.constexpr,
+    FAST: tl.constexpr,
+    MASK_N: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
     """cos/sin of the even and odd channel of every pair: (ce, se, co, so), each (BLOCK_N, PB) fp32.
 

@@ -126,8 +126,19 @@ def _qbar_block(acc, q_base, tok, N, sqn, sqd, d, DB: tl.constexpr, MASK_N: tl.c
 
 @triton.jit(do_not_specialize=["N", "n_heads", "bps"])
 def _qbar_kernel(
-    Q, WS, N, d, n_heads, bps, sqb, sqh, sqn, sqd,
-    BLOCK_N: tl.constexpr, DB: tl.constexpr, SPLIT: tl.constexpr,
+    Q,
+    WS,
+    N,
+    d,
+    n_heads,
+    bps,
+    sqb,
+    sqh,
+    sqn,
+    sqd,
+    BLOCK_N: tl.constexpr,
+    DB: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
     """Pass (a): qsum[bh, s, :] = sum of phi(q_n) over split s's tokens (a (B*h, S, d) partial)."""
     bh = tl.program_id(0)
@@ -149,10 +160,39 @@ def _qbar_kernel(
 
 @triton.jit
 def _state_block(
-    m_run, l_run, kv_e, kv_o, ks_e, ks_o, qbar_e, qbar_o, k_base, v_base, tok,
-    N, W, d, dv, scale, skn, skd, svn, svd, ANGLE, SIN, COS, srn, srd,
-    BLOCK_N: tl.constexpr, PB: tl.constexpr, VB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, MASK_N: tl.constexpr, SPLIT: tl.constexpr,
+    m_run,
+    l_run,
+    kv_e,
+    kv_o,
+    ks_e,
+    ks_o,
+    qbar_e,
+    qbar_o,
+    k_base,
+    v_base,
+    tok,
+    N,
+    W,
+    d,
+    dv,
+    scale,
+    skn,
+    skd,
+    svn,
+    svd,
+    ANGLE,
+    SIN,
+    COS,
+    srn,
+    srd,
+    BLOCK_N: tl.constexpr,
+    PB: tl.constexpr,
+    VB: tl.constexpr,
+    ROPE_FROM_MEM: tl.constexpr,
+    FAST: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    MASK_N: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
     """One token block of pass (b): the online-softmax update of (m, l, KV, ksum); v_base and dv (valid
     columns) address this program's VB value columns."""
@@ -177,11 +217,36 @@ def _state_block(
 
 @triton.jit(do_not_specialize=["N", "W", "n_heads", "bps"])
 def _state_kernel(
-    K, V, WS, ANGLE, SIN, COS,
-    N, W, d, n_heads, bps, scale, inv_n,
-    skb, skh, skn, skd, svb, svh, svn, svd, srn, srd,
-    BLOCK_N: tl.constexpr, PB: tl.constexpr, VB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, SPLIT: tl.constexpr,
+    K,
+    V,
+    WS,
+    ANGLE,
+    SIN,
+    COS,
+    N,
+    W,
+    d,
+    n_heads,
+    bps,
+    scale,
+    inv_n,
+    skb,
+    skh,
+    skn,
+    skd,
+    svb,
+    svh,
+    svn,
+    svd,
+    srn,
+    srd,
+    BLOCK_N: tl.constexpr,
+    PB: tl.constexpr,
+    VB: tl.constexpr,
+    ROPE_FROM_MEM: tl.constexpr,
+    FAST: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
     """Pass (b): split s's online-softmax state over its tokens.
 
@@ -218,16 +283,77 @@ def _state_kernel(
     b0, b_main, has_tail = block_range(N, bps, BLOCK_N, SPLIT)
     for blk in range(b0, b_main):
         m_run, l_run, kv_e, kv_o, ks_e, ks_o = _state_block(
-            m_run, l_run, kv_e, kv_o, ks_e, ks_o, qbar_e, qbar_o, k_base, v_base, blk * BLOCK_N + tl.arange(0, BLOCK_N),
-            N, W, d, d - c0, scale, skn, skd, svn, svd, ANGLE, SIN, COS, srn, srd,
-            BLOCK_N, PB, VB, ROPE_FROM_MEM, FAST, DOT_DTYPE, not SPLIT, SPLIT)
+            m_run,
+            l_run,
+            kv_e,
+            kv_o,
+            ks_e,
+            ks_o,
+            qbar_e,
+            qbar_o,
+            k_base,
+            v_base,
+            blk * BLOCK_N + tl.arange(0, BLOCK_N),
+            N,
+            W,
+            d,
+            d - c0,
+            scale,
+            skn,
+            skd,
+            svn,
+            svd,
+            ANGLE,
+            SIN,
+            COS,
+            srn,
+            srd,
+            BLOCK_N,
+            PB,
+            VB,
+            ROPE_FROM_MEM,
+            FAST,
+            DOT_DTYPE,
+            not SPLIT,
+            SPLIT,
+        )
     if SPLIT:  # compile-time: the masked tail exists only with the unmasked main loop
         if has_tail:
             m_run, l_run, kv_e, kv_o, ks_e, ks_o = _state_block(
-                m_run, l_run, kv_e, kv_o, ks_e, ks_o, qbar_e, qbar_o, k_base, v_base,
+                m_run,
+                l_run,
+                kv_e,
+                kv_o,
+                ks_e,
+                ks_o,
+                qbar_e,
+                qbar_o,
+                k_base,
+                v_base,
                 b_main * BLOCK_N + tl.arange(0, BLOCK_N),
-                N, W, d, d - c0, scale, skn, skd, svn, svd, ANGLE, SIN, COS, srn, srd,
-                BLOCK_N, PB, VB, ROPE_FROM_MEM, FAST, DOT_DTYPE, True, SPLIT)
+                N,
+                W,
+                d,
+                d - c0,
+                scale,
+                skn,
+                skd,
+                svn,
+                svd,
+                ANGLE,
+                SIN,
+                COS,
+                srn,
+                srd,
+                BLOCK_N,
+                PB,
+                VB,
+                ROPE_FROM_MEM,
+                FAST,
+                DOT_DTYPE,
+                True,
+                SPLIT,
+            )
 
     part = bh * n_splits + sp
     store_rows_halves(KV_P + part * d * d, kv_e, kv_o, d, c0, PB, VB)
@@ -255,8 +381,9 @@ def _merge_kernel(WS, n_splits, d, SB: tl.constexpr, CW: tl.constexpr):
     inv_l = 1.0 / l_all
     col = c * CW + tl.arange(0, CW)
     if c < n_kv:
-        acc = sum_partials(KV_P + bh * n_splits * d * d, d * d, n_splits, c * CW, M_P + bh * n_splits, m_all,
-                           True, SB, CW)  # (CW,)
+        acc = sum_partials(
+            KV_P + bh * n_splits * d * d, d * d, n_splits, c * CW, M_P + bh * n_splits, m_all, True, SB, CW
+        )  # (CW,)
         tl.store(KV + bh * d * d + col, acc * inv_l, mask=col < d * d)
     else:
         acc = sum_partials(KS_P + bh * n_splits * d, d, n_splits, 0, M_P + bh * n_splits, m_all, True, SB, CW)
@@ -267,9 +394,29 @@ def _merge_kernel(WS, n_splits, d, SB: tl.constexpr, CW: tl.constexpr):
 
 @triton.jit
 def out_tile(
-    qe, qo, tok, N, kv_e, kv_o, ks_e, ks_o, W, d, ANGLE, SIN, COS, srn, srd, eps,
-    BLOCK_N: tl.constexpr, PB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    MASK_N: tl.constexpr, SPLIT: tl.constexpr,
+    qe,
+    qo,
+    tok,
+    N,
+    kv_e,
+    kv_o,
+    ks_e,
+    ks_o,
+    W,
+    d,
+    ANGLE,
+    SIN,
+    COS,
+    srn,
+    srd,
+    eps,
+    BLOCK_N: tl.constexpr,
+    PB: tl.constexpr,
+    ROPE_FROM_MEM: tl.constexpr,
+    FAST: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    MASK_N: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
     """Pass (c) on one q tile (raw halves qe, qo), shared by the forward and the backward's recompute:
     qp halves (BLOCK_N, PB), rotated halves, rope tables, num (BLOCK_N, DB), 1 / den (BLOCK_N,)."""
@@ -283,27 +430,96 @@ def out_tile(
 
 @triton.jit
 def _out_block(
-    q_base, o_base, tok, N, W, d, kv_e, kv_o, ks_e, ks_o, ANGLE, SIN, COS, srn, srd, eps,
-    sqn, sqd, son, sod,
-    BLOCK_N: tl.constexpr, PB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    MASK_N: tl.constexpr, SPLIT: tl.constexpr,
+    q_base,
+    o_base,
+    tok,
+    N,
+    W,
+    d,
+    kv_e,
+    kv_o,
+    ks_e,
+    ks_o,
+    ANGLE,
+    SIN,
+    COS,
+    srn,
+    srd,
+    eps,
+    sqn,
+    sqd,
+    son,
+    sod,
+    BLOCK_N: tl.constexpr,
+    PB: tl.constexpr,
+    ROPE_FROM_MEM: tl.constexpr,
+    FAST: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    MASK_N: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
     qe, qo = load_halves(q_base, tok, N, sqn, sqd, d, BLOCK_N, PB, MASK_N, SPLIT)
     # the same tuple unpacking as the backward's recompute (portable across triton versions)
     _qpe, _qpo, _rqe, _rqo, _ce, _se, _co, _so, num, inv_den = out_tile(
-        qe, qo, tok, N, kv_e, kv_o, ks_e, ks_o, W, d, ANGLE, SIN, COS, srn, srd, eps,
-        BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, MASK_N, SPLIT,
+        qe,
+        qo,
+        tok,
+        N,
+        kv_e,
+        kv_o,
+        ks_e,
+        ks_o,
+        W,
+        d,
+        ANGLE,
+        SIN,
+        COS,
+        srn,
+        srd,
+        eps,
+        BLOCK_N,
+        PB,
+        ROPE_FROM_MEM,
+        FAST,
+        DOT_DTYPE,
+        MASK_N,
+        SPLIT,
     )  # num (BLOCK_N, DB), inv_den (BLOCK_N,)
     store_tile(o_base, num * inv_den[:, None], tok, N, son, sod, d, 2 * PB, MASK_N)
 
 
 @triton.jit(do_not_specialize=["N", "W", "n_heads", "bps", "n_splits"])
 def _out_kernel(
-    Q, OUT, WS, ANGLE, SIN, COS,
-    N, W, d, n_heads, bps, eps, n_splits,
-    sqb, sqh, sqn, sqd, sob, soh, son, sod, srn, srd,
-    BLOCK_N: tl.constexpr, PB: tl.constexpr, ROPE_FROM_MEM: tl.constexpr, FAST: tl.constexpr, DOT_DTYPE: tl.constexpr,
-    SPLIT: tl.constexpr, FUSE_MERGE: tl.constexpr,
+    Q,
+    OUT,
+    WS,
+    ANGLE,
+    SIN,
+    COS,
+    N,
+    W,
+    d,
+    n_heads,
+    bps,
+    eps,
+    n_splits,
+    sqb,
+    sqh,
+    sqn,
+    sqd,
+    sob,
+    soh,
+    son,
+    sod,
+    srn,
+    srd,
+    BLOCK_N: tl.constexpr,
+    PB: tl.constexpr,
+    ROPE_FROM_MEM: tl.constexpr,
+    FAST: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    SPLIT: tl.constexpr,
+    FUSE_MERGE: tl.constexpr,
 ):
     """Pass (c): out_n = R(phi(q_n)) @ KV / (phi(q_n) . ksum + eps) for split s's tokens.
 
@@ -329,14 +545,66 @@ def _out_kernel(
     kv_o = kv_o.to(DOT_DTYPE)
     b0, b_main, has_tail = block_range(N, bps, BLOCK_N, SPLIT)
     for blk in range(b0, b_main):
-        _out_block(q_base, o_base, blk * BLOCK_N + tl.arange(0, BLOCK_N), N, W, d, kv_e, kv_o, ks_e, ks_o,
-                   ANGLE, SIN, COS, srn, srd, eps, sqn, sqd, son, sod,
-                   BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, not SPLIT, SPLIT)
+        _out_block(
+            q_base,
+            o_base,
+            blk * BLOCK_N + tl.arange(0, BLOCK_N),
+            N,
+            W,
+            d,
+            kv_e,
+            kv_o,
+            ks_e,
+            ks_o,
+            ANGLE,
+            SIN,
+            COS,
+            srn,
+            srd,
+            eps,
+            sqn,
+            sqd,
+            son,
+            sod,
+            BLOCK_N,
+            PB,
+            ROPE_FROM_MEM,
+            FAST,
+            DOT_DTYPE,
+            not SPLIT,
+            SPLIT,
+        )
     if SPLIT:  # compile-time: the masked tail exists only with the unmasked main loop
         if has_tail:
-            _out_block(q_base, o_base, b_main * BLOCK_N + tl.arange(0, BLOCK_N), N, W, d, kv_e, kv_o, ks_e, ks_o,
-                       ANGLE, SIN, COS, srn, srd, eps, sqn, sqd, son, sod,
-                       BLOCK_N, PB, ROPE_FROM_MEM, FAST, DOT_DTYPE, True, SPLIT)
+            _out_block(
+                q_base,
+                o_base,
+                b_main * BLOCK_N + tl.arange(0, BLOCK_N),
+                N,
+                W,
+                d,
+                kv_e,
+                kv_o,
+                ks_e,
+                ks_o,
+                ANGLE,
+                SIN,
+                COS,
+                srn,
+                srd,
+                eps,
+                sqn,
+                sqd,
+                son,
+                sod,
+                BLOCK_N,
+                PB,
+                ROPE_FROM_MEM,
+                FAST,
+                DOT_DTYPE,
+                True,
+                SPLIT,
+            )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -349,8 +617,15 @@ def token_major(x: torch.Tensor) -> bool:
 
 def stream_meta(plan: LaunchPlan, from_mem: bool, dtype: torch.dtype, split: bool) -> dict:
     """Compile-time arguments shared by the token-streaming kernels."""
-    return dict(BLOCK_N=plan.block_n, PB=plan.pb, ROPE_FROM_MEM=from_mem, FAST=not interpreting(),
-                DOT_DTYPE=DOT_DTYPES[dtype], SPLIT=split, num_warps=plan.num_warps)
+    return dict(
+        BLOCK_N=plan.block_n,
+        PB=plan.pb,
+        ROPE_FROM_MEM=from_mem,
+        FAST=not interpreting(),
+        DOT_DTYPE=DOT_DTYPES[dtype],
+        SPLIT=split,
+        num_warps=plan.num_warps,
+    )
 
 
 def rala_forward(q, k, v, grid, rope=None, *, plan: LaunchPlan | None = None, compiled: bool | None = None):
@@ -374,15 +649,50 @@ def rala_forward(q, k, v, grid, rope=None, *, plan: LaunchPlan | None = None, co
         *qrope, from_mem_q = rope_args(rope, n, d, dev, token_major=False)
         qmeta = stream_meta(plan, from_mem_q, q.dtype, False)
     out = empty_like_layout(q)
-    _qbar_kernel[(bh, s)](q, ws, n, d, h, plan.bps, *q.stride(), BLOCK_N=plan.block_n, DB=2 * plan.pb,
-                            SPLIT=qsplit, num_warps=nw)
+    _qbar_kernel[(bh, s)](
+        q, ws, n, d, h, plan.bps, *q.stride(), BLOCK_N=plan.block_n, DB=2 * plan.pb, SPLIT=qsplit, num_warps=nw
+    )
     cols = 2 * plan.pb // plan.vb  # programs per (b, h, split) along KV's value columns (LaunchPlan.vb)
-    _state_kernel[(bh, s, cols)](k, v, ws, angle, sin, cos, n, w, d, h, plan.bps, d**-0.5, 1.0 / n,
-                                 *k.stride(), *v.stride(), srn, srd, VB=plan.vb, **meta)
+    _state_kernel[(bh, s, cols)](
+        k,
+        v,
+        ws,
+        angle,
+        sin,
+        cos,
+        n,
+        w,
+        d,
+        h,
+        plan.bps,
+        d**-0.5,
+        1.0 / n,
+        *k.stride(),
+        *v.stride(),
+        srn,
+        srd,
+        VB=plan.vb,
+        **meta,
+    )
     fuse = s <= FUSE_MERGE_MAX_SPLITS
     if not fuse:
-        _merge_kernel[(bh, merge_chunks(d) + 1)](ws, s, d, SB=MERGE_SPLITS_BLOCK, CW=MERGE_CHUNK,
-                                                 num_warps=MERGE_WARPS)
-    _out_kernel[(bh, s)](q, out, ws, *qrope[:3], n, w, d, h, plan.bps, EPS, s, *q.stride(), *out.stride(),
-                         *qrope[3:], FUSE_MERGE=fuse, **qmeta)
+        _merge_kernel[(bh, merge_chunks(d) + 1)](ws, s, d, SB=MERGE_SPLITS_BLOCK, CW=MERGE_CHUNK, num_warps=MERGE_WARPS)
+    _out_kernel[(bh, s)](
+        q,
+        out,
+        ws,
+        *qrope[:3],
+        n,
+        w,
+        d,
+        h,
+        plan.bps,
+        EPS,
+        s,
+        *q.stride(),
+        *out.stride(),
+        *qrope[3:],
+        FUSE_MERGE=fuse,
+        **qmeta,
+    )
     return out, ws

@@ -55,11 +55,13 @@ class _RalaTritonFunction(torch.autograd.Function):
 
 def _validate(q, k, v, grid, rope) -> None:
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(f"q, k, v must be (B, h, N, d) of one shape, got {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+        raise ValueError(
+            f"q, k, v must be (B, h, N, d) of one shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     if q.dtype not in _DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
-        raise ValueError(f"rala_triton supports fp32/fp16/bf16 inputs of one dtype, got {q.dtype}, {k.dtype}, "
-                         f"{v.dtype}")
+        raise ValueError(
+            f"rala_triton supports fp32/fp16/bf16 inputs of one dtype, got {q.dtype}, {k.dtype}, {v.dtype}"
+        )
     n, d = q.shape[-2:]
     check_grid(grid, n)
     if d % 4 or not 8 <= d <= 128:

@@ -66,7 +66,6 @@ class MaterialisedScores:
         return float(copies * s.batch * s.heads * s.tokens**2 * DTYPE_BYTES[dtype])
 
 
-
 def last_dim_contiguous(x: Tensor) -> Tensor:
     """x itself when d is its innermost stride, else a contiguous copy.
 
@@ -76,4 +75,3 @@ def last_dim_contiguous(x: Tensor) -> Tensor:
     flash-attn package's own `maybe_contiguous` would; op-level inputs pass through untouched.
     """
     return x if x.stride(-1) == 1 else x.contiguous()
-

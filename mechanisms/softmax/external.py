@@ -133,10 +133,14 @@ class SoftmaxFlash(BnhdKernel):
                 return f"flash-attn 2 needs an Ampere or newer GPU (sm80+), here {_arch(device)}"
             return _import_attr("flash_attn", "flash_attn_func", "flash-attn")
         if fa3:
-            return f"only FA3 (flash_attn_interface) is installed and it needs a Hopper GPU (sm90), here " \
-                   f"{_arch(device)}; pip install flash-attn for FlashAttention-2"  # fmt: skip
-        return "python package 'flash_attn' is not installed (pip install flash-attn; on Hopper, FA3's " \
-               "flash_attn_interface is used when installed)"  # fmt: skip
+            return (
+                f"only FA3 (flash_attn_interface) is installed and it needs a Hopper GPU (sm90), here "
+                f"{_arch(device)}; pip install flash-attn for FlashAttention-2"
+            )
+        return (
+            "python package 'flash_attn' is not installed (pip install flash-attn; on Hopper, FA3's "
+            "flash_attn_interface is used when installed)"
+        )
 
 
 @register_mechanism(

@@ -35,9 +35,7 @@ from mechanisms.softmax.base import (
 )
 
 
-@register_mechanism(
-    "softmax_sdpa", family="softmax", backend="torch-sdpa", reference="softmax_eager", cite=CITE_ATTN
-)
+@register_mechanism("softmax_sdpa", family="softmax", backend="torch-sdpa", reference="softmax_eager", cite=CITE_ATTN)
 class SoftmaxSdpa(SoftmaxBase):
     """torch.nn.functional.scaled_dot_product_attention; PyTorch picks the backend."""
 
@@ -50,10 +48,18 @@ class SoftmaxSdpa(SoftmaxBase):
 # Setting them directly costs ~6 us per call instead of sdpa_kernel's ~22 us (torch 2.13, CPU),
 # which matters at small vision shapes, where a GPU attention kernel itself takes ~10 us.
 _SDPA_FLAGS = ("flash", "efficient", "math", "cudnn")
-_SDPA_GET = (torch.backends.cuda.flash_sdp_enabled, torch.backends.cuda.mem_efficient_sdp_enabled,
-             torch.backends.cuda.math_sdp_enabled, torch.backends.cuda.cudnn_sdp_enabled)  # fmt: skip
-_SDPA_SET = (torch.backends.cuda.enable_flash_sdp, torch.backends.cuda.enable_mem_efficient_sdp,
-             torch.backends.cuda.enable_math_sdp, torch.backends.cuda.enable_cudnn_sdp)  # fmt: skip
+_SDPA_GET = (
+    torch.backends.cuda.flash_sdp_enabled,
+    torch.backends.cuda.mem_efficient_sdp_enabled,
+    torch.backends.cuda.math_sdp_enabled,
+    torch.backends.cuda.cudnn_sdp_enabled,
+)
+_SDPA_SET = (
+    torch.backends.cuda.enable_flash_sdp,
+    torch.backends.cuda.enable_mem_efficient_sdp,
+    torch.backends.cuda.enable_math_sdp,
+    torch.backends.cuda.enable_cudnn_sdp,
+)
 _NO_KERNEL = ("No available kernel", "No viable backend")  # what SDPA raises when the pinned backend can't run
 _OFF_DEVICE = {
     "flash": "the flash backend runs FlashAttention-2 on CUDA only; pinning it on CPU selects PyTorch's "
@@ -147,34 +153,59 @@ def _sdpa_flash_impl() -> str:
     return str(impl).lower() if impl else "fa2"
 
 
-@register_mechanism("softmax_sdpa_flash", family="softmax", backend="torch-sdpa-flash", reference="softmax_eager",
-                    devices=("cuda",), dtypes=("fp16", "bf16"), cite=CITE_FA2)  # fmt: skip
+@register_mechanism(
+    "softmax_sdpa_flash",
+    family="softmax",
+    backend="torch-sdpa-flash",
+    reference="softmax_eager",
+    devices=("cuda",),
+    dtypes=("fp16", "bf16"),
+    cite=CITE_FA2,
+)
 class SoftmaxSdpaFlash(SoftmaxSdpaPinned):
     """SDPA pinned to its flash backend: the FlashAttention-2 kernels bundled with PyTorch (CUDA, fp16/bf16)."""
 
     sdpa_backend = "flash"
 
 
-@register_mechanism("softmax_sdpa_efficient", family="softmax", backend="torch-sdpa-efficient",
-                    reference="softmax_eager", devices=("cuda",), cite=CITE_MEM_EFFICIENT)  # fmt: skip
+@register_mechanism(
+    "softmax_sdpa_efficient",
+    family="softmax",
+    backend="torch-sdpa-efficient",
+    reference="softmax_eager",
+    devices=("cuda",),
+    cite=CITE_MEM_EFFICIENT,
+)
 class SoftmaxSdpaEfficient(SoftmaxSdpaPinned):
     """SDPA pinned to its memory-efficient backend (xformers-derived CUTLASS kernels; CUDA only)."""
 
     sdpa_backend = "efficient"
 
 
-@register_mechanism("softmax_sdpa_math", family="softmax", backend="torch-sdpa-math", reference="softmax_eager",
-                    devices=("cpu", "cuda"), cite=CITE_ATTN)  # fmt: skip
+@register_mechanism(
+    "softmax_sdpa_math",
+    family="softmax",
+    backend="torch-sdpa-math",
+    reference="softmax_eager",
+    devices=("cpu", "cuda"),
+    cite=CITE_ATTN,
+)
 class SoftmaxSdpaMath(MaterialisedScores, SoftmaxSdpaPinned):
     """SDPA pinned to its math backend: the unfused composite (matmul, softmax, matmul), any device."""
 
     sdpa_backend = "math"
 
 
-@register_mechanism("softmax_sdpa_cudnn", family="softmax", backend="torch-sdpa-cudnn", reference="softmax_eager",
-                    devices=("cuda",), dtypes=("fp16", "bf16"), cite="NVIDIA cuDNN fused attention")  # fmt: skip
+@register_mechanism(
+    "softmax_sdpa_cudnn",
+    family="softmax",
+    backend="torch-sdpa-cudnn",
+    reference="softmax_eager",
+    devices=("cuda",),
+    dtypes=("fp16", "bf16"),
+    cite="NVIDIA cuDNN fused attention",
+)
 class SoftmaxSdpaCudnn(SoftmaxSdpaPinned):
     """SDPA pinned to its cuDNN backend (cuDNN's fused flash-style attention; CUDA, fp16/bf16)."""
 
     sdpa_backend = "cudnn"
-

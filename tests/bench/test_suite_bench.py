@@ -37,8 +37,9 @@ def test_case(benchmark, case):
     if case.skip:
         pytest.skip(case.skip)
     work = build_workload(CaseInputs.of(case))
-    benchmark.extra_info.update(case_id=case.case_id, mechanism=case.mechanism, level=case.level,
-                                tokens=case.tokens, batch=case.batch)  # fmt: skip
+    benchmark.extra_info.update(
+        case_id=case.case_id, mechanism=case.mechanism, level=case.level, tokens=case.tokens, batch=case.batch
+    )
     for _ in range(SUITE.warmup):  # warm-up (and compilation) outside the timed rounds
         work.fn()
     synchronize(case.device)

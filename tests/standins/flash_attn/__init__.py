@@ -9,8 +9,19 @@ __version__ = "2.0.0+standin"
 CALLS: list[tuple[int, ...]] = []  # q shapes seen, so tests know this module ran
 
 
-def flash_attn_func(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), softcap=0.0,
-                    alibi_slopes=None, deterministic=False, return_attn_probs=False):  # fmt: skip
+def flash_attn_func(
+    q,
+    k,
+    v,
+    dropout_p=0.0,
+    softmax_scale=None,
+    causal=False,
+    window_size=(-1, -1),
+    softcap=0.0,
+    alibi_slopes=None,
+    deterministic=False,
+    return_attn_probs=False,
+):
     """q, k, v (batch, seqlen, nheads, headdim), fp16/bf16, headdim <= 256 -> out (batch, seqlen, nheads, headdim)."""
     check_bnhd(q, k, v, dtypes=(torch.float16, torch.bfloat16), who="flash_attn_func")
     if q.shape[-1] > 256:

@@ -10,8 +10,9 @@ CALLS: list[tuple[int, ...]] = []
 
 def memory_efficient_attention(query, key, value, attn_bias=None, p=0.0, scale=None, *, op=None, output_dtype=None):
     """query, key, value (B, M, H, K) -> (B, M, H, K). (The real one also takes 3-D (B, M, K); the glue never does.)"""
-    check_bnhd(query, key, value, dtypes=(torch.float32, torch.float16, torch.bfloat16),
-               who="memory_efficient_attention")  # fmt: skip
+    check_bnhd(
+        query, key, value, dtypes=(torch.float32, torch.float16, torch.bfloat16), who="memory_efficient_attention"
+    )
     if attn_bias is not None or p:
         raise NotImplementedError("the stand-in implements plain attention only (no bias, no dropout)")
     CALLS.append(tuple(query.shape))
