@@ -1,14 +1,14 @@
 """Interleaved A/B on one machine: `attnbench ab SUITE --baseline DIR|REV [--candidate DIR|REV]`.
 
-A regression is checked before merging by measuring both trees now, on this machine's current load,
-instead of trusting a baseline measured last week. Each side is a directory holding a checkout (its
+Both trees are measured in one interleaved run, under the same machine load, rather than one of them
+against a stored baseline measured at another time. Each side is a directory holding a checkout (its
 `attnbench/` and `mechanisms/` packages), or a git revision checked out into a temporary worktree of
 this repository (removed afterwards). Every round of a side is one `python -m attnbench run SUITE
 --out DIR/<side>-rNN.csv` in a fresh process that imports that side's own tree (cwd and PYTHONPATH
 set to it), with one round per process; the rounds alternate A B B A A B B A ..., so slow drift of the
 machine (temperature, a neighbour's job) falls on both sides alike. The verdict is `attnbench gate` on
 the A files against the B files, each file counting as one round. A tree whose `run` has no `--rounds`
-(older than rounds) measures its one default round, which is the same thing.
+option measures its one default round, which is the same thing.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def this_worker(pid: int | None = None) -> str:
 
 # -- the process -------------------------------------------------------------------------------------
 def apply_precision_settings(suite: Any) -> None:
-    """TF32 off unless the suite says `tf32: true` (DESIGN: measurement rules); the fingerprint records it."""
+    """TF32 off unless the suite says `tf32: true` (docs/design.md: Measurement rules); the fingerprint records it."""
     torch.backends.cuda.matmul.allow_tf32 = suite.tf32
     torch.backends.cudnn.allow_tf32 = suite.tf32
     torch.set_float32_matmul_precision("high" if suite.tf32 else "highest")
@@ -120,7 +120,7 @@ def prepare_process(
 def collect_garbage() -> None:
     """Free what a case left in reference cycles, then freeze the survivors (gc.freeze): they are the process's
     long-lived objects (torch, the mechanisms, lazily imported modules), which a full collection would
-    otherwise walk again after every case - about 160 ms per case on this project's 2-core CPU, far more than
+    otherwise walk again after every case, at a cost (a tenth of a second or more on a small CPU) far above
     a small case's timing. What a later case leaves behind is still collected. At exit they are unfrozen
     (registered below), so the interpreter's shutdown frees them as usual (extension modules check for leaks
     then)."""

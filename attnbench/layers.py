@@ -1,7 +1,7 @@
 """Shared building blocks: 2D rotary embedding and the token-mixer shell.
 
-Everything here follows shared/spec/rala.md (sections 1-3) so that the published RALA/RAVLT
-weights load and reproduce the published outputs:
+Everything here follows docs/rala.md (the RALA and softmax token mixers and the 2D rotary embedding) so
+that the published RALA/RAVLT weights load and reproduce the published outputs:
 
 - `Rope2d(head_dim)` owns the per-stage `angle` buffer and builds (sin, cos) tables at run time in
   the buffer's dtype, exactly as the published model does.

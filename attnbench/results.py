@@ -1,7 +1,7 @@
 """Result files: durable appends and loading into typed DataFrames (the row schema: `results_schema`).
 
-A run `--out FILE.csv` writes four files (DESIGN.md): FILE.csv (rows), FILE.env.json
-(env_id -> fingerprint), FILE.suite.yaml (the resolved suite), FILE.samples.csv (raw repeats).
+A run `--out FILE.csv` writes four files (docs/design.md, "Results: files and rows"): FILE.csv (rows),
+FILE.env.json (env_id -> fingerprint), FILE.suite.yaml (the resolved suite), FILE.samples.csv (raw repeats).
 Rows are appended and flushed (and fsync'ed) as each case finishes, so a killed run leaves a
 loadable file; a torn last line is dropped on load with a warning.
 """
@@ -406,7 +406,8 @@ def load(path: str | Path, *, dedupe: bool = True) -> pd.DataFrame:
 def load_samples(path: str | Path) -> pd.DataFrame:
     """Raw repeat samples (case_id, metric, round, sweep, rep, value) of FILE.csv (or of the samples file itself).
 
-    Files written before rounds (or sweeps) existed have no `round` (`sweep`) column: their samples are 0 there."""
+    A samples file without a `round` (`sweep`) column (one written by an attnbench without rounds or sweeps)
+    reads as 0 there."""
     import pandas as pd
 
     path = Path(path)

@@ -1,4 +1,4 @@
-"""The results row schema (DESIGN.md "Results: files and rows"): columns, allowed values, and the checks a row
+"""The results row schema (docs/design.md "Results: files and rows"): columns, allowed values, and the checks a row
 or a sample line must pass to be written or loaded."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ COLUMNS_V1 = [
     "env_id",
     "started_at",
 ]
-# schema 2 (issue #13): who measured the row and how many cases that host ran at once meanwhile
+# schema 2: who measured the row and how many cases that host ran at once meanwhile
 COLUMNS = COLUMNS_V1 + ["worker", "concurrent"]
 SAMPLE_COLUMNS = ["case_id", "metric", "round", "sweep", "rep", "value"]  # older files lack sweep (and round): 0
 ROW_KEY = ("case_id", "metric", "stat", "source")  # at most one row per key in a file (the writer refuses more)

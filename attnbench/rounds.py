@@ -13,7 +13,7 @@ sweep in its own seeded shuffled order and each visit timing 1/sweeps of the rep
 A round's value (`round_value`) is the median of its repeats with one sweep, and the lowest of its
 sweep medians with several: on a host whose speed drifts between a fast and slower phases for
 seconds at a time (`attnbench env --stability`), a slow phase then spoils only some sweeps of a
-round, not the round; README "Calibration on this machine" has the figures.
+round, not the round (the gate's calibration with sweeps: results/gate-calibration-cpu-20261202.csv).
 
 Rounds before the last time the case only (latency samples). The last sweep of the last round measures
 everything (verify, memory, FLOPs, ...) and its latency rows summarise the round values (`latency_summary`).

@@ -25,7 +25,7 @@ METRICS = ("latency", "memory", "flops", "rank", "accuracy")
 DEFAULT_METRICS = ("latency", "memory", "flops")
 ISOLATIONS = ("auto", "inprocess", "process")
 DEVICES = ("auto", "cpu", "cuda")
-DEFAULT_ROUNDS = 5  # the gate's calibration (README "Regression gating") holds at this default
+DEFAULT_ROUNDS = 5  # the gate's calibration (results/gate-calibration-cpu-20261202.csv) holds at this default
 MAX_ROUNDS = 1000
 MAX_SWEEPS = 100
 INT32 = (1 << 31) - 1
@@ -92,7 +92,7 @@ class Suite:
         1,
         doc=f"visits of every timed case per round (1-{MAX_SWEEPS}), each sweep in its own shuffled "
         "order timing 1/sweeps of the repeats; a round's value is its fastest sweep's median "
-        "(README: Sweeps)",
+        "(docs/methodology.md: Sweeps)",
     )
     order_seed: int = key(0, doc="seeds the shuffled case order of each round (recorded)")
     timeout_s: float = key(120.0, max=7 * 86400.0, doc="per case and round, in seconds")

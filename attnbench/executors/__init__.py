@@ -3,7 +3,7 @@
 `attnbench run SUITE --workers N|auto` -> `LocalPool` (attnbench.executors.local); `--executor ray
 [--address ADDR]` -> `RayExecutor` (attnbench.executors.ray_cluster). Both schedule (unit, round) tasks with
 `attnbench.executors.schedule.RoundScheduler` and hand every finished case to `Runner.record`, the one
-writer of the run, in the driver process. Without either option the Runner runs the sweep itself, as before.
+writer of the run, in the driver process. Without either option the Runner runs the sweep itself.
 """
 
 from __future__ import annotations

@@ -168,11 +168,11 @@ class LocalPool:
         final = task.round == n_rounds - 1
         for case in todo:
             history = priors[case.case_id]
-            for sweep in range(n_sweeps):  # a task's sweeps run back to back (README: Sweeps)
+            for sweep in range(n_sweeps):  # a task's sweeps run back to back (docs/methodology.md: Sweeps)
                 last = final and sweep == n_sweeps - 1
                 results.put(("start", case))
                 while (token := inflight.enter(exclusive=suite.exclusive == "node")) is None:
-                    time.sleep(0.02)  # exclusive: node - one case on this host at a time
+                    time.sleep(0.02)  # exclusive: node - one case per host at a time
                 slot.pool.worker = ""
                 try:
                     rows, samples = runner.case_executor.run(case, prior=history, time_only=not last, pool=slot.pool)

@@ -7,7 +7,7 @@ or Ray's detected `accelerator_type:<kind>`. Ray schedules queued tasks onto fre
 static shards) and retries a task whose worker or node was lost (`max_retries`).
 
 Fresh process per round: tasks are declared with `max_calls=1`, so Ray starts a new worker process for
-every task and every round of a case runs in its own process (the #12 rounds contract). Inside the task
+every task and every round of a case runs in its own process (as `attnbench.rounds` requires). Inside the task
 the unit's cases run in that process, ascending, with OOM prediction along the ladder; a case fault is a
 row, as in-process; a hang is caught by the driver, which cancels the task after its time budget.
 
@@ -138,14 +138,14 @@ def run_unit_task(
         cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"),
     )
     setup = prepare_process(suite, threads=threads, load_plugins=True, extra_fp=extra)
-    # peaks looked up with the recorded fingerprint (extras included), as before the executor module existed
+    # peaks looked up with the recorded fingerprint (extras included)
     executor = CaseExecutor(suite, run_id, setup.env_id, peaks=cached_peaks(suite.device, setup.fingerprint))
     executor.oom_at.update(oom_at)
     out = []
     sweeps = rounds.visits(suite)[1]
     for case in todo:
         history = priors[case.case_id]
-        for sweep in range(sweeps):  # a task's sweeps run back to back (README: Sweeps)
+        for sweep in range(sweeps):  # a task's sweeps run back to back (docs/methodology.md: Sweeps)
             while (token := ray.get(coordinator.enter.remote(node, suite.exclusive == "node"))) is None:
                 time.sleep(0.05)  # exclusive: node - one case on this node at a time
             try:

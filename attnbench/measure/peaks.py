@@ -15,7 +15,7 @@ warm-up outside the timed region, adaptive repeats, median).
   predicted from the last measured one, stays within a budget (1 s; quick 0.25 s); a dtype that
   stops short of its target size says so in "note", and one whose 256^3 call is already over budget
   (or that the device cannot multiply) is skipped with the reason (CPU fp16 gemm often has no fast
-  kernel). Probing fp16 on this project's 2-core CPU ends near n = 512.
+  kernel; on a 2-core x86 CPU the fp16 probe ends near n = 512).
 
 Cache: one JSON file per environment, `peaks-<key>.json` in $ATTNBENCH_CACHE_DIR (default
 ~/.cache/attnbench). key = env_id of the env fingerprint without the project's own git commit and

@@ -1,12 +1,12 @@
 """How steady is this machine's timing right now? A probe for `attnbench env --stability`.
 
-Found while calibrating the gate on a shared 2-core VM: a bare loop of one tiny op (SDPA forward and
-backward, 49 tokens, one thread) switches between two speeds every 0.5-3 s (68 vs 95-100 us), whatever
-the process, its address-space layout or the core it is pinned to; the host's other tenants are the
-likely cause. A case measured for 0.1 s lands in one state, so its round medians inherit a
-between-round log-sd of ~0.18 and the gate needs far more rounds to see a 30 % change. The probe times
-that op in back-to-back windows and reports how much the windows' medians move; the gate calibration
-records it beside its figures so that tables from different days can be read against their noise.
+On a shared VM a bare loop of one tiny op (SDPA forward and backward, 49 tokens, one thread) can
+switch between two speeds every few seconds, whatever the process, its address-space layout or the core
+it is pinned to (the host's other tenants). A case measured for 0.1 s lands in one state, so its round
+medians inherit that spread and the gate needs far more rounds to see a 30 % change. The probe times that
+op in back-to-back windows and reports how much the windows' medians move (log-sd); the gate calibration
+records it beside its figures (`host_log_sd` in results/gate-calibration-cpu-20261202.csv and .pairs.jsonl:
+0.006-0.25 per pair on a 2-core VM), so that calibrations can be read against their host's noise.
 """
 
 from __future__ import annotations
