@@ -10,8 +10,8 @@ Checked against LeapLabTHU/MLLA at 66b6d297, `models/mlla.py` (LinearAttention, 
 op and mixer agree to fp32 rounding (tests/fixtures/linear/mlla.pt). As theirs: the rotation acts
 on the full C = h*d channels *before* the head split, channel pairs (2j, 2j+1) rotated as complex
 numbers by angle_j, with k_max = C/4, theta_t = 10000^(-t/k_max), angle_j = row * theta_j for
-j < k_max and col * theta_(j - k_max) otherwise (tokens row-major). This differs from the spec's
-per-head Rope2d, so MLLA ignores the shell's tables and builds its own (float32, as their buffer;
+j < k_max and col * theta_(j - k_max) otherwise (tokens row-major). This differs from RALA's
+per-head Rope2d (docs/rala.md), so MLLA ignores the shell's tables and builds its own (float32, as their buffer;
 float64 for float64 inputs). KV as (K^T / sqrt N) @ (V / sqrt N), as their code.
 
 The mixer is MLLA's token mixer, MLLABlock from norm1's output to the residual add (`MllaLayer`):
@@ -19,7 +19,7 @@ The mixer is MLLA's token mixer, MLLABlock from norm1's output to the residual a
     y = out_proj((attention(q, k, v) + lepe3x3(v)) * g)
 (in/act/out projections and qk with bias; the block's cpe convs, norms and MLP are not the mixer).
 Passing either shell option (`gate=`, `lepe=`) builds the shared shell around the op instead
-(qkvo, 5x5 LePE on v, un-activated gate, proj), the variant "shell..." of earlier versions.
+(qkvo, 5x5 LePE on v, un-activated gate, proj); its rows carry the variant "shell" plus "+gate", "+lepe".
 
 KV buffer: mean_m R(phi(k_m)) v_m^T, (B, h, d, d).
 FLOPs (forward, per batch*head): KV 2Nd^2, output 2Nd^2, normaliser 2Nd -> 4Nd^2 + 2Nd.

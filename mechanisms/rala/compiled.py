@@ -3,15 +3,12 @@
 
 Why not `rala_op` itself: inductor fuses the reference's whole chain (phi, the token softmax, both
 RoPE applications with their interleaved even/odd store, the reweighting) into one C++ kernel that
-recomputes phi and the strided rotation per use - 9-10 ms per call at 56x56, d=64 on this project's
-CPU, where the two matmuls take ~0.9 ms and eager `rala_op` ~3 ms. `rala_core_parts` computes the
-same function (see `rala_core_halves`) without the interleave and returns phi(q), phi(k) so they are
-computed once; the op-level RoPE tables come from `op_tables` outside the graph (inside it, inductor
-evaluated sin/cos per element of the (N, d) tables). What each step gained, side by side at 56x56,
-d=64, fp32, 2 threads (2026-12-03): rala_core_halves with every size symbolic 1.38 ms, head dim static
-1.14, phi stored too 0.78 (SDPA 19.0 ms in the same run); then alpha applied to phi(k) rather than v
-0.69 -> 0.63, the head dim made static inside the graph rather than by marking the caller's tensors
-0.68 -> 0.65 (SDPA 17.4-17.8 ms).
+recomputes phi and the strided rotation per use, several times slower on CPU than eager `rala_op`.
+`rala_core_parts` computes the same function (see `rala_core_halves`) without the interleave and returns
+phi(q), phi(k) so they are computed once; the op-level RoPE tables come from `op_tables` outside the
+graph (inside it, inductor evaluates sin/cos per element of the (N, d) tables). With the head dim static
+(`rala_core_static_d`) the op-level forward at 56x56, d=64, fp32 takes 0.68 ms against rala_eager's 1.60
+ms and softmax_sdpa's 17.6 ms on a 2-core CPU (results/resolution-cpu-20261203.csv).
 
 Compiled lazily on first use and cached for the process; `dynamic=True` makes batch, heads and
 tokens symbolic from the first compile, so a sweep over batch / tokens / grids reuses one graph per
@@ -53,16 +50,16 @@ RECOMPILE_LIMIT = 64
 def _raise_recompile_limit(limit: int = RECOMPILE_LIMIT) -> None:
     import torch._dynamo.config as dynamo_config
 
-    for name in ("recompile_limit", "cache_size_limit"):  # the name before torch 2.6 was cache_size_limit
+    for name in ("recompile_limit", "cache_size_limit"):  # torch < 2.6 names it cache_size_limit
         if isinstance(getattr(dynamo_config, name, None), int):
             setattr(dynamo_config, name, max(getattr(dynamo_config, name), limit))
             return
 
 
 def rala_core_halves(q, k, v, sin, cos):
-    """RALA's operator (spec steps 4-9) on (B, h, N, d) inputs and (N, d) RoPE tables, in the order of
-    operations that suits a compiler; equal to `rala_op` in exact arithmetic (tests: within the
-    fp64-reference rule). `rala_core_parts(...)[0]`.
+    """RALA's operator (docs/rala.md "RALA token mixer", steps 4-9) on (B, h, N, d) inputs and (N, d) RoPE
+    tables, in the order of operations that suits a compiler; equal to `rala_op` in exact arithmetic (tests:
+    within the fp64-reference rule). `rala_core_parts(...)[0]`.
 
     - Channel halves: RoPE rotates channel pairs (2i, 2i+1), and the rotated q and k are only ever
       contracted over channels (R(q) @ KV with KV = R(k)^T v), so ordering the channels [evens | odds]
@@ -70,8 +67,7 @@ def rala_core_halves(q, k, v, sin, cos):
       instead of the reference's interleaved (stride-2) store. Un-rotated phi(q), phi(k) keep their order.
     - The N and 1/N factors cancel: KV = mean_m R(k_m alpha_m N) v_m^T = R(phi(k) alpha)^T v, and
       mean_m k~_m = alpha @ phi(k) (alpha sums to 1). alpha scales phi(k) inside the loop that rotates
-      it, not v (which would need one more (N, d) buffer: 56x56, d=64, 2 threads, side by side:
-      0.63 vs 0.69 ms per call, and steadier: that form ran 1.0-1.9 ms in some processes).
+      it, not v (which would need one more (N, d) buffer and is slower and less steady per call).
     - z is a per-token scalar, so R(q) z = R(q z): the normaliser is applied before the rotation and the
       last matmul writes the output.
     Tables are used as given (no assumption that sin/cos repeat within a pair)."""
@@ -81,9 +77,8 @@ def rala_core_halves(q, k, v, sin, cos):
 def rala_core_parts(q, k, v, sin, cos):
     """(out, phi(q), phi(k)): `rala_core_halves` that also returns the two feature maps. What is compiled:
     as graph outputs they are stored once and read by the later loops, where inductor otherwise fuses
-    phi (an exp per element) into each of the ~9 loops that read it and recomputes it there (56x56,
-    d=64, 2 threads, head dim static: 1.14 -> 0.78 ms per call). Returned detached, so a backward gets no
-    zero gradients for them to add."""
+    phi (an exp per element) into each of the ~9 loops that read it and recomputes it there. Returned
+    detached, so a backward gets no zero gradients for them to add."""
     scale = q.shape[-1] ** -0.5
     q, k = phi(q), phi(k)
     alpha = torch.softmax(scale * q.mean(dim=-2, keepdim=True) @ k.transpose(-1, -2), dim=-1)  # (B, h, 1, N)
@@ -102,12 +97,11 @@ def rala_core_parts(q, k, v, sin, cos):
 def rala_core_static_d(q, k, v, sin, cos):
     """`rala_core_parts` with the head dim specialised, for tracing: dynamo's `mark_static` called inside the
     traced function makes q's channel size a constant of the graph (and k's, v's and the tables', which
-    dynamo ties to it), so inductor can unroll and fully vectorise the channel loops (56x56, d=64, 2 threads:
-    1.38 -> 0.78 ms per call with phi stored as well, side by side). Inside, not on the caller's tensors
-    before each call: marking 5 tensors there cost ~70 us per call (0.68 -> 0.65 ms at 56x56, side by
-    side), and this leaves the caller's tensors unmarked. Batch, heads and tokens stay symbolic; a sweep
-    compiles once per head dim (a new d fails the graph's d guard and compiles the next graph). Where dynamo
-    runs the frame eagerly instead (disabled, skipped, past its recompile limit) nothing is marked."""
+    dynamo ties to it), so inductor can unroll and fully vectorise the channel loops. Inside, not on the
+    caller's tensors before each call: marking 5 tensors there costs tens of microseconds per call, and this
+    leaves the caller's tensors unmarked. Batch, heads and tokens stay symbolic; a sweep compiles once per
+    head dim (a new d fails the graph's d guard and compiles the next graph). Where dynamo runs the frame
+    eagerly instead (disabled, skipped, past its recompile limit) nothing is marked."""
     if torch.compiler.is_compiling():
         torch._dynamo.mark_static(q, q.dim() - 1)
     return rala_core_parts(q, k, v, sin, cos)

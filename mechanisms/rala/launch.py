@@ -70,10 +70,10 @@ def _device_arch(device: torch.device) -> int:
 # compiling every kernel for the target and reading its registers and local memory
 # (scripts/aot_check.py, which fails CI on any spill): the largest token block that keeps every
 # kernel of the pass spill-free, preferring more programs per SM, with triton 3.9 (CI's) and 3.6 (the GPU
-# image's) both: sm_90 bwd 128 "ch" (32 -> 16) and sm_80 fwd 64 "tok" (64 -> 32) are one step smaller
-# than 3.9 alone allows, because 3.6 spilled 8-16 B at the larger ones (results/aot-sm90-sm80-triton36-20261203.txt,
-# its header). "tok" = token-contiguous inputs
-# (the mixer's head split, RoPE tables from memory); "ch" = channel-contiguous (op level).
+# image's) both: sm_90 bwd 128 "ch" (16) and sm_80 fwd 64 "tok" (32) are one step smaller than 3.9 alone
+# allows, because 3.6 spills 8-16 B at the larger ones (results/aot-sm90-sm80-triton36-20261203.txt, its
+# header). "tok" = token-contiguous inputs (the mixer's head split, RoPE tables from memory); "ch" =
+# channel-contiguous (op level).
 # Architectures other than sm_80 / sm_90 use the sm_90 entries.
 LAUNCH_TABLE = {
     # sm_90 (H100/H200)
@@ -112,11 +112,11 @@ def backward_wants_channel_major(n: int, d: int, dtype: torch.dtype, *, compiled
     - fp16/bf16 with N not a multiple of 16 at d-block 128 (d 65..128): the scalar-access kernels
       (_dkv, _dq) spill on sm_90 at any block/warp choice (aot_check: 32-40 B at 8 warps, 144-164 B at
       16). RAVLT's d = 96 stages have 56² and 28² grids (N a multiple of 16): only unusual grids pay.
-    - fp32 at any d: the token-major fp32 backward spills at d-block 32-64 too (results/
-      aot-sm90-sm80-20261203.txt: _dkv 268-460 B, _dstate 16-104 B, _dq 4-96 B; 16 warps: still 268 B
-      in _dkv), the channel-major one does not (at d-block 128: with FP32_VALUE_COLUMNS). fp32 runs exact
+    - fp32 at any d: the token-major fp32 backward spills at d-block 32-64 too (aot_check of that plan,
+      triton 3.9: _dkv 268-460 B, _dstate 16-104 B, _dq 4-96 B; 16 warps: still 268 B in _dkv), the
+      channel-major one does not (at d-block 128: with FP32_VALUE_COLUMNS). fp32 runs exact
       FMA dots (no tensor cores), so the backward is compute-bound and the copies' traffic matters less than the spills'
-      latency in its inner loop (an estimate, to be checked on a GPU). Only where kernels are compiled
+      latency in its inner loop (an estimate, not a GPU measurement). Only where kernels are compiled
       (`compiled`, default: not the interpreter): the interpreter has no registers, and its fp32 runs are
       how CPU tests cover the token-major backward kernels that fp16/bf16 use on GPUs."""
     if dtype == torch.float32 and compiling_kernels(compiled):
@@ -130,8 +130,8 @@ def backward_wants_channel_major(n: int, d: int, dtype: torch.dtype, *, compiled
 # unaligned N: 16 warps, FP32_UNALIGNED_TOK). Both compute the k side (phi, scores, rotation) and read k
 # (the second read from L2: the two programs run side by side). Backward, _dkv (488-576 B on sm_90 and
 # sm_80): dKV is read 64 value columns at a time in every token block from the workspace (L1/L2, 32 KB
-# per step) instead of held in registers: 150-182 registers, 0 B, shared memory 139 -> 37 KB. Its
-# columns cannot go to separate programs: dk sums over them.
+# per step) instead of held in registers: 150-182 registers, 0 B, 37 KB of shared memory (139 KB with dKV
+# in registers). Its columns cannot go to separate programs: dk sums over them.
 FP32_VALUE_COLUMNS = {128: 64}
 
 
@@ -150,7 +150,7 @@ FP32_TABLE = {(90, "bwd", 64, "ch"): (16, 8, 4)}  # sm_90: B1 at 8 warps gets 12
 # fp32, token-major inputs whose N is not a multiple of 16 (scalar accesses), sm_90, forward at d-block 128,
 # by compiler: with triton 3.9 pass (b) at 8 warps needs 255 registers and spills 8 B, at 16 warps 128 and
 # none; with triton 3.6 (the GPU image's) and 3.8 it is the other way round (8 warps: 0 B; 16: pass (b) 8 B
-# on 3.6, pass (c) 4 B on both). So 16 warps from triton 3.9 on (the newest measured), the default 8 before.
+# on 3.6, pass (c) 4 B on both). So 16 warps from triton 3.9 on (the newest measured), the default 8 below it.
 # Aligned N keeps 8 warps (at 16 its tiles lose their 16-byte accesses); sm_80 fits at 8 (255 registers, 0 B).
 FP32_UNALIGNED_TOK = {(90, "fwd", 128): ((3, 9), (16, 16))}  # key: ((min triton major, minor), entry)
 
@@ -203,20 +203,20 @@ def plan_launch(
 ) -> LaunchPlan:
     """Autotune-free plan from the per-architecture launch table (`LAUNCH_TABLE`), which keeps every
     kernel free of register spills on sm_80 and sm_90 (checked in CI by scripts/aot_check.py; the full
-    grid, fp32 included, with triton 3.9 and 3.6: results/aot-sm90-sm80-20261203d.txt, -triton36-20261203.txt).
+    grid, fp32 included, with triton 3.9 and 3.6: results/aot-sm90-sm80-triton39-20261203.txt and
+    results/aot-sm90-sm80-triton36-20261203.txt).
     arch (e.g. 90) and sms default to the device's; token_major: the inputs are token-contiguous
     (the mixer's layout).
 
-    splits S along N (one wave, never a partial second one): at least SMs // (B*h), so every SM
-    gets a program; more, up to 2 SMs // (B*h) (two programs per SM, better latency hiding), only
-    while the split states stay within STATE_TRAFFIC_BUDGET (5 %) of the pass's minimum HBM bytes
-    (`state_traffic_fraction`). Each split costs one fp32 d x d state written to HBM: at B=2, h=16,
-    N=1024, d=64, bf16 (sm_90, 132 SMs) that is 2.5 % of the forward's minimum per split, so
-    2 programs per SM (S = 8, the rule before) would add 23 %; S = 4 (128 programs for 132 SMs)
-    adds 12.7 %. 5 % is out of reach there: even S = 1 adds 5.1 % (its state and the merged copy)
-    and leaves 100 of 132 SMs idle, which costs far more than the state traffic, so the fill floor
-    wins. At the benchmark's B=64, h=1, N=3136 the rule keeps S = 4 (4.1 %). An estimate
-    (scripts/rala_roofline.py), to be checked on the first GPU run.
+    splits S along N (one wave, never a partial second one): at least SMs // (B*h), so every SM gets a
+    program; more, up to 2 SMs // (B*h) (two programs per SM, better latency hiding), only while the split
+    states stay within STATE_TRAFFIC_BUDGET (5 %) of the pass's minimum HBM bytes (`state_traffic_fraction`).
+    Each split costs one fp32 d x d state written to HBM: at B=2, h=16, N=1024, d=64, bf16 (sm_90, 132 SMs)
+    that is 2.5 % of the forward's minimum per split, so 2 programs per SM (S = 8) would add 23 %; S = 4 (128
+    programs for 132 SMs) adds 12.7 %. 5 % is out of reach there: even S = 1 adds 5.1 % (its state and the
+    merged copy) and leaves 100 of 132 SMs idle, which costs far more than the state traffic, so the fill
+    floor wins. At the benchmark's B=64, h=1, N=3136 the rule keeps S = 4 (4.1 %). An estimate
+    (scripts/rala_roofline.py); scripts/rala_splits.py times the split counts on a GPU.
     """
     db = max(32, _next_pow2(d))
     entry = launch_entry(arch or _device_arch(device), backward, dtype, db, token_major, aligned=n % 16 == 0)

@@ -1,4 +1,5 @@
-"""RALA, the readable reference (spec section 1, steps 4-9): the operator, its token mixer and its KV state.
+"""RALA, the readable reference (docs/rala.md "RALA token mixer", steps 4-9): the operator, its token mixer
+and its KV state.
 
 Every fast form (compiled, Triton) is tested against these functions; `rala_eager` (eager.py) runs them.
 
@@ -30,11 +31,10 @@ def default_rope(grid, head_dim, like):
     inputs, so fp64 references stay exact), then cast to `like`'s dtype.
 
     Cached per (grid, head_dim, dtype, device) (`_cached_rope`; the runner empties it after each case,
-    attnbench.layers.PER_CASE_CACHES, so peak-memory figures do not depend on earlier cases): the tables depend on
-    nothing else, and the mixer level gets them the same way, built once by its caller's Rope2d and
-    passed in (a RAVLT stage builds them once per forward for all its blocks). So op-level times of
-    every RALA form exclude building them (~0.15-0.3 ms at 56x56, d=64 on the 2-core CPU), as
-    mixer-level times always did. Read-only: callers must not modify the returned tensors."""
+    attnbench.layers.PER_CASE_CACHES, so peak-memory figures do not depend on earlier cases): the tables depend
+    on nothing else, and the mixer level gets them the same way, built once by its caller's Rope2d and passed in
+    (a RAVLT stage builds them once per forward for all its blocks). So op-level times of every RALA form
+    exclude building them, as mixer-level times do. Read-only: callers must not modify the returned tensors."""
     if torch.compiler.is_compiling() or like.device.type == "meta":
         return _build_rope(tuple(grid), head_dim, like.dtype, like.device)  # never cache fake/meta tensors
     return _cached_rope(tuple(grid), head_dim, like.dtype, like.device)
@@ -90,7 +90,8 @@ def rala_mixer(dim: int, num_heads: int, operator=rala_op, **shell_options) -> T
 
 
 def rala_kv_buffer(q: Tensor, k: Tensor, v: Tensor, *, grid, rope=None, query_aware: bool = True) -> Tensor:
-    """RALA's KV (spec step 8) from raw q, k, v (B, h, N, d): mean_m R(k~_m) v_m^T, (B, h, d, d).
+    """RALA's KV from raw q, k, v (B, h, N, d): mean_m R(k~_m) v_m^T, (B, h, d, d) (docs/rala.md "RALA token
+    mixer", step 8).
 
     k~_m = phi(k_m) alpha_m N with alpha = softmax_m(d^-0.5 mean_n phi(q_n) . phi(k_m)), or
     k~ = phi(k) when query_aware is False. rope: (sin, cos) tables, None builds the default ones.

@@ -1,5 +1,5 @@
-"""A static roofline of the RALA Triton forward, per launch: an ESTIMATE made before any GPU run, so
-the first measurement can be checked against it (scripts/rala_roofline.py prints it).
+"""A static roofline of the RALA Triton forward, per launch: an ESTIMATE made without a GPU, so that
+GPU measurements can be checked against it (scripts/rala_roofline.py prints it).
 
 From the launch plan the launcher would use on the target (`plan_launch`: block size, splits, warps)
 and the kernels' own structure, per launch: HBM bytes (q, k, v read, out written, fp32 split
@@ -12,8 +12,8 @@ bandwidth is (minimum bytes / copy bandwidth) / estimate, the quantity the bench
 frac_bandwidth.
 
 Assumptions (labelled, adjustable): copy bandwidth = what `attnbench env --probe` measures on the
-device (default: 4.0 TB/s for an H200, ~83 % of its 4.8 TB/s datasheet figure, to be replaced by
-the probe's number); L2-to-SM read bandwidth 5.5 TB/s on H100/H200 and 4.0 TB/s on A100 (no
+device (default: 4.0 TB/s for an H200, ~83 % of its 4.8 TB/s datasheet figure, where the probe has not
+run); L2-to-SM read bandwidth 5.5 TB/s on H100/H200 and 4.0 TB/s on A100 (no
 measurement here; microbenchmarks of H100 report ~5-7 TB/s); MUFU rate = 16 ops/clock/SM (sm_80,
 sm_90) at the boost clock; 4 us per launch (launch latency plus the tail of a wave); RoPE tables
 and the split states are read from L2 where the kernels reread them, and every fp32 state

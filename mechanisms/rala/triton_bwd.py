@@ -452,7 +452,7 @@ def _dkv_block(
                     DOT_DTYPE,
                     MASK_N,
                 )
-        else:  # triton before 3.5: no disable_licm
+        else:  # triton < 3.5: no disable_licm
             for c in tl.range(0, 2 * PB // VB, num_stages=1):
                 u_e, u_o = _dkv_column_step(
                     u_e,

@@ -26,7 +26,8 @@ def dws_ptrs(DWS, BH, S, d):
 @triton.jit(do_not_specialize=["n_splits"])
 def _dmerge_kernel(WS, DWS, n_splits, d, DB: tl.constexpr, RB: tl.constexpr):
     """dKV, dksum = sums of the split partials (fixed order); T = <KV, dKV>_F + ksum . dksum. dKV RB rows at a
-    time (a whole d x d fp32 tile and KV's beside it spilled at d-block 128 with triton 3.6: 116 B on sm_90)."""
+    time (a whole d x d fp32 tile and KV's beside it spill at d-block 128 with triton 3.6: 116 B on sm_90,
+    results/aot-sm90-sm80-triton36-20261203.txt's header)."""
     bh = tl.program_id(0)
     _qbar, KV, KS, _ml, _part = state_ptrs(WS, tl.num_programs(0), d)
     DKV, DKS, T, DKV_P, DKS_P, _dqb = dws_ptrs(DWS, tl.num_programs(0), n_splits, d)

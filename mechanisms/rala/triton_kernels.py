@@ -1,4 +1,4 @@
-"""RALA forward in Triton: the fused one-pass form of spec/rala.md ("The fused form").
+"""RALA forward in Triton: the fused one-pass form of docs/rala.md ("The fused form").
 
 Per (batch, head), with phi(x) = ELU(x) + 1, c = d^-0.5 and R_n the 2D rotation of token n:
 
@@ -28,8 +28,8 @@ HBM traffic: q twice, k and v once, out once (the minimum, 5 N d elements per (b
 split states: S + 1 fp32 states of d*d + d + 2 words per (b, h) written (the S partials and the
 merged one), read back from L2 (`launch.state_traffic_fraction`). That is 4.1 % of the minimum
 at the benchmark's B=64, h=1, N=3136, d=64, bf16 (S = 4 on 132 SMs) and 12.7 % at B=2, h=16,
-N=1024 (S = 4; the rule before, 2 programs per SM, chose S = 8: 23 % written, 43 % if the
-partials were also read from HBM). Why not under 5 % there: plan_launch's docstring.
+N=1024 (S = 4; 2 programs per SM would choose S = 8: 23 % written, 43 % if the partials were
+also read from HBM). Why not under 5 % there: plan_launch's docstring.
 
 Layout and precision: inputs are addressed through their strides, so (B, h, N, d), (B, N, h, d)
 and the token-contiguous views made by the mixer's head split are read without a copy, except where a
@@ -524,7 +524,7 @@ def _out_kernel(
     """Pass (c): out_n = R(phi(q_n)) @ KV / (phi(q_n) . ksum + eps) for split s's tokens.
 
     FUSE_MERGE (few splits): every program merges the split states itself (S d^2 floats from L2)
-    and split 0 stores the result, which saves the merge kernel's launch; else they were merged.
+    and split 0 stores the result, which saves the merge kernel's launch; else `_merge_kernel` has merged them.
     (Not split along KV's value columns like pass (b) at fp32 d-block 128: its spills there come from the
     q and RoPE tiles, aot_check measured no gain from halving KV.)
     """
