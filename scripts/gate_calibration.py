@@ -10,10 +10,10 @@ Per pair i the runs go A_i, B10_i, A'_i, B20_i, B30_i; the pairs are (A_i, A'_i)
 (A'_i, B20_i), (A'_i, B30_i), so every pair is measured minutes apart like two runs of a CI job.
 A pair "fails" when the gate exits 1; for A/B it is "caught" when test_slowable is among the regressions,
 and "other named" when any other mechanism is. Writes one row per pair kind to --table (CSV) and prints a
-Markdown table for the README. Only latency is measured (`metrics: [latency]`, `verify: false`), which
+Markdown table of the same figures. Only latency is measured (`metrics: [latency]`, `verify: false`), which
 is what the gate reads; the timing procedure is the suite's own.
 
-    python scripts/gate_calibration.py --pairs 20 --table results/gate-calibration-cpu.csv
+    python scripts/gate_calibration.py --pairs 20 --table results/gate-calibration-cpu-YYYYMMDD.csv
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def main() -> int:
     p.add_argument("--slowdowns", type=float, nargs="+", default=[0.1, 0.2, 0.3])
     p.add_argument("--suite", default=str(REPO / "suites" / "smoke.yaml"))
     p.add_argument("--work", help="folder for the runs (default: a temporary folder, kept)")
-    p.add_argument("--table", help="write the summary CSV here (e.g. results/gate-calibration-cpu.csv)")
+    p.add_argument("--table", help="write the summary CSV here (e.g. results/gate-calibration-cpu-YYYYMMDD.csv)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra suite override")
     p.add_argument("--stop-after-s", type=float, help="start no new pair after this many seconds (table says n)")
     p.add_argument(

@@ -8,7 +8,7 @@ mechanisms/rala/roofline.py for the model and its assumptions).
 an assumed figure per device). Prints, in the style of `attnbench env`, one line per launch (grid,
 HBM and L2 bytes and MUFU ops per token, estimated time and what bounds it), the split states' share
 of the traffic, the forward's estimated time and fraction of copy bandwidth (the benchmark's
-frac_bandwidth) to check the first GPU run against, and the op-level RoPE choice in numbers
+frac_bandwidth) to check a GPU run against, and the op-level RoPE choice in numbers
 (in-kernel sin/cos vs (N, d/2) tables read from L2).
 """
 

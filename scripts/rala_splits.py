@@ -1,13 +1,13 @@
 """Time the RALA Triton forward and backward at one shape for several split counts S (the programs per
-(b, h) along N), beside the planner's own choice, so the first GPU run settles the split rule
-(`plan_launch`: S = SMs // (B*h), more only while the split states stay within 5 % of the minimum HBM
-traffic) with a measurement instead of the estimate.
+(b, h) along N), beside the planner's own choice, so a GPU run checks the split rule (`plan_launch`:
+S = SMs // (B*h), more only while the split states stay within 5 % of the minimum HBM traffic) with a
+measurement instead of the estimate.
 
     PYTHONPATH=$PWD python3 scripts/rala_splits.py [--shape B,h,H,W,d] [--dtype bf16|fp16]
         [--splits 1,2,4,8,16] [--out FILE.csv] [--dry-run]
 
-Default shape: B=2, h=16, 32x32 tokens, d=64, bf16 (#14's example: the rule picks S=4 on an H100/H200
-where two programs per SM, S=8, was the rule before). Times are medians of `triton.testing.do_bench`
+Default shape: B=2, h=16, 32x32 tokens, d=64, bf16 (the example in `plan_launch`'s docstring: the rule
+picks S=4 on an H100/H200, where two programs per SM would be S=8). Times are medians of `triton.testing.do_bench`
 (CUDA events, warm-up outside the timed region) in ms; each row also gives the split states' share of the
 pass's minimum HBM bytes (`state_traffic_fraction`). --dry-run prints the plans for an sm_90 part with
 132 SMs and needs no GPU. Without a GPU the script says so and exits 2; under TRITON_INTERPRET=1 (CPU
