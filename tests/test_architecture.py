@@ -1,4 +1,4 @@
-"""The run path's architecture (issue #15): imports go one way and its modules stay small.
+"""The run path's architecture: imports go one way and its modules stay small.
 
 Imports are read from the source (ast), anywhere in a module - inside functions too - plus
 `importlib.import_module` with a literal name, so a lazy import cannot hide a circle.

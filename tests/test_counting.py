@@ -17,7 +17,7 @@ from attnbench.registry import Shape, get
 from attnbench.workloads.build import mixer_workload, op_workload
 from attnbench.workloads.model import build_model_workload
 
-# the paper's FLOPs column (G), spec/rala.md section 4: counted there as multiply-accumulates
+# the paper's FLOPs column (G), docs/rala.md "RAVLT backbone": counted there as multiply-accumulates
 PAPER_GMACS = {"ravlt_t": 2.4, "ravlt_s": 4.6, "ravlt_b": 9.9, "ravlt_l": 16.0}
 PAPER_PARAMS_M = {"ravlt_t": 15, "ravlt_s": 26, "ravlt_b": 48, "ravlt_l": 95}
 
@@ -60,7 +60,7 @@ def test_counts_near_the_paper(name):
     counts = analytic_counts(name, 224, 224)
     assert abs(params / 1e6 - PAPER_PARAMS_M[name]) <= 0.6  # the paper rounds to whole millions
     paper = PAPER_GMACS[name] * 1e9
-    assert close(counts.macs_no_attn, paper, 0.025)  # spec: within ~2%
+    assert close(counts.macs_no_attn, paper, 0.025)  # docs/rala.md: within ~2%
     assert abs(counts.macs_no_attn - paper) < abs(counts.macs_with_attn - paper)  # the closer convention
     assert close(counts.flops, 2 * counts.macs_with_attn, 0.005)  # the conventions differ by the norm terms only
 

@@ -492,7 +492,7 @@ def test_main_prints_one_json_line(val_dir, tiny_checkpoint, capsys, monkeypatch
 
 @pytest.fixture
 def one_thread():
-    """One intra-op thread: on a shared, oversubscribed 2-core machine OpenMP spinning makes 2 threads ~5x slower."""
+    """One intra-op thread: on an oversubscribed machine OpenMP spinning makes 2 threads several times slower."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -1,4 +1,4 @@
-"""The input classes of issue #17, each against its rule: slugs, the bounded YAML loader, key ranges, the
+"""The classes of user input, each against its rule: slugs, the bounded YAML loader, key ranges, the
 row validator on load and write, checkpoint values, env ids that match runs, tables at 80 columns."""
 
 from __future__ import annotations

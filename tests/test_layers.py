@@ -1,4 +1,4 @@
-"""2D RoPE against hand-computed values, and the head split/merge layout of the spec."""
+"""2D RoPE against hand-computed values, and the head split/merge layout of docs/rala.md."""
 
 from __future__ import annotations
 

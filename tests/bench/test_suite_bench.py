@@ -63,7 +63,8 @@ def test_case(benchmark, case):
 
 
 def expected_shape(case) -> tuple[int, ...]:
-    """op: (B, h, N, d); mixer: (B, C, H, W); model: the batch of logits (B, classes), by the DESIGN contract."""
+    """op: (B, h, N, d); mixer: (B, C, H, W); model: the batch of logits (B, classes), by the mechanism interface
+    (docs/design.md)."""
     if case.level == "op":
         return (case.batch, case.heads, case.height * case.width, case.head_dim)
     if case.level == "mixer":
