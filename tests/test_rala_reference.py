@@ -2,11 +2,10 @@
 
 - fixtures: outputs of the published code (tests/fixtures/rala/, made by scripts/make_rala_fixtures.py)
   for three mixers and a small RAVLT;
-- `spec_rala_fp64` below: docs/rala.md's RALA mixer (the core steps from phi to the normalised output)
-  written out in float64 here, with RoPE as a complex rotation per channel pair (not the code's
-  rotate-pairs form);
+- `spec_rala_fp64` below: the steps of docs/rala.md "The RALA operator" written out in float64 here,
+  with RoPE as a complex rotation per channel pair (not the code's rotate-pairs form);
 - the fused (online-softmax) form must equal that definition to ~1e-12 for every block size;
-- rala_compiled vs rala_eager: FlashAttention's test rule (docs/design.md, verification): the compiled
+- rala_compiled vs rala_eager: FlashAttention's test rule (docs/design.md "Verification"): the compiled
   operator's error against the fp64 truth may be at most 2x the eager fp32 operator's error + a small floor.
 """
 
