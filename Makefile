@@ -1,6 +1,7 @@
 # Two commands on a fresh clone (README "Quick start"):
 #   make run    set up .venv (CPU torch first), then run suites/resolution.yaml with its CPU defaults
-#   make test   set up .venv, then the test suite exactly as CI runs it (.ci/run calls this)
+#   make test   set up .venv, then the checks exactly as CI runs them (.ci/run calls this): the formatter
+#               (ruff format --check), the linter (ruff check), then the test suite (pytest)
 # Variables: PYTHON (interpreter that creates the venv), VENV, DEVICE (for `make run`, default cpu).
 
 PYTHON ?= python3
@@ -26,6 +27,8 @@ run: setup
 
 # pytest exit 5 (nothing collected) is a failure too, with a message saying so.
 test: setup
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
 	@$(PY) -m pytest -q --benchmark-disable -n 2 tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): failing" >&2; exit 1; fi; \
 	exit $$rc

@@ -22,9 +22,7 @@ from attnbench.loading import load_mechanisms  # noqa: E402  (after TRITON_INTER
 
 load_mechanisms()  # the test suite is an entry point of the program: it loads the mechanisms once, here
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("ATTNBENCH_SHARED", REPO.parent / "shared"))
-FIXTURES = SHARED / "fixtures"
+RALA_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "rala" / "rala_reference_outputs.pt"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -40,12 +38,8 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def fixtures_dir() -> Path:
-    if not (FIXTURES / "rala_reference_outputs.pt").is_file():
-        pytest.fail(f"shared fixtures not found at {FIXTURES}; set ATTNBENCH_SHARED to the shared/ folder")
-    return FIXTURES
-
-
-@pytest.fixture(scope="session")
-def rala_fixtures(fixtures_dir):
-    return torch.load(fixtures_dir / "rala_reference_outputs.pt", weights_only=True)
+def rala_fixtures() -> dict:
+    """The published RALA/RAVLT code's outputs (tests/fixtures/rala/README.md)."""
+    if not RALA_FIXTURE.is_file():
+        pytest.fail(f"{RALA_FIXTURE} is missing; restore it from git or rebuild it with scripts/make_rala_fixtures.py")
+    return torch.load(RALA_FIXTURE, weights_only=True)
