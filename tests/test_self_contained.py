@@ -59,9 +59,9 @@ def test_the_patterns_catch_what_they_are_for():
     mentions = {
         "a folder beside the clone": "fixtures are read from ../" + SHARED + " by default",
         "the environment variable that pointed at it": "set ATTNBENCH_" + SHARED.upper() + "=/x",
-        "its spec or fixtures folder": "see " + SHARED + "/spec/rala.md section 1",
-        "its design notes": "the contract (DESIGN.md) says",
-        "its math notes": "as in spec/rala.md section 4",
+        "its spec or fixtures folder": "see " + SHARED + "/spec/rala" + ".md section 1",
+        "its design notes": "the contract (DESIGN" + ".md) says",
+        "its math notes": "as in spec/rala" + ".md section 4",
     }
     assert set(mentions) == set(OUTSIDE)
     for what, text in mentions.items():
