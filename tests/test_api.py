@@ -94,7 +94,7 @@ def test_load_samples_from_the_results_csv_or_the_samples_file(tiny_run):
     pd.testing.assert_frame_equal(attnbench.load_samples(samples_file), samples)
 
 
-def test_run_without_out_leaves_no_file(tmp_path, monkeypatch):
+def test_run_without_out_leaves_no_file_and_prints_nothing(tmp_path, monkeypatch, capsys):
     import tempfile
 
     temp = tmp_path / "temp"
@@ -106,6 +106,13 @@ def test_run_without_out_leaves_no_file(tmp_path, monkeypatch):
     df = attnbench.run(TINY, rounds=1)
     assert set(df["status"]) == {"ok"} and "latency" in set(df["metric"])
     assert list(temp.iterdir()) == [] and list(work.iterdir()) == []
+    assert capsys.readouterr() == ("", "")
+
+
+def test_progress_shows_a_bar(tmp_path, capsys):
+    df = attnbench.run(TINY, rounds=1, out=tmp_path / "p.csv", progress=True)
+    assert set(df["status"]) == {"ok"}
+    assert "1/1" in capsys.readouterr().out  # visits done / total
 
 
 def test_run_refuses_bad_input_before_measuring(tmp_path):
