@@ -11,9 +11,11 @@
 
 - A suite's `plugins:` (module names or .py files), loaded with the suite (`registry.load_plugins`).
 
-`load_mechanisms()` is called by the program's entry points only: the CLI (`main`, for the commands that
-need mechanisms), a worker process's set-up, `python -m attnbench.models.imagenet`, and the test suite's
-conftest. Library code (suite, plan, models) reads the registry and never loads it.
+`load_mechanisms()` (built-ins and entry points) is called by the program's entry points: the CLI (`main`,
+for the commands that need mechanisms), `attnbench.run`, a worker process's set-up, `python -m
+attnbench.models.imagenet`, and the test suite's conftest. Elsewhere the registry's first lookup loads the
+built-ins alone (`load_mechanisms(entry_points=False)`), so `create_ravlt("ravlt_t")` works in a fresh
+interpreter; installed entry points and a suite's plugins are loaded only where asked for.
 """
 
 from __future__ import annotations

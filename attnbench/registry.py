@@ -12,7 +12,11 @@ A mechanism module does::
 `get(name)` returns the (single) instance; its decorator fields are attributes. Calling `op` or
 `mixer` of a mechanism that is unavailable raises `MechanismUnavailable(reason)`.
 
-This module imports no mechanism: the program's entry points fill it (`attnbench.loading.load_mechanisms`).
+The lookups (`get`, `names`, `families`) load the built-in mechanisms on first use
+(`attnbench.loading.load_mechanisms(entry_points=False)`), so a fresh interpreter can build a model or
+list the mechanisms without a set-up call; plugins (a suite's `plugins:`, `load_plugins`) and installed
+entry points stay explicit. The module imports no mechanism itself: the load goes through
+`attnbench.loading`, which imports the `mechanisms` package by name at call time.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ __all__ = [
     "Mechanism",
     "MechanismUnavailable",
     "Shape",
+    "families",
     "get",
     "load_plugins",
     "names",
@@ -192,6 +197,23 @@ def accepted_options(fn: Callable, options: dict[str, Any]) -> dict[str, Any]:
 
 
 _REGISTRY: dict[str, Mechanism] = {}
+_BUILTINS_REQUESTED = False  # set once the first lookup has asked for the built-ins (or while it loads them)
+
+
+def _ensure_builtins() -> None:
+    """Load the built-in mechanisms on the first lookup; a no-op afterwards and during that load (a mechanism
+    module that looks another one up while it is imported sees the registry as filled so far)."""
+    global _BUILTINS_REQUESTED
+    if _BUILTINS_REQUESTED:
+        return
+    _BUILTINS_REQUESTED = True
+    from attnbench.loading import load_mechanisms
+
+    try:
+        load_mechanisms(entry_points=False)
+    except BaseException:
+        _BUILTINS_REQUESTED = False  # the next lookup tries again (and raises the same error)
+        raise
 
 
 def _guarded(method: Callable, kind: str) -> Callable:
@@ -265,13 +287,14 @@ def unregister(name: str) -> None:
 
 def get(name: str) -> Mechanism:
     """The registered mechanism `name`; unknown names raise UnknownMechanism naming close matches."""
+    _ensure_builtins()
     try:
         return _REGISTRY[name]
     except KeyError:
         if not _REGISTRY:
             raise UnknownMechanism(
-                f"unknown mechanism {name!r}: no mechanisms are loaded; call attnbench.loading.load_mechanisms() "
-                "first (the CLI does)"
+                f"unknown mechanism {name!r}: no mechanisms are loaded (the registry is empty); "
+                "attnbench.loading.load_mechanisms() loads the built-in ones"
             ) from None
         close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -280,10 +303,13 @@ def get(name: str) -> Mechanism:
 
 def names(family: str | None = None) -> list[str]:
     """Registered names, sorted; only those of `family` when given."""
+    _ensure_builtins()
     return sorted(n for n, m in _REGISTRY.items() if family is None or m.family == family)
 
 
 def families() -> list[str]:
+    """The families of the registered mechanisms, sorted."""
+    _ensure_builtins()
     return sorted({m.family for m in _REGISTRY.values()})
 
 

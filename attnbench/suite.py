@@ -1,7 +1,10 @@
 """Suites: YAML -> one frozen, validated `Suite`, or a `file:line: message` SuiteError (exit 2).
 
-Precedence: file < `gpu:` (merged when the resolved device is cuda) < `--set key=value` (value
-parsed as YAML; dotted keys reach into mappings, e.g. `--set repeats.min=3`).
+A suite comes from a YAML file (a path), a shipped suite's name (`smoke`: the file stem of a suite in the
+`suites/` folder, which the wheel carries as `attnbench/suites`), or a mapping of the same keys (the Python
+API). Precedence: file < `gpu:` (merged when the resolved device is cuda) < `--set key=value` (value
+parsed as YAML; dotted keys reach into mappings, e.g. `--set repeats.min=3`) or the API's `overrides`
+mapping ({"repeats.min": 3}), applied the same way.
 Every sweep axis accepts a scalar or a list. Unknown keys, wrong types, empty sweeps and unknown
 mechanisms stop the run before anything is measured.
 
@@ -12,8 +15,9 @@ the checks are in `attnbench.suite_checks`; this module merges the sources and b
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import torch
 
@@ -41,34 +45,128 @@ __all__ = [
     "Repeats",
     "Suite",
     "expand_mechanisms",
+    "find_suite",
     "load_suite",
     "resolve_device",
+    "shipped_suites",
 ]
+
+SuiteSource = Union[str, Path, Mapping[str, Any]]
+Overrides = Union[Sequence[str], Mapping[str, Any]]
+SUITE_SUFFIXES = (".yaml", ".yml")
+MAPPING_NAME = "suite mapping"  # names a suite given as a mapping in error messages
+
+
+def shipped_suites_dir() -> Path | None:
+    """The folder of the shipped suites: `attnbench/suites` in an installed wheel, `suites/` beside the
+    package in a checkout (an editable install or PYTHONPATH); None if neither exists."""
+    package = Path(__file__).resolve().parent
+    for folder in (package / "suites", package.parent / "suites"):
+        if folder.is_dir():
+            return folder
+    return None
+
+
+def shipped_suites() -> dict[str, Path]:
+    """Shipped suite name (the file stem) -> its file, sorted by name."""
+    folder = shipped_suites_dir()
+    if folder is None:
+        return {}
+    files = [f for f in folder.iterdir() if f.suffix in SUITE_SUFFIXES and f.is_file()]
+    return {f.stem: f for f in sorted(files, key=lambda f: f.stem)}
+
+
+def find_suite(spec: str | Path) -> Path:
+    """The suite file `spec` names: an existing file, else (a bare name without a folder or .yaml suffix)
+    the shipped suite of that name. An unknown name is a SuiteError listing the shipped ones; any other
+    path is returned as is (load_suite reports a missing file)."""
+    path = Path(spec)
+    try:
+        if path.is_file():
+            return path
+    except (OSError, ValueError):  # a name too long for the file system, a NUL: load_suite says so
+        return path
+    text = str(spec)
+    bare = text and not any(c in text for c in "/\\") and not text.startswith((".", "~"))
+    if bare and path.suffix not in SUITE_SUFFIXES:
+        shipped = shipped_suites()
+        if text in shipped:
+            return shipped[text]
+        raise SuiteError(
+            f"unknown suite {_short(text)}: no such file, and no shipped suite has that name "
+            f"(shipped: {', '.join(shipped) or 'none found'}); give a shipped suite's name or a suite YAML file"
+        )
+    return path
+
+
+def _parse_key(key: Any, shown: str, label: str) -> list[str]:
+    key = key.strip() if isinstance(key, str) else key
+    if not isinstance(key, str) or not key or any(not part.strip() for part in key.split(".")):
+        if label == "--set":
+            raise SuiteError(f"--set {shown}: expected key=value with a key such as batch or repeats.min")
+        raise SuiteError(f"overrides: {_short(key)} is not a suite key such as batch or repeats.min")
+    return key.split(".")
+
+
+def _set_key(raw: dict[str, Any], parts: list[str], value: Any, shown: str, label: str) -> str:
+    target = raw
+    for part in parts[:-1]:
+        nxt = target.get(part)
+        if nxt is None:
+            nxt = target[part] = {}
+        if not isinstance(nxt, dict):
+            raise SuiteError(f"{label} {shown}: `{_short(part)}` is not a mapping")
+        target = nxt
+    target[parts[-1]] = value
+    return ".".join(parts)
 
 
 def _apply_set(raw: dict[str, Any], assignment: str) -> str:
     if "=" not in assignment:
         raise SuiteError(f"--set {_short(assignment)}: expected key=value")
     key, text = assignment.split("=", 1)
-    key = key.strip()
     shown = _short(assignment)
-    if not key or any(not part.strip() for part in key.split(".")):
-        raise SuiteError(f"--set {shown}: expected key=value with a key such as batch or repeats.min")
+    parts = _parse_key(key, shown, "--set")
     try:
         value = load_yaml(text) if text.strip() else None
     except YamlInputError as exc:
         raise SuiteError(f"--set {shown}: value is not valid YAML ({exc})") from None
-    target = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        nxt = target.get(part)
-        if nxt is None:
-            nxt = target[part] = {}
-        if not isinstance(nxt, dict):
-            raise SuiteError(f"--set {shown}: `{_short(part)}` is not a mapping")
-        target = nxt
-    target[parts[-1]] = value
-    return key
+    return _set_key(raw, parts, value, shown, "--set")
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: Overrides) -> tuple[set[str], str]:
+    """Apply `--set` strings or an overrides mapping to `raw`; (the keys set, the label for messages)."""
+    keys: set[str] = set()
+    if isinstance(overrides, Mapping):
+        for key, value in overrides.items():
+            shown = f"{{{_short(key)}: {_short(value)}}}"
+            parts = _parse_key(key, shown, "overrides")
+            keys.add(_set_key(raw, parts, _plain(value, "overrides", str(key)), shown, "overrides"))
+        return keys, "overrides"
+    if isinstance(overrides, (str, bytes)):
+        raise SuiteError("overrides must be a list of key=value strings or a mapping of suite keys, not one string")
+    for assignment in overrides:
+        keys.add(_apply_set(raw, str(assignment)))
+    return keys, "--set"
+
+
+def _plain(value: Any, what: str, key: str = "") -> Any:
+    """A Python value as YAML would give it: mappings and sequences as dicts and lists, numpy scalars and
+    paths as their plain values; anything YAML cannot hold is a SuiteError."""
+    if isinstance(value, Mapping):
+        return {k: _plain(v, what, f"{key}.{k}" if key else str(k)) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, what, key) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):
+        return value.item()
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise SuiteError(
+        f"{what}: `{key[:60]}` has a value of type {type(value).__name__}; "
+        "use YAML values (str, int, float, bool, None, lists, dicts)"
+    )
 
 
 def _short(text: Any) -> str:
@@ -82,12 +180,29 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Suite:
-    """Parse, merge (gpu:, --set) and validate a suite file. Raises SuiteError (`file:line: ...`)."""
-    path = Path(path)
+class _MappingLocator(Locator):
+    """A suite given as a mapping has no lines: messages name the mapping (and the key, as they all do)."""
+
+    def where(self, key: str) -> str:
+        return MAPPING_NAME
+
+
+def _read_suite(source: SuiteSource) -> tuple[dict[str, Any], Locator, Path | None, str]:
+    """(raw mapping, locator, file or None, name for messages) of a suite file, shipped name or mapping."""
+    if isinstance(source, Mapping):
+        raw = _plain(source, MAPPING_NAME)
+        return raw, _MappingLocator(MAPPING_NAME, None), None, MAPPING_NAME
+    if not isinstance(source, (str, Path)):
+        raise SuiteError(
+            f"a suite is a YAML file's path, a shipped suite's name or a mapping of suite keys, "
+            f"not {type(source).__name__}"
+        )
+    path = find_suite(source)
     shown = str(path)
+    names = ", ".join(shipped_suites())
+    hint = f"; give a suite YAML file or a shipped suite's name ({names})" if names else "; a suite is a YAML file"
     try:
-        text = read_user_text(path, "suite file", max_bytes=MAX_SUITE_BYTES, hint="; a suite is a YAML file")
+        text = read_user_text(path, "suite file", max_bytes=MAX_SUITE_BYTES, hint=hint)
     except AttnbenchError as exc:
         raise SuiteError(str(exc)) from None
     try:
@@ -97,28 +212,40 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         raise SuiteError(f"{shown}:{exc.line or 1}: {exc}") from None
     if not isinstance(raw, dict):
         raise SuiteError(f"{shown}:1: a suite must be a YAML mapping of keys (name, mechanisms, ...)")
-    loc = Locator(shown, node)
+    return raw, Locator(shown, node), path, shown
+
+
+def load_suite(source: SuiteSource, overrides: Overrides = ()) -> Suite:
+    """Parse, merge (gpu:, then `--set` strings or an overrides mapping) and validate a suite: a file's path,
+    a shipped suite's name (`find_suite`) or a mapping of suite keys. Raises SuiteError (`file:line: ...`;
+    `suite mapping: ...` for a mapping). Relative `.py` plugin paths are relative to the suite file (to the
+    working directory for a mapping)."""
+    raw, loc, path, shown = _read_suite(source)
+    head = f"{shown}:1" if path is not None else shown
+    base = path.parent if path is not None else Path.cwd()
+    anchor = path if path is not None else base / MAPPING_NAME  # check_values reads relative paths from its parent
     set_keys: set[str] = set()
+    set_label = "--set"
 
     def where(key: str) -> str:
         top = key.split(".")[0]
         if key in set_keys or top in set_keys:
-            return "--set"
+            return set_label
         return loc.where(key)
 
     raw = copy.deepcopy(raw)
     known = ", ".join(sorted(kinds()))
     for key in raw:
         if not isinstance(key, str):
-            raise SuiteError(f"{shown}:1: keys must be names, got {show(key)} (known: {known})")
+            raise SuiteError(f"{head}: keys must be names, got {show(key)} (known: {known})")
         if key not in kinds():
             raise fail(where, key, f"unknown key `{str(key)[:60]}` (known: {known})")
     overrides_raw: dict[str, Any] = {}
-    for assignment in overrides:
-        set_keys.add(_apply_set(overrides_raw, assignment))
+    keys, set_label = _apply_overrides(overrides_raw, overrides)
+    set_keys |= keys
     for top in overrides_raw:
         if top not in kinds():
-            raise SuiteError(f"--set: unknown key `{str(top)[:60]}` (known: {known})")
+            raise SuiteError(f"{set_label}: unknown key `{str(top)[:60]}` (known: {known})")
     device_raw = overrides_raw.get("device", raw.get("device", "auto"))
     device_key = "device"
     device = coerce("str", device_key, device_raw, where)
@@ -148,18 +275,18 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             return loc.where(f"gpu.{key}") if top in gpu and top not in set_keys else where(key)
 
         if "name" in on_gpu and "mechanisms" in on_gpu:
-            check_values(on_gpu, where_gpu, path)
+            check_values(on_gpu, where_gpu, anchor)
     _deep_update(merged, overrides_raw)
     merged["device"] = device
     merged.pop("gpu", None)
 
     for required in ("name", "mechanisms"):
         if required not in merged:
-            raise SuiteError(f"{shown}:1: missing required key `{required}`")
-    values, repeats = check_values(merged, where, path)
+            raise SuiteError(f"{head}: missing required key `{required}`")
+    values, repeats = check_values(merged, where, anchor)
 
     # .py plugin paths are relative to the suite file; store them absolute so FILE.suite.yaml re-runs
-    plugins = tuple(_absolute_plugin(p, path.parent) for p in values.get("plugins", ()))
+    plugins = tuple(_absolute_plugin(p, base) for p in values.get("plugins", ()))
     if plugins:
         merged["plugins"] = list(plugins)
     # the round structure is part of the record even where the file left it to the defaults
@@ -172,7 +299,7 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         plugins=plugins,
         options={k: dict(v) for k, v in values.get("options", {}).items()},
         hardware=tuple(dict.fromkeys(values.get("hardware", ()))),
-        path=str(path),
+        path=str(path) if path is not None else "",
         resolved=_jsonable(merged),
     )
     suite = Suite(**fields)

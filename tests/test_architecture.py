@@ -43,7 +43,9 @@ def _imports(name: str, path: Path, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = package[: len(package) - node.level + 1] if node.level else []
             module = ".".join(base + ([node.module] if node.module else []))
-            targets = [module] + [f"{module}.{alias.name}" for alias in node.names]
+            # `from attnbench import registry` imports the module attnbench.registry (the package's __init__
+            # runs too, but imports nothing at import time); `from attnbench.x import y` imports attnbench.x
+            targets = [f"{module}.{a.name}" if f"{module}.{a.name}" in known else module for a in node.names]
         elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module":
             if node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
                 targets = [node.args[0].value]

@@ -1,7 +1,8 @@
 """RAVLT backbone, checkpoint loading and counting, ImageNet evaluation (the model-level workload is
 attnbench.workloads.model).
 
-Imports nothing from `mechanisms`: mixers are found through the registry when a model is built.
+Imports nothing from `mechanisms`: mixers are found through the registry when a model is built, and the
+registry's first lookup loads the built-in mechanisms, so `create_ravlt("ravlt_t")` works in a fresh interpreter.
 """
 
 from attnbench.models.checkpoint import CheckpointInfo, load_checkpoint

@@ -79,7 +79,7 @@ def ravlt_config(name: str) -> RavltConfig:
 
 def resolve_mechanism(spec: MixerSpec, default: str) -> Mechanism:
     """A Mechanism from a registered name, an instance, or None (-> `default`); names are looked up in the
-    registry, which the program's entry point has filled (`attnbench.loading.load_mechanisms`)."""
+    registry, whose first lookup loads the built-in mechanisms (`attnbench.registry.get`)."""
     if isinstance(spec, Mechanism):
         return spec
     from attnbench.registry import get
