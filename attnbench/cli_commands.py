@@ -83,8 +83,19 @@ def cmd_run(args) -> int:
             return 130
     rounds = f" x {summary.rounds} rounds" if summary.rounds > 1 else ""
     console.print(f"{summary.total} cases{rounds} in {time.perf_counter() - t0:.1f} s; rows in {esc(out)}")
-    print_report(results.load(out))
+    df = results.load(out)
+    print_report(df)
+    _check_verification(df)
     return 0
+
+
+def _check_verification(df) -> None:
+    """An AttnbenchError (exit 2) when some mechanism failed verification in every case: the rows are written."""
+    from attnbench.summary import verification_failures, verification_hint
+
+    failures = verification_failures(df)
+    if failures:
+        raise AttnbenchError(verification_hint(failures))
 
 
 def cmd_list(args) -> int:
