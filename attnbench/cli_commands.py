@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,8 +28,6 @@ from attnbench.errors import AttnbenchError
 # -- commands ---------------------------------------------------------------------------------------
 def _warn_if_busy(device: str) -> None:
     """CPU timings on a loaded machine are dominated by contention (OpenMP threads wait for cores)."""
-    import os
-
     try:
         load = os.getloadavg()[0]
     except OSError:
@@ -162,7 +161,7 @@ def _load_runs(paths: list[str]) -> list[tuple[str, object, object]]:
     runs, seen = [], set()
     # a shell glob such as results/run-*.csv also matches the companion samples file: map it back
     for path in (p[: -len(".samples.csv")] + ".csv" if p.endswith(".samples.csv") else p for p in paths):
-        key = Path(path).resolve()
+        key = os.path.abspath(path)  # text only: a path's problems are for results.load to report
         if key in seen:
             continue
         seen.add(key)
