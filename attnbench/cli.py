@@ -43,12 +43,27 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+DEBUG_HELP = "show tracebacks for errors"
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """Options every subcommand also takes after its name (`attnbench run S --debug` = `attnbench --debug run S`):
+    their default is SUPPRESS, so a subcommand that is not given one keeps the value parsed before its name."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="attnbench", description="Benchmark attention mechanisms for vision models.")
-    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    p.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    common = _common_options()
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    r = sub.add_parser("run", help="run a suite: sweep, live progress, summary; rows appended to a CSV")
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    r = command("run", help="run a suite: sweep, live progress, summary; rows appended to a CSV")
     r.add_argument("suite", help="suite YAML file (see suites/)")
     r.add_argument("--out", help="results CSV (default results/<suite>-<UTC timestamp>.csv)")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a suite key (value is YAML)")
@@ -80,17 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="validate the suite and plan its cases; run nothing")
     r.set_defaults(func=cmd_run, needs_mechanisms=True)
 
-    ls = sub.add_parser("list", help="list mechanisms with availability and the reason when unavailable")
+    ls = command("list", help="list mechanisms with availability and the reason when unavailable")
     ls.add_argument("--family", help="only this family (softmax, rala, linear, ...)")
     ls.add_argument("--device", default="auto", help="device to check availability on (auto, cpu, cuda)")
     ls.add_argument("--plugin", action="append", help="also load this plugin module or .py file")
     ls.set_defaults(func=cmd_list, needs_mechanisms=True)
 
-    keys = sub.add_parser("suite-keys", help="every suite key: type, default, allowed values, meaning")
+    keys = command("suite-keys", help="every suite key: type, default, allowed values, meaning")
     keys.add_argument("--format", choices=("term", "md"), default="term", help="terminal table or Markdown")
     keys.set_defaults(func=cmd_suite_keys)
 
-    rep = sub.add_parser("report", help="tables from saved results CSVs")
+    rep = command("report", help="tables from saved results CSVs")
     rep.add_argument("files", nargs="+", help="results CSV files")
     rep.add_argument(
         "--format",
@@ -104,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--min-tokens", type=int, help="fit scaling exponents only at or above this token count")
     rep.set_defaults(func=cmd_report)
 
-    cmp_ = sub.add_parser("compare", help="align two runs (two GPUs, two commits) and show ratios B/A")
+    cmp_ = command("compare", help="align two runs (two GPUs, two commits) and show ratios B/A")
     cmp_.add_argument("a", help="results CSV of run A")
     cmp_.add_argument("b", help="results CSV of run B")
     cmp_.add_argument("--metric", default="latency")
@@ -115,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cmp_.set_defaults(func=cmd_compare)
 
-    g = sub.add_parser(
+    g = command(
         "gate",
         help="fail (exit 1) when NEW is significantly slower than BASELINE",
         usage="attnbench gate BASELINE NEW | A1 [A2 ...] -- B1 [B2 ...] [options]",
@@ -141,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g.set_defaults(func=cmd_gate)
 
-    ab_ = sub.add_parser("ab", help="interleaved A/B on this machine: two trees, rounds A B B A ..., gate verdict")
+    ab_ = command("ab", help="interleaved A/B on this machine: two trees, rounds A B B A ..., gate verdict")
     ab_.add_argument("suite", help="suite YAML file (both sides run it)")
     ab_.add_argument(
         "--baseline",
@@ -156,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     _gate_options(ab_)
     ab_.set_defaults(func=cmd_ab)
 
-    e = sub.add_parser("env", help="print the environment fingerprint recorded with every row")
+    e = command("env", help="print the environment fingerprint recorded with every row")
     e.add_argument("--device", default="auto")
     e.add_argument("--probe", action="store_true", help="measure copy bandwidth and matmul peaks (cached per env)")
     e.add_argument("--quick", action="store_true", help="smaller, faster probe")

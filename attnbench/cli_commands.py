@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -27,8 +28,6 @@ from attnbench.errors import AttnbenchError
 # -- commands ---------------------------------------------------------------------------------------
 def _warn_if_busy(device: str) -> None:
     """CPU timings on a loaded machine are dominated by contention (OpenMP threads wait for cores)."""
-    import os
-
     try:
         load = os.getloadavg()[0]
     except OSError:
@@ -83,8 +82,19 @@ def cmd_run(args) -> int:
             return 130
     rounds = f" x {summary.rounds} rounds" if summary.rounds > 1 else ""
     console.print(f"{summary.total} cases{rounds} in {time.perf_counter() - t0:.1f} s; rows in {esc(out)}")
-    print_report(results.load(out))
+    df = results.load(out)
+    print_report(df)
+    _check_verification(df)
     return 0
+
+
+def _check_verification(df) -> None:
+    """An AttnbenchError (exit 2) when some mechanism failed verification in every case: the rows are written."""
+    from attnbench.summary import verification_failures, verification_hint
+
+    failures = verification_failures(df)
+    if failures:
+        raise AttnbenchError(verification_hint(failures))
 
 
 def cmd_list(args) -> int:
@@ -144,22 +154,57 @@ def cmd_suite_keys(args) -> int:
     return 0
 
 
-def _load_many(paths: list[str]):
-    import pandas as pd
-
+def _load_runs(paths: list[str]) -> list[tuple[str, object, object]]:
+    """(path, rows, samples or None) of each results file named once (a samples file stands for its CSV)."""
     from attnbench import results
 
-    frames, samples = [], []
+    runs, seen = [], set()
     # a shell glob such as results/run-*.csv also matches the companion samples file: map it back
-    paths = list(dict.fromkeys(p[: -len(".samples.csv")] + ".csv" if p.endswith(".samples.csv") else p for p in paths))
-    for path in paths:
-        frames.append(results.load(path))
-        if results.companion(path, "samples.csv").exists():
-            samples.append(results.load_samples(path))
-    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
-    if df.empty:
-        raise AttnbenchError(f"{', '.join(paths)} has no rows yet")
-    return df, (pd.concat(samples, ignore_index=True) if samples else None)
+    for path in (p[: -len(".samples.csv")] + ".csv" if p.endswith(".samples.csv") else p for p in paths):
+        key = os.path.abspath(path)  # text only: a path's problems are for results.load to report
+        if key in seen:
+            continue
+        seen.add(key)
+        df = results.load(path)
+        samples = results.load_samples(path) if results.companion(path, "samples.csv").exists() else None
+        runs.append((path, df, samples))
+    if all(df.empty for _, df, _ in runs):
+        raise AttnbenchError(f"{', '.join(p for p, _, _ in runs)} has no rows yet")
+    return runs
+
+
+def shared_cases(runs: list[tuple[str, object, object]]) -> set[str]:
+    """case_ids that have rows in more than one of `runs`."""
+    from collections import Counter
+
+    counts = Counter(case for _, df, _ in runs for case in set(df["case_id"]))
+    return {case for case, n in counts.items() if n > 1}
+
+
+def _report_parts(runs: list[tuple[str, object, object]], out) -> list[tuple[str, object, object]]:
+    """What `report` shows: all files as one set of tables when no case is in two of them; else each file on
+    its own (two measurements of one case are never merged or dropped), said on `out`."""
+    import pandas as pd
+
+    shared = shared_cases(runs)
+    if len(runs) > 1 and shared:
+        names = ", ".join(p for p, _, _ in runs)
+        out.print(
+            f"note: {len(shared)} case(s) have rows in more than one of {esc(names, 400)}: each file is "
+            "reported on its own (`attnbench compare A B` puts two runs side by side)",
+            soft_wrap=True,
+        )
+        return runs
+    df = pd.concat([d for _, d, _ in runs], ignore_index=True) if len(runs) > 1 else runs[0][1]
+    samples = [s for _, _, s in runs if s is not None]
+    return [("", df, pd.concat(samples, ignore_index=True) if samples else None)]
+
+
+def _titled(table, prefix: str):
+    """`table` with `prefix: ` before its title (the results file it comes from)."""
+    import dataclasses
+
+    return dataclasses.replace(table, title=f"{prefix}: {table.title}") if prefix else table
 
 
 def cmd_report(args) -> int:
@@ -169,39 +214,64 @@ def cmd_report(args) -> int:
         raise AttnbenchError(f"--crossover needs two different mechanisms, got {args.crossover[0][:60]!r} twice")
     if args.min_tokens is not None and args.min_tokens < 0:
         raise AttnbenchError(f"--min-tokens must be >= 0, got {args.min_tokens}")
-    df, samples = _load_many(args.files)
+    runs = _load_runs(args.files)
+    parts = _report_parts(runs, console if args.format == "term" else err_console)
     crossover = tuple(args.crossover) if args.crossover else None
-    extra = tables.report_tables(
-        df, baseline=args.baseline, crossover=crossover, samples=samples, min_tokens=args.min_tokens
-    )
-    if args.format == "term":
-        from attnbench.analysis import PivotTable
+    tidy_parts = []
+    folders = _plot_folders(parts)
+    for (label, df, samples), folder in zip(parts, folders):
+        if df.empty:
+            continue
+        extra = tables.report_tables(
+            df, baseline=args.baseline, crossover=crossover, samples=samples, min_tokens=args.min_tokens
+        )
+        if args.format == "term":
+            from attnbench.analysis import PivotTable
 
-        print_report(df)  # latency/memory pivots with status cells, model metrics, problems
-        for t in extra:
-            if isinstance(t, PivotTable) and t.metric in ("latency", "peak_memory"):
-                continue  # already shown by print_report
-            t = tables.as_table(t)
-            print_tables(render_tables(t.title, t.frame, index_name=t.frame.index.name or ""))
-    elif args.format == "md":
-        print("\n\n".join(export.to_markdown(t) for t in extra))
-    elif args.format == "latex":
-        print("\n\n".join(export.to_latex(t) for t in extra))
-    else:
-        sys.stdout.write(export.to_csv(extra))
-    if args.plot:
-        try:
-            Path(args.plot).mkdir(parents=True, exist_ok=True)
-        except (OSError, ValueError) as exc:
-            reason = getattr(exc, "strerror", None) or exc
-            raise AttnbenchError(
-                f"cannot create the plot folder {args.plot[:200]!r}: {reason}; choose another --plot"
-            ) from None
-        paths = export.write_plots(df, args.plot, baseline=args.baseline, samples=samples, min_tokens=args.min_tokens)
-        err_console.print(f"wrote {len(paths)} plot files to {esc(args.plot)}")
-        for path in paths:
-            err_console.print(f"  {esc(path)}")
+            if label:
+                console.rule(f"[bold]{esc(label, 400)}[/]", align="left")
+            print_report(df)  # latency/memory pivots with status cells, model metrics, problems
+            for t in extra:
+                if isinstance(t, PivotTable) and t.metric in ("latency", "peak_memory"):
+                    continue  # already shown by print_report
+                t = tables.as_table(t)
+                print_tables(render_tables(t.title, t.frame, index_name=t.frame.index.name or ""))
+        elif args.format == "md":
+            print("\n\n".join(export.to_markdown(_titled(t, label)) for t in extra))
+        elif args.format == "latex":
+            print("\n\n".join(export.to_latex(_titled(t, label)) for t in extra))
+        else:
+            tidy = export.tidy(extra)
+            tidy_parts.append(tidy.assign(file=label)[["file", *tidy.columns]] if label else tidy)
+        if args.plot:
+            _plot(args, df, samples, Path(args.plot) / folder if label else Path(args.plot))
+    if args.format == "csv":
+        import pandas as pd
+
+        sys.stdout.write(pd.concat(tidy_parts, ignore_index=True).to_csv(index=False) if tidy_parts else "")
     return 0
+
+
+def _plot_folders(parts: list[tuple[str, object, object]]) -> list[str]:
+    """The --plot subfolder of each file reported on its own: its stem, led by its position where stems repeat."""
+    stems = [Path(p).stem for p, _, _ in parts]
+    return [stem if stems.count(stem) == 1 else f"{i + 1}-{stem}" for i, stem in enumerate(stems)]
+
+
+def _plot(args, df, samples, folder: Path) -> None:
+    from attnbench import export
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or exc
+        raise AttnbenchError(
+            f"cannot create the plot folder {str(folder)[:200]!r}: {reason}; choose another --plot"
+        ) from None
+    paths = export.write_plots(df, folder, baseline=args.baseline, samples=samples, min_tokens=args.min_tokens)
+    err_console.print(f"wrote {len(paths)} plot files to {esc(folder)}")
+    for path in paths:
+        err_console.print(f"  {esc(path)}")
 
 
 def cmd_compare(args) -> int:

@@ -3,9 +3,14 @@
 `summary_tables(df)` gives, per (level, pass, dtype, device, batch) group, a mechanism x grid
 table of median latency (ms) with its p20-p80 spread, and one of peak memory (MiB); cells of
 cases that did not run show their status. `status_counts(df)` counts cases per status.
+`verification_failures(df)` names the mechanisms none of whose cases passed verification; `verification_hint` says
+what to do about them in one line.
 """
 
 from __future__ import annotations
+
+import re
+from dataclasses import dataclass
 
 import pandas as pd
 
@@ -159,3 +164,67 @@ def problems(df: pd.DataFrame) -> pd.DataFrame:
     grouped = bad.groupby(["mechanism", "status", "message"], sort=False)
     out = grouped.agg(cases=("case_id", "size"), shapes=("shape", lambda s: ", ".join(dict.fromkeys(s))))
     return out.reset_index()[["mechanism", "status", "cases", "shapes", "message"]]
+
+
+_CHECKED_AGAINST = re.compile(r"\bvs (\S+) in float64")
+_TOLERANCE = re.compile(r"\btolerance ([0-9.eE+-]+)")
+
+
+@dataclass(frozen=True)
+class VerifyFailure:
+    """A mechanism none of whose cases passed, with every case that was verified failing verification."""
+
+    mechanism: str
+    reference: str  # the mechanism it was checked against in float64 (itself where `reference` is None)
+    cases: int  # cases that failed verification
+    rel_err: float  # the largest output error among them
+    tolerance: float  # that case's tolerance
+
+    def describe(self) -> str:
+        """What failed, against what, and what to look at."""
+        if self.reference == self.mechanism:
+            return (
+                f"every case of {self.mechanism} failed verification against itself in float64 ({self.cases} "
+                f"case(s), rel_err up to {self.rel_err:.3g}, tolerance {self.tolerance:.3g}): its output in the "
+                "case dtype is far from its float64 output; look for overflow or low-precision accumulation"
+            )
+        return (
+            f"every case of {self.mechanism} failed verification against {self.reference} ({self.cases} case(s), "
+            f"rel_err up to {self.rel_err:.3g}, tolerance {self.tolerance:.3g}): if it does not compute the same "
+            f"function as {self.reference}, register it with reference=None"
+        )
+
+
+def verification_hint(failures: list[VerifyFailure]) -> str:
+    """One line for all `failures`: each described, then what `reference` means; rows stay in the results file."""
+    return (
+        "; ".join(f.describe() for f in failures)
+        + ". A mechanism's `reference` (register_mechanism) names the mechanism whose float64 output it must "
+        "match; reference=None (the default) checks it against itself run in float64. Failed cases have no time"
+    )
+
+
+def verification_failures(df: pd.DataFrame) -> list[VerifyFailure]:
+    """The mechanisms of `df` whose verified cases (rows of metric rel_err) all failed and that have no ok row
+    (a case that passed, or one measured without verification, has ok rows), in order of appearance."""
+    if df.empty:
+        return []
+    verified = df[df["metric"] == "rel_err"]
+    ok_mechanisms = set(df.loc[df["status"] == "ok", "mechanism"])
+    out = []
+    for mechanism, rows in verified.groupby("mechanism", sort=False):
+        if mechanism in ok_mechanisms:
+            continue
+        worst = rows.loc[rows["value"].fillna(float("inf")).idxmax()]
+        against = _CHECKED_AGAINST.search(str(worst["note"]))
+        tolerance = _TOLERANCE.search(str(worst["note"]))
+        out.append(
+            VerifyFailure(
+                mechanism=str(mechanism),
+                reference=against.group(1) if against else str(mechanism),
+                cases=int(rows["case_id"].nunique()),
+                rel_err=float(worst["value"]),
+                tolerance=float(tolerance.group(1)) if tolerance else float("nan"),
+            )
+        )
+    return out
