@@ -388,7 +388,7 @@ def cmd_env(args) -> int:
             cells = ["" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)) for v in row.values()]
             table.add_row(*[esc(c) for c in cells])
         console.print(table)
-        console.print("runs on this environment now add frac_bandwidth / frac_flops rows")
+        console.print("later runs on this environment add frac_bandwidth / frac_flops rows")
     if args.stability is not None:
         from attnbench.measure.stability import probe
 
@@ -397,7 +397,7 @@ def cmd_env(args) -> int:
         console.print(esc(result.summary()))
         if not result.steady:
             console.print(
-                "timing on this machine moves between levels now: expect wide spreads and a gate that "
-                "needs more rounds (README, 'Calibration on this machine')"
+                "timing on this machine moves between levels at the moment: expect wide spreads and a gate that "
+                "needs more rounds (docs/methodology.md, the gate's calibration)"
             )
     return 0

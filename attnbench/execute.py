@@ -72,7 +72,7 @@ def this_worker(pid: int | None = None) -> str:
 
 # -- the process -------------------------------------------------------------------------------------
 def apply_precision_settings(suite: Any) -> None:
-    """TF32 off unless the suite says `tf32: true` (docs/design.md: Measurement rules); the fingerprint records it."""
+    """TF32 off unless the suite says `tf32: true` (docs/design.md, "Measurement"); the fingerprint records it."""
     torch.backends.cuda.matmul.allow_tf32 = suite.tf32
     torch.backends.cudnn.allow_tf32 = suite.tf32
     torch.set_float32_matmul_precision("high" if suite.tf32 else "highest")

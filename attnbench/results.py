@@ -1,6 +1,6 @@
 """Result files: durable appends and loading into typed DataFrames (the row schema: `results_schema`).
 
-A run `--out FILE.csv` writes four files (docs/design.md, "Results: files and rows"): FILE.csv (rows),
+A run `--out FILE.csv` writes four files (docs/design.md, "Results"): FILE.csv (rows),
 FILE.env.json (env_id -> fingerprint), FILE.suite.yaml (the resolved suite), FILE.samples.csv (raw repeats).
 Rows are appended and flushed (and fsync'ed) as each case finishes, so a killed run leaves a
 loadable file; a torn last line is dropped on load with a warning.

@@ -1,4 +1,4 @@
-"""The results row schema (docs/design.md "Results: files and rows"): columns, allowed values, and the checks a row
+"""The results row schema (docs/design.md "Results"): columns, allowed values, and the checks a row
 or a sample line must pass to be written or loaded."""
 
 from __future__ import annotations

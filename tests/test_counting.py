@@ -17,7 +17,7 @@ from attnbench.registry import Shape, get
 from attnbench.workloads.build import mixer_workload, op_workload
 from attnbench.workloads.model import build_model_workload
 
-# the paper's FLOPs column (G), docs/rala.md "RAVLT backbone": counted there as multiply-accumulates
+# the paper's FLOPs column (G), docs/rala.md "RAVLT": counted there as multiply-accumulates
 PAPER_GMACS = {"ravlt_t": 2.4, "ravlt_s": 4.6, "ravlt_b": 9.9, "ravlt_l": 16.0}
 PAPER_PARAMS_M = {"ravlt_t": 15, "ravlt_s": 26, "ravlt_b": 48, "ravlt_l": 95}
 

@@ -80,7 +80,7 @@ def normalized(a, v, eps):  # out_n = sum_m a_nm v_m / (sum_m a_nm + eps)
 
 
 def spec_rope(x, grid):
-    """docs/rala.md "2D rotary embedding" by hand: pair p of channels rotated by theta_2p (complex product)."""
+    """docs/rala.md "The 2D rotary embedding" by hand: pair p of channels rotated by theta_2p (complex product)."""
     d = x.shape[-1]
     angle = (1.0 / 10000 ** torch.linspace(0, 1, d // 4, dtype=torch.float64)).repeat_interleave(2)  # (d/2,)
     rows, cols = torch.meshgrid(torch.arange(grid[0]), torch.arange(grid[1]), indexing="ij")

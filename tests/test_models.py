@@ -16,7 +16,7 @@ from attnbench.models.counting import count_params, meta_model
 from attnbench.models.ravlt import DropPath
 from attnbench.registry import get
 
-# docs/rala.md "RAVLT backbone" table: dims, depths, heads; mlp ratio 3.5, projection 1024, layer scale on
+# docs/rala.md "RAVLT" table: dims, depths, heads; mlp ratio 3.5, projection 1024, layer scale on
 SPEC = {
     "ravlt_t": ((64, 128, 256, 512), (2, 2, 6, 2), (1, 2, 4, 8)),
     "ravlt_s": ((64, 128, 320, 512), (3, 5, 9, 3), (1, 2, 5, 8)),

@@ -156,7 +156,7 @@ def test_rala_compiled_available_here(monkeypatch):
 
 
 def test_rala_core_halves_is_rala_op_for_any_tables():
-    """rala_compiled's formulation (channel halves, alpha on v, z before the rotation) is the reference
+    """rala_compiled's formulation (channel halves, alpha on phi(k), z before the rotation) is the reference
     function in exact arithmetic: fp64, random tables that do not repeat within a channel pair (so no
     property of the published tables is relied on), and the default tables."""
     from mechanisms.rala.compiled import rala_core_halves

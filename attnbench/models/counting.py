@@ -1,6 +1,6 @@
 """Parameter, MAC and FLOP counts of RAVLT: analytic (from the config) and counted (from a forward).
 
-Three labelled counts (docs/rala.md, "RAVLT backbone"), all of one forward, per batch of `batch` images:
+Three labelled counts (docs/rala.md, "RAVLT"), all of one forward, per batch of `batch` images:
 
 - `macs_no_attn`: multiply-accumulates of every convolution (bias excluded; depthwise counted per
   group) plus the normalisation layers in fvcore's inference convention (BatchNorm 2 per element,

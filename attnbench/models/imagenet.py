@@ -1,6 +1,6 @@
 """ImageNet-1k top-1 / top-5 evaluation of any classifier `nn.Module` (logits (B, C)), single process or torchrun.
 
-Protocol (docs/rala.md, "RAVLT backbone"): resize the shorter side to 256 with bicubic resampling, center
+Protocol (docs/rala.md, "RAVLT"): resize the shorter side to 256 with bicubic resampling, center
 crop 224, ImageNet mean/std; other resolutions use resize = int(crop / 0.875). Data layouts and the
 transform's exact semantics are documented in `attnbench.models.imagenet_data`.
 

@@ -1,4 +1,4 @@
-"""RAVLT, the RALA vision backbone (docs/rala.md, "RAVLT backbone"), with swappable token mixers.
+"""RAVLT, the RALA vision backbone (docs/rala.md, "RAVLT"), with swappable token mixers.
 
 State_dict keys, shapes and numerics equal the authors' published classification model, so the
 released ImageNet checkpoints load strictly and reproduce its outputs. The token mixers come from
@@ -54,7 +54,7 @@ class RavltConfig:
         return tuple(int(r * c) for r, c in zip(self.mlp_ratios, self.embed_dims))
 
 
-# docs/rala.md "RAVLT backbone" table (= the authors' RAVLT_T/S/B/L factories)
+# docs/rala.md "RAVLT" table (= the authors' RAVLT_T/S/B/L factories)
 RAVLT_CONFIGS: dict[str, RavltConfig] = {
     "ravlt_t": RavltConfig((64, 128, 256, 512), (2, 2, 6, 2), (1, 2, 4, 8), drop_path_rate=0.1),
     "ravlt_s": RavltConfig((64, 128, 320, 512), (3, 5, 9, 3), (1, 2, 5, 8), drop_path_rate=0.15),

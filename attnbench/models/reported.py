@@ -1,7 +1,7 @@
 """Numbers the RAVLT paper reports, as cited constants (rows with source="reported").
 
 The paper's "FLOPs" column counts multiply-accumulates (fvcore); it is reported here as metric
-`macs`. All numbers are ImageNet-1k, 224 x 224, single crop, as in docs/rala.md ("RAVLT backbone").
+`macs`. All numbers are ImageNet-1k, 224 x 224, single crop, as in docs/rala.md ("RAVLT").
 """
 
 from __future__ import annotations

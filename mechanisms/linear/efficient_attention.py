@@ -16,7 +16,7 @@ conv), the operator, the 1x1 `reprojection` (the shell's proj); no LePE, no gate
 KV buffer: the global context vectors rho_k(K)^T V, (B, h, d, d).
 FLOPs (forward, per batch*head): context 2Nd^2 + output 2Nd^2 = 4Nd^2.
 Bytes: q, k, v read once (the token softmax of k fuses into the context pass with an online max,
-as in docs/rala.md, "The fused form"), out written once.
+as in docs/rala.md, "One pass over the tokens"), out written once.
 """
 
 from __future__ import annotations

@@ -1,18 +1,18 @@
 """RALA ablations (family "rala"): each removes one ingredient of the RALA token mixer.
 
 Fan et al., "Breaking the Low-Rank Dilemma of Linear Attention", CVPR 2025; the steps below are those of
-docs/rala.md, "RALA token mixer".
+docs/rala.md, "The RALA operator".
 
-- `rala_no_qaware`: no query-aware token weights - alpha_m = 1/N, so step 5's k_m <- k_m alpha_m N
+- `rala_no_qaware`: no query-aware token weights - alpha_m = 1/N, so step 2's k_m <- k_m alpha_m N
   is the identity; what remains is linear attention with phi = ELU+1, RoPE, LePE and the gate
   (RALA's per-head RoPE, which is what sets it apart from `mlla`'s full-channel RoPE).
 - `rala_no_gate`: the shell without the output gate o (qkvo has 3C outputs; y = proj(out + lepe)).
   The operator is RALA's own, so this is mixer-only (its op would be rala_eager's).
-- `rala_no_rope`: no rotary embedding: steps 6-9 with R = identity (sin = 0, cos = 1 tables).
+- `rala_no_rope`: no rotary embedding: steps 3-6 with R = identity (sin = 0, cos = 1 tables).
 
 The operators reuse mechanisms/rala/naive.py (phi, op_tables, rala_op, rala_mixer) unchanged.
 
-KV buffers (rank metrics, attnbench.workloads.rank_inputs): `rala_kv_buffer` (naive.py) computes step 8, KV =
+KV buffers (rank metrics, attnbench.workloads.rank_inputs): `rala_kv_buffer` (naive.py) computes step 5, KV =
 mean_m R(k~_m) v_m^T (B, h, d, d), from raw q, k, v; RalaBase exposes it as `kv_buffer`
 and each ablation overrides it with its own.
 """

@@ -57,7 +57,7 @@ def _raise_recompile_limit(limit: int = RECOMPILE_LIMIT) -> None:
 
 
 def rala_core_halves(q, k, v, sin, cos):
-    """RALA's operator (docs/rala.md "RALA token mixer", steps 4-9) on (B, h, N, d) inputs and (N, d) RoPE
+    """RALA's operator (docs/rala.md "The RALA operator") on (B, h, N, d) inputs and (N, d) RoPE
     tables, in the order of operations that suits a compiler; equal to `rala_op` in exact arithmetic (tests:
     within the fp64-reference rule). `rala_core_parts(...)[0]`.
 

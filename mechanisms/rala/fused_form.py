@@ -1,6 +1,6 @@
-"""The fused (one-pass, online-softmax) form of RALA's steps 5-8, in float64, for tests.
+"""The fused (one-pass, online-softmax) form of RALA's steps 2-5, in float64, for tests.
 
-docs/rala.md "The fused form": KV = sum_m alpha_m R(phi(k_m)) v_m^T and ksum = sum_m alpha_m phi(k_m)
+docs/rala.md "One pass over the tokens": KV = sum_m alpha_m R(phi(k_m)) v_m^T and ksum = sum_m alpha_m phi(k_m)
 with alpha = softmax_m(d^-0.5 qbar . phi(k_m)); both built in one pass over token blocks with a
 running max and running sum, rescaling the accumulators when the max changes, then divided by
 the final sum. The output is out_n = R(phi(q_n)) @ KV / (phi(q_n) . ksum + 1e-6).

@@ -1,4 +1,4 @@
-"""RALA, the readable reference (docs/rala.md "RALA token mixer", steps 4-9): the operator, its token mixer
+"""RALA, the readable reference (docs/rala.md "The RALA operator"): the operator, its token mixer
 and its KV state.
 
 Every fast form (compiled, Triton) is tested against these functions; `rala_eager` (eager.py) runs them.
@@ -90,8 +90,8 @@ def rala_mixer(dim: int, num_heads: int, operator=rala_op, **shell_options) -> T
 
 
 def rala_kv_buffer(q: Tensor, k: Tensor, v: Tensor, *, grid, rope=None, query_aware: bool = True) -> Tensor:
-    """RALA's KV from raw q, k, v (B, h, N, d): mean_m R(k~_m) v_m^T, (B, h, d, d) (docs/rala.md "RALA token
-    mixer", step 8).
+    """RALA's KV from raw q, k, v (B, h, N, d): mean_m R(k~_m) v_m^T, (B, h, d, d) (docs/rala.md "The RALA
+    operator", step 5).
 
     k~_m = phi(k_m) alpha_m N with alpha = softmax_m(d^-0.5 mean_n phi(q_n) . phi(k_m)), or
     k~ = phi(k) when query_aware is False. rope: (sin, cos) tables, None builds the default ones.

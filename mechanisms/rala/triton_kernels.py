@@ -1,4 +1,4 @@
-"""RALA forward in Triton: the fused one-pass form of docs/rala.md ("The fused form").
+"""RALA forward in Triton: the fused one-pass form of docs/rala.md ("One pass over the tokens").
 
 Per (batch, head), with phi(x) = ELU(x) + 1, c = d^-0.5 and R_n the 2D rotation of token n:
 

@@ -71,7 +71,7 @@ def _validate(q, k, v, grid, rope) -> None:
 
 
 def rala_triton_op(q, k, v, *, grid, rope=None):
-    """RALA operator (docs/rala.md "RALA token mixer", steps 4-9) in Triton. q, k, v: (B, h, N, d), any strides.
+    """RALA operator (docs/rala.md "The RALA operator") in Triton. q, k, v: (B, h, N, d), any strides.
 
     Returns (B, h, N, d) in q's dtype, laid out like q where that is (B, N, h, d) or the mixer's
     token-contiguous view (no copy at the head merge), else contiguous (also compiled fp32 token-major
