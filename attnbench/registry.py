@@ -92,7 +92,7 @@ class Mechanism:
     # The public code the implementation was checked against ("owner/repo@commit path"); shown by `list`.
     upstream: str = ""
 
-    # -- the interface (docs/design.md, "Mechanisms and the registry") ---------------------------------------------------------------
+    # -- the interface (docs/design.md, "Mechanisms and the registry") ---------------------------
     def op(self, q, k, v, *, grid):  # (B, h, N, d) x3 -> (B, h, N, d); grid = (H, W), N = H*W
         raise NotImplementedError(f"{self.name} has no parameter-free operator (mixer level only)")
 

@@ -1,7 +1,7 @@
 """Verified outputs: each case's output (and gradients for fwd_bwd) against the registered reference.
 
-Rule (FlashAttention's tests use it too; docs/design.md, "Verification"): on the same inputs, the candidate's relative RMS error
-against the reference mechanism run in float64 may be at most
+Rule (FlashAttention's tests use it too; docs/design.md, "Verification"): on the same inputs, the
+candidate's relative RMS error against the reference mechanism run in float64 may be at most
     2 * (the reference mechanism's own error in the case dtype) + 16 * eps(dtype)
 where the eps term is a floor for cases where the reference is (nearly) exact. A mechanism with
 no registered reference is checked against itself in float64 (catches dtype-dependent bugs:

@@ -52,7 +52,8 @@ def test_mixer_level_same_weights():
     rope = Rope2d(32)((5, 7))
     with torch.no_grad():
         y_eager, y_sdpa = eager(x, rope), sdpa(x, rope)
-        # fp64 reference of the whole mixer (docs/rala.md, "The token-mixer shell" and "The softmax operator"), built from the module's weights
+        # fp64 reference of the whole mixer (docs/rala.md, "The token-mixer shell" and "The softmax operator"),
+        # built from the module's weights
         xd = x.double()
         t = torch.nn.functional.conv2d(xd, eager.qkvo.weight.double(), eager.qkvo.bias.double())
         c = 64

@@ -139,8 +139,8 @@ def test_options_are_checked_and_keep_their_types(tmp_path):
 
 
 def test_defaults_and_key_reference_come_from_the_dataclass(tmp_path):
-    """A key left out takes the Suite field's default (docs/design.md, "Suites and plans"); the README's key listing and the
-    generated reference name exactly the schema's keys."""
+    """A key left out takes the Suite field's default (docs/design.md, "Suites and plans"); the README's key listing
+    and the generated reference name exactly the schema's keys."""
     import re
 
     from attnbench.suite_schema import key_reference, kinds

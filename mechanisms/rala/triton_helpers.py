@@ -167,7 +167,8 @@ def rope_cs(
     """cos/sin of the even and odd channel of every pair: (ce, se, co, so), each (BLOCK_N, PB) fp32.
 
     In-kernel: pair i < d/4 rotates by row * angle[2i], pair i >= d/4 by col * angle[2i - d/2]
-    (docs/rala.md "The 2D rotary embedding": the first d/2 channels use the row index); both channels of a pair share it.
+    (docs/rala.md "The 2D rotary embedding": the first d/2 channels use the row index); both channels of a
+    pair share it.
     From tables: loaded in the inputs' memory order (the launcher hands token-major tables to
     token-major inputs).
     """
