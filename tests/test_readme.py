@@ -6,12 +6,15 @@ in an option and `[--flag]` optional parts expanded into one command each. They 
 first, then docs/*.md by name), in a scratch folder that links the checkout's packages, suites, scripts and
 tests, with the test's Python first on PATH (a leading `.venv/bin/python` is that Python too). Before a
 document's commands run, its file blocks are written to the scratch folder: a ```python or ```yaml block
-whose first line is `# NAME.py` / `# NAME.yaml` is the file NAME. Its other ```python blocks run as scripts,
-after its commands. Placeholders are replaced by files made by earlier commands (PLACEHOLDERS). Commands
-and scripts matching SKIP are not run (reason given); LONG commands run with `--dry-run` (checked and
-planned, not measured); other full `run X.yaml` commands get QUICK (3 rounds of 3 repeats: every case,
-measured briefly); `--plot DIR` is kept on the first command that has it only (the md|latex|csv expansions
-plot the same). To add a command that cannot run on a CPU CI machine, add a pattern to SKIP with the reason.
+whose first line is `# NAME.py` / `# NAME.yaml` is the file NAME. Its other ```python blocks run after its
+commands, as typed into a notebook (`python -c`, so worker processes do not re-import them).
+
+Placeholders are replaced by files made by earlier commands (PLACEHOLDERS). Commands and scripts matching
+SKIP are not run (reason given); LONG commands run with `--dry-run` (checked and planned, not measured);
+other full `run X.yaml` commands get QUICK (3 rounds of 3 repeats, one sweep: every case, measured
+briefly); `--plot DIR` is kept on the first command that has it only (the md|latex|csv expansions plot the
+same), and a command shown in two documents runs once. To add a command that cannot run on a CPU CI
+machine, add a pattern to SKIP with the reason.
 """
 
 from __future__ import annotations
@@ -50,8 +53,8 @@ SKIP = {  # pattern (searched in the command or script) -> why it is not execute
 SKIPPABLE = r"^make |venv|^pip |pytest|^ruff|make_docs|gpu_check|torchrun|cuda|aot_check|^ray start|--address head:"
 SKIPPABLE += r"|load_checkpoint"
 LONG = (r"run suites/resolution\.yaml", r"run suites/(batch|models|rank|accuracy|rala_kernels\w*)\.yaml")
-# full runs of the small suites keep every case but measure 3 rounds of 3 repeats: enough for compare/gate
-QUICK = "--rounds 3 --set warmup=1 --set 'repeats={min: 3, max: 3, min_time_s: 0}'"
+# full runs of the small suites keep every case but measure 3 rounds of 3 repeats, one sweep: enough for compare/gate
+QUICK = "--rounds 3 --set sweeps=1 --set warmup=1 --set 'repeats={min: 3, max: 3, min_time_s: 0}'"
 TINY = "--set mechanisms=[softmax_sdpa] --set level=op --set pass=fwd --set resolution=[4]"
 PLACEHOLDERS = {  # docs text -> file made by an earlier command (names relative to the scratch folder)
     "results/<run>.csv": "results/smoke.csv",
@@ -129,8 +132,8 @@ def test_commands_are_extracted():
     # the expansions: `md|latex|csv` gives three commands, `[--flag]` two
     assert readme_commands("```bash\npython x --format md|csv [--probe]\n```") == [
         "python x --format md",
-        "python x --format md --probe",
         "python x --format csv",
+        "python x --format md --probe",
         "python x --format csv --probe",
     ]
 
@@ -183,13 +186,15 @@ def test_every_documented_command_runs(tmp_path):
             for placeholder, path in PLACEHOLDERS.items():
                 command = command.replace(placeholder, path)
             if any(re.search(p, command) for p in LONG):
-                command += " --dry-run"
+                command += "" if "--dry-run" in command else " --dry-run"
             elif re.search(r"attnbench run \S+\.yaml", command) and TINY not in command and "--dry-run" not in command:
                 command += f" {QUICK}"
             if "--plot" in command:  # expansions of one line (md|latex|csv) write the same plots: once is enough
                 if plotted:
                     command = re.sub(r"\s--plot\s+\S+", "", command)
                 plotted = True
+            if command in ran:  # shown in two documents: once is enough
+                continue
             execute(command, where)
             if (
                 command.startswith("python -m attnbench run suites/smoke.yaml --out results/smoke.csv")
@@ -204,8 +209,10 @@ def test_every_documented_command_runs(tmp_path):
                 continue
             path = tmp_path / f"{doc.stem}-snippet-{i}.py"
             path.write_text(script)
-            execute(f"python {path}", where)
-    print("\n".join(f"{d:6.1f} s  {c}" for d, c in durations))
-    assert not failures, "\n\n".join(failures)
+            # as typed into a notebook or `python -i`: __main__ has no file for worker processes to re-import
+            execute(f"python -c \"exec(compile(open('{path}').read(), '{path.name}', 'exec'))\"", where)
+    timings = "\n".join(f"{d:6.1f} s  {c}" for d, c in durations)
+    print(timings)
+    assert not failures, "\n\n".join(failures) + f"\n\ntimings:\n{timings}"
     assert len(ran) >= 40, ran
     assert all(re.search(SKIPPABLE, c) for c, _ in skipped), skipped
