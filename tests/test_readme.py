@@ -1,13 +1,20 @@
-"""Every command in README.md's ```bash blocks is executed here, so the README cannot drift from behaviour.
+"""Every command in the ```bash blocks of README.md and docs/*.md is executed here, so the docs cannot drift
+from behaviour.
 
 Commands are extracted, not hard-coded: `\\` continuations joined, `# comments` dropped, `a|b|c` choices
-in an option and `[--flag]` optional parts expanded into one command each. They run in order, in a
-scratch folder that links the checkout's packages, suites and tests, with the test's Python first on
-PATH. Placeholders are replaced by files made by earlier commands (PLACEHOLDERS). Commands matching
+in an option and `[--flag]` optional parts expanded into one command each. They run in order (README.md
+first, then docs/*.md by name), in a scratch folder that links the checkout's packages, suites, scripts and
+tests, with the test's Python first on PATH (a leading `.venv/bin/python` is that Python too). Before a
+document's commands run, its file blocks are written to the scratch folder: a ```python or ```yaml block
+whose first line is `# NAME.py` / `# NAME.yaml` is the file NAME. Its other ```python blocks run after its
+commands, as typed into a notebook (`python -c`, so worker processes do not re-import them).
+
+Placeholders are replaced by files made by earlier commands (PLACEHOLDERS). Commands and scripts matching
 SKIP are not run (reason given); LONG commands run with `--dry-run` (checked and planned, not measured);
-full `run suites/smoke.yaml` commands get QUICK (3 rounds of 3 repeats: every case, measured briefly);
-`--plot DIR` is kept on the first command that has it only (the md|latex|csv expansions plot the same).
-To add a README command that cannot run on a CPU CI machine, add a pattern to SKIP with the reason.
+other full `run X.yaml` commands get QUICK (3 rounds of 3 repeats, one sweep: every case, measured
+briefly); `--plot DIR` is kept on the first command that has it only (the md|latex|csv expansions plot the
+same), and a command shown in two documents runs once. To add a command that cannot run on a CPU CI
+machine, add a pattern to SKIP with the reason.
 """
 
 from __future__ import annotations
@@ -25,29 +32,37 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 
-SKIP = {  # pattern (searched in the command) -> why it is not executed here
+
+def documents() -> list[Path]:
+    return [README, *sorted((REPO / "docs").glob("*.md"))]
+
+
+SKIP = {  # pattern (searched in the command or script) -> why it is not executed here
     r"^python3? -m venv\b|^pip install|^\. \.venv": "set-up: needs the network (make setup / .ci/run do it)",
-    r"^make (run|test)\b": "the whole set-up plus a full suite or the whole test suite (CI runs make test)",
-    r"pytest -q --benchmark-disable -n 2 tests$": "the test suite itself (this test is part of it)",
-    r"gpu_check|torchrun|--device cuda|device=cuda|nvidia-smi": "GPU only",
-    r"^# ": "a comment line",
+    r"^make (setup|run|test)\b": "the whole set-up plus a full suite or the whole test suite (CI runs make test)",
+    r"^python -m pytest\b|pytest -q --benchmark-disable -n 2 tests$": "the test suite itself (this test is in it)",
+    r"^ruff\b": "the formatter and linter over the tree (make test runs them)",
+    r"make_docs\.py$": "rewrites the docs in the checkout (tests/test_docs.py checks them)",
+    r"gpu_check\.sh --budget|torchrun|--device cuda|device=cuda|nvidia-smi": "GPU only",
+    r"aot_check\.py --jobs": "the full ahead-of-time grid compiles for minutes (tests/test_rala_aot.py runs --ci)",
     r"^ray start": "starts a node of a Ray cluster (tests/test_ray_executor.py runs a local instance)",
     r"--address head:": "needs a running Ray cluster at head:6379 (tests/test_ray_executor.py covers --executor ray)",
+    r"load_checkpoint\(": "needs a released RAVLT checkpoint (tests/test_checkpoint.py covers loading)",
 }
+# what may be skipped at all: set-up, the checks CI runs anyway, GPU-only, a Ray cluster, a checkpoint
+SKIPPABLE = r"^make |venv|^pip |pytest|^ruff|make_docs|gpu_check|torchrun|cuda|aot_check|^ray start|--address head:"
+SKIPPABLE += r"|load_checkpoint"
 LONG = (r"run suites/resolution\.yaml", r"run suites/(batch|models|rank|accuracy|rala_kernels\w*)\.yaml")
-# full smoke runs keep every case but measure 3 rounds of 3 repeats: enough for compare/gate to give a verdict
-QUICK = "--rounds 3 --set warmup=1 --set 'repeats={min: 3, max: 3, min_time_s: 0}'"
+# full runs of the small suites keep every case but measure 3 rounds of 3 repeats, one sweep: enough for compare/gate
+QUICK = "--rounds 3 --set sweeps=1 --set warmup=1 --set 'repeats={min: 3, max: 3, min_time_s: 0}'"
 TINY = "--set mechanisms=[softmax_sdpa] --set level=op --set pass=fwd --set resolution=[4]"
-PLACEHOLDERS = {  # README text -> file made by an earlier command (names relative to the scratch folder)
+PLACEHOLDERS = {  # docs text -> file made by an earlier command (names relative to the scratch folder)
     "results/<run>.csv": "results/smoke.csv",
-    "A.csv": "results/smoke.csv",
-    "B.csv": "results/smoke_b.csv",
-    "BASELINE.csv": "results/smoke.csv",
-    "NEW.csv": "results/smoke_b.csv",
-    "H100.csv": "results/smoke.csv",
-    "A100.csv": "results/smoke_b.csv",
+    "A.csv B.csv": "results/smoke.csv results/smoke_b.csv",
+    "BASELINE.csv NEW.csv": "results/smoke.csv results/smoke_b.csv",
+    "H100.csv A100.csv": "results/smoke.csv results/smoke_b.csv",
     "A1.csv A2.csv -- B1.csv B2.csv": "results/smoke.csv results/smoke.csv -- results/smoke_b.csv results/smoke_b.csv",
-    # the gating recipe and `ab` on two tiny cases (the commands and their files are the README's)
+    # the gating recipe and `ab` on two tiny cases (the commands and their files are the docs')
     "suites/smoke.yaml --out base.csv": f"suites/smoke.yaml --out results/base.csv --rounds 3 {TINY}",
     "suites/smoke.yaml --out new.csv": f"suites/smoke.yaml --out results/new.csv --rounds 3 {TINY}",
     "gate base.csv new.csv": "gate results/base.csv results/new.csv",
@@ -56,6 +71,7 @@ PLACEHOLDERS = {  # README text -> file made by an earlier command (names relati
 VERDICTS = r"attnbench (gate|ab)\b"  # exit 1 is a verdict (a regression found), not a failure of the command
 # keeps the pytest-benchmark steps to a few seconds: the suite cut to two tiny cases
 BENCH_ENV = {"ATTNBENCH_BENCH_SET": "mechanisms=[softmax_sdpa,rala_eager];level=op;pass=fwd;resolution=[4];device=cpu"}
+FILE_BLOCK = re.compile(r"```(python|yaml)\n# ([\w.-]+\.(?:py|yaml))\n(.*?)```", re.S)
 
 
 def readme_commands(text: str) -> list[str]:
@@ -66,8 +82,18 @@ def readme_commands(text: str) -> list[str]:
         for line in joined.splitlines():
             line = re.sub(r"\s+#\s.*$", "", line).strip()
             if line and not line.startswith("#"):
-                commands.extend(_expand(line))
+                commands.extend(_expand(re.sub(r"^\.venv/bin/python ", "python ", line)))
     return commands
+
+
+def file_blocks(text: str) -> dict[str, str]:
+    """NAME -> contents of the ```python / ```yaml blocks whose first line is `# NAME`."""
+    return {m.group(2): f"# {m.group(2)}\n{m.group(3)}" for m in FILE_BLOCK.finditer(text)}
+
+
+def python_scripts(text: str) -> list[str]:
+    """The ```python blocks that are not file blocks: snippets a reader runs as they are."""
+    return [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if not re.match(r"# [\w.-]+\.py\n", b)]
 
 
 def _expand(line: str) -> list[str]:
@@ -84,25 +110,36 @@ def _expand(line: str) -> list[str]:
 
 def skip_reason(command: str) -> str | None:
     for pattern, reason in SKIP.items():
-        if re.search(pattern, command):
+        if re.search(pattern, command, flags=re.M):
             return reason
     return None
 
 
-def test_readme_commands_are_extracted():
+def test_commands_are_extracted():
     commands = readme_commands(README.read_text())
     assert any(c.startswith("python -m attnbench run suites/smoke.yaml") for c in commands)
-    assert "python -m attnbench env --probe" in commands and "python -m attnbench env" in commands
-    assert {"make run", "make test"} <= set(commands)  # the quick start is exactly these two
+    assert "python -m attnbench env" in commands and "python -m attnbench run my_suite.yaml" in commands
     quick = re.search(r"## Quick start\n.*?```bash\n(.*?)```", README.read_text(), flags=re.S)
     assert quick and [ln.split("#")[0].strip() for ln in quick.group(1).strip().splitlines()] == [
-        "make run",
-        "make test",
+        "make setup",
+        ".venv/bin/python -m attnbench run suites/smoke.yaml",
+    ]
+    assert set(file_blocks(README.read_text())) == {"my_mechs.py", "my_suite.yaml"}
+    assert len(python_scripts(README.read_text())) == 1  # the Python API example
+    docs = {p.name: readme_commands(p.read_text()) for p in documents()[1:]}
+    assert "python -m attnbench suite-keys --format md" in docs["suites.md"]
+    assert sum(map(len, docs.values())) >= 20, docs
+    # the expansions: `md|latex|csv` gives three commands, `[--flag]` two
+    assert readme_commands("```bash\npython x --format md|csv [--probe]\n```") == [
+        "python x --format md",
+        "python x --format csv",
+        "python x --format md --probe",
+        "python x --format csv --probe",
     ]
 
 
 @pytest.mark.slow
-def test_every_readme_command_runs(tmp_path):
+def test_every_documented_command_runs(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     for name in ("attnbench", "mechanisms", "suites", "tests", "pyproject.toml", "scripts"):
@@ -123,37 +160,59 @@ def test_every_readme_command_runs(tmp_path):
     }
     env.pop("TRITON_INTERPRET", None) if shutil.which("nvidia-smi") else None
     for key in [k for k in env if k.startswith("PYTEST_XDIST") or k == "PYTEST_CURRENT_TEST"]:
-        env.pop(key)  # under `pytest -n`: pytest-benchmark in a README command would take itself for an xdist worker
-    ran, skipped, durations, plotted = [], [], [], False
-    for command in readme_commands(README.read_text()):
-        reason = skip_reason(command)
-        if reason:
-            skipped.append((command, reason))
-            continue
-        for text, path in PLACEHOLDERS.items():
-            command = command.replace(text, path)
-        if any(re.search(p, command) for p in LONG):
-            command += " --dry-run"
-        elif re.search(r"attnbench run suites/smoke\.yaml", command) and TINY not in command:
-            command += f" {QUICK}"
-        if "--plot" in command:  # expansions of one line (md|latex|csv) write the same plots: once is enough
-            if plotted:
-                command = re.sub(r"\s--plot\s+\S+", "", command)
-            plotted = True
+        env.pop(key)  # under `pytest -n`: pytest-benchmark in a docs command would take itself for an xdist worker
+    ran, skipped, durations, failures, plotted = [], [], [], [], False
+
+    def execute(command: str, where: str) -> None:
         t0 = time.perf_counter()
         proc = subprocess.run(command, shell=True, cwd=work, env=env, capture_output=True, text=True, timeout=300)
-        durations.append((round(time.perf_counter() - t0, 1), command[:90]))
+        durations.append((round(time.perf_counter() - t0, 1), f"{where}: {command[:90]}"))
         out = proc.stdout + proc.stderr
         ok = (0, 1) if re.search(VERDICTS, command) else (0,)
-        assert proc.returncode in ok, f"README command failed (exit {proc.returncode}): {command}\n{out[-3000:]}"
-        assert "Traceback" not in out, f"{command}\n{out[-3000:]}"
+        if proc.returncode not in ok or "Traceback" in out:
+            failures.append(f"{where}: exit {proc.returncode}: {command}\n{out[-3000:]}")
         ran.append(command)
-        if (
-            command.startswith("python -m attnbench run suites/smoke.yaml --out results/smoke.csv")
-            and not (work / "results" / "smoke_b.csv").exists()
-        ):  # a second run of the same cases, for compare/gate (B.csv, NEW.csv)
-            for kind in ("csv", "samples.csv", "env.json", "suite.yaml"):
-                shutil.copy(work / "results" / f"smoke.{kind}", work / "results" / f"smoke_b.{kind}")
-    print("\n".join(f"{d:6.1f} s  {c}" for d, c in durations))
-    assert len(ran) >= 12, ran
-    assert all(re.search(r"make|venv|pip|pytest|ray start|--address head:", c) for c, _ in skipped), skipped
+
+    for doc in documents():
+        where = str(doc.relative_to(REPO))
+        text = doc.read_text()
+        for name, content in file_blocks(text).items():
+            (work / name).write_text(content)
+        for command in readme_commands(text):
+            reason = skip_reason(command)
+            if reason:
+                skipped.append((command, reason))
+                continue
+            for placeholder, path in PLACEHOLDERS.items():
+                command = command.replace(placeholder, path)
+            if any(re.search(p, command) for p in LONG):
+                command += "" if "--dry-run" in command else " --dry-run"
+            elif re.search(r"attnbench run \S+\.yaml", command) and TINY not in command and "--dry-run" not in command:
+                command += f" {QUICK}"
+            if "--plot" in command:  # expansions of one line (md|latex|csv) write the same plots: once is enough
+                if plotted:
+                    command = re.sub(r"\s--plot\s+\S+", "", command)
+                plotted = True
+            if command in ran:  # shown in two documents: once is enough
+                continue
+            execute(command, where)
+            if (
+                command.startswith("python -m attnbench run suites/smoke.yaml --out results/smoke.csv")
+                and not (work / "results" / "smoke_b.csv").exists()
+            ):  # a second run of the same cases, for compare/gate (B.csv, NEW.csv)
+                for kind in ("csv", "samples.csv", "env.json", "suite.yaml"):
+                    shutil.copy(work / "results" / f"smoke.{kind}", work / "results" / f"smoke_b.{kind}")
+        for i, script in enumerate(python_scripts(text)):
+            reason = skip_reason(script)
+            if reason:
+                skipped.append((script, reason))
+                continue
+            path = tmp_path / f"{doc.stem}-snippet-{i}.py"
+            path.write_text(script)
+            # as typed into a notebook or `python -i`: __main__ has no file for worker processes to re-import
+            execute(f"python -c \"exec(compile(open('{path}').read(), '{path.name}', 'exec'))\"", where)
+    timings = "\n".join(f"{d:6.1f} s  {c}" for d, c in durations)
+    print(timings)
+    assert not failures, "\n\n".join(failures) + f"\n\ntimings:\n{timings}"
+    assert len(ran) >= 40, ran
+    assert all(re.search(SKIPPABLE, c) for c, _ in skipped), skipped
