@@ -70,8 +70,8 @@ class AnalysisError(AttnbenchError):
 
 # -- per-case values ------------------------------------------------------------------------------------
 def cases(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per case_id: CASE_KEYS, tokens, and the case's worst status."""
-    cols = ["case_id", *CASE_KEYS, "tokens"]
+    """One row per case_id: CASE_KEYS, tokens, family (where the rows have it) and the case's worst status."""
+    cols = ["case_id", *CASE_KEYS, "tokens", *(["family"] if "family" in df.columns else [])]
     if df.empty:
         return pd.DataFrame(columns=[*cols, "status"])
     out = df.drop_duplicates("case_id", keep="last")[cols].reset_index(drop=True)
@@ -148,6 +148,15 @@ def _choose_axis(frame: pd.DataFrame) -> str:
     return "batch" if one_grid and frame["batch"].nunique() > 1 else "shape"
 
 
+def _row_order(g: pd.DataFrame, value: str) -> list[str]:
+    """Table rows: mechanisms with values first, then those with none (skipped or failed everywhere); within
+    each, by family, then by label. A run's shuffled case order never decides the order of a table."""
+    missing = g.groupby("_row", sort=False)[value].apply(lambda v: bool(v.isna().all()))
+    family = (g["family"] if "family" in g.columns else pd.Series("", index=g.index)).fillna("").astype(str)
+    family = family.groupby(g["_row"], sort=False).first()
+    return sorted(missing.index, key=lambda row: (missing[row], family[row], row))
+
+
 def _pivot(
     frame: pd.DataFrame,
     value: str,
@@ -174,7 +183,7 @@ def _pivot(
         if g[value].isna().all():
             continue
         g = g.drop_duplicates(["_row", "_col"], keep="last")
-        rows = list(dict.fromkeys(g["_row"]))
+        rows = _row_order(g, value)
         cols = list(dict.fromkeys(g.sort_values(["tokens", "height", "batch"])["_col"]))
 
         def wide(c: str, g: pd.DataFrame = g, rows: list = rows, cols: list = cols) -> pd.DataFrame:

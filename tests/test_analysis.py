@@ -236,3 +236,15 @@ def test_pivot_tables_numbers_status_and_axis(tmp_path):
     by_batch = sum((case_rows("m1", 28, 1.0 * b, batch=b) for b in (1, 4, 16)), [])
     (tab,) = analysis.pivot_tables(frame(by_batch, tmp_path, "b.csv"), "latency")
     assert tab.axis == "batch" and list(tab.values.columns) == ["batch 1", "batch 4", "batch 16"]
+
+
+# -- table rows ---------------------------------------------------------------------------------------------
+def test_pivot_rows_by_family_then_name_and_mechanisms_without_values_last(tmp_path):
+    """A run shuffles its cases, so the file's row order is random: tables must not follow it."""
+    rows = case_rows("softmax_sdpa", 7, 1.0) + case_rows("flash_gpu", 7, None, status="skipped")
+    rows += case_rows("rala_eager", 7, 2.0) + case_rows("linear_elu", 7, 3.0) + case_rows("rala_compiled", 7, 0.5)
+    for order in (rows, rows[::-1]):
+        (table,) = analysis.pivot_tables(
+            frame(order, tmp_path, f"run{len(order)}-{order[0]['mechanism']}.csv"), "latency"
+        )
+        assert list(table.values.index) == ["linear_elu", "rala_compiled", "rala_eager", "softmax_sdpa", "flash_gpu"]

@@ -77,7 +77,8 @@ def test_markdown_structure_and_escaping(run):
     assert lines[2] == "| mechanism | 7x7 | 14x14 | 28x28 | 56x56 |"
     assert lines[3] == "|:--|--:|--:|--:|--:|"
     body = [line for line in lines[4:] if line.startswith("| ")]
-    assert [line.split(" | ")[0] for line in body] == ["| rala_eager", "| softmax_sdpa", "| softmax_eager"]
+    # rows by family, then name
+    assert [line.split(" | ")[0] for line in body] == ["| rala_eager", "| softmax_eager", "| softmax_sdpa"]
     assert all(line.count("|") == 6 for line in body)
     assert "| softmax_eager | 0.1 ±10% | oom | - | - |" in md  # p80 = 1.1 x median; status; no case
     piped = export.to_markdown(Table("a|b", pd.DataFrame({"x": ["1|2"]}, index=pd.Index(["m"], name="who"))))
