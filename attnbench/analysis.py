@@ -37,7 +37,7 @@ import pandas as pd
 
 from attnbench import stats
 from attnbench.errors import AttnbenchError
-from attnbench.labels import group_label, mechanism_label
+from attnbench.labels import group_label, mechanism_label, row_order
 from attnbench.results_schema import STATS
 
 CASE_KEYS = (
@@ -148,15 +148,6 @@ def _choose_axis(frame: pd.DataFrame) -> str:
     return "batch" if one_grid and frame["batch"].nunique() > 1 else "shape"
 
 
-def _row_order(g: pd.DataFrame, value: str) -> list[str]:
-    """Table rows: mechanisms with values first, then those with none (skipped or failed everywhere); within
-    each, by family, then by label. A run's shuffled case order never decides the order of a table."""
-    missing = g.groupby("_row", sort=False)[value].apply(lambda v: bool(v.isna().all()))
-    family = (g["family"] if "family" in g.columns else pd.Series("", index=g.index)).fillna("").astype(str)
-    family = family.groupby(g["_row"], sort=False).first()
-    return sorted(missing.index, key=lambda row: (missing[row], family[row], row))
-
-
 def _pivot(
     frame: pd.DataFrame,
     value: str,
@@ -183,7 +174,8 @@ def _pivot(
         if g[value].isna().all():
             continue
         g = g.drop_duplicates(["_row", "_col"], keep="last")
-        rows = _row_order(g, value)
+        families = g["family"] if "family" in g.columns else [None] * len(g)
+        rows = row_order(list(g["_row"]), list(families), list(g[value].isna()))
         cols = list(dict.fromkeys(g.sort_values(["tokens", "height", "batch"])["_col"]))
 
         def wide(c: str, g: pd.DataFrame = g, rows: list = rows, cols: list = cols) -> pd.DataFrame:

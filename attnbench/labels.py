@@ -8,7 +8,7 @@ Each function takes a mapping of results-row fields (a row's `to_dict()`, or a p
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 _CASE_HEAD = ("mechanism", "level", "variant", "pass", "dtype")
@@ -66,3 +66,16 @@ def group_label(group: Mapping[str, Any]) -> str:
     if has_value(group.get("height")):
         tail.insert(0, f"{group['height']}x{group['width']}")
     return ", ".join([" ".join(head), *tail])
+
+
+def row_order(rows: Sequence[str], families: Sequence[Any], missing: Sequence[bool]) -> list[str]:
+    """A table's rows in reading order, from one entry per cell (`rows` repeat): rows with a value in some
+    cell first, then rows with none (skipped or failed everywhere); within each, by family, then by label.
+    A run's shuffled case order never decides how a table reads."""
+    empty: dict[str, bool] = {}
+    family: dict[str, str] = {}
+    for row, fam, none in zip(rows, families, missing):
+        empty[row] = empty.get(row, True) and bool(none)
+        if has_value(fam):
+            family.setdefault(row, str(fam))
+    return sorted(empty, key=lambda row: (empty[row], family.get(row, ""), row))

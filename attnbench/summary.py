@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from attnbench.labels import mechanism_label, shape_label
+from attnbench.labels import mechanism_label, row_order, shape_label
 from attnbench.tables import Table
 
 GROUP_KEYS = ["level", "pass", "dtype", "device", "batch"]
@@ -99,7 +99,7 @@ def summary_tables(df: pd.DataFrame) -> list[Table]:
     for key, group in cases.groupby(GROUP_KEYS, sort=False, dropna=False):
         level, pass_, dtype, device, batch = key
         order = list(dict.fromkeys(group.sort_values(["tokens", "height"])["shape"]))
-        mechs = list(dict.fromkeys(group["mechanism"]))
+        mechs = row_order(list(group["mechanism"]), list(group["family"]), list(group["latency_ms"].isna()))
         suffix = f"{level} {pass_} {dtype} {device} batch {batch}"
         for name, fmt in (("latency ms (median ±spread)", _fmt_latency), ("peak memory MiB", _fmt_mem)):
             if name.startswith("peak") and group["peak_memory_b"].isna().all():
