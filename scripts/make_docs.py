@@ -33,7 +33,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-SAMPLE_RESULTS = "results/resolution-cpu-20261203.csv"  # the README's sample table comes from this file
+SAMPLE_RESULTS = "results/resolution-cpu-20261207.csv"  # the README's sample table comes from this file
 SAMPLE_TABLE = ("latency", "— op fwd")  # which of its report tables: words its title contains
 CROSSOVER = ("softmax_sdpa", "rala_eager")  # the crossover shown in docs/results.md, from the same file
 GATE_CALIBRATION = "results/gate-calibration-cpu-20261202.csv"  # the gate's calibration table (docs/methodology.md)

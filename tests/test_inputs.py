@@ -205,7 +205,7 @@ def test_env_id_and_peaks_match_what_runs_record(tmp_path):
 
 
 def test_tables_keep_numbers_whole_at_80_columns(tmp_path):
-    csv = REPO / "results" / "resolution-cpu-20261203.csv"
+    csv = REPO / "results" / "resolution-cpu-20261207.csv"
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "80"}
     for args in (["report", str(csv)], ["compare", str(csv), str(csv)], ["list"]):
         proc = subprocess.run(

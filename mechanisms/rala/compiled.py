@@ -7,8 +7,8 @@ recomputes phi and the strided rotation per use, several times slower on CPU tha
 `rala_core_parts` computes the same function (see `rala_core_halves`) without the interleave and returns
 phi(q), phi(k) so they are computed once; the op-level RoPE tables come from `op_tables` outside the
 graph (inside it, inductor evaluates sin/cos per element of the (N, d) tables). With the head dim static
-(`rala_core_static_d`) the op-level forward at 56x56, d=64, fp32 takes 0.68 ms against rala_eager's 1.60
-ms and softmax_sdpa's 17.6 ms on a 2-core CPU (results/resolution-cpu-20261203.csv).
+(`rala_core_static_d`) the op-level forward at 56x56, d=64, fp32 takes 1.70 ms against rala_eager's 2.65
+ms and softmax_sdpa's 28.1 ms on a 2-core CPU (results/resolution-cpu-20261207.csv).
 
 Compiled lazily on first use and cached for the process; `dynamic=True` makes batch, heads and
 tokens symbolic from the first compile, so a sweep over batch / tokens / grids reuses one graph per
