@@ -31,14 +31,14 @@ def case_status(df):
     return rows
 
 
-def run_quick_inprocess(tmp_path: Path, name: str, **keys):
+def run_quick_inprocess(tmp_path: Path, name: str, exit_code: int = 0, **keys):
     """Run suite `name`: an op sweep on the CPU, in-process, with the fault plugin loaded, no warmup and 2 repeats,
-    plus the suite keys `keys`. Its rows."""
+    plus the suite keys `keys`; the run must exit with `exit_code`. Its rows."""
     body = {"name": name, "plugins": [str(PLUGIN)], "level": "op", "device": "cpu", "isolation": "inprocess"}
     quick = {"warmup": 0, "repeats": {"min": 2, "max": 2, "min_time_s": 0}}
     suite = write_suite(tmp_path, yaml.safe_dump({**body, **quick, **keys}, sort_keys=False))
     out = tmp_path / f"{name}.csv"
-    assert main(["run", str(suite), "--out", str(out), "--no-progress"]) == 0
+    assert main(["run", str(suite), "--out", str(out), "--no-progress"]) == exit_code
     return results.load(out)
 
 
@@ -87,8 +87,9 @@ def test_fault_injected_sweep_in_workers(tmp_path):
 
 
 def test_verify_catches_wrong_mechanism(tmp_path):
+    # every case of test_wrong fails verification: its rows are written and the run exits 2 (a user error)
     df = run_quick_inprocess(
-        tmp_path, "verify", mechanisms=["test_wrong", "softmax_sdpa"], dim=32, heads=2, resolution=5
+        tmp_path, "verify", exit_code=2, mechanisms=["test_wrong", "softmax_sdpa"], dim=32, heads=2, resolution=5
     )
     wrong = df[df.mechanism == "test_wrong"]
     status = case_status(wrong)
