@@ -35,6 +35,7 @@ def write_suite(tmp_path: Path, body: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_smoke_suite_writes_four_files_with_schema(tmp_path):
     out = tmp_path / "smoke.csv"
     proc = run_cli(
@@ -257,6 +258,7 @@ def test_fraction_rows_use_cached_peaks(tmp_path, monkeypatch):
         assert value["frac_flops"] == pytest.approx(value["achieved_tflops"] / 0.5)
 
 
+@pytest.mark.slow
 def test_gate_fails_a_deliberately_slowed_mechanism(tmp_path, monkeypatch):
     """Baseline vs a run where one mechanism does 3x the work (real compute): gate exits 1 naming it;
     the baseline against itself passes (exit 0). Both runs have the default 5 rounds in fresh workers."""

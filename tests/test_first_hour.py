@@ -191,6 +191,7 @@ def run_installed(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_python_m_works_from_the_folder_that_holds_the_clone(tmp_path):
     clone = tmp_path / "attnbench"  # a clone's root: no __init__.py, a results/ folder
     (clone / "results").mkdir(parents=True)

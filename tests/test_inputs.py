@@ -181,6 +181,7 @@ def test_gate_refuses_non_finite_benchmark_data(tmp_path):
             gate(tmp_path / f"a{i}.json", tmp_path / f"a{i}.json")
 
 
+@pytest.mark.slow
 def test_env_id_and_peaks_match_what_runs_record(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "ATTNBENCH_CACHE_DIR": str(tmp_path / "cache"), "COLUMNS": "200"}
     probe = subprocess.run(
@@ -204,6 +205,7 @@ def test_env_id_and_peaks_match_what_runs_record(tmp_path):
     assert {"frac_flops", "frac_bandwidth"} & set(df["metric"])
 
 
+@pytest.mark.slow
 def test_tables_keep_numbers_whole_at_80_columns(tmp_path):
     csv = REPO / "results" / "resolution-cpu-20261207.csv"
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "80"}

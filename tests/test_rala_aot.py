@@ -35,6 +35,7 @@ def _nvidia_backend() -> bool:
     return "nvidia" in backends
 
 
+@pytest.mark.slow
 @pytest.mark.aot
 @pytest.mark.skipif(not _nvidia_backend(), reason="triton's NVIDIA backend (ptxas, cuobjdump) is not installed")
 def test_aot_compile_every_planned_kernel_for_sm80_sm90():

@@ -152,6 +152,7 @@ def test_main_loop_and_masked_tail(grid, layout, rope_kind):
     run_case(1, 2, grid, 32, layout=layout, rope_kind=rope_kind, seed=2)
 
 
+@pytest.mark.slow
 def test_split_merge_is_deterministic_and_split_invariant():
     """1 split, few splits (merge fused into pass (c)) and many (separate merge kernel) agree, and
     a repeated call is bitwise identical (fixed merge order, no atomics)."""

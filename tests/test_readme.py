@@ -11,10 +11,10 @@ commands, as typed into a notebook (`python -c`, so worker processes do not re-i
 
 Placeholders are replaced by files made by earlier commands (PLACEHOLDERS). Commands and scripts matching
 SKIP are not run (reason given); LONG commands run with `--dry-run` (checked and planned, not measured);
-other full `run X.yaml` commands get QUICK (3 rounds of 3 repeats, one sweep: every case, measured
-briefly); `--plot DIR` is kept on the first command that has it only (the md|latex|csv expansions plot the
-same), and a command shown in two documents runs once. To add a command that cannot run on a CPU CI
-machine, add a pattern to SKIP with the reason.
+other full `run X.yaml` commands get QUICK (3 repeats, one sweep: every case, measured briefly), in 3 rounds
+where compare/gate read the file and 1 elsewhere; `--plot DIR` is kept on the first command that has it only
+(the md|latex|csv expansions plot the same), and a command shown in two documents runs once. To add a command
+that cannot run on a CPU CI machine, add a pattern to SKIP with the reason.
 """
 
 from __future__ import annotations
@@ -48,13 +48,16 @@ SKIP = {  # pattern (searched in the command or script) -> why it is not execute
     r"^ray start": "starts a node of a Ray cluster (tests/test_ray_executor.py runs a local instance)",
     r"--address head:": "needs a running Ray cluster at head:6379 (tests/test_ray_executor.py covers --executor ray)",
     r"load_checkpoint\(": "needs a released RAVLT checkpoint (tests/test_checkpoint.py covers loading)",
+    r"attnbench ab ": "checks out a second tree and runs it (tests/test_rounds.py runs `ab` on two trees, a revision)",
 }
 # what may be skipped at all: set-up, the checks CI runs anyway, GPU-only, a Ray cluster, a checkpoint
 SKIPPABLE = r"^make |venv|^pip |pytest|^ruff|make_docs|gpu_check|torchrun|cuda|aot_check|^ray start|--address head:"
-SKIPPABLE += r"|load_checkpoint"
+SKIPPABLE += r"|load_checkpoint|attnbench ab "
 LONG = (r"run suites/resolution\.yaml", r"run suites/(batch|models|rank|accuracy|rala_kernels\w*)\.yaml")
-# full runs of the small suites keep every case but measure 3 rounds of 3 repeats, one sweep: enough for compare/gate
-QUICK = "--rounds 3 --set sweeps=1 --set warmup=1 --set 'repeats={min: 3, max: 3, min_time_s: 0}'"
+# full runs of the small suites keep every case but measure 3 repeats, one sweep; the runs whose file compare/gate
+# read (GATED) keep 3 rounds, the fewest a verdict needs; the others take 1 (in-process: no worker start-ups)
+QUICK = "--set sweeps=1 --set warmup=1 --set 'repeats={min: 3, max: 3, min_time_s: 0}'"
+GATED = r"--out results/smoke\.csv"
 TINY = "--set mechanisms=[softmax_sdpa] --set level=op --set pass=fwd --set resolution=[4]"
 PLACEHOLDERS = {  # docs text -> file made by an earlier command (names relative to the scratch folder)
     "results/<run>.csv": "results/smoke.csv",
@@ -66,7 +69,6 @@ PLACEHOLDERS = {  # docs text -> file made by an earlier command (names relative
     "suites/smoke.yaml --out base.csv": f"suites/smoke.yaml --out results/base.csv --rounds 3 {TINY}",
     "suites/smoke.yaml --out new.csv": f"suites/smoke.yaml --out results/new.csv --rounds 3 {TINY}",
     "gate base.csv new.csv": "gate results/base.csv results/new.csv",
-    "ab suites/smoke.yaml --baseline origin/main": f"ab suites/smoke.yaml --baseline HEAD --rounds 3 {TINY}",
 }
 VERDICTS = r"attnbench (gate|ab)\b"  # exit 1 is a verdict (a regression found), not a failure of the command
 # keeps the pytest-benchmark steps to a few seconds: the suite cut to two tiny cases
@@ -188,7 +190,7 @@ def test_every_documented_command_runs(tmp_path):
             if any(re.search(p, command) for p in LONG):
                 command += "" if "--dry-run" in command else " --dry-run"
             elif re.search(r"attnbench run \S+\.yaml", command) and TINY not in command and "--dry-run" not in command:
-                command += f" {QUICK}"
+                command += f" {QUICK} --rounds {3 if re.search(GATED, command) else 1}"
             if "--plot" in command:  # expansions of one line (md|latex|csv) write the same plots: once is enough
                 if plotted:
                     command = re.sub(r"\s--plot\s+\S+", "", command)
