@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from upstream_stubs import stub_module
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -58,28 +59,6 @@ UPSTREAM = {
 
 
 # -- loading the authors' files ------------------------------------------------------------------------
-def _stub(name: str, **attrs) -> types.ModuleType:
-    """Register an empty module (and its parents) unless the real one imports."""
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        pass
-    parts = name.split(".")
-    for i in range(1, len(parts) + 1):
-        sub = ".".join(parts[:i])
-        if sub not in sys.modules:
-            module = types.ModuleType(sub)
-            module.__path__ = []  # a package, so children can be registered
-            sys.modules[sub] = module
-            if i > 1:
-                setattr(sys.modules[".".join(parts[: i - 1])], parts[i - 1], module)
-            print(f"  stub module {sub}")
-    module = sys.modules[name]
-    for key, value in attrs.items():
-        setattr(module, key, value)
-    return module
-
-
 class _Unused(nn.Module):
     def __init__(self, *args, **kwargs):
         super().__init__()
@@ -92,12 +71,12 @@ def install_stubs() -> None:
     def to_2tuple(x):
         return tuple(x) if isinstance(x, (tuple, list)) else (x, x)
 
-    _stub("timm.models.layers", DropPath=_Unused, to_2tuple=to_2tuple, trunc_normal_=trunc_normal_)
-    _stub("timm.models.registry", register_model=lambda fn: fn)
-    _stub("timm.models.vision_transformer", _cfg=lambda **kwargs: kwargs)
-    _stub("local_attention", LocalAttention=_Unused)
-    _stub("axial_positional_embedding", AxialPositionalEmbedding=_Unused)
-    _stub("performer_pytorch.reversible", ReversibleSequence=_Unused, SequentialSequence=_Unused)
+    stub_module("timm.models.layers", DropPath=_Unused, to_2tuple=to_2tuple, trunc_normal_=trunc_normal_)
+    stub_module("timm.models.registry", register_model=lambda fn: fn)
+    stub_module("timm.models.vision_transformer", _cfg=lambda **kwargs: kwargs)
+    stub_module("local_attention", LocalAttention=_Unused)
+    stub_module("axial_positional_embedding", AxialPositionalEmbedding=_Unused)
+    stub_module("performer_pytorch.reversible", ReversibleSequence=_Unused, SequentialSequence=_Unused)
 
 
 def load_file(path: str, module_name: str, package: str | None = None) -> types.ModuleType:
@@ -256,7 +235,7 @@ def efficient_attention(module_file, grid, heads):
 def linear_elu(path: str):
     root = Path(path).resolve().parents[2]
     sys.path.insert(0, str(root))
-    _stub("fast_transformers")
+    stub_module("fast_transformers")
     attention = types.ModuleType("fast_transformers.attention")  # skip its __init__ (C++ extensions)
     attention.__path__ = [str(Path(path).resolve().parent)]
     sys.modules["fast_transformers.attention"] = attention
@@ -276,9 +255,11 @@ def linear_elu(path: str):
 
 
 def linear_relu(path: str):
-    _stub("efficientvit.models.nn.act", build_act=None)
-    _stub("efficientvit.models.nn.norm", build_norm=None)
-    _stub("efficientvit.models.utils", get_same_padding=None, list_sum=None, resize=None, val2list=None, val2tuple=None)
+    stub_module("efficientvit.models.nn.act", build_act=None)
+    stub_module("efficientvit.models.nn.norm", build_norm=None)
+    stub_module(
+        "efficientvit.models.utils", get_same_padding=None, list_sum=None, resize=None, val2list=None, val2tuple=None
+    )
     module_file = load_file(path, "efficientvit_ops")
 
     def run(_, grid, heads):
@@ -314,7 +295,7 @@ def load_upstream(name: str, path: str):
         package = types.ModuleType("nys_models")
         package.__path__ = [str(Path(path).resolve().parent)]
         sys.modules["nys_models"] = package
-        _stub("nys_models.transformer_block", Mlp=_Unused)
+        stub_module("nys_models.transformer_block", Mlp=_Unused)
         return load_file(path, "nys_models.token_nystromformer", package="nys_models"), RUNNERS[name]
     return load_file(path, f"upstream_{name}"), RUNNERS[name]
 

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from upstream_stubs import stub_module
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "tests" / "fixtures" / "rala" / "rala_reference_outputs.pt"
@@ -65,28 +66,6 @@ RAVLT_IMAGE = (64, 96)  # stage grids 16x24, 8x12, 4x6, 2x3
 
 
 # -- loading the authors' file -------------------------------------------------------------------------
-def _stub(name: str, **attrs) -> types.ModuleType:
-    """Register an empty module (and its parents) unless the real one imports."""
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        pass
-    parts = name.split(".")
-    for i in range(1, len(parts) + 1):
-        sub = ".".join(parts[:i])
-        if sub not in sys.modules:
-            module = types.ModuleType(sub)
-            module.__path__ = []  # a package, so children can be registered
-            sys.modules[sub] = module
-            if i > 1:
-                setattr(sys.modules[".".join(parts[: i - 1])], parts[i - 1], module)
-            print(f"  stub module {sub}")
-    module = sys.modules[name]
-    for key, value in attrs.items():
-        setattr(module, key, value)
-    return module
-
-
 class _DropPath(nn.Identity):
     """Stands in for timm's DropPath, which is the identity in eval mode (the only mode run here)."""
 
@@ -101,10 +80,10 @@ def install_stubs() -> None:
     def unused(*args, **kwargs):
         raise RuntimeError("not needed to make the fixtures")
 
-    _stub("timm.models.layers", DropPath=_DropPath, trunc_normal_=trunc_normal_)
-    _stub("timm.models.registry", register_model=lambda fn: fn)
-    _stub("timm.models.vision_transformer", _cfg=lambda **kwargs: kwargs)
-    _stub("fvcore.nn", FlopCountAnalysis=unused, flop_count_table=unused)
+    stub_module("timm.models.layers", DropPath=_DropPath, trunc_normal_=trunc_normal_)
+    stub_module("timm.models.registry", register_model=lambda fn: fn)
+    stub_module("timm.models.vision_transformer", _cfg=lambda **kwargs: kwargs)
+    stub_module("fvcore.nn", FlopCountAnalysis=unused, flop_count_table=unused)
 
 
 def load_file(path: str) -> types.ModuleType:
