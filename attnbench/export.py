@@ -230,8 +230,18 @@ def _styles(df: pd.DataFrame) -> dict[str, dict]:
 
 
 def _axes(ax, ylabel: str, title: str) -> None:
+    from matplotlib import ticker
+
     ax.set_xscale("log")
     ax.set_yscale("log")
+
+    class PlainLog(ticker.LogFormatter):  # the default labels (10^k) are mathtext, whose parsing is most of a
+        def _num_to_string(self, x, vmin, vmax):  # figure's drawing time; plain numbers ("0.6", "3000") are not
+            return f"{x:g}"
+
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(PlainLog())
+        axis.set_minor_formatter(PlainLog(labelOnlyBase=False))
     ax.set_xlabel("tokens N = H×W (log)")
     ax.set_ylabel(f"{ylabel} (log)")
     ax.set_title(title, fontsize=10)

@@ -20,16 +20,24 @@ the reordering).
 
 `check(device)` says why torch.compile cannot run here: dynamo unsupported on this Python, the
 inductor backend failing to import, no working C++ compiler for CPU code generation (found and
-tried once on a file including Python.h, ~0.3 s, cached), or no Triton for CUDA.
+tried once on a file including Python.h, ~0.3 s), or no Triton for CUDA. Importing dynamo and inductor
+takes seconds, which every `attnbench list` and every run would pay, so a passed check is remembered in
+the cache folder (`compile-ok-<key>.json` in $ATTNBENCH_CACHE_DIR, default ~/.cache/attnbench), keyed by
+the interpreter, torch and the compiler; a failed check is not remembered (it is retried, so installing
+the missing piece takes effect at once).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 import shutil
 import subprocess
+import sys
 import sysconfig
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -161,7 +169,50 @@ def _cpp_smoke_test(compiler: str) -> str | None:
 
 
 def compile_unavailable_reason(device: str | None) -> str | None:
-    """None when torch.compile (inductor) can run on `device` ("cpu" | "cuda" | None), else the reason."""
+    """None when torch.compile (inductor) can run on `device` ("cpu" | "cuda" | None), else the reason; a passed
+    check is read from the cache folder when this interpreter, torch and compiler passed it before."""
+    dev = None if device is None else str(device).split(":")[0]
+    marker = _passed_marker(dev)
+    if marker is not None and marker.is_file():
+        return None
+    reason = _probe_compile(dev)
+    if reason is None and marker is not None:
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            tmp = marker.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps({"python": sys.executable, "torch": torch.__version__, "device": dev}))
+            tmp.replace(marker)
+        except OSError:  # a read-only cache folder: the check is simply run again next time
+            pass
+    return reason
+
+
+def _passed_marker(dev: str | None) -> Path | None:
+    """The cache file that records a passed check for this interpreter, torch, device kind and compiler."""
+    from attnbench.measure.peaks import cache_dir
+
+    # the usual compiler names, not inductor's configured one: reading that imports inductor, the cost avoided here
+    names = (os.environ.get("CXX"), "g++", "c++", "clang++") if dev in (None, "cpu") else ()
+    compiler = next((path for path in map(shutil.which, filter(None, names)) if path), None)
+    try:
+        compiler_id = f"{compiler}:{os.stat(compiler).st_mtime_ns}" if compiler else ""
+    except OSError:
+        return None
+    parts = (
+        sys.executable,
+        sys.version,
+        torch.__version__,
+        torch.__file__,
+        str(dev),
+        compiler_id,
+        os.environ.get("CXX"),
+    )
+    key = hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+    return cache_dir() / f"compile-ok-{key}.json"
+
+
+def _probe_compile(dev: str | None) -> str | None:
+    """The full check behind `compile_unavailable_reason`: imports dynamo and inductor, tries the compiler."""
     try:
         import torch._dynamo as dynamo
 
@@ -173,7 +224,6 @@ def compile_unavailable_reason(device: str | None) -> str | None:
         import torch._inductor  # noqa: F401
     except Exception as exc:
         return f"the inductor backend cannot be imported: {type(exc).__name__}: {exc}"
-    dev = None if device is None else str(device).split(":")[0]
     if dev in (None, "cpu"):
         compiler = _cpp_compiler()
         if compiler is None:
