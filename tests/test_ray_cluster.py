@@ -26,23 +26,26 @@ from attnbench.suite import load_suite  # noqa: E402
 
 
 def live_tasks(marks: Path) -> dict[int, str]:
-    """pid -> name (process title) of the live Ray tasks that marked `marks` (tests/plugins/sleepy.py)."""
+    """pid -> name of the Ray tasks running in the processes that marked `marks` (tests/plugins/sleepy.py): Ray
+    sets a worker's process title to `ray::` + its task's name, and to `ray::IDLE` once the task is done."""
     names = {}
     for mark in marks.iterdir():
         try:
-            names[int(mark.name)] = Path("/proc", mark.name, "cmdline").read_bytes().split(b"\0")[0].decode()
-        except OSError:  # it has finished
+            title = Path("/proc", mark.name, "cmdline").read_bytes().split(b"\0")[0].decode()
+        except OSError:  # it has exited
             continue
+        if title.startswith("ray::attnbench"):
+            names[int(mark.name)] = title
     return names
 
 
 @pytest.mark.slow
 def test_node_lost_mid_sweep_every_case_once(tmp_path, capsys, monkeypatch):
-    """Head (the driver's node): 1 CPU, kind H100. Worker: 3 CPUs, kinds H100 and A100, so it runs the A100 tasks
-    and, mostly, the H100 task the busy head cannot take. The worker is removed while it runs an H100 task (or,
-    where Ray queued both H100 tasks on the head, while it runs the last A100 task): an H100 task running there
-    runs again on the head; the A100 cases not finished by then (the worker was their only node) become crash
-    rows naming the lost node. Each case has its row exactly once."""
+    """Head (the driver's node): 1 CPU, kind H100. Worker: 1 CPU, kinds H100 and A100, so it runs the A100 tasks
+    and, where Ray sends it one, an H100 task. The worker is removed while it runs an H100 task with an A100 case
+    not finished, or else while it runs the last A100 task: an H100 task running there runs again on the head;
+    the A100 cases not finished by then (the worker was their only node) become crash rows naming the lost node.
+    Each case has its row exactly once."""
     monkeypatch.setattr(ray_cluster, "NODE_WAIT_S", 0.0)  # no autoscaler here: no node will replace it
     body = (
         sleepy_suite("nodeloss")
@@ -75,7 +78,7 @@ def test_node_lost_mid_sweep_every_case_once(tmp_path, capsys, monkeypatch):
             initialize_head=True, head_node_args=dict(node_args("head", 1, ["H100"]), include_dashboard=False)
         )
         head = cluster.head_node.node_id
-        worker = cluster.add_node(**node_args("worker", 3, ["H100", "A100"]))
+        worker = cluster.add_node(**node_args("worker", 1, ["H100", "A100"]))
 
         def remove_worker_mid_h100_task():
             """Remove the worker while it runs an H100 task and an A100 case is not finished (or, should no H100
