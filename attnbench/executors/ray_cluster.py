@@ -6,15 +6,22 @@ a sliver of that kind's resource: a custom resource of that name (`ray start --r
 or Ray's detected `accelerator_type:<kind>`. Ray schedules queued tasks onto free resources (dynamic, no
 static shards) and retries a task whose worker or node was lost (`max_retries`).
 
+Node loss: the driver watches the cluster's nodes; a node that leaves is one warning naming it (node id, host,
+address, hardware kind). Its tasks run again on the nodes left where their resources allow (Ray's retries);
+a task that no live node can run (its kind's only nodes are gone) waits up to NODE_WAIT_S for a node that can
+(an autoscaler's replacement), then is cancelled and its cases become `crash` rows naming the lost node.
+
 Fresh process per round: tasks are declared with `max_calls=1`, so Ray starts a new worker process for
-every task and every round of a case runs in its own process (as `attnbench.rounds` requires). Inside the task
+every task and every round of a case runs in its own process (as `attnbench.rounds` requires); a task is named
+`attnbench unit U round R [KIND]` (its process title, `ray list tasks`). Inside the task
 the unit's cases run in that process, ascending, with OOM prediction along the ladder; a case fault is a
 row, as in-process; a hang is caught by the driver, which cancels the task after its time budget.
 
 The driver is the only writer: it receives a task's rows when the task finishes, writes them with the
 usual durability, and records every worker's fingerprint (host, GPU, CUDA_VISIBLE_DEVICES, hardware kind)
-in FILE.env.json. A small coordinator actor counts the cases in flight per node (`concurrent`), serialises
-them under `exclusive: node`, and notes when each task started (for the time budget).
+in FILE.env.json. A small coordinator actor, on the driver's node (it outlives any other node), counts the
+cases in flight per node (`concurrent`), serialises them under `exclusive: node`, and notes when and where each
+task started (for the time budget).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import logging
 import os
 import socket
 import time
+import warnings
 from typing import Any
 
 from attnbench.errors import AttnbenchError
@@ -31,6 +39,8 @@ from attnbench.executors.schedule import Concurrency, RoundScheduler, Task
 EXTRA = "distributed"
 MAX_RETRIES = 3  # a lost worker or node: the task runs again (its rows were not written yet)
 TASK_MARGIN_S = 60.0  # start-up of a fresh Ray worker (imports torch) on top of the cases' timeouts
+NODE_WAIT_S = 120.0  # a task no live node can run after a node left waits this long for one to join
+NODE_POLL_S = 1.0  # how often the driver reads the cluster's node list
 
 
 def import_ray():
@@ -104,11 +114,71 @@ class Coordinator:
     def leave(self, node: str, token: int) -> int:
         return self.nodes[node].leave(token)
 
-    def task_started(self, key: str) -> None:
-        self.started[key] = time.time()
+    def task_started(self, key: str, node: str) -> None:
+        self.started[key] = (time.time(), node)
 
-    def start_times(self) -> dict[str, float]:
+    def start_times(self) -> dict[str, tuple[float, str]]:
         return dict(self.started)
+
+
+class NodeWatch:
+    """The cluster's live nodes as the driver last read them (`ray.nodes()`, at most every NODE_POLL_S): warns
+    once for each node that leaves, and finds the tasks that no live node can run any more."""
+
+    def __init__(self, ray, kinds: dict[str, str]):
+        self.ray = ray
+        self.kinds = kinds  # Ray resource -> hardware kind it marks
+        self.alive: dict[str, dict] = {}  # node id -> its ray.nodes() entry
+        self.lost: dict[str, dict] = {}  # node id -> its last entry while alive
+        self.noticed: dict[str, float] = {}  # node id -> when its loss was noticed (time.monotonic)
+        self.read_at = float("-inf")
+        self.poll()
+
+    def poll(self) -> list[str]:
+        """The ids of the nodes that left since the last read (each warned about once)."""
+        if time.monotonic() - self.read_at < NODE_POLL_S:
+            return []
+        self.read_at = time.monotonic()
+        alive = {n["NodeID"]: n for n in self.ray.nodes() if n.get("Alive")}
+        gone = [node for node in self.alive if node not in alive]
+        for node in gone:
+            self.lost[node], self.noticed[node] = self.alive[node], self.read_at
+            warnings.warn(
+                f"Ray node {self.describe(node)} left the cluster mid-sweep: its tasks run again on the nodes left "
+                f"where their resources allow; cases no live node can run become crash rows after "
+                f"{NODE_WAIT_S:.0f} s",
+                stacklevel=2,
+            )
+        self.alive = alive
+        return gone
+
+    def describe(self, node: str) -> str:
+        entry = self.lost.get(node) or self.alive.get(node) or {}
+        kinds = [kind for res, kind in self.kinds.items() if entry.get("Resources", {}).get(res, 0) > 0]
+        where = [f"host {entry.get('NodeManagerHostname', '?')}", str(entry.get("NodeManagerAddress", "?"))]
+        if kinds:
+            where.append(f"hardware kind {'/'.join(kinds)}")
+        return f"{node} ({', '.join(where)})"
+
+    def stranded(self, need: dict[str, float]) -> tuple[list[str], list[str]]:
+        """For a task needing `need`: ([lost nodes that could run it], [resources no live node offers]) when no
+        live node can run it but a lost one could; ([], []) otherwise (an unmet need no lost node met is Ray's
+        to queue: an autoscaler may add that node)."""
+
+        def fits(entry: dict) -> bool:
+            return all(entry.get("Resources", {}).get(r, 0) >= v for r, v in need.items() if v > 0)
+
+        if any(fits(entry) for entry in self.alive.values()):
+            return [], []
+        lost = [node for node, entry in self.lost.items() if fits(entry)]
+        if not lost:
+            return [], []
+        missing = [
+            r
+            for r, v in need.items()
+            if v > 0 and not any(e.get("Resources", {}).get(r, 0) >= v for e in self.alive.values())
+        ]
+        return lost, missing
 
 
 def run_unit_task(
@@ -126,11 +196,11 @@ def run_unit_task(
     """The body of one Ray task: one round of one unit, measured in this (fresh) worker process."""
     import ray
 
-    coordinator.task_started.remote(key)
+    node = ray.get_runtime_context().get_node_id()
+    coordinator.task_started.remote(key, node)
     from attnbench import rounds
     from attnbench.execute import CaseExecutor, cached_peaks, prepare_process
 
-    node = ray.get_runtime_context().get_node_id()
     extra = dict(
         extra_fp,
         hostname=socket.gethostname(),
@@ -193,9 +263,11 @@ class RayExecutor:
             state = runner.open_run()
             unit_list = rounds.units(state.cases)
             sched = RoundScheduler(unit_list, state.rounds, suite.order_seed)
-            coordinator = ray.remote(Coordinator).options(num_cpus=0).remote()
+            coordinator = ray.remote(Coordinator).options(num_cpus=0, **self._on_this_node(ray)).remote()
             remote = ray.remote(max_calls=1)(run_unit_task)  # a fresh worker process for every task
             inflight: dict[Any, tuple[Task, list, str]] = {}
+            kinds = {next(iter(o["resources"])): kind for kind, o in options.items() if o.get("resources")}
+            watch = NodeWatch(ray, kinds)
             envs = {runner.env_id}
             extra = {"executor": "ray", "exclusive": suite.exclusive or "device"}
             threads = suite.threads or (1 if suite.device == "cpu" else None)
@@ -214,7 +286,8 @@ class RayExecutor:
                         kind = todo[0].hardware
                         key = f"{task.unit}/{task.round}"
                         oom_at = {k: v for k, v in runner.case_executor.oom_at.items() if k == oom_key(todo[0])}
-                        ref = remote.options(**options[kind]).remote(
+                        name = f"attnbench unit {task.unit} round {task.round + 1}" + (f" {kind}" if kind else "")
+                        ref = remote.options(name=name, **options[kind]).remote(
                             suite,
                             runner.run_id,
                             key,
@@ -234,8 +307,11 @@ class RayExecutor:
                         task, todo, key = inflight.pop(ref)
                         self._collect(ray, runner, state, ref, task, todo, envs)
                         sched.finish(task)
+                    watch.poll()
+                    if watch.lost:
+                        self._strand(ray, runner, state, sched, watch, inflight, options, envs)
                     if not ready:
-                        self._cancel_overdue(ray, coordinator, inflight, budget_per_case)
+                        self._cancel_overdue(ray, coordinator, inflight, budget_per_case, set(watch.lost))
             finally:
                 for ref in inflight:
                     ray.cancel(ref, force=True)
@@ -244,6 +320,46 @@ class RayExecutor:
         finally:
             if owned:
                 ray.shutdown()
+
+    @staticmethod
+    def _on_this_node(ray) -> dict[str, Any]:
+        """Actor options that keep it on the driver's node (which any other node's loss leaves running)."""
+        try:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            node = ray.get_runtime_context().get_node_id()
+        except Exception:  # noqa: BLE001 - e.g. a Ray client driver: Ray places the actor
+            return {}
+        return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node_id=node, soft=False)}
+
+    def _strand(self, ray, runner, state, sched, watch, inflight, options, envs) -> None:
+        """In-flight tasks that only a lost node could run: NODE_WAIT_S after that node's loss was noticed, with
+        no live node that can run them, each is cancelled and its cases become crash rows naming the lost node
+        (a task that finished meanwhile is collected as usual)."""
+        now = time.monotonic()
+        for ref, (task, todo, _) in list(inflight.items()):
+            opts = options[todo[0].hardware]
+            need = {"CPU": opts["num_cpus"], "GPU": opts["num_gpus"], **opts.get("resources", {})}
+            lost, missing = watch.stranded(need)
+            if not lost or now - max(watch.noticed[node] for node in lost) < NODE_WAIT_S:
+                continue
+            inflight.pop(ref)
+            if ray.wait([ref], timeout=0)[0]:  # it finished after all
+                self._collect(ray, runner, state, ref, task, todo, envs)
+            else:
+                ray.cancel(ref, force=True)
+                nodes = "; ".join(watch.describe(node) for node in lost)
+                kind = todo[0].hardware
+                message = (
+                    f"lost with Ray node {nodes}, which left the cluster; no live node offers "
+                    f"{', '.join(missing)} (waited {NODE_WAIT_S:.0f} s): bring such a node back and run these "
+                    f"cases again into a new --out" + (f" (--set 'hardware=[{kind}]')" if kind else "")
+                )
+                started = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+                for case in todo:
+                    rows = [runner.case_executor.status_row(case, started, "crash", message)]
+                    runner.record(state, case, task.round, rows, {}, worker="ray", concurrent=None)
+            sched.finish(task)
 
     def _task_options(self, ray, suite) -> dict[str, dict[str, Any]]:
         """Ray options per hardware kind ("" = any node)."""
@@ -300,10 +416,12 @@ class RayExecutor:
             )
 
     @staticmethod
-    def _cancel_overdue(ray, coordinator, inflight: dict, budget_per_case: float) -> None:
+    def _cancel_overdue(ray, coordinator, inflight: dict, budget_per_case: float, lost: set[str]) -> None:
+        """Cancel tasks past their time budget, counted from their start (a start on a lost node does not
+        count: that try died with its node, and Ray runs the task again)."""
         starts = ray.get(coordinator.start_times.remote())
         now = time.time()
         for ref, (_, todo, key) in list(inflight.items()):
-            began = starts.get(key)
-            if began is not None and now - began > TASK_MARGIN_S + budget_per_case * len(todo):
+            began, node = starts.get(key, (None, None))
+            if began is not None and node not in lost and now - began > TASK_MARGIN_S + budget_per_case * len(todo):
                 ray.cancel(ref, force=True)
