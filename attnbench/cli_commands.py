@@ -26,21 +26,6 @@ from attnbench.errors import AttnbenchError
 
 
 # -- commands ---------------------------------------------------------------------------------------
-def _warn_if_busy(device: str) -> None:
-    """CPU timings on a loaded machine are dominated by contention (OpenMP threads wait for cores)."""
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return
-    cores = os.cpu_count() or 1
-    if device == "cpu" and load > 0.5 * cores:
-        # stdout, with the run's other information: stderr carries only errors
-        console.print(
-            f"[yellow]warning[/]: load average {load:.1f} on {cores} cores: CPU timings will include "
-            "contention (recorded as load_average_1m in the env file)"
-        )
-
-
 def cmd_run(args) -> int:
     from attnbench import results
     from attnbench.runner import default_out, run_suite
@@ -61,7 +46,6 @@ def cmd_run(args) -> int:
             f"{len(cases)} cases ({skipped} skipped by the plan), {suite.rounds} rounds; nothing run (--dry-run)"
         )
         return 0
-    _warn_if_busy(suite.device)
     if suite.rounds > 1 and suite.isolation == "inprocess" and "latency" in suite.metrics:
         console.print(
             f"[yellow]warning[/]: isolation: inprocess runs all {suite.rounds} rounds in this process: "

@@ -152,6 +152,9 @@ class RichProgress:
         if resumed:
             self.bar.console.print(f"resuming: {resumed} of {total} case-rounds already measured")
 
+    def notice(self, text: str, warn: bool = False) -> None:
+        self.bar.console.print(f"[yellow]warning[/]: {esc(text, 400)}" if warn else esc(text, 400))
+
     def round_start(self, index: int, rounds: int) -> None:
         self.round = f"round {index + 1}/{rounds} " if rounds > 1 else ""
 
