@@ -19,8 +19,7 @@ from attnbench.cli_render import (
     esc,
     print_gate,
     print_report,
-    print_tables,
-    render_tables,
+    print_table,
 )
 from attnbench.errors import AttnbenchError
 
@@ -218,8 +217,7 @@ def cmd_report(args) -> int:
             for t in extra:
                 if isinstance(t, PivotTable) and t.metric in ("latency", "peak_memory"):
                     continue  # already shown by print_report
-                t = tables.as_table(t)
-                print_tables(render_tables(t.title, t.frame, index_name=t.frame.index.name or ""))
+                print_table(tables.as_table(t))
         elif args.format == "md":
             print("\n\n".join(export.to_markdown(_titled(t, label)) for t in extra))
         elif args.format == "latex":
@@ -269,8 +267,7 @@ def cmd_compare(args) -> int:
             )
     frame, meta = compare.compare_runs(args.a, args.b, metric=args.metric, across_hardware=args.across_hardware)
     for t in compare.comparison_tables(frame, meta):
-        t = tables.as_table(t)
-        print_tables(render_tables(t.title, t.frame, index_name=t.frame.index.name or ""))
+        print_table(tables.as_table(t))
     console.print(esc(meta.summary(), 2000))
     for note in meta.notes:
         console.print(f"note: {esc(note, 2000)}")

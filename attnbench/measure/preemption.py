@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 MARGIN = 0.25  # lost fraction of a sample's wall time above which it counts as preempted
 WAIT_FLOOR_S = 100e-6  # a worker's run-queue wait below this is a wake-up, not a preemption
-MOSTLY = 0.5  # a visit (or round) is "mostly preempted" above this fraction of its samples
+MOSTLY = 0.5  # a visit (or round) is "mostly preempted" from this fraction of its samples on: its median moves
 FREE_WINDOW_S = 0.2  # /proc/stat window of the free-core probe
 
 
@@ -71,7 +71,8 @@ def fraction(flags: Sequence[float]) -> float:
 
 
 def mostly_preempted(flags: Sequence[float]) -> bool:
-    return fraction(flags) > MOSTLY
+    """Half or more of the repeats preempted: the median may then be a preempted repeat's time."""
+    return len(flags) > 0 and fraction(flags) >= MOSTLY
 
 
 class CpuProbe:
