@@ -324,6 +324,8 @@ def cmd_ab(args) -> int:
     console.print(f"A (baseline) = {esc(plan.sides['A'].describe(), 400)}")
     console.print(f"B (candidate) = {esc(plan.sides['B'].describe(), 400)}")
     console.print(f"{plan.rounds} rounds per side in the order {' '.join(plan.order)} -> {esc(plan.out_dir, 400)}")
+    for note in plan.notes:
+        console.print(esc(note, 400))
     try:
         files = ab.execute(plan, log=lambda line: console.print(esc(line, 400)))
     finally:

@@ -147,6 +147,19 @@ def test_threads_auto_takes_the_free_cores_and_an_explicit_count_above_them_warn
     assert json_env(tmp_path / "r.csv")["free_cores"] == 0.7
 
 
+def test_ab_gives_both_sides_one_thread_count(tmp_path, monkeypatch):
+    from attnbench import ab, execute
+
+    monkeypatch.setattr(preemption, "free_cores", lambda: 1.2)
+    monkeypatch.setattr(execute, "TORCH_DEFAULT_THREADS", 2)
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: s\nmechanisms: [softmax_sdpa]\nresolution: 4\ndevice: cpu\n")
+    assert ab.shared_threads(suite, []) == 1 and ab.shared_threads(suite, ["threads=2"]) is None
+    assert ab.shared_threads(suite, ["device=cuda"]) is None
+    suite.write_text("name: s\nmechanisms: [softmax_sdpa]\nresolution: 4\ndevice: cpu\nthreads: 2\n")
+    assert ab.shared_threads(suite, []) is None
+
+
 def json_env(path: Path) -> dict:
     import json
 
