@@ -78,16 +78,42 @@ def mostly_preempted(flags: Sequence[float]) -> bool:
 class CpuProbe:
     """Reads the clocks around each timed call on the CPU; `sample(wall, before, after)` -> CpuSample.
 
-    Opened after warm-up, so torch's worker threads exist; threads started later are not watched (they can
-    only make a sample look cleaner than it was, never flag a clean one)."""
+    Made before the warm-up calls and `focus()`ed after them: from then on it watches the other threads that
+    ran during the warm-up (torch's workers, started or woken by the call), not the process's idle threads
+    (a progress display, Ray's or a notebook's), whose waits say nothing about the call. Threads started
+    later are not watched (they can only make a sample look cleaner than it was, never flag a clean one)."""
 
     def __init__(self, threads: int):
         self.threads = max(1, threads)
         self._fds: list[int] = []
-        me = threading.get_native_id()
+        self._me = threading.get_native_id()
+        self.waits = False
         try:
-            for tid in os.listdir("/proc/self/task"):
-                if int(tid) != me:
+            self._ran = {tid: self._stat(tid)[0] for tid in self._others()}
+        except (OSError, ValueError, IndexError):
+            self._ran = None
+
+    def _others(self) -> list[int]:
+        return [int(t) for t in os.listdir("/proc/self/task") if int(t) != self._me]
+
+    @staticmethod
+    def _stat(tid: int) -> tuple[int, int]:
+        """(CPU time, run-queue wait) of a thread of this process, in ns."""
+        with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
+            fields = f.read().split()
+        return int(fields[0]), int(fields[1])
+
+    def focus(self) -> None:
+        """Watch the threads that used the CPU since the probe was made (or were started since)."""
+        if self._ran is None:
+            return
+        try:
+            for tid in self._others():
+                try:
+                    ran = self._stat(tid)[0] > self._ran.get(tid, -1)
+                except (ProcessLookupError, FileNotFoundError):
+                    continue
+                if ran:
                     self._fds.append(os.open(f"/proc/self/task/{tid}/schedstat", os.O_RDONLY))
             self._read_waits()
             self.waits = True
@@ -100,7 +126,7 @@ class CpuProbe:
         for fd in self._fds:
             try:
                 waits.append(int(os.pread(fd, 128, 0).split()[1]))
-            except ProcessLookupError:  # the thread ended: it waits no more
+            except (ProcessLookupError, FileNotFoundError):  # the thread ended: it waits no more
                 waits.append(-1)
         return waits
 

@@ -126,6 +126,8 @@ def time_fn(
     an in-process call cannot be interrupted; process isolation can).
     """
     start = time.perf_counter()
+    cuda = str(device).startswith("cuda")
+    probe = None if cuda else CpuProbe(torch.get_num_threads())  # made before the warm-up: see CpuProbe.focus
 
     def check_timeout() -> None:
         if timeout_s is not None and time.perf_counter() - start > timeout_s:
@@ -135,7 +137,6 @@ def time_fn(
         fn()
         synchronize(device)
         check_timeout()
-    cuda = str(device).startswith("cuda")
     if cuda and cuda_graph:
         graph = torch.cuda.CUDAGraph()
         stream = torch.cuda.Stream()
@@ -147,10 +148,11 @@ def time_fn(
             fn()
         fn = graph.replay
     flusher = L2Flusher(device) if (cuda and flush_l2) else None
-    probe = None if cuda else CpuProbe(torch.get_num_threads())
     samples = Timings()
     total = 0.0
     try:
+        if probe is not None:
+            probe.focus()
         while _need_more(samples, total, policy):
             if probe is None:
                 dt = _time_cuda(fn, flusher)
