@@ -242,6 +242,20 @@ def test_round_values_decide_with_rounds_and_sweeps():
     assert annotate(latency_rows(), [Visit(0, 0, fast)]) == latency_rows()
 
 
+def test_a_resumed_case_gets_its_finished_rounds_flags_back():
+    latency = {0: [[1.0, 2.0], [3.0, 4.0]], 1: [[5.0, 6.0], [7.0, 8.0]]}
+    flags = {0: [[1.0, 1.0], [0.0, 0.0]]}  # round 1 written by an attnbench without flags
+    retries = {0: [[2.0], [0.0]]}
+    visits = contention.visits_from_samples(latency, flags, retries)
+    assert [(v.round, v.sweep, v.preempted, v.retries) for v in visits] == [
+        (0, 0, (1.0, 1.0), 2),
+        (0, 1, (0.0, 0.0), 0),
+        (1, 0, (), 0),
+        (1, 1, (), 0),
+    ]
+    assert case_marks(visits).contended_rounds == 1  # round 0's value is its fastest sweep, which was preempted
+
+
 def test_gpu_visit_is_flagged_by_throttle_reasons(monkeypatch):
     monkeypatch.setattr(latency, "time_fn", lambda fn, **kw: Timings([0.001] * 3))
     case, suite = SimpleNamespace(device="cuda", level="op"), load_suite(SUITE)
