@@ -225,7 +225,7 @@ class Runner:
         suite = self.suite
         setup = prepare_process(suite, probe=True)  # free cores measured; `threads: auto` chosen here, once
         self.threads = setup.threads
-        if setup.message:
+        if setup.warn or (setup.message and self.executor is None):  # executors give their slots threads
             self.notice(setup.message, warn=setup.warn)
         cases = plan(suite)
         if self.out.is_dir():
