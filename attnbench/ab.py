@@ -51,6 +51,7 @@ class Plan:
     rounds: int
     out_dir: Path
     overrides: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the plan decided for both sides (their threads)
 
     @property
     def order(self) -> list[str]:
@@ -145,7 +146,43 @@ def prepare(
         cleanup(Plan(suite, sides, rounds, out_dir))
         raise
     out_dir.mkdir(parents=True, exist_ok=True)
-    return Plan(suite, sides, rounds, out_dir, list(overrides))
+    overrides, notes = list(overrides), []
+    threads = shared_threads(suite, overrides)
+    if threads is not None:  # every round of both sides with the same threads, whatever the load at its start
+        overrides.append(f"threads={threads}")
+        notes.append(f"threads: auto -> {threads} for every round of both sides (the cores free now)")
+    return Plan(suite, sides, rounds, out_dir, overrides, notes)
+
+
+def shared_threads(suite: Path, overrides: Sequence[str]) -> int | None:
+    """For a CPU suite whose `threads` is auto (the default) and not set by `--set`: the thread count `auto` picks
+    now (attnbench.measure.preemption), to be given to every round; else None. A round's own `auto` would
+    follow the load at its start, and the two sides' rounds would then differ in threads, not only in code."""
+    import yaml
+
+    from attnbench.execute import TORCH_DEFAULT_THREADS
+    from attnbench.measure import preemption
+
+    given = dict(str(o).split("=", 1) for o in overrides if "=" in str(o))
+    given = {k.strip(): v.strip() for k, v in given.items()}
+    if "threads" in given:
+        return None
+    try:
+        raw = yaml.safe_load(suite.read_text()) or {}
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    if not isinstance(raw, dict) or raw.get("threads", "auto") not in ("auto", None):
+        return None
+    device = given.get("device", raw.get("device", "auto"))
+    if device == "cuda" or (device == "auto" and _cuda_available()):
+        return None
+    return preemption.auto_threads(TORCH_DEFAULT_THREADS, preemption.free_cores())
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def execute(plan: Plan, log: Callable[[str], None] = print) -> dict[str, list[Path]]:

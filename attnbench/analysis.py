@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from attnbench import stats
+from attnbench.contention import is_contended
 from attnbench.errors import AttnbenchError
 from attnbench.labels import group_label, mechanism_label, row_order
 from attnbench.results_schema import STATS
@@ -84,17 +85,19 @@ def _worst_status(statuses: pd.Series) -> str:
 
 
 def metric_frame(df: pd.DataFrame, metric: str = "latency") -> pd.DataFrame:
-    """One row per case with an ok `metric`: case_id, CASE_KEYS, tokens, unit, note, one column per stat, center."""
+    """One row per case with an ok `metric`: case_id, CASE_KEYS, tokens, unit, note, one column per stat, center,
+    contended (the note marks the case contended: attnbench.contention)."""
     cols = ["case_id", *CASE_KEYS, "tokens", "unit", "note"]
     sel = df[(df["metric"] == metric) & (df["status"] == "ok") & df["value"].notna()]
     if sel.empty:
-        return pd.DataFrame(columns=[*cols, *STATS, "center"])
+        return pd.DataFrame(columns=[*cols, *STATS, "center", "contended"])
     central = sel["stat"].isin(("median", "value"))  # unit/note of the central row ("n" rows are counts)
     first = sel.assign(_c=central).sort_values("_c", kind="stable").drop_duplicates("case_id", keep="last")
     first = first[cols].set_index("case_id")
     wide = sel.drop_duplicates(["case_id", "stat"], keep="last").pivot(index="case_id", columns="stat", values="value")
     out = first.join(wide.reindex(columns=list(STATS))).reset_index()
     out["center"] = out["median"].fillna(out["value"])
+    out["contended"] = out["note"].map(is_contended).astype(bool)
     return out
 
 
@@ -119,6 +122,7 @@ class PivotTable:
     low: pd.DataFrame | None = None  # lower end of `interval`, same shape as values
     high: pd.DataFrame | None = None
     status: pd.DataFrame | None = None  # "" where ok, else the case's status ("skipped", "oom", ...)
+    flagged: pd.DataFrame | None = None  # True where the value comes from a contended case
     interval: str = ""  # what low/high are: "p20-p80", "95% bootstrap CI", ...
     group: dict[str, Any] = field(default_factory=dict)
     axis: str = "shape"  # "shape" | "batch"
@@ -134,12 +138,14 @@ def pivot_tables(df: pd.DataFrame, metric: str = "latency", *, by: str = "auto")
     if vals.empty:
         return []
     scale, unit = display_scale(metric, str(vals["unit"].iloc[0]))
-    frame = cases(df).merge(vals[["case_id", "center", "p20", "p80"]], on="case_id", how="left")
+    frame = cases(df).merge(vals[["case_id", "center", "p20", "p80", "contended"]], on="case_id", how="left")
     frame[["center", "p20", "p80"]] = frame[["center", "p20", "p80"]] / scale
     by = _choose_axis(frame) if by == "auto" else by
     what = f"{metric} {unit} ({'median' if vals['median'].notna().any() else 'value'})"
     interval = "p20-p80" if frame["p20"].notna().any() else ""
-    return _pivot(frame, "center", "p20", "p80", by=by, metric=metric, unit=unit, what=what, interval=interval)
+    return _pivot(
+        frame, "center", "p20", "p80", by=by, metric=metric, unit=unit, what=what, interval=interval, flag="contended"
+    )
 
 
 def _choose_axis(frame: pd.DataFrame) -> str:
@@ -159,6 +165,7 @@ def _pivot(
     unit: str,
     what: str,
     interval: str,
+    flag: str | None = None,
 ) -> list[PivotTable]:
     if by not in ("shape", "batch"):
         raise AnalysisError(f"pivot axis {by!r} is not one of shape, batch, auto")
@@ -193,6 +200,7 @@ def _pivot(
                 low=wide(low).astype(float) if low else None,
                 high=wide(high).astype(float) if high else None,
                 status=wide("_status").fillna(""),
+                flagged=wide(flag).astype("boolean").fillna(False).astype(bool) if flag else None,
                 interval=interval,
                 group=group,
                 axis=by,
@@ -213,7 +221,8 @@ def speedup(
 ) -> pd.DataFrame:
     """Per case, speedup = median(baseline) / median(mechanism) at the same shape (> 1: faster than baseline).
 
-    Columns: CASE_KEYS, tokens, case_id, baseline, value, baseline_value, speedup, low, high, interval.
+    Columns: CASE_KEYS, tokens, case_id, baseline, value, baseline_value, speedup, low, high, interval, contended
+    (either side's case is contended).
     """
     vals = metric_frame(df, metric)
     if baseline not in set(vals["mechanism"]):
@@ -247,6 +256,7 @@ def speedup(
         low=low,
         high=high,
         interval=kinds,
+        contended=pairs["contended"].astype(bool) | pairs["contended_base"].astype(bool),
     )
     return out.reset_index(drop=True)
 
@@ -276,6 +286,7 @@ def speedup_tables(
         unit="x",
         what=f"speedup vs {baseline} ({metric} median ratio)",
         interval=" / ".join(kinds),
+        flag="contended",
     )
 
 

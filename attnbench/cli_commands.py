@@ -19,28 +19,12 @@ from attnbench.cli_render import (
     esc,
     print_gate,
     print_report,
-    print_tables,
-    render_tables,
+    print_table,
 )
 from attnbench.errors import AttnbenchError
 
 
 # -- commands ---------------------------------------------------------------------------------------
-def _warn_if_busy(device: str) -> None:
-    """CPU timings on a loaded machine are dominated by contention (OpenMP threads wait for cores)."""
-    try:
-        load = os.getloadavg()[0]
-    except OSError:
-        return
-    cores = os.cpu_count() or 1
-    if device == "cpu" and load > 0.5 * cores:
-        # stdout, with the run's other information: stderr carries only errors
-        console.print(
-            f"[yellow]warning[/]: load average {load:.1f} on {cores} cores: CPU timings will include "
-            "contention (recorded as load_average_1m in the env file)"
-        )
-
-
 def cmd_run(args) -> int:
     from attnbench import results
     from attnbench.runner import default_out, run_suite
@@ -61,7 +45,6 @@ def cmd_run(args) -> int:
             f"{len(cases)} cases ({skipped} skipped by the plan), {suite.rounds} rounds; nothing run (--dry-run)"
         )
         return 0
-    _warn_if_busy(suite.device)
     if suite.rounds > 1 and suite.isolation == "inprocess" and "latency" in suite.metrics:
         console.print(
             f"[yellow]warning[/]: isolation: inprocess runs all {suite.rounds} rounds in this process: "
@@ -234,8 +217,7 @@ def cmd_report(args) -> int:
             for t in extra:
                 if isinstance(t, PivotTable) and t.metric in ("latency", "peak_memory"):
                     continue  # already shown by print_report
-                t = tables.as_table(t)
-                print_tables(render_tables(t.title, t.frame, index_name=t.frame.index.name or ""))
+                print_table(tables.as_table(t))
         elif args.format == "md":
             print("\n\n".join(export.to_markdown(_titled(t, label)) for t in extra))
         elif args.format == "latex":
@@ -285,8 +267,7 @@ def cmd_compare(args) -> int:
             )
     frame, meta = compare.compare_runs(args.a, args.b, metric=args.metric, across_hardware=args.across_hardware)
     for t in compare.comparison_tables(frame, meta):
-        t = tables.as_table(t)
-        print_tables(render_tables(t.title, t.frame, index_name=t.frame.index.name or ""))
+        print_table(tables.as_table(t))
     console.print(esc(meta.summary(), 2000))
     for note in meta.notes:
         console.print(f"note: {esc(note, 2000)}")
@@ -343,6 +324,8 @@ def cmd_ab(args) -> int:
     console.print(f"A (baseline) = {esc(plan.sides['A'].describe(), 400)}")
     console.print(f"B (candidate) = {esc(plan.sides['B'].describe(), 400)}")
     console.print(f"{plan.rounds} rounds per side in the order {' '.join(plan.order)} -> {esc(plan.out_dir, 400)}")
+    for note in plan.notes:
+        console.print(esc(note, 400))
     try:
         files = ab.execute(plan, log=lambda line: console.print(esc(line, 400)))
     finally:

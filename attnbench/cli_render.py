@@ -88,11 +88,19 @@ def print_tables(tables: list[RichTable], out: Console | None = None) -> None:
         (out or console).print(table)
 
 
+def print_table(table, out: Console | None = None, index_name: str | None = None) -> None:
+    """A `Table` (attnbench.tables) with its notes (a legend) under it."""
+    name = index_name if index_name is not None else (table.frame.index.name or "")
+    print_tables(render_tables(table.title, table.frame, index_name=name), out)
+    for note in table.notes:
+        (out or console).print(esc(note, 2000))
+
+
 def print_report(df, out: Console = console) -> None:
     from attnbench import summary
 
     for t in summary.summary_tables(df):
-        print_tables(render_tables(t.title, t.frame), out)
+        print_table(t, out, index_name="mechanism")
     single = (
         "params",
         "macs",
@@ -119,6 +127,9 @@ def print_report(df, out: Console = console) -> None:
         out.print(table)
     counts = summary.status_counts(df)
     out.print("cases: " + ", ".join(f"{esc(k)} {v}" for k, v in sorted(counts.items())))
+    contended = summary.contended_line(df)
+    if contended:
+        out.print(f"[yellow]{esc(contended, 2000)}[/]")
 
 
 class RichProgress:
@@ -152,6 +163,9 @@ class RichProgress:
         if resumed:
             self.bar.console.print(f"resuming: {resumed} of {total} case-rounds already measured")
 
+    def notice(self, text: str, warn: bool = False) -> None:
+        self.bar.console.print(f"[yellow]warning[/]: {esc(text, 400)}" if warn else esc(text, 400))
+
     def round_start(self, index: int, rounds: int) -> None:
         self.round = f"round {index + 1}/{rounds} " if rounds > 1 else ""
 
@@ -169,7 +183,7 @@ def print_gate(result, out: Console = console) -> None:
     from attnbench.gate import format_rows
 
     rows = format_rows(result)
-    colours = {"regression": "red", "improvement": "green", "too_few_rounds": "yellow"}
+    colours = {"regression": "red", "improvement": "green", "too_few_rounds": "yellow", "unsteady": "yellow"}
     title = (
         f"gate: {result.metric}, threshold {result.threshold:.1%}, alpha {result.alpha:g} "
         "(Welch t on log round medians, Holm-corrected)"

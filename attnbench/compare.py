@@ -12,8 +12,10 @@ Per case: median_a, median_b, ratio = median_b / median_a (< 1: B faster for lat
 a seeded percentile bootstrap CI of the ratio of medians when both FILE.samples.csv have >= 5 raw
 repeats of the case, else the p20-p80 band of each side propagated in quadrature in log space (see
 `attnbench.analysis`); `interval` names which. Cases on one side only, or not ok on one side, have no
-ratio; `presence` says where each case was found. The environment summary reads FILE.env.json (the
-env_ids that the rows use): device name, CPU, torch/triton/CUDA/driver versions, threads, TF32, commit.
+ratio; `presence` says where each case was found. A case contended on either side (attnbench.contention) is
+`unsteady`: its ratio is shown, marked, and left out of the geometric mean. The environment summary reads
+FILE.env.json (the env_ids that the rows use): device name, CPU, torch/triton/CUDA/driver versions, threads,
+TF32, commit.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from attnbench import analysis, results, stats
+from attnbench.contention import contended_cases
 from attnbench.errors import ResultsError
 from attnbench.labels import case_label
 from attnbench.tables import Table, fmt_number
@@ -61,9 +64,10 @@ class CompareMeta:
     n_ratio: int  # of those, ok with a value on both sides
     n_only_a: int
     n_only_b: int
-    geomean_ratio: float  # exp(mean(log ratio)) over the n_ratio cases; NaN if none
+    geomean_ratio: float  # exp(mean(log ratio)) over the n_ratio cases, unsteady ones left out; NaN if none
     env: tuple[EnvField, ...] = ()
     notes: tuple[str, ...] = ()
+    n_unsteady: int = 0  # of the n_ratio cases, those contended on a side
 
     @property
     def env_differences(self) -> tuple[EnvField, ...]:
@@ -73,7 +77,10 @@ class CompareMeta:
         """One line for under the table."""
         line = f"{self.n_ratio} of {self.n_both} common cases compared"
         if math.isfinite(self.geomean_ratio):
-            line += f"; geometric mean {self.metric} ratio B/A = {self.geomean_ratio:.3g}"
+            steady = f" over the {self.n_ratio - self.n_unsteady} steady ones" if self.n_unsteady else ""
+            line += f"; geometric mean {self.metric} ratio B/A = {self.geomean_ratio:.3g}{steady}"
+        if self.n_unsteady:
+            line += f"; {self.n_unsteady} unsteady (contended on a side: re-run them quietly)"
         if self.n_only_a or self.n_only_b:
             line += f"; {self.n_only_a} only in A, {self.n_only_b} only in B"
         return line
@@ -82,6 +89,7 @@ class CompareMeta:
 def _side(rows: pd.DataFrame, samples: pd.DataFrame | None, metric: str) -> tuple[pd.DataFrame, int]:
     """One line per identity: status, center/p20/p80/n of `metric`, case_id, raw samples; duplicates dropped."""
     vals = analysis.metric_frame(rows, metric)[["case_id", "center", "p20", "p80", "n"]]
+    vals = vals.assign(contended=vals["case_id"].isin(contended_cases(rows)))
     side = analysis.cases(rows).merge(vals, on="case_id", how="left")
     raw = stats.samples_by_case(samples, metric)
     side["samples"] = [raw.get(str(c)) for c in side["case_id"]]
@@ -101,7 +109,8 @@ def compare_frames(
     seed: int = 0,
 ) -> pd.DataFrame:
     """Per identity: IDENTITY, tokens, presence ("both" | "only_a" | "only_b"), status_a, status_b,
-    median_a, median_b, ratio (B/A), low, high, interval, n_a, n_b, case_id_a, case_id_b; A's order first."""
+    median_a, median_b, ratio (B/A), low, high, interval, n_a, n_b, unsteady (contended on a side: its ratio is
+    shown but says nothing about the code), case_id_a, case_id_b; A's order first."""
     a, _ = _side(rows_a, samples_a, metric)
     b, _ = _side(rows_b, samples_b, metric)
     a, b = a.assign(_order_a=range(len(a))), b.assign(_order_b=range(len(b)))
@@ -130,6 +139,7 @@ def compare_frames(
         interval=[k if h else "" for k, h in zip(kinds, has)],
         n_a=m["n_a"],
         n_b=m["n_b"],
+        unsteady=m["contended_a"].eq(True) | m["contended_b"].eq(True),
         case_id_a=m["case_id_a"].fillna(""),
         case_id_b=m["case_id_b"].fillna(""),
     )
@@ -255,8 +265,16 @@ def compare_runs(
             + " (FILE.env.json missing)"
         )
     both = frame[frame["presence"] == "both"]
-    ok = both["ratio"].to_numpy(float)
-    ok = ok[np.isfinite(ok) & (ok > 0)]
+    ratios = both["ratio"].to_numpy(float)
+    has = np.isfinite(ratios) & (ratios > 0)
+    unsteady = has & both["unsteady"].to_numpy(bool)
+    ok = ratios[has & ~unsteady]
+    if unsteady.any():
+        notes.append(
+            f"{int(unsteady.sum())} case(s) are unsteady: contended in A or B (most repeats waited for a CPU core, or "
+            "the GPU throttled, even after retries); their ratios are shown but left out of the geometric mean: "
+            "re-run them on a quiet machine or with fewer threads"
+        )
     units = rows_a.loc[(rows_a["metric"] == metric) & rows_a["stat"].isin(("median", "value")), "unit"]
     meta = CompareMeta(
         path_a=str(path_a),
@@ -264,7 +282,8 @@ def compare_runs(
         metric=metric,
         unit=str(units.iloc[0]) if len(units) else "",
         n_both=len(both),
-        n_ratio=int(ok.size),
+        n_ratio=int(has.sum()),
+        n_unsteady=int(unsteady.sum()),
         n_only_a=int((frame["presence"] == "only_a").sum()),
         n_only_b=int((frame["presence"] == "only_b").sum()),
         geomean_ratio=float(np.exp(np.log(ok).mean())) if ok.size else math.nan,
@@ -286,6 +305,8 @@ def comparison_tables(frame: pd.DataFrame, meta: CompareMeta) -> list[Table]:
         else:
             ratio = {"only_a": "only in A", "only_b": "only in B"}.get(r["presence"], "")
         status = r["status_a"] if r["status_a"] not in ("", "ok") else r["status_b"]
+        if status == "ok" and r["unsteady"]:
+            status = "unsteady"
         lines.append(
             {
                 "case": name,

@@ -28,6 +28,7 @@ import torch
 from attnbench import registry
 from attnbench.errors import AttnbenchError, MechanismUnavailable
 from attnbench.layers import PER_CASE_CACHES
+from attnbench.measure import preemption
 from attnbench.measure.env import env_id as make_env_id
 from attnbench.measure.env import fingerprint
 from attnbench.measure.timing import CaseTimeout
@@ -93,28 +94,65 @@ class ProcessSetup:
     fingerprint: dict[str, Any]  # of this process, plus what the scheduler records about it (extra_fp)
     env_id: str  # of `fingerprint`
     peaks: dict[str, Any] | None  # cached peaks of this process's own fingerprint (before extra_fp)
+    threads: int | None = None  # the torch threads set (None: left at torch's default, GPU)
+    free_cores: float | None = None  # measured before the threads were chosen (CPU)
+    message: str = ""  # what the user should hear about the choice (auto below the default, too many threads)
+    warn: bool = False  # `message` is a warning (explicit threads above the free cores)
+
+
+TORCH_DEFAULT_THREADS = torch.get_num_threads()  # torch's default, before any suite set it
+
+
+def choose_threads(suite: Suite, threads: int | None, probe: bool) -> ProcessSetup:
+    """The torch threads for a CPU suite: explicit (`threads`, else the suite's), or `auto` (None) = torch's
+    default, at most the free cores; free cores are measured for `auto` or when `probe` (the run's driver), and
+    an explicit count above them gives a warning. GPU: as given (auto = torch's default)."""
+    threads = threads if threads is not None else suite.threads
+    if suite.device != "cpu" or not (probe or threads is None):
+        return ProcessSetup({}, "", None, threads)
+    free = preemption.free_cores()
+    usable = preemption.usable_cpus()
+    if threads is not None:
+        warning = preemption.threads_warning(threads, free, usable)
+        return ProcessSetup({}, "", None, threads, free, warning or "", bool(warning))
+    chosen = preemption.auto_threads(TORCH_DEFAULT_THREADS, free)
+    message = ""
+    if chosen < TORCH_DEFAULT_THREADS:
+        message = (
+            f"threads: auto -> {chosen} (torch's default {TORCH_DEFAULT_THREADS}; {free:.1f} of {usable} cores "
+            "are free)"
+        )
+    return ProcessSetup({}, "", None, chosen, free, message)
 
 
 def prepare_process(
-    suite: Suite, *, threads: int | None = None, load_plugins: bool = False, extra_fp: dict[str, Any] | None = None
+    suite: Suite,
+    *,
+    threads: int | None = None,
+    load_plugins: bool = False,
+    extra_fp: dict[str, Any] | None = None,
+    probe: bool = False,
 ) -> ProcessSetup:
     """Ready this process to measure `suite`'s cases: built-in mechanisms and the suite's plugins registered
-    (`load_plugins`: a fresh worker), torch threads (`threads`, default the suite's), precision settings.
-    Returns its fingerprint (updated with `extra_fp`), env_id and cached peaks."""
+    (`load_plugins`: a fresh worker), torch threads (`threads`, default the suite's; `choose_threads`), precision
+    settings. Returns its fingerprint (updated with `extra_fp`), env_id, cached peaks and the threads chosen."""
     if load_plugins:
         from attnbench.loading import load_mechanisms  # a fresh worker: this entry point's one load
 
         load_mechanisms()
         registry.load_plugins(suite.plugins, base_dir=Path(suite.path).parent if suite.path else None)
-    threads = threads if threads is not None else suite.threads
+    choice = choose_threads(suite, threads, probe)
+    threads = choice.threads
     if threads is not None:
         torch.set_num_threads(threads)
     apply_precision_settings(suite)
     fp = fingerprint(suite.device, threads)
+    if choice.free_cores is not None:
+        fp["free_cores"] = round(choice.free_cores, 2)  # volatile: recorded, not part of env_id
     peaks = cached_peaks(suite.device, fp)
     if extra_fp:
         fp.update(extra_fp)
-    return ProcessSetup(fp, make_env_id(fp), peaks)
+    return ProcessSetup(fp, make_env_id(fp), peaks, threads, choice.free_cores, choice.message, choice.warn)
 
 
 def collect_garbage() -> None:
@@ -254,7 +292,7 @@ class CaseExecutor:
         try:
             inputs = CaseInputs.of(case)
             if time_only:
-                rows, samples = [], {"latency": latency.time_repeats(build_workload(inputs), case, self.suite)}
+                rows, samples = [], latency.visit_samples(build_workload(inputs), case, self.suite)
             else:
                 rows, samples = self._measure(case, inputs, started, prior or History())
         except Exception as exc:  # a failing case becomes rows; the sweep goes on

@@ -39,6 +39,7 @@ def to_markdown(table: AnyTable) -> str:
     lines += ["| " + " | ".join(line) + " |" for line in esc[1:]]
     if isinstance(table, PivotTable) and table.interval:
         lines += ["", f"_± / [ ]: {table.interval}_"]
+    lines += [line for note in t.notes for line in ("", f"_{note}_")]
     return "\n".join(lines) + "\n"
 
 
@@ -58,6 +59,7 @@ _LATEX_SPECIAL = {
     "²": r"$^2$",
     "—": "---",
     "≥": r"$\geq$",
+    "†": r"\dag{}",
 }
 _LATEX_RE = re.compile("|".join(re.escape(k) for k in _LATEX_SPECIAL))
 
@@ -85,21 +87,24 @@ def to_latex(table: AnyTable, caption: str | None = None, label: str | None = No
         r"\midrule",
     ]
     lines += [" & ".join(latex_escape(c) for c in row) + r" \\" for row in body]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    lines += [rf"\par\footnotesize {latex_escape(note)}" for note in t.notes]
+    lines += [r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
 def tidy(tables: Sequence[AnyTable]) -> pd.DataFrame:
     """The pivots' numbers in long form: group keys, metric, unit, mechanism, column, value, low, high,
-    interval, status (Tables of strings are skipped)."""
+    interval, status, contended (Tables of strings are skipped)."""
     parts = []
     for t in tables:
         if not isinstance(t, PivotTable):
             continue
         long = t.values.stack(future_stack=True).rename("value").reset_index().rename(columns={"level_1": "column"})
         long.columns = ["mechanism", "column", "value"]
-        for name, frame in (("low", t.low), ("high", t.high), ("status", t.status)):
+        for name, frame in (("low", t.low), ("high", t.high), ("status", t.status), ("contended", t.flagged)):
             long[name] = frame.stack(future_stack=True).to_numpy() if frame is not None else math.nan
+        long["contended"] = long["contended"].eq(True)
         parts.append(long.assign(**t.group, metric=t.metric, unit=t.unit, axis=t.axis, interval=t.interval))
     if not parts:
         return pd.DataFrame()
@@ -108,7 +113,11 @@ def tidy(tables: Sequence[AnyTable]) -> pd.DataFrame:
     return out[
         [
             *dict.fromkeys(
-                [*first, "metric", "unit", "axis", "mechanism", "column", "value", "low", "high", "interval", "status"]
+                [
+                    *first,
+                    *("metric", "unit", "axis", "mechanism", "column", "value", "low", "high", "interval", "status"),
+                    "contended",
+                ]
             )
         ]
     ]
@@ -184,6 +193,7 @@ def plot_vs_tokens(
             fit = stats.fit_power_law(n[keep], y[keep]) if np.unique(n[keep]).size >= 2 else None
             label = mech + (rf" ($\propto N^{{{fit.exponent:.2f}}}$)" if fit else "")
             ax.errorbar(n, y, yerr=err, ms=4, capsize=3, label=label, **styles[mech])
+            _hollow(ax, n, y, m["contended"].to_numpy(bool), styles[mech])
             if fit:
                 xs = np.geomspace(n[keep].min(), n[keep].max(), 50)
                 ax.plot(xs, fit.prefactor * xs**fit.exponent, "--", lw=1, alpha=0.6, color=styles[mech]["color"])
@@ -211,6 +221,7 @@ def plot_speedup(
             y = m["speedup"].to_numpy(float)
             err = _error_bars(y, m["low"].to_numpy(float), m["high"].to_numpy(float))
             ax.errorbar(m["tokens"].to_numpy(float), y, yerr=err, ms=4, capsize=3, label=mech, **styles[mech])
+            _hollow(ax, m["tokens"].to_numpy(float), y, m["contended"].to_numpy(bool), styles[mech])
         _axes(ax, f"speedup vs {baseline} (×, >1 faster)", group_label(group))
         paths += _save(fig, Path(out_dir), f"speedup-vs-{baseline}-{group_slug(group)}", formats)
     return paths
@@ -227,6 +238,19 @@ def _styles(df: pd.DataFrame) -> dict[str, dict]:
         m: {"color": f"C{i % 10}", "marker": _MARKERS[(i // 10) % 5], "ls": _LINES[(i // 10) % 5]}
         for i, m in enumerate(dict.fromkeys(df["mechanism"]))
     }
+
+
+HOLLOW_LABEL = "hollow: contended (re-run quietly)"
+
+
+def _hollow(ax, x: np.ndarray, y: np.ndarray, flagged: np.ndarray, style: dict) -> None:
+    """Redraw the points of contended cases hollow (white inside, the mechanism's colour around); the legend
+    explains it once per figure."""
+    if not flagged.any():
+        return
+    ax.plot(x[flagged], y[flagged], ls="none", marker=style["marker"], ms=4, mfc="white", mec=style["color"], zorder=3)
+    if HOLLOW_LABEL not in ax.get_legend_handles_labels()[1]:
+        ax.plot([], [], ls="none", marker="o", ms=4, mfc="white", mec="0.3", label=HOLLOW_LABEL)
 
 
 def _axes(ax, ylabel: str, title: str) -> None:

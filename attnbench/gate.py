@@ -29,9 +29,11 @@ p_holm by Holm's step-down method over all judged cases (one family for both dir
 identical code flags any case with probability <= alpha however large the suite. Verdict: regression if
 worse by more than `threshold` and p_holm <= alpha, improvement if better by more than `threshold` and
 p_holm <= alpha, else unchanged ("worse" = larger, or smaller for HIGHER_IS_BETTER metrics).
-too_few_rounds: under `min_rounds` on a side; such cases are shown, kept out of the Holm family and never
-fail. When no case could be judged the result has no verdict: the summary says so, exit code 0, and the
-notes say what to supply (more rounds or more files). noise: the larger side's standard deviation of log
+too_few_rounds: under `min_rounds` on a side; unsteady: a case whose latency rows are marked contended on
+either side (attnbench.contention: its repeats waited for CPU cores even after retries); both kinds are shown,
+kept out of the Holm family and the run-wide shift, and never pass or fail (a note says why). When no case
+could be judged the result has no verdict: the summary says so, exit code 0, and the notes say what to supply
+(more rounds or more files). noise: the larger side's standard deviation of log
 round medians (~ relative spread of one round). exit_code: 1 if any case regressed, else 0; usage errors
 raise `GateError` (exit 2).
 """
@@ -39,7 +41,7 @@ raise `GateError` (exit 2).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -50,7 +52,8 @@ from attnbench import stats
 from attnbench.errors import AttnbenchError, GateError
 from attnbench.gate_inputs import align_names, load_side, side_hardware
 
-VERDICTS = ("regression", "improvement", "too_few_rounds", "unchanged")  # display order
+VERDICTS = ("regression", "improvement", "unsteady", "too_few_rounds", "unchanged")  # display order
+NOT_JUDGED = ("too_few_rounds", "unsteady")  # kept out of the Holm family and the run-wide shift
 MIN_ROUNDS = 3  # below this a side's noise is not estimable enough for a verdict
 MIN_SHIFT_CASES = 8  # the run-wide shift is removed only when at least this many cases estimate it
 HIGHER_IS_BETTER = frozenset(
@@ -118,7 +121,7 @@ class GateResult:
 
     @property
     def judged(self) -> tuple[GateCase, ...]:
-        return tuple(c for c in self.cases if c.verdict != "too_few_rounds")
+        return tuple(c for c in self.cases if c.verdict not in NOT_JUDGED)
 
     @property
     def has_verdict(self) -> bool:
@@ -135,7 +138,12 @@ class GateResult:
 
     def summary(self) -> str:
         """One line: verdict counts and one-sided cases, e.g. for under the CLI table."""
-        labels = {"regression": "regressed", "improvement": "improved", "too_few_rounds": "too few rounds"}
+        labels = {
+            "regression": "regressed",
+            "improvement": "improved",
+            "too_few_rounds": "too few rounds",
+            "unsteady": "unsteady (contended, not judged)",
+        }
         counts = ", ".join(f"{len(self.with_verdict(v))} {labels.get(v, v)}" for v in VERDICTS)
         head = "FAIL" if self.regressions else "PASS" if self.has_verdict else "NO VERDICT"
         line = f"{head}: {len(self.cases)} cases compared ({counts})"
@@ -181,8 +189,10 @@ def gate_rounds(
     names: Mapping[str, str] | None = None,
     unit: str = "",
     absolute: bool = False,
+    unsteady: Collection[str] = (),
 ) -> GateResult:
-    """Judge every case in both mappings (case key -> round medians); see the module docstring."""
+    """Judge every case in both mappings (case key -> round medians); see the module docstring. Cases in
+    `unsteady` (contended on a side) get that verdict and are not judged."""
     threshold = parse_threshold(threshold)
     alpha = _check_options(alpha, min_rounds)
     names = names or {}
@@ -192,7 +202,8 @@ def gate_rounds(
 
     higher_is_better = metric in HIGHER_IS_BETTER
     arrays = {k: (stats.finite(base[k]), stats.finite(new[k])) for k in common}
-    judged = [k for k in common if min(arrays[k][0].size, arrays[k][1].size) >= min_rounds]
+    unsteady = set(unsteady)
+    judged = [k for k in common if min(arrays[k][0].size, arrays[k][1].size) >= min_rounds and k not in unsteady]
     shift = 0.0 if absolute else estimate_run_shift(arrays, judged)
     tests = {k: stats.log_ratio_test(arrays[k][0], arrays[k][1] / (1 + shift), confidence=1 - alpha) for k in judged}
     p_holm = dict(zip(judged, stats.holm([tests[k][0] for k in judged])))
@@ -209,7 +220,7 @@ def gate_rounds(
         if key in p_holm:
             verdict = _verdict(vs_run, p_holm[key], threshold, alpha, higher_is_better)
         else:
-            verdict = "too_few_rounds"
+            verdict = "unsteady" if key in unsteady else "too_few_rounds"
         cases.append(
             GateCase(
                 key=key,
@@ -242,7 +253,7 @@ def gate_rounds(
         cases=tuple(cases),
         only_in_baseline=tuple(CaseRef(k, names.get(k, k)) for k in base if k not in new),
         only_in_new=tuple(CaseRef(k, names.get(k, k)) for k in new if k not in base),
-        notes=_round_notes(cases, min_rounds) + _shift_notes(shift, len(judged), absolute),
+        notes=_unsteady_notes(cases) + _round_notes(cases, min_rounds) + _shift_notes(shift, len(judged), absolute),
         run_shift=shift,
     )
 
@@ -274,6 +285,17 @@ def _verdict(change: float, p_holm: float, threshold: float, alpha: float, highe
         return "unchanged"
     worse_by = -change if higher_is_better else change
     return "regression" if worse_by > threshold else "improvement" if worse_by < -threshold else "unchanged"
+
+
+def _unsteady_notes(cases: list[GateCase]) -> tuple[str, ...]:
+    flagged = [c for c in cases if c.verdict == "unsteady"]
+    if not flagged:
+        return ()
+    return (
+        f"{len(flagged)} of {len(cases)} cases are unsteady: contended on a side (most repeats waited for a CPU "
+        "core, or the GPU throttled, even after retries), so their times say nothing about the code and they "
+        "were neither passed nor failed; re-run them on a quiet machine or with fewer threads",
+    )
 
 
 def _round_notes(cases: list[GateCase], min_rounds: int) -> tuple[str, ...]:
@@ -345,12 +367,13 @@ def gate(
         names={**new_set.names, **base_set.names},
         unit=base_set.unit or new_set.unit,
         absolute=absolute,
+        unsteady=base_set.contended | new_set.contended,
     )
     return replace(result, baseline=base_set.label, new=new_set.label)
 
 
 def format_rows(result: GateResult) -> list[dict[str, str]]:
-    """Display rows (all values strings, same keys in every row): regressions, improvements, too_few_rounds,
+    """Display rows (all values strings, same keys in every row): regressions, improvements, unsteady, too_few_rounds,
     unchanged, each by size of change. Keys: case, id, rounds, baseline, new, change, ci, vs run, noise, p,
     p_holm, verdict."""
     rank = {v: i for i, v in enumerate(VERDICTS)}

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from attnbench import results, stats
+from attnbench import contention, results, stats
 from attnbench.errors import AttnbenchError, GateError
 from attnbench.labels import case_label
 from attnbench.userinput import read_user_text
@@ -28,6 +28,7 @@ class SampleSet:
     names: dict[str, str] = field(default_factory=dict)
     unit: str = ""
     aliases: dict[str, str] = field(default_factory=dict)  # pytest-benchmark: fullname -> name
+    contended: frozenset[str] = frozenset()  # keys whose latency rows are marked contended (attnbench.contention)
 
     @property
     def label(self) -> str:
@@ -72,6 +73,7 @@ def load_side(paths: str | Path | Sequence[str | Path], metric: str = "latency")
     samples: dict[str, list[np.ndarray]] = {}
     names: dict[str, str] = {}
     aliases: dict[str, str] = {}
+    contended = frozenset().union(*(s.contended for s in sets))
     for s in sets:
         for key, meds in s.samples.items():
             samples.setdefault(key, []).append(meds)
@@ -84,6 +86,7 @@ def load_side(paths: str | Path | Sequence[str | Path], metric: str = "latency")
         names=names,
         unit=next((s.unit for s in sets if s.unit), ""),
         aliases=aliases,
+        contended=contended,
     )
 
 
@@ -119,13 +122,22 @@ def _load_results_csv(path: Path, metric: str) -> SampleSet:
     samples = {k: v for k, v in stats.round_medians(df, metric).items() if v.size}
     names: dict[str, str] = {}
     unit = ""
+    contended: frozenset[str] = frozenset()
     if main.is_file():
         rows = results.load(main)
+        contended = frozenset(contention.contended_cases(rows))
         for case_id, g in rows.groupby("case_id", sort=False):
             names[str(case_id)] = case_label(g.iloc[0].to_dict())
         units = rows.loc[(rows["metric"] == metric) & (rows["unit"] != ""), "unit"]
         unit = str(units.iloc[0]) if len(units) else ""
-    return SampleSet(paths=(main if main.is_file() else path,), kind="results", samples=samples, names=names, unit=unit)
+    return SampleSet(
+        paths=(main if main.is_file() else path,),
+        kind="results",
+        samples=samples,
+        names=names,
+        unit=unit,
+        contended=contended,
+    )
 
 
 def _load_benchmark_json(path: Path, metric: str) -> SampleSet:

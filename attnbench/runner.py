@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import uuid
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from attnbench import rounds
+from attnbench import contention, rounds
 from attnbench.errors import AttnbenchError
 from attnbench.execute import CaseExecutor, prepare_process, this_worker
 from attnbench.isolation import WorkerPool
@@ -29,7 +30,8 @@ from attnbench.userinput import slug
 
 class Progress(Protocol):
     """Callbacks of a run, counted in visits (cases x rounds x sweeps; a case that ends early counts its
-    remaining visits as done). An optional `round_start(index, rounds)` is called when a round begins."""
+    remaining visits as done). An optional `round_start(index, rounds)` is called when a round begins, an
+    optional `notice(text, warn)` before the first case with a line about the run's set-up (its threads)."""
 
     def start(self, total: int, resumed: int) -> None: ...
     def case_start(self, index: int, case: Case) -> None: ...
@@ -60,6 +62,7 @@ class RunState:
     ended: set[str] = field(default_factory=set)  # cases with rows: done before, finished, or failed earlier
     sweeps: int = 1
     current: dict[str, rounds.Sweeps] = field(default_factory=dict)  # case_id -> this round's sweeps so far
+    visits: dict[str, list[contention.Visit]] = field(default_factory=dict)  # case_id -> its visits so far
 
     def pending(self, case: Case, round_index: int) -> bool:
         return case.case_id not in self.ended and round_index not in self.prior.get(case.case_id, {})
@@ -106,10 +109,19 @@ class Runner:
         self.run_id = uuid.uuid4().hex[:10]
         self.case_executor = CaseExecutor(suite, self.run_id, debug=debug)
         self.pool: WorkerPool | None = None
+        self.threads: int | None = None  # the torch threads of this run's measuring processes (open_run)
 
     @property
     def env_id(self) -> str:
         return self.case_executor.env_id
+
+    def notice(self, text: str, *, warn: bool = False) -> None:
+        """A line for the user about the run's set-up: through the progress display's `notice(text, warn)` where it
+        has one; else a warning (RuntimeWarning) when `warn`."""
+        if self.progress is not None and hasattr(self.progress, "notice"):
+            self.progress.notice(text, warn)
+        elif warn:
+            warnings.warn(text, RuntimeWarning, stacklevel=3)
 
     # -- the sweep ---------------------------------------------------------------------------------
     def run(self) -> RunSummary:
@@ -130,7 +142,7 @@ class Runner:
                 if self.progress and hasattr(self.progress, "round_start"):
                     self.progress.round_start(round_index, n_rounds)
                 if isolation_mode(suite) == "process":  # a fresh worker process for every round
-                    self.pool = WorkerPool(suite, self.run_id, self.env_id, suite.memory_limit_gb)
+                    self.pool = WorkerPool(suite, self.run_id, self.env_id, suite.memory_limit_gb, threads=self.threads)
                 try:
                     for sweep in range(state.sweeps):
                         last = final and sweep == state.sweeps - 1
@@ -176,6 +188,8 @@ class Runner:
         final = round_index == n_rounds - 1 and sweep == state.sweeps - 1
         for metric, values in samples.items():  # samples first: rows mark the case done
             state.writer.write_samples(case.case_id, metric, values, round=round_index, sweep=sweep)
+        if samples.get("latency"):
+            state.visits.setdefault(case.case_id, []).append(contention.Visit.of(round_index, sweep, samples))
         if not final and not rows:  # a timing-only visit went well: keep its repeats
             state.current.setdefault(case.case_id, []).append(samples.get("latency", []))
             if sweep == state.sweeps - 1:  # the round is complete
@@ -183,6 +197,9 @@ class Runner:
             status = "ok"
         else:
             state.current.pop(case.case_id, None)
+            visits = state.visits.pop(case.case_id, [])
+            if final:  # its `preempted` and `retries` rows, and `contended` in its latency notes
+                rows = contention.annotate(rows, visits)
             if not final and rows and rows[0]["status"] != "skipped":
                 where = f"round {round_index + 1}/{n_rounds}"
                 where += f", sweep {sweep + 1}/{state.sweeps}" if state.sweeps > 1 else ""
@@ -206,7 +223,10 @@ class Runner:
         plan, resume checks, the writer, env and suite files, what a resumed run already has (cases with rows,
         rounds in the samples file), progress start."""
         suite = self.suite
-        setup = prepare_process(suite)
+        setup = prepare_process(suite, probe=True)  # free cores measured; `threads: auto` chosen here, once
+        self.threads = setup.threads
+        if setup.warn or (setup.message and self.executor is None):  # executors give their slots threads
+            self.notice(setup.message, warn=setup.warn)
         cases = plan(suite)
         if self.out.is_dir():
             raise AttnbenchError(f"--out {self.out} is a directory; give a file name ending in .csv")
@@ -223,6 +243,7 @@ class Runner:
         several = n_rounds > 1 or n_sweeps > 1
         prior = rounds.prior_from_samples(self.out, n_sweeps) if self.resume and several else {}
         prior = {k: {r: v for r, v in by.items() if r < n_rounds - 1} for k, by in prior.items() if k not in done}
+        visits = resumed_visits(self.out, n_sweeps, prior) if prior else {}
         summary = RunSummary(
             self.out, self.run_id, len(cases), resumed=sum(c.case_id in done for c in cases), rounds=n_rounds
         )
@@ -230,7 +251,19 @@ class Runner:
         steps_done = (sum(c.case_id in done for c in cases) * n_rounds + sum(len(v) for v in prior.values())) * n_sweeps
         if self.progress:
             self.progress.start(total_steps, steps_done)
-        return RunState(cases, writer, done, prior, n_rounds, summary, steps_done, ended=set(done), sweeps=n_sweeps)
+        return RunState(
+            cases, writer, done, prior, n_rounds, summary, steps_done, ended=set(done), sweeps=n_sweeps, visits=visits
+        )
+
+
+def resumed_visits(out: Path, sweeps: int, prior: dict[str, dict[int, rounds.Sweeps]]) -> dict[str, list]:
+    """The visits of the rounds a resumed run keeps (`prior`), with their preempted flags and retries."""
+    flags = rounds.prior_from_samples(out, sweeps, "preempted")
+    retries = rounds.prior_from_samples(out, sweeps, "retries")
+    return {
+        case_id: contention.visits_from_samples(by_round, flags.get(case_id, {}), retries.get(case_id, {}))
+        for case_id, by_round in prior.items()
+    }
 
 
 RESUME_FREE_KEYS = {"timeout_s", "isolation", "memory_limit_gb"}  # may change between a run and its resume

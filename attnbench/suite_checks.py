@@ -22,6 +22,7 @@ from attnbench.suite_schema import (
     Repeats,
     Suite,
     allowed_values,
+    auto_keys,
     default,
     kinds,
     upper_bounds,
@@ -105,7 +106,7 @@ def coerce(kind: str, key: str, value: Any, where: Callable[[str], str]) -> Any:
         if value is None and kind == "int?":
             return None
         if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("an integer")
+            raise bad("an integer or auto" if key in auto_keys() else "an integer")
         return check_int(value)
     if kind in ("float", "float?"):
         if value is None and kind == "float?":
@@ -177,6 +178,8 @@ def check_values(merged: dict[str, Any], where: Callable[[str], str], path: Path
     """Every key of a merged suite checked by type and range; (values, repeats) or a SuiteError."""
     values: dict[str, Any] = {}
     for key, value in merged.items():
+        if key in auto_keys() and value == "auto":
+            value = None
         values[key] = coerce(kinds()[key], key, value, where)
     for key, allowed in allowed_values().items():
         if key in values and key != "device" and values[key] is not None:
@@ -235,7 +238,9 @@ def check_values(merged: dict[str, Any], where: Callable[[str], str], path: Path
         raise fail(where, "memory_limit_gb", "`memory_limit_gb` must be positive or null")
     threads = values.get("threads")
     if threads is not None and threads < 1:
-        raise fail(where, "threads", "`threads` must be >= 1 or null")
+        raise fail(where, "threads", "`threads` must be >= 1 or auto")
+    if _get(values, "retries") < 0:
+        raise fail(where, "retries", "`retries` must be >= 0 (0: never re-time a preempted visit)")
     return values, repeats
 
 

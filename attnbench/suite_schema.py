@@ -40,11 +40,14 @@ def key(
     yaml_name: str | None = None,
     factory: Any = None,
     shown_default: Any = dataclasses.MISSING,
+    auto: bool = False,
 ) -> Any:
     """A dataclass field that is a suite key: `doc` (one line), `allowed` values, an upper bound `max` (beyond it
     a value is a typo), the key's YAML spelling when it is not the field name, and the default as a suite
-    file writes it when it differs from the field's (device: `auto`, resolved to cpu or cuda)."""
+    file writes it when it differs from the field's (device: `auto`, resolved to cpu or cuda). `auto`: the
+    key also takes the word `auto`, held as None (as is null)."""
     meta = {"doc": doc, "allowed": allowed, "max": max, "yaml": yaml_name, "shown_default": shown_default}
+    meta["auto"] = auto
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -81,7 +84,14 @@ class Suite:
         doc="fwd (under torch.no_grad) or fwd_bwd (forward + backward of sum(out * g))",
     )
     device: str = key("cpu", allowed=DEVICES, shown_default="auto", doc="auto = cuda if available, else cpu")
-    threads: int | None = key(None, max=1 << 12, doc="CPU threads (null: torch's default); recorded")
+    threads: int | None = key(
+        None,
+        max=1 << 12,
+        auto=True,
+        shown_default="auto",
+        doc="CPU torch threads; auto: torch's default, at most the cores free when the run starts (GPU: torch's "
+        "default); recorded",
+    )
     warmup: int = key(3, max=100_000, doc="untimed calls before each case's timed repeats")
     repeats: Repeats = key(factory=Repeats, doc="timed repeats per round: {min, max, min_time_s, target_ci}")
     rounds: int = key(
@@ -93,6 +103,12 @@ class Suite:
         doc=f"visits of every timed case per round (1-{MAX_SWEEPS}), each sweep in its own shuffled "
         "order timing 1/sweeps of the repeats; a round's value is its fastest sweep's median "
         "(docs/methodology.md: Sweeps)",
+    )
+    retries: int = key(
+        2,
+        max=100,
+        doc="CPU/GPU: a visit whose repeats were mostly preempted (waited for a core, or the GPU throttled) is "
+        "timed again up to this many times; 0: never (docs/methodology.md: Contention)",
     )
     order_seed: int = key(0, doc="seeds the shuffled case order of each round (recorded)")
     timeout_s: float = key(120.0, max=7 * 86400.0, doc="per case and round, in seconds")
@@ -184,6 +200,12 @@ def allowed_values(cls: type = Suite) -> dict[str, tuple[str, ...]]:
 
 
 @functools.cache
+def auto_keys() -> frozenset[str]:
+    """YAML keys that also take the word `auto` (held as None)."""
+    return frozenset(yaml_name(f) for f in key_fields(Suite) if f.metadata.get("auto"))
+
+
+@functools.cache
 def upper_bounds() -> dict[str, float]:
     """Key path ('dim', 'repeats.min') -> the largest value accepted."""
     out = {yaml_name(f): f.metadata["max"] for f in key_fields(Suite) if f.metadata["max"] is not None}
@@ -233,6 +255,8 @@ def key_reference() -> list[dict[str, str]]:
             text = shown if shown == "(required)" else yaml.safe_dump(_plain(shown), default_flow_style=True).strip()
             text = text.removesuffix("\n...").strip()
             type_text = _KIND_TEXT[kind.rstrip("?")] + (" or null" if kind.endswith("?") else "")
+            if f.metadata.get("auto"):
+                type_text = _KIND_TEXT[kind.rstrip("?")] + " or auto"
             allowed = f.metadata["allowed"]
             rows.append(
                 {

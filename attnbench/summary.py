@@ -1,8 +1,9 @@
 """Run summaries from result rows: what `run` and `report` print first (rendering lives in the CLI).
 
 `summary_tables(df)` gives, per (level, pass, dtype, device, batch) group, a mechanism x grid
-table of median latency (ms) with its p20-p80 spread, and one of peak memory (MiB); cells of
-cases that did not run show their status. `status_counts(df)` counts cases per status.
+table of median latency (ms) with its p20-p80 spread (a contended case's cell marked, with a legend), and
+one of peak memory (MiB); cells of cases that did not run show their status. `status_counts(df)` counts
+cases per status; `contended_line(df)` says how many cases are contended and what to do.
 `verification_failures(df)` names the mechanisms none of whose cases passed verification; `verification_hint` says
 what to do about them in one line.
 """
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from attnbench import contention
 from attnbench.labels import mechanism_label, row_order, shape_label
 from attnbench.tables import Table
 
@@ -61,6 +63,7 @@ def case_frame(df: pd.DataFrame) -> pd.DataFrame:
     pick("peak_memory", "value", "peak_memory_b")
     pick("flops", "value", "flops")
     pick("achieved_gbps", "median", "gbps")
+    out["contended"] = out["case_id"].isin(contention.contended_cases(df))
     out["shape"] = out.apply(shape_label, axis=1)
     return out
 
@@ -81,7 +84,7 @@ def _fmt_latency(row: pd.Series) -> str:
     if pd.notna(lo) and pd.notna(hi) and med > 0:
         spread = max(hi - med, med - lo) / med * 100
         txt += f" ±{spread:.0f}%"
-    return txt
+    return txt + (f" {contention.MARK}" if row.get("contended") else "")
 
 
 def _fmt_mem(row: pd.Series) -> str:
@@ -109,7 +112,8 @@ def summary_tables(df: pd.DataFrame) -> list[Table]:
             cells = group.assign(cell=group.apply(fmt, axis=1))
             frame = cells.pivot_table(index="mechanism", columns="shape", values="cell", aggfunc="first")
             frame = frame.reindex(index=mechs, columns=order).fillna("")
-            tables.append(Table(f"{name} — {suffix}", frame))
+            marked = name.startswith("latency") and bool(group["contended"].any())
+            tables.append(Table(f"{name} — {suffix}", frame, (contention.LEGEND,) if marked else ()))
     return tables
 
 
@@ -153,6 +157,12 @@ def status_counts(df: pd.DataFrame) -> dict[str, int]:
     if cases.empty:
         return {}
     return {k: int(v) for k, v in cases["status"].value_counts().items()}
+
+
+def contended_line(df: pd.DataFrame) -> str:
+    """The end-of-run line about contended cases (how many, what to do), or "" when there are none."""
+    cases = contention.contended_cases(df)
+    return contention.count(cases) if cases else ""
 
 
 def problems(df: pd.DataFrame) -> pd.DataFrame:

@@ -16,6 +16,7 @@ import pandas as pd
 
 from attnbench import analysis
 from attnbench.analysis import PivotTable
+from attnbench.contention import LEGEND, MARK
 from attnbench.labels import group_label, mechanism_label
 
 COST_METRICS = ("latency", "flops", "macs", "params")
@@ -25,6 +26,7 @@ COST_METRICS = ("latency", "flops", "macs", "params")
 class Table:
     title: str
     frame: pd.DataFrame  # index: mechanism; columns: shape labels; cells: formatted strings
+    notes: tuple[str, ...] = ()  # lines under the table (the legend of a marked cell)
 
 
 AnyTable = Union[PivotTable, Table]
@@ -45,9 +47,11 @@ def fmt_number(v: float, digits: int = 3) -> str:
 def format_pivot(table: PivotTable, *, digits: int = 3, interval: str = "auto") -> Table:
     """Cells as strings: 'median ±spread%' (spread = larger distance to low/high), or 'value [low, high]'
     (interval="range", the default for speedups), or the bare value ("none"); a case's status where it
-    did not run; '-' where it ran without this metric."""
+    did not run; '-' where it ran without this metric. A contended case's value ends in MARK, and the table
+    then has LEGEND as a note."""
     mode = ("range" if table.metric == "speedup" else "percent") if interval == "auto" else interval
     cells = pd.DataFrame("", index=table.values.index, columns=table.values.columns)
+    marked = False
     for r in table.values.index:
         for c in table.values.columns:
             v = table.values.at[r, c]
@@ -58,7 +62,10 @@ def format_pivot(table: PivotTable, *, digits: int = 3, interval: str = "auto") 
             lo = table.low.at[r, c] if table.low is not None else math.nan
             hi = table.high.at[r, c] if table.high is not None else math.nan
             cells.at[r, c] = _cell(v, lo, hi, mode, digits)
-    return Table(table.title, cells)
+            if table.flagged is not None and table.flagged.at[r, c]:
+                cells.at[r, c] += f" {MARK}"
+                marked = True
+    return Table(table.title, cells, (LEGEND,) if marked else ())
 
 
 def _cell(v: float, lo: float, hi: float, mode: str, digits: int) -> str:

@@ -234,6 +234,13 @@ METRIC_DOCS = {  # suite metric (suite key `metrics:`) -> the rows it writes: (m
         ("throughput", "items/s", "batch / median latency"),
         ("tokens_per_s", "tokens/s", "batch x tokens / median latency"),
         (
+            "preempted",
+            "fraction",
+            "share of the kept repeats (all rounds) that waited for a CPU core, or ran while the GPU throttled; the "
+            "latency rows' note says `contended` when a round value still came from mostly preempted repeats",
+        ),
+        ("retries", "count", "visits timed again because most of their repeats were preempted (suite key `retries`)"),
+        (
             "gpu_clock_mhz, gpu_mem_clock_mhz, gpu_power_w, gpu_temp_c",
             "MHz, W, C",
             "GPU cases: nvidia-smi readings right after the timed repeats (when readable)",

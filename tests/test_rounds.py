@@ -51,6 +51,7 @@ def test_rounds_in_fresh_workers_with_round_medians(tmp_path):
     assert main(["run", str(suite), "--out", str(out), "--no-progress"]) == 0
     samples = results.load_samples(out)
     assert list(samples.columns) == results.SAMPLE_COLUMNS
+    samples = samples[samples.metric == "latency"]  # beside them: preempted flags and retries per visit
     per_case = samples.groupby("case_id")["round"].agg(lambda r: sorted(set(r)))
     assert len(per_case) == 8 and all(r == [0, 1, 2] for r in per_case)
     df = results.load(out)
@@ -136,6 +137,7 @@ def test_sweeps_spread_a_round_and_resume_by_whole_rounds(tmp_path):
     assert main(["run", str(suite), "--out", str(out), "--no-progress"]) == 0
     samples = results.load_samples(out)
     assert list(samples.columns) == results.SAMPLE_COLUMNS
+    samples = samples[samples.metric == "latency"]  # beside them: preempted flags and retries per visit
     visits = samples.groupby(["case_id", "round", "sweep"])["rep"].count()
     assert len(visits) == 8 * 2 * 3 and set(visits) == {1}  # repeats {min 3, max 3} shared by 3 sweeps
     df = results.load(out)

@@ -165,7 +165,7 @@ def test_defaults_and_key_reference_come_from_the_dataclass(tmp_path):
     )
     assert (rows["device"]["default"], rows["threads"]["type"], rows["name"]["default"]) == (
         "auto",
-        "integer or null",
+        "integer or auto",
         "(required)",
     )
     docs = (Path(__file__).resolve().parents[1] / "docs" / "suites.md").read_text()

@@ -107,7 +107,7 @@ def _nvidia_smi(field: str) -> str | None:
         return None
 
 
-VOLATILE = ("load_average_1m",)
+VOLATILE = ("load_average_1m", "free_cores")
 
 
 TELEMETRY_FIELDS = (  # nvidia-smi query field -> (metric, unit)
@@ -146,6 +146,39 @@ def gpu_telemetry(index: int | None = None) -> dict[str, tuple[float, str]]:
         return {}
     lines = res.stdout.strip().splitlines()
     return parse_telemetry(lines[0]) if res.returncode == 0 and lines else {}
+
+
+THROTTLE_FIELDS = ("clocks_event_reasons.active", "clocks_throttle_reasons.active")  # newer, older drivers
+
+
+def parse_reasons(text: str) -> int | None:
+    """nvidia-smi's active clock-event reasons ("0x0000000000000004") as an integer bit mask; None if unreadable."""
+    try:
+        return int(text.strip(), 16)
+    except ValueError:
+        return None
+
+
+def gpu_throttle_reasons(index: int | None = None) -> int | None:
+    """The current GPU's active clock-event (throttle) reasons as a bit mask, when nvidia-smi can read them."""
+    if index is None:
+        index = torch.cuda.current_device() if torch.cuda.is_available() else 0
+    for field in THROTTLE_FIELDS:
+        try:
+            res = subprocess.run(
+                ["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader", "-i", str(index)],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        lines = res.stdout.strip().splitlines()
+        if res.returncode == 0 and lines:
+            reasons = parse_reasons(lines[0])
+            if reasons is not None:
+                return reasons
+    return None
 
 
 def env_id(fp: dict[str, Any]) -> str:

@@ -1,8 +1,10 @@
 """Timing: warm-up outside the timed region, adaptive repeats, robust statistics.
 
-CPU: time.perf_counter around synchronous calls. CUDA: a pair of CUDA events per repeat with the
-device synchronised before reading them; optionally an L2 flush (writing a buffer larger than L2)
-before every repeat, outside the events, so op-level numbers are cold-cache.
+CPU: time.perf_counter around synchronous calls; outside that pair, each repeat's CPU clocks and
+involuntary switches are read and the repeat is flagged when it waited for a core
+(attnbench.measure.preemption). CUDA: a pair of CUDA events per repeat with the device synchronised before
+reading them; optionally an L2 flush (writing a buffer larger than L2) before every repeat, outside the
+events, so op-level numbers are cold-cache.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+
+from attnbench.measure.preemption import CpuProbe, preempted
 
 
 class CaseTimeout(Exception):
@@ -74,6 +78,18 @@ def summarize(samples: list[float]) -> dict[str, float]:
     }
 
 
+class Timings(list):
+    """Per-call times (a plain list of floats), with `preempted`: one flag per time (True where the call
+    waited for a core), empty where not measured (CUDA)."""
+
+    def __init__(self, times=(), preempted=()):
+        super().__init__(times)
+        self.preempted: list[bool] = list(preempted)
+
+    def scaled(self, factor: float) -> Timings:
+        return Timings([t * factor for t in self], self.preempted)
+
+
 def synchronize(device: str) -> None:
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()
@@ -98,8 +114,9 @@ def time_fn(
     timeout_s: float | None = None,
     flush_l2: bool = False,
     cuda_graph: bool = False,
-) -> list[float]:
-    """Run `fn` `warmup` times untimed, then time repeats; returns per-call seconds.
+) -> Timings:
+    """Run `fn` `warmup` times untimed, then time repeats; returns per-call seconds (a list; on the CPU
+    with each repeat's preempted flag in `.preempted`).
 
     Repeats continue until at least `policy.min` samples and `policy.min_time_s` of timed work (and,
     with `policy.target_ci`, until the median's 95% CI is that tight), or `policy.max` samples.
@@ -109,6 +126,8 @@ def time_fn(
     an in-process call cannot be interrupted; process isolation can).
     """
     start = time.perf_counter()
+    cuda = str(device).startswith("cuda")
+    probe = None if cuda else CpuProbe(torch.get_num_threads())  # made before the warm-up: see CpuProbe.focus
 
     def check_timeout() -> None:
         if timeout_s is not None and time.perf_counter() - start > timeout_s:
@@ -118,7 +137,6 @@ def time_fn(
         fn()
         synchronize(device)
         check_timeout()
-    cuda = str(device).startswith("cuda")
     if cuda and cuda_graph:
         graph = torch.cuda.CUDAGraph()
         stream = torch.cuda.Stream()
@@ -130,23 +148,37 @@ def time_fn(
             fn()
         fn = graph.replay
     flusher = L2Flusher(device) if (cuda and flush_l2) else None
-    samples: list[float] = []
+    samples = Timings()
     total = 0.0
-    while _need_more(samples, total, policy):
-        if cuda:
-            if flusher is not None:
-                flusher()
-            begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            begin.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            dt = begin.elapsed_time(end) / 1e3
-        else:
-            t0 = time.perf_counter()
-            fn()
-            dt = time.perf_counter() - t0
-        samples.append(dt)
-        total += dt
-        check_timeout()
+    try:
+        if probe is not None:
+            probe.focus()
+        while _need_more(samples, total, policy):
+            if probe is None:
+                dt = _time_cuda(fn, flusher)
+            else:
+                before = probe.read()
+                t0 = time.perf_counter()
+                fn()
+                dt = time.perf_counter() - t0
+                after = probe.read_after()
+                samples.preempted.append(preempted(probe.sample(dt, before, after)))
+            samples.append(dt)
+            total += dt
+            check_timeout()
+    finally:
+        if probe is not None:
+            probe.close()
     return samples
+
+
+def _time_cuda(fn: Callable[[], Any], flusher: L2Flusher | None) -> float:
+    """One call between a pair of CUDA events (the L2 flush, if any, before the first), in seconds."""
+    if flusher is not None:
+        flusher()
+    begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    begin.record()
+    fn()
+    end.record()
+    torch.cuda.synchronize()
+    return begin.elapsed_time(end) / 1e3

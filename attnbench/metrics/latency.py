@@ -3,13 +3,23 @@ clocks, power and temperature, read right after the timed repeats.
 
 With several rounds (attnbench.rounds) the statistics are of the round values (the round's median, or with
 several sweeps its fastest sweep median), the last round's included.
+
+Every visit's repeats carry their preempted flags (attnbench.measure.preemption; on a GPU all of a visit's
+repeats are flagged when nvidia-smi shows a throttle reason before or after them); a visit whose repeats were
+mostly preempted is timed again, up to the suite's `retries` times, and the least preempted attempt is kept
+(`timed_visit`). The samples of a visit: `latency` (ms), `preempted` (1/0 per repeat, where measured) and
+`retries` (one count); attnbench.contention turns them into the case's `preempted` and `retries` rows and
+its `contended` note.
 """
 
 from __future__ import annotations
 
+import time
+
 from attnbench import rounds
-from attnbench.measure.env import gpu_telemetry
-from attnbench.measure.timing import RepeatPolicy, time_fn
+from attnbench.measure import preemption
+from attnbench.measure.env import gpu_telemetry, gpu_throttle_reasons
+from attnbench.measure.timing import RepeatPolicy, Timings, time_fn
 from attnbench.metrics.base import Metric, MetricContext
 from attnbench.metrics.row import MetricRow
 from attnbench.plan import Case
@@ -19,26 +29,63 @@ from attnbench.workloads.closure import Workload
 STAT_ORDER = ("median", "mean", "min", "p20", "p80", "std", "n")
 
 
-def time_repeats(work: Workload, case: Case, suite: Suite) -> list[float]:
-    """Latency repeats of one visit (a round, or one sweep of it) in ms: warm-up outside; the suite's repeat policy,
-    its share per sweep (attnbench.rounds.sweep_policy)."""
+def time_repeats(work: Workload, case: Case, suite: Suite, timeout_s: float | None = None) -> Timings:
+    """Latency repeats of one attempt at a visit (a round, or one sweep of it) in ms, with their preempted flags:
+    warm-up outside; the suite's repeat policy, its share per sweep (attnbench.rounds.sweep_policy)."""
     policy = RepeatPolicy(suite.repeats.min, suite.repeats.max, suite.repeats.min_time_s, suite.repeats.target_ci)
     policy = rounds.sweep_policy(policy, suite.sweeps)
+    cuda = case.device == "cuda"
+    before = gpu_throttle_reasons() if cuda else None
     secs = time_fn(
         work.fn,
         device=case.device,
         warmup=suite.warmup,
         policy=policy,
-        timeout_s=suite.timeout_s,
+        timeout_s=suite.timeout_s if timeout_s is None else timeout_s,
         flush_l2=suite.flush_l2 and case.level == "op",
         cuda_graph=suite.cuda_graphs,
     )
-    return [s * 1e3 for s in secs]
+    ms = secs.scaled(1e3)
+    if cuda:
+        hot = preemption.throttled(before, gpu_throttle_reasons())
+        ms.preempted = [] if hot is None else [hot] * len(ms)
+    return ms
+
+
+def timed_visit(attempt, retries: int, timeout_s: float) -> tuple[Timings, int]:
+    """(the kept attempt, retries made): `attempt(timeout_s)` times the visit once; while its repeats are mostly
+    preempted it is timed again, at most `retries` times and only while the attempts so far plus one more fit
+    in half of `timeout_s` (a retry never turns a case into a timeout). Kept: the least preempted attempt (the
+    first of equals)."""
+    start = time.perf_counter()
+    best = None
+    made = 0
+    while True:
+        began = time.perf_counter()
+        took = attempt(timeout_s - (began - start))
+        if best is None or preemption.fraction(took.preempted) < preemption.fraction(best.preempted):
+            best = took
+        spent = time.perf_counter() - start
+        last = time.perf_counter() - began
+        if not preemption.mostly_preempted(took.preempted) or made >= retries or spent + last > timeout_s / 2:
+            return best, made
+        made += 1
+
+
+def visit_samples(work: Workload, case: Case, suite: Suite) -> dict[str, list[float]]:
+    """One visit's samples for FILE.samples.csv: latency (ms), preempted (1/0 per repeat, where measured),
+    retries (the number of re-timings)."""
+    kept, made = timed_visit(lambda budget: time_repeats(work, case, suite, budget), suite.retries, suite.timeout_s)
+    samples: dict[str, list[float]] = {"latency": list(kept)}
+    if kept.preempted:
+        samples["preempted"] = [float(f) for f in kept.preempted]
+    samples["retries"] = [float(made)]
+    return samples
 
 
 def latency_rows(ctx: MetricContext) -> list[MetricRow]:
     work = ctx.work
-    ctx.samples["latency"] = time_repeats(work, ctx.case, ctx.suite)
+    ctx.samples.update(visit_samples(work, ctx.case, ctx.suite))
     stats, note = rounds.latency_summary(ctx.samples["latency"], ctx.prior)
     rows = [
         MetricRow("latency", stats[stat], "count" if stat == "n" else "ms", note=note, stat=stat) for stat in STAT_ORDER
