@@ -261,7 +261,8 @@ def test_fraction_rows_use_cached_peaks(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_gate_fails_a_deliberately_slowed_mechanism(tmp_path, monkeypatch):
     """Baseline vs a run where one mechanism does 3x the work (real compute): gate exits 1 naming it;
-    the baseline against itself passes (exit 0). Both runs have the default 5 rounds in fresh workers."""
+    the baseline against itself passes (exit 0). Both runs have 3 rounds (the fewest a verdict needs), each in a
+    fresh worker."""
     suite = write_suite(
         tmp_path,
         f"""\
@@ -275,6 +276,7 @@ def test_gate_fails_a_deliberately_slowed_mechanism(tmp_path, monkeypatch):
         verify: false
         warmup: 1
         repeats: {{min: 20, max: 20, min_time_s: 0}}
+        rounds: 3
         metrics: [latency]
         """,
     )
