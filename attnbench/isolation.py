@@ -9,6 +9,14 @@ for its rows. Outcomes that never reach the parent become rows there:
 A dead or killed worker is replaced before the next case. Workers may get an address-space limit
 (RLIMIT_AS, `memory_limit_gb` in the suite) so that a runaway allocation fails inside the worker
 (a MemoryError / allocation error -> oom row) instead of taking the machine down.
+
+CPU suites start workers with multiprocessing's `forkserver` where the platform has it (Linux), GPU suites and
+other platforms with `spawn`. Either way each worker is a new process that has run nothing before its first
+case: the fork server is a process that imported torch and nothing else (no op run, no thread pool), so a CPU
+worker costs a fork instead of torch's import (about 2.5 s of CPU per round and per replaced worker on a 2-core
+machine). GPU workers are spawned: a process must not fork once CUDA may have been initialised in it, and
+their `env` (CUDA_VISIBLE_DEVICES) must be set before torch is imported. A worker gets the parent's
+environment as it is when the worker starts, not the fork server's from when it started.
 """
 
 from __future__ import annotations
@@ -25,6 +33,15 @@ STARTUP_GRACE_S = 60.0  # importing torch and building modules in a fresh proces
 _SPAWN_ENV_LOCK = threading.Lock()  # a pool slot's environment (CUDA_VISIBLE_DEVICES) is set around its spawn
 
 
+def start_context(device: str = "cpu"):
+    """forkserver (its server preloads torch) for a CPU suite where available, else spawn (module docstring)."""
+    if str(device) == "cpu" and "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["torch"])  # takes effect when this process first starts its fork server
+        return ctx
+    return mp.get_context("spawn")
+
+
 def _worker_main(
     conn,
     suite,
@@ -33,12 +50,16 @@ def _worker_main(
     memory_limit_bytes: int | None,
     threads: int | None = None,
     extra_fp: dict | None = None,
+    environ: dict[str, str] | None = None,
 ) -> None:
+    if environ is not None:  # the parent's environment now, not the fork server's from when it started
+        os.environ.clear()
+        os.environ.update(environ)
     if memory_limit_bytes:
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
-    # Import inside the child: spawn starts a clean interpreter.
+    # Imported here, in the worker: the parent's modules are not this process's (spawn or a fork server).
     from attnbench.execute import CaseExecutor, prepare_process
 
     setup = prepare_process(suite, threads=threads, load_plugins=True, extra_fp=extra_fp)
@@ -103,21 +124,22 @@ class WorkerPool:
         self.env = dict(env or {})
         self.extra_fp = extra_fp
         self.fingerprint: dict[str, Any] | None = None
-        self.ctx = mp.get_context("spawn")
+        self.ctx = start_context(suite.device)
         self.proc = None
         self.conn = None
         self.worker = ""  # host/pid of the worker that ran the last case (the rows' `worker` column)
 
     def _start(self) -> None:
         parent, child = self.ctx.Pipe()
-        self.proc = self.ctx.Process(
-            target=_worker_main,
-            args=(child, self.suite, self.run_id, self.env_id, self.limit, self.threads, self.extra_fp),
-            daemon=True,
-        )
-        with _SPAWN_ENV_LOCK:  # spawn copies os.environ: bind the child to its device before it imports torch
+        with _SPAWN_ENV_LOCK:  # the worker's environment: this process's, with the slot's settings (its device)
             saved = {k: os.environ.get(k) for k in self.env}
             os.environ.update(self.env)
+            environ = dict(os.environ)
+            self.proc = self.ctx.Process(
+                target=_worker_main,
+                args=(child, self.suite, self.run_id, self.env_id, self.limit, self.threads, self.extra_fp, environ),
+                daemon=True,
+            )
             try:
                 self.proc.start()
             except BaseException:
