@@ -13,8 +13,8 @@
 
 A thin layer over the CLI's code paths (`attnbench.suite.load_suite`, `attnbench.runner.run_suite`,
 `attnbench.results.load`): the same suite checks, the same rows, the same one-line AttnbenchError messages.
-Rounds run in fresh worker processes started with `spawn`, which import the caller's main module again: a
-script (not a notebook) calls `run` under `if __name__ == "__main__":`.
+Rounds run in fresh worker processes (`forkserver` on CPU where available, else `spawn`: attnbench.isolation),
+which import the caller's main module again: a script (not a notebook) calls `run` under `if __name__ == "__main__":`.
 """
 
 from __future__ import annotations
