@@ -42,7 +42,7 @@ SKIP = {  # pattern (searched in the command or script) -> why it is not execute
     r"^make (setup|run|test)\b": "the whole set-up plus a full suite or the whole test suite (CI runs make test)",
     r"^python -m pytest\b|pytest -q --benchmark-disable -n 2 tests$": "the test suite itself (this test is in it)",
     r"^ruff\b": "the formatter and linter over the tree (make test runs them)",
-    r"make_docs\.py$": "rewrites the docs in the checkout (tests/test_docs.py checks them)",
+    r"make_docs\.py( --check)?$": "rewrites or checks the docs in the checkout (tests/test_docs.py does that check)",
     r"gpu_check\.sh --budget|torchrun|--device cuda|device=cuda|nvidia-smi": "GPU only",
     r"aot_check\.py --jobs": "the full ahead-of-time grid compiles for minutes (tests/test_rala_aot.py runs --ci)",
     r"^ray start": "starts a node of a Ray cluster (tests/test_ray_executor.py runs a local instance)",
