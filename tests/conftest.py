@@ -25,9 +25,17 @@ load_mechanisms()  # the test suite is an entry point of the program: it loads t
 RALA_FIXTURE = Path(__file__).resolve().parent / "fixtures" / "rala" / "rala_reference_outputs.pt"
 
 
+def pytest_configure(config):
+    # under `-n N`, hand tests out one at a time (xdist's default sends each worker a quarter of its share at
+    # once, so one worker would get every slow test below and run them one after another)
+    if hasattr(config.option, "maxschedchunk") and config.option.maxschedchunk is None:
+        config.option.maxschedchunk = 1
+
+
 def pytest_collection_modifyitems(config, items):
-    # tests marked slow first (stable order otherwise): under `-n 2` the long ones then start at once on
-    # both workers instead of one of them finishing alone at the end of the run
+    # tests marked slow first (stable order otherwise): with tests handed out one at a time, the long ones
+    # start at once on all workers and the short ones fill the gaps, instead of a long one finishing alone at
+    # the end of the run
     items.sort(key=lambda item: "slow" not in item.keywords)
     if HAS_CUDA:
         return

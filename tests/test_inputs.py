@@ -193,9 +193,14 @@ def test_env_id_and_peaks_match_what_runs_record(tmp_path):
         timeout=300,
     )
     assert probe.returncode == 0, probe.stderr
-    env_id = json.loads(probe.stdout[: probe.stdout.index("\n}") + 2])["env_id"]
+    shown = json.loads(probe.stdout[: probe.stdout.index("\n}") + 2])
+    env_id = shown["env_id"]
+    # the thread count `env` shows (torch's default), set explicitly: `threads: auto` would take fewer when other
+    # work holds a core, and the thread count is part of env_id
     suite = write(
-        tmp_path, TINY + "metrics: [latency, flops]\nwarmup: 0\nrepeats: {min: 3, max: 3, min_time_s: 0}\nrounds: 2\n"
+        tmp_path,
+        TINY + "metrics: [latency, flops]\nwarmup: 0\nrepeats: {min: 3, max: 3, min_time_s: 0}\nrounds: 2\n"
+        f"threads: {shown['torch_threads']}\n",
     )  # fresh workers record the env_id, as in any run with rounds
     argv = [sys.executable, "-m", "attnbench", "run", str(suite), "--out", str(tmp_path / "r.csv"), "--no-progress"]
     run = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
