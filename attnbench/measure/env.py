@@ -130,22 +130,29 @@ def parse_telemetry(line: str) -> dict[str, tuple[float, str]]:
     return out
 
 
-def gpu_telemetry(index: int | None = None) -> dict[str, tuple[float, str]]:
-    """SM/memory clocks, power draw and temperature of the current GPU, when nvidia-smi can read them."""
+def _nvidia_smi_line(query: str, index: int | None, *, units: bool = True) -> str | None:
+    """The first line nvidia-smi prints for `--query-gpu=query` on GPU `index` (default: the current one), or None
+    when nvidia-smi cannot be run or answers nothing."""
     if index is None:
         index = torch.cuda.current_device() if torch.cuda.is_available() else 0
-    query = ",".join(f for f, _, _ in TELEMETRY_FIELDS)
+    fmt = "csv,noheader" if units else "csv,noheader,nounits"
     try:
         res = subprocess.run(
-            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits", "-i", str(index)],
+            ["nvidia-smi", f"--query-gpu={query}", f"--format={fmt}", "-i", str(index)],
             capture_output=True,
             text=True,
             timeout=10,
         )
     except (OSError, subprocess.SubprocessError):
-        return {}
+        return None
     lines = res.stdout.strip().splitlines()
-    return parse_telemetry(lines[0]) if res.returncode == 0 and lines else {}
+    return lines[0] if res.returncode == 0 and lines else None
+
+
+def gpu_telemetry(index: int | None = None) -> dict[str, tuple[float, str]]:
+    """SM/memory clocks, power draw and temperature of the current GPU, when nvidia-smi can read them."""
+    line = _nvidia_smi_line(",".join(f for f, _, _ in TELEMETRY_FIELDS), index, units=False)
+    return parse_telemetry(line) if line is not None else {}
 
 
 THROTTLE_FIELDS = ("clocks_event_reasons.active", "clocks_throttle_reasons.active")  # newer, older drivers
@@ -161,23 +168,11 @@ def parse_reasons(text: str) -> int | None:
 
 def gpu_throttle_reasons(index: int | None = None) -> int | None:
     """The current GPU's active clock-event (throttle) reasons as a bit mask, when nvidia-smi can read them."""
-    if index is None:
-        index = torch.cuda.current_device() if torch.cuda.is_available() else 0
     for field in THROTTLE_FIELDS:
-        try:
-            res = subprocess.run(
-                ["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader", "-i", str(index)],
-                capture_output=True,
-                text=True,
-                timeout=10,
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        lines = res.stdout.strip().splitlines()
-        if res.returncode == 0 and lines:
-            reasons = parse_reasons(lines[0])
-            if reasons is not None:
-                return reasons
+        line = _nvidia_smi_line(field, index)
+        reasons = parse_reasons(line) if line is not None else None
+        if reasons is not None:
+            return reasons
     return None
 
 
