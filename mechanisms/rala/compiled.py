@@ -129,8 +129,14 @@ def rala_op_compiled(q, k, v, *, grid, rope=None):
     return compiled_rala_core()(q, k, v, *op_tables(q, grid, rope))[0]
 
 
+def _usual_compiler() -> str | None:
+    """The first of $CXX, g++, c++, clang++ on PATH."""
+    names = (os.environ.get("CXX"), "g++", "c++", "clang++")
+    return next((path for path in map(shutil.which, filter(None, names)) if path), None)
+
+
 def _cpp_compiler() -> str | None:
-    """The C++ compiler inductor's CPU backend would call (its configured one, $CXX, or a usual name)."""
+    """The C++ compiler inductor's CPU backend would call (its configured one, else `_usual_compiler`)."""
     candidates = []
     try:
         from torch._inductor import config as inductor_config
@@ -139,12 +145,11 @@ def _cpp_compiler() -> str | None:
         candidates.extend(c for c in (cxx if isinstance(cxx, (tuple, list)) else (cxx,)) if c)
     except Exception:
         pass
-    candidates.extend(c for c in (os.environ.get("CXX"), "g++", "c++", "clang++") if c)
     for name in candidates:
         path = shutil.which(name)
         if path:
             return path
-    return None
+    return _usual_compiler()
 
 
 @functools.lru_cache(maxsize=4)
@@ -192,8 +197,7 @@ def _passed_marker(dev: str | None) -> Path | None:
     from attnbench.measure.peaks import cache_dir
 
     # the usual compiler names, not inductor's configured one: reading that imports inductor, the cost avoided here
-    names = (os.environ.get("CXX"), "g++", "c++", "clang++") if dev in (None, "cpu") else ()
-    compiler = next((path for path in map(shutil.which, filter(None, names)) if path), None)
+    compiler = _usual_compiler() if dev in (None, "cpu") else None
     try:
         compiler_id = f"{compiler}:{os.stat(compiler).st_mtime_ns}" if compiler else ""
     except OSError:
