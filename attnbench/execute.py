@@ -5,7 +5,8 @@ returns its fingerprint, env_id and cached peaks. `CaseExecutor` turns one case 
 rows and raw samples: planned skips, predicted OOMs and prunes become `skipped` rows; the rest is
 measured here or, given a worker pool (attnbench.isolation), in a worker process that calls this same
 module. Measuring a case = resolve its inputs once (attnbench.workloads.inputs), verify its output,
-build its timed workload once, run the suite's metrics (attnbench.metrics) in row order.
+build its timed workload once, run the suite's metrics (attnbench.metrics) in row order, then check the
+timed closure's output again (attnbench.verify.recheck).
 
 A failing case never kills the sweep: exceptions become rows with status error / oom / timeout and a
 one-line message; unavailable mechanisms become skipped rows.
@@ -40,7 +41,7 @@ from attnbench.predict import prune_reason, too_slow_reason
 from attnbench.results import SCHEMA_VERSION
 from attnbench.rounds import History
 from attnbench.suite import Suite
-from attnbench.verify import Verdict, verify_case
+from attnbench.verify import Verdict, recheck, snapshot, verify_case
 from attnbench.workloads.build import build_workload
 from attnbench.workloads.inputs import CaseInputs
 
@@ -323,6 +324,7 @@ class CaseExecutor:
         if "accuracy" not in suite.metrics:  # the paper's accuracy beside the costs (source=reported, cited)
             later += accuracy.reported_beside_costs(case)
         rows: Rows = []
+        verdict = None
         if timed and suite.verify:
             verdict = verify_case(inputs)
             if verdict is not None:
@@ -332,8 +334,13 @@ class CaseExecutor:
         static: list[MetricRow] = []
         if timed:
             ctx.work = build_workload(inputs)  # built once, for every metric that runs it
+            recorded = snapshot(ctx.work.fn()) if verdict is not None else None  # verified again after timing
+            checked = list(rows)
             for metric in timed:
                 rows += [self.row(case, started, r) for r in metric.rows(ctx)]
+            failed = recheck(recorded, ctx.work.fn(), verdict) if recorded is not None else None
+            if failed:
+                return [self.status_row(case, started, "error", failed)] + checked, {}
             static = list(ctx.work.static)
             ctx.work = None
         rows += [self.row(case, started, r) for r in cost.with_rates(static + later, ctx.median_s)]

@@ -205,6 +205,8 @@ def check_values(merged: dict[str, Any], where: Callable[[str], str], path: Path
         raise fail(where, "order_seed", "`order_seed` must be >= 0")
     if _get(values, "warmup") < 0:
         raise fail(where, "warmup", "`warmup` must be >= 0")
+    if _get(values, "warmup_s") < 0:
+        raise fail(where, "warmup_s", "`warmup_s` must be >= 0 seconds")
     if _get(values, "timeout_s") <= 0:
         raise fail(where, "timeout_s", "`timeout_s` must be positive")
     levels = _get(values, "level")

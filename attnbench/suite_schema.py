@@ -93,6 +93,9 @@ class Suite:
         "default); recorded",
     )
     warmup: int = key(3, max=100_000, doc="untimed calls before each case's timed repeats")
+    warmup_s: float = key(
+        0.025, max=3600.0, doc="and untimed seconds: the warm-up runs until both `warmup` calls and these are done"
+    )
     repeats: Repeats = key(factory=Repeats, doc="timed repeats per round: {min, max, min_time_s, target_ci}")
     rounds: int = key(
         DEFAULT_ROUNDS,
@@ -123,8 +126,10 @@ class Suite:
     checkpoints: dict[str, dict[str, Any]] = key(
         factory=dict, doc="accuracy: {model: {path: ..., ema: false}} (or {model: path})"
     )
-    flush_l2: bool = key(True, doc="GPU op level: flush L2 between repeats")
-    cuda_graphs: bool = key(False, doc="GPU: time CUDA-graph replays of the captured call")
+    flush_l2: bool = key(True, doc="GPU op and mixer level: flush L2 before every repeat, outside its events")
+    cuda_graphs: bool = key(
+        False, doc="GPU: time replays of a CUDA graph of k captured calls (about 1 ms, k <= 100), each / k"
+    )
     memory_limit_gb: float | None = key(
         None, max=float(1 << 20), doc="RLIMIT_AS of process workers (CPU); also caps the memory used for pruning"
     )

@@ -9,6 +9,11 @@ overflow, bad accumulation). Large cases are verified at a reduced shape (batch 
 32 x 32) - the note says so. Model-level cases are not verified here (their mixers are, at mixer
 level; the model is checked against the published outputs in the test suite).
 
+After timing (`snapshot`, `recheck`), the timed call's output is checked again: one call of the timed closure
+after the timed repeats against the output of one call made right after verification, by the verdict's
+tolerance (a cheap check: no float64 reference runs again). It catches a mechanism whose output drifts over
+the repeats (state that accumulates, inputs changed in place, a cache gone stale).
+
 Inputs come from the case's own factory (attnbench.workloads.inputs) with seed VERIFY_SEED: q, k, v (B, h, N, d)
 and the mixer's init by the factory's rule; the mixer's x and the fixed output gradients g from the offsets below.
 """
@@ -164,3 +169,26 @@ def _verdict(out, grads, ref64, ref_grads64, ref_lo, ref_grads_lo, dtype, ref_me
     tol = 2 * base_err + TABLE[dtype].tolerance
     label = f"vs {ref_mech.name} in float64" + (f"; {note}" if note else "")
     return Verdict(err, grad_err, tol, ref_mech.name, label)
+
+
+def snapshot(output) -> list[torch.Tensor]:
+    """Detached copies of a timed call's output: a tensor, or the gradients of a fwd_bwd call."""
+    tensors = output if isinstance(output, (tuple, list)) else (output,)
+    return [t.detach().clone() for t in tensors if isinstance(t, torch.Tensor)]
+
+
+def recheck(recorded: list[torch.Tensor], output, verdict: Verdict) -> str | None:
+    """None when `output` (the timed closure's output after timing) matches `recorded` (its output before
+    timing) within `verdict.tolerance`, by relative RMS error over all its tensors; else the error message."""
+    again = [t.detach() for t in (output if isinstance(output, (tuple, list)) else (output,)) if isinstance(t, torch.Tensor)]
+    if [t.shape for t in again] != [t.shape for t in recorded]:
+        return "verify after timing failed: the output's shape changed during timing"
+    diff = sum(float((a.double() - b.double()).pow(2).sum()) for a, b in zip(again, recorded))
+    norm = sum(float(b.double().pow(2).sum()) for b in recorded)
+    err = (diff / norm) ** 0.5 if norm > 0 else diff**0.5
+    if err == err and err <= verdict.tolerance:  # NaN fails
+        return None
+    return (
+        f"verify after timing failed: output rel_err {err:.3g} vs its output before timing exceeds tolerance "
+        f"{verdict.tolerance:.3g}"
+    )

@@ -85,6 +85,7 @@ MALFORMED = [
     ("bad level", BASE.replace("level: [op, mixer]", "level: [op, kernel]"), r":3: `level` value 'kernel'"),
     ("negative batch", BASE.replace("batch: 1", "batch: [1, -2]"), r":7: `batch` values must be positive"),
     ("bad repeats", BASE + "repeats: {min: 5, max: 2}\n", r":11: `repeats` needs 1 <= min <= max"),
+    ("negative warmup_s", BASE + "warmup_s: -0.5\n", r":11: `warmup_s` must be >= 0 seconds"),
     ("unknown repeats key", BASE + "repeats: {mean: 5}\n", r":11: unknown key `repeats.mean`"),
     ("bad grid", BASE + "grid: [[16, 24, 3]]\n", r":11: `grid` must be \[H, W\]"),
     ("bad device", BASE.replace("device: cpu", "device: tpu"), r":10: `device` must be one of"),

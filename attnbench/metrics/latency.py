@@ -1,5 +1,10 @@
-"""latency (ms: median, mean, min, p20, p80, std, n), throughput (items/s), tokens_per_s; on a GPU also its
-clocks, power and temperature, read right after the timed repeats.
+"""latency (ms: median, mean, min, p20, p80, std, n), throughput (items/s), tokens_per_s; on a GPU also
+host_overhead (ms: the host's time to issue a call beyond the device's time to run it, of the last visit's
+repeats) and its clocks, power and temperature, read right after the timed repeats.
+
+Warm-up: `warmup` calls and `warmup_s` seconds. GPU: the L2 flush before every repeat at op and mixer level
+(`flush_l2`; a model's working set is far larger than L2 anyway); `cuda_graphs` times unrolled graph replays
+(attnbench.measure.timing).
 
 With several rounds (attnbench.rounds) the statistics are of the round values (the round's median, or with
 several sweeps its fastest sweep median), the last round's included.
@@ -27,6 +32,7 @@ from attnbench.suite import Suite
 from attnbench.workloads.closure import Workload
 
 STAT_ORDER = ("median", "mean", "min", "p20", "p80", "std", "n")
+FLUSHED_LEVELS = ("op", "mixer")  # GPU levels whose repeats start with a cold L2 (suite key flush_l2)
 
 
 def time_repeats(work: Workload, case: Case, suite: Suite, timeout_s: float | None = None) -> Timings:
@@ -40,9 +46,10 @@ def time_repeats(work: Workload, case: Case, suite: Suite, timeout_s: float | No
         work.fn,
         device=case.device,
         warmup=suite.warmup,
+        warmup_s=suite.warmup_s,
         policy=policy,
         timeout_s=suite.timeout_s if timeout_s is None else timeout_s,
-        flush_l2=suite.flush_l2 and case.level == "op",
+        flush_l2=suite.flush_l2 and case.level in FLUSHED_LEVELS,
         cuda_graph=suite.cuda_graphs,
     )
     ms = secs.scaled(1e3)
@@ -75,17 +82,23 @@ def timed_visit(attempt, retries: int, timeout_s: float) -> tuple[Timings, int]:
 def visit_samples(work: Workload, case: Case, suite: Suite) -> dict[str, list[float]]:
     """One visit's samples for FILE.samples.csv: latency (ms), preempted (1/0 per repeat, where measured),
     retries (the number of re-timings)."""
+    return _visit(work, case, suite)[0]
+
+
+def _visit(work: Workload, case: Case, suite: Suite) -> tuple[dict[str, list[float]], Timings]:
+    """(one visit's samples, its kept attempt)."""
     kept, made = timed_visit(lambda budget: time_repeats(work, case, suite, budget), suite.retries, suite.timeout_s)
     samples: dict[str, list[float]] = {"latency": list(kept)}
     if kept.preempted:
         samples["preempted"] = [float(f) for f in kept.preempted]
     samples["retries"] = [float(made)]
-    return samples
+    return samples, kept
 
 
 def latency_rows(ctx: MetricContext) -> list[MetricRow]:
     work = ctx.work
-    ctx.samples.update(visit_samples(work, ctx.case, ctx.suite))
+    samples, kept = _visit(work, ctx.case, ctx.suite)
+    ctx.samples.update(samples)
     stats, note = rounds.latency_summary(ctx.samples["latency"], ctx.prior)
     rows = [
         MetricRow("latency", stats[stat], "count" if stat == "n" else "ms", note=note, stat=stat) for stat in STAT_ORDER
@@ -93,6 +106,10 @@ def latency_rows(ctx: MetricContext) -> list[MetricRow]:
     median_s = ctx.median_s = stats["median"] / 1e3
     rows.append(MetricRow("throughput", work.items / median_s, "items/s", stat="median"))
     rows.append(MetricRow("tokens_per_s", work.tokens / median_s, "tokens/s", stat="median"))
+    if kept.host_overhead is not None:
+        unroll = f"; graph replays of {kept.unroll} calls" if kept.unroll > 1 else ""
+        note = f"last visit: median issue time per call minus median device time, at least 0{unroll}"
+        rows.append(MetricRow("host_overhead", kept.host_overhead, "ms", note=note, stat="median"))
     if median_s and ctx.case.device == "cuda":  # clocks/power/temperature right after the timed repeats
         for metric, (value, unit) in gpu_telemetry().items():
             rows.append(MetricRow(metric, value, unit, note="nvidia-smi, read after the timed repeats"))
