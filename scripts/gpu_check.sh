@@ -4,7 +4,11 @@
 #   bash scripts/gpu_check.sh [--budget SECONDS] [--results DIR] [--dry-run]
 #
 # Stages, each under `timeout` within one overall budget (default 480 s, fits an 8-minute slot):
-#   1. GPU tests            python3 -m pytest -m gpu --maxfail=10 --continue-on-collection-errors -q -ra tests        (~40% of the budget)
+#   0. timer check          python3 -m pytest -q -ra tests/test_timing_gpu.py   (<= 90 s): the CUDA timer's
+#                           median against triton.testing.do_bench (5% on a ~1 ms matmul, 10% on a ~20 us
+#                           kernel), do_bench_cudagraph and torch.utils.benchmark
+#   1. GPU tests            python3 -m pytest -m gpu --maxfail=10 --continue-on-collection-errors -q -ra tests
+#                           --ignore=tests/test_timing_gpu.py       (~40% of the budget)
 #   2. bandwidth probe      python3 -m attnbench env --probe            (<= 45 s), then the static roofline
 #                           ESTIMATE of the forward (scripts/rala_roofline.py, B=64 h=1 56x56 d=64 bf16)
 #                           to check the benchmark's frac_bandwidth against; the forward and backward
@@ -30,7 +34,7 @@ while [ $# -gt 0 ]; do
     --results) RESULTS="$2"; shift 2 ;;
     --results=*) RESULTS="${1#*=}"; shift ;;
     --dry-run) DRY_RUN=1; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -52,12 +56,15 @@ SUITES=(suites/rala_kernels.yaml suites/rala_kernels_h4.yaml)
 CSVS=()
 for s in "${SUITES[@]}"; do CSVS+=("$RESULTS/$(basename "$s" .yaml)-$GPU-$DATE.csv"); done
 
+TIMER_S=90
+TIMER_TESTS=tests/test_timing_gpu.py
 TESTS_S=$(( BUDGET * 40 / 100 ))
 PROBE_S=$(( BUDGET * 10 / 100 < 45 ? BUDGET * 10 / 100 : 45 ))
 
 if [ "$DRY_RUN" = 1 ]; then
   echo "gpu_check.sh --dry-run: budget ${BUDGET}s, GPU '${GPU_NAME:-unknown}' -> tag '$GPU', date $DATE"
-  echo "1. timeout ${TESTS_S}s  $PY -m pytest -m gpu --maxfail=10 --continue-on-collection-errors -q -ra tests"
+  echo "0. timeout ${TIMER_S}s  $PY -m pytest -q -ra $TIMER_TESTS"
+  echo "1. timeout ${TESTS_S}s  $PY -m pytest -m gpu --maxfail=10 --continue-on-collection-errors -q -ra tests --ignore=$TIMER_TESTS"
   echo "2. timeout ${PROBE_S}s  $PY -m attnbench env --probe"
   echo "   timeout 20s  $PY scripts/rala_roofline.py"
   echo "   timeout 40s  $PY scripts/rala_splits.py --out $RESULTS/rala-splits-$GPU-$DATE.csv"
@@ -93,7 +100,9 @@ stage() {
 }
 
 echo "gpu_check.sh: GPU '${GPU_NAME:-unknown}', budget ${BUDGET}s"
-stage "gpu tests" "$TESTS_S" "$PY" -m pytest -m gpu --maxfail=10 --continue-on-collection-errors -q -ra tests
+stage "timer check" "$TIMER_S" "$PY" -m pytest -q -ra "$TIMER_TESTS"
+stage "gpu tests" "$TESTS_S" "$PY" -m pytest -m gpu --maxfail=10 --continue-on-collection-errors -q -ra tests \
+  --ignore="$TIMER_TESTS"
 stage "bandwidth probe" "$PROBE_S" "$PY" -m attnbench env --probe
 stage "roofline estimate" 20 "$PY" scripts/rala_roofline.py
 stage "split counts" 40 "$PY" scripts/rala_splits.py --out "$RESULTS/rala-splits-$GPU-$DATE.csv"

@@ -241,6 +241,12 @@ METRIC_DOCS = {  # suite metric (suite key `metrics:`) -> the rows it writes: (m
         ),
         ("retries", "count", "visits timed again because most of their repeats were preempted (suite key `retries`)"),
         (
+            "host_overhead",
+            "ms",
+            "GPU cases: the host's median time to issue a call minus the median device time per call (at least 0) "
+            "of the last visit; above 0 the case is launch-bound (docs/methodology.md: GPU timing)",
+        ),
+        (
             "gpu_clock_mhz, gpu_mem_clock_mhz, gpu_power_w, gpu_temp_c",
             "MHz, W, C",
             "GPU cases: nvidia-smi readings right after the timed repeats (when readable)",
@@ -287,7 +293,12 @@ METRIC_DOCS = {  # suite metric (suite key `metrics:`) -> the rows it writes: (m
         ("throughput", "items/s", "accuracy cases: images per second of the evaluation, data loading included"),
     ],
     "(verify: true)": [
-        ("rel_err", "", "relative RMS error of the output vs the reference run in float64"),
+        (
+            "rel_err",
+            "",
+            "relative RMS error of the output vs the reference run in float64 (the output is checked again after "
+            "timing: a drift is an `error` row)",
+        ),
         ("grad_rel_err", "", "fwd_bwd: the same for the gradients"),
     ],
 }

@@ -4,8 +4,10 @@
 For a few real workloads (built exactly as the runner builds them), measure the median per-call
 latency with attnbench.measure.timing.time_fn and with torch.utils.benchmark.Timer
 (blocked_autorange) at the same thread count, alternating the two several times so drift affects
-both alike. Prints each pair and the relative difference; exits 1 if any differs by more than
---tolerance (default 5%). A benchmark script, not a unit test: run it on a quiet machine.
+both alike; attnbench's side warms up as a suite does by default (`warmup` calls and `warmup_s` seconds).
+Prints each pair and the relative difference; exits 1 if any differs by more than --tolerance (default
+5%). A benchmark script, not a unit test: run it on a quiet machine. The GPU timer's counterpart, against
+triton.testing.do_bench, is tests/test_timing_gpu.py (a stage of scripts/gpu_check.sh).
 
     python scripts/timing_agreement.py [--threads N] [--tolerance 0.05] [--rounds 5] [--min-time 1.5]
 """
@@ -22,6 +24,7 @@ import torch.utils.benchmark as tub
 from attnbench import registry
 from attnbench.loading import load_mechanisms
 from attnbench.measure.timing import RepeatPolicy, summarize, time_fn
+from attnbench.suite_schema import default
 from attnbench.workloads.build import mixer_workload, op_workload
 
 CASES = [
@@ -57,7 +60,8 @@ def main() -> int:
         work = build(name, level, res, batch)
         ours, theirs = [], []
         for _ in range(args.rounds):
-            secs = time_fn(work.fn, warmup=3, policy=RepeatPolicy(min=10, max=100_000, min_time_s=args.min_time))
+            policy = RepeatPolicy(min=10, max=100_000, min_time_s=args.min_time)
+            secs = time_fn(work.fn, warmup=default("warmup"), warmup_s=default("warmup_s"), policy=policy)
             ours.append(summarize(secs)["median"])
             timer = tub.Timer(stmt="fn()", globals={"fn": work.fn}, num_threads=args.threads)
             theirs.append(timer.blocked_autorange(min_run_time=args.min_time).median)

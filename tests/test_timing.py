@@ -318,3 +318,34 @@ def test_a_case_whose_output_drifts_while_timed_becomes_an_error_row():
     assert [r["metric"] for r in rows] == ["latency", "rel_err"] and rows[1]["status"] == "ok" and samples == {}
     rows, samples = got["test_steady"]
     assert {r["status"] for r in rows} == {"ok"} and len(samples["latency"]) == 2
+
+
+def test_latency_rows_on_a_gpu_carry_host_overhead_and_flush_op_and_mixer_levels(monkeypatch):
+    """The latency metric on a (faked) cuda case: a host_overhead row in ms from the kept attempt's timings, and
+    the flush asked for at op and mixer level but not at model level."""
+    from types import SimpleNamespace
+
+    from attnbench.metrics import latency
+    from attnbench.metrics.base import MetricContext
+    from attnbench.rounds import History
+    from attnbench.suite import load_suite
+
+    asked = []
+
+    def fake_time_fn(fn, **kw):
+        asked.append((kw["flush_l2"], kw["warmup_s"]))
+        return timing.Timings([2e-3] * 3, host_overhead=0.5e-3, unroll=4)
+
+    monkeypatch.setattr(latency, "time_fn", fake_time_fn)
+    monkeypatch.setattr(latency, "gpu_throttle_reasons", lambda: None)
+    monkeypatch.setattr(latency, "gpu_telemetry", lambda: {})
+    suite = load_suite({"name": "t", "mechanisms": ["softmax_sdpa"], "resolution": 4, "rounds": 1, "warmup_s": 0.5})
+    work = SimpleNamespace(fn=None, items=1, tokens=16)
+    by_level = {}
+    for level in ("op", "mixer", "model"):
+        ctx = MetricContext(SimpleNamespace(device="cuda", level=level), None, suite, None, History(), work=work)
+        by_level[level] = {(r.metric, r.stat): r for r in latency.latency_rows(ctx)}
+    assert asked == [(True, 0.5), (True, 0.5), (False, 0.5)]
+    row = by_level["op"]["host_overhead", "median"]
+    assert (row.value, row.unit, row.stat) == (pytest.approx(0.5), "ms", "median") and "4 calls" in row.note
+    assert by_level["op"]["latency", "median"].value == pytest.approx(2.0)

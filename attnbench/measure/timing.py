@@ -171,9 +171,9 @@ class CudaBackend(TimerBackend):
 
     asynchronous = True
 
-    def __init__(self, device: str = "cuda"):
+    def __init__(self, device: str = "cuda", flush_l2: bool = False):
         self.device = device
-        self._flusher: L2Flusher | None = None  # made at the first flush
+        self._flusher = L2Flusher(device) if flush_l2 else None  # allocated before any timing
 
     def synchronize(self) -> None:
         torch.cuda.synchronize()
@@ -189,7 +189,7 @@ class CudaBackend(TimerBackend):
 
     def flush(self) -> None:
         if self._flusher is None:
-            self._flusher = L2Flusher(self.device)
+            raise RuntimeError("CudaBackend made without flush_l2")
         self._flusher()
 
     def capture(self, fn: Callable[[], Any], calls: int) -> Callable[[], Any]:
@@ -240,7 +240,7 @@ def time_fn(
     `backend`: the device to run against (default: CudaBackend for a cuda device, else HostBackend).
     """
     if backend is None:
-        backend = CudaBackend(device) if str(device).startswith("cuda") else HostBackend()
+        backend = CudaBackend(device, flush_l2) if str(device).startswith("cuda") else HostBackend()
     start = backend.now()
 
     def check_timeout() -> None:
