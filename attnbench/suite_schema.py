@@ -94,7 +94,7 @@ class Suite:
     )
     warmup: int = key(3, max=100_000, doc="untimed calls before each case's timed repeats")
     warmup_s: float = key(
-        0.025, max=3600.0, doc="and untimed seconds: the warm-up runs until both `warmup` calls and these are done"
+        0.025, max=3600.0, doc="untimed seconds too: the warm-up runs until both `warmup` calls and these are done"
     )
     repeats: Repeats = key(factory=Repeats, doc="timed repeats per round: {min, max, min_time_s, target_ci}")
     rounds: int = key(

@@ -180,7 +180,9 @@ def snapshot(output) -> list[torch.Tensor]:
 def recheck(recorded: list[torch.Tensor], output, verdict: Verdict) -> str | None:
     """None when `output` (the timed closure's output after timing) matches `recorded` (its output before
     timing) within `verdict.tolerance`, by relative RMS error over all its tensors; else the error message."""
-    again = [t.detach() for t in (output if isinstance(output, (tuple, list)) else (output,)) if isinstance(t, torch.Tensor)]
+    again = [
+        t.detach() for t in (output if isinstance(output, (tuple, list)) else (output,)) if isinstance(t, torch.Tensor)
+    ]
     if [t.shape for t in again] != [t.shape for t in recorded]:
         return "verify after timing failed: the output's shape changed during timing"
     diff = sum(float((a.double() - b.double()).pow(2).sum()) for a, b in zip(again, recorded))
