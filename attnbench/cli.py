@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--resume", action="store_true", help="skip cases that already have rows in --out")
     r.add_argument(
+        "--profile",
+        action="store_true",
+        help="after its timing, profile each timed case: FILE.kernels.csv and FILE.profiles/<case_id>.json "
+        "(suite key profile: true)",
+    )
+    r.add_argument(
         "--workers",
         metavar="N|auto",
         help="run cases on N isolated local workers, one per device (auto: one per visible GPU; "
@@ -117,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--baseline", metavar="MECH", help="add speedup tables vs this mechanism")
     rep.add_argument("--crossover", nargs=2, metavar=("A", "B"), help="token count where A and B cross")
     rep.add_argument("--min-tokens", type=int, help="fit scaling exponents only at or above this token count")
+    rep.add_argument(
+        "--kernels",
+        action="store_true",
+        help="instead of the tables: the top ops or kernels of each case, from FILE.kernels.csv (run --profile)",
+    )
+    rep.add_argument("--top", type=int, metavar="N", help="with --kernels: the N largest per case (default 10)")
     rep.set_defaults(func=cmd_report)
 
     cmp_ = command("compare", help="align two runs (two GPUs, two commits) and show ratios B/A")

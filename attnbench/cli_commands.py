@@ -31,6 +31,7 @@ def cmd_run(args) -> int:
     from attnbench.suite import load_suite
 
     overrides = list(args.set or []) + ([f"rounds={args.rounds}"] if args.rounds is not None else [])
+    overrides += ["profile=true"] if args.profile else []
     suite = load_suite(args.suite, overrides)
     if args.resume and not args.out:
         raise AttnbenchError("--resume needs --out FILE.csv naming the run to continue")
@@ -67,6 +68,11 @@ def cmd_run(args) -> int:
     console.print(f"{summary.total} cases{rounds} in {time.perf_counter() - t0:.1f} s; rows in {esc(out)}")
     df = results.load(out)
     print_report(df)
+    if suite.profile and results.companion(out, "kernels.csv").exists():
+        console.print(
+            f"kernel profiles in {esc(results.companion(out, 'kernels.csv'))} and "
+            f"{esc(results.companion(out, 'profiles'))}/ (attnbench report {esc(out)} --kernels)"
+        )
     _check_verification(df)
     return 0
 
@@ -137,13 +143,20 @@ def cmd_suite_keys(args) -> int:
     return 0
 
 
+def _results_path(path: str) -> str:
+    """FILE.csv for FILE.csv or one of its companion CSVs (a shell glob such as results/run-*.csv matches them)."""
+    for kind in (".samples.csv", ".kernels.csv"):
+        if path.endswith(kind):
+            return path[: -len(kind)] + ".csv"
+    return path
+
+
 def _load_runs(paths: list[str]) -> list[tuple[str, object, object]]:
     """(path, rows, samples or None) of each results file named once (a samples file stands for its CSV)."""
     from attnbench import results
 
     runs, seen = [], set()
-    # a shell glob such as results/run-*.csv also matches the companion samples file: map it back
-    for path in (p[: -len(".samples.csv")] + ".csv" if p.endswith(".samples.csv") else p for p in paths):
+    for path in map(_results_path, paths):
         key = os.path.abspath(path)  # text only: a path's problems are for results.load to report
         if key in seen:
             continue
@@ -193,6 +206,10 @@ def _titled(table, prefix: str):
 def cmd_report(args) -> int:
     from attnbench import export, tables
 
+    if args.kernels:
+        return _report_kernels(args)
+    if args.top is not None:
+        raise AttnbenchError("--top N chooses how many kernels --kernels shows; add --kernels")
     if args.crossover and args.crossover[0] == args.crossover[1]:
         raise AttnbenchError(f"--crossover needs two different mechanisms, got {args.crossover[0][:60]!r} twice")
     if args.min_tokens is not None and args.min_tokens < 0:
@@ -231,6 +248,46 @@ def cmd_report(args) -> int:
         import pandas as pd
 
         sys.stdout.write(pd.concat(tidy_parts, ignore_index=True).to_csv(index=False) if tidy_parts else "")
+    return 0
+
+
+KERNELS_TOP = 10  # report --kernels: lines per case without --top
+
+
+def _report_kernels(args) -> int:
+    """report --kernels: the top ops or kernels of each case of each file, from FILE.kernels.csv."""
+    import pandas as pd
+
+    from attnbench import export, profiling, results
+
+    given = {"--plot": args.plot, "--baseline": args.baseline, "--crossover": args.crossover}
+    others = [flag for flag, value in {**given, "--min-tokens": args.min_tokens}.items() if value is not None]
+    if others:
+        raise AttnbenchError(f"--kernels shows the kernel tables only; drop {', '.join(others)} (or run report twice)")
+    top = KERNELS_TOP if args.top is None else args.top
+    if top < 1:
+        raise AttnbenchError(f"--top must be at least 1, got {top}")
+    paths = list(dict.fromkeys(_results_path(p) for p in args.files))
+    files = [(p, results.load_kernels(p)) for p in paths]
+    tidy = []
+    for path, kernels in files:
+        rows = results.load(path) if Path(path).exists() else pd.DataFrame(columns=results.COLUMNS)
+        label = path if len(files) > 1 else ""
+        if args.format == "csv":
+            lines = profiling.top_kernels(kernels, rows, top)
+            tidy.append(lines.assign(file=path)[["file", *lines.columns]] if label else lines)
+            continue
+        folder = str(results.companion(path, "profiles"))
+        shown = [_titled(t, label) for t in profiling.kernel_tables(kernels, rows, top, folder)]
+        if not shown:
+            err_console.print(f"note: {esc(path)} has no profiled cases yet")
+        for t in shown:
+            if args.format == "term":
+                print_table(t)
+            else:
+                print(export.to_markdown(t) if args.format == "md" else export.to_latex(t))
+    if args.format == "csv":
+        sys.stdout.write(pd.concat(tidy, ignore_index=True).to_csv(index=False) if tidy else "")
     return 0
 
 

@@ -177,6 +177,12 @@ class RichProgress:
         if status not in ("ok", "skipped"):
             msg = rows[0].get("message", "") if rows else ""
             self.bar.console.print(f"[yellow]{esc(status)}[/]: {esc(case.label())}: {esc(msg, 400)}")
+        elif status == "ok":  # a case whose profile failed keeps its rows; the message says why it has no profile
+            from attnbench.profiling import PROFILE_FAILED
+
+            failed = [m for r in rows for m in str(r.get("message") or "").split("; ") if m.startswith(PROFILE_FAILED)]
+            if failed:
+                self.bar.console.print(f"[yellow]note[/]: {esc(case.label())}: {esc(failed[0], 400)}")
 
 
 def print_gate(result, out: Console = console) -> None:

@@ -5,8 +5,9 @@ returns its fingerprint, env_id and cached peaks. `CaseExecutor` turns one case 
 rows and raw samples: planned skips, predicted OOMs and prunes become `skipped` rows; the rest is
 measured here or, given a worker pool (attnbench.isolation), in a worker process that calls this same
 module. Measuring a case = resolve its inputs once (attnbench.workloads.inputs), verify its output,
-build its timed workload once, run the suite's metrics (attnbench.metrics) in row order, then check the
-timed closure's output again (attnbench.verify.recheck).
+build its timed workload once, run the suite's metrics (attnbench.metrics) in row order, check the timed
+closure's output again (attnbench.verify.recheck), then (suite key `profile`) run the workload once more under
+the profiler (attnbench.profiling).
 
 A failing case never kills the sweep: exceptions become rows with status error / oom / timeout and a
 one-line message; unavailable mechanisms become skipped rows.
@@ -26,7 +27,7 @@ from typing import Any
 
 import torch
 
-from attnbench import registry
+from attnbench import profiling, registry
 from attnbench.errors import AttnbenchError, MechanismUnavailable
 from attnbench.layers import PER_CASE_CACHES
 from attnbench.measure import preemption
@@ -332,6 +333,7 @@ class CaseExecutor:
                 if not verdict.ok:  # a wrong result's timing means nothing: report the error, skip timing
                     return [self.status_row(case, started, "error", verdict.message())] + rows, ctx.samples
         static: list[MetricRow] = []
+        profiled = None  # the suite's `profile: true`: the workload once more under the profiler (attnbench.profiling)
         if timed:
             ctx.work = build_workload(inputs)  # built once, for every metric that runs it
             recorded = snapshot(ctx.work.fn()) if verdict is not None else None  # verified again after timing
@@ -341,11 +343,14 @@ class CaseExecutor:
             failed = recheck(recorded, ctx.work.fn(), verdict) if recorded is not None else None
             if failed:
                 return [self.status_row(case, started, "error", failed)] + checked, {}
+            if suite.profile:
+                profiled = profiling.profile_workload(ctx.work.fn, case.device)
             static = list(ctx.work.static)
             ctx.work = None
         rows += [self.row(case, started, r) for r in cost.with_rates(static + later, ctx.median_s)]
         if not rows:
             raise AttnbenchError(f"no metric produced rows for metrics {list(suite.metrics)}")
+        profiling.attach(rows, profiled)
         return rows, ctx.samples
 
     def _verify_rows(self, case: Case, started: str, verdict: Verdict) -> Rows:

@@ -1,7 +1,9 @@
 """Result files: durable appends and loading into typed DataFrames (the row schema: `results_schema`).
 
 A run `--out FILE.csv` writes four files (docs/design.md, "Results"): FILE.csv (rows),
-FILE.env.json (env_id -> fingerprint), FILE.suite.yaml (the resolved suite), FILE.samples.csv (raw repeats).
+FILE.env.json (env_id -> fingerprint), FILE.suite.yaml (the resolved suite), FILE.samples.csv (raw repeats);
+with `profile: true` also FILE.kernels.csv (per-op or per-kernel times, KERNEL_COLUMNS) and
+FILE.profiles/<case_id>.json (Chrome traces), from the profile a case's rows carry (attnbench.profiling).
 Rows are appended and flushed (and fsync'ed) as each case finishes, so a killed run leaves a
 loadable file; a torn last line is dropped on load with a warning.
 """
@@ -31,6 +33,7 @@ from attnbench.results_schema import (  # the schema, re-exported: results.COLUM
     SOURCES,
     STATS,
     STATUSES,
+    _float_problem,
     check_row,
     check_sample,
 )
@@ -43,6 +46,7 @@ __all__ = [
     "COLUMNS_V1",
     "COMPANIONS",
     "INT_COLUMNS",
+    "KERNEL_COLUMNS",
     "MAX_INT",
     "MAX_TEXT",
     "READABLE_SCHEMAS",
@@ -54,19 +58,23 @@ __all__ = [
     "STATUSES",
     "ResultsWriter",
     "check_out_path",
+    "check_kernel",
     "check_row",
     "check_sample",
     "companion",
     "done_case_ids",
     "load",
+    "load_kernels",
     "load_samples",
     "row_keys",
 ]
 MAX_WARNINGS = 10  # bad lines warned about one by one per file; the rest are counted in one more warning
+KERNEL_COLUMNS = ["case_id", "name", "calls", "self_time_us", "share", "device"]  # FILE.kernels.csv
+PROFILE_KEY = "profile"  # the key of a case's row that carries its attnbench.profiling.Profile to the writer
 
 
 def companion(path: str | Path, kind: str) -> Path:
-    """FILE.csv -> FILE.<kind> (env.json, suite.yaml, samples.csv)."""
+    """FILE.csv -> FILE.<kind> (env.json, suite.yaml, samples.csv, kernels.csv, profiles)."""
     path = Path(path)
     stem = path.name[:-4] if path.name.endswith(".csv") else path.name
     return path.with_name(f"{stem}.{kind}")
@@ -151,7 +159,7 @@ def _repair_tail(path: Path) -> None:
         warnings.warn(f"{path}: dropped a torn last line left by an interrupted run", stacklevel=3)
 
 
-COMPANIONS = ("samples.csv", "env.json", "suite.yaml")
+COMPANIONS = ("samples.csv", "env.json", "suite.yaml", "kernels.csv")
 NAME_MAX = 255  # bytes of one file name on common file systems
 
 
@@ -218,10 +226,17 @@ class ResultsWriter:
                 f"cannot write results to {self.path}: {getattr(exc, 'strerror', None) or exc}; choose a writable --out"
             ) from None
         self._keys = row_keys(self.path)  # rows already in the file (a resumed run)
+        self.kernels: _Appender | None = None  # FILE.kernels.csv, opened with the run's first profile
 
     def write_rows(self, rows: list[dict[str, Any]]) -> None:
         """Append one case's rows; a second row with the same (case_id, metric, stat, source) is refused,
-        so every pivot and gate on the file is unambiguous."""
+        so every pivot and gate on the file is unambiguous. A profile the rows carry (PROFILE_KEY) is taken off
+        them and written first (`write_profile`)."""
+        profiles: dict[int, tuple[str, Any]] = {}  # a row copied from another (contention rows) shares its profile
+        for row in rows:
+            profile = row.pop(PROFILE_KEY, None)
+            if profile is not None:
+                profiles.setdefault(id(profile), (str(row.get("case_id", "")), profile))
         keys = [tuple(str(row.get(c, "")) for c in ROW_KEY) for row in rows]
         seen = set(self._keys)
         for key in keys:
@@ -231,8 +246,28 @@ class ResultsWriter:
                     "per (case_id, metric, stat, source); give the second convention its own metric"
                 )
             seen.add(key)
+        for case_id, profile in profiles.values():
+            self.write_profile(case_id, profile)
         self.rows.write(rows)
         self._keys = seen
+
+    def write_profile(self, case_id: str, profile: Any) -> None:
+        """FILE.profiles/<case_id>.json (its Chrome trace, written whole or not at all) and its lines appended to
+        FILE.kernels.csv in one write. A file that cannot be written is a warning: the case's rows still are."""
+        if not profile.kernels and not profile.trace:
+            return
+        try:
+            if profile.trace:
+                folder = companion(self.path, "profiles")
+                folder.mkdir(parents=True, exist_ok=True)
+                _atomic_write(folder / f"{case_id}.json", profile.trace)
+            if profile.kernels:
+                if self.kernels is None:
+                    self.kernels = _Appender(companion(self.path, "kernels.csv"), KERNEL_COLUMNS)
+                self.kernels.write({**line, "case_id": case_id} for line in profile.kernels)
+        except (OSError, ResultsError) as exc:
+            reason = getattr(exc, "strerror", None) or exc
+            warnings.warn(f"cannot write the profile of case {case_id} beside {self.path}: {reason}", stacklevel=3)
 
     def write_samples(self, case_id: str, metric: str, values: list[float], round: int = 0, sweep: int = 0) -> None:
         self.samples.write(
@@ -257,6 +292,8 @@ class ResultsWriter:
     def close(self) -> None:
         self.rows.close()
         self.samples.close()
+        if self.kernels is not None:
+            self.kernels.close()
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -425,6 +462,49 @@ def load_samples(path: str | Path) -> pd.DataFrame:
         df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
     df["value"] = pd.to_numeric(df["value"], errors="coerce").astype("float64")
     df.attrs["skipped_lines"] = skipped
+    return df
+
+
+def check_kernel(row: dict[str, str]) -> str | None:
+    """Why a FILE.kernels.csv line is invalid, or None: case_id and name set, device cpu or cuda, finite
+    non-negative calls, self_time_us and share."""
+    if not row["case_id"] or not row["name"]:
+        return "case_id or name is empty"
+    if row["device"] not in ("cpu", "cuda"):
+        return f"device {row['device'][:40]!r} is not cpu or cuda"
+    for col in ("calls", "self_time_us", "share"):
+        problem = _float_problem(row[col], col, required=True)
+        if problem:
+            return problem
+        if float(row[col]) < 0:
+            return f"{col} {row[col][:40]} is negative"
+    return None
+
+
+def load_kernels(path: str | Path) -> pd.DataFrame:
+    """The profiled ops or kernels (KERNEL_COLUMNS) of FILE.csv, from FILE.kernels.csv (or that file itself):
+    calls, self_time_us and share as floats. A case profiled twice (a run resumed after a kill between its
+    profile and its rows) keeps its last profile: a (case_id, name, device) seen again starts the case anew."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.name.endswith(".kernels.csv"):
+        path = companion(path, "kernels.csv")
+    if not path.exists():
+        raise ResultsError(
+            f"{path} not found: it is written beside FILE.csv by `attnbench run --profile` (suite key profile: true)"
+        )
+    df = _read_validated(path, KERNEL_COLUMNS, check_kernel)
+    keep: dict[str, list[int]] = {}  # case_id -> positions of its current (last) profile
+    names: dict[str, set[tuple[str, str]]] = {}
+    for i, (case_id, name, device) in enumerate(zip(df["case_id"], df["name"], df["device"])):
+        if (name, device) in names.get(case_id, set()):
+            keep[case_id], names[case_id] = [], set()
+        keep.setdefault(case_id, []).append(i)
+        names.setdefault(case_id, set()).add((name, device))
+    df = df.iloc[sorted(i for rows in keep.values() for i in rows)].reset_index(drop=True)
+    for col in ("calls", "self_time_us", "share"):
+        df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
     return df
 
 

@@ -117,6 +117,11 @@ class Suite:
     timeout_s: float = key(120.0, max=7 * 86400.0, doc="per case and round, in seconds")
     isolation: str = key("auto", allowed=ISOLATIONS, doc="auto: process on GPU or with rounds > 1, else inprocess")
     verify: bool = key(True, doc="compare each case's output (and gradients) with its reference mechanism")
+    profile: bool = key(
+        False,
+        doc="after its timing, run each timed case a few more times under torch.profiler: FILE.kernels.csv and "
+        "FILE.profiles/<case_id>.json (run --profile; docs/results.md: Kernel profiles)",
+    )
     options: dict[str, dict[str, Any]] = key(
         factory=dict, doc="per-mechanism (or per-model) options, e.g. {performer: {features: 256}}"
     )

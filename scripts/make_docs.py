@@ -317,6 +317,7 @@ def result_columns() -> str:
 
 
 def result_values() -> str:
+    from attnbench.results import KERNEL_COLUMNS
     from attnbench.results_schema import ROW_KEY, SAMPLE_COLUMNS, SCHEMA_VERSION, SOURCES, STATS, STATUSES
 
     rows = [
@@ -325,6 +326,7 @@ def result_values() -> str:
         ["`source`", " \\| ".join(SOURCES)],
         ["one row per", ", ".join(f"`{k}`" for k in ROW_KEY)],
         ["FILE.samples.csv columns", ", ".join(f"`{c}`" for c in SAMPLE_COLUMNS)],
+        ["FILE.kernels.csv columns (`--profile`)", ", ".join(f"`{c}`" for c in KERNEL_COLUMNS)],
         ["schema_version written", str(SCHEMA_VERSION)],
     ]
     return "\n".join(["| | |", "|---|---|", *("| " + " | ".join(r) + " |" for r in rows)])
