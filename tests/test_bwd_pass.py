@@ -139,6 +139,7 @@ def test_bwd_flops_are_fwd_bwd_minus_fwd_for_every_mechanism():
         rala.flops(s, level="op", pass_="back")
 
 
+@pytest.mark.slow
 def test_model_level_bwd(monkeypatch):
     """ravlt_t at 32 px: the gradients of the training loss w.r.t. every parameter, equal to those of the same
     loss computed afresh on the workload's model, inputs and labels (the same drop-path draws: the generator
