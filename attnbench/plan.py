@@ -108,8 +108,10 @@ def skip_reason(
         return f"unsupported: {mech.name} has no mixer to put in a model"
     if dtype not in mech.dtypes:
         return f"unsupported dtype {dtype} (supports {', '.join(mech.dtypes)})"
-    if pass_ == "fwd_bwd" and not mech.has_backward:
+    if pass_ in registry.BACKWARD_PASSES and not mech.has_backward:
         return "unsupported: no backward pass"
+    if pass_ == "bwd" and not mech.repeatable_backward:
+        return "unsupported: its backward cannot run twice through one retained graph (pass bwd)"
     if level in ("op", "mixer"):
         if dim % heads:
             return f"impossible shape: dim {dim} is not divisible by heads {heads}"

@@ -1,6 +1,6 @@
 """Refuse, before the call, a case that cannot fit in memory or cannot finish within `timeout_s`.
 
-Memory (`prune_reason`): the analytic need of a case (minimum traffic, x3 for fwd_bwd, plus the
+Memory (`prune_reason`): the analytic need of a case (minimum traffic, x3 for fwd_bwd and bwd, plus the
 mechanism's declared workspace) above 90 % of the memory available (GPU total, or CPU available memory
 capped by `memory_limit_gb`) makes it `skipped: pruned: ...`.
 
@@ -51,7 +51,7 @@ def available_memory(device: str, memory_limit_gb: float | None = None) -> int |
 
 
 def predicted_bytes(case: Case) -> float | None:
-    """Analytic memory need: minimum traffic (inputs + outputs), x3 for fwd_bwd (grads and saved
+    """Analytic memory need: minimum traffic (inputs + outputs), x3 for fwd_bwd and bwd (grads and saved
     activations), plus the mechanism's `workspace_bytes` (e.g. materialised N x N scores) if declared."""
     if case.level == "model":
         return None
@@ -59,7 +59,7 @@ def predicted_bytes(case: Case) -> float | None:
     need = analytic(mech, "bytes", shape, case.options_dict, level=case.level, dtype=case.dtype)
     if need is None:
         return None
-    if case.pass_ == "fwd_bwd":
+    if case.pass_ in registry.BACKWARD_PASSES:
         need *= 3
     workspace = getattr(mech, "workspace_bytes", None)
     if workspace is not None:

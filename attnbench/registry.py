@@ -44,10 +44,15 @@ __all__ = [
     "register_mechanism",
     "DTYPES",
     "LEVELS",
+    "PASSES",
+    "BACKWARD_PASSES",
 ]
 
 LEVELS = ("op", "mixer", "model")
-PASSES = ("fwd", "fwd_bwd")
+# fwd: the forward alone; fwd_bwd: forward + backward; bwd: the backward alone, of a forward computed outside
+# the timed call (attnbench.workloads.closure.timed_call)
+PASSES = ("fwd", "fwd_bwd", "bwd")
+BACKWARD_PASSES = ("fwd_bwd", "bwd")  # passes that compute gradients (need has_backward; verify checks grads)
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,9 @@ class Mechanism:
     # False where torch's FlopCounterMode must not run the mechanism: it cannot see inside custom
     # kernels (Triton), and a dispatch mode around torch.compile'd code poisons dynamo's frame cache.
     flop_counter_safe: bool = True
+    # False where the backward cannot run twice through one retained graph, which pass bwd needs
+    # (attnbench.workloads.closure): e.g. a compiled backward that reuses its saved tensors' memory.
+    repeatable_backward: bool = True
     # The public code the implementation was checked against ("owner/repo@commit path"); shown by `list`.
     upstream: str = ""
 

@@ -81,7 +81,8 @@ class Suite:
         ("fwd",),
         allowed=PASSES,
         yaml_name="pass",
-        doc="fwd (under torch.no_grad) or fwd_bwd (forward + backward of sum(out * g))",
+        doc="fwd (under torch.no_grad), fwd_bwd (forward + backward of sum(out * g)) or bwd (that backward alone, "
+        "through a graph retained from one untimed forward)",
     )
     device: str = key("cpu", allowed=DEVICES, shown_default="auto", doc="auto = cuda if available, else cpu")
     threads: int | None = key(

@@ -1,4 +1,4 @@
-"""Verified outputs: each case's output (and gradients for fwd_bwd) against the registered reference.
+"""Verified outputs: each case's output (and gradients for fwd_bwd and bwd) against the registered reference.
 
 Rule (FlashAttention's tests use it too; docs/design.md, "Verification"): on the same inputs, the
 candidate's relative RMS error against the reference mechanism run in float64 may be at most
@@ -37,7 +37,7 @@ OP_GRAD_SEED, MIXER_X_SEED, MIXER_GRAD_SEED = 9, 20, 21  # offsets from VERIFY_S
 @dataclass(frozen=True)
 class Verdict:
     rel_err: float  # candidate (case dtype) vs reference (float64)
-    grad_rel_err: float | None  # gradients, fwd_bwd only
+    grad_rel_err: float | None  # gradients, fwd_bwd and bwd only
     tolerance: float
     reference: str
     note: str
@@ -104,7 +104,7 @@ def verify_op(inputs: CaseInputs) -> Verdict:
     s = small.shape
     g = (
         small.randn((s.batch, s.heads, s.height * s.width, s.head_dim), OP_GRAD_SEED, dtype=torch.float64)
-        if small.pass_ == "fwd_bwd"
+        if small.pass_ in registry.BACKWARD_PASSES
         else None
     )
     options = small.op_options()
@@ -133,7 +133,7 @@ def verify_mixer(inputs: CaseInputs) -> Verdict:
                 f"{len(unexpected)} unexpected)",
             )
     x = small.x(offset=MIXER_X_SEED, dtype=torch.float32, device="cpu")  # (B, C, H, W)
-    g = small.x(offset=MIXER_GRAD_SEED, dtype=torch.float64) if small.pass_ == "fwd_bwd" else None
+    g = small.x(offset=MIXER_GRAD_SEED, dtype=torch.float64) if small.pass_ in registry.BACKWARD_PASSES else None
 
     def run(module, dt):
         module = module.to(device=small.device, dtype=dt).eval()

@@ -5,7 +5,8 @@ convolutions are counted (the ops torch's FlopCounterMode counts); elementwise w
 feature maps, gate, biases, normalisers) is excluded and is small next to the matmuls.
 Backward convention: a matmul/conv's backward costs 2x its forward (input and weight gradients),
 so fwd_bwd = 3x fwd, except softmax attention cores, which follow FlashAttention's benchmark
-convention fwd_bwd = 3.5x fwd (backward 2.5x: the score matrix is recomputed).
+convention fwd_bwd = 3.5x fwd (backward 2.5x: the score matrix is recomputed). The backward alone
+(pass bwd) is fwd_bwd - fwd: 2x fwd, softmax cores 2.5x.
 
 Byte convention: `bytes()` is the minimum DRAM/HBM traffic of one forward: every input read once,
 every output written once, weights read once; intermediates that a fused kernel can keep on chip
@@ -23,11 +24,15 @@ SOFTMAX_CORE_FWD_BWD = 3.5
 
 
 def pass_factor(pass_: str, fwd_bwd: float = MATMUL_FWD_BWD) -> float:
+    """The multiple of the forward's FLOPs that `pass_` costs, for work whose fwd_bwd costs `fwd_bwd` x fwd:
+    fwd 1, fwd_bwd `fwd_bwd`, bwd (the backward alone) `fwd_bwd` - 1."""
     if pass_ == "fwd":
         return 1.0
     if pass_ == "fwd_bwd":
         return fwd_bwd
-    raise ValueError(f"unknown pass {pass_!r} (fwd | fwd_bwd)")
+    if pass_ == "bwd":
+        return fwd_bwd - 1.0
+    raise ValueError(f"unknown pass {pass_!r} (fwd | fwd_bwd | bwd)")
 
 
 def shell_flops(s: Shape, *, gate: bool = True, lepe: bool = True) -> float:
@@ -70,7 +75,7 @@ def level_flops(
     lepe: bool = True,
 ) -> float:
     """FLOPs at op level (the attention core) or mixer level (core + the shell's convs), with the
-    core's own fwd_bwd multiplier (softmax: 3.5) and the matmul one (3) for the shell."""
+    core's own fwd_bwd multiplier (softmax: 3.5) and the matmul one (3) for the shell (bwd: each less 1)."""
     core = core_fwd * pass_factor(pass_, core_fwd_bwd)
     if level == "op":
         return core

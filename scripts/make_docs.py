@@ -198,7 +198,7 @@ COLUMN_DOCS = {  # every column of attnbench.results_schema.COLUMNS; a new colum
     "level": "op | mixer | model",
     "variant": "op/mixer: empty for the default configuration, else what differs (`+gate+lepe`, `features=128`); "
     "model: the model (`ravlt_s`)",
-    "pass": "fwd | fwd_bwd",
+    "pass": "fwd | fwd_bwd | bwd",
     "device": "cpu | cuda",
     "dtype": "fp32 | fp16 | bf16",
     "batch": "items per call",
@@ -257,7 +257,8 @@ METRIC_DOCS = {  # suite metric (suite key `metrics:`) -> the rows it writes: (m
             "peak_memory",
             "B",
             "one call: `cuda_max_allocated` (max allocated during the call minus before) or "
-            "`cpu_profiler_allocated` (the PyTorch CPU allocator's peak, from profiler memory events)",
+            "`cpu_profiler_allocated` (the PyTorch CPU allocator's peak, from profiler memory events); bwd: the "
+            "backward's gradients and temporaries, not the retained forward's saved tensors (allocated before)",
         ),
     ],
     "flops": [
@@ -265,7 +266,7 @@ METRIC_DOCS = {  # suite metric (suite key `metrics:`) -> the rows it writes: (m
             "flops",
             "FLOP",
             "analytic (note `analytic`), matmuls and convolutions, a multiply-add = 2; fwd_bwd = 3x fwd, "
-            "softmax cores 3.5x (FlashAttention's convention)",
+            "softmax cores 3.5x (FlashAttention's convention); bwd = fwd_bwd - fwd (2x, softmax cores 2.5x)",
         ),
         ("bytes", "B", "analytic minimum traffic of one forward (fwd cases)"),
         ("achieved_tflops, achieved_gbps", "TFLOP/s, GB/s", "analytic FLOPs / bytes over the median latency"),
@@ -299,7 +300,7 @@ METRIC_DOCS = {  # suite metric (suite key `metrics:`) -> the rows it writes: (m
             "relative RMS error of the output vs the reference run in float64 (the output is checked again after "
             "timing: a drift is an `error` row)",
         ),
-        ("grad_rel_err", "", "fwd_bwd: the same for the gradients"),
+        ("grad_rel_err", "", "fwd_bwd and bwd: the same for the gradients"),
     ],
 }
 

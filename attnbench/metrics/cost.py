@@ -1,7 +1,8 @@
 """The suite metric `flops`: a case's costs and the rates they imply.
 
-  flops          FLOP    analytic, the mechanism's flops(shape, level, pass_)
-  bytes          B       analytic minimum traffic of one forward (fwd cases)
+  flops          FLOP    analytic, the mechanism's flops(shape, level, pass_): fwd, fwd_bwd, or bwd (the
+                         backward alone: fwd_bwd - fwd)
+  bytes          B       analytic minimum traffic of one forward (fwd cases; bytes() has no pass)
   achieved_*     TFLOP/s, GB/s  the analytic counts over the median latency (when timed)
   frac_*         fraction of the measured peaks (attnbench.metrics.peak_fraction)
   flops_counted  FLOP    torch FlopCounterMode on one call of the timed closure (where it can count)

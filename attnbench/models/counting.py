@@ -14,9 +14,10 @@ Three labelled counts (docs/rala.md, "RAVLT"), all of one forward, per batch of 
 
 Analytically the mixers' share comes from their mechanism's `flops(level="mixer")` (the
 mechanisms' convention, mechanisms/common.py: 2 FLOPs per matmul/conv MAC, fwd_bwd = 3x, softmax
-cores 3.5x), split into the published shell (qkvo, lepe, proj convs) and the attention core.
-Backbone convs follow the same fwd_bwd = 3x rule (it slightly overstates the stem's first conv,
-whose input needs no gradient; norm backward is not counted, as in FlopCounterMode).
+cores 3.5x; the backward alone, pass bwd, = fwd_bwd - fwd), split into the published shell (qkvo, lepe,
+proj convs) and the attention core. Backbone convs follow the same fwd_bwd = 3x (bwd 2x) rule (it
+slightly overstates the stem's first conv, whose input needs no gradient; norm backward is not counted,
+as in FlopCounterMode).
 """
 
 from __future__ import annotations
@@ -158,12 +159,14 @@ def model_flops(
     mixer_late: MixerSpec = None,
     pass_: str = "fwd",
 ) -> float:
-    """Analytic FLOPs (FlopCounterMode convention) of one forward, or forward + backward, of `batch` images."""
-    if pass_ not in ("fwd", "fwd_bwd"):
-        raise ValueError(f"unknown pass {pass_!r} (fwd | fwd_bwd)")
+    """Analytic FLOPs (FlopCounterMode convention) of one forward (pass_ fwd), forward + backward (fwd_bwd) or
+    backward alone (bwd) of `batch` images."""
+    backbone = {"fwd": 1.0, "fwd_bwd": BACKBONE_FWD_BWD, "bwd": BACKBONE_FWD_BWD - 1.0}
+    if pass_ not in backbone:
+        raise ValueError(f"unknown pass {pass_!r} (fwd | fwd_bwd | bwd)")
     cfg = _config(model)
     conv, _ = _backbone(cfg, height, width)
-    total = 2.0 * batch * conv * (BACKBONE_FWD_BWD if pass_ == "fwd_bwd" else 1.0)
+    total = 2.0 * batch * conv * backbone[pass_]
     for depth, s, mech in _mixer_stages(cfg, height, width, batch, mixer, mixer_late):
         total += depth * mech.flops(s, level="mixer", pass_=pass_)
     return total

@@ -5,6 +5,8 @@ op:    fn = mech.op(q, k, v, grid=(H, W), **options), q, k, v (B, h, N, d) from 
        (performer features, Nystrom landmarks) is timed as configured.
 mixer: the mechanism's token mixer (seeded init) on x (B, C, H, W), RoPE tables from a Rope2d.
 model: attnbench.workloads.model.
+Passes fwd_bwd and bwd take gradients w.r.t. q, k, v (op) or x and every parameter (mixer; train mode);
+bwd runs the forward once here, outside the timed closure (attnbench.workloads.closure).
 `op_workload` / `mixer_workload` take the shape as keywords (scripts and tests).
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from attnbench.metrics.row import MetricRow
-from attnbench.registry import Mechanism, Shape
+from attnbench.registry import BACKWARD_PASSES, Mechanism, Shape
 from attnbench.workloads.closure import Workload, timed_call
 from attnbench.workloads.inputs import CaseInputs
 
@@ -32,7 +34,7 @@ def build_workload(inputs: CaseInputs) -> Workload:
 def _op(inputs: CaseInputs) -> Workload:
     mech, s = inputs.mech, inputs.shape
     options = inputs.op_options()
-    q, k, v = inputs.qkv(layout=mech.layout, requires_grad=inputs.pass_ == "fwd_bwd")  # (B, h, N, d) each
+    q, k, v = inputs.qkv(layout=mech.layout, requires_grad=inputs.pass_ in BACKWARD_PASSES)  # (B, h, N, d) each
 
     def forward():
         return mech.op(q, k, v, grid=inputs.grid, **options)
@@ -45,9 +47,9 @@ def _op(inputs: CaseInputs) -> Workload:
 def _mixer(inputs: CaseInputs) -> Workload:
     s = inputs.shape
     module = inputs.mixer().to(device=inputs.device, dtype=inputs.torch_dtype)
-    module.train(inputs.pass_ == "fwd_bwd")
+    module.train(inputs.pass_ in BACKWARD_PASSES)
     rope = inputs.rope()  # (N, d) x2, built once
-    x = inputs.x(requires_grad=inputs.pass_ == "fwd_bwd")  # (B, C, H, W)
+    x = inputs.x(requires_grad=inputs.pass_ in BACKWARD_PASSES)  # (B, C, H, W)
     params = [p for p in module.parameters() if p.requires_grad]
 
     def forward():

@@ -3,8 +3,9 @@
 fwd: eval mode, `model(x)` under torch.no_grad(). fwd_bwd: train mode (BatchNorm batch statistics,
 drop-path on), cross-entropy on fixed random labels, gradients of every parameter through
 torch.autograd.grad (fresh tensors each call: nothing accumulates across repeats; no optimizer
-step). The model, the input batch, the labels and any checkpoint are built and loaded here,
-outside the timed closure. Weights and activations are in the case dtype (`model.to(dtype)`, no
+step). bwd: the same loss, computed once here in train mode, and only its backward timed (the graph
+retained: attnbench.workloads.closure). The model, the input batch, the labels and any checkpoint are
+built and loaded here, outside the timed closure. Weights and activations are in the case dtype (`model.to(dtype)`, no
 autocast), as at op and mixer level.
 
 Static rows, all per batch of the case (`batch` images at height x width):
@@ -32,7 +33,7 @@ from attnbench.models.checkpoint import load_checkpoint
 from attnbench.models.counting import analytic_counts, count_params, model_flops, stage_grids
 from attnbench.models.ravlt import DEFAULT_MIXER, MixerSpec, create_ravlt, resolve_mechanism
 from attnbench.registry import Shape
-from attnbench.workloads.closure import Workload, timed_call
+from attnbench.workloads.closure import Workload, retained_backward, timed_call
 from attnbench.workloads.inputs import CaseInputs
 
 MODEL_OPTIONS = ("mixer_late", "checkpoint", "ema")
@@ -48,7 +49,9 @@ def _analytic_rows(
         flops = model_flops(model_name, height, width, batch=batch, mixer=mixer, mixer_late=mixer_late, pass_=pass_)
     except NotImplementedError:  # a mechanism without a mixer-level flops(): no analytic rows
         return []
-    backward = "fwd_bwd = 3x fwd (softmax cores 3.5x)" if pass_ == "fwd_bwd" else "forward"
+    backward = {"fwd_bwd": "fwd_bwd = 3x fwd (softmax cores 3.5x)", "bwd": "bwd = 2x fwd (softmax cores 2.5x)"}.get(
+        pass_, "forward"
+    )
     return [
         MetricRow(
             "macs",
@@ -73,7 +76,7 @@ def _analytic_rows(
 
 def model_workload(inputs: CaseInputs) -> Workload:
     """The case's RAVLT variant (`inputs.variant`) with the case's mechanism in stages 1-2, timed as inference
-    (fwd) or a training step (fwd_bwd).
+    (fwd), a training step (fwd_bwd) or a training step's backward alone (bwd).
 
     options: `mixer_late` (stages 3-4; default softmax_eager as published), `checkpoint` (path,
     loaded with `load_checkpoint`), `ema` (bool: take `model_ema` from the checkpoint).
@@ -84,8 +87,8 @@ def model_workload(inputs: CaseInputs) -> Workload:
     if unknown:
         raise AttnbenchError(f"unknown model-level options {unknown} (known: {', '.join(MODEL_OPTIONS)})")
     pass_, model_name, mixer = inputs.pass_, inputs.variant, inputs.mech
-    if pass_ not in ("fwd", "fwd_bwd"):
-        raise ValueError(f"unknown pass {pass_!r} (fwd | fwd_bwd)")
+    if pass_ not in registry.PASSES:
+        raise ValueError(f"unknown pass {pass_!r} ({' | '.join(registry.PASSES)})")
     mixer_late = opts.get("mixer_late")
     batch, height, width = inputs.shape.batch, inputs.shape.height, inputs.shape.width
 
@@ -94,7 +97,7 @@ def model_workload(inputs: CaseInputs) -> Workload:
     if "checkpoint" in opts:  # an empty path is an error (load_checkpoint), never random weights
         load_checkpoint(model, opts["checkpoint"], ema=bool(opts.get("ema", False)))
     model.to(device=inputs.device, dtype=inputs.torch_dtype)
-    model.train(pass_ == "fwd_bwd")
+    model.train(pass_ in registry.BACKWARD_PASSES)
     x = inputs.x()  # (B, 3, H, W)
 
     def forward() -> torch.Tensor:
@@ -107,13 +110,21 @@ def model_workload(inputs: CaseInputs) -> Workload:
         labels = torch.randint(0, model.num_classes, (batch,), generator=gen).to(inputs.device)  # (B,)
         params = [p for p in model.parameters() if p.requires_grad]
 
-        def fn():
-            loss = F.cross_entropy(model(x).float(), labels)
-            return torch.autograd.grad(loss, params)
+        def loss() -> torch.Tensor:
+            return F.cross_entropy(model(x).float(), labels)
+
+        if pass_ == "bwd":
+            fn = retained_backward(loss(), params)
+        else:
+
+            def fn():
+                return torch.autograd.grad(loss(), params)
 
     static = [MetricRow("params", float(count_params(model)), "count", note="model parameters")]
     static += _analytic_rows(model_name, mixer, mixer_late, batch=batch, height=height, width=width, pass_=pass_)
-    step = "one training step (forward + backward)" if pass_ == "fwd_bwd" else "forward"
+    step = {"fwd_bwd": "one training step (forward + backward)", "bwd": "the backward of one training step"}.get(
+        pass_, "forward"
+    )
     if _counter_safe(mixer) and _counter_safe(mixer_late):  # else no counted row: analytic only
         static.append(
             MetricRow(

@@ -10,7 +10,8 @@ Every mechanism of the family is one file next to this one. A mechanism provides
 
 and either `attend` (op level exists; `LinearOpBase`) or `build_operator` (mixer-only; an
 nn.Module operator). Costs follow mechanisms/common.py: matmuls and convs only, a multiply-add is
-2 FLOPs, fwd_bwd = 3 x fwd (these are all matmul pipelines; none recomputes an N x N score matrix).
+2 FLOPs, fwd_bwd = 3 x fwd, bwd = 2 x fwd (these are all matmul pipelines; none recomputes an N x N score
+matrix).
 
 `flops`/`bytes` accept the mechanism's options as keywords (e.g. `features=128` for performer), so
 a caller that knows a case's options gets the matching count; without them the defaults apply.

@@ -248,6 +248,9 @@ class RalaCompiled(RalaBase):
 
     operator = staticmethod(rala_op_compiled)
     flop_counter_safe = False  # FlopCounterMode around compiled code makes dynamo skip the frame for good
+    # AOTAutograd donates the saved tensors to the compiled backward (reuses their memory in place), so
+    # torch refuses retain_graph=True: no pass bwd
+    repeatable_backward = False
 
     def check(self, device: str | None) -> str | None:
         return compile_unavailable_reason(device)

@@ -2,8 +2,8 @@
 
 Conventions (mechanisms/common.py): 2 FLOPs per multiply-add, matmuls and convolutions only;
 elementwise work (phi, softmax over tokens, RoPE, the reweighting, the 1/z division, the gate) and
-the two token means are excluded; fwd_bwd = 3 x fwd (each matmul's backward computes two
-gradients of its forward's size). These equal torch FlopCounterMode's count of `rala_op` and of the
+the two token means are excluded; fwd_bwd = 3 x fwd, bwd = 2 x fwd (each matmul's backward computes
+two gradients of its forward's size). These equal torch FlopCounterMode's count of `rala_op` and of the
 mixer exactly (forward and forward + backward w.r.t. inputs and weights; tests/test_counting.py).
 
 Per batch and head, with N tokens and head dim d, the operator's matmuls are:

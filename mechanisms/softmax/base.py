@@ -4,10 +4,10 @@ op: out = softmax(d^-0.5 q k^T) v over all N tokens, inputs/outputs (B, h, N, d)
 mixer: the TokenMixer shell; RoPE on the raw q and k (no feature map), then the op.
 
 FLOPs (op, forward): 4 B h N^2 d (two N x N x d matmuls, a multiply-add = 2 FLOPs);
-fwd_bwd = 3.5 x fwd (FlashAttention's benchmark convention: backward 2.5x, scores recomputed).
-Mixer: the op plus the shell's convs (fwd_bwd 3x for those). Bytes: q, k, v read and out written
-once (the flash-style minimum; the N x N scores never reach memory). Every registration here
-shares these conventions through `SoftmaxBase`, so their rows compare directly.
+fwd_bwd = 3.5 x fwd (FlashAttention's benchmark convention: backward 2.5x, scores recomputed);
+bwd (the backward alone) = 2.5 x fwd. Mixer: the op plus the shell's convs (fwd_bwd 3x, bwd 2x for those).
+Bytes: q, k, v read and out written once (the flash-style minimum; the N x N scores never reach memory).
+Every registration here shares these conventions through `SoftmaxBase`, so their rows compare directly.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class MaterialisedScores:
     by the runner to predict (and prune) cases that cannot fit."""
 
     def workspace_bytes(self, s: Shape, *, level: str, dtype: str, pass_: str) -> float:
-        # fwd: scores and probabilities; fwd_bwd adds the saved probabilities' gradient
+        # fwd: scores and probabilities; fwd_bwd and bwd add the saved probabilities' gradient
         copies = 2 if pass_ == "fwd" else 3
         return float(copies * s.batch * s.heads * s.tokens**2 * DTYPE_BYTES[dtype])
 

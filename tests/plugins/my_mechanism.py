@@ -36,7 +36,7 @@ class MyMechanism(Mechanism):
     #     return TokenMixer(dim, num_heads, lambda q, k, v, *, grid, rope: self.op(q, k, v, grid=grid))
     #
     # def flops(self, s, *, level, pass_):  # analytic FLOPs, op level here (the flops and frac_flops rows)
-    #     return 4.0 * s.batch * s.heads * s.tokens * s.head_dim**2 * (3 if pass_ == "fwd_bwd" else 1)
+    #     return 4.0 * s.batch * s.heads * s.tokens * s.head_dim**2 * {"fwd": 1, "fwd_bwd": 3, "bwd": 2}[pass_]
     #
     # def bytes(self, s, *, level, dtype):  # least memory traffic of one forward, op level (frac_bandwidth rows)
     #     from mechanisms.common import op_bytes
