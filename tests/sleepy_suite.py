@@ -20,6 +20,7 @@ def sleepy_suite(name: str) -> str:
     batch: [1, 2]
     device: cpu
     warmup: 0
+    warmup_s: 0
     verify: false
     metrics: [latency]
     repeats: {{min: 3, max: 3, min_time_s: 0}}

@@ -82,6 +82,7 @@ def test_faults_become_rows_and_interrupt_resumes_exactly_once(tmp_path):
         device: cpu
         rounds: 1  # in-process: the plugin's KeyboardInterrupt reaches the runner as a Ctrl-C would
         warmup: 0
+        warmup_s: 0
         repeats: {{min: 2, max: 2, min_time_s: 0}}
         metrics: [latency]
         """,
@@ -121,6 +122,7 @@ def test_cpu_peak_memory_is_per_case(tmp_path):
         resolution: 2
         device: cpu
         warmup: 0
+        warmup_s: 0
         repeats: {{min: 1, max: 1, min_time_s: 0}}
         metrics: [memory]
         """,

@@ -199,7 +199,8 @@ def test_env_id_and_peaks_match_what_runs_record(tmp_path):
     # work holds a core, and the thread count is part of env_id
     suite = write(
         tmp_path,
-        TINY + "metrics: [latency, flops]\nwarmup: 0\nrepeats: {min: 3, max: 3, min_time_s: 0}\nrounds: 2\n"
+        TINY
+        + "metrics: [latency, flops]\nwarmup: 0\nwarmup_s: 0\nrepeats: {min: 3, max: 3, min_time_s: 0}\nrounds: 2\n"
         f"threads: {shown['torch_threads']}\n",
     )  # fresh workers record the env_id, as in any run with rounds
     argv = [sys.executable, "-m", "attnbench", "run", str(suite), "--out", str(tmp_path / "r.csv"), "--no-progress"]

@@ -35,7 +35,7 @@ def run_quick_inprocess(tmp_path: Path, name: str, exit_code: int = 0, **keys):
     """Run suite `name`: an op sweep on the CPU, in-process, with the fault plugin loaded, no warmup and 2 repeats,
     plus the suite keys `keys`; the run must exit with `exit_code`. Its rows."""
     body = {"name": name, "plugins": [str(PLUGIN)], "level": "op", "device": "cpu", "isolation": "inprocess"}
-    quick = {"warmup": 0, "repeats": {"min": 2, "max": 2, "min_time_s": 0}}
+    quick = {"warmup": 0, "warmup_s": 0, "repeats": {"min": 2, "max": 2, "min_time_s": 0}}
     suite = write_suite(tmp_path, yaml.safe_dump({**body, **quick, **keys}, sort_keys=False))
     out = tmp_path / f"{name}.csv"
     assert main(["run", str(suite), "--out", str(out), "--no-progress"]) == exit_code
@@ -61,6 +61,7 @@ def test_fault_injected_sweep_in_workers(tmp_path):
         timeout_s: 5
         rounds: 2
         warmup: 0
+        warmup_s: 0
         verify: false
         repeats: {{min: 2, max: 2, min_time_s: 0}}
         metrics: [latency]
@@ -123,6 +124,7 @@ def test_pruned_cases_become_skipped_rows(tmp_path):
         memory_limit_gb: 1
         rounds: 2
         warmup: 0
+        warmup_s: 0
         repeats: {min: 1, max: 1, min_time_s: 0}
         """,
     )
@@ -153,6 +155,7 @@ def test_sigkill_then_resume_each_case_once(tmp_path, n_rounds):
         rounds: {n_rounds}
         verify: false
         warmup: 0
+        warmup_s: 0
         repeats: {{min: 30, max: 30, min_time_s: 0}}
         metrics: [latency]
         """,

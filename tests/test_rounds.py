@@ -39,6 +39,7 @@ TINY = """\
     batch: [1, 2]
     device: cpu
     warmup: 0
+    warmup_s: 0
     verify: false
     metrics: [latency]
     repeats: {min: 3, max: 3, min_time_s: 0}
@@ -205,6 +206,7 @@ def _smoke_sized(path: Path) -> list[str]:
         "device=cpu",
         "batch=[1]",
         "warmup=0",
+        "warmup_s=0",
         "repeats={min: 1, max: 2, min_time_s: 0}",
         "rounds=2",
         "isolation=inprocess",

@@ -124,6 +124,7 @@ SLOW = f"""\
     batch: [1, 2]
     device: cpu
     warmup: 0
+    warmup_s: 0
     verify: false
     metrics: [latency]
     repeats: {{min: 15, max: 15, min_time_s: 0}}
