@@ -4,7 +4,9 @@ from behaviour.
 Commands are extracted, not hard-coded: `\\` continuations joined, `# comments` dropped, `a|b|c` choices
 in an option and `[--flag]` optional parts expanded into one command each. They run in order (README.md
 first, then docs/*.md by name), in a scratch folder that links the checkout's packages, suites, scripts and
-tests, with the test's Python first on PATH (a leading `.venv/bin/python` is that Python too). Before a
+tests, with the test's Python first on PATH (a leading `.venv/bin/python` is that Python too); a plain
+`python -m attnbench ...` runs in a child forked from one process that imported torch and the command line
+once (tests/command_server.py), every other command through the shell. Before a
 document's commands run, its file blocks are written to the scratch folder: a ```python or ```yaml block
 whose first line is `# NAME.py` / `# NAME.yaml` is the file NAME. Its other ```python blocks run after its
 commands, as typed into a notebook (`python -c`, so worker processes do not re-import them).
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -28,6 +31,7 @@ import time
 from pathlib import Path
 
 import pytest
+from command_server import CommandServer
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -110,6 +114,14 @@ def _expand(line: str) -> list[str]:
     return [line]
 
 
+def attnbench_argv(command: str) -> list[str] | None:
+    """The arguments of a plain `python -m attnbench ...` command (no shell syntax beyond quoting: no pipe,
+    redirection, variable or glob), which the command server runs; None for any other command (run by the shell)."""
+    if not command.startswith("python -m attnbench ") or re.search(r"[|<>;&$`*?~]", command):
+        return None
+    return shlex.split(command)[3:]
+
+
 def skip_reason(command: str) -> str | None:
     for pattern, reason in SKIP.items():
         if re.search(pattern, command, flags=re.M):
@@ -141,7 +153,7 @@ def test_commands_are_extracted():
 
 
 @pytest.mark.slow
-def test_every_documented_command_runs(tmp_path):
+def test_every_documented_command_runs(tmp_path, request):
     work = tmp_path / "work"
     work.mkdir()
     for name in ("attnbench", "mechanisms", "suites", "tests", "pyproject.toml", "scripts"):
@@ -165,14 +177,21 @@ def test_every_documented_command_runs(tmp_path):
         env.pop(key)  # under `pytest -n`: pytest-benchmark in a docs command would take itself for an xdist worker
     ran, skipped, durations, failures, plotted = [], [], [], [], False
 
+    server = CommandServer(env, work)
+    request.addfinalizer(server.close)
+
     def execute(command: str, where: str) -> None:
         t0 = time.perf_counter()
-        proc = subprocess.run(command, shell=True, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+        argv = attnbench_argv(command)
+        if argv is None:
+            proc = subprocess.run(command, shell=True, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+            code, out = proc.returncode, proc.stdout + proc.stderr
+        else:
+            code, out = server.run(argv, work, timeout=300)
         durations.append((round(time.perf_counter() - t0, 1), f"{where}: {command[:90]}"))
-        out = proc.stdout + proc.stderr
         ok = (0, 1) if re.search(VERDICTS, command) else (0,)
-        if proc.returncode not in ok or "Traceback" in out:
-            failures.append(f"{where}: exit {proc.returncode}: {command}\n{out[-3000:]}")
+        if code not in ok or "Traceback" in out:
+            failures.append(f"{where}: exit {code}: {command}\n{out[-3000:]}")
         ran.append(command)
 
     for doc in documents():
