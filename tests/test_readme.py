@@ -60,7 +60,7 @@ SKIPPABLE += r"|load_checkpoint|attnbench ab "
 LONG = (r"run suites/resolution\.yaml", r"run suites/(batch|models|rank|accuracy|rala_kernels\w*)\.yaml")
 # full runs of the small suites keep every case but measure 3 repeats, one sweep; the runs whose file compare/gate
 # read (GATED) keep 3 rounds, the fewest a verdict needs; the others take 1 (in-process: no worker start-ups)
-QUICK = "--set sweeps=1 --set warmup=1 --set 'repeats={min: 3, max: 3, min_time_s: 0}'"
+QUICK = "--set sweeps=1 --set warmup=1 --set warmup_s=0 --set 'repeats={min: 3, max: 3, min_time_s: 0}'"
 GATED = r"--out results/smoke\.csv"
 TINY = "--set mechanisms=[softmax_sdpa] --set level=op --set pass=fwd --set resolution=[4]"
 PLACEHOLDERS = {  # docs text -> file made by an earlier command (names relative to the scratch folder)
