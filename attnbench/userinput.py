@@ -75,6 +75,14 @@ class _BoundedLoader(yaml.SafeLoader):
         self._depth = 0
         self._aliases = 0
 
+    def fetch_flow_collection_start(self, TokenClass):  # noqa: N803 - PyYAML hook
+        """Refuse `[`/`{` nesting past MAX_DEPTH as the scanner meets it: the scanner keeps one pending simple key
+        per open flow collection and walks them all for every token, so a deep nest costs time quadratic in its
+        depth long before the composer would see it."""
+        if self.flow_level >= MAX_DEPTH:
+            raise YamlInputError(f"nested more than {MAX_DEPTH} levels deep", self.line + 1)
+        super().fetch_flow_collection_start(TokenClass)
+
     def compose_node(self, parent, index):  # noqa: D401 - PyYAML hook
         if self.check_event(yaml.AliasEvent):
             self._aliases += 1
