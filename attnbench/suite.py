@@ -36,7 +36,7 @@ from attnbench.suite_schema import (
     kinds,
     yaml_name,
 )
-from attnbench.userinput import MAX_SUITE_BYTES, YamlInputError, compose_yaml, load_yaml, read_user_text
+from attnbench.userinput import MAX_SUITE_BYTES, YamlInputError, compose_and_load, load_yaml, read_user_text
 
 __all__ = [
     "DEFAULT_METRICS",
@@ -206,8 +206,7 @@ def _read_suite(source: SuiteSource) -> tuple[dict[str, Any], Locator, Path | No
     except AttnbenchError as exc:
         raise SuiteError(str(exc)) from None
     try:
-        node = compose_yaml(text)
-        raw = load_yaml(text)
+        node, raw = compose_and_load(text)
     except YamlInputError as exc:
         raise SuiteError(f"{shown}:{exc.line or 1}: {exc}") from None
     if not isinstance(raw, dict):

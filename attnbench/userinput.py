@@ -15,7 +15,7 @@ import re
 import stat
 import unicodedata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -75,6 +75,14 @@ class _BoundedLoader(yaml.SafeLoader):
         self._depth = 0
         self._aliases = 0
 
+    def fetch_flow_collection_start(self, TokenClass):  # noqa: N803 - PyYAML hook
+        """Refuse `[`/`{` nesting past MAX_DEPTH as the scanner meets it: the scanner keeps one pending simple key
+        per open flow collection and walks them all for every token, so a deep nest costs time quadratic in its
+        depth long before the composer would see it."""
+        if self.flow_level >= MAX_DEPTH:
+            raise YamlInputError(f"nested more than {MAX_DEPTH} levels deep", self.line + 1)
+        super().fetch_flow_collection_start(TokenClass)
+
     def compose_node(self, parent, index):  # noqa: D401 - PyYAML hook
         if self.check_event(yaml.AliasEvent):
             self._aliases += 1
@@ -108,16 +116,24 @@ class _BoundedLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def compose_yaml(text: str) -> yaml.Node | None:
-    """The node tree (for line numbers), with the same bounds as `load_yaml`."""
-    return _run_loader(text, "get_single_node")
+def compose_and_load(text: str) -> tuple[yaml.Node | None, Any]:
+    """(the node tree, for line numbers; the data) of one YAML document, parsed once, with the bounds of
+    `load_yaml`."""
+
+    def both(loader: _BoundedLoader) -> tuple[yaml.Node | None, Any]:
+        node = loader.get_single_node()
+        return node, (loader.construct_document(node) if node is not None else None)
+
+    node, data = _run_loader(text, both)
+    _check_size(data)
+    return node, data
 
 
-def _run_loader(text: str, method: str) -> Any:
-    """`_BoundedLoader(text).<method>()` with its errors as YamlInputError (message, line)."""
+def _run_loader(text: str, method: str | Callable[[_BoundedLoader], Any]) -> Any:
+    """`_BoundedLoader(text).<method>()` (or `method(loader)`) with its errors as YamlInputError (message, line)."""
     loader = _new_loader(text)
     try:
-        return getattr(loader, method)()
+        return method(loader) if callable(method) else getattr(loader, method)()
     except yaml.YAMLError as exc:
         raise _yaml_error(exc) from None
     except RecursionError:
