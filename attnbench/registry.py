@@ -89,6 +89,9 @@ class Mechanism:
     # False where torch's FlopCounterMode must not run the mechanism: it cannot see inside custom
     # kernels (Triton), and a dispatch mode around torch.compile'd code poisons dynamo's frame cache.
     flop_counter_safe: bool = True
+    # True where op/mixer run code through torch.compile: each timed case then writes `compile_s` (its first call
+    # after torch._dynamo.reset()) and `recompiles` (graphs compiled during the timed repeats) rows.
+    compiled: bool = False
     # The public code the implementation was checked against ("owner/repo@commit path"); shown by `list`.
     upstream: str = ""
 

@@ -80,14 +80,16 @@ def summarize(samples: list[float]) -> dict[str, float]:
 
 class Timings(list):
     """Per-call times (a plain list of floats), with `preempted`: one flag per time (True where the call
-    waited for a core), empty where not measured (CUDA)."""
+    waited for a core), empty where not measured (CUDA); `recompiles`: graphs compiled during the timed
+    repeats (None where not counted)."""
 
-    def __init__(self, times=(), preempted=()):
+    def __init__(self, times=(), preempted=(), recompiles: int | None = None):
         super().__init__(times)
         self.preempted: list[bool] = list(preempted)
+        self.recompiles = recompiles
 
     def scaled(self, factor: float) -> Timings:
-        return Timings([t * factor for t in self], self.preempted)
+        return Timings([t * factor for t in self], self.preempted, self.recompiles)
 
 
 def synchronize(device: str) -> None:
@@ -114,6 +116,7 @@ def time_fn(
     timeout_s: float | None = None,
     flush_l2: bool = False,
     cuda_graph: bool = False,
+    compiles: Callable[[], int] | None = None,
 ) -> Timings:
     """Run `fn` `warmup` times untimed, then time repeats; returns per-call seconds (a list; on the CPU
     with each repeat's preempted flag in `.preempted`).
@@ -124,6 +127,8 @@ def time_fn(
     launch overhead; the closure must be capturable).
     Raises CaseTimeout once the wall time since the start passes timeout_s (checked between calls:
     an in-process call cannot be interrupted; process isolation can).
+    compiles: a count of compiled graphs (attnbench.measure.compiler.graphs_compiled), read before the first
+    and after the last timed repeat: the result's `recompiles` is the difference.
     """
     start = time.perf_counter()
     cuda = str(device).startswith("cuda")
@@ -150,6 +155,7 @@ def time_fn(
     flusher = L2Flusher(device) if (cuda and flush_l2) else None
     samples = Timings()
     total = 0.0
+    compiled_before = compiles() if compiles is not None else 0
     try:
         if probe is not None:
             probe.focus()
@@ -169,6 +175,8 @@ def time_fn(
     finally:
         if probe is not None:
             probe.close()
+    if compiles is not None:
+        samples.recompiles = compiles() - compiled_before
     return samples
 
 
