@@ -117,8 +117,10 @@ def compiled_rala_core() -> Callable[..., tuple]:
 
 def rala_op_compiled(q, k, v, *, grid, rope=None):
     """Same signature and result as `rala_op`: the op-level tables from `op_tables` (as `rala_op`
-    gets them), then the cached compiled `rala_core_parts` with a static head dim."""
-    return compiled_rala_core()(q, k, v, *op_tables(q, grid, rope))[0]
+    gets them), then the cached compiled `rala_core_parts` with a static head dim. Inside code that is
+    itself being compiled (a model under `compile: model`) the core is traced into that graph instead."""
+    core = rala_core_static_d if torch.compiler.is_compiling() else compiled_rala_core()
+    return core(q, k, v, *op_tables(q, grid, rope))[0]
 
 
 @register_mechanism("rala_compiled", family="rala", backend="torch-compile", reference="rala_eager", cite=CITE_RALA)
