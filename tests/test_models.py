@@ -312,6 +312,13 @@ def test_amp_autocasts_inside_the_forward(plain_workload):
             pass_="fwd",
             options={"amp": "bf16"},
         )
+    for options, message in (
+        ({"compile": "max"}, "compile must be one of none, model, got 'max'"),
+        ({"amp": "fp8"}, "amp must be one of none, bf16, fp16, got 'fp8'"),
+        ({"channels_last": "yes"}, "channels_last must be true or false, got 'yes'"),
+    ):  # the API's options are checked as the suite's keys are
+        with pytest.raises(AttnbenchError, match=message):
+            _workload(**options)
     # fp16 on the CPU: allowed exactly when this torch autocasts a matmul to fp16 there
     with torch.autocast("cpu", dtype=torch.float16):
         fp16_on_cpu = torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float16
