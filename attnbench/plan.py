@@ -15,6 +15,7 @@ from typing import Any
 from attnbench import registry
 from attnbench.labels import case_label
 from attnbench.suite import Suite, expand_mechanisms
+from attnbench.suite_schema import MODEL_SETTINGS, default
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class Case:
     family: str
     backend: str
     level: str
-    variant: str  # model name at level model, else the mechanism's variant(level, options) ("" for most)
+    variant: str  # level model: the model and its settings (`model_variant`), else mechanism.variant(level, options)
     pass_: str
     device: str
     dtype: str
@@ -45,6 +46,11 @@ class Case:
         if self.level == "model":
             return (self.height // 4) * (self.width // 4)
         return self.height * self.width
+
+    @property
+    def model(self) -> str:
+        """The model name of a model-level case (its variant without the settings' suffix)."""
+        return model_of(self.variant)
 
     @property
     def options_dict(self) -> dict[str, Any]:
@@ -88,6 +94,25 @@ class Case:
         d["tokens"] = self.tokens
         d["case_id"] = self.case_id
         return d
+
+
+def model_settings(suite: Suite) -> dict[str, Any]:
+    """The suite's model-level settings (`channels_last`, `compile`, `amp`) that differ from their defaults:
+    options of every model-level case, so they reach the workload and the case_id."""
+    return {name: getattr(suite, name) for name in MODEL_SETTINGS if getattr(suite, name) != default(name)}
+
+
+def model_variant(model: str, settings: dict[str, Any]) -> str:
+    """The `variant` of a model-level case: the model and its settings, 'ravlt_t+cl+compiled+amp_bf16'."""
+    suffix = "+cl" if settings.get("channels_last") else ""
+    suffix += "+compiled" if settings.get("compile", "none") != "none" else ""
+    suffix += f"+amp_{settings['amp']}" if settings.get("amp", "none") != "none" else ""
+    return model + suffix
+
+
+def model_of(variant: str) -> str:
+    """The model name in a model-level variant ('ravlt_t+cl' -> 'ravlt_t')."""
+    return variant.split("+", 1)[0]
 
 
 def _freeze(options: dict[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -137,6 +162,7 @@ def plan(suite: Suite) -> list[Case]:
     """All cases of the suite, in a stable order (mechanism-major within each level)."""
     cases: list[Case] = []
     mechs = [registry.get(n) for n in expand_mechanisms(suite.mechanisms)]
+    settings = model_settings(suite)
     for level in suite.level:
         for mech in mechs:
             opts = _freeze(suite.options.get(mech.name, {}))
@@ -147,6 +173,7 @@ def plan(suite: Suite) -> list[Case]:
                         for model in suite.models:
                             model_opts = dict(opts)
                             model_opts.update(_freeze(suite.options.get(model, {})))
+                            model_opts.update(_freeze(settings))
                             for size in suite.resolution:
                                 for batch in suite.batch:
                                     reason = skip_reason(
@@ -169,7 +196,7 @@ def plan(suite: Suite) -> list[Case]:
                                             mech.family,
                                             mech.backend,
                                             level,
-                                            model,
+                                            model_variant(model, settings),
                                             pass_,
                                             suite.device,
                                             dtype,

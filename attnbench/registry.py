@@ -97,6 +97,9 @@ class Mechanism:
     # False where the backward cannot run twice through one retained graph, which pass bwd needs
     # (attnbench.workloads.closure): e.g. a compiled backward that reuses its saved tensors' memory.
     repeatable_backward: bool = True
+    # True where op/mixer run code through torch.compile: each timed case then writes `compile_s` (its first call
+    # after torch._dynamo.reset()) and `recompiles` (graphs compiled during the timed repeats) rows.
+    compiled: bool = False
     # The public code the implementation was checked against ("owner/repo@commit path"); shown by `list`.
     upstream: str = ""
 

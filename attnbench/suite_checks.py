@@ -19,6 +19,7 @@ from attnbench.suite_schema import (
     MAX_ROUNDS,
     MAX_SWEEPS,
     MODEL_OPTIONS,
+    MODEL_SETTINGS,
     Repeats,
     Suite,
     allowed_values,
@@ -216,6 +217,12 @@ def check_values(merged: dict[str, Any], where: Callable[[str], str], path: Path
         raise fail(where, "resolution", "op/mixer levels need `resolution:` or `grid:`")
     if "model" in levels and not values.get("resolution"):
         raise fail(where, "resolution", "`level: model` needs `resolution:` (the image size)")
+    for name in MODEL_SETTINGS:
+        if "model" not in levels and name in values and values[name] != default(name):
+            raise fail(where, name, f"`{name}` applies at level model only; add model to `level` or remove it")
+    amp, dtypes = _get(values, "amp"), _get(values, "dtype")
+    if amp != "none" and set(dtypes) != {"fp32"}:
+        raise fail(where, "amp", f"`amp: {amp}` autocasts an fp32 model; set `dtype: fp32` (got {', '.join(dtypes)})")
     options = values.get("options", {})
     for mech, opts in options.items():
         if not isinstance(opts, dict):

@@ -25,6 +25,9 @@ METRICS = ("latency", "memory", "flops", "rank", "accuracy")
 DEFAULT_METRICS = ("latency", "memory", "flops")
 ISOLATIONS = ("auto", "inprocess", "process")
 DEVICES = ("auto", "cpu", "cuda")
+COMPILE_MODES = ("none", "model")  # suite key `compile` (level model)
+AMP_DTYPES = ("none", "bf16", "fp16")  # suite key `amp` (level model)
+MODEL_SETTINGS = ("channels_last", "compile", "amp")  # suite keys that apply to level model only
 DEFAULT_ROUNDS = 5  # the gate's calibration (results/gate-calibration-cpu-20261202.csv) holds at this default
 MAX_ROUNDS = 1000
 MAX_SWEEPS = 100
@@ -71,6 +74,21 @@ class Suite:
         ("op",), allowed=LEVELS, doc="op: the bare operator; mixer: the token mixer; model: the RAVLT backbone"
     )
     models: tuple[str, ...] = key((), doc="model names for level model (e.g. ravlt_t)")
+    channels_last: bool = key(
+        False, doc="level model: model and input in torch.channels_last memory format (variant `+cl`)"
+    )
+    compile: str = key(
+        "none",
+        allowed=COMPILE_MODES,
+        doc="level model: `model` runs the whole backbone through torch.compile (variant `+compiled`; compile_s "
+        "and recompiles rows)",
+    )
+    amp: str = key(
+        "none",
+        allowed=AMP_DTYPES,
+        doc="level model: torch.autocast to this dtype around the forward and loss of an fp32 model (variant "
+        "`+amp_bf16`)",
+    )
     dim: tuple[int, ...] = key((64,), max=1 << 16, doc="mixer channels (op level: heads * head_dim)")
     heads: tuple[int, ...] = key((1,), max=1 << 12, doc="attention heads")
     resolution: tuple[int, ...] = key((), max=1 << 15, doc="square token grid side (op/mixer) or image size (model)")

@@ -247,6 +247,19 @@ METRIC_DOCS = {  # suite metric (suite key `metrics:`) -> the rows it writes: (m
             "of the last visit; above 0 the case is launch-bound (docs/methodology.md: GPU timing)",
         ),
         (
+            "compile_s",
+            "s",
+            "compiled cases (a mechanism with `compiled = True`, `compile: model`): the first call after "
+            "torch._dynamo.reset(), before the warm-up: tracing, code generation or loading it from inductor's "
+            "cache (the note says which), and the call (docs/methodology.md: Compile cost)",
+        ),
+        (
+            "recompiles",
+            "count",
+            "compiled cases: graphs dynamo compiled during the timed repeats (0 when steady; otherwise the latency "
+            "rows' note says `recompiled`)",
+        ),
+        (
             "gpu_clock_mhz, gpu_mem_clock_mhz, gpu_power_w, gpu_temp_c",
             "MHz, W, C",
             "GPU cases: nvidia-smi readings right after the timed repeats (when readable)",

@@ -205,7 +205,8 @@ def latency_rows(note: str = "") -> list[dict]:
 def visit_samples(monkeypatch, attempts: list[list[bool]]) -> dict:
     attempt, _ = scripted(attempts)
     monkeypatch.setattr(latency, "time_repeats", lambda work, case, suite, budget: attempt(budget))
-    return latency.visit_samples(SimpleNamespace(fn=None), None, load_suite(SUITE))
+    case = SimpleNamespace(mechanism="rala_eager", level="op", device="cpu")  # not compiled: no first call
+    return latency.visit_samples(SimpleNamespace(fn=None), case, load_suite(SUITE))
 
 
 def test_retried_visit_is_recorded_clean_and_counted(monkeypatch):
@@ -258,7 +259,7 @@ def test_a_resumed_case_gets_its_finished_rounds_flags_back():
 
 def test_gpu_visit_is_flagged_by_throttle_reasons(monkeypatch):
     monkeypatch.setattr(latency, "time_fn", lambda fn, **kw: Timings([0.001] * 3))
-    case, suite = SimpleNamespace(device="cuda", level="op"), load_suite(SUITE)
+    case, suite = SimpleNamespace(mechanism="rala_eager", device="cuda", level="op"), load_suite(SUITE)
     for before, after, flags in ((0x1, 0x4, [False] * 3), (0x1, 0x40, [True] * 3), (None, None, [])):
         readings = iter([before, after])
         monkeypatch.setattr(latency, "gpu_throttle_reasons", lambda readings=readings: next(readings))

@@ -192,3 +192,163 @@ def test_unknown_model_name():
 
     with pytest.raises(AttnbenchError, match="ravlt_s"):
         create_ravlt("ravlt_x")
+
+
+# --- model-level settings: channels_last, compile, amp (attnbench.workloads.model) -------------------------------
+MODEL_SUITE = {
+    "name": "settings",
+    "mechanisms": ["rala_eager"],
+    "level": "model",
+    "models": ["ravlt_t"],
+    "resolution": [32],
+    "device": "cpu",
+}
+
+
+def _model_case(**settings):
+    from attnbench.plan import plan
+    from attnbench.suite import load_suite
+
+    suite = load_suite({**MODEL_SUITE, **settings})
+    (case,) = plan(suite)
+    return suite, case
+
+
+def test_model_settings_are_recorded_in_variant_and_case_id():
+    _, plain = _model_case()
+    cases = {
+        "ravlt_t+cl": _model_case(channels_last=True)[1],
+        "ravlt_t+compiled": _model_case(compile="model")[1],
+        "ravlt_t+amp_fp16": _model_case(amp="fp16")[1],
+        "ravlt_t+cl+compiled+amp_bf16": _model_case(channels_last=True, compile="model", amp="bf16")[1],
+    }
+    assert plain.variant == plain.model == "ravlt_t" and plain.options == ()
+    for variant, case in cases.items():
+        assert case.variant == variant and case.row_fields()["variant"] == variant and case.model == "ravlt_t"
+    assert len({c.case_id for c in cases.values()} | {plain.case_id}) == 5
+    assert cases["ravlt_t+cl+compiled+amp_bf16"].options_dict == {
+        "amp": "bf16",
+        "channels_last": True,
+        "compile": "model",
+    }
+    assert _model_case(compile="none", amp="none", channels_last=False)[1] == plain  # the defaults change nothing
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"amp": "bf16", "dtype": "bf16"}, r"`amp: bf16` autocasts an fp32 model; set `dtype: fp32` \(got bf16\)"),
+        ({"compile": "max"}, r"`compile` value 'max' is not one of none, model"),
+        ({"amp": "fp8"}, r"`amp` value 'fp8' is not one of none, bf16, fp16"),
+        ({"channels_last": "yes"}, r"`channels_last` must be true or false"),
+        (
+            {"level": "op", "channels_last": True},
+            r"`channels_last` applies at level model only; add model to `level` or remove it",
+        ),
+    ],
+)
+def test_model_settings_errors(settings, message):
+    from attnbench.errors import SuiteError
+
+    with pytest.raises(SuiteError, match=message):
+        _model_case(**settings)
+
+
+def _workload(**options):
+    from attnbench.workloads.model import build_model_workload
+
+    return build_model_workload(
+        "ravlt_t", "rala_eager", batch=1, height=32, width=32, dtype="fp32", device="cpu", pass_="fwd", options=options
+    )
+
+
+def _inside(work, module):
+    """The input and output of `module` (a submodule of the workload's model) in one forward."""
+    seen = {}
+    handle = module.register_forward_hook(lambda m, args, out: seen.update(input=args[0], output=out))
+    try:
+        with torch.no_grad():
+            logits = work.forward()
+    finally:
+        handle.remove()
+    return logits, seen["input"], seen["output"]
+
+
+@pytest.fixture(scope="module")
+def plain_workload():
+    return _workload()
+
+
+def test_channels_last_puts_model_and_activations_in_channels_last(plain_workload):
+    nhwc = _workload(channels_last=True)
+    cl = torch.channels_last
+    logits, x, y = _inside(nhwc, nhwc.module.patch_embed.proj[3])  # the stem's second conv: an activation in
+    assert x.is_contiguous(memory_format=cl) and not x.is_contiguous() and y.is_contiguous(memory_format=cl)
+    assert nhwc.module.patch_embed.proj[3].weight.is_contiguous(memory_format=cl)
+    ref, x_ref, _ = _inside(plain_workload, plain_workload.module.patch_embed.proj[3])
+    assert x_ref.is_contiguous() and not x_ref.is_contiguous(memory_format=cl)
+    assert torch.allclose(logits, ref, rtol=1e-4, atol=1e-5)  # the same function, another layout
+
+
+def test_amp_autocasts_inside_the_forward(plain_workload):
+    import attnbench.workloads.model as wm
+    from attnbench.errors import AttnbenchError, MechanismUnavailable
+
+    amp = _workload(amp="bf16")
+    logits, x, y = _inside(amp, amp.module.layers[0].blocks[0].ffn.fc1)
+    assert x.dtype == torch.float32 and y.dtype == torch.bfloat16 and logits.dtype == torch.bfloat16
+    assert amp.module.head.weight.dtype == torch.float32  # the weights stay fp32: autocast, not a cast
+    logits, _, y = _inside(plain_workload, plain_workload.module.layers[0].blocks[0].ffn.fc1)
+    assert y.dtype == logits.dtype == torch.float32
+    with pytest.raises(AttnbenchError, match="amp: bf16 autocasts an fp32 model, but the case dtype is bf16"):
+        wm.build_model_workload(
+            "ravlt_t",
+            None,
+            batch=1,
+            height=32,
+            width=32,
+            dtype="bf16",
+            device="cpu",
+            pass_="fwd",
+            options={"amp": "bf16"},
+        )
+    for options, message in (
+        ({"compile": "max"}, "compile must be one of none, model, got 'max'"),
+        ({"amp": "fp8"}, "amp must be one of none, bf16, fp16, got 'fp8'"),
+        ({"channels_last": "yes"}, "channels_last must be true or false, got 'yes'"),
+    ):  # the API's options are checked as the suite's keys are
+        with pytest.raises(AttnbenchError, match=message):
+            _workload(**options)
+    # fp16 on the CPU: allowed exactly when this torch autocasts a matmul to fp16 there
+    with torch.autocast("cpu", dtype=torch.float16):
+        fp16_on_cpu = torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.float16
+    assert (wm.autocast_problem("cpu", "fp16") is None) == fp16_on_cpu
+    wm_available = torch.amp.is_autocast_available
+    try:
+        torch.amp.is_autocast_available = lambda kind: False
+        with pytest.raises(MechanismUnavailable, match=r"amp: fp16: torch .* has no autocast on cpu"):
+            _workload(amp="fp16")  # refused before the model is built
+    finally:
+        torch.amp.is_autocast_available = wm_available
+
+
+@pytest.mark.slow  # dynamo traces the whole RAVLT-T once (backend eager: no code generation), ~5-25 s on 2 cores
+def test_compile_model_writes_compile_rows(monkeypatch):
+    import attnbench.workloads.model as wm
+    from attnbench.execute import CaseExecutor
+
+    monkeypatch.setattr(wm, "COMPILE_BACKEND", "eager")  # inductor's code generation is rala_compiled's test
+    suite, case = _model_case(
+        compile="model",
+        warmup=1,
+        rounds=1,
+        retries=0,
+        metrics=["latency"],
+        repeats={"min": 3, "max": 3, "min_time_s": 0},
+    )
+    rows, _ = CaseExecutor(suite, "test").measure(case)
+    by_metric = {r["metric"]: r for r in rows if r["stat"] in ("value", "median")}
+    assert all(r["status"] == "ok" for r in rows), [(r["metric"], r["message"]) for r in rows]
+    assert by_metric["compile_s"]["note"].startswith("model; first call after torch._dynamo.reset(): ")
+    assert by_metric["compile_s"]["value"] > by_metric["latency"]["value"] / 1e3  # tracing on top of a call
+    assert by_metric["recompiles"]["value"] == 0 and by_metric["latency"]["variant"] == "ravlt_t+compiled"

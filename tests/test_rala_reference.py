@@ -146,22 +146,22 @@ def test_fused_form_survives_large_scores():
 def test_rala_compiled_available_here(monkeypatch, tmp_path):
     """This CPU has g++ and a working inductor; check() says so, remembers a passed check in the cache folder
     (the next process skips importing dynamo), and names the reason when it cannot - never remembered."""
-    from mechanisms.rala import compiled
+    from attnbench.measure import compiler as compiled
 
     monkeypatch.setenv("ATTNBENCH_CACHE_DIR", str(tmp_path / "registry"))
     assert get("rala_compiled").available("cpu") == (True, "")
     monkeypatch.setenv("ATTNBENCH_CACHE_DIR", str(tmp_path / "cache"))
-    probes, real_probe = [], compiled._probe_compile
-    monkeypatch.setattr(compiled, "_probe_compile", lambda dev: probes.append(dev) or real_probe(dev))
-    assert compiled.compile_unavailable_reason("cpu") is None
+    probes, real_probe = [], compiled.probe
+    monkeypatch.setattr(compiled, "probe", lambda dev: probes.append(dev) or real_probe(dev))
+    assert compiled.unavailable_reason("cpu") is None
     assert probes == ["cpu"] and len(list((tmp_path / "cache").glob("compile-ok-*.json"))) == 1
-    assert compiled.compile_unavailable_reason("cpu") is None
+    assert compiled.unavailable_reason("cpu") is None
     assert probes == ["cpu"]  # read from the cache folder
     monkeypatch.setenv("ATTNBENCH_CACHE_DIR", str(tmp_path / "fresh"))
-    monkeypatch.setattr(compiled, "_cpp_compiler", lambda: None)
-    assert "no C++ compiler" in compiled.compile_unavailable_reason("cpu")
-    monkeypatch.setattr(compiled, "_cpp_compiler", lambda: "false")  # found, but compiles nothing
-    assert "cannot build" in compiled.compile_unavailable_reason("cpu")
+    monkeypatch.setattr(compiled, "cpp_compiler", lambda: None)
+    assert "no C++ compiler" in compiled.unavailable_reason("cpu")
+    monkeypatch.setattr(compiled, "cpp_compiler", lambda: "false")  # found, but compiles nothing
+    assert "cannot build" in compiled.unavailable_reason("cpu")
     assert probes == ["cpu"] * 3  # both failures were probed, not read from a cache
     assert not list((tmp_path / "fresh").glob("compile-ok-*.json"))  # failures are checked again next time
 

@@ -99,17 +99,26 @@ GRAPH_MAX_UNROLL = 100  # cuda_graph: at most this many calls captured into one 
 class Timings(list):
     """Per-call times (a plain list of floats), with `preempted`: one flag per time (True where the call
     waited for a core), empty where not measured (CUDA); GPU only: `host_overhead` (the host's time to issue a
-    call beyond its device time, same unit as the times) and `unroll` (calls per timed graph replay)."""
+    call beyond its device time, same unit as the times) and `unroll` (calls per timed graph replay);
+    `recompiles`: graphs compiled during the timed repeats (None where not counted)."""
 
-    def __init__(self, times=(), preempted=(), host_overhead: float | None = None, unroll: int = 1):
+    def __init__(
+        self,
+        times=(),
+        preempted=(),
+        host_overhead: float | None = None,
+        unroll: int = 1,
+        recompiles: int | None = None,
+    ):
         super().__init__(times)
         self.preempted: list[bool] = list(preempted)
         self.host_overhead = host_overhead
         self.unroll = unroll
+        self.recompiles = recompiles
 
     def scaled(self, factor: float) -> Timings:
         overhead = None if self.host_overhead is None else self.host_overhead * factor
-        return Timings([t * factor for t in self], self.preempted, overhead, self.unroll)
+        return Timings([t * factor for t in self], self.preempted, overhead, self.unroll, self.recompiles)
 
 
 def synchronize(device: str) -> None:
@@ -225,6 +234,7 @@ def time_fn(
     flush_l2: bool = False,
     cuda_graph: bool = False,
     backend: TimerBackend | None = None,
+    compiles: Callable[[], int] | None = None,
 ) -> Timings:
     """Warm `fn` up untimed (`warmup` calls and `warmup_s` seconds, both), then time repeats; returns per-call
     seconds (a list; on the CPU with each repeat's preempted flag in `.preempted`, on a GPU with
@@ -238,6 +248,8 @@ def time_fn(
     Raises CaseTimeout once the wall time since the start passes timeout_s (checked between calls on the CPU,
     between batches on a GPU: an in-process call cannot be interrupted; process isolation can).
     `backend`: the device to run against (default: CudaBackend for a cuda device, else HostBackend).
+    compiles: a count of compiled graphs (attnbench.measure.compiler.graphs_compiled), read before the first
+    and after the last timed repeat: the result's `recompiles` is the difference.
     """
     if backend is None:
         backend = CudaBackend(device, flush_l2) if str(device).startswith("cuda") else HostBackend()
@@ -249,12 +261,17 @@ def time_fn(
 
     if backend.asynchronous:
         per_call = warm_up(fn, backend, max(warmup, 1), warmup_s, check_timeout)  # one call at least: the estimate
-        return _time_batches(fn, backend, policy, per_call, check_timeout, flush_l2, cuda_graph)
+        compiled_before = compiles() if compiles is not None else 0
+        out = _time_batches(fn, backend, policy, per_call, check_timeout, flush_l2, cuda_graph)
+        if compiles is not None:
+            out.recompiles = compiles() - compiled_before
+        return out
     probe = CpuProbe(torch.get_num_threads())  # made before the warm-up: see CpuProbe.focus
     samples = Timings()
     total = 0.0
     try:
         warm_up(fn, backend, warmup, warmup_s, check_timeout)
+        compiled_before = compiles() if compiles is not None else 0
         probe.focus()
         while _need_more(samples, total, policy):
             before = probe.read()
@@ -268,6 +285,8 @@ def time_fn(
             check_timeout()
     finally:
         probe.close()
+    if compiles is not None:
+        samples.recompiles = compiles() - compiled_before
     return samples
 
 

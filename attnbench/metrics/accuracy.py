@@ -19,16 +19,16 @@ from attnbench.plan import Case
 
 def accuracy_rows(ctx: MetricContext) -> list[MetricRow]:
     case, suite = ctx.case, ctx.suite
-    rows = list(reported_rows(case.variant))
-    spec = suite.checkpoints.get(case.variant)
+    rows = list(reported_rows(case.model))
+    spec = suite.checkpoints.get(case.model)
     if suite.data is None or not spec or not spec.get("path"):
-        missing = "data:" if suite.data is None else f"checkpoints.{case.variant}.path"
+        missing = "data:" if suite.data is None else f"checkpoints.{case.model}.path"
         raise PartialRows(rows, f"no measured accuracy: set `{missing}` in the suite to evaluate")
     from attnbench.models.imagenet import accuracy_rows as evaluate
 
     try:
         rows += evaluate(
-            case.variant,
+            case.model,
             data=suite.data,
             checkpoint=spec["path"],
             ema=spec.get("ema", False),
@@ -45,7 +45,7 @@ def accuracy_rows(ctx: MetricContext) -> list[MetricRow]:
 
 def reported_beside_costs(case: Case) -> list[MetricRow]:
     """The paper's accuracy of a model-level case that does not measure it ([] at other levels)."""
-    return reported_rows(case.variant) if case.level == "model" else []
+    return reported_rows(case.model) if case.level == "model" else []
 
 
 METRIC = Metric("accuracy", accuracy_rows, uses_workload=False)

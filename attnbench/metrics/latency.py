@@ -14,7 +14,8 @@ repeats are flagged when nvidia-smi shows a throttle reason before or after them
 mostly preempted is timed again, up to the suite's `retries` times, and the least preempted attempt is kept
 (`timed_visit`). The samples of a visit: `latency` (ms), `preempted` (1/0 per repeat, where measured) and
 `retries` (one count); attnbench.contention turns them into the case's `preempted` and `retries` rows and
-its `contended` note.
+its `contended` note. A compiled case (attnbench.metrics.compile_cost) also leaves `compile_s` (its first call,
+before the warm-up) and `recompiles` (graphs compiled during the kept attempt's timed repeats).
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ import time
 
 from attnbench import rounds
 from attnbench.measure import preemption
+from attnbench.measure.compiler import FirstCall
 from attnbench.measure.env import gpu_telemetry, gpu_throttle_reasons
-from attnbench.measure.timing import RepeatPolicy, Timings, time_fn
+from attnbench.measure.timing import CaseTimeout, RepeatPolicy, Timings, time_fn
+from attnbench.metrics import compile_cost
 from attnbench.metrics.base import Metric, MetricContext
 from attnbench.metrics.row import MetricRow
 from attnbench.plan import Case
@@ -51,6 +54,7 @@ def time_repeats(work: Workload, case: Case, suite: Suite, timeout_s: float | No
         timeout_s=suite.timeout_s if timeout_s is None else timeout_s,
         flush_l2=suite.flush_l2 and case.level in FLUSHED_LEVELS,
         cuda_graph=suite.cuda_graphs,
+        compiles=compile_cost.graph_counter(case),
     )
     ms = secs.scaled(1e3)
     if cuda:
@@ -79,27 +83,40 @@ def timed_visit(attempt, retries: int, timeout_s: float) -> tuple[Timings, int]:
         made += 1
 
 
-def visit_samples(work: Workload, case: Case, suite: Suite) -> dict[str, list[float]]:
+def visit_samples(work: Workload, case: Case, suite: Suite, first: FirstCall | None = None) -> dict[str, list[float]]:
     """One visit's samples for FILE.samples.csv: latency (ms), preempted (1/0 per repeat, where measured),
-    retries (the number of re-timings)."""
-    return _visit(work, case, suite)[0]
+    retries (the number of re-timings); a compiled case's compile_s and recompiles. `first`: the visit's timed
+    first call when the caller made it (else made here, for a compiled case); the timeout covers it."""
+    return _visit(work, case, suite, first)[0]
 
 
-def _visit(work: Workload, case: Case, suite: Suite) -> tuple[dict[str, list[float]], Timings]:
+def _visit(
+    work: Workload, case: Case, suite: Suite, first: FirstCall | None = None
+) -> tuple[dict[str, list[float]], Timings]:
     """(one visit's samples, its kept attempt)."""
-    kept, made = timed_visit(lambda budget: time_repeats(work, case, suite, budget), suite.retries, suite.timeout_s)
+    if first is None:
+        first = compile_cost.first_visit_call(work.fn, case)
+    budget = suite.timeout_s - (first.seconds if first is not None else 0.0)
+    if budget <= 0:
+        raise CaseTimeout(
+            f"the first call (compilation) took {first.seconds:.1f} s, past timeout_s={suite.timeout_s:g}"
+        )
+    kept, made = timed_visit(lambda left: time_repeats(work, case, suite, left), suite.retries, budget)
     samples: dict[str, list[float]] = {"latency": list(kept)}
     if kept.preempted:
         samples["preempted"] = [float(f) for f in kept.preempted]
     samples["retries"] = [float(made)]
+    samples.update(compile_cost.visit_samples(first, kept.recompiles))
     return samples, kept
 
 
 def latency_rows(ctx: MetricContext) -> list[MetricRow]:
     work = ctx.work
-    samples, kept = _visit(work, ctx.case, ctx.suite)
+    first = compile_cost.first_visit_call(work.fn, ctx.case)
+    samples, kept = _visit(work, ctx.case, ctx.suite, first)
     ctx.samples.update(samples)
     stats, note = rounds.latency_summary(ctx.samples["latency"], ctx.prior)
+    note = compile_cost.latency_note(ctx.case, ctx.samples, note)
     rows = [
         MetricRow("latency", stats[stat], "count" if stat == "n" else "ms", note=note, stat=stat) for stat in STAT_ORDER
     ]
@@ -113,7 +130,7 @@ def latency_rows(ctx: MetricContext) -> list[MetricRow]:
     if median_s and ctx.case.device == "cuda":  # clocks/power/temperature right after the timed repeats
         for metric, (value, unit) in gpu_telemetry().items():
             rows.append(MetricRow(metric, value, unit, note="nvidia-smi, read after the timed repeats"))
-    return rows
+    return rows + compile_cost.rows(ctx.case, first, ctx.samples)
 
 
 METRIC = Metric("latency", latency_rows, uses_workload=True)

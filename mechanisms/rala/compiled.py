@@ -13,35 +13,27 @@ ms and softmax_sdpa's 28.1 ms on a 2-core CPU (results/resolution-cpu-20261207.c
 Compiled lazily on first use and cached for the process; `dynamic=True` makes batch, heads and
 tokens symbolic from the first compile, so a sweep over batch / tokens / grids reuses one graph per
 dtype, device and head dim instead of recompiling per shape (RECOMPILE_LIMIT lists the exceptions);
-the head dim is made static inside the graph (`rala_core_static_d`). The mixer is the eager TokenMixer
-shell (convs run eagerly) around the compiled operator, so op- and mixer-level numbers isolate the operator's compiled
-form. Costs are those of the eager reference (the same function; the analytic count does not follow
-the reordering).
+the head dim is made static inside the graph (`rala_core_static_d`). A measured case resets dynamo
+before its first call (attnbench.metrics.compile_cost), so there each case compiles again, loading
+the generated code from inductor's on-disk cache when it is warm. The mixer is the eager TokenMixer
+shell (convs run eagerly) around the compiled operator, so op- and mixer-level numbers isolate the
+operator's compiled form. Costs are those of the eager reference (the same function; the analytic
+count does not follow the reordering).
 
-`check(device)` says why torch.compile cannot run here: dynamo unsupported on this Python, the
-inductor backend failing to import, no working C++ compiler for CPU code generation (found and
-tried once on a file including Python.h, ~0.3 s), or no Triton for CUDA. Importing dynamo and inductor
-takes seconds, which every `attnbench list` and every run would pay, so a passed check is remembered in
-the cache folder (`compile-ok-<key>.json` in $ATTNBENCH_CACHE_DIR, default ~/.cache/attnbench), keyed by
-the interpreter, torch and the compiler; a failed check is not remembered (it is retried, so installing
-the missing piece takes effect at once).
+`check(device)` says why torch.compile cannot run here (attnbench.measure.compiler.unavailable_reason: dynamo,
+inductor, a C++ compiler on CPU, Triton on CUDA; a passed check is remembered in the cache folder).
+`compiled = True`: each timed case writes `compile_s` (its first call after torch._dynamo.reset()) and
+`recompiles` rows (attnbench.metrics.compile_cost).
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
-import os
-import shutil
-import subprocess
-import sys
-import sysconfig
-from pathlib import Path
 from typing import Callable
 
 import torch
 
+from attnbench.measure.compiler import unavailable_reason
 from attnbench.registry import register_mechanism
 from mechanisms.rala.base import RalaBase
 from mechanisms.rala.naive import CITE_RALA, op_tables, phi
@@ -125,120 +117,10 @@ def compiled_rala_core() -> Callable[..., tuple]:
 
 def rala_op_compiled(q, k, v, *, grid, rope=None):
     """Same signature and result as `rala_op`: the op-level tables from `op_tables` (as `rala_op`
-    gets them), then the cached compiled `rala_core_parts` with a static head dim."""
-    return compiled_rala_core()(q, k, v, *op_tables(q, grid, rope))[0]
-
-
-def _usual_compiler() -> str | None:
-    """The first of $CXX, g++, c++, clang++ on PATH."""
-    names = (os.environ.get("CXX"), "g++", "c++", "clang++")
-    return next((path for path in map(shutil.which, filter(None, names)) if path), None)
-
-
-def _cpp_compiler() -> str | None:
-    """The C++ compiler inductor's CPU backend would call (its configured one, else `_usual_compiler`)."""
-    candidates = []
-    try:
-        from torch._inductor import config as inductor_config
-
-        cxx = inductor_config.cpp.cxx
-        candidates.extend(c for c in (cxx if isinstance(cxx, (tuple, list)) else (cxx,)) if c)
-    except Exception:
-        pass
-    for name in candidates:
-        path = shutil.which(name)
-        if path:
-            return path
-    return _usual_compiler()
-
-
-@functools.lru_cache(maxsize=4)
-def _cpp_smoke_test(compiler: str) -> str | None:
-    """None if `compiler` can compile a C++ file that includes Python.h (what inductor's CPU code needs)."""
-    include = sysconfig.get_paths().get("include", "")
-    source = "#include <Python.h>\nint main() { return 0; }\n"
-    try:
-        done = subprocess.run(
-            [compiler, "-fsyntax-only", f"-I{include}", "-x", "c++", "-"],
-            input=source,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"the C++ compiler {compiler} cannot be run: {exc}"
-    if done.returncode != 0:
-        first = (done.stderr.strip().splitlines() or ["no output"])[0]
-        return f"the C++ compiler {compiler} cannot build inductor's CPU code (Python headers missing?): {first}"
-    return None
-
-
-def compile_unavailable_reason(device: str | None) -> str | None:
-    """None when torch.compile (inductor) can run on `device` ("cpu" | "cuda" | None), else the reason; a passed
-    check is read from the cache folder when this interpreter, torch and compiler passed it before."""
-    dev = None if device is None else str(device).split(":")[0]
-    marker = _passed_marker(dev)
-    if marker is not None and marker.is_file():
-        return None
-    reason = _probe_compile(dev)
-    if reason is None and marker is not None:
-        try:
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            tmp = marker.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps({"python": sys.executable, "torch": torch.__version__, "device": dev}))
-            tmp.replace(marker)
-        except OSError:  # a read-only cache folder: the check is simply run again next time
-            pass
-    return reason
-
-
-def _passed_marker(dev: str | None) -> Path | None:
-    """The cache file that records a passed check for this interpreter, torch, device kind and compiler."""
-    from attnbench.measure.peaks import cache_dir
-
-    # the usual compiler names, not inductor's configured one: reading that imports inductor, the cost avoided here
-    compiler = _usual_compiler() if dev in (None, "cpu") else None
-    try:
-        compiler_id = f"{compiler}:{os.stat(compiler).st_mtime_ns}" if compiler else ""
-    except OSError:
-        return None
-    parts = (
-        sys.executable,
-        sys.version,
-        torch.__version__,
-        torch.__file__,
-        str(dev),
-        compiler_id,
-        os.environ.get("CXX"),
-    )
-    key = hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
-    return cache_dir() / f"compile-ok-{key}.json"
-
-
-def _probe_compile(dev: str | None) -> str | None:
-    """The full check behind `compile_unavailable_reason`: imports dynamo and inductor, tries the compiler."""
-    try:
-        import torch._dynamo as dynamo
-
-        if not dynamo.is_dynamo_supported():
-            return "torch.compile (dynamo) is not supported on this Python/platform"
-    except Exception as exc:
-        return f"torch._dynamo cannot be imported: {type(exc).__name__}: {exc}"
-    try:
-        import torch._inductor  # noqa: F401
-    except Exception as exc:
-        return f"the inductor backend cannot be imported: {type(exc).__name__}: {exc}"
-    if dev in (None, "cpu"):
-        compiler = _cpp_compiler()
-        if compiler is None:
-            return "no C++ compiler found for inductor's CPU code (install g++ or set CXX)"
-        return _cpp_smoke_test(compiler)
-    if dev == "cuda":
-        from torch.utils._triton import has_triton
-
-        if not has_triton():
-            return "inductor's CUDA code generation needs triton, which is not importable"
-    return None
+    gets them), then the cached compiled `rala_core_parts` with a static head dim. Inside code that is
+    itself being compiled (a model under `compile: model`) the core is traced into that graph instead."""
+    core = rala_core_static_d if torch.compiler.is_compiling() else compiled_rala_core()
+    return core(q, k, v, *op_tables(q, grid, rope))[0]
 
 
 @register_mechanism("rala_compiled", family="rala", backend="torch-compile", reference="rala_eager", cite=CITE_RALA)
@@ -251,6 +133,7 @@ class RalaCompiled(RalaBase):
     # AOTAutograd donates the saved tensors to the compiled backward (reuses their memory in place), so
     # torch refuses retain_graph=True: no pass bwd
     repeatable_backward = False
+    compiled = True  # compile_s and recompiles rows (attnbench.metrics.compile_cost)
 
     def check(self, device: str | None) -> str | None:
-        return compile_unavailable_reason(device)
+        return unavailable_reason(device)
