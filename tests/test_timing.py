@@ -343,7 +343,8 @@ def test_latency_rows_on_a_gpu_carry_host_overhead_and_flush_op_and_mixer_levels
     work = SimpleNamespace(fn=None, items=1, tokens=16)
     by_level = {}
     for level in ("op", "mixer", "model"):
-        ctx = MetricContext(SimpleNamespace(device="cuda", level=level), None, suite, None, History(), work=work)
+        case = SimpleNamespace(device="cuda", level=level, mechanism="softmax_sdpa", options_dict={})
+        ctx = MetricContext(case, None, suite, None, History(), work=work)
         by_level[level] = {(r.metric, r.stat): r for r in latency.latency_rows(ctx)}
     assert asked == [(True, 0.5), (True, 0.5), (False, 0.5)]
     row = by_level["op"]["host_overhead", "median"]
