@@ -103,13 +103,13 @@ def run_case(batch, heads, grid, d, *, dtype="fp32", layout="bhnd", rope_kind=No
 # ------------------------------------------------------------------------------------------------
 # CPU (interpreter, fp32) and, on a GPU machine, the same cases compiled in fp32
 # ------------------------------------------------------------------------------------------------
-CASES = [  # (batch, heads, grid, d, layout)
-    (2, 2, (7, 9), 32, "bhnd"),
-    (2, 3, (1, 1), 64, "bhnd"),
-    (1, 2, (3, 50), 96, "bnhd"),
-    (2, 1, (4, 5), 128, "strided"),
-    (2, 2, (6, 6), 64, "tokens"),
-    (1, 2, (5, 7), 96, "tokens"),  # N % 16 != 0 at d-block 128: the backward runs on channel-major copies
+CASES = [  # (batch, heads, grid, d, layout); the interpreter's time grows with B*h x token blocks of 16
+    (2, 2, (3, 7), 32, "bhnd"),  # B and h > 1; two token blocks in one split
+    (1, 2, (1, 1), 64, "bhnd"),
+    (1, 2, (3, 11), 96, "bnhd"),  # d-block 128 (padded), KV's value columns split; 3 blocks in 2 splits
+    (2, 1, (3, 5), 128, "strided"),
+    (2, 2, (3, 6), 64, "tokens"),  # token-major backward (d-block 64, no copies); main loop + masked tail
+    (1, 2, (3, 6), 96, "tokens"),  # N % 16 != 0 at d-block 128: the backward runs on channel-major copies
 ]
 
 
@@ -123,33 +123,36 @@ def test_forward_backward_vs_fp64(batch, heads, grid, d, layout):
         assert tri[0].stride() == tri_in[0].stride()
 
 
-@pytest.mark.parametrize("rope_kind", ["default", "custom"])
-def test_rope_tables_from_memory(rope_kind):
-    run_case(2, 2, (5, 7), 32, rope_kind=rope_kind, seed=1)
+def test_rope_tables_from_memory():
+    """Channel-major inputs with tables (a non-default angle, so the kernels must read the tables they are
+    given); the default tables: token-major in test_main_loop_and_masked_tail, equal to the in-kernel
+    rotation in test_in_kernel_rope_equals_default_tables."""
+    run_case(1, 2, (3, 6), 32, rope_kind="custom", seed=1)
 
 
 def test_in_kernel_rope_equals_default_tables():
     torch.manual_seed(0)
-    q, k, v = (torch.randn(1, 2, 48, 32, device=DEVICE) for _ in range(3))
-    a = rala_triton_op(q, k, v, grid=(6, 8))
-    b = rala_triton_op(q, k, v, grid=(6, 8), rope=rope_tables(6, 8, 32, device=DEVICE))
+    q, k, v = (torch.randn(1, 2, 21, 32, device=DEVICE) for _ in range(3))
+    a = rala_triton_op(q, k, v, grid=(3, 7))
+    b = rala_triton_op(q, k, v, grid=(3, 7), rope=rope_tables(3, 7, 32, device=DEVICE))
     assert rel_err(a, b.double()) < 2e-6
 
 
 @pytest.mark.parametrize(
     "grid,layout,rope_kind",
     [
-        ((8, 8), "tokens", "default"),  # N = 64: whole blocks of 16, the unmasked main loop only
-        ((7, 10), "tokens", "default"),  # N = 70: main loop + a masked tail of 6 tokens
-        ((8, 8), "bhnd", None),
-        ((5, 13), "bnhd", None),  # N = 65: a tail of one token
+        ((4, 8), "tokens", "default"),  # N = 32: whole blocks of 16, the unmasked main loop only
+        ((3, 7), "tokens", "default"),  # N = 21: main loop + a masked tail of 5 tokens
+        ((4, 8), "bhnd", None),
+        ((1, 17), "bnhd", None),  # N = 17: a tail of one token
     ],
     ids=lambda v: str(v).replace(" ", ""),
 )
 def test_main_loop_and_masked_tail(grid, layout, rope_kind):
     """Token-major inputs (halves loaded as two tiles, tables handed over token-major) and
-    channel-major ones, with N a multiple of BLOCK_N (16 here) and not."""
-    run_case(1, 2, grid, 32, layout=layout, rope_kind=rope_kind, seed=2)
+    channel-major ones, with N a multiple of BLOCK_N (16 here) and not. One head (two for (B, N, h, d)
+    memory, which is (B, h, N, d) memory at one head)."""
+    run_case(1, 2 if layout == "bnhd" else 1, grid, 32, layout=layout, rope_kind=rope_kind, seed=2)
 
 
 @pytest.mark.slow
@@ -160,13 +163,14 @@ def test_split_merge_is_deterministic_and_split_invariant():
     from mechanisms.rala.triton_bwd import rala_backward
     from mechanisms.rala.triton_kernels import FUSE_MERGE_MAX_SPLITS, rala_forward
 
-    b, h, grid, d = 1, 2, (7, 10), 32
+    b, h, grid, d = 1, 1, (5, 13), 32  # N = 65: 5 token blocks, the fewest that allow 5 splits
     n = grid[0] * grid[1]
     torch.manual_seed(0)
     q, k, v, g = (torch.randn(b, h, n, d, device=DEVICE) for _ in range(4))
 
     def run(splits):
         plan = plan_launch(b * h, n, d, q.dtype, q.device, block_n=16, splits=splits)
+        assert plan.splits == splits
         out, ws = rala_forward(q, k, v, grid, plan=plan)
         return (out, *rala_backward(g, q, k, v, grid, None, ws, plan=plan))
 
@@ -178,19 +182,28 @@ def test_split_merge_is_deterministic_and_split_invariant():
         assert rel_err(many[i], one[i].double()) < 4e-6, what
 
 
-@pytest.mark.parametrize("splits,layout,rope_kind", [(2, "bhnd", None), (6, "tokens", "default")])
-def test_value_column_split_is_the_same(splits, layout, rope_kind):
+@pytest.mark.parametrize(
+    "grid,layout,rope_kind",
+    [
+        ((3, 7), "bhnd", None),  # N = 21: a masked tail block
+        ((4, 8), "tokens", "default"),  # N = 32 (a multiple of 16): the backward runs token-major, no copies
+    ],
+    ids=lambda v: str(v).replace(" ", ""),
+)
+def test_value_column_split_is_the_same(grid, layout, rope_kind):
     """fp32 at d-block 128 splits KV's and dKV's value columns (LaunchPlan.vb = 64). Forward: pass (b) on a (B*h, S, 2)
     grid; out and the merged state the backward reads (qbar, KV, ksum, M, L) equal the one-program forward
-    (vb = 128), with the merge fused into pass (c) (S = 2) and separate (S = 6). Backward: B2 (_dkv) reads
-    dKV 64 value columns at a time in each token block; dq, dk, dv equal the register-resident dKV's."""
+    (vb = 128), two splits. Backward: B2 (_dkv) reads dKV 64 value columns at a time in each token block; dq, dk,
+    dv equal the register-resident dKV's (the fp16/bf16 path at d-block 128). Channel-major and token-major inputs.
+    The merges read the split partials whatever vb wrote them; the separate merge (S > 4) at vb = 64 is
+    checked against float64 truth in test_parallel_merge_many_splits."""
     import dataclasses
 
-    from mechanisms.rala.launch import plan_launch
+    from mechanisms.rala.launch import backward_wants_channel_major, interpreting, plan_launch
     from mechanisms.rala.triton_bwd import rala_backward
     from mechanisms.rala.triton_kernels import rala_forward
 
-    b, h, grid, d = 1, 2, (9, 10), 96
+    b, h, d, splits = 1, 1, 96, 2
     n = grid[0] * grid[1]
     gen = torch.Generator().manual_seed(4)
     q, k, v, g = (
@@ -203,6 +216,8 @@ def test_value_column_split_is_the_same(splits, layout, rope_kind):
         b * h, n, d, torch.float32, q.device, block_n=16, splits=splits, backward=True, token_major=layout == "tokens"
     )
     assert plan.vb == 64 and plan.splits == splits and bplan.vb == 64
+    if layout == "tokens" and interpreting():  # (compiled fp32 would copy to channel-major)
+        assert not backward_wants_channel_major(n, d, torch.float32)
     split_out, split_ws = rala_forward(q, k, v, grid, rope, plan=plan)
     whole_out, whole_ws = rala_forward(q, k, v, grid, rope, plan=dataclasses.replace(plan, vb=128))
     assert rel_err(split_out, whole_out.double()) < 1e-6
@@ -221,7 +236,7 @@ def test_forward_channel_major_q_copy(d):
     it equals the token-major forward. At d-block 64 nothing is copied (out keeps the token-major layout)."""
     from mechanisms.rala.triton_kernels import rala_forward
 
-    grid = (5, 7)
+    grid = (3, 6)  # N = 18: main loop + masked tail
     n = grid[0] * grid[1]
     gen = torch.Generator().manual_seed(8)
     q, k, v = (
@@ -254,23 +269,31 @@ def many_splits(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "batch,heads,grid,d,layout,rope_kind",
+    "heads,grid,d,layout,rope_kind,record_block",
     [
-        (1, 2, (9, 10), 32, "bhnd", None),  # S = 6: the forward's `_merge_kernel`, channel-major, in-kernel RoPE
-        (1, 2, (9, 10), 20, "tokens", "default"),  # token-major + tables; d*d = 400: a partly filled last chunk
-        (1, 1, (17, 17), 32, "bnhd", None),  # S = 19 > MERGE_SPLITS_BLOCK: two blocks of split records
-        (1, 1, (9, 10), 96, "tokens", "default"),  # d-block 128 with padding, 36 + 1 chunks per (b, h)
+        # S = 5 > a record block of 4: every merge reads the split records in two blocks, the second partly
+        # filled (the kernels' own block of 16 takes S > 16: 17 token blocks, 3.5x the interpreter's time);
+        # channel-major, in-kernel RoPE; two (b, h) with d*d = 400: a partly filled last chunk of 256
+        (2, (5, 13), 20, "bhnd", None, 4),
+        # the kernels' record block (16); token-major + tables; d-block 128 with padding, KV's value columns
+        # split; d*d = 4624: 18 full chunks and a partly filled last one, 20 shares of T (two blocks of 16)
+        (1, (8, 10), 68, "tokens", "default", None),
     ],
     ids=lambda v: str(v).replace(" ", ""),
 )
-def test_parallel_merge_many_splits(many_splits, batch, heads, grid, d, layout, rope_kind):
+def test_parallel_merge_many_splits(many_splits, monkeypatch, heads, grid, d, layout, rope_kind, record_block):
     """S > FUSE_MERGE_MAX_SPLITS: the forward and backward merges run as (B*h, chunks) grids; out and
     the gradients (T from the chunks' shares, added in order by `_dtotal_kernel`) against float64 truth."""
-    from mechanisms.rala.launch import FUSE_MERGE_MAX_SPLITS
+    from mechanisms.rala import triton_bwd, triton_kernels
+    from mechanisms.rala.launch import FUSE_MERGE_MAX_SPLITS, MERGE_SPLITS_BLOCK
 
-    run_case(batch, heads, grid, d, layout=layout, rope_kind=rope_kind, seed=3)
+    if record_block:  # the launchers pass it to every merge kernel as SB (raises if they stop importing it)
+        monkeypatch.setattr(triton_kernels, "MERGE_SPLITS_BLOCK", record_block)
+        monkeypatch.setattr(triton_bwd, "MERGE_SPLITS_BLOCK", record_block)
+    run_case(1, heads, grid, d, layout=layout, rope_kind=rope_kind, seed=3)
     n_blocks = -(-grid[0] * grid[1] // 16)
     assert min(p.splits for p in many_splits) == n_blocks > FUSE_MERGE_MAX_SPLITS
+    assert n_blocks > record_block if record_block else n_blocks <= MERGE_SPLITS_BLOCK
 
 
 @pytest.mark.parametrize("eps", [1e-6, 0.5])
@@ -298,7 +321,7 @@ def test_mixer_matches_eager_mixer_with_shared_weights():
     mixer_level_case("fp32")
 
 
-def mixer_level_case(dtype, device=DEVICE, dim=64, heads=2, grid=(5, 7)):
+def mixer_level_case(dtype, device=DEVICE, dim=64, heads=2, grid=(3, 6)):
     """rala_triton's mixer (the RALA shell + this op) vs rala_eager's mixer, weights shared."""
     torch.manual_seed(0)
     dt = DTYPES[dtype]

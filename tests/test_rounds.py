@@ -245,41 +245,24 @@ def _copy_tree(dst: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_ab_interleaves_two_trees_and_gates(tmp_path, capsys):
+def test_ab_runs_each_side_in_its_own_tree(tmp_path, capsys):
+    """Two checkout folders; B's mechanisms are broken, so only B fails: with one line, after A's first round,
+    which is kept. (Interleaving, file names and the verdict: test_ab_checks_out_a_git_revision.)"""
     suite = write_suite(
-        tmp_path, TINY.replace("resolution: [3, 4]", "resolution: [4]").replace("batch: [1, 2]", "batch: 1")
+        tmp_path,
+        TINY.replace("softmax_sdpa, softmax_eager", "softmax_sdpa")
+        .replace("resolution: [3, 4]", "resolution: [4]")
+        .replace("batch: [1, 2]", "batch: 1"),
     )
     a, b = _copy_tree(tmp_path / "A"), _copy_tree(tmp_path / "B")
-    out = tmp_path / "ab"
-    code = main(["ab", str(suite), "--baseline", str(a), "--candidate", str(b), "--rounds", "3", "--out", str(out)])
-    assert code in (0, 1)  # a verdict either way; identical trees pass in >= 95 % of pairs (calibration)
-    text = capsys.readouterr().out
-    assert "A B B A A B" in text and "3/3" in text and "NO VERDICT" not in text
-    files = sorted(out.glob("*.csv"), key=lambda p: p.stat().st_mtime)
-    names = [p.name for p in files if not p.name.endswith(".samples.csv")]
-    assert names == ["A-r01.csv", "B-r01.csv", "B-r02.csv", "A-r02.csv", "A-r03.csv", "B-r03.csv"]
-    # each side imports its own tree: break B's mechanisms and only B fails
     (b / "mechanisms" / "__init__.py").write_text("raise ImportError('tree B is broken on purpose')\n")
+    out = tmp_path / "ab"
     assert (
-        main(
-            [
-                "ab",
-                str(suite),
-                "--baseline",
-                str(a),
-                "--candidate",
-                str(b),
-                "--rounds",
-                "3",
-                "--out",
-                str(tmp_path / "ab2"),
-            ]
-        )
-        == 2
+        main(["ab", str(suite), "--baseline", str(a), "--candidate", str(b), "--rounds", "3", "--out", str(out)]) == 2
     )
     err = capsys.readouterr().err
-    assert "side B" in err and len(err.strip().splitlines()) == 1
-    assert (tmp_path / "ab2" / "A-r01.csv").exists()  # the round measured before the failure is kept
+    assert "side B" in err and "round 1 failed" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.glob("*.csv")) == ["A-r01.csv", "A-r01.samples.csv"]  # A's round is kept
 
 
 @pytest.mark.slow
@@ -303,11 +286,16 @@ def test_ab_checks_out_a_git_revision(tmp_path, capsys, monkeypatch):
         listed = subprocess.run(["git", "worktree", "list", "--porcelain"], cwd=REPO, capture_output=True, text=True)
         return [ln for ln in listed.stdout.splitlines() if ln.startswith("worktree ") and str(scratch) in ln]
 
-    code = main(["ab", str(suite), "--baseline", "HEAD", "--rounds", "3", "--out", str(tmp_path / "ab")])
-    assert code in (0, 1)
+    out = tmp_path / "ab"
+    code = main(["ab", str(suite), "--baseline", "HEAD", "--rounds", "3", "--out", str(out)])
+    assert code in (0, 1)  # a verdict either way (HEAD and this checkout: the same code where it is clean)
     shown = capsys.readouterr().out
     assert "temporary worktree" in shown and str(scratch) in shown.replace("\n", "")  # made where we look
     assert ours() == [] and not any(scratch.iterdir())  # removed again
+    assert "A B B A A B" in shown and "3/3" in shown and "NO VERDICT" not in shown  # 3/3: rounds per side
+    files = sorted(out.glob("*.csv"), key=lambda p: p.stat().st_mtime)
+    names = [p.name for p in files if not p.name.endswith(".samples.csv")]
+    assert names == ["A-r01.csv", "B-r01.csv", "B-r02.csv", "A-r02.csv", "A-r03.csv", "B-r03.csv"]
     assert main(["ab", str(suite), "--baseline", "no-such-revision-xyz"]) == 2
     assert "neither a directory nor a git revision" in capsys.readouterr().err
 
