@@ -15,13 +15,11 @@ STAMP := $(VENV)/.attnbench-installed
 setup: $(STAMP)
 
 # CPU torch is installed before the project so that pip never resolves `torch>=2.4` to a CUDA build.
-# --no-compile: bytecode is written when a module is first imported, for the modules used, instead of for all
-# ~13,000 files of the dependencies at install time.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --no-compile torch==2.13.0
-	$(PY) -m pip install --quiet --no-compile -e ".[test,triton,plot,imagenet,distributed]"
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[test,triton,plot,imagenet,distributed]"
 	touch $(STAMP)
 
 run: setup
