@@ -56,22 +56,20 @@ def profile_workload(fn: Callable[[], Any], device: str) -> Profile:
 
 
 def _run_profiler(fn: Callable[[], Any], device: str):
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     from attnbench.measure.memory import _quiet_stderr
+    from attnbench.measure.timing import synchronize
 
     cuda = str(device).startswith("cuda")
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     for _ in range(WARM_CALLS):
         fn()
-    if cuda:
-        torch.cuda.synchronize()
+    synchronize(device)
     with _quiet_stderr(), profile(activities=activities, record_shapes=cuda) as prof:
         for _ in range(PROFILED_CALLS):
             fn()
-        if cuda:
-            torch.cuda.synchronize()
+        synchronize(device)
     return prof
 
 
