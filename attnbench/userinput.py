@@ -129,11 +129,11 @@ def compose_and_load(text: str) -> tuple[yaml.Node | None, Any]:
     return node, data
 
 
-def _run_loader(text: str, method: str | Callable[[_BoundedLoader], Any]) -> Any:
-    """`_BoundedLoader(text).<method>()` (or `method(loader)`) with its errors as YamlInputError (message, line)."""
+def _run_loader(text: str, method: Callable[[_BoundedLoader], Any]) -> Any:
+    """`method(_BoundedLoader(text))` with its errors as YamlInputError (message, line)."""
     loader = _new_loader(text)
     try:
-        return method(loader) if callable(method) else getattr(loader, method)()
+        return method(loader)
     except yaml.YAMLError as exc:
         raise _yaml_error(exc) from None
     except RecursionError:
@@ -151,7 +151,7 @@ def _new_loader(text: str) -> _BoundedLoader:
 
 def load_yaml(text: str) -> Any:
     """Parse one YAML document with the bounds above; raises YamlInputError (message, line)."""
-    data = _run_loader(text, "get_single_data")
+    data = _run_loader(text, _BoundedLoader.get_single_data)
     _check_size(data)
     return data
 
