@@ -62,7 +62,8 @@ def test_rounds_in_fresh_workers_with_round_medians(tmp_path):
         meds = [statistics.median(g["value"]) for _, g in s.groupby("round")]
         assert stat["median"] == pytest.approx(statistics.median(meds))
         assert stat["min"] == pytest.approx(min(meds)) and stat["n"] == 3
-        assert set(rows.note) == {"over 3 round medians"}
+        # a loaded machine may add its `contended` part (attnbench.contention), which is not asserted here
+        assert {n.split("; contended")[0] for n in rows.note} == {"over 3 round medians"}
     recorded = yaml.safe_load(results.companion(out, "suite.yaml").read_text())
     assert recorded["rounds"] == 3 and recorded["order_seed"] == 7
 
@@ -147,7 +148,8 @@ def test_sweeps_spread_a_round_and_resume_by_whole_rounds(tmp_path):
         s = samples[samples.case_id == case_id]
         values = [min(g.groupby("sweep")["value"].median()) for _, g in s.groupby("round")]
         assert stat["n"] == 2 and stat["min"] == pytest.approx(min(values))
-        assert set(rows.note) == {"over 2 round values (each the fastest of 3 sweep medians)"}
+        notes = {n.split("; contended")[0] for n in rows.note}  # a loaded machine may add its `contended` part
+        assert notes == {"over 2 round values (each the fastest of 3 sweep medians)"}
     from attnbench import stats
 
     medians = stats.round_medians(samples)
@@ -292,7 +294,9 @@ def test_ab_checks_out_a_git_revision(tmp_path, capsys, monkeypatch):
     shown = capsys.readouterr().out
     assert "temporary worktree" in shown and str(scratch) in shown.replace("\n", "")  # made where we look
     assert ours() == [] and not any(scratch.iterdir())  # removed again
-    assert "A B B A A B" in shown and "3/3" in shown and "NO VERDICT" not in shown  # 3/3: rounds per side
+    assert "A B B A A B" in shown and "3/3" in shown  # 3/3: rounds per side
+    # a verdict, unless a loaded machine left the one case contended (then it is unsteady and not judged)
+    assert "NO VERDICT" not in shown or "1 unsteady" in shown
     files = sorted(out.glob("*.csv"), key=lambda p: p.stat().st_mtime)
     names = [p.name for p in files if not p.name.endswith(".samples.csv")]
     assert names == ["A-r01.csv", "B-r01.csv", "B-r02.csv", "A-r02.csv", "A-r03.csv", "B-r03.csv"]
