@@ -148,6 +148,19 @@ def skip_reason(
     return None
 
 
+def _model_skip_reason(
+    mech: registry.Mechanism, model_options: dict[str, Any], *, device: str, dtype: str, pass_: str
+) -> str | None:
+    """Why a model whose stages 1-2 use `mech` and stages 3-4 its `mixer_late` cannot run this case, or None."""
+    from attnbench.models.ravlt import DEFAULT_MIXER_LATE
+
+    for used in dict.fromkeys([mech, registry.get(model_options.get("mixer_late", DEFAULT_MIXER_LATE))]):
+        reason = skip_reason(used, level="model", device=device, dtype=dtype, pass_=pass_, heads=None, dim=None)
+        if reason is not None:
+            return reason if used is mech else f"{reason} (mixer_late {used.name})"
+    return None
+
+
 def _variant(mech: registry.Mechanism, level: str, options: dict[str, Any]) -> str:
     """The mechanism's name for what a case runs ("" at model level, where variant is the model)."""
     if level == "model":
@@ -176,14 +189,12 @@ def plan(suite: Suite) -> list[Case]:
                             model_opts.update(_freeze(settings))
                             for size in suite.resolution:
                                 for batch in suite.batch:
-                                    reason = skip_reason(
+                                    reason = _model_skip_reason(
                                         mech,
-                                        level=level,
+                                        suite.options.get(model, {}),
                                         device=suite.device,
                                         dtype=dtype,
                                         pass_=pass_,
-                                        heads=None,
-                                        dim=None,
                                     )
                                     if reason is None and size % 32:
                                         reason = (

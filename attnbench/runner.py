@@ -266,7 +266,7 @@ def resumed_visits(out: Path, sweeps: int, prior: dict[str, dict[int, rounds.Swe
     }
 
 
-RESUME_FREE_KEYS = {"timeout_s", "isolation", "memory_limit_gb"}  # may change between a run and its resume
+RESUME_FREE_KEYS = {"timeout_s", "isolation", "memory_limit_gb", "profile"}  # may change between a run and its resume
 
 
 def check_resume_matches(out: Path, suite: Suite) -> None:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from attnbench import registry
 from attnbench.errors import SuiteError
 from attnbench.execute import CaseExecutor
+from attnbench.layers import TokenMixer, rope_operator
 from attnbench.measure.flops import count_flops
 from attnbench.models.counting import model_flops
 from attnbench.models.ravlt import create_ravlt
@@ -185,6 +186,9 @@ class _NotRepeatable(Mechanism):
     def op(self, q, k, v, *, grid):
         return v
 
+    def mixer(self, dim, num_heads):
+        return TokenMixer(dim, num_heads, rope_operator(lambda q, k, v: v))
+
 
 @pytest.fixture
 def probes():
@@ -228,6 +232,28 @@ def test_suite_skips_bwd_without_a_repeatable_backward(probes):
         if case.pass_ == "bwd" and case.mechanism.startswith("test_"):
             rows, _ = executor.run(case)
             assert [(r["status"], r["message"]) for r in rows] == [("skipped", case.skip)]
+
+
+def test_model_bwd_skips_a_late_mixer_without_a_repeatable_backward(probes):
+    """At model level the mechanism runs stages 1-2 and `mixer_late` stages 3-4: either one that cannot run
+    pass bwd skips the case, naming which."""
+    suite = load_suite(
+        {
+            "name": "bwd-model",
+            "mechanisms": ["rala_eager", "test_bwd_not_repeatable"],
+            "level": "model",
+            "models": ["ravlt_t"],
+            "pass": ["fwd", "bwd"],
+            "resolution": [32],
+            "device": "cpu",
+            "options": {"ravlt_t": {"mixer_late": "test_bwd_not_repeatable"}},
+        }
+    )
+    skips = {(c.mechanism, c.pass_): c.skip for c in plan(suite)}
+    reason = "unsupported: its backward cannot run twice through one retained graph (pass bwd)"
+    assert skips[("rala_eager", "bwd")] == f"{reason} (mixer_late test_bwd_not_repeatable)"
+    assert skips[("test_bwd_not_repeatable", "bwd")] == reason
+    assert skips[("rala_eager", "fwd")] is None and skips[("test_bwd_not_repeatable", "fwd")] is None
 
 
 def test_suite_bwd_rows():

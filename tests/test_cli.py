@@ -414,6 +414,7 @@ def test_resume_refuses_a_different_suite(tmp_path, capsys):
     ]
     assert main(base) == 0
     assert main(base + ["--resume"]) == 0  # same settings: nothing left to run
+    assert main(base + ["--resume", "--set", "profile=true", "--set", "timeout_s=30"]) == 0  # rows unchanged
     assert main(base + ["--resume", "--set", "batch=[2]"]) == 2
     assert "different settings (batch)" in capsys.readouterr().err
 
