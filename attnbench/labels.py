@@ -52,11 +52,12 @@ def mechanism_label(fields: Mapping[str, Any], *, size: bool = False) -> str:
 
 
 def shape_label(fields: Mapping[str, Any]) -> str:
-    """A case's shape in a table column: '14²' or '16x24' (token grid); 'ravlt_t@224' at model level."""
+    """A case's shape in a table column: '14x14' or '16x24' (token grid HxW); 'ravlt_t@224' at model level.
+    Every table format (terminal, Markdown, LaTeX, CSV, HTML) and every table (summary, pivots, speedups) uses
+    this one convention."""
     if fields["level"] == "model":
         return f"{fields['variant']}@{fields['height']}"
-    h, w = int(fields["height"]), int(fields["width"])
-    return f"{h}x{w}" if h != w else f"{h}²"
+    return f"{int(fields['height'])}x{int(fields['width'])}"
 
 
 def group_label(group: Mapping[str, Any]) -> str:

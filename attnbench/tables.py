@@ -89,7 +89,7 @@ def crossover_table(cross: pd.DataFrame) -> Table:
     for _, r in cross.iterrows():
         group = group_label(r.to_dict())
         if r["result"] == "crossover":
-            what = f"N* = {fmt_number(r['tokens'])} (grid ~{math.sqrt(r['tokens']):.0f}²)"
+            what = f"N* = {fmt_number(r['tokens'])} (grid ~{math.sqrt(r['tokens']):.0f}x{math.sqrt(r['tokens']):.0f})"
             what += f", 1 of {r['crossings']:.0f} (noise near a tie?)" if r["crossings"] > 1 else ""
             faster = f"{r['faster_below']} below, {r['faster_above']} above"
             bracket = (

@@ -150,3 +150,16 @@ def test_plots_written(run, tmp_path):
 def test_fmt_number_significant_digits():
     got = [tables.fmt_number(v) for v in (0.0001234, 0.0123, 1.234, 123.4, 1234.5, 2.4e9, float("nan"))]
     assert got == ["0.000123", "0.0123", "1.23", "123", "1234", "2.40e+09", ""]
+
+
+def test_every_table_format_labels_columns_alike(run):
+    """The terminal summary, the pivots (Markdown, LaTeX, CSV) and the speedups name a token grid 'HxW'."""
+    from attnbench import summary
+
+    want = ["7x7", "14x14", "28x28", "56x56"]
+    term = summary.summary_tables(run)[0].frame
+    (lat,) = analysis.pivot_tables(run, "latency")
+    (sp,) = analysis.speedup_tables(run, "softmax_sdpa")
+    assert list(term.columns) == list(lat.values.columns) == list(sp.values.columns) == want
+    assert set(export.tidy([lat])["column"]) == set(want)
+    assert "& 7x7 &" in export.to_latex(lat) and "| 7x7 |" in export.to_markdown(lat)
