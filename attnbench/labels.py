@@ -80,3 +80,43 @@ def row_order(rows: Sequence[str], families: Sequence[Any], missing: Sequence[bo
         if has_value(fam):
             family.setdefault(row, str(fam))
     return sorted(empty, key=lambda row: (empty[row], family.get(row, ""), row))
+
+
+_PASS_WORDS = {"fwd": "forward", "fwd_bwd": "forward and backward", "bwd": "backward"}
+_DEVICE_WORDS = {"cpu": "CPU", "cuda": "GPU"}
+
+
+def level_words(group: Mapping[str, Any]) -> str:
+    """What a group measures, in words: 'the attention operator', 'the token mixer (+lepe)', 'the ravlt_t model'."""
+    level, variant = text(group.get("level")), text(group.get("variant"))
+    if level == "model":
+        return f"the {variant} model" if variant else "the model"
+    what = {"op": "the attention operator", "mixer": "the token mixer"}.get(level, f"the {level}" if level else "")
+    return f"{what} ({variant})" if variant and what else what
+
+
+def setting_words(group: Mapping[str, Any]) -> str:
+    """A group's setting in words: 'fp32 on CPU, batch 1, 1 head of 64 channels'."""
+    device = text(group.get("device"))
+    head = " on ".join(p for p in (text(group.get("dtype")), _DEVICE_WORDS.get(device, device)) if p)
+    parts = [head] if head else []
+    if has_value(group.get("batch")):
+        parts.append(f"batch {group['batch']}")
+    if has_value(group.get("height")) and has_value(group.get("width")):
+        parts.append(f"grid {group['height']}x{group['width']}")
+    heads, head_dim = group.get("heads"), group.get("head_dim")
+    if has_value(heads) and group.get("level") != "model":
+        each = f" of {head_dim} channels" if has_value(head_dim) else ""
+        parts.append(f"{heads} head{'' if str(heads) == '1' else 's'}{each}")
+    return ", ".join(parts)
+
+
+def words_title(what: str, group: Mapping[str, Any]) -> str:
+    """A figure title or caption in words: 'Forward latency of the attention operator, fp32 on CPU, batch 1,
+    1 head of 64 channels' for what='latency' (the pass leads; `what` is lower case)."""
+    pass_ = _PASS_WORDS.get(text(group.get("pass")), text(group.get("pass")))
+    head = " ".join(p for p in (pass_, what) if p)
+    head = head[:1].upper() + head[1:]
+    of = level_words(group)
+    setting = setting_words(group)
+    return head + (f" of {of}" if of else "") + (f", {setting}" if setting else "")
