@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from attnbench import analysis, figures
+from attnbench import analysis, figures, labels, tables
 from attnbench.analysis import PivotTable
 from attnbench.errors import AttnbenchError
 from attnbench.tables import AnyTable, as_table
@@ -67,13 +67,12 @@ def latex_escape(text: str) -> str:
 
 
 def to_latex(table: AnyTable, caption: str | None = None, label: str | None = None) -> str:
-    """A booktabs table (\\toprule/\\midrule/\\bottomrule) in a table float; caption defaults to the title."""
+    """A booktabs table (\\toprule/\\midrule/\\bottomrule) in a table float; the caption defaults to what the
+    table shows in words (`tables.caption`)."""
     t = as_table(table)
     head = [t.frame.index.name or "", *map(str, t.frame.columns)]
     body = [[str(i), *map(str, r)] for i, r in zip(t.frame.index, t.frame.itertuples(index=False))]
-    cap = caption if caption is not None else t.title
-    if isinstance(table, PivotTable) and table.interval and caption is None:
-        cap += f" (± / [ ]: {table.interval})"
+    cap = caption if caption is not None else tables.caption(table)
     lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{latex_escape(cap)}}}"]
     if label:
         lines.append(rf"\label{{{label}}}")
@@ -127,7 +126,7 @@ def to_csv(tables: Sequence[AnyTable]) -> str:
 
 # -- plots ---------------------------------------------------------------------------------------------
 # The figures themselves (palette, axes, splitting by family, facets) are drawn by attnbench.figures.
-group_slug = figures.group_slug
+group_slug = labels.group_slug
 HOLLOW_LABEL = figures.HOLLOW_LABEL
 
 

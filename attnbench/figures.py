@@ -37,7 +37,7 @@ import pandas as pd
 from attnbench import analysis, stats
 from attnbench.analysis import CURVE_KEYS
 from attnbench.errors import AttnbenchError
-from attnbench.labels import has_value, text, words_title
+from attnbench.labels import group_slug, text, words_title
 
 FACET = "hardware"  # a row column that, with several values, splits a figure into panels
 MAX_SERIES = 8
@@ -133,14 +133,6 @@ class Plot:
     figure: Any  # matplotlib.figure.Figure
     group: dict
     metric: str
-
-
-def group_slug(group: Mapping[str, Any]) -> str:
-    """File-name part of a group: 'op-fwd-fp32-cpu-b1-h1-d64'."""
-    present = {k: v for k, v in group.items() if has_value(v)}
-    parts = [str(present[k]) for k in ("level", "variant", "pass", "dtype", "device") if k in present]
-    parts += [f"{p}{present[k]}" for k, p in (("batch", "b"), ("heads", "h"), ("dim", "d")) if k in present]
-    return _slug("-".join(parts))
 
 
 def _slug(txt: str) -> str:

@@ -8,6 +8,7 @@ Each function takes a mapping of results-row fields (a row's `to_dict()`, or a p
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -69,6 +70,14 @@ def group_label(group: Mapping[str, Any]) -> str:
     return ", ".join([" ".join(head), *tail])
 
 
+def group_slug(group: Mapping[str, Any]) -> str:
+    """File-name part of a group: 'op-fwd-fp32-cpu-b1-h1-d64'."""
+    present = {k: v for k, v in group.items() if has_value(v)}
+    parts = [str(present[k]) for k in ("level", "variant", "pass", "dtype", "device") if k in present]
+    parts += [f"{p}{present[k]}" for k, p in (("batch", "b"), ("heads", "h"), ("dim", "d")) if k in present]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "-".join(parts)).strip("_")
+
+
 def row_order(rows: Sequence[str], families: Sequence[Any], missing: Sequence[bool]) -> list[str]:
     """A table's rows in reading order, from one entry per cell (`rows` repeat): rows with a value in some
     cell first, then rows with none (skipped or failed everywhere); within each, by family, then by label.
@@ -111,11 +120,11 @@ def setting_words(group: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def words_title(what: str, group: Mapping[str, Any]) -> str:
+def words_title(what: str, group: Mapping[str, Any], lead: str = "") -> str:
     """A figure title or caption in words: 'Forward latency of the attention operator, fp32 on CPU, batch 1,
-    1 head of 64 channels' for what='latency' (the pass leads; `what` is lower case)."""
+    1 head of 64 channels' for what='latency'; `lead` goes before the pass ('Median forward latency ...')."""
     pass_ = _PASS_WORDS.get(text(group.get("pass")), text(group.get("pass")))
-    head = " ".join(p for p in (pass_, what) if p)
+    head = " ".join(p for p in (lead, pass_, what) if p)
     head = head[:1].upper() + head[1:]
     of = level_words(group)
     setting = setting_words(group)
