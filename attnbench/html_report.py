@@ -368,6 +368,11 @@ def report_html(
             sec = page.add_section(heading, anchor=key)
             for lbl, t in shown:
                 sec.add_table(t, (f"{lbl}: " if lbl else "") + tables.caption(t))
+    singles = [(lbl, t) for lbl, df, _ in per_part for t in summary.single_metric_tables(df)]
+    if singles:
+        sec = page.add_section("Model and rank metrics", anchor="metrics")
+        for lbl, t in singles:
+            sec.add_table(t.frame.rename_axis("mechanism [model]"), (f"{lbl}: " if lbl else "") + t.title)
     problems = [(lbl, summary.problems(df)) for lbl, df, _ in per_part]
     if any(len(p) for _, p in problems):
         sec = page.add_section("Cases that did not run", anchor="problems")
