@@ -196,6 +196,13 @@ def _report_parts(runs: list[tuple[str, object, object]], out) -> list[tuple[str
     return [("", df, pd.concat(samples, ignore_index=True) if samples else None)]
 
 
+def _captioned(table, prefix: str) -> str:
+    """The caption of `table` in words, after `prefix: ` (the results file it comes from) where given."""
+    from attnbench import tables
+
+    return f"{prefix}: {tables.caption(table)}" if prefix else tables.caption(table)
+
+
 def _titled(table, prefix: str):
     """`table` with `prefix: ` before its title (the results file it comes from)."""
     import dataclasses
@@ -291,12 +298,11 @@ def cmd_report(args) -> int:
                     continue  # already shown by print_report
                 print_table(tables.as_table(t))
         elif args.format == "md":
-            print("\n\n".join(export.to_markdown(_titled(t, label)) for t in extra))
+            print("\n\n".join(export.to_markdown(t, _captioned(t, label)) for t in extra))
         elif args.format == "latex":
             texts = []
             for t in extra:
-                caption = tables.caption(t)
-                caption = f"{label}: {caption}" if label else caption
+                caption = _captioned(t, label)
                 caption = f"{args.title}: {caption}" if args.title else caption
                 texts.append(export.to_latex(t, caption=caption, label=_latex_label(args.label, label, t, several)))
             print("\n\n".join(texts))

@@ -25,17 +25,17 @@ class ExportError(AttnbenchError):
 
 
 # -- Markdown / LaTeX / CSV ----------------------------------------------------------------------------
-def to_markdown(table: AnyTable) -> str:
-    """A GitHub Markdown table with the title in bold above it; pipes in cells escaped."""
+def to_markdown(table: AnyTable, caption: str | None = None) -> str:
+    """A GitHub Markdown table under its caption in bold (default: what it shows in words, `tables.caption`);
+    pipes in cells escaped."""
     t = as_table(table)
     head = [t.frame.index.name or "", *map(str, t.frame.columns)]
     rows = [[str(i), *map(str, r)] for i, r in zip(t.frame.index, t.frame.itertuples(index=False))]
     esc = [[c.replace("|", "\\|") for c in line] for line in [head, *rows]]
     rule = "|" + "|".join([":--", *["--:"] * (len(head) - 1)]) + "|"
-    lines = [f"**{t.title}**", "", "| " + " | ".join(esc[0]) + " |", rule]
+    cap = caption if caption is not None else tables.caption(table)
+    lines = [f"**{cap}**", "", "| " + " | ".join(esc[0]) + " |", rule]
     lines += ["| " + " | ".join(line) + " |" for line in esc[1:]]
-    if isinstance(table, PivotTable) and table.interval:
-        lines += ["", f"_± / [ ]: {table.interval}_"]
     lines += [line for note in t.notes for line in ("", f"_{note}_")]
     return "\n".join(lines) + "\n"
 

@@ -9,6 +9,7 @@ turns any of its items into a `Table` for the terminal (the CLI renders it) or f
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Union
 
@@ -91,9 +92,10 @@ def caption(table: AnyTable) -> str:
         return table.caption or table.title
     across = "token grid HxW" if table.axis == "shape" else "batch size"
     if table.metric == "speedup":
-        what = table.title.split(" (")[0].replace("speedup vs", "speed-up over")
+        over = re.search(r"speedup vs (.+?) \(", table.title)
+        what = f"speed-up over {over.group(1)}" if over else "speed-up"
         text = words_title(f"{what} (ratio of median latencies, > 1: faster)", table.group)
-        return text + f", by mechanism and {across}" + (f"; [ ]: {table.interval}" if table.interval else "")
+        return text + f", by mechanism and {across}" + (f"; [ ]: its interval ({table.interval})" if table.interval else "")
     median = "median" if "(median)" in table.title else ""
     what = f"{_METRIC_WORDS.get(table.metric, table.metric.replace('_', ' '))} ({table.unit})"
     text = words_title(what, table.group, lead=median) + f", by mechanism and {across}"
@@ -143,8 +145,8 @@ def crossover_table(cross: pd.DataFrame) -> Table:
         )
     title = f"crossover {cross['a'].iloc[0]} (A) vs {cross['b'].iloc[0]} (B)" if len(cross) else "crossover"
     words = (
-        f"Token count N* where the latencies of {cross['a'].iloc[0]} (A) and {cross['b'].iloc[0]} (B) cross, per "
-        "group: interpolated in log-log space between the two measured points that bracket it"
+        f"Crossover: the token count N* where the latencies of {cross['a'].iloc[0]} (A) and {cross['b'].iloc[0]} "
+        "(B) cross, per group, interpolated in log-log space between the two measured points that bracket it"
         if len(cross)
         else "Crossover of two mechanisms' latencies"
     )

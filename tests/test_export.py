@@ -73,7 +73,7 @@ def test_markdown_structure_and_escaping(run):
     (lat,) = analysis.pivot_tables(run, "latency")
     md = export.to_markdown(lat)
     lines = md.splitlines()
-    assert lines[0].startswith("**latency ms") and lines[1] == ""
+    assert lines[0].startswith("**Median forward latency per call (ms) of the attention operator") and lines[1] == ""
     assert lines[2] == "| mechanism | 7x7 | 14x14 | 28x28 | 56x56 |"
     assert lines[3] == "|:--|--:|--:|--:|--:|"
     body = [line for line in lines[4:] if line.startswith("| ")]
