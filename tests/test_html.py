@@ -39,6 +39,7 @@ TINY = {
     "isolation": "inprocess",
     "metrics": ["latency", "memory"],
     "warmup": 1,
+    "warmup_s": 0,
     "repeats": {"min": 3, "max": 3, "min_time_s": 0},
 }
 OTHER = "other-box"  # the hardware kind the copy's env file names
