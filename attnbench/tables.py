@@ -95,7 +95,11 @@ def caption(table: AnyTable) -> str:
         over = re.search(r"speedup vs (.+?) \(", table.title)
         what = f"speed-up over {over.group(1)}" if over else "speed-up"
         text = words_title(f"{what} (ratio of median latencies, > 1: faster)", table.group)
-        return text + f", by mechanism and {across}" + (f"; [ ]: its interval ({table.interval})" if table.interval else "")
+        return (
+            text
+            + f", by mechanism and {across}"
+            + (f"; [ ]: its interval ({table.interval})" if table.interval else "")
+        )
     median = "median" if "(median)" in table.title else ""
     what = f"{_METRIC_WORDS.get(table.metric, table.metric.replace('_', ' '))} ({table.unit})"
     text = words_title(what, table.group, lead=median) + f", by mechanism and {across}"
