@@ -120,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="terminal tables (default), Markdown, LaTeX (booktabs) or tidy CSV on stdout",
     )
     rep.add_argument("--plot", metavar="DIR", help="also write PNG and PDF plots (latency/memory/speedup vs tokens)")
+    rep.add_argument(
+        "--html",
+        metavar="OUT.html",
+        help="also write one self-contained HTML page: the tables, figures (inline SVG) and each run's environment",
+    )
+    rep.add_argument("--mechanisms", metavar="A,B,...", help="only these mechanisms (comma-separated)")
+    rep.add_argument("--title", help="the report's title: Markdown heading, LaTeX caption prefix, HTML page title")
+    rep.add_argument(
+        "--label", metavar="KEY", help="with --format latex: \\label{KEY} (one table) or KEY-<table> (several)"
+    )
     rep.add_argument("--baseline", metavar="MECH", help="add speedup tables vs this mechanism")
     rep.add_argument("--crossover", nargs=2, metavar=("A", "B"), help="token count where A and B cross")
     rep.add_argument("--min-tokens", type=int, help="fit scaling exponents only at or above this token count")

@@ -196,11 +196,53 @@ def _report_parts(runs: list[tuple[str, object, object]], out) -> list[tuple[str
     return [("", df, pd.concat(samples, ignore_index=True) if samples else None)]
 
 
+def _captioned(table, prefix: str) -> str:
+    """The caption of `table` in words, after `prefix: ` (the results file it comes from) where given."""
+    from attnbench import tables
+
+    return f"{prefix}: {tables.caption(table)}" if prefix else tables.caption(table)
+
+
 def _titled(table, prefix: str):
     """`table` with `prefix: ` before its title (the results file it comes from)."""
     import dataclasses
 
     return dataclasses.replace(table, title=f"{prefix}: {table.title}") if prefix else table
+
+
+def _only_mechanisms(runs: list[tuple[str, object, object]], spec: str) -> list[tuple[str, object, object]]:
+    """report --mechanisms A,B: each run's rows (and samples) of those mechanisms only."""
+    wanted = list(dict.fromkeys(m.strip() for m in spec.split(",") if m.strip()))
+    if not wanted:
+        raise AttnbenchError(
+            "--mechanisms needs a comma-separated list of mechanism names, e.g. softmax_sdpa,rala_eager"
+        )
+    have = {m for _, df, _ in runs for m in df["mechanism"]}
+    missing = [m for m in wanted if m not in have]
+    if missing:
+        raise AttnbenchError(
+            f"--mechanisms: {', '.join(missing)[:200]} has no rows in these files; they have "
+            f"{', '.join(sorted(have))[:400] or 'none'}"
+        )
+    out = []
+    for path, df, samples in runs:
+        keep = df[df["mechanism"].isin(wanted)]
+        if samples is not None:
+            samples = samples[samples["case_id"].isin(set(keep["case_id"]))]
+        out.append((path, keep, samples))
+    return out
+
+
+def _latex_label(label: str | None, prefix: str, table, several: bool) -> str | None:
+    """report --label KEY: KEY for a report of one table, else KEY-<file stem>-<table key>."""
+    from attnbench import tables
+
+    if not label:
+        return None
+    if not several:
+        return label
+    stem = f"{Path(prefix).stem}-" if prefix else ""
+    return f"{label}-{stem}{tables.table_key(table)}"
 
 
 def cmd_report(args) -> int:
@@ -214,17 +256,37 @@ def cmd_report(args) -> int:
         raise AttnbenchError(f"--crossover needs two different mechanisms, got {args.crossover[0][:60]!r} twice")
     if args.min_tokens is not None and args.min_tokens < 0:
         raise AttnbenchError(f"--min-tokens must be >= 0, got {args.min_tokens}")
+    if args.label and args.format != "latex":
+        raise AttnbenchError("--label sets the LaTeX \\label of each table; add --format latex")
+    if args.html and not str(args.html).endswith((".html", ".htm")):
+        raise AttnbenchError(f"--html names the page to write, ending in .html; got {str(args.html)[:200]!r}")
+    if args.html:
+        _check_folder(Path(args.html).parent, "--html path")
     runs = _load_runs(args.files)
+    if args.mechanisms is not None:
+        runs = _only_mechanisms(runs, args.mechanisms)
     parts = _report_parts(runs, console if args.format == "term" else err_console)
     crossover = tuple(args.crossover) if args.crossover else None
-    tidy_parts = []
-    folders = _plot_folders(parts)
-    for (label, df, samples), folder in zip(parts, folders):
-        if df.empty:
-            continue
-        extra = tables.report_tables(
-            df, baseline=args.baseline, crossover=crossover, samples=samples, min_tokens=args.min_tokens
+    made = [
+        (
+            label,
+            df,
+            samples,
+            folder,
+            tables.report_tables(
+                df, baseline=args.baseline, crossover=crossover, samples=samples, min_tokens=args.min_tokens
+            ),
         )
+        for (label, df, samples), folder in zip(parts, _plot_folders(parts))
+        if not df.empty
+    ]
+    several = sum(len(extra) for *_, extra in made) > 1
+    if args.title and args.format == "md":
+        print(f"# {args.title}\n")
+    elif args.title and args.format == "term":
+        console.rule(f"[bold]{esc(args.title, 400)}[/]", align="left")
+    tidy_parts = []
+    for label, df, samples, folder, extra in made:
         if args.format == "term":
             from attnbench.analysis import PivotTable
 
@@ -236,9 +298,14 @@ def cmd_report(args) -> int:
                     continue  # already shown by print_report
                 print_table(tables.as_table(t))
         elif args.format == "md":
-            print("\n\n".join(export.to_markdown(_titled(t, label)) for t in extra))
+            print("\n\n".join(export.to_markdown(t, _captioned(t, label)) for t in extra))
         elif args.format == "latex":
-            print("\n\n".join(export.to_latex(_titled(t, label)) for t in extra))
+            texts = []
+            for t in extra:
+                caption = _captioned(t, label)
+                caption = f"{args.title}: {caption}" if args.title else caption
+                texts.append(export.to_latex(t, caption=caption, label=_latex_label(args.label, label, t, several)))
+            print("\n\n".join(texts))
         else:
             tidy = export.tidy(extra)
             tidy_parts.append(tidy.assign(file=label)[["file", *tidy.columns]] if label else tidy)
@@ -248,6 +315,14 @@ def cmd_report(args) -> int:
         import pandas as pd
 
         sys.stdout.write(pd.concat(tidy_parts, ignore_index=True).to_csv(index=False) if tidy_parts else "")
+    if args.html:
+        from attnbench.html_report import report_html
+
+        page = report_html(
+            parts, runs, baseline=args.baseline, crossover=crossover, min_tokens=args.min_tokens, title=args.title or ""
+        )
+        path = page.write(args.html)
+        err_console.print(f"wrote {esc(path)} ({path.stat().st_size / 1024:.0f} KiB, self-contained)")
     return 0
 
 
@@ -260,7 +335,7 @@ def _report_kernels(args) -> int:
 
     from attnbench import export, profiling, results
 
-    given = {"--plot": args.plot, "--baseline": args.baseline, "--crossover": args.crossover}
+    given = {"--plot": args.plot, "--baseline": args.baseline, "--crossover": args.crossover, "--html": args.html}
     others = [flag for flag, value in {**given, "--min-tokens": args.min_tokens}.items() if value is not None]
     if others:
         raise AttnbenchError(f"--kernels shows the kernel tables only; drop {', '.join(others)} (or run report twice)")
@@ -297,16 +372,21 @@ def _plot_folders(parts: list[tuple[str, object, object]]) -> list[str]:
     return [stem if stems.count(stem) == 1 else f"{i + 1}-{stem}" for i, stem in enumerate(stems)]
 
 
-def _plot(args, df, samples, folder: Path) -> None:
-    from attnbench import export
-
+def _check_folder(folder: Path, what: str) -> None:
+    """Create `folder` (for a file or plots to come), or say which option to change."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "strerror", None) or exc
         raise AttnbenchError(
-            f"cannot create the plot folder {str(folder)[:200]!r}: {reason}; choose another --plot"
+            f"cannot create the folder {str(folder)[:200]!r}: {reason}; choose another {what}"
         ) from None
+
+
+def _plot(args, df, samples, folder: Path) -> None:
+    from attnbench import export
+
+    _check_folder(folder, "--plot")
     paths = export.write_plots(df, folder, baseline=args.baseline, samples=samples, min_tokens=args.min_tokens)
     err_console.print(f"wrote {len(paths)} plot files to {esc(folder)}")
     for path in paths:

@@ -101,21 +101,7 @@ def print_report(df, out: Console = console) -> None:
 
     for t in summary.summary_tables(df):
         print_table(t, out, index_name="mechanism")
-    single = (
-        "params",
-        "macs",
-        "macs_with_attn",
-        "flops",
-        "flops_counted",
-        "top1",
-        "top5",
-        "kv_rank",
-        "kv_erank",
-        "out_rank",
-        "out_erank",
-    )
-    model_or_rank = df[df["level"].eq("model") | df["metric"].isin(("kv_erank", "out_erank"))]
-    for t in summary.metric_tables(model_or_rank, single):
+    for t in summary.single_metric_tables(df):
         print_tables(render_tables(t.title, t.frame, index_name="mechanism [model]"), out)
     probs = summary.problems(df)
     if len(probs):

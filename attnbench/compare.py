@@ -181,7 +181,8 @@ def env_fields(env_a: Mapping[str, str], env_b: Mapping[str, str]) -> tuple[EnvF
     return tuple(EnvField(n, env_a.get(n, "?"), env_b.get(n, "?")) for n in names)
 
 
-def _read_env(path: Path) -> dict[str, Any]:
+def read_env(path: Path) -> dict[str, Any]:
+    """env_id -> fingerprint from the results file's FILE.env.json ({} when it is missing)."""
     env_path = results.companion(path, "env.json")
     if not env_path.is_file():
         return {}
@@ -204,7 +205,7 @@ def hardware_label(fp: Mapping[str, Any]) -> str:
 def run_hardware(path: str | Path, rows: pd.DataFrame) -> set[str]:
     """Hardware labels of the environments that `rows` (of results file `path`) were measured in; empty when
     FILE.env.json is missing or names none of them."""
-    envs = _read_env(Path(path))
+    envs = read_env(Path(path))
     ids = set(rows["env_id"]) if "env_id" in rows else set()
     return {hardware_label(envs[i]) for i in ids if isinstance(envs.get(i), Mapping)}
 
@@ -257,7 +258,7 @@ def compare_runs(
                 f"{path}: {dropped} cases share an identity with a later one (another device or options) "
                 "and were left out"
             )
-    env_a, env_b = env_summary(rows_a, _read_env(path_a)), env_summary(rows_b, _read_env(path_b))
+    env_a, env_b = env_summary(rows_a, read_env(path_a)), env_summary(rows_b, read_env(path_b))
     if not env_a or not env_b:
         notes.append(
             "no environment recorded for "

@@ -124,6 +124,27 @@ def _convention(note: str) -> str:
     return f" ({head})" if head and len(head) <= 24 else ""
 
 
+SINGLE_METRICS = (
+    "params",
+    "macs",
+    "macs_with_attn",
+    "flops",
+    "flops_counted",
+    "top1",
+    "top5",
+    "kv_rank",
+    "kv_erank",
+    "out_rank",
+    "out_erank",
+)
+
+
+def single_metric_tables(df: pd.DataFrame) -> list[Table]:
+    """What a report shows of the single-valued metrics: those of model-level cases and of rank runs."""
+    chosen = df[df["level"].eq("model") | df["metric"].isin(("kv_erank", "out_erank"))]
+    return metric_tables(chosen, SINGLE_METRICS)
+
+
 def metric_tables(df: pd.DataFrame, metrics: tuple[str, ...]) -> list[Table]:
     """Single-valued metrics (params, macs, ranks, accuracy, ...): one table per (level, pass, dtype,
     batch), rows `mechanism [model] @size` (model level) or `mechanism [variant]` (op/mixer, one table per shape).

@@ -9,6 +9,7 @@ turns any of its items into a `Table` for the terminal (the CLI renders it) or f
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Union
 
@@ -17,7 +18,7 @@ import pandas as pd
 from attnbench import analysis
 from attnbench.analysis import PivotTable
 from attnbench.contention import LEGEND, MARK
-from attnbench.labels import group_label, mechanism_label
+from attnbench.labels import group_label, group_slug, mechanism_label, words_title
 
 COST_METRICS = ("latency", "flops", "macs", "params")
 
@@ -27,6 +28,8 @@ class Table:
     title: str
     frame: pd.DataFrame  # index: mechanism; columns: shape labels; cells: formatted strings
     notes: tuple[str, ...] = ()  # lines under the table (the legend of a marked cell)
+    caption: str = ""  # what the table shows, in words (LaTeX and HTML captions); the title where empty
+    key: str = ""  # a short stable name of the kind of table ("crossover", "scaling", ...), for LaTeX labels
 
 
 AnyTable = Union[PivotTable, Table]
@@ -65,7 +68,7 @@ def format_pivot(table: PivotTable, *, digits: int = 3, interval: str = "auto") 
             if table.flagged is not None and table.flagged.at[r, c]:
                 cells.at[r, c] += f" {MARK}"
                 marked = True
-    return Table(table.title, cells, (LEGEND,) if marked else ())
+    return Table(table.title, cells, (LEGEND,) if marked else (), caption(table), table_key(table))
 
 
 def _cell(v: float, lo: float, hi: float, mode: str, digits: int) -> str:
@@ -76,6 +79,40 @@ def _cell(v: float, lo: float, hi: float, mode: str, digits: int) -> str:
         return f"{txt} [{fmt_number(lo, digits)}, {fmt_number(hi, digits)}]"
     spread = max(hi - v, v - lo) / v * 100 if v else math.nan
     return f"{txt} ±{spread:.0f}%" if math.isfinite(spread) else txt
+
+
+_METRIC_WORDS = {"latency": "latency per call", "peak_memory": "peak memory"}
+
+
+def caption(table: AnyTable) -> str:
+    """What a table shows, in words (a LaTeX or HTML caption): for a pivot 'Median forward latency per call (ms)
+    of the attention operator, fp32 on CPU, batch 1, 1 head of 64 channels, by mechanism and token grid HxW; ±:
+    the larger distance to p20 or p80 of the round values'."""
+    if not isinstance(table, PivotTable):
+        return table.caption or table.title
+    across = "token grid HxW" if table.axis == "shape" else "batch size"
+    if table.metric == "speedup":
+        over = re.search(r"speedup vs (.+?) \(", table.title)
+        what = f"speed-up over {over.group(1)}" if over else "speed-up"
+        text = words_title(f"{what} (ratio of median latencies, > 1: faster)", table.group)
+        return (
+            text
+            + f", by mechanism and {across}"
+            + (f"; [ ]: its interval ({table.interval})" if table.interval else "")
+        )
+    median = "median" if "(median)" in table.title else ""
+    what = f"{_METRIC_WORDS.get(table.metric, table.metric.replace('_', ' '))} ({table.unit})"
+    text = words_title(what, table.group, lead=median) + f", by mechanism and {across}"
+    if table.interval == "p20-p80":
+        text += "; ±: the larger distance to p20 or p80 of the round values (of the repeats with one round)"
+    return text
+
+
+def table_key(table: AnyTable) -> str:
+    """A short stable name of a table: 'latency-op-fwd-fp32-cpu-b1-h1-d64', 'crossover', 'scaling', ..."""
+    if not isinstance(table, PivotTable):
+        return table.key
+    return f"{table.metric}-{group_slug(table.group)}"
 
 
 def as_table(table: AnyTable) -> Table:
@@ -89,7 +126,7 @@ def crossover_table(cross: pd.DataFrame) -> Table:
     for _, r in cross.iterrows():
         group = group_label(r.to_dict())
         if r["result"] == "crossover":
-            what = f"N* = {fmt_number(r['tokens'])} (grid ~{math.sqrt(r['tokens']):.0f}²)"
+            what = f"N* = {fmt_number(r['tokens'])} (grid ~{math.sqrt(r['tokens']):.0f}x{math.sqrt(r['tokens']):.0f})"
             what += f", 1 of {r['crossings']:.0f} (noise near a tie?)" if r["crossings"] > 1 else ""
             faster = f"{r['faster_below']} below, {r['faster_above']} above"
             bracket = (
@@ -111,7 +148,14 @@ def crossover_table(cross: pd.DataFrame) -> Table:
             }
         )
     title = f"crossover {cross['a'].iloc[0]} (A) vs {cross['b'].iloc[0]} (B)" if len(cross) else "crossover"
-    return Table(title, pd.DataFrame(lines).set_index("group") if lines else pd.DataFrame())
+    words = (
+        f"Crossover: the token count N* where the latencies of {cross['a'].iloc[0]} (A) and {cross['b'].iloc[0]} "
+        "(B) cross, per group, interpolated in log-log space between the two measured points that bracket it"
+        if len(cross)
+        else "Crossover of two mechanisms' latencies"
+    )
+    frame = pd.DataFrame(lines).set_index("group") if lines else pd.DataFrame()
+    return Table(title, frame, caption=words, key="crossover")
 
 
 def scaling_table(exps: pd.DataFrame, *, min_tokens: int | None = None) -> Table:
@@ -131,7 +175,12 @@ def scaling_table(exps: pd.DataFrame, *, min_tokens: int | None = None) -> Table
         )
     above = f", tokens >= {min_tokens}" if min_tokens else ""
     title = f"scaling exponents (log-log least squares{above})"
-    return Table(title, pd.DataFrame(lines).set_index("mechanism") if lines else pd.DataFrame())
+    words = (
+        "Scaling exponents: the least-squares slope of the log of each metric against log tokens, with its 95% "
+        f"confidence interval and R², per mechanism and group{f' (tokens at least {min_tokens})' if min_tokens else ''}"
+    )
+    frame = pd.DataFrame(lines).set_index("mechanism") if lines else pd.DataFrame()
+    return Table(title, frame, caption=words, key="scaling")
 
 
 def pareto_table(points: pd.DataFrame, cost: str) -> Table:
@@ -146,7 +195,13 @@ def pareto_table(points: pd.DataFrame, cost: str) -> Table:
         }
         for _, r in points.iterrows()
     ]
-    return Table(f"accuracy vs {cost}: Pareto front (*)", pd.DataFrame(lines).set_index("model"))
+    words = f"Accuracy against {cost} of each model; * marks the models on the Pareto front (none better in both)"
+    return Table(
+        f"accuracy vs {cost}: Pareto front (*)",
+        pd.DataFrame(lines).set_index("model"),
+        caption=words,
+        key=f"pareto-{cost}",
+    )
 
 
 def _context(r: pd.Series) -> str:

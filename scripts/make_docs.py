@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 SAMPLE_RESULTS = "results/resolution-cpu-20261207.csv"  # the README's sample table comes from this file
-SAMPLE_TABLE = ("latency", "— op fwd")  # which of its report tables: words its title contains
+SAMPLE_TABLE = ("latency per call", "attention operator")  # which of its report tables: words its caption has
 CROSSOVER = ("softmax_sdpa", "rala_eager")  # the crossover shown in docs/results.md, from the same file
 GATE_CALIBRATION = "results/gate-calibration-cpu-20261202.csv"  # the gate's calibration table (docs/methodology.md)
 
@@ -130,7 +130,7 @@ def sample_table() -> str:
 
 def crossover_table() -> str:
     a, b = CROSSOVER
-    table = pick_table(report_tables(SAMPLE_RESULTS, "--crossover", a, b), "crossover")
+    table = pick_table(report_tables(SAMPLE_RESULTS, "--crossover", a, b), "Crossover")
     return f"`python -m attnbench report {SAMPLE_RESULTS} --format md --crossover {a} {b}` (excerpt):\n\n{table}"
 
 

@@ -359,7 +359,7 @@ def test_tables_mark_a_contended_cell_with_a_legend(marked_run):
     assert quiet.notes == ()
 
     run_table = summary.summary_tables(marked_run)[0]
-    assert run_table.frame.loc["softmax_sdpa", "14²"].endswith(contention.MARK) and run_table.notes
+    assert run_table.frame.loc["softmax_sdpa", "14x14"].endswith(contention.MARK) and run_table.notes
     assert summary.contended_line(marked_run).startswith("1 case contended")
 
 

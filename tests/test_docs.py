@@ -143,7 +143,8 @@ def test_readme_table_is_what_report_prints_for_its_file():
     tables = [t.strip("\n") for t in re.split(r"\n\n+(?=\*\*)", proc.stdout.strip("\n"))]
     table = _readme_table()
     assert table in tables, f"README table:\n{table}\n\nreport's tables:\n" + "\n\n".join(tables)
-    assert "latency" in table.splitlines()[0] and "op fwd" in table.splitlines()[0]
+    assert "latency" in table.splitlines()[0] and "forward" in table.splitlines()[0]
+    assert "attention operator" in table.splitlines()[0]
     assert table.count("\n| ") >= 5  # a real table: header, rule and mechanisms
 
 

@@ -73,7 +73,7 @@ def test_markdown_structure_and_escaping(run):
     (lat,) = analysis.pivot_tables(run, "latency")
     md = export.to_markdown(lat)
     lines = md.splitlines()
-    assert lines[0].startswith("**latency ms") and lines[1] == ""
+    assert lines[0].startswith("**Median forward latency per call (ms) of the attention operator") and lines[1] == ""
     assert lines[2] == "| mechanism | 7x7 | 14x14 | 28x28 | 56x56 |"
     assert lines[3] == "|:--|--:|--:|--:|--:|"
     body = [line for line in lines[4:] if line.startswith("| ")]
@@ -102,7 +102,11 @@ def test_latex_booktabs_structure_and_escaping(run):
         r"a\_b \& \{c\} \textasciitilde{} 100\% \$x\textasciicircum{}2\$ \#1 \textbackslash{}"
     )
     default = export.to_latex(lat)
-    assert r"\caption{latency ms (median) --- op fwd fp32 cpu" in default and r"\label" not in default
+    assert r"\label" not in default
+    assert (  # the caption says in words what the table shows
+        r"\caption{Median forward latency per call (ms) of the attention operator, fp32 on CPU, batch 1, 1 head of "
+        r"64 channels, by mechanism and token grid HxW; $\pm$: the larger distance to p20 or p80 of the round values"
+    ) in default
 
 
 def test_tidy_csv_has_the_numbers(run):
@@ -145,8 +149,124 @@ def test_plots_written(run, tmp_path):
     for p in paths:
         head = p.read_bytes()[:8]
         assert p.stat().st_size > 1000 and head.startswith(b"\x89PNG" if p.suffix == ".png" else b"%PDF")
+        if p.suffix == ".pdf":  # vector: no raster image inside, fonts embedded as TrueType
+            body = p.read_bytes()
+            assert b"/Subtype /Image" not in body and b"/FontFile2" in body
 
 
 def test_fmt_number_significant_digits():
     got = [tables.fmt_number(v) for v in (0.0001234, 0.0123, 1.234, 123.4, 1234.5, 2.4e9, float("nan"))]
     assert got == ["0.000123", "0.0123", "1.23", "123", "1234", "2.40e+09", ""]
+
+
+def test_every_table_format_labels_columns_alike(run):
+    """The terminal summary, the pivots (Markdown, LaTeX, CSV) and the speedups name a token grid 'HxW'."""
+    from attnbench import summary
+
+    want = ["7x7", "14x14", "28x28", "56x56"]
+    term = summary.summary_tables(run)[0].frame
+    (lat,) = analysis.pivot_tables(run, "latency")
+    (sp,) = analysis.speedup_tables(run, "softmax_sdpa")
+    assert list(term.columns) == list(lat.values.columns) == list(sp.values.columns) == want
+    assert set(export.tidy([lat])["column"]) == set(want)
+    assert "& 7x7 &" in export.to_latex(lat) and "| 7x7 |" in export.to_markdown(lat)
+
+
+# -- figures: palette, splitting, legend, facets ---------------------------------------------------------------
+def _hue(colour: str) -> float:
+    import colorsys
+
+    r, g, b = (int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5))
+    return colorsys.rgb_to_hsv(r, g, b)[0]
+
+
+def _hue_gap(a: float, b: float) -> float:
+    return min(abs(a - b), 1 - abs(a - b))
+
+
+def test_palette_is_fixed_by_name_and_families_share_a_hue():
+    pytest.importorskip("matplotlib")
+    from attnbench import figures, registry
+
+    assert {f: figures.FAMILY_MEMBERS[f] for f in registry.families()} == {
+        f: tuple(registry.names(f)) for f in registry.families()
+    }  # every built-in mechanism has its place
+    styles = {(f, m): figures.style(m, f) for f, ms in figures.FAMILY_MEMBERS.items() for m in ms}
+    looks = [(s["color"], s["marker"]) for s in styles.values()]
+    assert len(set(looks)) == len(looks)  # no two built-ins look alike
+    hues = {f: [_hue(s["color"]) for (fam, _), s in styles.items() if fam == f] for f in figures.FAMILY_MEMBERS}
+    for f, hs in hues.items():
+        assert max(_hue_gap(a, b) for a in hs for b in hs) < 0.1, f  # one hue per family
+    centre = {f: hs[0] for f, hs in hues.items()}
+    assert min(_hue_gap(centre[a], centre[b]) for a in centre for b in centre if a < b) > 0.2
+    assert figures.style("mlla", "linear")["color"] != figures.style("softmax_sdpa", "softmax")["color"]
+    assert figures.style("my_plugin", "mine") == figures.style("my_plugin", "mine")  # unknown: fixed by name
+
+
+def test_series_sets_split_by_family_at_most_eight():
+    from attnbench import figures
+
+    mechs = [(f"lin{i:02d}", "linear") for i in range(12)] + [("r1", "rala"), ("r2", "rala"), ("s1", "softmax")]
+    sets = figures.series_sets(mechs)
+    assert [what for what, _ in sets] == ["linear, part 1 of 2", "linear, part 2 of 2", "rala and softmax"]
+    assert all(len(names) <= 8 for _, names in sets)
+    assert sorted(n for _, names in sets for n in names) == sorted(m for m, _ in mechs)
+    assert figures.series_sets(mechs[:8]) == [("", [m for m, _ in mechs[:8]])]
+
+
+def _figure_run(tmp_path, mechanisms: dict[str, str], hardware: str = "") -> pd.DataFrame:
+    rows = []
+    for i, (mech, fam) in enumerate(mechanisms.items()):
+        for side in (7, 14, 28):
+            rows += [dict(r, family=fam) for r in case_rows(mech, side, (1 + i) * 0.01 * side**2)]
+    path = tmp_path / f"fig{hardware}.csv"
+    writer = results.ResultsWriter(path)
+    writer.write_rows(rows)
+    writer.close()
+    df = results.load(path)
+    return df.assign(hardware=hardware) if hardware else df
+
+
+def test_figures_split_words_titles_legend_outside_and_one_colour_per_mechanism(tmp_path):
+    pytest.importorskip("matplotlib")
+    from attnbench import figures
+
+    mechs = {**{f"lin{i}": "linear" for i in range(7)}, "rala_eager": "rala", "softmax_sdpa": "softmax"}
+    df = _figure_run(tmp_path, mechs)
+    plots = figures.report_plots(df, baseline="softmax_sdpa")
+    assert [p.stem for p in plots] == [  # 9 mechanisms: by family; 8 speed-ups (no baseline): one figure
+        "latency-op-fwd-fp32-cpu-b1-h1-d64-linear-rala",
+        "latency-op-fwd-fp32-cpu-b1-h1-d64-softmax",
+        "speedup-vs-softmax_sdpa-op-fwd-fp32-cpu-b1-h1-d64",
+    ]  # no memory rows: no memory figure
+    assert plots[0].title == (
+        "Forward latency per call of the attention operator, fp32 on CPU, batch 1, 1 head of 64 channels "
+        "(linear and rala)"
+    )
+    colours: dict[str, set] = {}
+    for plot in plots:
+        fig = plot.figure
+        fig.canvas.draw()
+        (ax,) = fig.axes
+        assert ax.get_xscale() == ax.get_yscale() == "log"
+        assert "(ms)" in ax.get_ylabel() or "(×" in ax.get_ylabel()
+        legend = ax.get_legend()
+        box, frame = legend.get_window_extent(), ax.get_window_extent()
+        assert box.x0 >= frame.x1  # right of the axes: covers no data
+        for bars in ax.containers:  # an errorbar per mechanism: its label and its line's colour
+            colours.setdefault(bars.get_label().split(" (")[0], set()).add(bars.lines[0].get_color())
+    assert sorted(colours) == sorted(mechs) and all(len(c) == 1 for c in colours.values())
+    assert len({figures.style(m, f)["color"] for m, f in mechs.items()}) == len(mechs)
+
+
+def test_figures_facet_by_hardware(tmp_path):
+    pytest.importorskip("matplotlib")
+    from attnbench import figures
+
+    mechs = {"rala_eager": "rala", "softmax_sdpa": "softmax"}
+    df = pd.concat([_figure_run(tmp_path, mechs, "H100"), _figure_run(tmp_path, mechs, "A100")], ignore_index=True)
+    (plot,) = figures.vs_tokens(df, "latency")
+    assert [ax.get_title() for ax in plot.figure.axes] == ["H100", "A100"]
+    assert [sorted(c.get_label() for c in ax.containers) for ax in plot.figure.axes] == [sorted(mechs)] * 2
+    svg = figures.svg(plot)
+    assert svg.startswith("<svg") and "H100" in svg and "http" not in svg
