@@ -20,6 +20,7 @@ FlexAttention on CPU (torch 2.13) runs fp32, bf16 and fp16 forwards only: no bac
 from __future__ import annotations
 
 import functools
+import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -37,7 +38,7 @@ RECOMPILE_LIMIT = 64  # one graph per shape/dtype/device: a sweep can exceed dyn
 def import_problem() -> str | None:
     """None when torch.nn.attention.flex_attention has what this family uses, else why not."""
     try:
-        from torch.nn.attention import flex_attention as fa
+        fa = importlib.import_module("torch.nn.attention.flex_attention")
     except Exception as exc:  # old torch
         return f"FlexAttention is missing: torch {torch.__version__} has no torch.nn.attention.flex_attention ({exc})"
     missing = [name for name in ("flex_attention", "BlockMask") if not hasattr(fa, name)]
