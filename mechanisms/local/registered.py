@@ -215,8 +215,6 @@ class FlexComputed:
 class Window(WindowBase):
     """Swin's window attention: partition into w x w windows, one SDPA call (padded keys masked)."""
 
-    upstream = "microsoft/Swin-Transformer models/swin_transformer.py (WindowAttention, window_partition)"
-
 
 @register_mechanism(
     "window_flex", family="local", backend="torch-flex", reference="window", cite=f"{CITE_SWIN}; {CITE_FLEX}"
@@ -239,8 +237,6 @@ class WindowFlex(FlexComputed, WindowBase):
 )
 class NeighborhoodEager(NeighborhoodBase):
     """The readable reference: gather each query's k x k neighbourhood (NATTEN's border rule, dilation)."""
-
-    upstream = "SHI-Labs/NATTEN (border rule and rpb indexing of its reference kernels)"
 
     def op(self, q, k, v, *, grid, kernel: int = 7, dilation: int = 1):
         return ops.neighborhood_attention_eager(q, k, v, grid=grid, kernel=kernel, dilation=dilation)
