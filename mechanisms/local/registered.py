@@ -196,19 +196,17 @@ class FlexComputed:
         return float(blocks * BLOCK * BLOCK)
 
     def block_note(self, s: Shape, *, level: str, **options: Any) -> str:
-        """'block mask: B of T blocks of 128x128 non-empty (density D; ideal d)': the BlockMask's sparsity at
-        `s` beside the attended pairs' own density (ideal)."""
+        """'block mask: B of T blocks of 128x128 non-empty (E% empty; ideal I%)': the BlockMask's sparsity at `s`
+        beside the ideal one, the share of the N^2 (query, key) pairs that are not attended."""
         resolved = self.level_options(options, level)
         grid = self.layer_grid(s, level, resolved)
         geo = self.pattern_options(resolved)
         blocks, total = block_counts(self.pattern, grid, resolved.get("tile", 0), **geo)
         n = grid[0] * grid[1]
-        ideal = self.pairs(grid, resolved) / (n * n)
-        computed = blocks * BLOCK * BLOCK / (n * n)
-        return (
-            f"block mask: {blocks} of {total} blocks of {BLOCK}x{BLOCK} non-empty, {computed:.1%} of the N^2 pairs "
-            f"computed; ideal {ideal:.1%} attended"
-        )
+        ideal = 1 - self.pairs(grid, resolved) / (n * n)
+        empty = 1 - blocks / total
+        size = f"{BLOCK}x{BLOCK}"
+        return f"block mask: {blocks} of {total} blocks of {size} non-empty ({empty:.1%} empty; ideal {ideal:.1%})"
 
 
 @register_mechanism("window", family="local", backend="torch-sdpa", reference=None, cite=CITE_SWIN)
