@@ -352,7 +352,8 @@ def test_registry_mixers_take_the_options():
     assert get("neighborhood_eager").mixer(16, 2).core == "gather"
     assert get("neighborhood").variant("op", {"dilation": 2, "tile": 8}) == "dilation=2 tile=8"
     assert get("window").variant("mixer", {"shift": 3}) == "shift=3"
-    assert get("window").variant("op", {"window": 7}) == ""
+    assert get("window").variant("op", {"window": 7, "shift": 3}) == ""  # shift configures the mixer only
+    assert get("neighborhood").variant("mixer", {"tile": 8}) == ""  # the mixers keep row-major order
     with pytest.raises(TypeError, match="unknown options"):
         get("window").variant("op", {"kernel": 3})
 

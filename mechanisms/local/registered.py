@@ -38,31 +38,29 @@ class LocalBase(Mechanism):
     """Shared by the local family: options, variant, costs, and the case checks (shape, backward on CPU)."""
 
     pattern = ""  # geometry pattern: "window" | "neighborhood"
-    option_defaults: dict[str, Any] = {}
-    mixer_defaults: dict[str, Any] = {}  # mixer-only options
+    option_defaults: dict[str, Any] = {}  # every option (suite key `options:`) and its default
+    mixer_only: tuple[str, ...] = ()  # options that configure the mixer only (Swin's shift)
+    op_only: tuple[str, ...] = ()  # options that configure the op only (the token order)
     uses_flex = False
 
     # -- options ------------------------------------------------------------------------------------
     def resolve(self, options: dict[str, Any], level: str = "op") -> dict[str, Any]:
-        known = {**self.option_defaults, **(self.mixer_defaults if level == "mixer" else {})}
-        unknown = set(options) - set(known) - set(self.mixer_defaults)
+        """The options at `level` with their defaults (those of the other level left out)."""
+        unknown = set(options) - set(self.option_defaults)
         if unknown:
-            raise TypeError(f"{self.name}: unknown options {sorted(unknown)} (known: {sorted(known)})")
-        return {**known, **{k: v for k, v in options.items() if k in known}}
+            raise TypeError(f"{self.name}: unknown options {sorted(unknown)} (known: {sorted(self.option_defaults)})")
+        other = self.op_only if level == "mixer" else self.mixer_only
+        return {key: options.get(key, default) for key, default in self.option_defaults.items() if key not in other}
 
     def variant(self, level: str, options: dict[str, Any]) -> str:
         if level not in ("op", "mixer"):
             return ""
         resolved = self.resolve(options, level)
-        defaults = {**self.option_defaults, **self.mixer_defaults}
-        return " ".join(f"{key}={resolved[key]}" for key in sorted(resolved) if resolved[key] != defaults[key])
+        return " ".join(f"{key}={val}" for key, val in sorted(resolved.items()) if val != self.option_defaults[key])
 
     def level_options(self, options: dict[str, Any], level: str) -> dict[str, Any]:
-        """The resolved options that shape the work at `level` (the mixers keep row-major order: no `tile`)."""
-        resolved = self.resolve(options, level)
-        if level == "mixer" and "tile" in resolved:
-            resolved["tile"] = 0
-        return resolved
+        """The resolved options that shape the work at `level` (the mixers keep row-major order: `tile` 0)."""
+        return {"tile": 0, **self.resolve(options, level)}
 
     def pattern_options(self, options: dict[str, Any]) -> dict[str, int]:
         """The geometry options of the pattern (window, or kernel and dilation)."""
@@ -132,8 +130,8 @@ class LocalBase(Mechanism):
 
 class WindowBase(LocalBase):
     pattern = "window"
-    option_defaults = {"window": 7}
-    mixer_defaults = {"shift": 0}
+    option_defaults = {"window": 7, "shift": 0}
+    mixer_only = ("shift",)
     mixer_core = "sdpa"
 
     def op(self, q, k, v, *, grid, window: int = 7):
@@ -252,6 +250,7 @@ class Neighborhood(FlexComputed, NeighborhoodBase):
     tokens in tiles of tile x (128 / tile) so neighbourhoods fill whole blocks."""
 
     option_defaults = {"kernel": 7, "dilation": 1, "tile": 0}
+    op_only = ("tile",)
     uses_flex = True
     compiled = True
     flop_counter_safe = False
@@ -260,9 +259,6 @@ class Neighborhood(FlexComputed, NeighborhoodBase):
 
     def op(self, q, k, v, *, grid, kernel: int = 7, dilation: int = 1, tile: int = 0):
         return ops.neighborhood_flex(q, k, v, grid=grid, kernel=kernel, dilation=dilation, tile=tile)
-
-    def mixer(self, dim, num_heads, *, kernel: int = 7, dilation: int = 1, tile: int = 0):
-        return NeighborhoodAttention2d(dim, num_heads, kernel=kernel, dilation=dilation, core="flex")
 
 
 @register_mechanism(
