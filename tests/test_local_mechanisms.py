@@ -434,3 +434,16 @@ def test_gpu_flex_gradients_within_the_fp64_rule(name, ref, options):
     got = run(get(name), torch.float32, **options)
     for t, e, c in zip(truth, eager, got):
         assert rel_err(c, t) <= 2 * rel_err(e, t) + 16 * torch.finfo(torch.float32).eps
+
+
+def test_verification_keeps_a_grid_the_reduced_one_cannot_take():
+    """Verification reduces large grids to 32 x 32; a neighbourhood of 5 x 5 with dilation 8 needs 40 per axis,
+    so the case is verified on its own grid (batch 1) instead of failing there."""
+    from attnbench.verify import verify_case
+    from attnbench.workloads.inputs import CaseInputs
+
+    mech, shape = get("neighborhood_eager"), Shape(batch=2, heads=1, height=40, width=40, head_dim=8, dim=8)
+    verdict = verify_case(CaseInputs(mech, "op", shape, "fp32", "cpu", "fwd", {"kernel": 5, "dilation": 8}))
+    assert verdict.ok and "reduced shape B1 40x40" in verdict.note
+    verdict = verify_case(CaseInputs(mech, "op", shape, "fp32", "cpu", "fwd", {"kernel": 3, "dilation": 2}))
+    assert verdict.ok and "reduced shape B1 32x32" in verdict.note
