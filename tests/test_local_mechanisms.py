@@ -163,6 +163,12 @@ def test_flex_masks_match_masked_softmax(grid, pattern, options):
     assert rel_err(fn(*(t.float() for t in (q, k, v)), grid=grid, compiled=False, **options), truth) < 1e-5
 
 
+def test_softmax_flex_is_dense_softmax():
+    q, k, v = (t.float() for t in qkv((5, 6), h=3, d=16, seed=3))
+    truth = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
+    assert rel_err(ops.softmax_flex(q, k, v, compiled=False), truth) < 1e-5
+
+
 def test_tiled_order_is_a_permutation_of_tiles():
     order = geometry.token_order((5, 7), (2, 4))
     assert sorted(order.tolist()) == list(range(35))
