@@ -181,7 +181,7 @@ def test_tiled_order_is_a_permutation_of_tiles():
 @pytest.mark.slow  # one inductor compile of flex_attention at one shape: ~15-30 s on 2 cores from a cold cache
 def test_compiled_flex_forms_match_reference_in_one_graph():
     """window_flex and neighborhood (dilations, tiled order) through the registry's compiled kernel at one grid
-    (20x17: 3 blocks, partial and full ones): all share one graph, within the fp64 rule of the eager forms."""
+    (20x17: 3 x 3 blocks, empty, partial or full): all share one graph, within the fp64 rule of the eager forms."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
@@ -192,6 +192,8 @@ def test_compiled_flex_forms_match_reference_in_one_graph():
     before = counters["stats"]["unique_graphs"]
     cases = [("window_flex", "window", {"window": 7}), ("neighborhood", "neighborhood_eager", {"kernel": 7})]
     cases += [("neighborhood", "neighborhood_eager", {"kernel": 3, "dilation": 3, "tile": 8})]
+    cases += [("window_flex", "window", {"window": 20})]  # one window over the grid: every block full
+    assert flex.flex_plan("window", grid, (("window", 20),), 0, "cpu").full_blocks == 9
     for name, ref, options in cases:
         ref_opts = {key: val for key, val in options.items() if key != "tile"}
         truth = get(ref).op(q, k, v, grid=grid, **ref_opts)
