@@ -455,3 +455,36 @@ def test_verification_keeps_a_grid_the_reduced_one_cannot_take():
     assert verdict.ok and "reduced shape B1 40x40" in verdict.note
     verdict = verify_case(CaseInputs(mech, "op", shape, "fp32", "cpu", "fwd", {"kernel": 3, "dilation": 2}))
     assert verdict.ok and "reduced shape B1 32x32" in verdict.note
+
+
+def test_a_run_writes_both_flop_counts_and_their_rates():
+    """In-process run: `window` at 10x10 (padded to 14x14 windows) writes flops (attended pairs),
+    flops_computed (the padded windows) and both rates."""
+    from attnbench import api
+
+    df = api.run(
+        {
+            "name": "local-costs",
+            "mechanisms": ["window"],
+            "level": "op",
+            "dim": 16,
+            "heads": 2,
+            "resolution": [10],
+            "batch": 1,
+            "dtype": "fp32",
+            "pass": "fwd",
+            "device": "cpu",
+            "warmup": 1,
+            "repeats": {"min": 3, "max": 3, "min_time_s": 0.0},
+            "rounds": 1,
+            "metrics": ["latency", "flops"],
+        }
+    )
+    rows = df[(df["mechanism"] == "window") & (df["pass"] == "fwd")].set_index("metric")
+    per_pair = 4 * 8 * 2
+    assert rows.loc["flops", "value"] == per_pair * (49 + 9) ** 2  # windows of 7 and 3 per axis
+    assert rows.loc["flops_computed", "value"] == per_pair * 4 * 49**2  # 2 x 2 padded windows
+    latency = df[(df["mechanism"] == "window") & (df["pass"] == "fwd") & (df["metric"] == "latency")]
+    median_s = latency[latency["stat"] == "median"]["value"].iloc[0] / 1e3
+    for count, rate in [("flops", "achieved_tflops"), ("flops_computed", "achieved_tflops_computed")]:
+        assert rows.loc[rate, "value"] == pytest.approx(rows.loc[count, "value"] / median_s / 1e12, rel=1e-6)
