@@ -128,6 +128,12 @@ class Mechanism:
         ("unsupported: ..."). The planner records it as the case's skip reason."""
         return None
 
+    def reference_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The case's options that configure the `reference` mechanism too when a case is verified (options that
+        define the function computed, such as a local pattern's window); {} for most: their options tune the
+        candidate's implementation or approximation, and the reference runs its defaults."""
+        return {}
+
     def variant(self, level: str, options: dict[str, Any]) -> str:
         """The results row's `variant` at op/mixer level: which configuration a case runs where a mechanism
         has several (e.g. "+lepe+gate", "features=128"); "" for the default one. Part of the case_id."""

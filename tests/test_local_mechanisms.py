@@ -488,3 +488,23 @@ def test_a_run_writes_both_flop_counts_and_their_rates():
     median_s = latency[latency["stat"] == "median"]["value"].iloc[0] / 1e3
     for count, rate in [("flops", "achieved_tflops"), ("flops_computed", "achieved_tflops_computed")]:
         assert rows.loc[rate, "value"] == pytest.approx(rows.loc[count, "value"] / median_s / 1e12, rel=1e-6)
+
+
+def test_the_reference_runs_the_candidates_pattern():
+    """A candidate verified against neighborhood_eager with kernel 3, dilation 2: the reference takes the same
+    pattern (`reference_options`), at op level (else its 7 x 7 output differs) and mixer level (else its rpb
+    has another shape and the candidate's state dict does not load)."""
+    from attnbench.verify import verify_case
+    from attnbench.workloads.inputs import CaseInputs
+    from mechanisms.local.registered import NeighborhoodEager
+
+    registry.register_mechanism("test_local_candidate", family="test", reference="neighborhood_eager")(
+        type("Candidate", (NeighborhoodEager,), {})
+    )
+    try:
+        mech, shape = get("test_local_candidate"), Shape(batch=1, heads=2, height=9, width=8, head_dim=8, dim=16)
+        for level in ("op", "mixer"):
+            verdict = verify_case(CaseInputs(mech, level, shape, "fp32", "cpu", "fwd", {"kernel": 3, "dilation": 2}))
+            assert verdict.ok and verdict.reference == "neighborhood_eager", (level, verdict)
+    finally:
+        registry.unregister("test_local_candidate")

@@ -67,6 +67,10 @@ class LocalBase(Mechanism):
         keys = ("window",) if self.pattern == "window" else ("kernel", "dilation")
         return {key: int(options[key]) for key in keys}
 
+    def reference_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The pattern's options (window and shift; kernel and dilation) configure the eager reference too."""
+        return {key: val for key, val in options.items() if key in self.option_defaults and key not in self.op_only}
+
     # -- the case checks ------------------------------------------------------------------------------
     def check(self, device: str | None) -> str | None:
         if not self.uses_flex:
