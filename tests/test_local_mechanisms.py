@@ -110,6 +110,8 @@ def test_border_rule_by_hand_and_impossible_shapes():
     q, k, v = qkv((5, 6))
     with pytest.raises(ValueError, match="impossible shape: a 7x7 neighbourhood"):
         get("neighborhood_eager").op(q, k, v, grid=(5, 6))
+    with pytest.raises(ValueError, match="kernel must be odd"):
+        get("neighborhood_eager").op(q, k, v, grid=(5, 6), kernel=2)
 
 
 # -- operators vs masked softmax, the mask built token by token -------------------------------------------

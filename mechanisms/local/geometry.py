@@ -58,8 +58,8 @@ def dense_axis(length: int) -> tuple[Tensor, Tensor]:
 
 def shape_problem(length: int, kernel: int, dilation: int) -> str | None:
     """Why a neighbourhood of `kernel` x `dilation` cannot be taken on an axis of `length`, else None."""
-    if kernel < 1 or dilation < 1:
-        return f"kernel and dilation must be at least 1, got kernel {kernel}, dilation {dilation}"
+    if kernel < 1 or kernel % 2 == 0 or dilation < 1:
+        return f"invalid options: kernel must be odd and dilation at least 1, got kernel {kernel}, dilation {dilation}"
     if length < kernel * dilation:
         return (
             f"impossible shape: a {kernel}x{kernel} neighbourhood with dilation {dilation} needs at least "
