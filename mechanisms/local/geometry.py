@@ -2,8 +2,8 @@
 
 Every pattern here is separable: a query at (row, col) attends the keys whose row is in its row set and whose
 column is in its column set. `axis_keys` gives the sets of one axis as an (L, m) index table with a validity
-mask; everything else (the eager reference's gather, the dense boolean mask, the FlexAttention mask_mod and
-block mask, the pair counts behind `flops`) is derived from it.
+mask; everything else (the eager reference's gather, the FlexAttention mask_mod and block mask, the pair
+counts behind `flops`) is derived from it.
 
 - window (Swin): coordinate i belongs to window i // w; its keys are that window's coordinates, clipped at the
   end of the axis when L is not a multiple of w (the op pads the grid and masks the padded keys, which is the
@@ -42,9 +42,9 @@ def neighborhood_starts(length: int, kernel: int, dilation: int) -> Tensor:
 
 def neighborhood_axis(length: int, kernel: int, dilation: int) -> tuple[Tensor, Tensor]:
     """(keys, valid), each (L, kernel): the coordinates r + d * (s .. s + k - 1) of i's neighbourhood."""
-    neighborhood_problem = shape_problem(length, kernel, dilation)
-    if neighborhood_problem:
-        raise ValueError(neighborhood_problem)
+    problem = shape_problem(length, kernel, dilation)
+    if problem:
+        raise ValueError(problem)
     i = torch.arange(length)
     start = neighborhood_starts(length, kernel, dilation)
     keys = (i % dilation)[:, None] + dilation * (start[:, None] + torch.arange(kernel)[None, :])
@@ -99,13 +99,6 @@ def axis_mask(keys: Tensor, valid: Tensor, length: int) -> Tensor:
 def axis_masks(pattern: str, grid: tuple[int, int], **options: int) -> tuple[Tensor, Tensor]:
     """The (H, H) row mask and (W, W) column mask of `pattern` on `grid`."""
     return tuple(axis_mask(*axis_keys(pattern, length, **options), length) for length in grid)  # type: ignore[return-value]
-
-
-def dense_mask(pattern: str, grid: tuple[int, int], **options: int) -> Tensor:
-    """(N, N) bool over row-major tokens: [q, k] True when query q attends key k (the rows' and columns'
-    masks' Kronecker product)."""
-    rows, cols = axis_masks(pattern, grid, **options)
-    return torch.kron(rows.to(torch.uint8), cols.to(torch.uint8)).bool()
 
 
 def attended_pairs(pattern: str, grid: tuple[int, int], **options: int) -> int:
@@ -163,8 +156,3 @@ def block_pairs(
     capacity = sizes[:, None] * sizes[None, :]
     full = counts == capacity
     return (counts > 0) & ~full, full
-
-
-def attended_pairs_dense(pattern: str, grid: tuple[int, int], **options: int) -> int:
-    """`attended_pairs` counted from the dense mask (tests)."""
-    return int(dense_mask(pattern, grid, **options).sum())
