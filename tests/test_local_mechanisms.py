@@ -510,3 +510,31 @@ def test_the_reference_runs_the_candidates_pattern():
             assert verdict.ok and verdict.reference == "neighborhood_eager", (level, verdict)
     finally:
         registry.unregister("test_local_candidate")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "name,ref,options",
+    [("window_flex", "window", {"shift": 3}), ("neighborhood", "neighborhood_eager", {"dilation": 2})],
+)
+def test_gpu_flex_mixer_gradients_within_the_fp64_rule(name, ref, options):
+    """The flex mixers (bias and shift mask as a score_mod, their gradients through it) against the eager
+    mixers with the same parameters: output and every gradient within the fp64 rule."""
+    import copy
+
+    torch.manual_seed(3)
+    layer = get(ref).mixer(32, 2, **options)
+    x64 = torch.randn(2, 32, 20, 17, dtype=torch.float64, device="cuda")
+    g = torch.randn_like(x64)
+
+    def run(module, dtype):
+        module = copy.deepcopy(module).to(device="cuda", dtype=dtype)
+        x = x64.to(dtype).requires_grad_()
+        out = module(x)
+        return [out, *torch.autograd.grad(out, [x, *module.parameters()], g.to(dtype))]
+
+    flex_layer = get(name).mixer(32, 2, **options)
+    flex_layer.load_state_dict(layer.state_dict(), strict=True)
+    truth, eager, got = run(layer, torch.float64), run(layer, torch.float32), run(flex_layer, torch.float32)
+    for t, e, c in zip(truth, eager, got):
+        assert rel_err(c, t) <= 2 * rel_err(e, t) + 16 * torch.finfo(torch.float32).eps
