@@ -121,9 +121,18 @@ def _freeze(options: dict[str, Any]) -> tuple[tuple[str, str], ...]:
 
 
 def skip_reason(
-    mech: registry.Mechanism, *, level: str, device: str, dtype: str, pass_: str, heads: int | None, dim: int | None
+    mech: registry.Mechanism,
+    *,
+    level: str,
+    device: str,
+    dtype: str,
+    pass_: str,
+    heads: int | None,
+    dim: int | None,
+    grid: tuple[int, int] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> str | None:
-    """Why `mech` cannot run this case, or None."""
+    """Why `mech` cannot run this case, or None (`grid` and `options`: the mechanism's own `case_reason`)."""
     ok, reason = mech.available(device)
     if not ok:
         return f"unavailable: {reason}"
@@ -145,6 +154,8 @@ def skip_reason(
             return f"unsupported head_dim {head_dim} (supports {', '.join(map(str, mech.head_dims))})"
         if head_dim % 4 and (level == "mixer" or mech.family == "rala"):
             return f"impossible shape: 2D RoPE needs head_dim divisible by 4, got {head_dim}"
+        if grid is not None:
+            return mech.case_reason(level=level, pass_=pass_, device=device, grid=grid, options=dict(options or {}))
     return None
 
 
@@ -234,6 +245,8 @@ def plan(suite: Suite) -> list[Case]:
                                         pass_=pass_,
                                         heads=heads,
                                         dim=dim,
+                                        grid=(height, width),
+                                        options=suite.options.get(mech.name, {}),
                                     )
                                     head_dim = dim // heads if dim % heads == 0 else None
                                     cases.append(

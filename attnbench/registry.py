@@ -120,6 +120,20 @@ class Mechanism:
         """None if usable on `device` (None: device-independent checks only), else the reason."""
         return None
 
+    def case_reason(
+        self, *, level: str, pass_: str, device: str, grid: tuple[int, int], options: dict[str, Any]
+    ) -> str | None:
+        """Why this mechanism cannot run one op- or mixer-level case that its declared fields allow, else None:
+        a grid its pattern cannot take ("impossible shape: ..."), a pass it has on some devices only
+        ("unsupported: ..."). The planner records it as the case's skip reason."""
+        return None
+
+    def reference_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The case's options that configure the `reference` mechanism too when a case is verified (options that
+        define the function computed, such as a local pattern's window); {} for most: their options tune the
+        candidate's implementation or approximation, and the reference runs its defaults."""
+        return {}
+
     def variant(self, level: str, options: dict[str, Any]) -> str:
         """The results row's `variant` at op/mixer level: which configuration a case runs where a mechanism
         has several (e.g. "+lepe+gate", "features=128"); "" for the default one. Part of the case_id."""

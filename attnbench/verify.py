@@ -5,9 +5,11 @@ candidate's relative RMS error against the reference mechanism run in float64 ma
     2 * (the reference mechanism's own error in the case dtype) + 16 * eps(dtype)
 where the eps term is a floor for cases where the reference is (nearly) exact. A mechanism with
 no registered reference is checked against itself in float64 (catches dtype-dependent bugs:
-overflow, bad accumulation). Large cases are verified at a reduced shape (batch 1, grid capped at
-32 x 32) - the note says so. Model-level cases are not verified here (their mixers are, at mixer
-level; the model is checked against the published outputs in the test suite).
+overflow, bad accumulation). The case's options configure the candidate, and the reference too where the
+mechanism's `reference_options` names them (a local pattern's window or kernel). Large cases are verified at a
+reduced shape (batch 1, grid capped at 32 x 32, or the case's grid where the mechanism's `case_reason` refuses
+the capped one) - the note says so. Model-level cases are not verified here (their mixers are, at mixer level;
+the model is checked against the published outputs in the test suite).
 
 After timing (`snapshot`, `recheck`), the timed call's output is checked again: one call of the timed closure
 after the timed repeats against the output of one call made right after verification, by the verdict's
@@ -72,6 +74,10 @@ def _reduced(inputs: CaseInputs) -> tuple[CaseInputs, str]:
     if s.height * s.width <= MAX_TOKENS and s.batch * s.heads * s.height * s.width <= MAX_BATCH_HEADS_TOKENS:
         return inputs.at(seed=VERIFY_SEED), ""
     b, h, w = 1, min(s.height, 32), min(s.width, 32)
+    if inputs.level == "op" and inputs.mech.case_reason(
+        level=inputs.level, pass_=inputs.pass_, device=inputs.device, grid=(h, w), options=dict(inputs.options)
+    ):  # a grid the mechanism cannot take at 32 x 32 (a wide dilated neighbourhood): its own grid, batch 1
+        h, w = s.height, s.width
     return inputs.at(batch=b, height=h, width=w, seed=VERIFY_SEED), f"verified at reduced shape B{b} {h}x{w}"
 
 
@@ -86,6 +92,12 @@ def _run_op(mech, q, k, v, grid, g, options=None):
     return out.detach(), grads
 
 
+def _reference_options(mech, ref_fn, options) -> dict:
+    """The case's options that also configure the reference (`mech.reference_options`: the options that define
+    the function computed, e.g. a local pattern's window), those `ref_fn` takes."""
+    return registry.accepted_options(ref_fn, mech.reference_options(dict(options)))
+
+
 def verify_case(inputs: CaseInputs) -> Verdict | None:
     """The verdict of an op- or mixer-level case (None at model level)."""
     if inputs.level == "op":
@@ -96,7 +108,8 @@ def verify_case(inputs: CaseInputs) -> Verdict | None:
 
 
 def verify_op(inputs: CaseInputs) -> Verdict:
-    """Options configure the candidate (and the reference only when it is the candidate itself)."""
+    """Options configure the candidate, and the reference when it is the candidate itself or where the candidate's
+    `reference_options` names them."""
     mech = inputs.mech
     ref_mech = registry.get(mech.reference) if mech.reference else mech
     small, note = _reduced(inputs)
@@ -108,10 +121,10 @@ def verify_op(inputs: CaseInputs) -> Verdict:
         else None
     )
     options = small.op_options()
-    ref_opts = options if ref_mech is mech else None
+    ref_opts = options if ref_mech is mech else _reference_options(mech, ref_mech.op, small.options)
     out, grads = _run_op(mech, *qkv, small.grid, g, options)
     ref64, ref_grads64 = _run_op(ref_mech, *(t.double() for t in qkv), small.grid, g, ref_opts)
-    ref_lo, ref_grads_lo = _run_op(ref_mech, *qkv, small.grid, g) if ref_mech is not mech else (out, grads)
+    ref_lo, ref_grads_lo = _run_op(ref_mech, *qkv, small.grid, g, ref_opts) if ref_mech is not mech else (out, grads)
     return _verdict(out, grads, ref64, ref_grads64, ref_lo, ref_grads_lo, small.dtype, ref_mech, mech, note)
 
 
@@ -120,7 +133,11 @@ def verify_mixer(inputs: CaseInputs) -> Verdict:
     ref_mech = registry.get(mech.reference) if mech.reference else mech
     small, note = _reduced(inputs)
     cand = small.mixer()
-    ref = ref_mech.mixer(small.shape.dim, small.shape.heads) if ref_mech is not mech else None
+    ref = (
+        ref_mech.mixer(small.shape.dim, small.shape.heads, **_reference_options(mech, ref_mech.mixer, small.options))
+        if ref_mech is not mech
+        else None
+    )
     if ref is not None:
         missing, unexpected = ref.load_state_dict(cand.state_dict(), strict=False)
         if missing or unexpected:

@@ -2,6 +2,7 @@
 
 from mechanisms import (
     linear,  # noqa: F401
+    local,  # noqa: F401
     rala,  # noqa: F401
     softmax,  # noqa: F401
 )

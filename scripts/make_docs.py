@@ -284,6 +284,13 @@ METRIC_DOCS = {  # suite metric (suite key `metrics:`) -> the rows it writes: (m
         ("bytes", "B", "analytic minimum traffic of one forward (fwd cases)"),
         ("achieved_tflops, achieved_gbps", "TFLOP/s, GB/s", "analytic FLOPs / bytes over the median latency"),
         ("frac_flops, frac_bandwidth", "fraction", "achieved rate over the peak `env --probe` measured here"),
+        (
+            "flops_computed, achieved_tflops_computed",
+            "FLOP, TFLOP/s",
+            "mechanisms whose kernel computes more than the attended pairs (the local family): the FLOPs of what it "
+            "computes (every non-empty block of a block mask in full, padded windows; the note gives the block "
+            "mask's sparsity beside the ideal) and their rate over the median latency (docs/mechanisms.md)",
+        ),
         ("flops_counted", "FLOP", "torch FlopCounterMode over one timed call (note `flopcountermode`)"),
         ("params", "count", "mixer or model parameters"),
         (

@@ -166,15 +166,15 @@ def test_existing_out_needs_resume(tmp_path, capsys):
 
 
 def test_list_shows_reasons():
-    """On CPU the softmax family has 3 usable registrations (eager, sdpa, sdpa_math); the others are CUDA-only by
-    design (mechanisms/softmax/sdpa.py, external.py), and each says why in its row."""
+    """On CPU the softmax family has 4 usable registrations (eager, sdpa, sdpa_math, flex); the others are CUDA-only
+    by design (mechanisms/softmax/sdpa.py, external.py), and each says why in its row."""
     proc = run_cli("list", "--device", "cpu", "--family", "softmax")
     assert proc.returncode == 0, proc.stderr
     text = " ".join(re.sub(r"[\u2500-\u257f|]", " ", proc.stdout).split())  # cells, wrapped reasons re-joined
-    assert "3 of 8 available on cpu" in text
+    assert "4 of 9 available on cpu" in text
     rows = re.split(r" (?=softmax_\w+ softmax )", text)
     reason = {row.split()[0]: row for row in rows if row.startswith("softmax_")}
-    for usable in ("softmax_eager", "softmax_sdpa", "softmax_sdpa_math"):
+    for usable in ("softmax_eager", "softmax_sdpa", "softmax_sdpa_math", "softmax_flex"):
         assert reason[usable].rstrip().endswith("yes"), reason[usable]
     assert (
         "no: SDPA efficient backend needs CUDA (this is cpu): PyTorch has no CPU kernel for the "
