@@ -14,7 +14,8 @@ Usage (each --src names the authors' code; none of it is part of this project):
   zero bias table and proj = identity (their windowed softmax attention of their q, k, v projections).
 - nat: the NAT authors' pure-PyTorch layer `LegacyNeighborhoodAttention` (unfold + replicate pad, their
   `rpb` indexed as their CUDA kernel does: the file's "Index flip"), from SHI-Labs/Neighborhood-Attention-
-  Transformer before NATTEN became a separate package (file removed in 4c018447). It has no dilation. The
+  Transformer before NATTEN became a separate package (file removed in 4c018447; in a clone: `git show
+  1dbdc531:classification/natten/nattentorch.py > nattentorch.py`). It has no dilation. The
   NAT model code (classification/nat.py) uses NATTEN's `NeighborhoodAttention2D`; NATTEN <= 0.17 computes
   the rpb in compiled C++/CUDA kernels only, NATTEN >= 0.20 has no rpb.
 - natten: SHI-Labs/NATTEN's `src` folder (the python package; the compiled libnatten is not needed): their
