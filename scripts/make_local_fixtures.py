@@ -4,6 +4,7 @@ Usage (each --src names the authors' code; none of it is part of this project):
 
     PYTHONPATH=$PWD python scripts/make_local_fixtures.py \\
         --src swin=Swin-Transformer/models/swin_transformer.py \\
+        --src swin_pad=Swin-Transformer-Object-Detection/mmdet/models/backbones/swin_transformer.py \\
         --src nat=Neighborhood-Attention-Transformer/classification/natten/nattentorch.py \\
         --src natten=NATTEN/src
 
@@ -12,6 +13,11 @@ Usage (each --src names the authors' code; none of it is part of this project):
   `WindowAttention` with its relative position bias, window reverse, roll back): the block with norm1 =
   identity and the MLP's fc2 = 0, minus its input. For unshifted cases also "op": the same branch with a
   zero bias table and proj = identity (their windowed softmax attention of their q, k, v projections).
+- swin_pad: Swin's detection backbone (SwinTransformer/Swin-Transformer-Object-Detection), whose block pads a grid
+  that is not a multiple of the window with zero tokens at the bottom/right (after norm1, so they take part as
+  keys with their qkv bias) and whose `BasicLayer` builds the shift mask on the padded grid: one block of their
+  `BasicLayer` (block 0 unshifted, block 1 shifted by window // 2) with norm1 = identity and fc2 = 0, minus its
+  input, float64; grids that the window does not divide. No "op" (the `window` op masks padded keys instead).
 - nat: the NAT authors' pure-PyTorch layer `LegacyNeighborhoodAttention` (unfold + replicate pad, their
   `rpb` indexed as their CUDA kernel does: the file's "Index flip"), from SHI-Labs/Neighborhood-Attention-
   Transformer before NATTEN became a separate package (file removed in 4c018447; in a clone: `git show
@@ -50,11 +56,13 @@ import local_fixtures as lf  # noqa: E402
 
 UPSTREAM = {
     "swin": "microsoft/Swin-Transformer@f82860bf models/swin_transformer.py",
+    "swin_pad": "SwinTransformer/Swin-Transformer-Object-Detection@c7b20110 mmdet/models/backbones/swin_transformer.py",
     "nat": "SHI-Labs/Neighborhood-Attention-Transformer@1dbdc531 classification/natten/nattentorch.py",
     "natten": "SHI-Labs/NATTEN@8c8729f4 src/natten/modules.py",
 }
 NOTES = {
     "swin": "SwinTransformerBlock(norm1=identity, mlp.fc2=0)(x) - x; op: bias table = 0, proj = identity",
+    "swin_pad": "BasicLayer with one of its blocks (norm1=identity, mlp.fc2=0), minus x: zero padding to the window",
     "nat": "LegacyNeighborhoodAttention(mode=1): rpb as their CUDA kernel indexes it; no dilation",
     "natten": "NeighborhoodAttention2D (no rpb) and na2d, Flex Attention backend without compile, float32",
 }
@@ -74,11 +82,15 @@ def install_stubs() -> None:
         return tuple(x) if isinstance(x, (tuple, list)) else (x, x)
 
     stub_module("timm.models.layers", DropPath=_Unused, to_2tuple=to_2tuple, trunc_normal_=trunc_normal_)
+    stub_module("mmcv_custom", load_checkpoint=None)
+    stub_module("mmdet.utils", get_root_logger=None)
 
 
-def load_file(path: str, module_name: str) -> types.ModuleType:
+def load_file(path: str, module_name: str, package: str | None = None) -> types.ModuleType:
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
+    if package:
+        module.__package__ = package
     sys.modules[module_name] = module
     with contextlib.redirect_stdout(io.StringIO()):  # Swin prints a warning about its optional fused kernel
         spec.loader.exec_module(module)
@@ -133,6 +145,24 @@ def swin(module_file, case: lf.Case) -> dict:
     return entry
 
 
+def swin_pad(module_file, case: lf.Case) -> dict:
+    layer = module_file.BasicLayer(lf.DIM, depth=2, num_heads=lf.HEADS, window_size=case.size).double()
+    block = layer.blocks[1 if case.shift else 0]
+    assert block.shift_size == case.shift, f"their BasicLayer shifts by window // 2 = {layer.shift_size}"
+    layer.blocks = nn.ModuleList([block])
+    entry = {"params": fill(block, case.seed, prefix="attn.")}
+    block.norm1 = nn.Identity()
+    with torch.no_grad():
+        block.mlp.fc2.weight.zero_()
+        block.mlp.fc2.bias.zero_()
+    x = lf.tokens(case)  # (B, H, W, C)
+    (b, (h, w)), flat = (case.batch, case.grid), x.reshape(case.batch, -1, lf.DIM)
+    with torch.no_grad():
+        out = layer(flat, h, w)[0] - flat  # their BasicLayer returns (x, H, W, x_down, Wh, Ww)
+    entry["mixer"] = lf.to_map(out.reshape(b, h, w, lf.DIM))
+    return entry
+
+
 def nat(module_file, case: lf.Case) -> dict:
     assert case.dilation == 1, "their pure-PyTorch layer has no dilation"
     with contextlib.redirect_stderr(io.StringIO()):  # their "legacy version" warning
@@ -173,9 +203,22 @@ def load_natten(src: str):
     return module
 
 
+def load_swin_detection(path: str) -> types.ModuleType:
+    """Their backbone file imports `..builder` (mmdet's registry): a package around it with a stand-in registry."""
+    for package in ("swin_det", "swin_det.backbones"):
+        module = types.ModuleType(package)
+        module.__path__ = []
+        sys.modules[package] = module
+    registry = types.SimpleNamespace(register_module=lambda *args, **kwargs: lambda cls: cls)
+    stub_module("swin_det.builder", BACKBONES=registry)
+    return load_file(path, "swin_det.backbones.swin_transformer", package="swin_det.backbones")
+
+
 def load_upstream(name: str, path: str):
     if name == "natten":
         return load_natten(path), natten
+    if name == "swin_pad":
+        return load_swin_detection(path), swin_pad
     module_file = load_file(path, f"upstream_{name}")
     return module_file, {"swin": swin, "nat": nat}[name]
 

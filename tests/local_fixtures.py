@@ -1,10 +1,12 @@
 """Deterministic inputs of the local-family fixtures, shared by scripts/make_local_fixtures.py (which runs the
 authors' layers on them) and tests/test_local_upstream.py (which runs ours).
 
-Three fixture files, one per authors' code (tests/fixtures/local/<source>.pt):
+Four fixture files, one per authors' code (tests/fixtures/local/<source>.pt):
 - "swin": Swin's `SwinTransformerBlock` attention branch (`WindowAttention`, window partition, cyclic shift
   and its -100 attention mask), checked by the `window` mixers; its `WindowAttention` with a zero bias table
   and an identity output projection, checked by the `window` op;
+- "swin_pad": Swin's detection backbone block, which zero-pads a grid that is not a multiple of the window
+  (`BasicLayer`'s shift mask on the padded grid), checked by the `window` mixers;
 - "nat": the NAT authors' pure-PyTorch `LegacyNeighborhoodAttention` (relative position bias `rpb`, no
   dilation), checked by the `neighborhood` mixers;
 - "natten": NATTEN's `NeighborhoodAttention2D` (dilation; NATTEN has no relative position bias) and its
@@ -31,7 +33,7 @@ BIAS_TABLES = ("relative_position_bias_table", "rpb")  # N(0, 1): a misplaced bi
 
 @dataclass(frozen=True)
 class Case:
-    source: str  # "swin", "nat" or "natten"
+    source: str  # "swin", "swin_pad", "nat" or "natten"
     grid: tuple[int, int]
     size: int  # Swin's window, NA's kernel
     shift: int = 0  # Swin only
@@ -40,13 +42,17 @@ class Case:
 
     @property
     def key(self) -> str:
-        extra = f"_s{self.shift}" if self.source == "swin" else f"_d{self.dilation}"
-        return f"{self.grid[0]}x{self.grid[1]}_{'w' if self.source == 'swin' else 'k'}{self.size}{extra}_b{self.batch}"
+        extra = f"_s{self.shift}" if self.windows else f"_d{self.dilation}"
+        return f"{self.grid[0]}x{self.grid[1]}_{'w' if self.windows else 'k'}{self.size}{extra}_b{self.batch}"
+
+    @property
+    def windows(self) -> bool:
+        return self.source.startswith("swin")
 
     @property
     def options(self) -> dict:
         """The mixer's / op's keywords (docs/mechanisms.md, local family)."""
-        if self.source == "swin":
+        if self.windows:
             return {"window": self.size, "shift": self.shift}
         return {"kernel": self.size, "dilation": self.dilation}
 
@@ -67,11 +73,15 @@ class Case:
 
 
 CASES = [
-    # Swin: windows of 7 (one window, 2x2 windows, shifted by 3 with batch 2), a non-square 3x4-window grid
+    # Swin: windows of 7 (one window, 2x2 windows, shifted by 3), a non-square 3x4-window grid shifted by 2
     Case("swin", (7, 7), 7),
     Case("swin", (14, 14), 7),
-    Case("swin", (14, 14), 7, shift=3, batch=2),
+    Case("swin", (14, 14), 7, shift=3),
     Case("swin", (12, 16), 4, shift=2),
+    # Swin's detection backbone: grids the window does not divide (zero padding), unshifted and shifted (batch 2)
+    Case("swin_pad", (9, 11), 7),
+    Case("swin_pad", (9, 11), 7, shift=3),
+    Case("swin_pad", (10, 6), 4, shift=2, batch=2),
     # NAT (rpb): kernel 7 on 14x14 and on 7x7 (the whole grid), kernels 3 and 5 on non-square grids
     Case("nat", (14, 14), 7),
     Case("nat", (7, 7), 7),
@@ -83,7 +93,7 @@ CASES = [
     Case("natten", (15, 13), 5, dilation=2),
     Case("natten", (9, 12), 3, dilation=3),
 ]
-SOURCES = ("swin", "nat", "natten")
+SOURCES = ("swin", "swin_pad", "nat", "natten")
 
 
 def cases(source: str) -> list[Case]:

@@ -5,6 +5,8 @@ on the seeded inputs and weights of tests/local_fixtures.py:
 - swin: Swin's shifted/unshifted window attention with its relative position bias (SwinTransformerBlock's
   attention branch), checked by `WindowAttention2d` and the `window` mixers, and its windowed attention
   without bias, checked by the `window` ops;
+- swin_pad: Swin's detection backbone block on grids the window does not divide (zero padding, the shift mask
+  of the padded grid), checked by the same mixers;
 - nat: the NAT authors' pure-PyTorch neighborhood attention layer with its relative position bias, checked
   by `NeighborhoodAttention2d` and the `neighborhood` mixers;
 - natten: NATTEN's `NeighborhoodAttention2D` (dilation, no bias: ours with rpb = 0) and `na2d` (ops).
@@ -26,8 +28,10 @@ from mechanisms.local.mixers import NeighborhoodAttention2d, WindowAttention2d
 REL_TOL = 1e-5
 MECHANISMS = {"swin": ("window", "window_flex"), "nat": ("neighborhood", "neighborhood_eager")}
 MECHANISMS["natten"] = MECHANISMS["nat"]
+MECHANISMS["swin_pad"] = MECHANISMS["swin"]
 EAGER = ("window", "neighborhood_eager")
-CLASSES = {"swin": WindowAttention2d, "nat": NeighborhoodAttention2d, "natten": NeighborhoodAttention2d}
+CLASSES = {"swin": WindowAttention2d, "swin_pad": WindowAttention2d, "nat": NeighborhoodAttention2d}
+CLASSES["natten"] = NeighborhoodAttention2d
 
 
 def max_rel_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
@@ -67,7 +71,7 @@ def test_mixer_class_matches_authors_layer(case):
 def one_case_per_source() -> list[tuple[str, lf.Case]]:
     """Each registered mixer on the hardest case of each source (shifted windows; NAT's non-square kernel 5;
     dilation 2 on a grid it does not divide)."""
-    picks = {"swin": "14x14_w7_s3_b2", "nat": "10x13_k5_d1_b1", "natten": "15x13_k5_d2_b1"}
+    picks = {"swin": "14x14_w7_s3_b1", "swin_pad": "10x6_w4_s2_b2", "nat": "10x13_k5_d1_b1", "natten": "15x13_k5_d2_b1"}
     by_key = {(case.source, case.key): case for case in lf.CASES}
     return [(name, by_key[source, key]) for source, key in picks.items() for name in MECHANISMS[source]]
 
