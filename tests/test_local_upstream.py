@@ -4,12 +4,15 @@ tests/fixtures/local/<source>.pt hold the outputs of the authors' layers (run by
 on the seeded inputs and weights of tests/local_fixtures.py:
 - swin: Swin's shifted/unshifted window attention with its relative position bias (SwinTransformerBlock's
   attention branch), checked by `WindowAttention2d` and the `window` mixers, and its windowed attention
-  without bias, checked by the `window` ops;
+  without bias, checked by the `window` op;
 - swin_pad: Swin's detection backbone block on grids the window does not divide (zero padding, the shift mask
   of the padded grid), checked by the same mixers;
 - nat: the NAT authors' pure-PyTorch neighborhood attention layer with its relative position bias, checked
   by `NeighborhoodAttention2d` and the `neighborhood` mixers;
-- natten: NATTEN's `NeighborhoodAttention2D` (dilation, no bias: ours with rpb = 0) and `na2d` (ops).
+- natten: NATTEN's `NeighborhoodAttention2D` (dilation, no bias: ours with rpb = 0) and `na2d` (the
+  `neighborhood_eager` op).
+The FlexAttention mechanisms' mixers run FlexAttention's eager path here (`compiled = False`: the same BlockMask
+and score_mod, no compile per shape); their compiled ops are verified against the eager ones wherever they run.
 The authors' parameters load into ours by name with strict=True: the same names, no renaming. Ours runs in
 float32; the tolerance is the linear family's rule: max abs error at most 1e-5 times the output scale (max
 |reference|). fp32 rounding of these sums is ~1e-7 relative; a misplaced bias entry, a wrong shift mask or a
