@@ -327,9 +327,13 @@ def crossovers(
     """Crossover token counts of mechanisms a and b per group (one row per crossing, or one saying none).
 
     Several crossings in one group (crossings > 1) usually mean noise around a near-tie; each is a row.
-    Columns: group_keys, a, b, result ("crossover" | "none_in_range" | "too_few_points"), crossings, tokens,
-    faster_below, faster_above, faster (throughout, for none_in_range), lo_tokens, lo_a, lo_b, hi_tokens, hi_a, hi_b,
-    tokens_min, tokens_max, n_points.
+    At op and mixer level a `variant` names a mechanism's own configuration (a neighborhood's kernel, a linear
+    mechanism's features), so A's curve meets B's whatever their variants: each variant of A against each of B,
+    the row's `variant` saying which ("A kernel=5, B default" where they differ). At model level the variant is
+    the model, and only the same model's curves meet.
+    Columns: group_keys, a, b, variant_a, variant_b, result ("crossover" | "none_in_range" | "too_few_points"),
+    crossings, tokens, faster_below, faster_above, faster (throughout, for none_in_range), lo_tokens, lo_a, lo_b,
+    hi_tokens, hi_a, hi_b, tokens_min, tokens_max, n_points.
     """
     vals = metric_frame(df, metric)
     for m in (a, b):
@@ -339,50 +343,18 @@ def crossovers(
                 f"{', '.join(sorted(set(vals['mechanism']))) or 'none'})"
             )
     vals = vals[vals["mechanism"].isin((a, b)) & (vals["center"] > 0)].assign(logv=lambda f: np.log(f["center"]))
+    by_variant = "variant" in group_keys
+    keys = [k for k in group_keys if k != "variant"]
     rows = []
-    for key, g in vals.groupby(list(group_keys), sort=False, dropna=False):
-        curve = g.groupby(["tokens", "mechanism"])["logv"].mean().unstack("mechanism").reindex(columns=[a, b]).dropna()
-        if curve.empty:
-            continue
-        n = curve.index.to_numpy(float)
-        va, vb = np.exp(curve[a].to_numpy()), np.exp(curve[b].to_numpy())
-        base = {
-            **dict(zip(group_keys, key)),
-            "a": a,
-            "b": b,
-            "tokens_min": n.min(),
-            "tokens_max": n.max(),
-            "n_points": len(n),
-        }
-        if len(n) < 2:
-            rows.append({**base, "result": "too_few_points"})
-            continue
-        found = find_crossovers(n, va, vb)
-        for c in found:
-            below, above = (a, b) if c.faster_below == "a" else (b, a)
-            rows.append(
-                {
-                    **base,
-                    "result": "crossover",
-                    "crossings": len(found),
-                    "tokens": c.tokens,
-                    "faster_below": below,
-                    "faster_above": above,
-                    "lo_tokens": c.lower[0],
-                    "lo_a": c.lower[1],
-                    "lo_b": c.lower[2],
-                    "hi_tokens": c.upper[0],
-                    "hi_a": c.upper[1],
-                    "hi_b": c.upper[2],
-                }
-            )
-        if not found:
-            faster = a if np.mean(np.log(va / vb)) < 0 else b
-            rows.append({**base, "result": "none_in_range", "crossings": 0, "faster": faster})
+    for key, g in vals.groupby(keys, sort=False, dropna=False):
+        for variant_a, variant_b in _variant_pairs(g, a, b) if by_variant else [(None, None)]:
+            rows += _crossover_rows(g, a, b, variant_a, variant_b, dict(zip(keys, key)))
     columns = [
         *group_keys,
         "a",
         "b",
+        "variant_a",
+        "variant_b",
         "result",
         "crossings",
         "tokens",
@@ -403,6 +375,66 @@ def crossovers(
     for c in ("faster_below", "faster_above", "faster"):
         out[c] = out[c].astype(object).fillna("")
     return out
+
+
+def _variant_pairs(g: pd.DataFrame, a: str, b: str) -> list[tuple[str, str]]:
+    """The (variant of A, variant of B) curves that meet in group `g` (see `crossovers`)."""
+    ours = {m: sorted(set(g.loc[g["mechanism"] == m, "variant"].fillna("").astype(str))) for m in (a, b)}
+    if (g["level"] == "model").all():  # the variant is the model: only the same model's curves meet
+        return [(v, v) for v in ours[a] if v in ours[b]]
+    return [(va, vb) for va in ours[a] for vb in ours[b]]
+
+
+def _crossover_rows(
+    g: pd.DataFrame, a: str, b: str, variant_a: str | None, variant_b: str | None, group: dict
+) -> list[dict]:
+    """The rows of one pair of curves (A's and B's, of the given variants; None: every row of the group)."""
+    if variant_a is not None:
+        variants = g["variant"].fillna("").astype(str)
+        g = g[((g["mechanism"] == a) & (variants == variant_a)) | ((g["mechanism"] == b) & (variants == variant_b))]
+        label = variant_a if variant_a == variant_b else f"A {variant_a or 'default'}, B {variant_b or 'default'}"
+        group = {**group, "variant": label}
+    curve = g.groupby(["tokens", "mechanism"])["logv"].mean().unstack("mechanism").reindex(columns=[a, b]).dropna()
+    if curve.empty:
+        return []
+    n = curve.index.to_numpy(float)
+    va, vb = np.exp(curve[a].to_numpy()), np.exp(curve[b].to_numpy())
+    base = {
+        **group,
+        "a": a,
+        "b": b,
+        "variant_a": variant_a,
+        "variant_b": variant_b,
+        "tokens_min": n.min(),
+        "tokens_max": n.max(),
+        "n_points": len(n),
+    }
+    if len(n) < 2:
+        return [{**base, "result": "too_few_points"}]
+    found = find_crossovers(n, va, vb)
+    rows = []
+    for c in found:
+        below, above = (a, b) if c.faster_below == "a" else (b, a)
+        rows.append(
+            {
+                **base,
+                "result": "crossover",
+                "crossings": len(found),
+                "tokens": c.tokens,
+                "faster_below": below,
+                "faster_above": above,
+                "lo_tokens": c.lower[0],
+                "lo_a": c.lower[1],
+                "lo_b": c.lower[2],
+                "hi_tokens": c.upper[0],
+                "hi_a": c.upper[1],
+                "hi_b": c.upper[2],
+            }
+        )
+    if not found:
+        faster = a if np.mean(np.log(va / vb)) < 0 else b
+        rows.append({**base, "result": "none_in_range", "crossings": 0, "faster": faster})
+    return rows
 
 
 # -- scaling exponents ---------------------------------------------------------------------------------

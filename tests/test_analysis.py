@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from attnbench import analysis, results, stats
+from attnbench import analysis, results, stats, tables
 
 N = np.array([49, 196, 784, 3136, 12544], dtype=float)  # 7x7 .. 112x112
 
@@ -119,6 +119,37 @@ def test_crossovers_per_group(tmp_path):
     assert by_pass[("fwd", 8)]["result"] == "too_few_points"
     with pytest.raises(analysis.AnalysisError, match="no ok latency rows"):
         analysis.crossovers(frame(rows, tmp_path, "b.csv"), "linear_x", "missing_mech")
+
+
+def test_crossover_of_rala_and_neighborhood_across_their_variants(tmp_path):
+    """RALA (linear in N) against a neighborhood whose kernel is not the default (variant "kernel=5"): the
+    curves meet although the variants differ; at model level only the same model's curves meet."""
+    a, b = 0.5, 1e-3  # rala = a N, neighborhood = b N^2 (a stand-in curve): N* = 500, the neighborhood faster below
+    rows = []
+    for n_side in (7, 14, 28, 56):
+        n = n_side * n_side
+        rows += case_rows("rala_eager", n_side, a * n, level="mixer")
+        rows += case_rows("neighborhood", n_side, b * n * n, level="mixer", variant="kernel=5")
+        rows += case_rows("neighborhood", n_side, 2 * b * n * n, level="mixer", variant="kernel=9")
+        for model, scale in (("ravlt_t", 1.0), ("ravlt_s", 2.0)):
+            rows += case_rows("rala_eager", n_side, scale * a * n, level="model", variant=model)
+            rows += case_rows("neighborhood", n_side, b * n * n, level="model", variant=model)
+    cross = analysis.crossovers(frame(rows, tmp_path), "rala_eager", "neighborhood")
+    mixer = cross[cross["level"] == "mixer"].set_index("variant_b")
+    assert set(mixer.index) == {"kernel=5", "kernel=9"} and set(mixer["variant_a"]) == {""}
+    assert mixer.loc["kernel=5", "tokens"] == pytest.approx(a / b, rel=1e-9)  # 500, between 196 and 784
+    assert mixer.loc["kernel=9", "tokens"] == pytest.approx(a / (2 * b), rel=1e-9)
+    assert mixer.loc["kernel=5", "variant"] == "A default, B kernel=5"
+    assert (mixer.loc["kernel=5", "faster_below"], mixer.loc["kernel=5", "faster_above"]) == (
+        "neighborhood",
+        "rala_eager",
+    )
+    model = cross[cross["level"] == "model"].set_index("variant")
+    assert sorted(model.index) == ["ravlt_s", "ravlt_t"]  # never ravlt_t against ravlt_s
+    assert model.loc["ravlt_t", "tokens"] == pytest.approx(a / b, rel=1e-9)
+    assert model.loc["ravlt_s", "tokens"] == pytest.approx(2 * a / b, rel=1e-9)
+    table = tables.crossover_table(cross)
+    assert any(label.startswith("mixer A default, B kernel=5 fwd") for label in table.frame.index)
 
 
 # -- scaling exponents -------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import linear_fixtures
+import local_fixtures
 import pytest
 from conftest import RALA_FIXTURE
 
@@ -75,10 +76,11 @@ def test_fixtures_the_tests_read_are_tracked_inside_the_repository():
     rala = RALA_FIXTURE.resolve()
     assert rala.is_relative_to(REPO / "tests" / "fixtures"), rala
     assert rala.relative_to(REPO).as_posix() in tracked
-    linear_dir = Path(linear_fixtures.FIXTURE_DIR).resolve()
-    assert linear_dir.is_relative_to(REPO / "tests" / "fixtures"), linear_dir
-    linear = sorted(p.relative_to(REPO).as_posix() for p in linear_dir.glob("*.pt"))
-    assert linear and set(linear) <= tracked
+    for module in (linear_fixtures, local_fixtures):
+        folder = Path(module.FIXTURE_DIR).resolve()
+        assert folder.is_relative_to(REPO / "tests" / "fixtures"), folder
+        files = sorted(p.relative_to(REPO).as_posix() for p in folder.glob("*.pt"))
+        assert files and set(files) <= tracked, folder
 
 
 def test_each_fixture_folder_says_how_to_rebuild_it():
@@ -86,3 +88,4 @@ def test_each_fixture_folder_says_how_to_rebuild_it():
     assert "scripts/make_rala_fixtures.py" in readme
     assert (REPO / "scripts" / "make_rala_fixtures.py").is_file()
     assert (REPO / "scripts" / "make_linear_fixtures.py").is_file()
+    assert (REPO / "scripts" / "make_local_fixtures.py").is_file()
