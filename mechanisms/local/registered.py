@@ -134,6 +134,10 @@ class LocalBase(Mechanism):
 
 class WindowBase(LocalBase):
     pattern = "window"
+    upstream = (
+        "microsoft/Swin-Transformer@f82860bf models/swin_transformer.py; "
+        "SwinTransformer/Swin-Transformer-Object-Detection@c7b20110 mmdet/models/backbones/swin_transformer.py"
+    )
     option_defaults = {"window": 7, "shift": 0}
     mixer_only = ("shift",)
     mixer_core = "sdpa"
@@ -161,6 +165,10 @@ class WindowBase(LocalBase):
 
 class NeighborhoodBase(LocalBase):
     pattern = "neighborhood"
+    upstream = (
+        "SHI-Labs/Neighborhood-Attention-Transformer@1dbdc531 classification/natten/nattentorch.py; "
+        "SHI-Labs/NATTEN@8c8729f4 src/natten/modules.py"
+    )
     option_defaults = {"kernel": 7, "dilation": 1}
     mixer_core = "gather"
 
