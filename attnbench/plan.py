@@ -156,6 +156,8 @@ def skip_reason(
             return f"impossible shape: 2D RoPE needs head_dim divisible by 4, got {head_dim}"
         if grid is not None:
             return mech.case_reason(level=level, pass_=pass_, device=device, grid=grid, options=dict(options or {}))
+    elif level == "model":  # the stages' grids differ: the mechanism judges the pass and device only
+        return mech.case_reason(level=level, pass_=pass_, device=device, grid=None, options=dict(options or {}))
     return None
 
 

@@ -121,11 +121,11 @@ class Mechanism:
         return None
 
     def case_reason(
-        self, *, level: str, pass_: str, device: str, grid: tuple[int, int], options: dict[str, Any]
+        self, *, level: str, pass_: str, device: str, grid: tuple[int, int] | None, options: dict[str, Any]
     ) -> str | None:
-        """Why this mechanism cannot run one op- or mixer-level case that its declared fields allow, else None:
-        a grid its pattern cannot take ("impossible shape: ..."), a pass it has on some devices only
-        ("unsupported: ..."). The planner records it as the case's skip reason."""
+        """Why this mechanism cannot run one case that its declared fields allow, else None: a grid its pattern
+        cannot take ("impossible shape: ..."), a pass it has on some devices only ("unsupported: ..."). The
+        planner records it as the case's skip reason. At model level `grid` is None (each stage has its own)."""
         return None
 
     def reference_options(self, options: dict[str, Any]) -> dict[str, Any]:

@@ -218,6 +218,12 @@ def test_flex_forms_refuse_gradients_on_cpu_and_the_planner_says_so():
         assert reason.startswith("unsupported: FlexAttention has no backward on CPU"), reason
     for name in ("window", "neighborhood_eager"):
         assert skip_reason(get(name), level="op", pass_="fwd_bwd", **common) is None
+    # a model with a flex mixer in stages 1-2: planned as skipped too, for a training step
+    model = dict(device="cpu", dtype="fp32", heads=None, dim=None)
+    reason = skip_reason(get("neighborhood"), level="model", pass_="fwd_bwd", **model)
+    assert reason.startswith("unsupported: FlexAttention has no backward on CPU"), reason
+    assert skip_reason(get("neighborhood"), level="model", pass_="fwd", **model) is None
+    assert skip_reason(get("neighborhood_eager"), level="model", pass_="fwd_bwd", **model) is None
     small = {**common, "grid": (6, 10)}
     assert skip_reason(get("neighborhood_eager"), level="op", pass_="fwd", **small).startswith(
         "impossible shape: a 7x7 neighbourhood with dilation 1 needs at least 7 tokens per axis, got 6"

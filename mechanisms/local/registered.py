@@ -77,7 +77,9 @@ class LocalBase(Mechanism):
             return None
         return import_problem() or unavailable_reason(device)
 
-    def case_reason(self, *, level: str, pass_: str, device: str, grid: tuple[int, int], options: dict) -> str | None:
+    def case_reason(
+        self, *, level: str, pass_: str, device: str, grid: tuple[int, int] | None, options: dict
+    ) -> str | None:
         if self.uses_flex and pass_ != "fwd":
             reason = backward_reason(device)
             if reason:
@@ -289,6 +291,8 @@ class SoftmaxFlex(SoftmaxBase):
     def check(self, device: str | None) -> str | None:
         return import_problem() or unavailable_reason(device)
 
-    def case_reason(self, *, level: str, pass_: str, device: str, grid: tuple[int, int], options: dict) -> str | None:
+    def case_reason(
+        self, *, level: str, pass_: str, device: str, grid: tuple[int, int] | None, options: dict
+    ) -> str | None:
         reason = backward_reason(device) if pass_ != "fwd" else None
         return f"unsupported: {reason}" if reason else None
