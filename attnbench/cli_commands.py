@@ -395,7 +395,7 @@ def cmd_ab(args) -> int:
 
 
 def cmd_env(args) -> int:
-    from attnbench.measure.env import env_id, fingerprint
+    from attnbench.measure.env import env_id, fingerprint, machine_id
     from attnbench.suite import resolve_device
 
     device = resolve_device(args.device)
@@ -409,7 +409,7 @@ def cmd_env(args) -> int:
 
     apply_precision_settings(SimpleNamespace(tf32=False))  # as every run does (tf32: false): the same env_id
     fp = fingerprint(device)
-    console.print_json(json.dumps({"env_id": env_id(fp), **fp}, default=str))
+    console.print_json(json.dumps({"env_id": env_id(fp), "machine_id": machine_id(fp), **fp}, default=str))
     if args.probe:
         from attnbench.measure import peaks
 
