@@ -32,6 +32,13 @@ def _gate_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="judge changes as measured, without removing the run-wide shift (median over >= 8 cases)",
     )
+    p.add_argument(
+        "--format",
+        choices=("term", "json", "md"),
+        default="term",
+        help="terminal table (default); json: the verdict and every case as one JSON object "
+        "(docs/gate.schema.json); md: a Markdown summary for a pull request or $GITHUB_STEP_SUMMARY",
+    )
 
 
 class _Parser(argparse.ArgumentParser):

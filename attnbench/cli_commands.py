@@ -362,8 +362,26 @@ def cmd_gate(args) -> int:
         across_hardware=args.across_hardware,
         absolute=args.absolute,
     )
-    print_gate(result)
+    _print_gate(result, args.format)
     return result.exit_code
+
+
+def _print_gate(result, fmt: str) -> None:
+    """The gate's result on stdout: terminal tables, or JSON / Markdown (attnbench.gate_report); without a
+    verdict a warning on stderr too."""
+    if fmt == "term":
+        print_gate(result)
+        return
+    from attnbench import gate_report
+
+    if fmt == "json":
+        print(json.dumps(gate_report.to_json(result), indent=2, allow_nan=False))
+    else:
+        sys.stdout.write(gate_report.to_markdown(result))
+    if not result.has_verdict:
+        err_console.print(
+            f"attnbench: warning: {esc(result.summary(), 2000)}; nothing was decided (exit 0)", soft_wrap=True
+        )
 
 
 def cmd_ab(args) -> int:
@@ -378,19 +396,20 @@ def cmd_ab(args) -> int:
         out_dir=args.out,
         overrides=args.set or [],
     )
-    console.print(f"A (baseline) = {esc(plan.sides['A'].describe(), 400)}")
-    console.print(f"B (candidate) = {esc(plan.sides['B'].describe(), 400)}")
-    console.print(f"{plan.rounds} rounds per side in the order {' '.join(plan.order)} -> {esc(plan.out_dir, 400)}")
+    log = console if args.format == "term" else err_console  # json/md: stdout holds the result only
+    log.print(f"A (baseline) = {esc(plan.sides['A'].describe(), 400)}")
+    log.print(f"B (candidate) = {esc(plan.sides['B'].describe(), 400)}")
+    log.print(f"{plan.rounds} rounds per side in the order {' '.join(plan.order)} -> {esc(plan.out_dir, 400)}")
     for note in plan.notes:
-        console.print(esc(note, 400))
+        log.print(esc(note, 400))
     try:
-        files = ab.execute(plan, log=lambda line: console.print(esc(line, 400)))
+        files = ab.execute(plan, log=lambda line: log.print(esc(line, 400)))
     finally:
         ab.cleanup(plan)
     result = gate(
         files["A"], files["B"], threshold=args.threshold, alpha=args.alpha, metric="latency", absolute=args.absolute
     )
-    print_gate(result)
+    _print_gate(result, args.format)
     return result.exit_code
 
 
