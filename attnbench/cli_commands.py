@@ -17,9 +17,11 @@ from attnbench.cli_render import (
     console,
     err_console,
     esc,
+    fit_tables,
     print_gate,
     print_report,
     print_table,
+    print_tables,
 )
 from attnbench.errors import AttnbenchError
 
@@ -411,6 +413,44 @@ def cmd_ab(args) -> int:
     )
     _print_gate(result, args.format)
     return result.exit_code
+
+
+def cmd_history(args) -> int:
+    from attnbench import history_report
+    from attnbench.history import history
+
+    result = history(
+        args.paths,
+        metric=args.metric,
+        case=args.case,
+        alpha=args.alpha,
+        across_hardware=args.across_hardware,
+        repo=args.repo,
+    )
+    rows = history_report.rows(result)
+    if args.format == "json":
+        print(json.dumps(history_report.to_json(result), indent=2, allow_nan=False))
+    elif args.format == "md":
+        sys.stdout.write(history_report.to_markdown(result))
+    elif args.format == "csv":
+        import pandas as pd
+
+        sys.stdout.write(pd.DataFrame(rows, columns=history_report.header(result)).to_csv(index=False))
+    else:
+        if rows:
+            shown = ("case_id", "before", "after", "direction") if console.width >= 160 else ()
+            header = [h for h in rows[0] if h in shown or h not in ("case_id", "before", "after", "direction")]
+            cells = [[r[h] for h in header] for r in rows]
+            styles = ["red" if r["direction"] == "slower" else "green" for r in rows]
+            title = f"history: steps in {result.metric} (PELT, t test per step at alpha / (n - 1))"
+            print_tables(fit_tables(title, header, cells, styles=styles, index_style=None, width=console.width))
+        for note in result.notes:
+            console.print(f"note: {esc(note, 2000)}", soft_wrap=True)
+        console.print(esc(result.summary(), 2000), soft_wrap=True)
+    if args.plot:
+        paths = history_report.write_plots(result, args.plot)
+        err_console.print(f"wrote {len(paths)} plot files to {esc(args.plot)}")
+    return 0
 
 
 def cmd_env(args) -> int:
