@@ -19,7 +19,7 @@ from typing import Any
 VOLATILE = ("load_average_1m", "free_cores")  # readings of the moment, never part of an id
 PROJECT_FIELDS = ("git_commit", "git_dirty", "git_commit_date")  # the code measured, not the machine
 PLACEMENT_FIELDS = ("hostname", "ray_node_id", "cuda_visible_devices")  # which host of a kind, not what kind
-DERIVED_FIELDS = ("machine_id",)  # written into the fingerprint from the rest of it
+DERIVED_FIELDS = ("machine_id", "env_id")  # ids made from the rest of a fingerprint (`env` prints them with it)
 
 
 def short_hash(fields: Mapping[str, Any]) -> str:

@@ -250,3 +250,20 @@ def test_usage_errors_are_one_line(tmp_path, capsys):
 def test_history_error_is_an_attnbench_error():
     with pytest.raises(HistoryError):
         history([], metric="latency")
+
+
+def test_a_run_records_its_machine_id_apart_from_its_commit(capsys):
+    """prepare_process (every run's set-up) writes machine_id into the fingerprint that goes to FILE.env.json:
+    the same id for another commit or host, while env_id changes with the commit; `env` prints both."""
+    from attnbench.execute import prepare_process
+    from attnbench.measure.env import env_id
+    from attnbench.suite import load_suite
+
+    setup = prepare_process(load_suite(Path(__file__).resolve().parents[1] / "suites" / "smoke.yaml"))
+    fp = setup.fingerprint
+    moved = {**fp, "git_commit": commit_of(99), "git_commit_date": "2030-01-01T00:00:00+00:00", "hostname": "other"}
+    assert fp["machine_id"] == machine_id(moved) and setup.env_id == env_id(fp) != env_id(moved)
+    assert fp["git_commit_date"] and fp["machine_id"] != machine_id({**fp, "cpu_count": 10**6})
+    assert main(["env", "--device", "cpu"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["machine_id"] == machine_id(shown) and shown["env_id"] != shown["machine_id"]
