@@ -19,16 +19,18 @@ back.
 Steps. On log values y_1..y_n of a series (n >= 2 * MIN_SEGMENT): the noise sigma is the larger of a robust
 estimate from the series (MAD of successive differences / sqrt 2, insensitive to a few steps) and the runs' own
 round noise (per point 1.2533 * sd of its log round medians / sqrt(rounds), the standard error of a median;
-pooled), with a floor of 0.01%. PELT (`ruptures`, l2 cost on y / sigma, segments of at least MIN_SEGMENT runs,
-penalty PENALTY * log n) proposes change points. Each is then tested: Student's t between the runs of its two
-adjacent segments, with the pooled residual noise of the segmented series (floored by the round noise) and its
+pooled), with a floor of 0.01%. PELT (`ruptures`, l2 cost on y / sigma, segments of at least MIN_SEGMENT
+points, penalty PENALTY * log n) proposes change points. Each is then tested: the difference of the medians of
+its two adjacent segments over its standard error, from the robust residual noise of the segmented series (MAD
+of the residuals from the segments' medians, floored by the round noise), against Student's t with n - segments
 degrees of freedom; a change point is kept when p <= alpha / (n - 1), Bonferroni over the n - 1 places a step
-could be. While one fails, the weakest is dropped and the rest re-tested. On flat series with Gaussian noise
-this flags a step in at most about alpha of them (tests/test_history.py checks it on seeded series), and it
-finds a step of 4 noise sigmas between 5 and 7 runs at its place most of the time. A step's change is exp(mean y after -
-mean y before) over its adjacent segments (ratio after/before, geometric means), with the t interval at
-confidence 1 - alpha; `commit_before` is the last commit of the segment before it and `commit_after` the
-first of the segment after, so the step's cause lies in commit_before..commit_after.
+could be. While one fails, the weakest is dropped and the rest re-tested. Medians and three points a side
+make one or two outlying runs unable to make a step. On flat series this flags a step in at most about alpha of
+them, Gaussian or heavy-tailed noise or a single 10-sigma outlier alike, and it finds a step of 4 noise sigmas
+between 5 and 7 points at its place most of the time (tests/test_history.py checks both on seeded series). A
+step's change is exp(median y after - median y before) over its adjacent segments (after/before), with the t
+interval at confidence 1 - alpha; `commit_before` is the last commit of the segment before it and
+`commit_after` the first of the segment after, so the step's cause lies in commit_before..commit_after.
 """
 
 from __future__ import annotations
@@ -45,16 +47,14 @@ import numpy as np
 
 from attnbench import results, stats
 from attnbench.errors import AttnbenchError, ResultsError
+from attnbench.gate import HIGHER_IS_BETTER
 from attnbench.labels import case_label
 from attnbench.machine import machine_id as make_machine_id
 
-MIN_SEGMENT = 2  # runs on each side of a step: one slow run alone is an outlier, not a step
+MIN_SEGMENT = 3  # commits on each side of a step: one or two odd runs are outliers, not a step
 PENALTY = 3.0  # PELT penalty per change point, times log(n), on noise-scaled log values
 NOISE_FLOOR = 1e-4  # relative: two runs never agree better than this
 MEDIAN_SE = 1.2533  # standard error of a median / (sd / sqrt(n)) for normal data
-HIGHER_IS_BETTER = frozenset(
-    {"throughput", "tokens_per_s", "achieved_tflops", "achieved_gbps", "frac_bandwidth", "frac_flops", "top1", "top5"}
-)
 
 
 class HistoryError(AttnbenchError):
@@ -127,8 +127,9 @@ class Step:
     index: int  # the series' first point after the step
     commit_before: str
     commit_after: str
-    commits_between: int | None  # commits in commit_before..commit_after (None: not in the local history)
-    before: float  # geometric mean of the segment before
+    commits_between: int | None  # in git's commit_before..commit_after: commit_after and its ancestors not in
+    # commit_before, the commits that may have caused the step (None: not in the local history)
+    before: float  # median of the segment before
     after: float
     change: float  # after / before
     ci_low: float
@@ -375,18 +376,20 @@ def series_noise(y: np.ndarray, point_noise: np.ndarray) -> tuple[float, float]:
     return max(mad, floor), floor
 
 
-def _segment_test(segments: list[np.ndarray], i: int, floor: float, n: int) -> tuple[float, float, float, float]:
-    """(p, diff, half-width factor se, dof) of the t test between segments i and i+1 with pooled residual noise."""
+def _segment_test(segments: list[np.ndarray], i: int, floor: float, n: int) -> tuple[float, float, float, int]:
+    """(p, diff, se, dof) of the test between segments i and i+1: diff of their medians over its standard error
+    from the robust residual noise of the segmented series (MAD of the residuals from each segment's median,
+    dof-corrected; `floor` at least), against Student's t with n - segments degrees of freedom."""
     from scipy import stats as sst
 
-    rss = sum(float(((s - s.mean()) ** 2).sum()) for s in segments)
-    dof = n - len(segments)
-    sd = max(math.sqrt(rss / dof) if dof > 0 else 0.0, floor)
+    residuals = np.concatenate([s - np.median(s) for s in segments])
+    dof = max(n - len(segments), 1)
+    sd = max(1.4826 * float(np.median(np.abs(residuals))) * math.sqrt(n / dof), floor)
     a, b = segments[i], segments[i + 1]
-    se = sd * math.sqrt(1 / a.size + 1 / b.size)
-    diff = float(b.mean() - a.mean())
-    p = float(2 * sst.t.sf(abs(diff) / se, max(dof, 1)))
-    return p, diff, se, max(dof, 1)
+    se = MEDIAN_SE * sd * math.sqrt(1 / a.size + 1 / b.size)
+    diff = float(np.median(b) - np.median(a))
+    p = float(2 * sst.t.sf(abs(diff) / se, dof))
+    return p, diff, se, dof
 
 
 def find_steps(
@@ -444,8 +447,8 @@ def series_steps(s: Series, metric: str, alpha: float, repo: Path, between: dict
                 commit_before=before.commit,
                 commit_after=after.commit,
                 commits_between=between[span],
-                before=float(np.exp(y[cuts[k] : cut].mean())),
-                after=float(np.exp(y[cut : cuts[k + 2]].mean())),
+                before=float(np.exp(np.median(y[cuts[k] : cut]))),
+                after=float(np.exp(np.median(y[cut : cuts[k + 2]]))),
                 change=change,
                 ci_low=low,
                 ci_high=high,

@@ -33,7 +33,7 @@ def header(result: HistoryResult) -> list[str]:
 
 
 def rows(result: HistoryResult) -> list[dict[str, str]]:
-    """One display row per step (all strings, the keys of `header`). before and after are the geometric means of
+    """One display row per step (all strings, the keys of `header`). before and after are the medians of
     the segments on either side; change and its interval are after/before - 1."""
     return [
         dict(

@@ -99,6 +99,18 @@ def test_flat_noisy_series_rarely_show_a_step():
     assert sum(flagged) / len(flagged) <= 0.07
 
 
+def test_outlying_runs_and_heavy_tails_rarely_show_a_step():
+    """One run 10 sigmas off in a flat series, or Student-t (3 dof) noise: a step in few series at most."""
+    rng = np.random.default_rng(9)
+    outliers = []
+    for _ in range(60):
+        y = rng.normal(0, 0.02, 16)
+        y[rng.integers(16)] += 0.2
+        outliers.append(bool(find_steps(y)))
+    heavy = [bool(find_steps(0.02 * rng.standard_t(3, 16))) for _ in range(60)]
+    assert sum(outliers) <= 5 and sum(heavy) <= 6
+
+
 def test_a_step_of_four_sigmas_is_found_at_its_place_and_sized():
     rng = np.random.default_rng(8)
     hits = covered = 0
@@ -115,7 +127,7 @@ def test_a_step_of_four_sigmas_is_found_at_its_place_and_sized():
 def test_two_steps_and_no_step_below_four_runs():
     y = np.log([1.0, 1.01, 0.99, 1.0, 1.5, 1.49, 1.51, 1.5, 1.0, 1.01, 0.99, 1.0])
     assert [f[0] for f in find_steps(y)] == [4, 8]
-    assert find_steps(np.log([1.0, 1.0, 2.0])) == []
+    assert find_steps(np.log([1.0, 1.0, 2.0, 2.0, 2.0])) == []  # a step needs 3 points on each side
 
 
 def test_history_finds_the_commit_of_a_step_in_results_files(tmp_path):
@@ -179,16 +191,16 @@ def test_commit_order_comes_from_git_not_run_time(tmp_path):
     repo.mkdir()
     _git(repo, "init", "-q")
     commits = []
-    for i in range(7):
+    for i in range(8):
         _git(repo, "commit", "-q", "--allow-empty", "-m", f"c{i}")
         commits.append(_git(repo, "rev-parse", "HEAD").strip())
-    measured = [3, 0, 6, 1, 5, 2]  # commit 4 never measured: the step lies in commits 3..5
+    measured = [3, 0, 6, 1, 7, 5, 2]  # commit 4 never measured: the step lies in commits 3..5
     for hour, k in enumerate(measured):
         level = 1.0 if k <= 3 else 1.3
         write_run(tmp_path / "runs" / f"r{k}.csv", commits[k], f"2026-01-01T{hour:02d}", {"c": level * np.ones(3)})
     result = history([tmp_path / "runs"], repo=repo)
     [s] = result.series
-    assert s.order == "commits" and [p.commit for p in s.points] == [commits[k] for k in (0, 1, 2, 3, 5, 6)]
+    assert s.order == "commits" and [p.commit for p in s.points] == [commits[k] for k in (0, 1, 2, 3, 5, 6, 7)]
     [step] = result.steps
     assert (step.commit_before, step.commit_after, step.commits_between) == (commits[3], commits[5], 2)
 
