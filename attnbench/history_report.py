@@ -139,7 +139,7 @@ def plot_name(series: Series) -> str:
 
 def write_plots(result: HistoryResult, folder: str | Path) -> list[Path]:
     """One PNG per series with a step: each point's value (the median of its round medians) with its rounds'
-    range as an error bar, the segment means between steps as horizontal lines, each step as a dashed line,
+    range as an error bar, the segment medians between steps as horizontal lines, each step as a dashed line,
     commits on the x axis (oldest left)."""
     try:
         from matplotlib.figure import Figure
@@ -170,7 +170,7 @@ def write_plots(result: HistoryResult, folder: str | Path) -> list[Path]:
         ax.errorbar(x, values, yerr=[low, high], fmt="o", ms=4, capsize=2, label="run (median, rounds' range)")
         cuts = [0, *(st.index for st in steps), len(values)]
         for a, b in zip(cuts, cuts[1:]):
-            level = float(np.exp(np.log(values[a:b]).mean()))
+            level = float(np.median(values[a:b]))
             ax.hlines(level, a - 0.4, b - 0.6, colors="tab:orange", linewidth=2)
         for st in steps:
             ax.axvline(st.index - 0.5, color="tab:red", linestyle="--", linewidth=1)
