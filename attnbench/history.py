@@ -160,7 +160,8 @@ class HistoryResult:
 
 # -- reading runs ---------------------------------------------------------------------------------------------
 def find_files(paths: Sequence[str | Path]) -> tuple[dict[Path, bool], list[str]]:
-    """Results files named (True) or found in folders (False; FILE.csv with FILE.env.json beside it), and notes."""
+    """Results files named (True; a companion such as FILE.samples.csv stands for its FILE.csv) or found in
+    folders (False; FILE.csv with FILE.env.json beside it), and notes."""
     files: dict[Path, bool] = {}
     notes: list[str] = []
     for given in paths:
@@ -172,6 +173,9 @@ def find_files(paths: Sequence[str | Path]) -> tuple[dict[Path, bool], list[str]
             for p in found:
                 files.setdefault(p.resolve(), False)
         elif path.is_file():
+            for kind in (".samples.csv", ".kernels.csv"):  # a shell glob such as runs/*.csv matches these too
+                if path.name.endswith(kind):
+                    path = path.with_name(path.name[: -len(kind)] + ".csv")
             files[path.resolve()] = True
         else:
             raise HistoryError(f"{str(path)[:200]} not found; pass results CSVs or folders holding them")

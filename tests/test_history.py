@@ -140,6 +140,8 @@ def test_history_finds_the_commit_of_a_step_in_results_files(tmp_path):
     assert step.runs_before == step.runs_after == 5 and step.commits_between is None
     assert [s.order for s in result.series] == ["run time", "run time"]  # the fake commits are in no git history
     assert any("ordered by run time" in n for n in result.notes)
+    globbed = history(sorted(folder.glob("*.csv")))  # FILE.samples.csv stands for its FILE.csv
+    assert globbed.steps == result.steps and len(globbed.series[0].points) == 10
 
 
 def test_machines_are_separate_series_unless_across_hardware(tmp_path):
