@@ -1,4 +1,4 @@
-"""Command line: the parser and `main` for run | list | suite-keys | report | compare | gate | ab | env.
+"""Command line: the parser and `main` for run | list | suite-keys | report | compare | gate | ab | history | env.
 
 The commands are in `cli_commands`, their rich output in `cli_render`. User errors (AttnbenchError)
 print one line and exit non-zero (2) without a traceback; `--debug` shows tracebacks.
@@ -15,6 +15,7 @@ from attnbench.cli_commands import (
     cmd_compare,
     cmd_env,
     cmd_gate,
+    cmd_history,
     cmd_list,
     cmd_report,
     cmd_run,
@@ -31,6 +32,13 @@ def _gate_options(p: argparse.ArgumentParser) -> None:
         "--absolute",
         action="store_true",
         help="judge changes as measured, without removing the run-wide shift (median over >= 8 cases)",
+    )
+    p.add_argument(
+        "--format",
+        choices=("term", "json", "md"),
+        default="term",
+        help="terminal table (default); json: the verdict and every case as one JSON object "
+        "(docs/gate.schema.json); md: a Markdown summary for a pull request or $GITHUB_STEP_SUMMARY",
     )
 
 
@@ -192,6 +200,36 @@ def build_parser() -> argparse.ArgumentParser:
     ab_.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a suite key on both sides")
     _gate_options(ab_)
     ab_.set_defaults(func=cmd_ab)
+
+    h = command("history", help="each case's results over commits, per machine, and the steps (change points) in them")
+    h.add_argument(
+        "paths",
+        nargs="+",
+        metavar="FILE_OR_DIR",
+        help="results CSVs, or folders searched for them (with FILE.env.json)",
+    )
+    h.add_argument("--case", metavar="PATTERN", help="only cases whose id or name matches this glob, e.g. '*rala*'")
+    h.add_argument("--metric", default="latency", help="metric to follow (default latency)")
+    h.add_argument(
+        "--alpha",
+        type=float,
+        default=0.05,
+        help="per series, the chance that a flat series shows a step; also 1 - the intervals' confidence",
+    )
+    h.add_argument(
+        "--across-hardware", action="store_true", help="one series per case, mixing runs from different machines"
+    )
+    h.add_argument(
+        "--format",
+        choices=("term", "md", "csv", "json"),
+        default="term",
+        help="terminal table (default), Markdown, CSV (one row per step) or JSON on stdout",
+    )
+    h.add_argument("--plot", metavar="DIR", help="also write one PNG per series with a step into DIR")
+    h.add_argument(
+        "--repo", metavar="DIR", default=".", help="git checkout whose history orders the commits (default: here)"
+    )
+    h.set_defaults(func=cmd_history)
 
     e = command("env", help="print the environment fingerprint recorded with every row")
     e.add_argument("--device", default="auto")

@@ -17,9 +17,11 @@ from attnbench.cli_render import (
     console,
     err_console,
     esc,
+    fit_tables,
     print_gate,
     print_report,
     print_table,
+    print_tables,
 )
 from attnbench.errors import AttnbenchError
 
@@ -442,8 +444,26 @@ def cmd_gate(args) -> int:
         across_hardware=args.across_hardware,
         absolute=args.absolute,
     )
-    print_gate(result)
+    _print_gate(result, args.format)
     return result.exit_code
+
+
+def _print_gate(result, fmt: str) -> None:
+    """The gate's result on stdout: terminal tables, or JSON / Markdown (attnbench.gate_report); without a
+    verdict a warning on stderr too."""
+    if fmt == "term":
+        print_gate(result)
+        return
+    from attnbench import gate_report
+
+    if fmt == "json":
+        print(json.dumps(gate_report.to_json(result), indent=2, allow_nan=False))
+    else:
+        sys.stdout.write(gate_report.to_markdown(result))
+    if not result.has_verdict:
+        err_console.print(
+            f"attnbench: warning: {esc(result.summary(), 2000)}; nothing was decided (exit 0)", soft_wrap=True
+        )
 
 
 def cmd_ab(args) -> int:
@@ -458,24 +478,63 @@ def cmd_ab(args) -> int:
         out_dir=args.out,
         overrides=args.set or [],
     )
-    console.print(f"A (baseline) = {esc(plan.sides['A'].describe(), 400)}")
-    console.print(f"B (candidate) = {esc(plan.sides['B'].describe(), 400)}")
-    console.print(f"{plan.rounds} rounds per side in the order {' '.join(plan.order)} -> {esc(plan.out_dir, 400)}")
+    log = console if args.format == "term" else err_console  # json/md: stdout holds the result only
+    log.print(f"A (baseline) = {esc(plan.sides['A'].describe(), 400)}")
+    log.print(f"B (candidate) = {esc(plan.sides['B'].describe(), 400)}")
+    log.print(f"{plan.rounds} rounds per side in the order {' '.join(plan.order)} -> {esc(plan.out_dir, 400)}")
     for note in plan.notes:
-        console.print(esc(note, 400))
+        log.print(esc(note, 400))
     try:
-        files = ab.execute(plan, log=lambda line: console.print(esc(line, 400)))
+        files = ab.execute(plan, log=lambda line: log.print(esc(line, 400)))
     finally:
         ab.cleanup(plan)
     result = gate(
         files["A"], files["B"], threshold=args.threshold, alpha=args.alpha, metric="latency", absolute=args.absolute
     )
-    print_gate(result)
+    _print_gate(result, args.format)
     return result.exit_code
 
 
+def cmd_history(args) -> int:
+    from attnbench import history_report
+    from attnbench.history import history
+
+    result = history(
+        args.paths,
+        metric=args.metric,
+        case=args.case,
+        alpha=args.alpha,
+        across_hardware=args.across_hardware,
+        repo=args.repo,
+    )
+    rows = history_report.rows(result)
+    if args.format == "json":
+        print(json.dumps(history_report.to_json(result), indent=2, allow_nan=False))
+    elif args.format == "md":
+        sys.stdout.write(history_report.to_markdown(result))
+    elif args.format == "csv":
+        import pandas as pd
+
+        sys.stdout.write(pd.DataFrame(rows, columns=history_report.header(result)).to_csv(index=False))
+    else:
+        if rows:
+            shown = ("case_id", "before", "after", "direction") if console.width >= 160 else ()
+            header = [h for h in rows[0] if h in shown or h not in ("case_id", "before", "after", "direction")]
+            cells = [[r[h] for h in header] for r in rows]
+            styles = ["red" if r["direction"] == "slower" else "green" for r in rows]
+            title = f"history: steps in {result.metric} (PELT, t test per step at alpha / (n - 1))"
+            print_tables(fit_tables(title, header, cells, styles=styles, index_style=None, width=console.width))
+        for note in result.notes:
+            console.print(f"note: {esc(note, 2000)}", soft_wrap=True)
+        console.print(esc(result.summary(), 2000), soft_wrap=True)
+    if args.plot:
+        paths = history_report.write_plots(result, args.plot)
+        err_console.print(f"wrote {len(paths)} plot files to {esc(args.plot)}")
+    return 0
+
+
 def cmd_env(args) -> int:
-    from attnbench.measure.env import env_id, fingerprint
+    from attnbench.measure.env import env_id, fingerprint, machine_id
     from attnbench.suite import resolve_device
 
     device = resolve_device(args.device)
@@ -489,7 +548,7 @@ def cmd_env(args) -> int:
 
     apply_precision_settings(SimpleNamespace(tf32=False))  # as every run does (tf32: false): the same env_id
     fp = fingerprint(device)
-    console.print_json(json.dumps({"env_id": env_id(fp), **fp}, default=str))
+    console.print_json(json.dumps({"env_id": env_id(fp), "machine_id": machine_id(fp), **fp}, default=str))
     if args.probe:
         from attnbench.measure import peaks
 

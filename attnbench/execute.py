@@ -32,7 +32,7 @@ from attnbench.errors import AttnbenchError, MechanismUnavailable
 from attnbench.layers import PER_CASE_CACHES
 from attnbench.measure import preemption
 from attnbench.measure.env import env_id as make_env_id
-from attnbench.measure.env import fingerprint
+from attnbench.measure.env import fingerprint, machine_id
 from attnbench.measure.timing import CaseTimeout
 from attnbench.metrics import accuracy, cost, latency, memory, rank
 from attnbench.metrics.base import MetricContext, PartialRows
@@ -154,6 +154,7 @@ def prepare_process(
     peaks = cached_peaks(suite.device, fp)
     if extra_fp:
         fp.update(extra_fp)
+    fp["machine_id"] = machine_id(fp)
     return ProcessSetup(fp, make_env_id(fp), peaks, threads, choice.free_cores, choice.message, choice.warn)
 
 

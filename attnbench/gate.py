@@ -107,6 +107,8 @@ class GateResult:
     only_in_new: tuple[CaseRef, ...] = ()
     notes: tuple[str, ...] = ()  # warnings worth printing under the table
     run_shift: float = 0.0  # run-wide change removed before judging (median over cases), 0 when not removed
+    absolute: bool = False  # changes judged as measured (no run-wide shift removed)
+    across_hardware: bool = False  # sides measured on different hardware were allowed
 
     def with_verdict(self, verdict: str) -> tuple[GateCase, ...]:
         return tuple(c for c in self.cases if c.verdict == verdict)
@@ -255,6 +257,7 @@ def gate_rounds(
         only_in_new=tuple(CaseRef(k, names.get(k, k)) for k in new if k not in base),
         notes=_unsteady_notes(cases) + _round_notes(cases, min_rounds) + _shift_notes(shift, len(judged), absolute),
         run_shift=shift,
+        absolute=absolute,
     )
 
 
@@ -369,7 +372,7 @@ def gate(
         absolute=absolute,
         unsteady=base_set.contended | new_set.contended,
     )
-    return replace(result, baseline=base_set.label, new=new_set.label)
+    return replace(result, baseline=base_set.label, new=new_set.label, across_hardware=across_hardware)
 
 
 def format_rows(result: GateResult) -> list[dict[str, str]]:

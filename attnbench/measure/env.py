@@ -1,10 +1,9 @@
-"""Environment fingerprint recorded with every row (through env_id) and in FILE.env.json."""
+"""Environment fingerprint recorded with every row (through env_id) and in FILE.env.json; its machine_id
+(attnbench.machine) names the machine and software stack without the project's commit."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
-import json
 import os
 import platform
 import subprocess
@@ -12,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from attnbench.machine import DERIVED_FIELDS, VOLATILE, short_hash
+from attnbench.machine import machine_id as machine_id
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 BACKENDS = ("torch", "triton", "flash-attn", "flash_attn_3", "xformers", "numpy", "pandas")
@@ -45,20 +47,22 @@ def _mem_total() -> int | None:
 
 
 def git_state(root: Path = PROJECT_ROOT) -> dict[str, Any]:
-    """Commit and dirty flag of the project checkout (None where it is not a git checkout)."""
+    """Commit, its committer date (ISO 8601) and the dirty flag of the project checkout (None where it is not a
+    git checkout)."""
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
-        ).stdout.strip()
+        shown = subprocess.run(
+            ["git", "-C", str(root), "show", "-s", "--format=%H %cI", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.split()
+        commit, date = shown if len(shown) == 2 else (None, None)
         status = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True,
             text=True,
             timeout=5,
         ).stdout
-        return {"git_commit": commit or None, "git_dirty": bool(status.strip()) if commit else None}
+        return {"git_commit": commit, "git_commit_date": date, "git_dirty": bool(status.strip()) if commit else None}
     except (OSError, subprocess.SubprocessError):
-        return {"git_commit": None, "git_dirty": None}
+        return {"git_commit": None, "git_commit_date": None, "git_dirty": None}
 
 
 def fingerprint(device: str = "cpu", threads: int | None = None) -> dict[str, Any]:
@@ -105,9 +109,6 @@ def _nvidia_smi(field: str) -> str | None:
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
     except (OSError, subprocess.SubprocessError, IndexError):
         return None
-
-
-VOLATILE = ("load_average_1m", "free_cores")
 
 
 TELEMETRY_FIELDS = (  # nvidia-smi query field -> (metric, unit)
@@ -177,7 +178,6 @@ def gpu_throttle_reasons(index: int | None = None) -> int | None:
 
 
 def env_id(fp: dict[str, Any]) -> str:
-    """Short stable hash of a fingerprint (volatile readings such as the load average excluded)."""
-    stable = {k: v for k, v in fp.items() if k not in VOLATILE}
-    blob = json.dumps(stable, sort_keys=True, default=str).encode()
-    return hashlib.sha1(blob).hexdigest()[:10]
+    """Short stable hash of a fingerprint (volatile readings such as the load average, and the machine_id
+    derived from the rest, excluded); the project's commit is part of it (machine_id is the id without it)."""
+    return short_hash({k: v for k, v in fp.items() if k not in (*VOLATILE, *DERIVED_FIELDS)})

@@ -36,6 +36,7 @@ from typing import Any, Callable
 import torch
 
 from attnbench.dtypes import DTYPES, torch_dtype
+from attnbench.machine import PROJECT_FIELDS
 from attnbench.measure.env import env_id, fingerprint
 from attnbench.measure.timing import RepeatPolicy, summarize, synchronize, time_fn
 
@@ -53,7 +54,6 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
-_PROJECT_FIELDS = ("git_commit", "git_dirty")  # not part of the cache key (see module docstring)
 
 COPY_BYTES = {"cuda": 1 << 30, "cpu": 256 << 20}
 QUICK_COPY_BYTES = {"cuda": 256 << 20, "cpu": 64 << 20}
@@ -251,8 +251,8 @@ def cache_dir() -> Path:
 
 
 def peaks_key(fp: dict[str, Any]) -> str:
-    """The cache key of a fingerprint: its env_id without the project's git commit and dirty flag."""
-    return env_id({k: v for k, v in fp.items() if k not in _PROJECT_FIELDS})
+    """The cache key of a fingerprint: its env_id without the project's git commit, its date and the dirty flag."""
+    return env_id({k: v for k, v in fp.items() if k not in PROJECT_FIELDS})
 
 
 def cache_path(fp: dict[str, Any]) -> Path:
