@@ -133,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="OUT.html",
         help="also write one self-contained HTML page: the tables, figures (inline SVG) and each run's environment",
     )
+    rep.add_argument(
+        "--history",
+        nargs="+",
+        metavar="PATH",
+        help="with --html: a History section with the change points of these runs over commits (files or folders, "
+        "as `attnbench history` reads them)",
+    )
     rep.add_argument("--mechanisms", metavar="A,B,...", help="only these mechanisms (comma-separated)")
     rep.add_argument("--title", help="the report's title: Markdown heading, LaTeX caption prefix, HTML page title")
     rep.add_argument(

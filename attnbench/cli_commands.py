@@ -264,6 +264,13 @@ def cmd_report(args) -> int:
         raise AttnbenchError(f"--html names the page to write, ending in .html; got {str(args.html)[:200]!r}")
     if args.html:
         _check_folder(Path(args.html).parent, "--html path")
+    if args.history and not args.html:
+        raise AttnbenchError("--history adds a section to the HTML page; add --html OUT.html")
+    history = None
+    if args.history:
+        from attnbench.history import history as find_history
+
+        history = find_history(args.history)
     runs = _load_runs(args.files)
     if args.mechanisms is not None:
         runs = _only_mechanisms(runs, args.mechanisms)
@@ -321,7 +328,13 @@ def cmd_report(args) -> int:
         from attnbench.html_report import report_html
 
         page = report_html(
-            parts, runs, baseline=args.baseline, crossover=crossover, min_tokens=args.min_tokens, title=args.title or ""
+            parts,
+            runs,
+            baseline=args.baseline,
+            crossover=crossover,
+            min_tokens=args.min_tokens,
+            title=args.title or "",
+            history=history,
         )
         path = page.write(args.html)
         err_console.print(f"wrote {esc(path)} ({path.stat().st_size / 1024:.0f} KiB, self-contained)")

@@ -137,14 +137,48 @@ def plot_name(series: Series) -> str:
     return re.sub(r"[^\w.-]+", "_", stem)[:120] + ".png"
 
 
-def write_plots(result: HistoryResult, folder: str | Path) -> list[Path]:
-    """One PNG per series with a step: each point's value (the median of its round medians) with its rounds'
+def flagged_series(result: HistoryResult) -> list[tuple[Series, list[Step]]]:
+    """Each series with a step, with its steps (in the order of `result.series`)."""
+    flagged: dict[tuple[str, str], list[Step]] = {}
+    for step in result.steps:
+        flagged.setdefault((step.case_id, step.machine_id), []).append(step)
+    return [(s, flagged[(s.case_id, s.machine_id)]) for s in result.series if (s.case_id, s.machine_id) in flagged]
+
+
+def series_figure(result: HistoryResult, s: Series, steps: list[Step]):
+    """A matplotlib Figure of one series: each point's value (the median of its round medians) with its rounds'
     range as an error bar, the segment medians between steps as horizontal lines, each step as a dashed line,
     commits on the x axis (oldest left)."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
         raise HistoryError("plots need matplotlib: pip install 'attnbench[plot]'") from None
+    fig = Figure(figsize=(max(6.4, 0.35 * len(s.points)), 4.4), layout="constrained")
+    ax = fig.add_subplot()
+    x = np.arange(len(s.points))
+    values = np.array([p.value for p in s.points])
+    low = values - np.array([p.rounds.min() for p in s.points])
+    high = np.array([p.rounds.max() for p in s.points]) - values
+    ax.errorbar(x, values, yerr=[low, high], fmt="o", ms=4, capsize=2, label="run (median, rounds' range)")
+    cuts = [0, *(st.index for st in steps), len(values)]
+    for a, b in zip(cuts, cuts[1:]):
+        level = float(np.median(values[a:b]))
+        ax.hlines(level, a - 0.4, b - 0.6, colors="tab:orange", linewidth=2)
+    for st in steps:
+        ax.axvline(st.index - 0.5, color="tab:red", linestyle="--", linewidth=1)
+        ax.annotate(
+            f"{st.change - 1:+.1%}", (st.index - 0.5, 1), xycoords=("data", "axes fraction"), va="top", ha="left"
+        )
+    ax.set_xticks(x, [p.label[:8] + ("+" if p.dirty else "") for p in s.points], rotation=60, fontsize=7)
+    ax.set_xlabel("commit" if s.order == "commits" else "commit (ordered by run time)")
+    ax.set_ylabel(f"{result.metric} ({s.unit})" if s.unit else result.metric)
+    ax.set_title(f"{s.name} on {s.hardware}", fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    return fig
+
+
+def write_plots(result: HistoryResult, folder: str | Path) -> list[Path]:
+    """One PNG per series with a step (`series_figure`), named by `plot_name`."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -153,36 +187,9 @@ def write_plots(result: HistoryResult, folder: str | Path) -> list[Path]:
         raise HistoryError(
             f"cannot create the plot folder {str(folder)[:200]!r}: {reason}; choose another --plot"
         ) from None
-    flagged: dict[tuple[str, str], list[Step]] = {}
-    for step in result.steps:
-        flagged.setdefault((step.case_id, step.machine_id), []).append(step)
     written = []
-    for s in result.series:
-        steps = flagged.get((s.case_id, s.machine_id))
-        if not steps:
-            continue
-        fig = Figure(figsize=(max(6.4, 0.35 * len(s.points)), 4.4), layout="constrained")
-        ax = fig.add_subplot()
-        x = np.arange(len(s.points))
-        values = np.array([p.value for p in s.points])
-        low = values - np.array([p.rounds.min() for p in s.points])
-        high = np.array([p.rounds.max() for p in s.points]) - values
-        ax.errorbar(x, values, yerr=[low, high], fmt="o", ms=4, capsize=2, label="run (median, rounds' range)")
-        cuts = [0, *(st.index for st in steps), len(values)]
-        for a, b in zip(cuts, cuts[1:]):
-            level = float(np.median(values[a:b]))
-            ax.hlines(level, a - 0.4, b - 0.6, colors="tab:orange", linewidth=2)
-        for st in steps:
-            ax.axvline(st.index - 0.5, color="tab:red", linestyle="--", linewidth=1)
-            ax.annotate(
-                f"{st.change - 1:+.1%}", (st.index - 0.5, 1), xycoords=("data", "axes fraction"), va="top", ha="left"
-            )
-        ax.set_xticks(x, [p.label[:8] + ("+" if p.dirty else "") for p in s.points], rotation=60, fontsize=7)
-        ax.set_xlabel("commit" if s.order == "commits" else "commit (ordered by run time)")
-        ax.set_ylabel(f"{result.metric} ({s.unit})" if s.unit else result.metric)
-        ax.set_title(f"{s.name} on {s.hardware}", fontsize=9)
-        ax.legend(fontsize=7, loc="lower left")
+    for s, steps in flagged_series(result):
         path = folder / plot_name(s)
-        fig.savefig(path, dpi=120)
+        series_figure(result, s, steps).savefig(path, dpi=120)
         written.append(path)
     return written

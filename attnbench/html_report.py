@@ -296,9 +296,11 @@ def report_html(
     crossover: tuple[str, str] | None = None,
     min_tokens: int | None = None,
     title: str = "",
+    history: Any = None,
 ) -> HtmlReport:
     """The page `report --html` writes. `runs`: (path, rows, samples) of each file; `parts`: what is reported
-    as one (report's _report_parts: label '' for all files together, else the file's path)."""
+    as one (report's _report_parts: label '' for all files together, else the file's path); `history`: an
+    `attnbench.history.HistoryResult` shown as a section before the environment (`add_history`)."""
     from attnbench import figures, summary, tables
     from attnbench.analysis import PivotTable
 
@@ -379,7 +381,39 @@ def report_html(
         for lbl, p in problems:
             if len(p):
                 sec.add_table(p, (f"{lbl}: " if lbl else "") + "Each distinct reason a case did not run")
+    if history is not None:
+        add_history(page, history)
     sec = page.add_section("Environment", anchor="environment")
     for p, df, _ in runs:
         sec.add_table(_environment(p, df), f"{p}: where and with what the run was measured")
     return page
+
+
+def add_history(page: HtmlReport, result: Any) -> Section:
+    """A "History" section from an `attnbench.history.HistoryResult`: what was searched, the table of change
+    points (`attnbench.history_report.rows`), one figure per series with a step, and the history's notes."""
+    from attnbench import figures, history_report
+
+    n_steps, n_series = len(result.steps), len(result.series)
+    text = (
+        f"{n_series} series of {result.metric} over commits (one per case and machine); "
+        f"{n_steps} change point{'s' if n_steps != 1 else ''} at alpha {result.alpha:g} (as `attnbench history` "
+        "finds them: PELT on noise-scaled log values, each step kept only where a t test between its neighbouring "
+        "segments holds)."
+    )
+    sec = page.add_section("History", text=text, anchor="history")
+    if n_steps:
+        frame = pd.DataFrame(history_report.rows(result)).set_index("case")
+        sec.add_table(frame, "Change points: the medians before and after each step and the change after/before")
+    for series, steps in history_report.flagged_series(result):
+        caption = (
+            f"{result.metric} of {series.name} on {series.hardware} per commit: runs with their rounds' range, "
+            "segment medians (orange) and change points (dashed)"
+        )
+        figure = history_report.series_figure(result, series, steps)
+        sec.add_figure(
+            figure_svg(figures.Plot(history_report.plot_name(series), caption, figure, {}, result.metric)), caption
+        )
+    for note in result.notes:
+        sec.add_text(note)
+    return sec

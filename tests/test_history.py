@@ -281,3 +281,18 @@ def test_a_run_records_its_machine_id_apart_from_its_commit(capsys):
     assert main(["env", "--device", "cpu"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["machine_id"] == machine_id(shown) and shown["env_id"] != shown["machine_id"]
+
+
+def test_report_html_shows_the_history_section(tmp_path, capsys):
+    """`report FILE --html OUT --history RUNS`: the page gains a History section with the change-point table and
+    one figure per series with a step; --history without --html is refused in one line."""
+    folder = series_runs(tmp_path / "runs", {"aa01": [1.0] * 4 + [0.7] * 4, "bb02": [1.0] * 8})
+    newest, page = folder / "run07.csv", tmp_path / "page.html"
+    assert main(["report", str(newest), "--history", str(folder)]) == 2
+    assert "add --html" in capsys.readouterr().err
+    assert main(["report", str(newest), "--html", str(page), "--history", str(folder)]) == 0
+    text = page.read_text()
+    section = text[text.index('id="history"') :]
+    section = section[: section.index('id="environment"')]
+    assert "1 change point at alpha 0.05" in section and f"{commit_of(3)[:10]}..{commit_of(4)[:10]}" in section
+    assert section.count("<svg") == 1 and "aa01" in section and "bb02" not in section
