@@ -42,6 +42,7 @@ from attnbench.labels import group_slug, text, words_title
 FACET = "hardware"  # a row column that, with several values, splits a figure into panels
 MAX_SERIES = 8
 FAMILY_MEMBERS = {  # the built-in mechanisms (registry.names(family)): a member's shade and marker
+    "local": ("neighborhood", "neighborhood_eager", "window", "window_flex"),
     "linear": (
         "agent",
         "cosformer",
@@ -60,6 +61,7 @@ FAMILY_MEMBERS = {  # the built-in mechanisms (registry.names(family)): a member
     "softmax": (
         "softmax_eager",
         "softmax_flash",
+        "softmax_flex",
         "softmax_sdpa",
         "softmax_sdpa_cudnn",
         "softmax_sdpa_efficient",
@@ -68,7 +70,8 @@ FAMILY_MEMBERS = {  # the built-in mechanisms (registry.names(family)): a member
         "softmax_xformers",
     ),
 }
-FAMILY_MAPS = {"softmax": "Blues", "rala": "Reds", "linear": "Greens"}
+# a family's colour map: a matplotlib name, or (light, dark) ends of a one-hue map (violet, between red and blue)
+FAMILY_MAPS = {"softmax": "Blues", "rala": "Reds", "linear": "Greens", "local": ("#e9d0f5", "#5f1980")}
 SPARE_MAPS = ("Purples", "Oranges", "Greys", "PuRd", "YlOrBr", "BuGn")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h", "<", ">", "p", "*")
 HOLLOW_LABEL = "hollow: contended (re-run quietly)"
@@ -85,6 +88,7 @@ def style(mechanism: str, family: str = "") -> dict[str, Any]:
 
     family = text(family)
     cmap = FAMILY_MAPS.get(family) or SPARE_MAPS[zlib.crc32(family.encode()) % len(SPARE_MAPS)]
+    cmap = colors.LinearSegmentedColormap.from_list(family, cmap) if isinstance(cmap, tuple) else colormaps[cmap]
     members = FAMILY_MEMBERS.get(family, ())
     if mechanism in members:  # a built-in: its place in the family spreads the shades (neighbours far apart)
         n, slot = len(members), members.index(mechanism)
@@ -94,7 +98,7 @@ def style(mechanism: str, family: str = "") -> dict[str, Any]:
         h = zlib.crc32(mechanism.encode())
         shade, marker = (h % 1009) / 1008, MARKERS[(h // 1009) % len(MARKERS)]
     shade = 0.4 + 0.55 * shade
-    return {"color": colors.to_hex(colormaps[cmap](shade)), "marker": marker, "ls": "-"}
+    return {"color": colors.to_hex(cmap(shade)), "marker": marker, "ls": "-"}
 
 
 def series_sets(mechanisms: Sequence[tuple[str, str]], limit: int = MAX_SERIES) -> list[tuple[str, list[str]]]:
