@@ -29,7 +29,7 @@ run: setup
 test: setup
 	$(PY) -m ruff format --check .
 	$(PY) -m ruff check .
-	@$(PY) -m pytest -q --benchmark-disable -n 3 tests; rc=$$?; \
+	@$(PY) -m pytest -q --benchmark-disable -n 2 tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5): failing" >&2; exit 1; fi; \
 	exit $$rc
 

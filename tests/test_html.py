@@ -133,11 +133,12 @@ def chromium() -> str:
     if os.name != "posix" or os.geteuid() != 0 or not shutil.which("apt-get"):
         pytest.skip("headless checks need Debian's chromium: not installed, and installing needs root and apt-get")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+    apt = ["apt-get", "-o", "DPkg::Lock::Timeout=600"]  # waits for another install (.ci/run's, another worker's)
+    install = [*apt, "install", "-y", "--no-install-recommends", "chromium"]
     t0 = time.monotonic()
     done = subprocess.run(install, capture_output=True, text=True, timeout=900, env=env)
     if done.returncode:  # stale package lists: refresh them once
-        subprocess.run(["apt-get", "update"], capture_output=True, text=True, timeout=600, env=env)
+        subprocess.run([*apt, "update"], capture_output=True, text=True, timeout=600, env=env)
         done = subprocess.run(install, capture_output=True, text=True, timeout=900, env=env)
     exe = shutil.which("chromium")
     if done.returncode or not exe:
