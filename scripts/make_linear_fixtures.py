@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from upstream_stubs import stub_module
+from upstream_stubs import Unused, load_file, stub_module, stub_timm_layers
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -59,35 +59,15 @@ UPSTREAM = {
 
 
 # -- loading the authors' files ------------------------------------------------------------------------
-class _Unused(nn.Module):
-    def __init__(self, *args, **kwargs):
-        super().__init__()
 
 
 def install_stubs() -> None:
-    def trunc_normal_(tensor, std=1.0, **kwargs):
-        return nn.init.trunc_normal_(tensor, std=std)
-
-    def to_2tuple(x):
-        return tuple(x) if isinstance(x, (tuple, list)) else (x, x)
-
-    stub_module("timm.models.layers", DropPath=_Unused, to_2tuple=to_2tuple, trunc_normal_=trunc_normal_)
+    stub_timm_layers()
     stub_module("timm.models.registry", register_model=lambda fn: fn)
     stub_module("timm.models.vision_transformer", _cfg=lambda **kwargs: kwargs)
-    stub_module("local_attention", LocalAttention=_Unused)
-    stub_module("axial_positional_embedding", AxialPositionalEmbedding=_Unused)
-    stub_module("performer_pytorch.reversible", ReversibleSequence=_Unused, SequentialSequence=_Unused)
-
-
-def load_file(path: str, module_name: str, package: str | None = None) -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    if package:
-        module.__package__ = package
-    sys.modules[module_name] = module
-    with contextlib.redirect_stdout(io.StringIO()):
-        spec.loader.exec_module(module)
-    return module
+    stub_module("local_attention", LocalAttention=Unused)
+    stub_module("axial_positional_embedding", AxialPositionalEmbedding=Unused)
+    stub_module("performer_pytorch.reversible", ReversibleSequence=Unused, SequentialSequence=Unused)
 
 
 def fill(module: nn.Module, seed: int) -> dict[str, list[int]]:
@@ -295,7 +275,7 @@ def load_upstream(name: str, path: str):
         package = types.ModuleType("nys_models")
         package.__path__ = [str(Path(path).resolve().parent)]
         sys.modules["nys_models"] = package
-        stub_module("nys_models.transformer_block", Mlp=_Unused)
+        stub_module("nys_models.transformer_block", Mlp=Unused)
         return load_file(path, "nys_models.token_nystromformer", package="nys_models"), RUNNERS[name]
     return load_file(path, f"upstream_{name}"), RUNNERS[name]
 

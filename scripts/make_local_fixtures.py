@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import io
 import sys
 import types
@@ -48,7 +47,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from upstream_stubs import stub_module
+from upstream_stubs import load_file, stub_module, stub_timm_layers
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -69,32 +68,10 @@ NOTES = {
 STORED_AS = torch.float32
 
 
-class _Unused(nn.Module):
-    def __init__(self, *args, **kwargs):
-        super().__init__()
-
-
 def install_stubs() -> None:
-    def trunc_normal_(tensor, std=1.0, **kwargs):
-        return nn.init.trunc_normal_(tensor, std=std)
-
-    def to_2tuple(x):
-        return tuple(x) if isinstance(x, (tuple, list)) else (x, x)
-
-    stub_module("timm.models.layers", DropPath=_Unused, to_2tuple=to_2tuple, trunc_normal_=trunc_normal_)
+    stub_timm_layers()
     stub_module("mmcv_custom", load_checkpoint=None)
     stub_module("mmdet.utils", get_root_logger=None)
-
-
-def load_file(path: str, module_name: str, package: str | None = None) -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(spec)
-    if package:
-        module.__package__ = package
-    sys.modules[module_name] = module
-    with contextlib.redirect_stdout(io.StringIO()):  # Swin prints a warning about its optional fused kernel
-        spec.loader.exec_module(module)
-    return module
 
 
 def fill(module: nn.Module, seed: int, prefix: str = "") -> dict[str, list[int]]:
