@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from test_gate import write_run as write_rounds  # the results writer of the gate tests (rounds of repeats)
 
-from attnbench import gate_report, results
+from attnbench import gate_report
 from attnbench.cli import main
 from attnbench.gate import gate_rounds
 
@@ -31,31 +32,9 @@ def validate(doc: dict) -> None:
 
 def write_run(path: Path, rounds: dict[str, np.ndarray]) -> Path:
     """A results CSV with FILE.samples.csv: per case one row, per round three repeats around the round's value."""
-    writer = results.ResultsWriter(path)
-    for i, (case_id, levels) in enumerate(rounds.items()):
-        row = {c: "" for c in results.COLUMNS} | {
-            "schema_version": 2,
-            "case_id": case_id,
-            "mechanism": f"mech{i}",
-            "level": "op",
-            "pass": "fwd",
-            "device": "cpu",
-            "dtype": "fp32",
-            "batch": 1,
-            "height": 14,
-            "width": 14,
-            "metric": "latency",
-            "value": float(np.median(levels)),
-            "unit": "ms",
-            "stat": "median",
-            "status": "ok",
-            "source": "measured",
-        }
-        writer.write_rows([row])
-        for r, level in enumerate(levels):
-            writer.write_samples(case_id, "latency", [level * 0.999, level, level * 1.001], round=r)
-    writer.close()
-    return path
+    return write_rounds(
+        path, {case_id: [lvl * np.array([0.999, 1.0, 1.001]) for lvl in levels] for case_id, levels in rounds.items()}
+    )
 
 
 def snapshot_result():
